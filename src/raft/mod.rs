@@ -1,1 +1,285 @@
-//! TODO: see the issue tracker.
+//! The Raft consensus core: a pure, deterministic state machine.
+//!
+//! No sockets, no files, no clock, no global randomness. The shell (server or simulator) feeds it
+//! inputs and drains its outputs, in the style of etcd-io/raft's `Ready`:
+//!
+//! Inputs: [`RawNode::tick`], [`RawNode::step`] (a peer message), [`RawNode::propose`],
+//! [`RawNode::read_index`], [`RawNode::on_persisted`], [`RawNode::on_applied`],
+//! [`RawNode::restore_snapshot`], [`RawNode::report_unreachable`], [`RawNode::report_snapshot`],
+//! [`RawNode::transfer_leader`].
+//!
+//! Outputs: [`RawNode::ready`] returns a [`Ready`]. The shell must handle it **in this order**:
+//! 1. write `hard_state` (if any) and append `entries` (if any) to durable storage and sync;
+//! 2. only then send `messages` (a vote grant or an append ack must never leave before the state
+//!    it depends on is durable);
+//! 3. apply `committed` to the state machine in order, then call [`RawNode::on_applied`];
+//! 4. serve `reads` whose index is <= applied;
+//! 5. stream the current snapshot to each peer in `snapshot_sends`;
+//! 6. call [`RawNode::on_persisted`] with the last (index, term) written in step 1.
+//!
+//! The core reads the durable log through the [`LogStore`] trait; it owns the store and the
+//! shell writes to it through [`RawNode::store_mut`].
+//!
+//! API CONTRACT: the public items below are what the server and the simulator program against.
+//! The implementation (modules under `src/raft/`) is the core issue's work.
+
+use crate::pb::raftpb;
+use bytes::Bytes;
+use std::fmt;
+
+pub use raftpb::{ConfState, Entry, EntryType, HardState, Message, SnapshotMeta};
+
+/// Errors reading the log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LogError {
+    /// The index is at or below the snapshot index (entries were compacted away).
+    Compacted,
+    /// The index is above the last index.
+    Unavailable,
+    /// The storage layer failed (I/O, corruption). Fatal for the node.
+    Io(String),
+}
+
+impl fmt::Display for LogError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LogError::Compacted => write!(f, "log entry compacted"),
+            LogError::Unavailable => write!(f, "log entry unavailable"),
+            LogError::Io(e) => write!(f, "log storage error: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for LogError {}
+
+/// Read access to the durable log, as the core needs it. Implemented by
+/// `storage::Log` (mmap'd segments) and by `MemLog` (tests and the simulator).
+pub trait LogStore {
+    /// (index, term) of the last entry covered by the newest snapshot; (0, 0) if none.
+    fn snapshot_index_term(&self) -> (u64, u64);
+    /// First index held in the log (snapshot index + 1).
+    fn first_index(&self) -> u64;
+    /// Last index held in the log (equal to the snapshot index when the log is empty).
+    fn last_index(&self) -> u64;
+    /// Term of the entry at `index`. The snapshot index itself answers the snapshot term;
+    /// below it is `Compacted`, above the last index is `Unavailable`.
+    fn term(&self, index: u64) -> Result<u64, LogError>;
+    /// Entries in `[lo, hi)`, stopping once their total encoded size exceeds `max_bytes`
+    /// (at least one entry is returned when `lo < hi`).
+    fn entries(&self, lo: u64, hi: u64, max_bytes: u64) -> Result<Vec<Entry>, LogError>;
+}
+
+/// Core configuration. Times are in ticks; the shell decides how long a tick is.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// This node's id (non-zero).
+    pub id: u64,
+    /// Base election timeout T: each timeout is drawn uniformly from [T, 2T).
+    pub election_tick: u32,
+    /// Leader heartbeat interval (must be < election_tick).
+    pub heartbeat_tick: u32,
+    /// Run a PreVote round before a real election (Raft dissertation §9.6).
+    pub pre_vote: bool,
+    /// Leaders step down after an election timeout without hearing from a quorum.
+    pub check_quorum: bool,
+    /// Allow leader-lease reads (requires `check_quorum`).
+    pub lease_read: bool,
+    /// Max AppendEntries in flight per follower in replicate mode.
+    pub max_inflight_msgs: usize,
+    /// Max total entry bytes per AppendEntries.
+    pub max_msg_bytes: u64,
+    /// Max bytes of uncommitted entries a leader accepts (0 = unlimited).
+    pub max_uncommitted_bytes: u64,
+    /// Seed for election-timeout jitter.
+    pub seed: u64,
+}
+
+impl Config {
+    /// Sensible defaults for node `id`.
+    pub fn new(id: u64) -> Config {
+        Config {
+            id,
+            election_tick: 10,
+            heartbeat_tick: 1,
+            pre_vote: true,
+            check_quorum: true,
+            lease_read: false,
+            max_inflight_msgs: 256,
+            max_msg_bytes: 1 << 20,
+            max_uncommitted_bytes: 64 << 20,
+            seed: id,
+        }
+    }
+}
+
+/// Durable state the node restarts from.
+#[derive(Debug, Clone, Default)]
+pub struct InitialState {
+    /// Last persisted hard state (term, vote, commit).
+    pub hard_state: HardState,
+    /// Membership in force (from the newest snapshot or the bootstrap configuration, updated
+    /// by any committed config entries the shell replayed).
+    pub conf: ConfState,
+    /// Index the state machine has applied (>= snapshot index). Committed entries above it are
+    /// handed out again through `Ready::committed`.
+    pub applied: u64,
+}
+
+/// A node's role.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Follower,
+    PreCandidate,
+    Candidate,
+    Leader,
+}
+
+/// Why a proposal or read was not accepted. Nothing was appended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProposeError {
+    /// This node is not the leader; `leader` is the leader it knows of, if any.
+    NotLeader { leader: Option<u64> },
+    /// A leadership transfer is in progress.
+    TransferInProgress,
+    /// The uncommitted tail is over `max_uncommitted_bytes`.
+    Overloaded,
+}
+
+/// A linearizable read that became safe: serve request `ctx` once applied >= `index`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadState {
+    pub ctx: u64,
+    pub index: u64,
+}
+
+/// Everything the shell must do after feeding the core some inputs. See the module docs for
+/// the order.
+#[derive(Debug, Default)]
+pub struct Ready {
+    /// Persist before sending `messages`.
+    pub hard_state: Option<HardState>,
+    /// Append to the log before sending `messages`. If `entries[0].index <= last_index`, the log
+    /// is first truncated from that index (a conflicting suffix).
+    pub entries: Vec<Entry>,
+    /// Send after steps 1 above.
+    pub messages: Vec<Message>,
+    /// Apply in order. Never at or below the applied index; each index exactly once.
+    pub committed: Vec<Entry>,
+    /// Reads confirmed by a quorum.
+    pub reads: Vec<ReadState>,
+    /// Reads that can no longer be confirmed (leadership lost); answer them with an error.
+    pub failed_reads: Vec<u64>,
+    /// Peers that need the current snapshot (their next index was compacted away).
+    pub snapshot_sends: Vec<u64>,
+    /// InstallSnapshot chunks (follower) and InstallSnapshotResponses (leader) that passed the
+    /// core's term checks; the shell's snapshot transfer handles them.
+    pub snapshot_msgs: Vec<Message>,
+}
+
+/// A read-only view of the node for status reports.
+#[derive(Debug, Clone)]
+pub struct Status {
+    pub id: u64,
+    pub role: Role,
+    pub term: u64,
+    pub leader: Option<u64>,
+    pub commit: u64,
+    pub applied: u64,
+    pub conf: ConfState,
+    /// (peer id, match index, next index), leader only.
+    pub progress: Vec<(u64, u64, u64)>,
+}
+
+/// A Raft node. Generic over the log store it reads.
+pub struct RawNode<S: LogStore> {
+    store: S,
+    _cfg: Config,
+}
+
+impl<S: LogStore> RawNode<S> {
+    /// Builds a node from durable state. It starts as a follower and stays silent until its
+    /// election timer fires. Errors on an invalid config (id 0, heartbeat >= election, lease
+    /// read without check quorum).
+    pub fn new(cfg: Config, store: S, init: InitialState) -> Result<RawNode<S>, String> {
+        let _ = init;
+        Ok(RawNode { store, _cfg: cfg })
+    }
+    /// Advances logical time by one tick.
+    pub fn tick(&mut self) {
+        todo!()
+    }
+    /// Feeds a message from a peer. Messages from unknown nodes or with stale terms are handled
+    /// as Raft says (ignored or answered), never a panic.
+    pub fn step(&mut self, msg: Message) {
+        let _ = msg;
+        todo!()
+    }
+    /// Proposes a command; on the leader, returns the index it will have.
+    pub fn propose(&mut self, data: Bytes) -> Result<u64, ProposeError> {
+        let _ = data;
+        todo!()
+    }
+    /// Starts a ReadIndex round for request `ctx`; the answer arrives in `Ready::reads`
+    /// (or `Ready::failed_reads`).
+    pub fn read_index(&mut self, ctx: u64) -> Result<(), ProposeError> {
+        let _ = ctx;
+        todo!()
+    }
+    /// Leader-lease read: if this leader holds a valid lease, the index to serve at once.
+    pub fn lease_read(&mut self) -> Result<u64, ProposeError> {
+        todo!()
+    }
+    /// Asks the leader to hand leadership to `to`.
+    pub fn transfer_leader(&mut self, to: u64) {
+        let _ = to;
+        todo!()
+    }
+    /// True if `ready()` would return something.
+    pub fn has_ready(&self) -> bool {
+        todo!()
+    }
+    /// Drains the outputs accumulated since the last call.
+    pub fn ready(&mut self) -> Ready {
+        todo!()
+    }
+    /// Everything up to (index, term) handed out in `Ready::entries` is durable. A stale ack
+    /// (the entry at `index` now has another term) is ignored.
+    pub fn on_persisted(&mut self, index: u64, term: u64) {
+        let _ = (index, term);
+        todo!()
+    }
+    /// The state machine applied everything up to `index`.
+    pub fn on_applied(&mut self, index: u64) {
+        let _ = index;
+        todo!()
+    }
+    /// The follower received and verified a complete snapshot. Returns true if the core
+    /// accepts it: the shell must then reset the log store to it and restore the state machine.
+    /// False: stale (at or below commit), ignore it.
+    pub fn restore_snapshot(&mut self, meta: SnapshotMeta) -> bool {
+        let _ = meta;
+        todo!()
+    }
+    /// The transport could not reach `peer`.
+    pub fn report_unreachable(&mut self, peer: u64) {
+        let _ = peer;
+        todo!()
+    }
+    /// A snapshot stream to `peer` finished (`ok`) or failed.
+    pub fn report_snapshot(&mut self, peer: u64, ok: bool) {
+        let _ = (peer, ok);
+        todo!()
+    }
+    /// Current status.
+    pub fn status(&self) -> Status {
+        todo!()
+    }
+    /// The log store.
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+    /// The log store, for the shell to append, sync and compact.
+    pub fn store_mut(&mut self) -> &mut S {
+        &mut self.store
+    }
+}
