@@ -317,11 +317,14 @@ fn main() {
     };
     match run_workload(&common, workload, None) {
         Ok(rep) => {
-            if common.json {
-                println!("{}", rep.to_json().to_string_pretty());
+            // A closed stdout (`| head`) is not worth a panic.
+            use std::io::Write;
+            let mut out = std::io::stdout();
+            let _ = if common.json {
+                writeln!(out, "{}", rep.to_json().to_string_pretty())
             } else {
-                print!("{}", rep.text(common.per_second));
-            }
+                write!(out, "{}", rep.text(common.per_second))
+            };
             if rep.interrupted {
                 std::process::exit(130);
             }
