@@ -380,6 +380,8 @@ fn snapshot_round_trip_and_summary() {
     let retry = cmd(9, 2, 0, cas(b"gamma", 0, b"g", false));
     assert_eq!(a.apply(8, &retry), b2.apply(8, &retry));
     assert_eq!(a, b2);
+    a.apply(9, &cmd(0, 0, 0, put(b"alpha", b"2")));
+    assert_ne!(a.digest(), b2.digest());
     let empty = snapshot_bytes(&KvStore::new());
     assert_eq!(
         KvStore::restore_snapshot(&mut &empty[..]).unwrap(),
