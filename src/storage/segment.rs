@@ -307,13 +307,13 @@ impl Segment {
     }
 
     /// Number of entries.
-    pub fn len(&self) -> u64 {
+    pub fn count(&self) -> u64 {
         self.offsets.len() as u64
     }
 
     /// Index of the last entry (first_index - 1 when empty).
     pub fn last_index(&self) -> u64 {
-        self.first_index + self.len() - 1
+        self.first_index + self.count() - 1
     }
 
     /// Header of the (validated on open, or written by us) record at `index`.

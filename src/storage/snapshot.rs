@@ -407,7 +407,7 @@ pub fn list(dir: &Path) -> Result<Vec<(u64, u64, PathBuf)>, StorageError> {
             v.push((i, t, ent.path()));
         }
     }
-    v.sort_by(|a, b| (b.0, b.1).cmp(&(a.0, a.1)));
+    v.sort_by_key(|b| std::cmp::Reverse((b.0, b.1)));
     Ok(v)
 }
 
