@@ -644,6 +644,7 @@ impl Server {
             ProposeError::TransferInProgress => {
                 error_result(ErrorCode::Unavailable, "leadership transfer in progress")
             }
+            ProposeError::NoLease => error_result(ErrorCode::Unavailable, "no leader lease"),
             ProposeError::Overloaded => error_result(
                 ErrorCode::Unavailable,
                 "too many uncommitted writes; retry later",
@@ -696,10 +697,8 @@ impl Server {
                     self.waiting_reads.entry(index).or_default().push(ctx);
                     self.serve_waiting_reads();
                 }
-                // No valid lease right now, but still leader: fall back to ReadIndex.
-                Err(ProposeError::NotLeader { leader }) if leader == Some(self.cfg.id) => {
-                    self.read_index(token, req_id, op)
-                }
+                // No valid lease right now: fall back to ReadIndex.
+                Err(ProposeError::NoLease) => self.read_index(token, req_id, op),
                 Err(e) => {
                     let r = self.refusal(e);
                     self.send_response(token, req_id, r);
