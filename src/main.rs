@@ -880,14 +880,7 @@ mod tests {
     }
 
     #[test]
-    fn cli_parses() {
-        Cli::command_for_test();
-    }
-}
-
-#[cfg(test)]
-impl Cli {
-    fn command_for_test() {
+    fn cli_definition_is_consistent() {
         use clap::CommandFactory;
         Cli::command().debug_assert();
     }
