@@ -168,6 +168,14 @@ struct Tuning {
     /// Disable the PreVote round before elections.
     #[arg(long)]
     no_pre_vote: bool,
+    /// Disable CheckQuorum (a leader that cannot reach a quorum then stays leader; its
+    /// requests time out instead of being redirected). Incompatible with --lease-reads.
+    #[arg(long)]
+    no_check_quorum: bool,
+    /// Stop reading a client's requests while this many bytes of its responses are unsent
+    /// (backpressure against clients that do not read).
+    #[arg(long, default_value_t = 8 << 20)]
+    client_output_limit: usize,
     /// Maximum frame (request or Raft message) size in bytes.
     #[arg(long, default_value_t = raftkv::net::framing::DEFAULT_MAX_FRAME)]
     max_frame: usize,
@@ -199,6 +207,13 @@ impl Tuning {
         if self.no_pre_vote {
             v.push("--no-pre-vote".into());
         }
+        if self.no_check_quorum {
+            v.push("--no-check-quorum".into());
+        }
+        v.push(format!(
+            "--client-output-limit={}",
+            self.client_output_limit
+        ));
         if let Some(l) = &self.log_level {
             v.push(format!("--log-level={l}"));
         }
@@ -323,6 +338,11 @@ fn serve_config(a: &ServeArgs) -> Result<ServerConfig, String> {
     cfg.heartbeat_ticks = t.heartbeat_ticks;
     cfg.lease_read = t.lease_reads;
     cfg.pre_vote = !t.no_pre_vote;
+    cfg.check_quorum = !t.no_check_quorum;
+    if t.lease_reads && t.no_check_quorum {
+        return Err("--lease-reads needs CheckQuorum (drop --no-check-quorum)".into());
+    }
+    cfg.max_client_pending_bytes = t.client_output_limit;
     cfg.max_frame = t.max_frame;
     cfg.segment_size = t.segment_size;
     cfg.request_timeout = Duration::from_millis(t.request_timeout_ms);
