@@ -188,7 +188,7 @@ pub fn peer(name: &str) -> Result<Peer, String> {
         "raftkv" => Peer {
             key: "raftkv",
             label: "raftkv (3 nodes)",
-            durability: "3-node Raft on one machine; a write is acknowledged once a majority has it in its log; raftkv's log fsync policy is the server default (see docs/bench.md)",
+            durability: "3-node Raft; each node msyncs (MS_SYNC) its mmap'd log once per reactor pass (group commit) before acknowledging or voting, and a write is acknowledged once a majority has it durably (server defaults)",
         },
         "etcd" => Peer {
             key: "etcd",
@@ -380,8 +380,9 @@ fn start_raftkv(args: &CompareArgs) -> Result<Running, String> {
     let ports = free_ports(6)?;
     let peer_addr = |i: usize| format!("127.0.0.1:{}", ports[3 + i]);
     let client_addr = |i: usize| format!("127.0.0.1:{}", ports[i]);
+    // ID=PEER_ADDR/CLIENT_ADDR: followers redirect clients to the leader's CLIENT_ADDR.
     let peers: Vec<String> = (0..3)
-        .map(|i| format!("{}={}", i + 1, peer_addr(i)))
+        .map(|i| format!("{}={}/{}", i + 1, peer_addr(i), client_addr(i)))
         .collect();
     let mut children = Vec::new();
     for i in 0..3 {
@@ -391,7 +392,8 @@ fn start_raftkv(args: &CompareArgs) -> Result<Running, String> {
             .arg(dir.0.join(format!("n{}", i + 1)))
             .args(["--peer-addr", &peer_addr(i)])
             .args(["--client-addr", &client_addr(i)])
-            .args(["--peers", &peers.join(",")]);
+            .args(["--peers", &peers.join(",")])
+            .args(["--log-level", "warn"]);
         children.push(ChildGuard::spawn(
             &format!("raftkv n{}", i + 1),
             cmd,

@@ -202,7 +202,9 @@ pub fn run(cfg: &EngineConfig, driver: &dyn Driver, gen: &mut OpGen) -> Result<R
             }
         }
 
-        // Re-open connections lost to errors or redirects.
+        // Re-open connections lost to errors or redirects. If a node is gone, ask the driver
+        // where to go now (leader discovery), at most once per pass.
+        let mut rediscovered: Option<Vec<SocketAddr>> = None;
         for (i, c) in conns.iter_mut().enumerate() {
             if c.stream.is_none() && c.retry_at.is_some_and(|t| now >= t) {
                 match connect(c.addr) {
@@ -218,7 +220,15 @@ pub fn run(cfg: &EngineConfig, driver: &dyn Driver, gen: &mut OpGen) -> Result<R
                             res.reconnects += 1;
                         }
                     }
-                    Err(_) => c.retry_at = Some(now + Duration::from_millis(100)),
+                    Err(_) => {
+                        if rediscovered.is_none() {
+                            rediscovered = Some(driver.targets().unwrap_or_default());
+                        }
+                        if let Some(t) = rediscovered.as_ref().filter(|t| !t.is_empty()) {
+                            c.addr = t[i % t.len()];
+                        }
+                        c.retry_at = Some(Instant::now() + Duration::from_millis(100));
+                    }
                 }
             }
         }

@@ -88,7 +88,7 @@ pub fn find_leader(endpoints: &[String], timeout: Duration) -> Result<String, St
                 Err(e) => last_err = e,
             }
         }
-        if Instant::now() >= deadline {
+        if Instant::now() >= deadline || crate::signals::interrupted() {
             return Err(format!("no raftkv leader within {timeout:?}: {last_err}"));
         }
         std::thread::sleep(Duration::from_millis(100));
