@@ -35,8 +35,9 @@ pub struct CompareArgs {
     /// Workloads: put, get.
     #[arg(long, value_delimiter = ',', default_values_t = vec!["put".to_string(), "get".to_string()])]
     pub workloads: Vec<String>,
-    /// Systems: raftkv, etcd, redis-always, redis-no.
-    #[arg(long, value_delimiter = ',', default_values_t = vec!["raftkv".to_string(), "etcd".to_string(), "redis-always".to_string(), "redis-no".to_string()])]
+    /// Systems: raftkv, etcd (HTTP/JSON gateway), etcd-grpc (with --features etcd), redis-always,
+    /// redis-no.
+    #[arg(long, value_delimiter = ',', default_values_t = default_systems())]
     pub systems: Vec<String>,
     #[arg(long, default_value_t = 10_000)]
     pub keys: u64,
@@ -54,6 +55,14 @@ pub struct CompareArgs {
     /// Keep the servers' logs (in the out dir) instead of deleting them.
     #[arg(long)]
     pub keep_logs: bool,
+}
+
+fn default_systems() -> Vec<String> {
+    let mut v = vec!["raftkv"];
+    #[cfg(feature = "etcd")]
+    v.push("etcd-grpc");
+    v.extend(["etcd", "redis-always", "redis-no"]);
+    v.into_iter().map(String::from).collect()
 }
 
 /// A child process killed (SIGKILL) and reaped on drop.
@@ -195,6 +204,12 @@ pub fn peer(name: &str) -> Result<Peer, String> {
             label: "etcd 3.4 (3 nodes, HTTP/JSON gateway)",
             durability: "3-node Raft; every node fsyncs its WAL before a write is acknowledged (etcd default, not configurable in 3.4); driven through the v3 HTTP/JSON gateway, not gRPC",
         },
+        #[cfg(feature = "etcd")]
+        "etcd-grpc" => Peer {
+            key: "etcd-grpc",
+            label: "etcd 3.4 (3 nodes, gRPC)",
+            durability: "3-node Raft; every node fsyncs its WAL before a write is acknowledged (etcd default, not configurable in 3.4); native gRPC API",
+        },
         "redis-always" => Peer {
             key: "redis-always",
             label: "redis (AOF appendfsync always)",
@@ -205,7 +220,7 @@ pub fn peer(name: &str) -> Result<Peer, String> {
             label: "redis (AOF appendfsync no)",
             durability: "single node, no replication; AOF written but never fsync'd by Redis (the OS flushes when it likes)",
         },
-        other => return Err(format!("unknown system {other:?} (raftkv, etcd, redis-always, redis-no)")),
+        other => return Err(format!("unknown system {other:?} (raftkv, etcd, etcd-grpc with --features etcd, redis-always, redis-no)")),
     })
 }
 
@@ -316,7 +331,7 @@ fn start_redis(fsync: &str, no_install: bool) -> Result<Running, String> {
     })
 }
 
-fn start_etcd(no_install: bool) -> Result<Running, String> {
+fn start_etcd(no_install: bool, system: System) -> Result<Running, String> {
     ensure_installed("etcd", &["etcd-server"], "etcd", no_install)?;
     let dir = TempDir::new("etcd")?;
     let ports = free_ports(6)?;
@@ -348,7 +363,7 @@ fn start_etcd(no_install: bool) -> Result<Running, String> {
         children,
         _dir: dir,
         endpoints,
-        system: System::Etcd,
+        system,
     };
     wait_for(Duration::from_secs(30), || {
         running.check_alive()?;
@@ -417,7 +432,9 @@ fn start_raftkv(args: &CompareArgs) -> Result<Running, String> {
 fn start(p: &Peer, args: &CompareArgs) -> Result<Running, String> {
     match p.key {
         "raftkv" => start_raftkv(args),
-        "etcd" => start_etcd(args.no_install),
+        "etcd" => start_etcd(args.no_install, System::Etcd),
+        #[cfg(feature = "etcd")]
+        "etcd-grpc" => start_etcd(args.no_install, System::EtcdGrpc),
         "redis-always" => start_redis("always", args.no_install),
         "redis-no" => start_redis("no", args.no_install),
         other => Err(format!("unknown system {other}")),

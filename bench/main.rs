@@ -7,6 +7,8 @@ mod compare;
 mod driver;
 mod engine;
 mod etcd;
+#[cfg(feature = "etcd")]
+mod etcd_grpc;
 mod json;
 mod keys;
 mod nullserver;
@@ -71,6 +73,9 @@ pub enum System {
     Redis,
     /// etcd through its v3 HTTP/JSON gateway.
     Etcd,
+    /// etcd through its native gRPC API (built with `--features etcd`).
+    #[cfg(feature = "etcd")]
+    EtcdGrpc,
     /// An in-process server that answers at once (measures the load generator itself).
     Null,
 }
@@ -176,12 +181,61 @@ impl Common {
     }
 }
 
+/// Where load goes: a driver for the mio engine, or (feature `etcd`) the gRPC runner.
+pub enum Backend {
+    /// The null server (if any) lives as long as the backend.
+    Engine(Box<dyn Driver>, Option<nullserver::NullServer>),
+    #[cfg(feature = "etcd")]
+    EtcdGrpc,
+}
+
+impl Backend {
+    pub fn new(c: &Common) -> Result<Backend, String> {
+        #[cfg(feature = "etcd")]
+        if c.system == System::EtcdGrpc {
+            return Ok(Backend::EtcdGrpc);
+        }
+        let (d, n) = make_driver(c)?;
+        Ok(Backend::Engine(d, n))
+    }
+
+    pub fn name(&self) -> String {
+        match self {
+            Backend::Engine(d, _) => d.name(),
+            #[cfg(feature = "etcd")]
+            Backend::EtcdGrpc => "etcd (gRPC)".into(),
+        }
+    }
+
+    fn check(&self, kinds: &[workload::OpKind], cons: Consistency) -> Result<(), String> {
+        match self {
+            Backend::Engine(d, _) => d.check(kinds, cons),
+            #[cfg(feature = "etcd")]
+            Backend::EtcdGrpc => Ok(()),
+        }
+    }
+
+    fn run(&self, cfg: &EngineConfig, c: &Common, gen: OpGen) -> Result<engine::RunResult, String> {
+        let _ = c;
+        match self {
+            Backend::Engine(d, _) => {
+                let mut gen = gen;
+                engine::run(cfg, d.as_ref(), &mut gen)
+            }
+            #[cfg(feature = "etcd")]
+            Backend::EtcdGrpc => etcd_grpc::run(cfg, &c.endpoints, &c.driver_options(), gen),
+        }
+    }
+}
+
 /// Builds the driver for `c.system`; the null server (if any) lives as long as the returned box.
 pub fn make_driver(
     c: &Common,
 ) -> Result<(Box<dyn Driver>, Option<nullserver::NullServer>), String> {
     let opts = c.driver_options();
     Ok(match c.system {
+        #[cfg(feature = "etcd")]
+        System::EtcdGrpc => return Err("etcd-grpc runs on its own runner".into()),
         System::Raftkv => (
             Box::new(raftkv_driver::RaftkvDriver::new(
                 c.endpoints.clone(),
@@ -225,7 +279,7 @@ impl Driver for NullDriver {
 
 /// Runs one workload (with its preload) and returns the report.
 pub fn run_workload(c: &Common, workload: Workload, label: Option<&str>) -> Result<Report, String> {
-    let (driver, _null) = make_driver(c)?;
+    let driver = Backend::new(c)?;
     let opts = c.driver_options();
     driver.check(&workload.kinds(), opts.consistency)?;
     let progress = std::io::stderr().is_terminal() && !c.json;
@@ -240,8 +294,8 @@ pub fn run_workload(c: &Common, workload: Workload, label: Option<&str>) -> Resu
             progress: false,
             drain_timeout: secs(30.0),
         };
-        let mut gen = OpGen::new(Workload::Preload { n: c.keys }, KeyDist::uniform(c.keys), 0);
-        let r = engine::run(&cfg, driver.as_ref(), &mut gen)?;
+        let gen = OpGen::new(Workload::Preload { n: c.keys }, KeyDist::uniform(c.keys), 0);
+        let r = driver.run(&cfg, c, gen)?;
         let errs: u64 = r.errors.values().sum();
         if errs > 0 || r.incomplete > 0 {
             return Err(format!(
@@ -267,8 +321,8 @@ pub fn run_workload(c: &Common, workload: Workload, label: Option<&str>) -> Resu
         progress,
         drain_timeout: secs(c.drain_timeout),
     };
-    let mut gen = OpGen::new(workload.clone(), c.key_dist()?, c.seed);
-    let r = engine::run(&cfg, driver.as_ref(), &mut gen)?;
+    let gen = OpGen::new(workload.clone(), c.key_dist()?, c.seed);
+    let r = driver.run(&cfg, c, gen)?;
     let info = RunInfo {
         system: label.map_or_else(|| driver.name(), str::to_string),
         workload: workload.name(),
