@@ -77,6 +77,8 @@ struct Conn {
     inflight: VecDeque<InFlight>,
     /// When a dead connection may be re-opened.
     retry_at: Option<Instant>,
+    /// Registered for WRITABLE too (a write is blocked).
+    want_writable: bool,
 }
 
 fn connect(addr: SocketAddr) -> io::Result<TcpStream> {
@@ -130,11 +132,7 @@ pub fn run(cfg: &EngineConfig, driver: &dyn Driver, gen: &mut OpGen) -> Result<R
         let addr = targets[i % targets.len()];
         let mut stream = connect(addr).map_err(|e| format!("connect {addr}: {e}"))?;
         poll.registry()
-            .register(
-                &mut stream,
-                Token(i),
-                Interest::READABLE | Interest::WRITABLE,
-            )
+            .register(&mut stream, Token(i), Interest::READABLE)
             .map_err(|e| format!("register: {e}"))?;
         conns.push(Conn {
             addr,
@@ -145,6 +143,7 @@ pub fn run(cfg: &EngineConfig, driver: &dyn Driver, gen: &mut OpGen) -> Result<R
             rbuf: BytesMut::with_capacity(64 * 1024),
             inflight: VecDeque::with_capacity(pipeline),
             retry_at: None,
+            want_writable: false,
         });
     }
 
@@ -184,6 +183,9 @@ pub fn run(cfg: &EngineConfig, driver: &dyn Driver, gen: &mut OpGen) -> Result<R
     let mut rr = 0usize; // open-loop round robin
     let mut events = Events::with_capacity(1024);
     let mut read_chunk = vec![0u8; 256 * 1024];
+    // Connections to refill and flush this pass: all at first, then those that got replies,
+    // were re-opened, or (open loop) were given requests.
+    let mut touched: Vec<usize> = (0..clients).collect();
 
     loop {
         let now = Instant::now();
@@ -211,11 +213,13 @@ pub fn run(cfg: &EngineConfig, driver: &dyn Driver, gen: &mut OpGen) -> Result<R
                     Ok(mut s) => {
                         if poll
                             .registry()
-                            .register(&mut s, Token(i), Interest::READABLE | Interest::WRITABLE)
+                            .register(&mut s, Token(i), Interest::READABLE)
                             .is_ok()
                         {
                             c.stream = Some(s);
                             c.retry_at = None;
+                            c.want_writable = false;
+                            touched.push(i);
                             c.codec = driver.codec(i);
                             res.reconnects += 1;
                         }
@@ -251,7 +255,9 @@ pub fn run(cfg: &EngineConfig, driver: &dyn Driver, gen: &mut OpGen) -> Result<R
             };
             match &mut schedule {
                 None => {
-                    'conns: for c in conns.iter_mut() {
+                    // Only connections that got replies (or were just opened) have free slots.
+                    'conns: for &i in &touched {
+                        let c = &mut conns[i];
                         while c.stream.is_some() && c.inflight.len() < pipeline {
                             if !send(c, now, gen) {
                                 exhausted = true;
@@ -267,7 +273,8 @@ pub fn run(cfg: &EngineConfig, driver: &dyn Driver, gen: &mut OpGen) -> Result<R
                     res.max_backlog = res.max_backlog.max(backlog.len());
                     let mut full = 0;
                     while !backlog.is_empty() && full < conns.len() {
-                        let c = &mut conns[rr % clients];
+                        let ci = rr % clients;
+                        let c = &mut conns[ci];
                         rr = rr.wrapping_add(1);
                         if c.stream.is_none() || c.inflight.len() >= pipeline {
                             full += 1;
@@ -279,19 +286,23 @@ pub fn run(cfg: &EngineConfig, driver: &dyn Driver, gen: &mut OpGen) -> Result<R
                             exhausted = true;
                             break;
                         }
+                        touched.push(ci);
                     }
                 }
             }
         }
 
         // Flush what was queued.
-        for (i, c) in conns.iter_mut().enumerate() {
-            if c.wpos < c.wbuf.len() {
-                if let Err(e) = flush(c) {
+        for &i in &touched {
+            let c = &mut conns[i];
+            if c.wpos < c.wbuf.len() && !c.want_writable {
+                if let Err(e) = flush(c, &poll, i) {
                     fail_conn(c, &poll, &mut res, &format!("write: {e}"), i);
                 }
             }
         }
+
+        touched.clear();
 
         // Progress line, once a second.
         if now >= next_tick {
@@ -352,13 +363,15 @@ pub fn run(cfg: &EngineConfig, driver: &dyn Driver, gen: &mut OpGen) -> Result<R
                 continue;
             }
             if ev.is_writable() {
-                if let Err(e) = flush(c) {
+                if let Err(e) = flush(c, &poll, i) {
                     fail_conn(c, &poll, &mut res, &format!("write: {e}"), i);
                     continue;
                 }
             }
             if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
-                let outcome = read_replies(c, &mut read_chunk, gen, &mut rec, &mut res);
+                let closing = ev.is_read_closed() || ev.is_error();
+                let outcome = read_replies(c, closing, &mut read_chunk, gen, &mut rec, &mut res);
+                touched.push(i);
                 match outcome {
                     Ok(None) => {}
                     Ok(Some(redirect)) => {
@@ -396,7 +409,11 @@ pub fn run(cfg: &EngineConfig, driver: &dyn Driver, gen: &mut OpGen) -> Result<R
 }
 
 /// Writes as much of the connection's buffer as the socket takes.
-fn flush(c: &mut Conn) -> io::Result<()> {
+///
+/// Connections are registered for READABLE only; WRITABLE is added while a write is blocked (a
+/// full socket buffer) and dropped once the buffer drains, so idle-writable sockets do not wake
+/// the loop.
+fn flush(c: &mut Conn, poll: &Poll, token: usize) -> io::Result<()> {
     let Some(s) = c.stream.as_mut() else {
         return Ok(());
     };
@@ -409,7 +426,17 @@ fn flush(c: &mut Conn) -> io::Result<()> {
             Err(e) => return Err(e),
         }
     }
-    if c.wpos == c.wbuf.len() {
+    let blocked = c.wpos < c.wbuf.len();
+    if blocked != c.want_writable {
+        let interest = if blocked {
+            Interest::READABLE | Interest::WRITABLE
+        } else {
+            Interest::READABLE
+        };
+        poll.registry().reregister(s, Token(token), interest)?;
+        c.want_writable = blocked;
+    }
+    if !blocked {
         c.wbuf.clear();
         c.wpos = 0;
     }
@@ -436,6 +463,7 @@ fn fail_conn(c: &mut Conn, poll: &Poll, res: &mut RunResult, why: &str, _index: 
 /// when a reply redirected us, `Err` when the connection is unusable.
 fn read_replies(
     c: &mut Conn,
+    closing: bool,
     chunk: &mut [u8],
     gen: &mut OpGen,
     rec: &mut Recorder,
@@ -449,7 +477,15 @@ fn read_replies(
                     closed = true;
                     break;
                 }
-                Ok(n) => c.rbuf.extend_from_slice(&chunk[..n]),
+                Ok(n) => {
+                    c.rbuf.extend_from_slice(&chunk[..n]);
+                    // A short read drained the socket (epoll(7): for stream sockets a short
+                    // read means the read space is exhausted; new data raises a new edge), so
+                    // skip the extra read that would only return WouldBlock.
+                    if n < chunk.len() && !closing {
+                        break;
+                    }
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(format!("read: {e}")),
