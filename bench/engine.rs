@@ -626,6 +626,41 @@ mod tests {
         assert!(r.errors.is_empty(), "{:?}", r.errors);
     }
 
+    /// Sends everything to a fixed address (no leader discovery).
+    struct Fixed(SocketAddr, RaftkvDriver);
+    impl Driver for Fixed {
+        fn name(&self) -> String {
+            "fixed".into()
+        }
+        fn check(&self, _: &[crate::workload::OpKind], _: Consistency) -> Result<(), String> {
+            Ok(())
+        }
+        fn targets(&self) -> Result<Vec<SocketAddr>, String> {
+            Ok(vec![self.0])
+        }
+        fn codec(&self, i: usize) -> Box<dyn Codec> {
+            self.1.codec(i)
+        }
+    }
+
+    #[test]
+    fn not_leader_replies_move_connections_to_the_named_leader() {
+        let leader = NullServer::start().unwrap();
+        let follower = NullServer::start_follower_of(leader.addr).unwrap();
+        let d = Fixed(follower.addr, driver(&leader));
+        let mut gen = OpGen::new(Workload::Put, KeyDist::uniform(100), 4);
+        let r = run(&cfg(None, Some(Duration::from_millis(500))), &d, &mut gen).unwrap();
+        // Each of the 4 connections is redirected once: its first reply is NOT_LEADER, the rest
+        // of its pipeline is dropped with it, and it reconnects to the leader.
+        assert_eq!(r.reconnects, 4, "errors {:?}", r.errors);
+        assert!(r.errors.get("raftkv: NOT_LEADER").is_some_and(|&n| n >= 4));
+        assert!(
+            r.overall.len() > 50,
+            "only {} ops after the redirect",
+            r.overall.len()
+        );
+    }
+
     #[test]
     fn unreachable_target_is_a_clear_error() {
         // Bind and drop to get a port nobody listens on.

@@ -27,6 +27,16 @@ pub struct NullServer {
 impl NullServer {
     /// Starts on 127.0.0.1 with a free port.
     pub fn start() -> io::Result<NullServer> {
+        Self::start_with(None)
+    }
+
+    /// A server that plays a follower: every request is answered NOT_LEADER naming `leader`.
+    #[cfg(test)]
+    pub fn start_follower_of(leader: SocketAddr) -> io::Result<NullServer> {
+        Self::start_with(Some(leader))
+    }
+
+    fn start_with(redirect: Option<SocketAddr>) -> io::Result<NullServer> {
         let poll = Poll::new()?;
         let mut listener = TcpListener::bind("127.0.0.1:0".parse().expect("literal address"))?;
         let addr = listener.local_addr()?;
@@ -37,7 +47,7 @@ impl NullServer {
         let stop2 = stop.clone();
         let thread = std::thread::Builder::new()
             .name("null-server".into())
-            .spawn(move || serve(poll, listener, stop2, addr))?;
+            .spawn(move || serve(poll, listener, stop2, addr, redirect))?;
         Ok(NullServer {
             addr,
             stop,
@@ -99,7 +109,13 @@ fn answer(req: kvpb::Request, addr: SocketAddr, version: &mut u64) -> kvpb::Resp
     }
 }
 
-fn serve(mut poll: Poll, listener: TcpListener, stop: Arc<AtomicBool>, addr: SocketAddr) {
+fn serve(
+    mut poll: Poll,
+    listener: TcpListener,
+    stop: Arc<AtomicBool>,
+    addr: SocketAddr,
+    redirect: Option<SocketAddr>,
+) {
     let mut events = Events::with_capacity(256);
     let mut clients: Vec<Option<Client>> = Vec::new();
     let mut chunk = vec![0u8; 256 * 1024];
@@ -133,7 +149,7 @@ fn serve(mut poll: Poll, listener: TcpListener, stop: Arc<AtomicBool>, addr: Soc
                         continue;
                     };
                     let Some(c) = slot.as_mut() else { continue };
-                    if service(c, &mut chunk, addr, &mut version).is_err() {
+                    if service(c, &mut chunk, addr, redirect, &mut version).is_err() {
                         let _ = poll.registry().deregister(&mut c.stream);
                         *slot = None;
                     }
@@ -148,6 +164,7 @@ fn service(
     c: &mut Client,
     chunk: &mut [u8],
     addr: SocketAddr,
+    redirect: Option<SocketAddr>,
     version: &mut u64,
 ) -> io::Result<()> {
     loop {
@@ -164,7 +181,18 @@ fn service(
     {
         let req: kvpb::Request =
             framing::decode(p).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-        encode_frame(&answer(req, addr, version), &mut c.wbuf);
+        let resp = match redirect {
+            Some(leader) => kvpb::Response {
+                id: req.id,
+                result: Some(kvpb::response::Result::Error(kvpb::Error {
+                    code: kvpb::ErrorCode::NotLeader as i32,
+                    leader_addr: leader.to_string(),
+                    ..Default::default()
+                })),
+            },
+            None => answer(req, addr, version),
+        };
+        encode_frame(&resp, &mut c.wbuf);
     }
     while !c.wbuf.is_empty() {
         match c.stream.write(&c.wbuf) {
