@@ -621,3 +621,217 @@ fn backpressure_pauses_a_client_that_does_not_read() {
     }
     writer.join().unwrap();
 }
+
+/// Garbage, oversized, truncated and empty requests get an error or a closed connection; the
+/// node keeps serving other clients and loses nothing.
+#[test]
+fn bad_client_input_is_rejected_and_the_node_keeps_serving() {
+    let cluster = Cluster::start(1, &["--max-frame=4096"]);
+    cluster.wait_leader();
+    let addr = cluster.addr(1);
+    let mut good = cluster.client();
+    good.put(b"keep", b"me").unwrap();
+
+    // A bystander connection stays usable throughout.
+    let mut bystander = connect(&addr).unwrap();
+
+    let expect_error_then_close = |bytes: &[u8], code: ErrorCode| {
+        let mut s = connect(&addr).unwrap();
+        s.write_all(bytes).unwrap();
+        let r: kvpb::Response = blocking::read_msg(&mut s, 1 << 20).unwrap();
+        assert_eq!(err_code(&r), Some(code), "{r:?}");
+        let mut rest = Vec::new();
+        assert_eq!(
+            s.read_to_end(&mut rest).unwrap(),
+            0,
+            "connection not closed"
+        );
+    };
+    // Garbage payload in a well-formed frame.
+    let mut garbage = 5u32.to_be_bytes().to_vec();
+    garbage.extend([0xff; 5]);
+    expect_error_then_close(&garbage, ErrorCode::BadRequest);
+    // A frame longer than the maximum (only the header is sent: it is refused unread).
+    expect_error_then_close(&(1u32 << 20).to_be_bytes(), ErrorCode::TooLarge);
+    // A real request just over the limit.
+    let big = frame_bytes(&put_req(3, "big", &"x".repeat(5000)));
+    expect_error_then_close(&big, ErrorCode::TooLarge);
+
+    // A truncated frame, then the client goes away: the server just closes.
+    {
+        let mut s = connect(&addr).unwrap();
+        let f = frame_bytes(&put_req(4, "t", "u"));
+        s.write_all(&f[..f.len() - 2]).unwrap();
+        s.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut rest = Vec::new();
+        assert_eq!(s.read_to_end(&mut rest).unwrap(), 0);
+    }
+
+    // Valid frames with an empty request, or only unknown fields: BAD_REQUEST, the connection
+    // stays open and serves the next request.
+    let mut s = connect(&addr).unwrap();
+    let empty = kvpb::Request {
+        id: 11,
+        ..Default::default()
+    };
+    let r = call(&mut s, &empty);
+    assert_eq!((r.id, err_code(&r)), (11, Some(ErrorCode::BadRequest)));
+    // Field 99 (varint 1) and id 12: decodes with no op.
+    let unknown = [0x08, 12, 0x98, 0x06, 0x01];
+    let mut f = (unknown.len() as u32).to_be_bytes().to_vec();
+    f.extend(unknown);
+    s.write_all(&f).unwrap();
+    let r: kvpb::Response = blocking::read_msg(&mut s, 1 << 20).unwrap();
+    assert_eq!((r.id, err_code(&r)), (12, Some(ErrorCode::BadRequest)));
+    let empty_key = put_req(13, "", "v");
+    assert_eq!(
+        err_code(&call(&mut s, &empty_key)),
+        Some(ErrorCode::BadRequest)
+    );
+    let r = call(&mut s, &put_req(14, "after", "ok"));
+    assert!(matches!(r.result, Some(R::Put(_))), "{r:?}");
+
+    // The bystander and a fresh client still work, and nothing committed was lost.
+    let r = call(&mut bystander, &put_req(1, "bystander", "fine"));
+    assert!(matches!(r.result, Some(R::Put(_))), "{r:?}");
+    assert_eq!(&good.get(b"keep").unwrap().value[..], b"me");
+    assert_eq!(&good.get(b"after").unwrap().value[..], b"ok");
+    assert!(!good.get(b"big").unwrap().found);
+}
+
+/// Garbage on the peer port closes that connection only.
+#[test]
+fn bad_peer_input_closes_only_that_connection() {
+    let cluster = Cluster::start(1, &[]);
+    cluster.wait_leader();
+    let peer_addr = cluster
+        .peers
+        .split('=')
+        .nth(1)
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap();
+    let mut s = connect(peer_addr).unwrap();
+    let mut garbage = 6u32.to_be_bytes().to_vec();
+    garbage.extend([0xff; 6]);
+    s.write_all(&garbage).unwrap();
+    let mut rest = Vec::new();
+    assert_eq!(s.read_to_end(&mut rest).unwrap(), 0);
+    let mut c = cluster.client();
+    c.put(b"still", b"up").unwrap();
+}
+
+fn raftkv(args: &[&str]) -> (i32, String) {
+    let out = Command::new(EXE).args(args).output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+/// Kills a `raftkv cluster` process (SIGKILL; its children get SIGTERM via PDEATHSIG).
+struct ProcGuard(Child);
+
+impl Drop for ProcGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `raftkv cluster` starts a working cluster, the CLI talks to it, Ctrl-C (SIGINT) stops it
+/// cleanly, and a restart keeps the data.
+#[test]
+fn cluster_command_and_cli() {
+    // 6 consecutive free ports.
+    let base = wait_for("6 consecutive free ports", Duration::from_secs(10), || {
+        let p = free_ports(1)[0];
+        let ls: Result<Vec<_>, _> = (p..p.checked_add(6)?)
+            .map(|q| std::net::TcpListener::bind(("127.0.0.1", q)))
+            .collect();
+        ls.ok().map(|_| p)
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let endpoints = (base..base + 3)
+        .map(|p| format!("127.0.0.1:{p}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let start = |dir: &Path| {
+        ProcGuard(
+            Command::new(EXE)
+                .args([
+                    "cluster",
+                    "--nodes",
+                    "3",
+                    "--tick-ms",
+                    "10",
+                    "--log-level",
+                    "warn",
+                ])
+                .arg("--segment-size=1048576")
+                .arg("--dir")
+                .arg(dir)
+                .arg(format!("--base-port={base}"))
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        )
+    };
+    let mut guard = start(dir.path());
+    let ep = format!("--endpoints={endpoints}");
+    wait_for("the CLI put to succeed", Duration::from_secs(20), || {
+        (raftkv(&["put", &ep, "--timeout-ms=1000", "greeting", "hello"]).0 == 0).then_some(())
+    });
+    assert_eq!(raftkv(&["get", &ep, "greeting"]), (0, "hello\n".into()));
+    assert_eq!(raftkv(&["get", &ep, "missing"]).0, 1);
+    let (code, out) = raftkv(&["get", &ep, "--json", "greeting"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("\"value\":\"hello\""), "{out}");
+    let (code, out) = raftkv(&["cas", &ep, "greeting", "--expect-version=999", "x"]);
+    assert_eq!((code, out), (1, String::new()));
+    let (code, out) = raftkv(&["status", &ep]);
+    assert_eq!(code, 0);
+    assert!(out.matches("leader").count() >= 3, "{out}");
+    assert_eq!(raftkv(&["del", &ep, "missing"]).0, 1);
+    assert_eq!(raftkv(&["put", &ep]).0, 2, "usage error");
+    let (code, _) = raftkv(&["get", "--endpoints=127.0.0.1:1", "--timeout-ms=300", "k"]);
+    assert_eq!(code, 3, "unreachable cluster");
+
+    // Ctrl-C: SIGINT to the cluster process stops everything and exits 0.
+    unsafe {
+        libc::kill(guard.0.id() as libc::pid_t, libc::SIGINT);
+    }
+    let status = wait_for("the cluster to stop", Duration::from_secs(15), || {
+        guard.0.try_wait().unwrap()
+    });
+    assert!(status.success(), "{status}");
+    let mut banner = String::new();
+    guard
+        .0
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut banner)
+        .unwrap();
+    assert!(banner.contains(&endpoints), "{banner}");
+    assert!(banner.contains("raftkv put"), "{banner}");
+    wait_for(
+        "the nodes to release their ports",
+        Duration::from_secs(10),
+        || {
+            TcpStream::connect(format!("127.0.0.1:{base}"))
+                .is_err()
+                .then_some(())
+        },
+    );
+
+    // Same command again: same ports, same data.
+    let _guard = start(dir.path());
+    let got = wait_for("the restarted cluster", Duration::from_secs(20), || {
+        let (code, out) = raftkv(&["get", &ep, "--timeout-ms=1000", "greeting"]);
+        (code == 0).then_some(out)
+    });
+    assert_eq!(got, "hello\n");
+}
