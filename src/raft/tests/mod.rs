@@ -197,8 +197,13 @@ pub(crate) struct Peer {
     pub(crate) reads: Vec<ReadState>,
     pub(crate) failed_reads: Vec<u64>,
     pub(crate) snapshot_sends: Vec<u64>,
+    /// Index of the snapshot installed last (the apply stream may jump to just above it).
+    pub(crate) snap_index: u64,
     pub(crate) cfg: Config,
 }
+
+/// Returns false to drop a message.
+pub(crate) type MsgFilter = Box<dyn FnMut(&Message) -> bool>;
 
 /// Deterministic in-memory network with invariant checks.
 pub(crate) struct Net {
@@ -207,7 +212,7 @@ pub(crate) struct Net {
     /// Directed links that drop everything.
     pub(crate) cut: HashSet<(u64, u64)>,
     /// Message filter: returns false to drop.
-    pub(crate) filter: Option<Box<dyn FnMut(&Message) -> bool>>,
+    pub(crate) filter: Option<MsgFilter>,
     /// Leader seen per term (I1).
     leaders: HashMap<u64, u64>,
     /// Committed (index -> (term, data)) as applied anywhere (I1/I2).
@@ -236,6 +241,7 @@ impl Net {
                     reads: vec![],
                     failed_reads: vec![],
                     snapshot_sends: vec![],
+                    snap_index: 0,
                     cfg: c,
                 },
             );
@@ -294,7 +300,8 @@ impl Net {
                 .applied
                 .last()
                 .map(|e| e.index)
-                .unwrap_or(p.raw.log.snapshot_index_term().0);
+                .unwrap_or(0)
+                .max(p.snap_index);
             assert_eq!(e.index, last + 1, "node {id} applied out of order");
             match self.committed.get(&e.index) {
                 Some((t, d)) => assert!(
@@ -409,11 +416,28 @@ impl Net {
             .collect()
     }
 
+    /// Installs a snapshot on `id` as the shell would (core first, then the store).
+    pub(crate) fn install_snapshot(&mut self, id: u64, meta: SnapshotMeta) -> bool {
+        let p = self.peers.get_mut(&id).unwrap();
+        let (i, t) = (meta.index, meta.term);
+        if !p.raw.restore_snapshot(meta) {
+            return false;
+        }
+        p.raw.store_mut().reset(i, t);
+        p.snap_index = i;
+        true
+    }
+
     /// Restarts `id` from its durable state (everything written so far is durable here).
     pub(crate) fn restart(&mut self, id: u64) {
         let p = self.peers.get_mut(&id).unwrap();
         let store = p.raw.store().clone();
-        let applied = p.applied.last().map(|e| e.index).unwrap_or(0);
+        let applied = p
+            .applied
+            .last()
+            .map(|e| e.index)
+            .unwrap_or(0)
+            .max(p.snap_index);
         let init = InitialState {
             hard_state: p.hs,
             conf: p.raw.conf.clone(),

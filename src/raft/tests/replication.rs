@@ -94,7 +94,8 @@ fn l3_new_leader_appends_noop_and_replicates() {
 fn l4_commit_needs_majority_of_current_term() {
     // (voters, acks by peers (match index), expected commit). Leader log [1, 1, 2(no-op)]
     // at term 2, so index 3 is the first current-term entry.
-    let cases: &[(u64, &[(u64, u64)], u64)] = &[
+    type Acks<'a> = &'a [(u64, u64)];
+    let cases: &[(u64, Acks, u64)] = &[
         (1, &[], 3),
         (3, &[], 0),
         (3, &[(2, 3)], 3),
