@@ -172,8 +172,9 @@ fn crash(dir: &Path, durable: &Files, rng: &mut Rng) {
         let e = (s + 512).min(now.len());
         // The 64-byte segment header is fsynced when the segment is created.
         if rng.chance(0.5) {
-            for i in s.max(64)..e {
-                out[i] = base.and_then(|v| v.get(i)).copied().unwrap_or(0);
+            let lo = s.max(64);
+            for (i, b) in out[lo..e].iter_mut().enumerate() {
+                *b = base.and_then(|v| v.get(lo + i)).copied().unwrap_or(0);
             }
         }
     }
@@ -372,4 +373,389 @@ proptest! {
                          ops in proptest::collection::vec(op(), 1..60)) {
         run_model(seg, ops);
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Crash damage: torn tails at every byte, random bit flips.
+
+/// Builds a synced log in `dir` spanning several segments; returns its entries.
+fn build_log(dir: &Path, seg: u64, n: u64, seed: u64) -> Vec<Entry> {
+    let mut rng = Rng::new(seed);
+    let mut log = Log::open(dir, opts(seg)).unwrap();
+    // Non-empty random payloads (a run of zeros could pass for a lost write).
+    let es: Vec<Entry> = (1..=n)
+        .map(|i| {
+            let mut e = entry(&mut rng, i, 1 + i / 40, 120);
+            let mut d = e.data.to_vec();
+            d.push(1);
+            d.iter_mut().for_each(|b| *b |= 1);
+            e.data = Bytes::from(d);
+            e
+        })
+        .collect();
+    log.append(&es).unwrap();
+    log.sync().unwrap();
+    es
+}
+
+fn last_seg(dir: &Path) -> PathBuf {
+    let mut v: Vec<PathBuf> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "seg"))
+        .collect();
+    v.sort();
+    v.pop().unwrap()
+}
+
+/// (offset of the last record, end of the last record) in the segment holding `es`'s tail.
+fn last_record_span(path: &Path, es: &[Entry]) -> (usize, usize) {
+    let first: u64 = path.file_stem().unwrap().to_str().unwrap().parse().unwrap();
+    let mut off = 64;
+    let mut last = off;
+    for e in &es[(first - 1) as usize..] {
+        last = off;
+        off += 32 + e.data.len();
+    }
+    (last, off)
+}
+
+#[test]
+fn torn_tail_at_every_byte_recovers_the_prefix() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let es = build_log(dir, 4096, 80, 3);
+    let seg = last_seg(dir);
+    let orig = fs::read(&seg).unwrap();
+    let (lo, hi) = last_record_span(&seg, &es);
+    for cut in lo..hi {
+        for zero_fill in [false, true] {
+            // Either the file is cut short, or the record's tail is zeros (never written).
+            if zero_fill {
+                let mut b = orig.clone();
+                b[cut..hi].fill(0);
+                fs::write(&seg, b).unwrap();
+            } else {
+                fs::write(&seg, &orig[..cut]).unwrap();
+            }
+            let mut log = Log::open(dir, opts(4096))
+                .unwrap_or_else(|e| panic!("cut at {cut} (zero fill {zero_fill}): {e}"));
+            assert_eq!(all_entries(&log), es[..es.len() - 1], "cut at {cut}");
+            // The log is usable again: the lost entry can be re-appended and survives reopen.
+            log.append(&es[es.len() - 1..]).unwrap();
+            log.sync().unwrap();
+            drop(log);
+            let log = Log::open(dir, opts(4096)).unwrap();
+            assert_eq!(all_entries(&log), es, "cut at {cut}");
+        }
+    }
+    fs::write(&seg, &orig).unwrap();
+}
+
+fn restore(dir: &Path, files: &Files) {
+    for e in fs::read_dir(dir).unwrap() {
+        fs::remove_file(e.unwrap().path()).unwrap();
+    }
+    for (name, b) in files {
+        fs::write(dir.join(name), b).unwrap();
+    }
+}
+
+#[test]
+fn random_bit_flips_are_detected_or_only_cost_the_tail() {
+    let seed: u64 = std::env::var("RAFTKV_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0x5eed_f11b);
+    println!("bit flip test seed {seed} (rerun with RAFTKV_SEED={seed})");
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let es = build_log(dir, 2048, 60, seed);
+    {
+        // A compaction so there is a meta file to damage too.
+        let mut log = Log::open(dir, opts(2048)).unwrap();
+        log.compact(3, es[2].term).unwrap();
+    }
+    let live = &es[3..];
+    let files = read_files(dir);
+    let last = last_seg(dir)
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
+    let (last_lo, last_hi) = last_record_span(&dir.join(&last), &es);
+    let mut rng = Rng::new(seed);
+    let names: Vec<&String> = files.keys().collect();
+    let mut errors = 0;
+    for trial in 0..300 {
+        restore(dir, &files);
+        let name = names[rng.range(0, names.len() as u64) as usize];
+        let len = files[name].len() as u64;
+        // Mostly inside the written part, sometimes anywhere.
+        let written = if name.ends_with(".seg") {
+            let first: u64 = name.trim_end_matches(".seg").parse().unwrap();
+            let mut off = 64;
+            for e in es.iter().skip((first - 1) as usize) {
+                // Segments roll over exactly when the next record does not fit.
+                if off + 32 + e.data.len() > len as usize {
+                    break;
+                }
+                off += 32 + e.data.len();
+            }
+            off as u64
+        } else {
+            len
+        };
+        let at = if rng.chance(0.8) {
+            rng.range(0, written)
+        } else {
+            rng.range(0, len)
+        };
+        let bit = rng.range(0, 8);
+        let mut b = files[name].clone();
+        b[at as usize] ^= 1 << bit;
+        fs::write(dir.join(name), &b).unwrap();
+        let ctx = format!("seed {seed} trial {trial}: flipped bit {bit} of byte {at} in {name}");
+        match Log::open(dir, opts(2048)) {
+            Ok(log) => {
+                let got = all_entries(&log);
+                let in_last_record =
+                    name == &last && (at as usize) >= last_lo && (at as usize) < last_hi;
+                if in_last_record {
+                    assert_eq!(got, live[..live.len() - 1], "{ctx}");
+                } else {
+                    assert_eq!(got, live, "{ctx}");
+                }
+            }
+            Err(e) => {
+                errors += 1;
+                let msg = e.to_string();
+                assert!(matches!(e, StorageError::Corrupt { .. }), "{ctx}: {msg}");
+                assert!(
+                    msg.contains(name.as_str()),
+                    "{ctx}: error does not name the file: {msg}"
+                );
+            }
+        }
+    }
+    assert!(
+        errors > 50,
+        "seed {seed}: only {errors} flips were detected"
+    );
+}
+
+#[test]
+fn missing_middle_segment_and_foreign_file_refuse_to_open() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    build_log(dir, 1024, 60, 4);
+    let mut segs: Vec<PathBuf> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    segs.sort();
+    assert!(segs.len() >= 4);
+    let saved = fs::read(&segs[1]).unwrap();
+    fs::remove_file(&segs[1]).unwrap();
+    let e = Log::open(dir, opts(1024)).err().expect("gap must fail");
+    assert!(e.to_string().contains("index gap"), "{e}");
+    fs::write(&segs[1], b"hello, I am not a segment").unwrap();
+    let e = Log::open(dir, opts(1024))
+        .err()
+        .expect("foreign file must fail");
+    assert!(e.to_string().contains("segment"), "{e}");
+    fs::write(&segs[1], saved).unwrap();
+    Log::open(dir, opts(1024)).unwrap();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Hard state.
+
+#[test]
+fn hard_state_survives_torn_writes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let (mut f, hs) = HardStateFile::open(dir).unwrap();
+    assert_eq!(hs, HardState::default());
+    let states: Vec<HardState> = (1..=5)
+        .map(|i| HardState {
+            term: i,
+            vote: i % 3,
+            commit: i * 10,
+        })
+        .collect();
+    for s in &states {
+        f.save(s).unwrap();
+    }
+    drop(f);
+    let path = dir.join("hardstate");
+    let orig = fs::read(&path).unwrap();
+    assert_eq!(HardStateFile::open(dir).unwrap().1, states[4]);
+    // Seq 5 lives in slot 1 (byte 512); seq 4 in slot 0. A torn write of the newest slot
+    // (any prefix of it replaced by garbage or zeros) leaves the previous state.
+    for cut in 0..48 {
+        for fill in [0u8, 0xAB] {
+            let mut b = orig.clone();
+            b[512 + cut..512 + 48].fill(fill);
+            if b == orig {
+                continue;
+            }
+            fs::write(&path, &b).unwrap();
+            let got = HardStateFile::open(dir).unwrap().1;
+            assert!(
+                got == states[3] || (cut >= 44 && got == states[4]),
+                "cut {cut}: {got:?}"
+            );
+        }
+    }
+    // The next save after recovering overwrites the torn slot, not the good one.
+    let mut b = orig.clone();
+    b[512..540].fill(0xAB);
+    fs::write(&path, &b).unwrap();
+    let (mut f, got) = HardStateFile::open(dir).unwrap();
+    assert_eq!(got, states[3]);
+    let s6 = HardState {
+        term: 9,
+        vote: 1,
+        commit: 3,
+    };
+    f.save(&s6).unwrap();
+    drop(f);
+    assert_eq!(HardStateFile::open(dir).unwrap().1, s6);
+    // Both slots destroyed: a clear error, not a silent reset to term 0.
+    let mut b = fs::read(&path).unwrap();
+    b[8] ^= 1;
+    b[520] ^= 1;
+    fs::write(&path, &b).unwrap();
+    let e = HardStateFile::open(dir).err().expect("must fail");
+    assert!(e.to_string().contains("hardstate"), "{e}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Snapshots.
+
+fn meta(index: u64, term: u64) -> SnapshotMeta {
+    SnapshotMeta {
+        index,
+        term,
+        conf: Some(ConfState {
+            voters: vec![1, 2, 3],
+            learners: vec![4],
+        }),
+    }
+}
+
+fn payload(seed: u64, n: usize) -> Vec<u8> {
+    let mut rng = Rng::new(seed);
+    (0..n).map(|_| rng.next_u64() as u8).collect()
+}
+
+fn write_snap(store: &mut SnapshotStore, m: &SnapshotMeta, data: &[u8]) -> PathBuf {
+    let mut w = store.create(m).unwrap();
+    for c in data.chunks(10_000) {
+        w.write_all(c).unwrap();
+    }
+    assert_eq!(w.payload_crc(), crc32fast::hash(data));
+    w.finish().unwrap()
+}
+
+fn read_all(r: &mut SnapshotReader) -> std::io::Result<Vec<u8>> {
+    let mut v = Vec::new();
+    r.read_to_end(&mut v)?;
+    Ok(v)
+}
+
+#[test]
+fn snapshot_round_trip_keep_two_and_fallback() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("snap");
+    let mut store = SnapshotStore::open(&dir).unwrap();
+    assert!(store.latest().unwrap().is_none());
+    let p1 = write_snap(&mut store, &meta(10, 1), &payload(1, 200_000));
+    let p2 = write_snap(&mut store, &meta(20, 2), &payload(2, 150_000));
+    let p3 = write_snap(&mut store, &meta(30, 2), &payload(3, 0));
+    assert!(
+        !p1.exists() && p2.exists() && p3.exists(),
+        "keeps the newest two"
+    );
+    let mut r = store.latest().unwrap().unwrap();
+    assert_eq!(r.meta, meta(30, 2));
+    assert!(read_all(&mut r).unwrap().is_empty());
+    // Damage the newest: falls back to the previous one.
+    let mut b = fs::read(&p3).unwrap();
+    let n = b.len();
+    b[n - 5] ^= 0x10;
+    fs::write(&p3, b).unwrap();
+    let mut r = store.latest().unwrap().unwrap();
+    assert_eq!(r.meta, meta(20, 2));
+    assert_eq!(read_all(&mut r).unwrap(), payload(2, 150_000));
+    assert_eq!(r.payload_crc(), crc32fast::hash(&payload(2, 150_000)));
+    // Both damaged: an error, not "no snapshot".
+    let mut b = fs::read(&p2).unwrap();
+    b[1000] ^= 1;
+    fs::write(&p2, b).unwrap();
+    assert!(store.latest().is_err());
+    // Open by path.
+    let r = SnapshotReader::open(&p3).unwrap();
+    assert_eq!(r.meta.index, 30);
+}
+
+#[test]
+fn snapshot_abort_and_drop_remove_the_temp_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("snap");
+    let mut store = SnapshotStore::open(&dir).unwrap();
+    let mut w = store.create(&meta(5, 1)).unwrap();
+    w.write_all(&payload(5, 100_000)).unwrap();
+    w.abort();
+    let mut w = store.create(&meta(6, 1)).unwrap();
+    w.write_all(b"partial").unwrap();
+    drop(w);
+    assert_eq!(fs::read_dir(&dir).unwrap().count(), 0);
+    assert!(store.latest().unwrap().is_none());
+}
+
+#[test]
+fn snapshot_truncation_and_bit_flips_are_detected() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("snap");
+    let mut store = SnapshotStore::open(&dir).unwrap();
+    let data = payload(7, 140_000);
+    let p = write_snap(&mut store, &meta(9, 3), &data);
+    let orig = fs::read(&p).unwrap();
+    let check = |b: &[u8], ctx: &str| {
+        fs::write(&p, b).unwrap();
+        let res = SnapshotReader::open(&p)
+            .map_err(|e| e.to_string())
+            .and_then(|mut r| read_all(&mut r).map_err(|e| e.to_string()));
+        match res {
+            Ok(v) => panic!("{ctx}: damage not detected ({} bytes read)", v.len()),
+            Err(msg) => assert!(
+                msg.contains("snap-"),
+                "{ctx}: error does not name the file: {msg}"
+            ),
+        }
+    };
+    let mut cuts: Vec<usize> = (0..64).collect();
+    cuts.extend((64..orig.len()).step_by(997));
+    cuts.extend(orig.len() - 40..orig.len());
+    for cut in cuts {
+        check(&orig[..cut], &format!("cut at {cut}"));
+    }
+    let seed = 0xfeed;
+    let mut rng = Rng::new(seed);
+    for trial in 0..200 {
+        let mut b = orig.clone();
+        let at = rng.range(0, b.len() as u64) as usize;
+        b[at] ^= 1 << rng.range(0, 8);
+        check(&b, &format!("seed {seed} trial {trial} flip at {at}"));
+    }
+    let mut b = orig.clone();
+    b.push(0);
+    check(&b, "trailing byte");
+    fs::write(&p, &orig).unwrap();
+    assert_eq!(
+        read_all(&mut SnapshotReader::open(&p).unwrap()).unwrap(),
+        data
+    );
 }
