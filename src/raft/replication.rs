@@ -112,7 +112,10 @@ impl<S: LogStore> RawNode<S> {
     pub(super) fn bcast_append(&mut self, send_if_empty: bool) {
         let peers: Vec<u64> = self.prs.keys().copied().collect();
         for p in peers {
-            self.send_append(p, send_if_empty);
+            // Pipelining: a replicating peer gets as many batches as its window allows.
+            if self.send_append(p, send_if_empty) {
+                while self.send_append(p, false) {}
+            }
         }
     }
 

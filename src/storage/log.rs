@@ -336,7 +336,7 @@ impl Log {
         Ok(())
     }
 
-    /// Removes entries with index >= `from`.
+    /// Removes entries with index >= `from`. Durable on return (it syncs).
     pub fn truncate_suffix(&mut self, from: u64) -> Result<(), StorageError> {
         if from > self.last_index() {
             return Ok(());
@@ -360,7 +360,10 @@ impl Log {
             .last_mut()
             .expect("log has a segment")
             .truncate_from(from);
-        Ok(())
+        // Make the truncation (and anything appended before it) durable now: otherwise a crash
+        // could mix sectors of the old suffix with the new entries that replace it, which is
+        // indistinguishable from corruption in the middle of the log. Conflicts are rare.
+        self.sync()
     }
 
     /// Records that a snapshot covers everything up to (index, term) and discards the log

@@ -63,10 +63,20 @@ fn last_nonzero(b: &[u8], from: usize) -> usize {
     }
 }
 
-/// True when `b[from..to]` contains a whole 512-byte aligned sector of zeros: the mark of a
-/// write that was lost in a crash (a torn write), as opposed to a flipped bit.
+/// True when the damaged record span `b[from..to]` (from = start of the bad record, to = a
+/// valid record further on) shows a lost write: a 512-byte aligned sector that never reached the
+/// disk in a crash reads back as zeros. Checked: the part of the first sector from `from` on
+/// (it starts with the record magic, which no single bit flip turns into zeros), and every whole
+/// sector inside the span. A flipped bit in a written record shows neither.
 fn has_zero_sector(b: &[u8], from: usize, to: usize) -> bool {
-    let mut s = from.div_ceil(512) * 512;
+    if to <= from {
+        return false;
+    }
+    let first_end = ((from / 512 + 1) * 512).min(to);
+    if b[from..first_end].iter().all(|&x| x == 0) {
+        return true;
+    }
+    let mut s = first_end;
     while s + 512 <= to {
         if b[s..s + 512].iter().all(|&x| x == 0) {
             return true;
