@@ -42,6 +42,8 @@ use std::time::{Duration, Instant};
 
 /// Socket reads per connection per wake-up before yielding to others (fairness).
 const READ_BUDGET: usize = 16;
+/// Extra room for peer frames above the client max frame.
+const PEER_FRAME_SLACK: usize = 2 << 20;
 /// Longest poll sleep (the loop also checks the shutdown flag this often).
 const MAX_POLL: Duration = Duration::from_millis(100);
 
@@ -374,7 +376,14 @@ impl Server {
                         log::warn!("cannot register connection from {addr}: {e}");
                         continue;
                     }
-                    let conn = Conn::new(stream, self.cfg.max_frame);
+                    // Peer frames carry whole client commands plus batching overhead
+                    // (AppendEntries up to Config::max_msg_bytes, 1 MiB, beyond one entry).
+                    let max_frame = if which == PEER_LISTENER {
+                        self.cfg.max_frame.saturating_add(PEER_FRAME_SLACK)
+                    } else {
+                        self.cfg.max_frame
+                    };
+                    let conn = Conn::new(stream, max_frame);
                     let ep = if which == PEER_LISTENER {
                         log::debug!("peer connection from {addr}");
                         Endpoint::PeerIn(conn)
@@ -853,27 +862,8 @@ impl Server {
                     .insert(Instant::now() + delay, TimerEvent::Reconnect(id));
             }
         }
-        // Paused clients may have become readable again (inflight dropped).
-        let resumable: Vec<Token> = self
-            .endpoints
-            .iter()
-            .filter_map(|(t, ep)| match ep {
-                Endpoint::Client(c)
-                    if c.paused
-                        && c.conn.pending_out() <= self.cfg.max_client_pending_bytes
-                        && c.inflight < self.cfg.max_client_inflight =>
-                {
-                    Some(*t)
-                }
-                _ => None,
-            })
-            .collect();
-        for t in resumable {
-            if let Some(Endpoint::Client(c)) = self.endpoints.get_mut(&t) {
-                c.paused = false;
-            }
-            self.read_again.push(t);
-        }
+        // (Paused clients resume in flush_client: every response that lowers `inflight`
+        // marks its client dirty, so it passes through there.)
     }
 
     // ---------------------------------------------------------------------------------------
