@@ -150,8 +150,18 @@ impl SnapshotReceiver {
     }
 
     /// Handles a message from `Ready::snapshot_msgs` (its `from`, `to` and `term` are the
-    /// leader, this node and the current term; the answer swaps them).
-    pub fn on_message(&mut self, store: &mut SnapshotStore, msg: &Message) -> Received {
+    /// leader, this node and the current term; the answer swaps them). `applied` is the index
+    /// the node's state machine has applied: a snapshot at or below it is answered `done` at
+    /// once without receiving it (the node already holds that state, and its committed log up
+    /// to `applied` matches the leader's; the core would refuse it as stale anyway). This also
+    /// keeps a transfer from ever writing the same file as a snapshot the node is taking of
+    /// its own state at `applied`.
+    pub fn on_message(
+        &mut self,
+        store: &mut SnapshotStore,
+        applied: u64,
+        msg: &Message,
+    ) -> Received {
         let is = match &msg.body {
             Some(Body::InstallSnapshot(is)) => is,
             _ => return Received::Ignored,
@@ -160,6 +170,9 @@ impl SnapshotReceiver {
             log::warn!("InstallSnapshot from node {} without metadata", msg.from);
             return Received::Reply(reply(msg, 0, 0, false, false));
         };
+        if meta.index <= applied {
+            return Received::Reply(reply(msg, meta.index, 0, true, true));
+        }
         let key = (msg.term, msg.from, meta.index, meta.term);
         if let Some((k, total)) = self.completed {
             if k == key && is.offset > 0 {

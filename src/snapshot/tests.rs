@@ -152,7 +152,7 @@ fn run(
             if std::env::var("TRACE").is_ok() {
                 eprintln!("rx chunk {} (rx at {})", chunk(&m).offset, rx.received());
             }
-            match rx.on_message(rx_store, &m) {
+            match rx.on_message(rx_store, 0, &m) {
                 Received::Ignored => return Err("chunk ignored".into()),
                 Received::Reply(r) => to_tx.push_back(r),
                 Received::Complete(rs) => {
@@ -280,7 +280,7 @@ fn out_of_order_and_duplicate_chunks_are_not_written() {
     let mut out = Vec::new();
     sender.start(&mut out);
     let answer = |rx: &mut SnapshotReceiver, store: &mut SnapshotStore, m: &Message| match rx
-        .on_message(store, m)
+        .on_message(store, 0, m)
     {
         Received::Reply(r) => *response(&r),
         _ => panic!("expected a reply"),
@@ -356,7 +356,7 @@ fn crc_mismatch_is_detected_and_the_sender_restarts_from_zero() {
     let mut rx = SnapshotReceiver::new();
     let mut final_reply = None;
     for m in &out {
-        match rx.on_message(&mut rx_store, m) {
+        match rx.on_message(&mut rx_store, 0, m) {
             Received::Reply(r) => final_reply = Some(r),
             Received::Complete(_) => panic!("a corrupt snapshot was accepted"),
             Received::Ignored => panic!("ignored"),
@@ -373,7 +373,7 @@ fn crc_mismatch_is_detected_and_the_sender_restarts_from_zero() {
     assert_eq!(chunk(&again[0]).offset, 0);
     let mut done = None;
     for m in &again {
-        if let Received::Complete(rs) = rx.on_message(&mut rx_store, m) {
+        if let Received::Complete(rs) = rx.on_message(&mut rx_store, 0, m) {
             done = Some(rs.install().unwrap());
         }
     }
@@ -401,7 +401,7 @@ fn interrupted_transfer_is_replaced_and_restarted_cleanly() {
     s1.start(&mut out);
     for m in &out[..3] {
         assert!(matches!(
-            rx.on_message(&mut rx_store, m),
+            rx.on_message(&mut rx_store, 0, m),
             Received::Reply(_)
         ));
     }
@@ -413,7 +413,7 @@ fn interrupted_transfer_is_replaced_and_restarted_cleanly() {
     let mut out3 = Vec::new();
     s3.start(&mut out3);
     assert!(matches!(
-        rx.on_message(&mut rx_store, &out3[0]),
+        rx.on_message(&mut rx_store, 0, &out3[0]),
         Received::Reply(_)
     ));
     assert_eq!(rx.received(), 1024);
@@ -421,7 +421,7 @@ fn interrupted_transfer_is_replaced_and_restarted_cleanly() {
     assert_eq!(tmps.len(), 1);
     assert!(tmps[0].contains(&format!("{:020}", 260)), "{tmps:?}");
     // A late chunk of the old transfer does not disturb the new one.
-    match rx.on_message(&mut rx_store, &out[3]) {
+    match rx.on_message(&mut rx_store, 0, &out[3]) {
         Received::Reply(r) => assert_eq!(response(&r).index, 200),
         _ => panic!("expected a reply"),
     }
@@ -431,7 +431,7 @@ fn interrupted_transfer_is_replaced_and_restarted_cleanly() {
     // next_offset 0 and the sender restarts from the top.
     rx.abort();
     assert!(tmp_files(rx_dir.path()).is_empty());
-    let r = match rx.on_message(&mut rx_store, &out3[1]) {
+    let r = match rx.on_message(&mut rx_store, 0, &out3[1]) {
         Received::Reply(r) => *response(&r),
         _ => panic!("expected a reply"),
     };
@@ -479,7 +479,7 @@ fn lost_done_answer_is_repeated_not_restarted() {
     let mut rx = SnapshotReceiver::new();
     let mut got = None;
     for m in &out {
-        if let Received::Complete(rs) = rx.on_message(&mut rx_store, m) {
+        if let Received::Complete(rs) = rx.on_message(&mut rx_store, 0, m) {
             // The core found it stale: discard, still answer done.
             got = Some(*response(&rs.discard()));
         }
@@ -492,7 +492,7 @@ fn lost_done_answer_is_repeated_not_restarted() {
     );
     // The answer was lost; the resent last chunk is answered done again.
     let last = out.last().unwrap();
-    match rx.on_message(&mut rx_store, last) {
+    match rx.on_message(&mut rx_store, 0, last) {
         Received::Reply(m) => {
             let r = response(&m);
             assert!(r.done && r.success && r.index == 30);
@@ -670,4 +670,34 @@ fn load_latest_falls_back_when_the_newest_is_corrupt() {
     assert!(err.contains("no usable snapshot"), "{err}");
     assert!(err.contains(&newest.display().to_string()), "{err}");
     assert!(err.contains(&older.display().to_string()), "{err}");
+}
+
+#[test]
+fn snapshot_at_or_below_applied_is_answered_done_without_a_transfer() {
+    let kv = kv_with(40);
+    let (_d, _s, path) = snapshot_of(&kv, 1);
+    let rx_dir = tempfile::tempdir().unwrap();
+    let mut rx_store = SnapshotStore::open(rx_dir.path()).unwrap();
+    let mut sender = SnapshotSender::new(small_cfg(), 1, 2, 4, &path).unwrap();
+    let mut out = Vec::new();
+    sender.start(&mut out);
+    let mut rx = SnapshotReceiver::new();
+    for applied in [40, 41] {
+        match rx.on_message(&mut rx_store, applied, &out[0]) {
+            Received::Reply(m) => {
+                let r = *response(&m);
+                assert!(r.done && r.success && r.index == 40);
+                assert_eq!(sender.on_response(&r, &mut Vec::new()), SendStatus::Done);
+            }
+            _ => panic!("expected an immediate done"),
+        }
+    }
+    assert!(!rx.in_progress());
+    assert!(tmp_files(rx_dir.path()).is_empty(), "no file written");
+    // One below: it is received.
+    assert!(matches!(
+        rx.on_message(&mut rx_store, 39, &out[0]),
+        Received::Reply(_)
+    ));
+    assert!(rx.in_progress());
 }
