@@ -251,9 +251,10 @@ impl SnapshotSender {
 
     /// Advances the retransmission timer by one tick.
     pub fn tick(&mut self, out: &mut Vec<Message>) -> SendStatus {
-        if self.status != SendStatus::InProgress || self.next_send == 0 {
+        if self.status != SendStatus::InProgress {
             return self.status.clone();
         }
+        // Until `done`, the sender always waits for an answer.
         self.idle_ticks += 1;
         if self.idle_ticks >= self.cfg.retry_ticks {
             self.idle_ticks = 0;
@@ -264,6 +265,11 @@ impl SnapshotSender {
                     self.meta.index, self.to, self.cfg.max_retries, self.acked
                 ));
                 self.unacked.clear();
+                return self.status.clone();
+            }
+            if self.unacked.is_empty() && self.all_read {
+                // Everything acknowledged, yet no `done`: nothing left to resend.
+                self.restart(out, "the peer acknowledged everything but never finished");
                 return self.status.clone();
             }
             self.next_send = 0;

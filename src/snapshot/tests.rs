@@ -701,3 +701,99 @@ fn snapshot_at_or_below_applied_is_answered_done_without_a_transfer() {
     ));
     assert!(rx.in_progress());
 }
+
+/// A snapshot file with an arbitrary payload (the transfer does not look inside it).
+fn raw_snapshot(len: usize) -> (tempfile::TempDir, std::path::PathBuf, Vec<u8>) {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = SnapshotStore::open(dir.path()).unwrap();
+    let payload: Vec<u8> = (0..len).map(|i| (i * 7 % 251) as u8).collect();
+    let mut w = store.create(&meta(77, 3)).unwrap();
+    w.write_all(&payload).unwrap();
+    let path = w.finish().unwrap();
+    (dir, path, payload)
+}
+
+fn received_payload(path: &std::path::Path) -> Vec<u8> {
+    use std::io::Read;
+    let mut r = crate::storage::SnapshotReader::open(path).unwrap();
+    let mut v = Vec::new();
+    r.read_to_end(&mut v).unwrap();
+    v
+}
+
+#[test]
+fn payload_sizes_at_chunk_boundaries() {
+    for len in [0usize, 1, 1023, 1024, 1025, 4096, 5000] {
+        let (_d, path, payload) = raw_snapshot(len);
+        let mut sender = SnapshotSender::new(small_cfg(), 1, 2, 4, &path).unwrap();
+        let rx_dir = tempfile::tempdir().unwrap();
+        let mut rx_store = SnapshotStore::open(rx_dir.path()).unwrap();
+        let mut rx = SnapshotReceiver::new();
+        let (inst, delivered) =
+            run(&mut sender, &mut rx, &mut rx_store, CLEAN, &mut Rng::new(0)).unwrap();
+        let inst = inst.unwrap_or_else(|| panic!("len {len}: not installed"));
+        assert_eq!(delivered, len.div_ceil(1024).max(1), "len {len}");
+        assert_eq!(received_payload(&inst.path), payload, "len {len}");
+        assert_eq!(inst.meta, meta(77, 3));
+    }
+}
+
+#[test]
+fn sender_skips_ahead_to_a_peer_that_kept_its_partial_file() {
+    let (_d, path, payload) = raw_snapshot(10 * 1024);
+    let rx_dir = tempfile::tempdir().unwrap();
+    let mut rx_store = SnapshotStore::open(rx_dir.path()).unwrap();
+    let mut rx = SnapshotReceiver::new();
+    let mut sender = SnapshotSender::new(small_cfg(), 1, 2, 4, &path).unwrap();
+    let mut out = Vec::new();
+    sender.start(&mut out);
+    // The peer gets chunks 0..=3; its answers are lost.
+    for m in &out {
+        rx.on_message(&mut rx_store, 0, m);
+    }
+    assert_eq!(rx.received(), 4096);
+    // A stray rejection makes the sender restart from 0 ...
+    let reject = crate::pb::raftpb::InstallSnapshotResponse {
+        index: 77,
+        next_offset: 0,
+        success: false,
+        done: false,
+    };
+    let mut again = Vec::new();
+    sender.on_response(&reject, &mut again);
+    assert_eq!(chunk(&again[0]).offset, 0);
+    // ... the peer answers its chunk 0 with "I hold 4096" and the sender jumps there.
+    let r = match rx.on_message(&mut rx_store, 0, &again[0]) {
+        Received::Reply(m) => *response(&m),
+        _ => panic!("expected a reply"),
+    };
+    assert_eq!(r.next_offset, 4096);
+    let mut next = Vec::new();
+    sender.on_response(&r, &mut next);
+    assert_eq!(sender.acked(), 4096);
+    assert_eq!(
+        next.iter().map(|m| chunk(m).offset).collect::<Vec<_>>(),
+        vec![4096, 5120, 6144, 7168]
+    );
+    // The rest runs through, and the end-to-end CRC (computed over the skipped bytes too) holds.
+    let mut queue: VecDeque<Message> = next.into();
+    let mut installed = None;
+    while let Some(m) = queue.pop_front() {
+        let reply = match rx.on_message(&mut rx_store, 0, &m) {
+            Received::Reply(r) => r,
+            Received::Complete(rs) => {
+                let inst = rs.install().unwrap();
+                let r = inst.reply.clone();
+                installed = Some(inst);
+                r
+            }
+            Received::Ignored => panic!("ignored"),
+        };
+        let mut o = Vec::new();
+        sender.on_response(response(&reply), &mut o);
+        queue.extend(o);
+    }
+    assert_eq!(sender.status(), &SendStatus::Done);
+    assert_eq!(received_payload(&installed.unwrap().path), payload);
+}
