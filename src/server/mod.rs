@@ -29,9 +29,10 @@ use crate::net::reactor::{Tokens, CLIENT_LISTENER, PEER_LISTENER};
 use crate::net::timer::{TimerId, TimerWheel};
 use crate::pb::kvpb::{self, ErrorCode};
 use crate::raft::{
-    ConfState, Config, EntryType, HardState, InitialState, LogStore, Message, ProposeError,
-    RawNode, Ready, Role,
+    ConfState, Config, EntryType, HardState, InitialState, LogError, LogStore, Message,
+    ProposeError, RawNode, Ready, Role, SnapshotMeta,
 };
+use crate::snapshot::load_latest;
 use crate::storage::{HardStateFile, Log, LogOptions, SnapshotStore};
 use mio::net::TcpListener;
 use mio::{event::Event, Events, Interest, Poll, Token};
@@ -140,6 +141,41 @@ fn bind(addr: &str, what: &str) -> Result<TcpListener, String> {
     TcpListener::bind(sa).map_err(|e| format!("cannot listen on {what} address {addr}: {e}"))
 }
 
+/// Makes the log start right after `snap` if it does not already continue from it: after a
+/// crash between publishing a received snapshot and resetting the log, the log may end before
+/// the snapshot or hold a conflicting entry at its index. A log compacted *beyond* the snapshot
+/// (the newest snapshot was unusable and an older one was loaded) has lost the entries in
+/// between: that is fatal, never silently skipped.
+fn reconcile_log_with_snapshot(log: &mut Log, snap: &SnapshotMeta) -> Result<(), String> {
+    let reset = |log: &mut Log, why: &str| -> Result<(), String> {
+        log::warn!(
+            "log reset to snapshot index {} term {}: {why}",
+            snap.index,
+            snap.term
+        );
+        log.reset(snap.index, snap.term)
+            .map_err(|e| format!("resetting the log to the snapshot: {e}"))
+    };
+    if snap.index > log.last_index() {
+        return reset(log, "the log ends before the snapshot");
+    }
+    match log.term(snap.index) {
+        Ok(t) if t == snap.term => Ok(()),
+        Ok(t) => reset(log, &format!("the log has term {t} at the snapshot index")),
+        Err(LogError::Compacted) => Err(format!(
+            "the log is compacted past snapshot index {} (log starts at {}): entries in \
+             between are lost; restore a newer snapshot into {}",
+            snap.index,
+            log.first_index(),
+            log.dir().display()
+        )),
+        Err(e) => Err(format!(
+            "reading the log at snapshot index {}: {e}",
+            snap.index
+        )),
+    }
+}
+
 fn role_name(r: Role) -> &'static str {
     match r {
         Role::Leader => "leader",
@@ -164,38 +200,53 @@ impl Server {
         let dir = &cfg.data_dir;
         std::fs::create_dir_all(dir)
             .map_err(|e| format!("cannot create data dir {}: {e}", dir.display()))?;
-        let (hs_file, hs) = HardStateFile::open(dir).map_err(|e| e.to_string())?;
-        let log = Log::open(
+        let (mut hs_file, disk_hs) = HardStateFile::open(dir).map_err(|e| e.to_string())?;
+        let mut hs = disk_hs;
+        let snapshots = SnapshotStore::open(&dir.join("snap")).map_err(|e| e.to_string())?;
+        let mut log = Log::open(
             &dir.join("log"),
             LogOptions {
                 segment_size: cfg.segment_size,
             },
         )
         .map_err(|e| e.to_string())?;
-        let snapshots = SnapshotStore::open(&dir.join("snap")).map_err(|e| e.to_string())?;
 
-        // State machine: newest snapshot, then committed entries above it, streamed.
+        // State machine: the newest usable snapshot (damaged ones are skipped with a warning;
+        // files present but none usable is fatal), then committed entries above it, streamed.
         let mut conf = ConfState {
             voters: cfg.peers.iter().map(|p| p.id).collect(),
             learners: vec![],
         };
-        let mut kv = match snapshots.latest().map_err(|e| e.to_string())? {
-            Some(mut reader) => {
-                let meta = reader.meta.clone();
-                let kv = KvStore::restore_snapshot(&mut reader)
-                    .map_err(|e| format!("restoring snapshot at index {}: {e}", meta.index))?;
+        let loaded = load_latest(&snapshots).map_err(|e| e.to_string())?;
+        let mut kv = match loaded {
+            Some(l) => {
+                let meta = l.meta;
+                log::info!(
+                    "restored snapshot {} (index {} term {}, {} keys)",
+                    l.path.display(),
+                    meta.index,
+                    meta.term,
+                    l.kv.len()
+                );
+                reconcile_log_with_snapshot(&mut log, &meta)?;
                 if let Some(c) = meta.conf {
                     conf = c;
                 }
-                log::info!(
-                    "restored snapshot at index {} term {}",
-                    meta.index,
-                    meta.term
-                );
-                kv
+                // Everything in the snapshot is committed, and whoever made it saw its term.
+                hs.commit = hs.commit.max(meta.index);
+                if meta.term > hs.term {
+                    hs.term = meta.term;
+                    hs.vote = 0;
+                }
+                l.kv
             }
             None => KvStore::new(),
         };
+        if hs != disk_hs {
+            hs_file
+                .save(&hs)
+                .map_err(|e| format!("saving hard state: {e}"))?;
+        }
         let mut applied = kv.applied();
         let replay_to = hs.commit.min(log.last_index());
         if replay_to > applied {
