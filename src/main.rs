@@ -31,6 +31,7 @@ const EXIT_REJECTED: u8 = 4;
 #[command(
     name = "raftkv",
     version,
+    args_override_self = true,
     about = "A Raft-replicated key-value store",
     after_help = "Quick start:\n  raftkv cluster                 # 3 local nodes, Ctrl-C stops them\n  raftkv put greeting hello\n  raftkv get greeting\n\n\
 Client exit codes: 0 ok, 1 not found / CAS failed, 2 usage error,\n3 unavailable / timeout / uncertain, 4 rejected by the server."
@@ -185,6 +186,17 @@ struct Tuning {
     /// Server-side deadline of a client request in milliseconds (then TIMEOUT).
     #[arg(long, default_value_t = 5000)]
     request_timeout_ms: u64,
+    /// Take a snapshot (in a forked child) after this many entries were applied since the
+    /// last one...
+    #[arg(long, default_value_t = 100_000)]
+    snapshot_entries: u64,
+    /// ...or after this many bytes of commands.
+    #[arg(long, default_value_t = 64 << 20)]
+    snapshot_bytes: u64,
+    /// Entries kept in the log below the applied index when compacting after a snapshot (a
+    /// follower this close behind catches up from the log, not a snapshot transfer).
+    #[arg(long, default_value_t = 10_000)]
+    snapshot_trailing: u64,
     /// Log level: off, error, warn, info, debug, trace (default: $RAFTKV_LOG, else info).
     #[arg(long)]
     log_level: Option<String>,
@@ -343,6 +355,11 @@ fn serve_config(a: &ServeArgs) -> Result<ServerConfig, String> {
         return Err("--lease-reads needs CheckQuorum (drop --no-check-quorum)".into());
     }
     cfg.max_client_pending_bytes = t.client_output_limit;
+    cfg.snapshot_policy = raftkv::snapshot::SnapshotPolicy {
+        max_log_entries: t.snapshot_entries,
+        max_log_bytes: t.snapshot_bytes,
+        trailing_entries: t.snapshot_trailing,
+    };
     cfg.max_frame = t.max_frame;
     cfg.segment_size = t.segment_size;
     cfg.request_timeout = Duration::from_millis(t.request_timeout_ms);

@@ -678,6 +678,89 @@ fn node_starts_from_a_snapshot_and_continues_its_log() {
     assert_eq!(&c.get(b"after").unwrap().value[..], b"snapshot");
 }
 
+/// With tiny snapshot thresholds and segments, the leader snapshots and compacts its log while
+/// a follower is down; the restarted follower is behind the compacted log and catches up through
+/// an InstallSnapshot transfer; a full restart then recovers from snapshots + log.
+#[test]
+fn lagging_follower_catches_up_by_snapshot_transfer() {
+    let mut cluster = Cluster::start(
+        3,
+        &[
+            "--snapshot-entries=100",
+            "--snapshot-trailing=10",
+            "--segment-size=8192",
+        ],
+    );
+    let leader = cluster.wait_leader();
+    let lagger = (1..=3).find(|&i| i != leader).unwrap();
+    cluster.kill(lagger);
+    // 4 concurrent writers: group commit batches their fsyncs.
+    let writers: Vec<_> = (0..4)
+        .map(|t| {
+            let eps = cluster.endpoints();
+            std::thread::spawn(move || {
+                let mut c = Client::new(eps, ClientOptions::default());
+                let mut m = BTreeMap::new();
+                for i in 0..125 {
+                    let (k, v) = (
+                        format!("p{t}-{i:04}"),
+                        format!("value-{i}-{}", "x".repeat(40)),
+                    );
+                    c.put(k.as_bytes(), v.as_bytes()).unwrap();
+                    m.insert(k, v);
+                }
+                m
+            })
+        })
+        .collect();
+    let mut model = BTreeMap::new();
+    for w in writers {
+        model.extend(w.join().unwrap());
+    }
+    // The leader's log no longer reaches back to the lagger's last entry.
+    let st = wait_for("the leader to compact", Duration::from_secs(15), || {
+        let st = status(&cluster.addr(leader))?;
+        (st.first_log_index > 100 && st.snapshot_index > 0).then_some(st)
+    });
+    cluster.start_node(lagger);
+    wait_for(
+        "the lagger to install a snapshot and catch up",
+        Duration::from_secs(20),
+        || {
+            let s = status(&cluster.addr(lagger))?;
+            (s.snapshot_index >= st.snapshot_index && s.applied_index >= st.commit_index)
+                .then_some(())
+        },
+    );
+    let mut local = Client::new(
+        vec![cluster.addr(lagger)],
+        ClientOptions {
+            timeout: Duration::from_secs(5),
+            consistency: kvpb::Consistency::Stale,
+        },
+    );
+    assert_eq!(
+        scan_all(&mut local, "p"),
+        model,
+        "lagger state after the transfer"
+    );
+    let log = std::fs::read_to_string(cluster.log_path(lagger)).unwrap();
+    assert!(
+        log.contains("installed snapshot"),
+        "no snapshot was installed"
+    );
+    // Full crash + restart: snapshots + log replay give back everything.
+    for id in 1..=3 {
+        cluster.kill(id);
+    }
+    for id in 1..=3 {
+        cluster.start_node(id);
+    }
+    cluster.wait_leader();
+    let mut c = cluster.client();
+    assert_eq!(scan_all(&mut c, "p"), model, "after a full restart");
+}
+
 /// Garbage, oversized, truncated and empty requests get an error or a closed connection; the
 /// node keeps serving other clients and loses nothing.
 #[test]

@@ -18,6 +18,7 @@
 
 pub mod config;
 pub mod signal;
+mod snap;
 
 pub use config::{parse_peers, PeerSpec, ServerConfig};
 
@@ -36,6 +37,7 @@ use crate::snapshot::load_latest;
 use crate::storage::{HardStateFile, Log, LogOptions, SnapshotStore};
 use mio::net::TcpListener;
 use mio::{event::Event, Events, Interest, Poll, Token};
+use snap::Snapshots;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::ToSocketAddrs;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -111,7 +113,7 @@ pub struct Server {
     saved_hs: HardState,
     /// Newest commit index whose entries are durable here (persisted lazily as a hint).
     commit_hint: u64,
-    _snapshots: SnapshotStore,
+    snaps: Snapshots,
     kv: KvStore,
     applied: u64,
     pending_writes: HashMap<u64, PendingWrite>,
@@ -126,7 +128,6 @@ pub struct Server {
     dirty_peers: HashSet<u64>,
     read_again: Vec<Token>,
     unreachable: HashSet<u64>,
-    snapshot_warned: bool,
     /// Local listening addresses (resolved, e.g. after binding port 0).
     pub peer_local_addr: std::net::SocketAddr,
     pub client_local_addr: std::net::SocketAddr,
@@ -218,6 +219,7 @@ impl Server {
             learners: vec![],
         };
         let loaded = load_latest(&snapshots).map_err(|e| e.to_string())?;
+        let mut latest_snapshot = None;
         let mut kv = match loaded {
             Some(l) => {
                 let meta = l.meta;
@@ -229,7 +231,7 @@ impl Server {
                     l.kv.len()
                 );
                 reconcile_log_with_snapshot(&mut log, &meta)?;
-                if let Some(c) = meta.conf {
+                if let Some(c) = meta.conf.clone() {
                     conf = c;
                 }
                 // Everything in the snapshot is committed, and whoever made it saw its term.
@@ -238,6 +240,7 @@ impl Server {
                     hs.term = meta.term;
                     hs.vote = 0;
                 }
+                latest_snapshot = Some((meta, l.path));
                 l.kv
             }
             None => KvStore::new(),
@@ -314,6 +317,7 @@ impl Server {
             hs.vote,
             hs.commit
         );
+        let snaps = Snapshots::new(snapshots, latest_snapshot, cfg.snapshot_policy.clone());
         Ok(Server {
             commit_hint: hs.commit,
             saved_hs: hs,
@@ -328,7 +332,7 @@ impl Server {
             timers,
             node,
             hs_file,
-            _snapshots: snapshots,
+            snaps,
             kv,
             applied,
             pending_writes: HashMap::new(),
@@ -341,7 +345,6 @@ impl Server {
             dirty_peers: HashSet::new(),
             read_again: Vec::new(),
             unreachable: HashSet::new(),
-            snapshot_warned: false,
             peer_local_addr,
             client_local_addr,
         })
@@ -839,7 +842,7 @@ impl Server {
             applied_index: self.applied,
             last_log_index: store.last_index(),
             first_log_index: store.first_index(),
-            snapshot_index: store.snapshot_index_term().0,
+            snapshot_index: self.snaps.latest.as_ref().map_or(0, |(m, _)| m.index),
             peers: st
                 .progress
                 .iter()
@@ -925,6 +928,7 @@ impl Server {
         match ev {
             TimerEvent::Tick => {
                 self.node.tick();
+                self.snapshot_tick()?;
                 // No catch-up after a stall: a burst of ticks would only cause spurious
                 // elections while messages still sit unread in socket buffers.
                 self.timers
@@ -1046,6 +1050,7 @@ impl Server {
             if e.index <= self.applied {
                 continue;
             }
+            self.snaps.bytes_since += e.data.len() as u64;
             let result = if e.entry_type == EntryType::EntryNormal as i32 {
                 self.kv.apply(e.index, &e.data)
             } else {
@@ -1091,20 +1096,12 @@ impl Server {
             }
         }
 
-        // 5. Snapshots: streaming is a later issue. HOOK: start a transfer per peer in
-        // `snapshot_sends` and feed `snapshot_msgs` to the receiving side.
-        if !rd.snapshot_sends.is_empty() || !rd.snapshot_msgs.is_empty() {
-            if !self.snapshot_warned {
-                log::warn!(
-                    "snapshot transfer requested (to {:?}, {} messages) but not implemented yet",
-                    rd.snapshot_sends,
-                    rd.snapshot_msgs.len()
-                );
-                self.snapshot_warned = true;
-            }
-            for peer in rd.snapshot_sends {
-                self.node.report_snapshot(peer, false);
-            }
+        // 5. Snapshots: stream to peers behind the compacted log; feed transfer messages.
+        if !rd.snapshot_sends.is_empty() {
+            self.on_snapshot_sends(rd.snapshot_sends);
+        }
+        if !rd.snapshot_msgs.is_empty() {
+            self.on_snapshot_msgs(rd.snapshot_msgs)?;
         }
 
         // 6. Acknowledge durability.
@@ -1119,6 +1116,7 @@ impl Server {
         let st = self.node.status();
         let leading = (st.role == Role::Leader).then_some(st.term);
         if leading != self.leader_term {
+            self.snaps.drop_senders();
             if let Some(t) = leading {
                 log::info!("node {} became leader in term {t}", self.cfg.id);
             } else if let Some(t) = self.leader_term {
@@ -1192,6 +1190,7 @@ impl Server {
         for t in tokens {
             self.flush_client(t);
         }
+        self.snaps.receiver.abort();
         self.node
             .store_mut()
             .sync()
