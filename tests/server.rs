@@ -792,8 +792,9 @@ fn bad_client_input_is_rejected_and_the_node_keeps_serving() {
     expect_error_then_close(&garbage, ErrorCode::BadRequest);
     // A frame longer than the maximum (only the header is sent: it is refused unread).
     expect_error_then_close(&(1u32 << 20).to_be_bytes(), ErrorCode::TooLarge);
-    // A real request just over the limit.
-    let big = frame_bytes(&put_req(3, "big", &"x".repeat(5000)));
+    // A real request far over the limit, sent whole: the server must still deliver its error
+    // (no RST from closing with unread input) and then close.
+    let big = frame_bytes(&put_req(3, "big", &"x".repeat(300_000)));
     expect_error_then_close(&big, ErrorCode::TooLarge);
 
     // A truncated frame, then the client goes away: the server just closes.

@@ -25,7 +25,7 @@ pub use config::{parse_peers, PeerSpec, ServerConfig};
 use crate::kv::{encode_command, KvStore};
 use crate::net::conn::{Conn, ReadStatus};
 use crate::net::framing::{self, FrameError};
-use crate::net::peer::{Peer, PeerEvent};
+use crate::net::peer::{Peer, PeerEvent, PeerState};
 use crate::net::reactor::{Tokens, CLIENT_LISTENER, PEER_LISTENER};
 use crate::net::timer::{TimerId, TimerWheel};
 use crate::pb::kvpb::{self, ErrorCode};
@@ -45,6 +45,8 @@ use std::time::{Duration, Instant};
 
 /// Socket reads per connection per wake-up before yielding to others (fairness).
 const READ_BUDGET: usize = 16;
+/// How long a client connection closed for a framing error may linger to receive our error.
+const LINGER: Duration = Duration::from_secs(2);
 /// Extra room for peer frames above the client max frame.
 const PEER_FRAME_SLACK: usize = 2 << 20;
 /// Longest poll sleep (the loop also checks the shutdown flag this often).
@@ -58,6 +60,8 @@ enum TimerEvent {
     ReadDeadline(u64),
     Reconnect(u64),
     PersistCommit,
+    /// Close a lingering (closing) client connection.
+    ForceClose(Token),
 }
 
 /// A client connection.
@@ -67,6 +71,11 @@ struct ClientConn {
     inflight: usize,
     /// Reading stopped for backpressure; resume when output drains.
     paused: bool,
+    /// Being closed after a fatal framing error: the error response is flushed, then the
+    /// write side is shut down and input is discarded until the client closes (or a timer
+    /// forces it). Closing at once with unread input would make the kernel send a RST that
+    /// can destroy the error response before the client reads it.
+    closing: bool,
 }
 
 enum Endpoint {
@@ -447,6 +456,7 @@ impl Server {
                             conn,
                             inflight: 0,
                             paused: false,
+                            closing: false,
                         })
                     };
                     self.endpoints.insert(token, ep);
@@ -482,8 +492,8 @@ impl Server {
         let Some(peer) = self.peers.get_mut(&id) else {
             return;
         };
-        if let Some(old) = peer.token() {
-            self.peer_by_token.remove(&old);
+        if peer.state() != PeerState::Idle {
+            return; // a stale reconnect timer: the link is already up or coming up
         }
         match peer.connect(self.poll.registry(), token) {
             Ok(()) => {
@@ -513,6 +523,21 @@ impl Server {
                 return;
             };
             let (conn, is_client) = match ep {
+                Endpoint::Client(c) if c.closing => {
+                    // Discard input until the client closes its side.
+                    let status = c.conn.read_some();
+                    c.conn.discard_input();
+                    match status {
+                        Ok(ReadStatus::Data(_)) if budget > 0 => {
+                            budget -= 1;
+                            continue;
+                        }
+                        Ok(ReadStatus::Data(_)) => self.read_again.push(token),
+                        Ok(ReadStatus::WouldBlock) => {}
+                        Ok(ReadStatus::Eof) | Err(_) => self.close(token, "closed after error"),
+                    }
+                    return;
+                }
                 Endpoint::Client(c) => {
                     if c.conn.pending_out() > max_out || c.inflight >= max_inflight {
                         c.paused = true;
@@ -577,9 +602,18 @@ impl Server {
             };
             // The request id is unknown (the payload was never read): answer with id 0.
             self.send_response(token, 0, error_result(code, e.to_string()));
+            log::debug!("client connection {}: {e}; closing", token.0);
+            if let Some(Endpoint::Client(c)) = self.endpoints.get_mut(&token) {
+                c.closing = true;
+                c.conn.discard_input();
+            }
+            self.timers
+                .insert(Instant::now() + LINGER, TimerEvent::ForceClose(token));
             self.flush_client(token);
+        } else {
+            log::warn!("peer connection {}: {e}; closing it", token.0);
+            self.close(token, &e.to_string());
         }
-        self.close(token, &e.to_string());
     }
 
     fn close(&mut self, token: Token, why: &str) {
@@ -637,8 +671,9 @@ impl Server {
     // ---------------------------------------------------------------------------------------
 
     fn on_client_frame(&mut self, token: Token, frame: bytes::Bytes) {
-        if let Some(Endpoint::Client(c)) = self.endpoints.get_mut(&token) {
-            c.inflight += 1;
+        match self.endpoints.get_mut(&token) {
+            Some(Endpoint::Client(c)) if !c.closing => c.inflight += 1,
+            _ => return,
         }
         match framing::decode::<kvpb::Request>(frame) {
             Ok(req) => self.on_request(token, req),
@@ -888,6 +923,10 @@ impl Server {
             return;
         };
         match c.conn.flush() {
+            Ok(true) if c.closing => {
+                // Response out: send FIN, keep reading (and discarding) until the client closes.
+                let _ = c.conn.stream.shutdown(std::net::Shutdown::Write);
+            }
             Ok(_) => {
                 if c.paused && c.conn.pending_out() <= max_out && c.inflight < max_inflight {
                     c.paused = false;
@@ -956,6 +995,7 @@ impl Server {
                 }
             }
             TimerEvent::Reconnect(id) => self.connect_peer(id),
+            TimerEvent::ForceClose(token) => self.close(token, "linger timeout"),
             TimerEvent::PersistCommit => {
                 self.persist_commit_hint()?;
                 self.timers.insert(
