@@ -93,7 +93,7 @@ fn random_run(seed: u64, bug: PlantedBug) -> usize {
     });
     let drop_rate = 0.1;
     let mut drops = rng.fork();
-    net.filter = Some(Box::new(move |_m: &Message| !drops.chance(drop_rate)));
+    net.filter = Some(Box::new(move |_m: &mut Message| !drops.chance(drop_rate)));
     for step in 0..600 {
         match rng.range(0, 20) {
             0 => {
@@ -140,4 +140,15 @@ fn randomized_cluster_keeps_invariants() {
             }
         }
     }
+}
+
+#[test]
+fn planted_vote_twice_is_caught_by_the_invariant_checker() {
+    let caught = (1..=20u64).find(|&seed| {
+        std::panic::catch_unwind(|| random_run(seed, PlantedBug::VoteTwice)).is_err()
+    });
+    assert!(
+        caught.is_some(),
+        "VoteTwice never produced two leaders in a term"
+    );
 }

@@ -202,8 +202,8 @@ pub(crate) struct Peer {
     pub(crate) cfg: Config,
 }
 
-/// Returns false to drop a message.
-pub(crate) type MsgFilter = Box<dyn FnMut(&Message) -> bool>;
+/// Sees (and may rewrite) each message before delivery; returns false to drop it.
+pub(crate) type MsgFilter = Box<dyn FnMut(&mut Message) -> bool>;
 
 /// Deterministic in-memory network with invariant checks.
 pub(crate) struct Net {
@@ -355,12 +355,12 @@ impl Net {
         panic!("network did not settle");
     }
 
-    fn deliver(&mut self, m: Message) {
+    fn deliver(&mut self, mut m: Message) {
         if self.cut.contains(&(m.from, m.to)) {
             return;
         }
         if let Some(f) = self.filter.as_mut() {
-            if !f(&m) {
+            if !f(&mut m) {
                 return;
             }
         }
