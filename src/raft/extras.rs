@@ -179,7 +179,7 @@ impl<S: LogStore> RawNode<S> {
         r: InstallSnapshotResponse,
     ) {
         let first_index = self.log.first_index();
-        if r.done && r.success {
+        if r.done && r.success && r.index <= self.log.last_index() {
             if let Some(pr) = self.prs.get_mut(&from) {
                 pr.recent_active = true;
                 pr.maybe_update(r.index);
