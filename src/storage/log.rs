@@ -313,6 +313,8 @@ impl Log {
                 // Seal the full segment durably before the next one exists, so only the last
                 // segment can ever have a torn tail.
                 active.flush()?;
+                // Its pages are on disk: drop them from our resident set.
+                active.release(0, active.map.len());
                 let mut seg = Segment::create(&self.dir, self.opts.segment_size, e.index)?;
                 self.dir_dirty = true;
                 let ok = seg.append(e);

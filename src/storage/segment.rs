@@ -55,12 +55,20 @@ impl Scan {
     }
 }
 
-/// Finds one past the last non-zero byte of `b[from..]`, or `from` if all zero.
-fn last_nonzero(b: &[u8], from: usize) -> usize {
-    match b[from..].iter().rposition(|&x| x != 0) {
-        Some(p) => from + p + 1,
-        None => from,
+/// Finds one past the last non-zero byte of `b[from..]`, or `from` if all zero. Reads in
+/// chunks, calling `release` after each so the pages do not stay resident.
+fn last_nonzero(b: &[u8], from: usize, release: &mut dyn FnMut(usize)) -> usize {
+    let mut last = from;
+    let mut at = from;
+    while at < b.len() {
+        let end = (at + RELEASE_EVERY).min(b.len());
+        if let Some(p) = b[at..end].iter().rposition(|&x| x != 0) {
+            last = at + p + 1;
+        }
+        at = end;
+        release(at);
     }
+    last
 }
 
 /// True when the damaged record span `b[from..to]` (from = start of the bad record, to = a
@@ -181,7 +189,7 @@ pub fn scan(
     }
     s.end = pos;
     s.dirty_end = if tolerate_tail {
-        last_nonzero(b, pos)
+        last_nonzero(b, pos, release)
     } else {
         pos
     };
