@@ -137,7 +137,7 @@ fn main() {
         let wsecs = t0.elapsed().as_secs_f64();
         println!(
             "wrote {n} entries ({} MiB) in {wsecs:.1} s ({:.0} entries/s, unsynced batches of 4096)",
-            n * rec >> 20,
+            (n * rec) >> 20,
             n as f64 / wsecs
         );
         reset_peak();
