@@ -83,7 +83,11 @@ pub fn read_meta(dir: &Path) -> Result<(u64, u64), StorageError> {
     if crc32fast::hash(&b[0..24]) != record::le_u32(&b, 24) {
         return Err(corrupt(24, "meta CRC mismatch"));
     }
-    Ok((record::le_u64(&b, 8), record::le_u64(&b, 16)))
+    let index = record::le_u64(&b, 8);
+    if index > record::MAX_INDEX {
+        return Err(corrupt(8, &format!("implausible snapshot index {index}")));
+    }
+    Ok((index, record::le_u64(&b, 16)))
 }
 
 /// Durably replaces `dir/meta` (temp file + fsync + rename + fsync dir).
@@ -274,6 +278,12 @@ impl Log {
             return Ok(());
         };
         let max_rec = self.opts.segment_size as usize - SEG_HEADER_LEN;
+        if first.index > record::MAX_INDEX {
+            return Err(invalid(
+                &self.dir,
+                format!("append: implausible index {}", first.index),
+            ));
+        }
         for (i, e) in entries.iter().enumerate() {
             if e.index != first.index + i as u64 {
                 return Err(invalid(
@@ -393,6 +403,12 @@ impl Log {
 
     /// Drops every entry and restarts the log right after an installed snapshot (index, term).
     pub fn reset(&mut self, index: u64, term: u64) -> Result<(), StorageError> {
+        if index > record::MAX_INDEX {
+            return Err(invalid(
+                &self.dir,
+                format!("reset to implausible index {index}"),
+            ));
+        }
         write_meta(&self.dir, index, term)?;
         self.snap_index = index;
         self.snap_term = term;
