@@ -13,6 +13,21 @@ use std::fs;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
+/// A scratch directory, on tmpfs when available: these tests simulate crashes by editing files,
+/// so they do not need a real disk, and fsync on a shared CI disk costs milliseconds each.
+fn tmpdir() -> tempfile::TempDir {
+    let shm = Path::new("/dev/shm");
+    if shm.is_dir() {
+        if let Ok(d) = tempfile::Builder::new()
+            .prefix("raftkv-storage-")
+            .tempdir_in(shm)
+        {
+            return d;
+        }
+    }
+    tempfile::tempdir().unwrap()
+}
+
 fn opts(segment_size: u64) -> LogOptions {
     LogOptions { segment_size }
 }
@@ -51,7 +66,7 @@ fn replayed(log: &Log) -> Vec<Entry> {
 
 #[test]
 fn append_read_reopen_across_segments() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tmpdir();
     let mut rng = Rng::new(1);
     let mut log = Log::open(dir.path(), opts(2048)).unwrap();
     assert_eq!((log.first_index(), log.last_index()), (1, 0));
@@ -83,7 +98,7 @@ fn append_read_reopen_across_segments() {
 
 #[test]
 fn conflicting_append_truncates_and_compaction_survives_restart() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tmpdir();
     let mut rng = Rng::new(2);
     let mut log = Log::open(dir.path(), opts(1024)).unwrap();
     let es: Vec<Entry> = (1..=60).map(|i| entry(&mut rng, i, 1, 80)).collect();
@@ -247,7 +262,7 @@ fn check(log: &Log, m: &Model) {
 }
 
 fn run_model(seg: u64, ops: Vec<Op>) {
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = tmpdir();
     let dir = tmp.path().join("log");
     let mut log = Log::open(&dir, opts(seg)).unwrap();
     let mut m = Model {
@@ -422,7 +437,7 @@ fn last_record_span(path: &Path, es: &[Entry]) -> (usize, usize) {
 
 #[test]
 fn torn_tail_at_every_byte_recovers_the_prefix() {
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = tmpdir();
     let dir = tmp.path();
     let es = build_log(dir, 4096, 80, 3);
     let seg = last_seg(dir);
@@ -468,7 +483,7 @@ fn random_bit_flips_are_detected_or_only_cost_the_tail() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(0x5eed_f11b);
     println!("bit flip test seed {seed} (rerun with RAFTKV_SEED={seed})");
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = tmpdir();
     let dir = tmp.path();
     let es = build_log(dir, 2048, 60, seed);
     {
@@ -546,7 +561,7 @@ fn random_bit_flips_are_detected_or_only_cost_the_tail() {
 
 #[test]
 fn missing_middle_segment_and_foreign_file_refuse_to_open() {
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = tmpdir();
     let dir = tmp.path();
     build_log(dir, 1024, 60, 4);
     let mut segs: Vec<PathBuf> = fs::read_dir(dir)
@@ -573,7 +588,7 @@ fn missing_middle_segment_and_foreign_file_refuse_to_open() {
 
 #[test]
 fn hard_state_survives_torn_writes() {
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = tmpdir();
     let dir = tmp.path();
     let (mut f, hs) = HardStateFile::open(dir).unwrap();
     assert_eq!(hs, HardState::default());
@@ -667,7 +682,7 @@ fn read_all(r: &mut SnapshotReader) -> std::io::Result<Vec<u8>> {
 
 #[test]
 fn snapshot_round_trip_keep_two_and_fallback() {
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = tmpdir();
     let dir = tmp.path().join("snap");
     let mut store = SnapshotStore::open(&dir).unwrap();
     assert!(store.latest().unwrap().is_none());
@@ -702,7 +717,7 @@ fn snapshot_round_trip_keep_two_and_fallback() {
 
 #[test]
 fn snapshot_abort_and_drop_remove_the_temp_file() {
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = tmpdir();
     let dir = tmp.path().join("snap");
     let mut store = SnapshotStore::open(&dir).unwrap();
     let mut w = store.create(&meta(5, 1)).unwrap();
@@ -717,7 +732,7 @@ fn snapshot_abort_and_drop_remove_the_temp_file() {
 
 #[test]
 fn snapshot_truncation_and_bit_flips_are_detected() {
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = tmpdir();
     let dir = tmp.path().join("snap");
     let mut store = SnapshotStore::open(&dir).unwrap();
     let data = payload(7, 140_000);
@@ -767,7 +782,7 @@ fn snapshot_truncation_and_bit_flips_are_detected() {
 fn garbage_files_never_panic() {
     let seed = 0x09a7_ba6e;
     let mut rng = Rng::new(seed);
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = tmpdir();
     for trial in 0..150 {
         let dir = tmp.path().join(format!("t{trial}"));
         fs::create_dir_all(dir.join("log")).unwrap();
