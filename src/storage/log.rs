@@ -29,8 +29,6 @@ pub struct Log {
     segs: Vec<Segment>,
     snap_index: u64,
     snap_term: u64,
-    /// A segment file was created since the last sync: the directory must be fsynced.
-    dir_dirty: bool,
 }
 
 fn invalid(dir: &Path, msg: String) -> StorageError {
@@ -191,7 +189,6 @@ impl Log {
             segs,
             snap_index,
             snap_term,
-            dir_dirty: false,
         };
         log.apply_snapshot_boundary()?;
         Ok(log)
@@ -223,7 +220,6 @@ impl Log {
             None => {
                 let seg = Segment::create(&self.dir, self.opts.segment_size, si + 1)?;
                 self.segs.push(seg);
-                sync_dir(&self.dir)?;
             }
             Some(s) if s.first_index > si + 1 => {
                 return Err(StorageError::Corrupt {
@@ -326,7 +322,6 @@ impl Log {
                 // Its pages are on disk: drop them from our resident set.
                 active.release(0, active.map.len());
                 let mut seg = Segment::create(&self.dir, self.opts.segment_size, e.index)?;
-                self.dir_dirty = true;
                 let ok = seg.append(e);
                 debug_assert!(ok);
                 self.segs.push(seg);
@@ -340,10 +335,6 @@ impl Log {
     pub fn sync(&mut self) -> Result<(), StorageError> {
         for s in self.segs.iter_mut() {
             s.flush()?;
-        }
-        if self.dir_dirty {
-            sync_dir(&self.dir)?;
-            self.dir_dirty = false;
         }
         Ok(())
     }
@@ -415,8 +406,6 @@ impl Log {
         self.remove_segments(0)?;
         let seg = Segment::create(&self.dir, self.opts.segment_size, index + 1)?;
         self.segs.push(seg);
-        sync_dir(&self.dir)?;
-        self.dir_dirty = false;
         Ok(())
     }
 

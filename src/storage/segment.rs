@@ -259,7 +259,7 @@ fn map_file(file: &File, path: &Path) -> Result<MmapMut, StorageError> {
 }
 
 impl Segment {
-    /// Creates a new, durable, empty segment starting at `first`.
+    /// Creates a new, durable (file and directory entry), empty segment starting at `first`.
     pub fn create(dir: &Path, size: u64, first: u64) -> Result<Segment, StorageError> {
         let path = dir.join(file_name(first));
         let file = OpenOptions::new()
@@ -275,6 +275,9 @@ impl Segment {
         map.flush_range(0, SEG_HEADER_LEN)
             .map_err(|e| io_err(&path, e))?;
         file.sync_all().map_err(|e| io_err(&path, e))?;
+        // The directory entry too, right away: if segment k's entry could be lost while a later
+        // segment k+1's survived, a crash would leave an index gap that looks like corruption.
+        super::log::sync_dir(dir)?;
         Ok(Segment {
             path,
             file,
