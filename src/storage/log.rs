@@ -236,15 +236,17 @@ impl Log {
         Ok(())
     }
 
-    /// Deletes segments `[from..]` durably.
+    /// Deletes segments `[from..]` durably, newest first, so a crash part way leaves a
+    /// contiguous log (never a gap).
     fn remove_segments(&mut self, from: usize) -> Result<(), StorageError> {
-        for s in self.segs.drain(from..) {
+        while self.segs.len() > from {
+            let s = self.segs.pop().expect("checked non-empty");
             fs::remove_file(&s.path).map_err(|e| io_err(&s.path, e))?;
         }
         sync_dir(&self.dir)
     }
 
-    /// Deletes segments `[..k]` durably.
+    /// Deletes segments `[..k]` durably, oldest first (a crash part way leaves a contiguous log).
     fn remove_front(&mut self, k: usize) -> Result<(), StorageError> {
         for s in self.segs.drain(..k) {
             fs::remove_file(&s.path).map_err(|e| io_err(&s.path, e))?;
