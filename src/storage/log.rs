@@ -208,14 +208,8 @@ impl Log {
             );
             self.remove_segments(0)?;
         }
-        // Whole segments below the snapshot (an interrupted compaction), keeping the last one.
-        let mut k = 0;
-        while k + 1 < self.segs.len() && self.segs[k].last_index() <= si {
-            k += 1;
-        }
-        if k > 0 {
-            self.remove_front(k)?;
-        }
+        // Whole segments below the snapshot (an interrupted compaction).
+        self.remove_compacted(si)?;
         match self.segs.first() {
             None => {
                 let seg = Segment::create(&self.dir, self.opts.segment_size, si + 1)?;
@@ -246,8 +240,16 @@ impl Log {
         sync_dir(&self.dir)
     }
 
-    /// Deletes segments `[..k]` durably, oldest first (a crash part way leaves a contiguous log).
-    fn remove_front(&mut self, k: usize) -> Result<(), StorageError> {
+    /// Deletes, oldest first and durably, the segments whose entries are all <= `index`, but
+    /// never the last (active) segment. A crash part way leaves a contiguous log.
+    fn remove_compacted(&mut self, index: u64) -> Result<(), StorageError> {
+        let mut k = 0;
+        while k + 1 < self.segs.len() && self.segs[k].last_index() <= index {
+            k += 1;
+        }
+        if k == 0 {
+            return Ok(());
+        }
         for s in self.segs.drain(..k) {
             fs::remove_file(&s.path).map_err(|e| io_err(&s.path, e))?;
         }
@@ -384,14 +386,7 @@ impl Log {
         write_meta(&self.dir, index, term)?;
         self.snap_index = index;
         self.snap_term = term;
-        let mut k = 0;
-        while k + 1 < self.segs.len() && self.segs[k].last_index() <= index {
-            k += 1;
-        }
-        if k > 0 {
-            self.remove_front(k)?;
-        }
-        Ok(())
+        self.remove_compacted(index)
     }
 
     /// Drops every entry and restarts the log right after an installed snapshot (index, term).
