@@ -7,6 +7,7 @@
 //! - [`net`]: framing, the mio reactor pieces and the timer wheel.
 //! - [`kv`]: the replicated key-value state machine with exactly-once client sessions.
 //! - [`server`]: glue that runs one node on one thread.
+//! - [`logger`]: a minimal stderr `log::Log` (RAFTKV_LOG / --log-level).
 //! - [`snapshot`]: background snapshot creation, compaction policy, InstallSnapshot streaming.
 //! - [`client`]: blocking client library used by the CLI, the bench tool and tests.
 //! - [`pb`]: protobuf types generated from `proto/`.
@@ -14,6 +15,7 @@
 
 pub mod client;
 pub mod kv;
+pub mod logger;
 pub mod net;
 pub mod pb;
 pub mod raft;

@@ -1,3 +1,15 @@
 //! Networking: framing, the mio reactor pieces and the timer wheel.
+//!
+//! - [`framing`]: 4-byte big-endian length + protobuf frames.
+//! - [`conn`]: a buffered non-blocking framed connection with a bounded write queue.
+//! - [`peer`]: outbound peer links with capped exponential reconnect backoff.
+//! - [`reactor`]: listener tokens and the connection token allocator.
+//! - [`timer`]: a hashed timer wheel (ticks, deadlines, reconnects).
+//!
+//! The event loop itself lives in [`crate::server`].
 
+pub mod conn;
 pub mod framing;
+pub mod peer;
+pub mod reactor;
+pub mod timer;

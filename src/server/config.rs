@@ -1,0 +1,196 @@
+//! Server configuration and the `--peers` format.
+//!
+//! `--peers` lists every member of the cluster, this node included, so every node can be given
+//! the same string:
+//!
+//! ```text
+//! ID=PEER_HOST:PORT[/CLIENT_HOST:PORT],ID=...
+//! 1=127.0.0.1:7004/127.0.0.1:7001,2=127.0.0.1:7005/127.0.0.1:7002,3=127.0.0.1:7006/127.0.0.1:7003
+//! ```
+//!
+//! The peer address is where Raft traffic goes; the optional client address is what a
+//! follower tells clients in a NOT_LEADER error (`leader_addr`).
+
+use crate::net::framing::DEFAULT_MAX_FRAME;
+use crate::net::peer::PeerOptions;
+use crate::snapshot::SnapshotPolicy;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// One cluster member as given in `--peers`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerSpec {
+    pub id: u64,
+    pub peer_addr: String,
+    pub client_addr: Option<String>,
+}
+
+/// Parses `ID=PEER[/CLIENT],...`. Ids must be non-zero and unique.
+pub fn parse_peers(s: &str) -> Result<Vec<PeerSpec>, String> {
+    let mut out: Vec<PeerSpec> = Vec::new();
+    for item in s.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+        let (id, addrs) = item
+            .split_once('=')
+            .ok_or_else(|| format!("peer {item:?}: expected ID=PEER_ADDR[/CLIENT_ADDR]"))?;
+        let id: u64 = id
+            .trim()
+            .parse()
+            .map_err(|_| format!("peer {item:?}: id {id:?} is not a number"))?;
+        if id == 0 {
+            return Err(format!("peer {item:?}: id 0 is reserved"));
+        }
+        let (peer, client) = match addrs.split_once('/') {
+            Some((p, c)) => (p.trim(), Some(c.trim())),
+            None => (addrs.trim(), None),
+        };
+        for a in std::iter::once(peer).chain(client) {
+            if a.rsplit_once(':')
+                .is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err())
+            {
+                return Err(format!("peer {item:?}: {a:?} is not HOST:PORT"));
+            }
+        }
+        if out.iter().any(|p| p.id == id) {
+            return Err(format!("peer id {id} appears twice in --peers"));
+        }
+        out.push(PeerSpec {
+            id,
+            peer_addr: peer.to_string(),
+            client_addr: client.map(str::to_string),
+        });
+    }
+    if out.is_empty() {
+        return Err("--peers is empty".into());
+    }
+    Ok(out)
+}
+
+/// Formats peers back into the `--peers` syntax.
+pub fn format_peers(peers: &[PeerSpec]) -> String {
+    peers
+        .iter()
+        .map(|p| match &p.client_addr {
+            Some(c) => format!("{}={}/{}", p.id, p.peer_addr, c),
+            None => format!("{}={}", p.id, p.peer_addr),
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Everything a node needs to run.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub id: u64,
+    pub data_dir: PathBuf,
+    /// Address the peer listener binds.
+    pub peer_listen: String,
+    /// Address the client listener binds.
+    pub client_listen: String,
+    /// All members, this node included.
+    pub peers: Vec<PeerSpec>,
+    /// Length of one Raft tick.
+    pub tick: Duration,
+    pub election_ticks: u32,
+    pub heartbeat_ticks: u32,
+    pub pre_vote: bool,
+    pub check_quorum: bool,
+    /// Serve LEASE reads from the leader lease (otherwise LEASE reads use ReadIndex).
+    pub lease_read: bool,
+    /// Max frame payload accepted from clients and peers.
+    pub max_frame: usize,
+    /// Log segment size.
+    pub segment_size: u64,
+    /// Deadline of a client request inside the server.
+    pub request_timeout: Duration,
+    /// Stop reading from a client whose unsent responses exceed this many bytes...
+    pub max_client_pending_bytes: usize,
+    /// ...or that has this many requests in flight.
+    pub max_client_inflight: usize,
+    /// How often a changed commit index is written to the hard state file.
+    pub commit_persist_interval: Duration,
+    pub peer: PeerOptions,
+    /// When to snapshot and how far to compact the log.
+    pub snapshot_policy: SnapshotPolicy,
+}
+
+impl ServerConfig {
+    /// Defaults for node `id` with the given members; listen addresses default to this node's
+    /// entry in `peers`.
+    pub fn new(id: u64, data_dir: PathBuf, peers: Vec<PeerSpec>) -> Result<ServerConfig, String> {
+        let me = peers
+            .iter()
+            .find(|p| p.id == id)
+            .ok_or_else(|| format!("--peers has no entry for this node's id {id}"))?;
+        Ok(ServerConfig {
+            id,
+            data_dir,
+            peer_listen: me.peer_addr.clone(),
+            client_listen: me.client_addr.clone().unwrap_or_default(),
+            peers,
+            tick: Duration::from_millis(50),
+            election_ticks: 10,
+            heartbeat_ticks: 1,
+            pre_vote: true,
+            check_quorum: true,
+            lease_read: false,
+            max_frame: DEFAULT_MAX_FRAME,
+            segment_size: 64 << 20,
+            request_timeout: Duration::from_secs(5),
+            max_client_pending_bytes: 8 << 20,
+            max_client_inflight: 4096,
+            commit_persist_interval: Duration::from_millis(500),
+            peer: PeerOptions::default(),
+            snapshot_policy: SnapshotPolicy::default(),
+        })
+    }
+
+    /// The client address of member `id`, if known.
+    pub fn client_addr_of(&self, id: u64) -> Option<&str> {
+        self.peers
+            .iter()
+            .find(|p| p.id == id)
+            .and_then(|p| p.client_addr.as_deref())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_and_formats_peers() {
+        let s = "1=127.0.0.1:7004/127.0.0.1:7001, 2=host:7005,3=[::1]:7006/[::1]:7003";
+        let p = parse_peers(s).unwrap();
+        assert_eq!(p.len(), 3);
+        assert_eq!(p[0].client_addr.as_deref(), Some("127.0.0.1:7001"));
+        assert_eq!(p[1].client_addr, None);
+        assert_eq!(p[2].peer_addr, "[::1]:7006");
+        assert_eq!(parse_peers(&format_peers(&p)).unwrap(), p);
+    }
+
+    #[test]
+    fn rejects_bad_peers() {
+        for bad in [
+            "",
+            "1",
+            "x=1.2.3.4:5",
+            "0=1.2.3.4:5",
+            "1=1.2.3.4",
+            "1=1.2.3.4:99999",
+            "1=a:1,1=b:2",
+            "1=a:1/b",
+        ] {
+            assert!(parse_peers(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn config_needs_own_entry() {
+        let p = parse_peers("1=a:1/a:2,2=b:1").unwrap();
+        assert!(ServerConfig::new(3, "d".into(), p.clone()).is_err());
+        let c = ServerConfig::new(1, "d".into(), p).unwrap();
+        assert_eq!(c.peer_listen, "a:1");
+        assert_eq!(c.client_listen, "a:2");
+        assert_eq!(c.client_addr_of(2), None);
+    }
+}
