@@ -106,7 +106,9 @@ pub enum PlantedBug {
     /// (breaks "one vote per term": two leaders can win the same term).
     VoteTwice,
     /// Commits the highest index stored on a quorum regardless of its term (the Figure 8 bug:
-    /// an old-term entry can be "committed" and later overwritten).
+    /// an old-term entry can be "committed" and later overwritten). To expose it, a new leader
+    /// also holds back its start-of-term no-op until the first read (as in the paper's
+    /// Figure 8, where leaders have no such entry).
     CommitOldTerm,
 }
 

@@ -333,6 +333,7 @@ impl<S: LogStore> RawNode<S> {
 
     pub(super) fn handle_append_response(&mut self, from: u64, r: AppendEntriesResponse) {
         let first_index = self.log.first_index();
+        let last_index = self.log.last_index();
         let Some(pr) = self.prs.get_mut(&from) else {
             return;
         };
@@ -349,6 +350,14 @@ impl<S: LogStore> RawNode<S> {
             if pr.maybe_decr_to(r.reject_index, hint) {
                 self.send_append(from, true);
             }
+            return;
+        }
+        if r.match_index > last_index {
+            log::warn!(
+                "node {}: ack from {from} for index {} beyond our last {last_index}",
+                self.cfg.id,
+                r.match_index
+            );
             return;
         }
         let probe_caught_up = pr.state == ProgressState::Probe && pr.matched == r.match_index;
@@ -379,8 +388,9 @@ impl<S: LogStore> RawNode<S> {
                 .is_some_and(|p| p.matched == self.log.last_index())
         {
             self.send(from, Body::TimeoutNow(TimeoutNow {}));
-            // Lease acks from before the target could have started campaigning are void.
-            self.lease_fence = self.now + 1;
+            // The target may campaign (past voters' leases) whenever TimeoutNow arrives, even
+            // after we abandon the transfer: no lease reads for the rest of this term.
+            self.lease_fence = u64::MAX;
         }
     }
 

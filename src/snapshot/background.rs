@@ -67,6 +67,8 @@ enum State {
 /// by `SnapshotStore::open` on the next start).
 pub struct BackgroundSnapshot {
     meta: SnapshotMeta,
+    /// The snapshot directory (where the file lands).
+    dir: PathBuf,
     state: State,
 }
 
@@ -116,7 +118,11 @@ impl BackgroundSnapshot {
             SnapshotMode::Inline => State::Finished(Some(write_snapshot(store, &meta, kv))),
             SnapshotMode::Fork => fork_child(store, &meta, kv)?,
         };
-        Ok(BackgroundSnapshot { meta, state })
+        Ok(BackgroundSnapshot {
+            meta,
+            dir: store.dir().to_path_buf(),
+            state,
+        })
     }
 
     /// The snapshot being written.
@@ -148,10 +154,10 @@ impl BackgroundSnapshot {
                 std::io::Error::last_os_error()
             )))
         } else if libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0 {
-            let dir_file = file_name(self.meta.index, self.meta.term);
+            let expected = self.dir.join(file_name(self.meta.index, self.meta.term));
             Ok(SnapshotDone {
                 meta: self.meta.clone(),
-                path: child_path(fd, &dir_file),
+                path: child_path(fd, expected),
             })
         } else {
             let msg = read_child_msg(fd);
@@ -174,11 +180,11 @@ impl BackgroundSnapshot {
 }
 
 /// On success the child sends the published path through the pipe (the storage layer decides
-/// where the file goes); fall back to the name alone if the message is missing.
-fn child_path(fd: &OwnedFd, name: &str) -> PathBuf {
+/// where the file goes); fall back to the expected path if the message is missing.
+fn child_path(fd: &OwnedFd, expected: PathBuf) -> PathBuf {
     let msg = read_child_msg(fd);
     if msg.is_empty() {
-        PathBuf::from(name)
+        expected
     } else {
         PathBuf::from(msg)
     }

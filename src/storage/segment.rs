@@ -55,12 +55,20 @@ impl Scan {
     }
 }
 
-/// Finds one past the last non-zero byte of `b[from..]`, or `from` if all zero.
-fn last_nonzero(b: &[u8], from: usize) -> usize {
-    match b[from..].iter().rposition(|&x| x != 0) {
-        Some(p) => from + p + 1,
-        None => from,
+/// Finds one past the last non-zero byte of `b[from..]`, or `from` if all zero. Reads in
+/// chunks, calling `release` after each so the pages do not stay resident.
+fn last_nonzero(b: &[u8], from: usize, release: &mut dyn FnMut(usize)) -> usize {
+    let mut last = from;
+    let mut at = from;
+    while at < b.len() {
+        let end = (at + RELEASE_EVERY).min(b.len());
+        if let Some(p) = b[at..end].iter().rposition(|&x| x != 0) {
+            last = at + p + 1;
+        }
+        at = end;
+        release(at);
     }
+    last
 }
 
 /// True when the damaged record span `b[from..to]` (from = start of the bad record, to = a
@@ -181,7 +189,7 @@ pub fn scan(
     }
     s.end = pos;
     s.dirty_end = if tolerate_tail {
-        last_nonzero(b, pos)
+        last_nonzero(b, pos, release)
     } else {
         pos
     };
@@ -251,7 +259,7 @@ fn map_file(file: &File, path: &Path) -> Result<MmapMut, StorageError> {
 }
 
 impl Segment {
-    /// Creates a new, durable, empty segment starting at `first`.
+    /// Creates a new, durable (file and directory entry), empty segment starting at `first`.
     pub fn create(dir: &Path, size: u64, first: u64) -> Result<Segment, StorageError> {
         let path = dir.join(file_name(first));
         let file = OpenOptions::new()
@@ -267,6 +275,9 @@ impl Segment {
         map.flush_range(0, SEG_HEADER_LEN)
             .map_err(|e| io_err(&path, e))?;
         file.sync_all().map_err(|e| io_err(&path, e))?;
+        // The directory entry too, right away: if segment k's entry could be lost while a later
+        // segment k+1's survived, a crash would leave an index gap that looks like corruption.
+        super::log::sync_dir(dir)?;
         Ok(Segment {
             path,
             file,

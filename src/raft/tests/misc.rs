@@ -83,7 +83,7 @@ fn status_reports_state() {
 
 /// Randomized 5-node run: random drops, partitions, restarts and proposals, with the Net's
 /// invariant checker on every step. Prints the seed on failure.
-fn random_run(seed: u64, bug: PlantedBug) -> usize {
+fn random_run(seed: u64, bug: PlantedBug) -> (usize, usize) {
     let mut rng = crate::rng::Rng::new(seed);
     let mut net = Net::new(5, |c| {
         c.pre_vote = true;
@@ -93,7 +93,9 @@ fn random_run(seed: u64, bug: PlantedBug) -> usize {
     });
     let drop_rate = 0.1;
     let mut drops = rng.fork();
-    net.filter = Some(Box::new(move |_m: &Message| !drops.chance(drop_rate)));
+    net.chaos = Some((rng.fork(), 0.05));
+    net.auto_snapshot = true;
+    net.filter = Some(Box::new(move |_m: &mut Message| !drops.chance(drop_rate)));
     for step in 0..600 {
         match rng.range(0, 20) {
             0 => {
@@ -105,7 +107,16 @@ fn random_run(seed: u64, bug: PlantedBug) -> usize {
                 let id = rng.range(1, 6);
                 net.restart(id);
             }
-            3..=6 => {
+            3 => {
+                // The shell snapshots and compacts up to what it applied.
+                let id = rng.range(1, 6);
+                let p = net.peers.get_mut(&id).unwrap();
+                let applied = p.raw.applied;
+                if let Ok(t) = p.raw.store().term(applied) {
+                    p.raw.store_mut().compact(applied, t).unwrap();
+                }
+            }
+            4..=6 => {
                 if let Some(l) = net.leader() {
                     let _ = net.node(l).propose(Bytes::from(format!("s{step}")));
                 }
@@ -117,27 +128,57 @@ fn random_run(seed: u64, bug: PlantedBug) -> usize {
     }
     net.heal();
     net.filter = None;
+    net.chaos = None;
     for _ in 0..100 {
         net.tick_all();
         net.settle();
     }
-    net.peers
+    let applied = net
+        .peers
         .values()
-        .map(|p| p.applied.len())
+        .map(|p| p.applied.last().map(|e| e.index).unwrap_or(0))
         .max()
-        .unwrap_or(0)
+        .unwrap_or(0);
+    (applied as usize, net.snapshots_installed)
+}
+
+/// Seeds to run: `RAFT_SEEDS=a..b` (e.g. for a long soak), default 1..=4.
+fn seeds() -> std::ops::Range<u64> {
+    std::env::var("RAFT_SEEDS")
+        .ok()
+        .and_then(|v| {
+            let (a, b) = v.split_once("..")?;
+            Some(a.parse().ok()?..b.parse().ok()?)
+        })
+        .unwrap_or(1..5)
 }
 
 #[test]
 fn randomized_cluster_keeps_invariants() {
-    for seed in 1..=4u64 {
+    let mut snaps = 0;
+    for seed in seeds() {
         let r = std::panic::catch_unwind(|| random_run(seed, PlantedBug::None));
         match r {
-            Ok(applied) => assert!(applied > 20, "seed {seed}: little progress ({applied})"),
+            Ok((applied, s)) => {
+                snaps += s;
+                assert!(applied > 20, "seed {seed}: little progress ({applied})");
+            }
             Err(e) => {
                 eprintln!("randomized_cluster_keeps_invariants failed with seed {seed}");
                 std::panic::resume_unwind(e);
             }
         }
     }
+    assert!(snaps > 0, "no run exercised snapshot installation");
+}
+
+#[test]
+fn planted_vote_twice_is_caught_by_the_invariant_checker() {
+    let caught = (1..=20u64).find(|&seed| {
+        std::panic::catch_unwind(|| random_run(seed, PlantedBug::VoteTwice)).is_err()
+    });
+    assert!(
+        caught.is_some(),
+        "VoteTwice never produced two leaders in a term"
+    );
 }

@@ -135,6 +135,76 @@ fn l5_old_term_entry_not_committed_by_counting() {
     assert_eq!(l.commit, 2);
 }
 
+/// Raft paper Figure 8 on 5 nodes, from state (b): S1 and S2 hold (2, t2), S5 holds (2, t3),
+/// S3 and S4 only (1, t1). S1 wins term 4 and gets (2, t2) onto S3 while its own term-4
+/// entry is held back. Correct Raft must not commit index 2; then S5 wins term 5 and
+/// overwrites it. With `PlantedBug::CommitOldTerm` index 2 is committed and applied, and
+/// S5's overwrite hits a committed entry: the core's fatal invariant check fires.
+fn figure8(bug: PlantedBug) -> Net {
+    let mut net = Net::new(5, |c| c.planted_bug = bug);
+    for (id, terms) in [
+        (1u64, vec![1u64, 2]),
+        (2, vec![1, 2]),
+        (3, vec![1]),
+        (4, vec![1]),
+        (5, vec![1, 3]),
+    ] {
+        let p = net.peers.get_mut(&id).unwrap();
+        let mut c = cfg(id);
+        c.planted_bug = bug;
+        c.max_msg_bytes = 1; // one entry per AppendEntries
+        p.raw = node_with(c, &[1, 2, 3, 4, 5], &terms, 3, 0, 1);
+        p.hs = HardState {
+            term: 3,
+            vote: 0,
+            commit: 1,
+        };
+        p.applied = vec![ent(1, 1)];
+    }
+    // (c): S1 leads term 4; its term-4 entries never leave it.
+    net.isolate(5);
+    net.isolate(4);
+    net.filter = Some(Box::new(|m: &mut Message| {
+        if let Some(Body::AppendEntries(a)) = m.body.as_mut() {
+            a.entries.retain(|e| e.term != 4);
+        }
+        true
+    }));
+    net.campaign(1);
+    assert_eq!(net.n(1).role, Role::Leader);
+    net.tick(1);
+    net.settle();
+    assert_eq!(net.log_terms(3), vec![1, 2]);
+    // (d): S1 is cut off; S5 wins term 5 with S2, S3, S4 and replicates (2, t3).
+    net.filter = None;
+    net.heal();
+    net.isolate(1);
+    net.campaign(5); // term 4: S2, S3 already voted for S1
+    net.campaign(5); // term 5
+    assert_eq!(net.n(5).role, Role::Leader);
+    net.propose(5, "after");
+    net
+}
+
+#[test]
+fn l5_figure8_old_term_entry_never_committed_by_counting() {
+    let net = figure8(PlantedBug::None);
+    assert_eq!(net.log_terms(2), vec![1, 3, 5, 5]);
+    assert_eq!(net.log_terms(3), vec![1, 3, 5, 5]);
+    assert!(net
+        .peers
+        .values()
+        .all(|p| p.applied.iter().all(|e| e.term != 2)));
+    // The planted bug commits (2, t2) and then S5's overwrite is caught as fatal.
+    let r = std::panic::catch_unwind(|| figure8(PlantedBug::CommitOldTerm));
+    let err = r.err().expect("CommitOldTerm was not caught");
+    let text = err.downcast_ref::<String>().cloned().unwrap_or_default();
+    assert!(
+        text.contains("raft invariant breach"),
+        "unexpected failure: {text}"
+    );
+}
+
 #[test]
 fn l6_commit_covers_earlier_terms_in_order() {
     let mut net = Net::new(3, |_| {});

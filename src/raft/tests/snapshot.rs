@@ -199,3 +199,45 @@ fn install_snapshot_at_stale_term_answered_with_our_term() {
     assert_eq!(rd.messages.len(), 1);
     assert_eq!(rd.messages[0].term, 5);
 }
+
+#[test]
+fn s9_snapshot_can_demote_to_learner_which_never_campaigns() {
+    let mut n = node_with(cfg(3), &[1, 2, 3], &[1], 1, 0, 1);
+    let m = SnapshotMeta {
+        index: 5,
+        term: 2,
+        conf: Some(ConfState {
+            voters: vec![1, 2],
+            learners: vec![3],
+        }),
+    };
+    assert!(n.restore_snapshot(m));
+    n.store_mut().reset(5, 2);
+    assert_eq!(n.status().conf.learners, vec![3]);
+    for _ in 0..100 {
+        n.tick();
+    }
+    assert_eq!(n.role, Role::Follower);
+    assert!(n.ready().messages.is_empty());
+}
+
+#[test]
+fn restart_after_snapshot_keeps_first_index_and_catches_up() {
+    let mut net = compacted_net();
+    net.auto_snapshot = true;
+    net.tick(1);
+    net.settle();
+    assert!(net.snapshots_installed >= 1);
+    net.restart(3);
+    let (si, _) = net.n(3).log.snapshot_index_term();
+    assert_eq!(net.n(3).log.first_index(), si + 1);
+    net.propose(1, "z");
+    net.tick(1);
+    net.settle();
+    assert_eq!(
+        net.log_terms(3).len() as u64,
+        net.n(3).log.last_index() - si
+    );
+    assert_eq!(net.n(3).log.last_index(), net.n(1).log.last_index());
+    assert_eq!(net.n(3).commit, net.n(1).commit);
+}
