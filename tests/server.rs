@@ -860,6 +860,23 @@ fn bad_peer_input_closes_only_that_connection() {
     assert_eq!(s.read_to_end(&mut rest).unwrap(), 0);
     let mut c = cluster.client();
     c.put(b"still", b"up").unwrap();
+
+    // A second node on the same data directory refuses to start.
+    let ports = free_ports(2);
+    let out = Command::new(EXE)
+        .args(["serve", "--id=1"])
+        .arg("--data-dir")
+        .arg(cluster.dir.path().join("n1"))
+        .arg(format!(
+            "--peers=1=127.0.0.1:{}/127.0.0.1:{}",
+            ports[0], ports[1]
+        ))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("in use by another raftkv process"), "{err}");
+    c.put(b"still", b"up again").unwrap();
 }
 
 fn raftkv(args: &[&str]) -> (i32, String) {

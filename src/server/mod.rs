@@ -123,6 +123,8 @@ pub struct Server {
     /// Newest commit index whose entries are durable here (persisted lazily as a hint).
     commit_hint: u64,
     snaps: Snapshots,
+    /// Held for the node's life: the data directory's lock.
+    _dir_lock: std::fs::File,
     kv: KvStore,
     applied: u64,
     pending_writes: HashMap<u64, PendingWrite>,
@@ -186,6 +188,30 @@ fn reconcile_log_with_snapshot(log: &mut Log, snap: &SnapshotMeta) -> Result<(),
     }
 }
 
+/// Takes an exclusive `flock` on `DIR/LOCK` so two nodes can never share a data directory
+/// (they would corrupt each other's log). Released when the returned file is dropped or the
+/// process dies.
+fn lock_data_dir(dir: &std::path::Path) -> Result<std::fs::File, String> {
+    use std::os::fd::AsRawFd;
+    let path = dir.join("LOCK");
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    // SAFETY: flock on a descriptor we own.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        return Err(format!(
+            "data dir {} is in use by another raftkv process ({}: {})",
+            dir.display(),
+            path.display(),
+            std::io::Error::last_os_error()
+        ));
+    }
+    Ok(f)
+}
+
 fn role_name(r: Role) -> &'static str {
     match r {
         Role::Leader => "leader",
@@ -210,6 +236,7 @@ impl Server {
         let dir = &cfg.data_dir;
         std::fs::create_dir_all(dir)
             .map_err(|e| format!("cannot create data dir {}: {e}", dir.display()))?;
+        let dir_lock = lock_data_dir(dir)?;
         let (mut hs_file, disk_hs) = HardStateFile::open(dir).map_err(|e| e.to_string())?;
         let mut hs = disk_hs;
         let snapshots = SnapshotStore::open(&dir.join("snap")).map_err(|e| e.to_string())?;
@@ -342,6 +369,7 @@ impl Server {
             node,
             hs_file,
             snaps,
+            _dir_lock: dir_lock,
             kv,
             applied,
             pending_writes: HashMap::new(),
