@@ -1185,14 +1185,15 @@ impl Server {
         let leading = (st.role == Role::Leader).then_some(st.term);
         if leading != self.leader_term {
             self.snaps.drop_senders();
-            if let Some(t) = leading {
-                log::info!("node {} became leader in term {t}", self.cfg.id);
-            } else if let Some(t) = self.leader_term {
+            if let Some(t) = self.leader_term {
                 log::info!("node {} lost leadership of term {t}", self.cfg.id);
                 self.fail_pending(
                     ErrorCode::Uncertain,
                     "leadership lost; the write may or may not apply",
                 );
+            }
+            if let Some(t) = leading {
+                log::info!("node {} became leader in term {t}", self.cfg.id);
             }
             self.leader_term = leading;
         }
