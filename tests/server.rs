@@ -953,6 +953,7 @@ fn cluster_command_and_cli() {
     assert!(out.matches("leader").count() >= 3, "{out}");
     assert_eq!(raftkv(&["del", &ep, "missing"]).0, 1);
     assert_eq!(raftkv(&["put", &ep]).0, 2, "usage error");
+    assert_eq!(raftkv(&["put", &ep, "", "v"]).0, 4, "rejected: empty key");
     let (code, _) = raftkv(&["get", "--endpoints=127.0.0.1:1", "--timeout-ms=300", "k"]);
     assert_eq!(code, 3, "unreachable cluster");
 
