@@ -298,6 +298,14 @@ impl<S: LogStore> RawNode<S> {
         }
         let Some(body) = m.body else { return };
         let (from, mterm) = (m.from, m.term);
+        if mterm > u64::MAX / 2 {
+            // No real cluster gets here; refusing keeps term + 1 arithmetic safe.
+            log::warn!(
+                "node {}: dropping message from {from} with absurd term {mterm}",
+                self.id()
+            );
+            return;
+        }
 
         // Term rules (Raft §5.1), with the PreVote / CheckQuorum exceptions.
         if mterm > self.term {

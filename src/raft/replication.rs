@@ -190,6 +190,11 @@ impl<S: LogStore> RawNode<S> {
     // ----- follower side -----
 
     pub(super) fn handle_append(&mut self, from: u64, ae: AppendEntries) {
+        if ae.prev_log_index > self.log.last_index() {
+            // We lack prev (this also keeps the arithmetic below away from absurd indexes).
+            self.reject_append(from, ae.prev_log_index, ae.prev_log_term);
+            return;
+        }
         let mut prev = ae.prev_log_index;
         let mut prev_term = ae.prev_log_term;
         let vouched = prev + ae.entries.len() as u64;
@@ -339,10 +344,14 @@ impl<S: LogStore> RawNode<S> {
         };
         pr.recent_active = true;
         if !r.success {
+            if r.reject_index > last_index {
+                // We never sent such an append: a confused or malicious peer.
+                return;
+            }
             let hint = if r.hint_term > 0 {
                 self.find_conflict_by_term(r.hint_index, r.hint_term)
             } else {
-                r.hint_index
+                r.hint_index.min(last_index)
             };
             let Some(pr) = self.prs.get_mut(&from) else {
                 return;
@@ -397,13 +406,14 @@ impl<S: LogStore> RawNode<S> {
     pub(super) fn handle_heartbeat_response(&mut self, from: u64, r: HeartbeatResponse) {
         let max_inflight = self.cfg.max_inflight_msgs;
         let last = self.log.last_index();
-        let fence = self.lease_fence;
+        let (fence, now) = (self.lease_fence, self.now);
         let Some(pr) = self.prs.get_mut(&from) else {
             return;
         };
         pr.recent_active = true;
         pr.probe_sent = false;
-        if r.lease_tick >= fence {
+        // Only an echo of a tick we actually sent (<= now) can extend the lease.
+        if r.lease_tick >= fence && r.lease_tick <= now {
             pr.lease_tick = Some(pr.lease_tick.unwrap_or(0).max(r.lease_tick));
         }
         // A full window may hold appends that were lost: free one slot so progress resumes
