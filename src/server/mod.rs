@@ -304,17 +304,19 @@ impl Server {
             );
         }
 
+        // Election jitter must differ between nodes and runs; logged so a run can be studied.
+        let raft_seed = cfg.id
+            ^ (std::process::id() as u64) << 20
+            ^ std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64);
         let rcfg = Config {
             election_tick: cfg.election_ticks,
             heartbeat_tick: cfg.heartbeat_ticks,
             pre_vote: cfg.pre_vote,
             check_quorum: cfg.check_quorum,
             lease_read: cfg.lease_read,
-            seed: cfg.id
-                ^ (std::process::id() as u64) << 20
-                ^ std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_nanos() as u64),
+            seed: raft_seed,
             ..Config::new(cfg.id)
         };
         let init = InitialState {
@@ -347,7 +349,7 @@ impl Server {
         }
         log::info!(
             "node {} serving peers on {peer_local_addr}, clients on {client_local_addr}; \
-             term {} vote {} commit {} applied {applied}",
+             term {} vote {} commit {} applied {applied}; raft seed {raft_seed}",
             cfg.id,
             hs.term,
             hs.vote,
