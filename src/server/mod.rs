@@ -719,13 +719,14 @@ impl Server {
         use kvpb::request::Op;
         let id = req.id;
         let consistency = req.consistency();
+        let (client_id, seq, acked_seq) = (req.client_id, req.seq, req.acked_seq);
         let cmd = |op| kvpb::Command {
-            client_id: req.client_id,
-            seq: req.seq,
-            acked_seq: req.acked_seq,
+            client_id,
+            seq,
+            acked_seq,
             op: Some(op),
         };
-        match req.op.clone() {
+        match req.op {
             None => self.send_response(
                 token,
                 id,
