@@ -1272,3 +1272,78 @@ impl Server {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::raft::Entry;
+
+    fn log_with(dir: &std::path::Path, terms: &[u64]) -> Log {
+        let mut log = Log::open(dir, LogOptions { segment_size: 4096 }).unwrap();
+        let entries: Vec<Entry> = terms
+            .iter()
+            .enumerate()
+            .map(|(i, &t)| Entry {
+                index: i as u64 + 1,
+                term: t,
+                entry_type: EntryType::EntryNormal as i32,
+                data: bytes::Bytes::from(vec![7u8; 100]),
+            })
+            .collect();
+        log.append(&entries).unwrap();
+        log.sync().unwrap();
+        log
+    }
+
+    fn snap(index: u64, term: u64) -> SnapshotMeta {
+        SnapshotMeta {
+            index,
+            term,
+            conf: None,
+        }
+    }
+
+    #[test]
+    fn log_matching_the_snapshot_is_kept() {
+        let d = tempfile::tempdir().unwrap();
+        let mut log = log_with(d.path(), &[1, 1, 2, 2, 3]);
+        reconcile_log_with_snapshot(&mut log, &snap(3, 2)).unwrap();
+        assert_eq!((log.first_index(), log.last_index()), (1, 5));
+    }
+
+    #[test]
+    fn short_or_conflicting_log_is_reset_to_the_snapshot() {
+        let d = tempfile::tempdir().unwrap();
+        let mut log = log_with(d.path(), &[1, 1, 2]);
+        reconcile_log_with_snapshot(&mut log, &snap(10, 4)).unwrap();
+        assert_eq!(log.snapshot_index_term(), (10, 4));
+        assert_eq!(log.last_index(), 10);
+
+        let d = tempfile::tempdir().unwrap();
+        let mut log = log_with(d.path(), &[1, 1, 2, 2]);
+        reconcile_log_with_snapshot(&mut log, &snap(3, 3)).unwrap();
+        assert_eq!(log.snapshot_index_term(), (3, 3));
+        assert_eq!(log.last_index(), 3, "the conflicting suffix is gone");
+    }
+
+    #[test]
+    fn log_compacted_past_the_snapshot_is_fatal() {
+        let d = tempfile::tempdir().unwrap();
+        let terms = vec![1u64; 200];
+        let mut log = log_with(d.path(), &terms);
+        log.compact(150, 1).unwrap();
+        assert!(log.first_index() > 2, "compaction dropped whole segments");
+        let err = reconcile_log_with_snapshot(&mut log, &snap(1, 1)).unwrap_err();
+        assert!(err.contains("compacted past snapshot index 1"), "{err}");
+    }
+
+    #[test]
+    fn data_dir_lock_is_exclusive() {
+        let d = tempfile::tempdir().unwrap();
+        let held = lock_data_dir(d.path()).unwrap();
+        let err = lock_data_dir(d.path()).unwrap_err();
+        assert!(err.contains("in use"), "{err}");
+        drop(held);
+        lock_data_dir(d.path()).unwrap();
+    }
+}
