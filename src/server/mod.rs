@@ -45,6 +45,8 @@ use std::time::{Duration, Instant};
 
 /// Socket reads per connection per wake-up before yielding to others (fairness).
 const READ_BUDGET: usize = 16;
+/// How long a peer connect attempt may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a client connection closed for a framing error may linger to receive our error.
 const LINGER: Duration = Duration::from_secs(2);
 /// Extra room for peer frames above the client max frame.
@@ -62,6 +64,8 @@ enum TimerEvent {
     PersistCommit,
     /// Close a lingering (closing) client connection.
     ForceClose(Token),
+    /// Give up on a peer connect attempt that has not completed.
+    ConnectTimeout(u64, Token),
 }
 
 /// A client connection.
@@ -529,6 +533,11 @@ impl Server {
             Ok(()) => {
                 if peer.token() == Some(token) {
                     self.peer_by_token.insert(token, id);
+                    // A SYN to a dead host can hang for minutes: bound the attempt.
+                    self.timers.insert(
+                        Instant::now() + CONNECT_TIMEOUT,
+                        TimerEvent::ConnectTimeout(id, token),
+                    );
                 }
             }
             Err(delay) => {
@@ -1027,6 +1036,18 @@ impl Server {
             }
             TimerEvent::Reconnect(id) => self.connect_peer(id),
             TimerEvent::ForceClose(token) => self.close(token, "linger timeout"),
+            TimerEvent::ConnectTimeout(id, token) => {
+                if let Some(peer) = self.peers.get_mut(&id) {
+                    if peer.token() == Some(token) && peer.state() == PeerState::Connecting {
+                        log::debug!("peer {id}: connect timed out");
+                        let delay = peer.teardown(self.poll.registry());
+                        self.peer_by_token.remove(&token);
+                        self.unreachable.insert(id);
+                        self.timers
+                            .insert(Instant::now() + delay, TimerEvent::Reconnect(id));
+                    }
+                }
+            }
             TimerEvent::PersistCommit => {
                 self.persist_commit_hint()?;
                 self.timers.insert(
