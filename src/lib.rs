@@ -8,6 +8,7 @@
 //! - [`kv`]: the replicated key-value state machine with exactly-once client sessions.
 //! - [`server`]: glue that runs one node on one thread.
 //! - [`logger`]: a minimal stderr `log::Log` (RAFTKV_LOG / --log-level).
+//! - [`snapshot`]: background snapshot creation, compaction policy, InstallSnapshot streaming.
 //! - [`client`]: blocking client library used by the CLI, the bench tool and tests.
 //! - [`pb`]: protobuf types generated from `proto/`.
 //! - [`rng`]: seeded PRNG (no global randomness anywhere).
@@ -21,4 +22,5 @@ pub mod raft;
 pub mod rng;
 pub mod server;
 pub mod sim;
+pub mod snapshot;
 pub mod storage;

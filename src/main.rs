@@ -31,6 +31,7 @@ const EXIT_REJECTED: u8 = 4;
 #[command(
     name = "raftkv",
     version,
+    args_override_self = true,
     about = "A Raft-replicated key-value store",
     after_help = "Quick start:\n  raftkv cluster                 # 3 local nodes, Ctrl-C stops them\n  raftkv put greeting hello\n  raftkv get greeting\n\n\
 Client exit codes: 0 ok, 1 not found / CAS failed, 2 usage error,\n3 unavailable / timeout / uncertain, 4 rejected by the server."
@@ -49,13 +50,16 @@ enum Cmd {
     Cluster(ClusterArgs),
     /// Set KEY to VALUE.
     Put {
+        /// The key (UTF-8 text).
         key: String,
+        /// The value to store.
         value: String,
         #[command(flatten)]
         c: ClientArgs,
     },
     /// Print the value of KEY (exit 1 if absent).
     Get {
+        /// The key to read.
         key: String,
         /// Read consistency: linearizable (ReadIndex via the leader), lease (leader lease,
         /// needs `serve --lease-reads`), stale (any node's local state).
@@ -66,6 +70,7 @@ enum Cmd {
     },
     /// Delete KEY (exit 1 if it was absent).
     Del {
+        /// The key to delete.
         key: String,
         #[command(flatten)]
         c: ClientArgs,
@@ -73,6 +78,7 @@ enum Cmd {
     /// Compare-and-swap: set KEY to VALUE (or delete it with --delete) only if its current
     /// version is --expect-version (0 = must be absent). Exit 1 if the comparison failed.
     Cas {
+        /// The key to compare and set.
         key: String,
         /// New value (omit with --delete).
         value: Option<String>,
@@ -185,6 +191,17 @@ struct Tuning {
     /// Server-side deadline of a client request in milliseconds (then TIMEOUT).
     #[arg(long, default_value_t = 5000)]
     request_timeout_ms: u64,
+    /// Take a snapshot (in a forked child) after this many entries were applied since the
+    /// last one...
+    #[arg(long, default_value_t = 100_000)]
+    snapshot_entries: u64,
+    /// ...or after this many bytes of commands.
+    #[arg(long, default_value_t = 64 << 20)]
+    snapshot_bytes: u64,
+    /// Entries kept in the log below the applied index when compacting after a snapshot (a
+    /// follower this close behind catches up from the log, not a snapshot transfer).
+    #[arg(long, default_value_t = 10_000)]
+    snapshot_trailing: u64,
     /// Log level: off, error, warn, info, debug, trace (default: $RAFTKV_LOG, else info).
     #[arg(long)]
     log_level: Option<String>,
@@ -343,6 +360,11 @@ fn serve_config(a: &ServeArgs) -> Result<ServerConfig, String> {
         return Err("--lease-reads needs CheckQuorum (drop --no-check-quorum)".into());
     }
     cfg.max_client_pending_bytes = t.client_output_limit;
+    cfg.snapshot_policy = raftkv::snapshot::SnapshotPolicy {
+        max_log_entries: t.snapshot_entries,
+        max_log_bytes: t.snapshot_bytes,
+        trailing_entries: t.snapshot_trailing,
+    };
     cfg.max_frame = t.max_frame;
     cfg.segment_size = t.segment_size;
     cfg.request_timeout = Duration::from_millis(t.request_timeout_ms);

@@ -57,6 +57,11 @@ struct Cluster {
 
 impl Cluster {
     fn start(n: u64, extra_args: &[&str]) -> Cluster {
+        Cluster::start_with(n, extra_args, |_| {})
+    }
+
+    /// Like `start`, after `setup(data_root)` prepared the nodes' data dirs (`<root>/n<i>`).
+    fn start_with(n: u64, extra_args: &[&str], setup: impl FnOnce(&Path)) -> Cluster {
         let ports = free_ports(2 * n as usize);
         let nodes: Vec<Node> = (0..n)
             .map(|i| Node {
@@ -84,6 +89,7 @@ impl Cluster {
             nodes,
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
         };
+        setup(c.dir.path());
         for id in 1..=n {
             c.start_node(id);
         }
@@ -577,6 +583,35 @@ fn requests_time_out_without_a_quorum() {
     );
 }
 
+/// SIGTERM with a write pending: the client is told SHUTTING_DOWN and the node exits 0.
+#[test]
+fn graceful_shutdown_answers_pending_requests() {
+    let mut cluster = Cluster::start(3, &["--no-check-quorum"]);
+    let leader = cluster.wait_leader();
+    for id in (1..=3).filter(|&i| i != leader) {
+        cluster.kill(id);
+    }
+    let mut s = connect(&cluster.addr(leader)).unwrap();
+    blocking::write_msg(&mut s, &put_req(31, "pending", "write")).unwrap();
+    // The write is in (it cannot commit without a quorum) once a later request is answered.
+    let r = call(
+        &mut s,
+        &kvpb::Request {
+            id: 32,
+            op: Some(kvpb::request::Op::Status(kvpb::StatusRequest {})),
+            ..Default::default()
+        },
+    );
+    assert_eq!(r.id, 32, "{r:?}");
+    cluster.stop(leader); // SIGTERM, asserts exit status 0
+    let r: kvpb::Response = blocking::read_msg(&mut s, 1 << 20).unwrap();
+    assert_eq!(
+        (r.id, err_code(&r)),
+        (31, Some(ErrorCode::ShuttingDown)),
+        "{r:?}"
+    );
+}
+
 /// A client that pipelines far more responses than the output limit without reading is
 /// throttled — the server stops reading its requests, so its writes block — but gets every
 /// response in order once it reads; other clients are served meanwhile.
@@ -620,4 +655,370 @@ fn backpressure_pauses_a_client_that_does_not_read() {
         assert!(matches!(&r.result, Some(R::Get(g)) if g.value.len() == 8000));
     }
     writer.join().unwrap();
+}
+
+/// A node whose data dir holds a snapshot (and no log) starts from it: the KV state is
+/// restored, the log continues after the snapshot index, and after a restart snapshot + log
+/// replay give back everything.
+#[test]
+fn node_starts_from_a_snapshot_and_continues_its_log() {
+    use raftkv::kv::{encode_command, KvStore};
+    use raftkv::pb::raftpb::{ConfState, SnapshotMeta};
+    use raftkv::storage::SnapshotStore;
+    let mut cluster = Cluster::start_with(1, &[], |root| {
+        let mut kv = KvStore::new();
+        for i in 1..=50u64 {
+            let cmd = kvpb::Command {
+                op: Some(kvpb::command::Op::Put(kvpb::Put {
+                    key: Bytes::from(format!("s{i:03}")),
+                    value: Bytes::from(format!("snap{i}")),
+                })),
+                ..Default::default()
+            };
+            kv.apply(i, &encode_command(&cmd));
+        }
+        let meta = SnapshotMeta {
+            index: 50,
+            term: 3,
+            conf: Some(ConfState {
+                voters: vec![1],
+                learners: vec![],
+            }),
+        };
+        let mut store = SnapshotStore::open(&root.join("n1").join("snap")).unwrap();
+        let mut w = store.create(&meta).unwrap();
+        kv.write_snapshot(&mut w).unwrap();
+        w.finish().unwrap();
+    });
+    cluster.wait_leader();
+    let st = status(&cluster.addr(1)).unwrap();
+    assert!(st.applied_index >= 50 && st.term > 3, "{st:?}");
+    assert_eq!(st.snapshot_index, 50);
+    let mut c = cluster.client();
+    assert_eq!(scan_all(&mut c, "s").len(), 50);
+    assert_eq!(&c.get(b"s007").unwrap().value[..], b"snap7");
+    let v = c.put(b"after", b"snapshot").unwrap().version;
+    assert!(v > 50, "new writes follow the snapshot index, got {v}");
+    cluster.kill(1);
+    cluster.start_node(1);
+    cluster.wait_leader();
+    let mut c = cluster.client();
+    assert_eq!(scan_all(&mut c, "s").len(), 50);
+    assert_eq!(&c.get(b"after").unwrap().value[..], b"snapshot");
+}
+
+/// With tiny snapshot thresholds and segments, the leader snapshots and compacts its log while
+/// a follower is down; the restarted follower is behind the compacted log and catches up through
+/// an InstallSnapshot transfer; a full restart then recovers from snapshots + log.
+#[test]
+fn lagging_follower_catches_up_by_snapshot_transfer() {
+    let mut cluster = Cluster::start(
+        3,
+        &[
+            "--snapshot-entries=100",
+            "--snapshot-trailing=10",
+            "--segment-size=8192",
+        ],
+    );
+    let leader = cluster.wait_leader();
+    let lagger = (1..=3).find(|&i| i != leader).unwrap();
+    cluster.kill(lagger);
+    // 4 concurrent writers: group commit batches their fsyncs.
+    let writers: Vec<_> = (0..4)
+        .map(|t| {
+            let eps = cluster.endpoints();
+            std::thread::spawn(move || {
+                let mut c = Client::new(eps, ClientOptions::default());
+                let mut m = BTreeMap::new();
+                for i in 0..125 {
+                    let (k, v) = (
+                        format!("p{t}-{i:04}"),
+                        format!("value-{i}-{}", "x".repeat(40)),
+                    );
+                    c.put(k.as_bytes(), v.as_bytes()).unwrap();
+                    m.insert(k, v);
+                }
+                m
+            })
+        })
+        .collect();
+    let mut model = BTreeMap::new();
+    for w in writers {
+        model.extend(w.join().unwrap());
+    }
+    // The leader's log no longer reaches back to the lagger's last entry.
+    let st = wait_for("the leader to compact", Duration::from_secs(15), || {
+        let st = status(&cluster.addr(leader))?;
+        (st.first_log_index > 100 && st.snapshot_index > 0).then_some(st)
+    });
+    cluster.start_node(lagger);
+    wait_for(
+        "the lagger to install a snapshot and catch up",
+        Duration::from_secs(20),
+        || {
+            let s = status(&cluster.addr(lagger))?;
+            (s.snapshot_index >= st.snapshot_index && s.applied_index >= st.commit_index)
+                .then_some(())
+        },
+    );
+    let mut local = Client::new(
+        vec![cluster.addr(lagger)],
+        ClientOptions {
+            timeout: Duration::from_secs(5),
+            consistency: kvpb::Consistency::Stale,
+        },
+    );
+    assert_eq!(
+        scan_all(&mut local, "p"),
+        model,
+        "lagger state after the transfer"
+    );
+    let log = std::fs::read_to_string(cluster.log_path(lagger)).unwrap();
+    assert!(
+        log.contains("installed snapshot"),
+        "no snapshot was installed"
+    );
+    // Full crash + restart: snapshots + log replay give back everything.
+    for id in 1..=3 {
+        cluster.kill(id);
+    }
+    for id in 1..=3 {
+        cluster.start_node(id);
+    }
+    cluster.wait_leader();
+    let mut c = cluster.client();
+    assert_eq!(scan_all(&mut c, "p"), model, "after a full restart");
+}
+
+/// Garbage, oversized, truncated and empty requests get an error or a closed connection; the
+/// node keeps serving other clients and loses nothing.
+#[test]
+fn bad_client_input_is_rejected_and_the_node_keeps_serving() {
+    let cluster = Cluster::start(1, &["--max-frame=4096"]);
+    cluster.wait_leader();
+    let addr = cluster.addr(1);
+    let mut good = cluster.client();
+    good.put(b"keep", b"me").unwrap();
+
+    // A bystander connection stays usable throughout.
+    let mut bystander = connect(&addr).unwrap();
+
+    let expect_error_then_close = |bytes: &[u8], code: ErrorCode| {
+        let mut s = connect(&addr).unwrap();
+        s.write_all(bytes).unwrap();
+        let r: kvpb::Response = blocking::read_msg(&mut s, 1 << 20).unwrap();
+        assert_eq!(err_code(&r), Some(code), "{r:?}");
+        let mut rest = Vec::new();
+        assert_eq!(
+            s.read_to_end(&mut rest).unwrap(),
+            0,
+            "connection not closed"
+        );
+    };
+    // Garbage payload in a well-formed frame.
+    let mut garbage = 5u32.to_be_bytes().to_vec();
+    garbage.extend([0xff; 5]);
+    expect_error_then_close(&garbage, ErrorCode::BadRequest);
+    // A frame longer than the maximum (only the header is sent: it is refused unread).
+    expect_error_then_close(&(1u32 << 20).to_be_bytes(), ErrorCode::TooLarge);
+    // A real request far over the limit, sent whole: the server must still deliver its error
+    // (no RST from closing with unread input) and then close.
+    let big = frame_bytes(&put_req(3, "big", &"x".repeat(300_000)));
+    expect_error_then_close(&big, ErrorCode::TooLarge);
+
+    // A truncated frame, then the client goes away: the server just closes.
+    {
+        let mut s = connect(&addr).unwrap();
+        let f = frame_bytes(&put_req(4, "t", "u"));
+        s.write_all(&f[..f.len() - 2]).unwrap();
+        s.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut rest = Vec::new();
+        assert_eq!(s.read_to_end(&mut rest).unwrap(), 0);
+    }
+
+    // Valid frames with an empty request, or only unknown fields: BAD_REQUEST, the connection
+    // stays open and serves the next request.
+    let mut s = connect(&addr).unwrap();
+    let empty = kvpb::Request {
+        id: 11,
+        ..Default::default()
+    };
+    let r = call(&mut s, &empty);
+    assert_eq!((r.id, err_code(&r)), (11, Some(ErrorCode::BadRequest)));
+    // Field 99 (varint 1) and id 12: decodes with no op.
+    let unknown = [0x08, 12, 0x98, 0x06, 0x01];
+    let mut f = (unknown.len() as u32).to_be_bytes().to_vec();
+    f.extend(unknown);
+    s.write_all(&f).unwrap();
+    let r: kvpb::Response = blocking::read_msg(&mut s, 1 << 20).unwrap();
+    assert_eq!((r.id, err_code(&r)), (12, Some(ErrorCode::BadRequest)));
+    let empty_key = put_req(13, "", "v");
+    assert_eq!(
+        err_code(&call(&mut s, &empty_key)),
+        Some(ErrorCode::BadRequest)
+    );
+    let r = call(&mut s, &put_req(14, "after", "ok"));
+    assert!(matches!(r.result, Some(R::Put(_))), "{r:?}");
+
+    // The bystander and a fresh client still work, and nothing committed was lost.
+    let r = call(&mut bystander, &put_req(1, "bystander", "fine"));
+    assert!(matches!(r.result, Some(R::Put(_))), "{r:?}");
+    assert_eq!(&good.get(b"keep").unwrap().value[..], b"me");
+    assert_eq!(&good.get(b"after").unwrap().value[..], b"ok");
+    assert!(!good.get(b"big").unwrap().found);
+}
+
+/// Garbage on the peer port closes that connection only.
+#[test]
+fn bad_peer_input_closes_only_that_connection() {
+    let cluster = Cluster::start(1, &[]);
+    cluster.wait_leader();
+    let peer_addr = cluster
+        .peers
+        .split('=')
+        .nth(1)
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap();
+    let mut s = connect(peer_addr).unwrap();
+    let mut garbage = 6u32.to_be_bytes().to_vec();
+    garbage.extend([0xff; 6]);
+    s.write_all(&garbage).unwrap();
+    let mut rest = Vec::new();
+    assert_eq!(s.read_to_end(&mut rest).unwrap(), 0);
+    let mut c = cluster.client();
+    c.put(b"still", b"up").unwrap();
+
+    // A second node on the same data directory refuses to start.
+    let ports = free_ports(2);
+    let out = Command::new(EXE)
+        .args(["serve", "--id=1"])
+        .arg("--data-dir")
+        .arg(cluster.dir.path().join("n1"))
+        .arg(format!(
+            "--peers=1=127.0.0.1:{}/127.0.0.1:{}",
+            ports[0], ports[1]
+        ))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("in use by another raftkv process"), "{err}");
+    c.put(b"still", b"up again").unwrap();
+}
+
+fn raftkv(args: &[&str]) -> (i32, String) {
+    let out = Command::new(EXE).args(args).output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+/// Kills a `raftkv cluster` process (SIGKILL; its children get SIGTERM via PDEATHSIG).
+struct ProcGuard(Child);
+
+impl Drop for ProcGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `raftkv cluster` starts a working cluster, the CLI talks to it, Ctrl-C (SIGINT) stops it
+/// cleanly, and a restart keeps the data.
+#[test]
+fn cluster_command_and_cli() {
+    // 6 consecutive free ports.
+    let base = wait_for("6 consecutive free ports", Duration::from_secs(10), || {
+        let p = free_ports(1)[0];
+        let ls: Result<Vec<_>, _> = (p..p.checked_add(6)?)
+            .map(|q| std::net::TcpListener::bind(("127.0.0.1", q)))
+            .collect();
+        ls.ok().map(|_| p)
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let endpoints = (base..base + 3)
+        .map(|p| format!("127.0.0.1:{p}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let start = |dir: &Path| {
+        ProcGuard(
+            Command::new(EXE)
+                .args([
+                    "cluster",
+                    "--nodes",
+                    "3",
+                    "--tick-ms",
+                    "10",
+                    "--log-level",
+                    "warn",
+                ])
+                .arg("--segment-size=1048576")
+                .arg("--dir")
+                .arg(dir)
+                .arg(format!("--base-port={base}"))
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        )
+    };
+    let mut guard = start(dir.path());
+    let ep = format!("--endpoints={endpoints}");
+    wait_for("the CLI put to succeed", Duration::from_secs(20), || {
+        (raftkv(&["put", &ep, "--timeout-ms=1000", "greeting", "hello"]).0 == 0).then_some(())
+    });
+    assert_eq!(raftkv(&["get", &ep, "greeting"]), (0, "hello\n".into()));
+    assert_eq!(raftkv(&["get", &ep, "missing"]).0, 1);
+    let (code, out) = raftkv(&["get", &ep, "--json", "greeting"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("\"value\":\"hello\""), "{out}");
+    let (code, out) = raftkv(&["cas", &ep, "greeting", "--expect-version=999", "x"]);
+    assert_eq!((code, out), (1, String::new()));
+    let (code, out) = raftkv(&["status", &ep]);
+    assert_eq!(code, 0);
+    assert!(out.matches("leader").count() >= 3, "{out}");
+    assert_eq!(raftkv(&["del", &ep, "missing"]).0, 1);
+    assert_eq!(raftkv(&["put", &ep]).0, 2, "usage error");
+    assert_eq!(raftkv(&["put", &ep, "", "v"]).0, 4, "rejected: empty key");
+    let (code, _) = raftkv(&["get", "--endpoints=127.0.0.1:1", "--timeout-ms=300", "k"]);
+    assert_eq!(code, 3, "unreachable cluster");
+
+    // Ctrl-C: SIGINT to the cluster process stops everything and exits 0.
+    unsafe {
+        libc::kill(guard.0.id() as libc::pid_t, libc::SIGINT);
+    }
+    let status = wait_for("the cluster to stop", Duration::from_secs(15), || {
+        guard.0.try_wait().unwrap()
+    });
+    assert!(status.success(), "{status}");
+    let mut banner = String::new();
+    guard
+        .0
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut banner)
+        .unwrap();
+    assert!(banner.contains(&endpoints), "{banner}");
+    assert!(banner.contains("raftkv put"), "{banner}");
+    wait_for(
+        "the nodes to release their ports",
+        Duration::from_secs(10),
+        || {
+            TcpStream::connect(format!("127.0.0.1:{base}"))
+                .is_err()
+                .then_some(())
+        },
+    );
+
+    // Same command again: same ports, same data.
+    let _guard = start(dir.path());
+    let got = wait_for("the restarted cluster", Duration::from_secs(20), || {
+        let (code, out) = raftkv(&["get", &ep, "--timeout-ms=1000", "greeting"]);
+        (code == 0).then_some(out)
+    });
+    assert_eq!(got, "hello\n");
 }

@@ -82,6 +82,11 @@ impl Conn {
         split_frame(&mut self.rbuf, self.max_frame)
     }
 
+    /// Drops everything received and not yet consumed (a connection being closed).
+    pub fn discard_input(&mut self) {
+        self.rbuf.clear();
+    }
+
     /// Bytes received but not yet split into frames (a partial frame).
     pub fn buffered_in(&self) -> usize {
         self.rbuf.len()

@@ -13,6 +13,7 @@
 
 use crate::net::framing::DEFAULT_MAX_FRAME;
 use crate::net::peer::PeerOptions;
+use crate::snapshot::SnapshotPolicy;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -108,6 +109,8 @@ pub struct ServerConfig {
     /// How often a changed commit index is written to the hard state file.
     pub commit_persist_interval: Duration,
     pub peer: PeerOptions,
+    /// When to snapshot and how far to compact the log.
+    pub snapshot_policy: SnapshotPolicy,
 }
 
 impl ServerConfig {
@@ -137,6 +140,7 @@ impl ServerConfig {
             max_client_inflight: 4096,
             commit_persist_interval: Duration::from_millis(500),
             peer: PeerOptions::default(),
+            snapshot_policy: SnapshotPolicy::default(),
         })
     }
 

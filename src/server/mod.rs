@@ -18,23 +18,26 @@
 
 pub mod config;
 pub mod signal;
+mod snap;
 
 pub use config::{parse_peers, PeerSpec, ServerConfig};
 
 use crate::kv::{encode_command, KvStore};
 use crate::net::conn::{Conn, ReadStatus};
 use crate::net::framing::{self, FrameError};
-use crate::net::peer::{Peer, PeerEvent};
+use crate::net::peer::{Peer, PeerEvent, PeerState};
 use crate::net::reactor::{Tokens, CLIENT_LISTENER, PEER_LISTENER};
 use crate::net::timer::{TimerId, TimerWheel};
 use crate::pb::kvpb::{self, ErrorCode};
 use crate::raft::{
-    ConfState, Config, EntryType, HardState, InitialState, LogStore, Message, ProposeError,
-    RawNode, Ready, Role,
+    ConfState, Config, EntryType, HardState, InitialState, LogError, LogStore, Message,
+    ProposeError, RawNode, Ready, Role, SnapshotMeta,
 };
+use crate::snapshot::load_latest;
 use crate::storage::{HardStateFile, Log, LogOptions, SnapshotStore};
 use mio::net::TcpListener;
 use mio::{event::Event, Events, Interest, Poll, Token};
+use snap::Snapshots;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::ToSocketAddrs;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -42,6 +45,12 @@ use std::time::{Duration, Instant};
 
 /// Socket reads per connection per wake-up before yielding to others (fairness).
 const READ_BUDGET: usize = 16;
+/// How long a peer connect attempt may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a client connection closed for a framing error may linger to receive our error.
+const LINGER: Duration = Duration::from_secs(2);
+/// Extra room for peer frames above the client max frame.
+const PEER_FRAME_SLACK: usize = 2 << 20;
 /// Longest poll sleep (the loop also checks the shutdown flag this often).
 const MAX_POLL: Duration = Duration::from_millis(100);
 
@@ -53,6 +62,10 @@ enum TimerEvent {
     ReadDeadline(u64),
     Reconnect(u64),
     PersistCommit,
+    /// Close a lingering (closing) client connection.
+    ForceClose(Token),
+    /// Give up on a peer connect attempt that has not completed.
+    ConnectTimeout(u64, Token),
 }
 
 /// A client connection.
@@ -62,6 +75,11 @@ struct ClientConn {
     inflight: usize,
     /// Reading stopped for backpressure; resume when output drains.
     paused: bool,
+    /// Being closed after a fatal framing error: the error response is flushed, then the
+    /// write side is shut down and input is discarded until the client closes (or a timer
+    /// forces it). Closing at once with unread input would make the kernel send a RST that
+    /// can destroy the error response before the client reads it.
+    closing: bool,
 }
 
 enum Endpoint {
@@ -108,7 +126,9 @@ pub struct Server {
     saved_hs: HardState,
     /// Newest commit index whose entries are durable here (persisted lazily as a hint).
     commit_hint: u64,
-    _snapshots: SnapshotStore,
+    snaps: Snapshots,
+    /// Held for the node's life: the data directory's lock.
+    _dir_lock: std::fs::File,
     kv: KvStore,
     applied: u64,
     pending_writes: HashMap<u64, PendingWrite>,
@@ -123,7 +143,6 @@ pub struct Server {
     dirty_peers: HashSet<u64>,
     read_again: Vec<Token>,
     unreachable: HashSet<u64>,
-    snapshot_warned: bool,
     /// Local listening addresses (resolved, e.g. after binding port 0).
     pub peer_local_addr: std::net::SocketAddr,
     pub client_local_addr: std::net::SocketAddr,
@@ -136,6 +155,65 @@ fn bind(addr: &str, what: &str) -> Result<TcpListener, String> {
         .next()
         .ok_or_else(|| format!("{what} address {addr:?} resolves to nothing"))?;
     TcpListener::bind(sa).map_err(|e| format!("cannot listen on {what} address {addr}: {e}"))
+}
+
+/// Makes the log start right after `snap` if it does not already continue from it: after a
+/// crash between publishing a received snapshot and resetting the log, the log may end before
+/// the snapshot or hold a conflicting entry at its index. A log compacted *beyond* the snapshot
+/// (the newest snapshot was unusable and an older one was loaded) has lost the entries in
+/// between: that is fatal, never silently skipped.
+fn reconcile_log_with_snapshot(log: &mut Log, snap: &SnapshotMeta) -> Result<(), String> {
+    let reset = |log: &mut Log, why: &str| -> Result<(), String> {
+        log::warn!(
+            "log reset to snapshot index {} term {}: {why}",
+            snap.index,
+            snap.term
+        );
+        log.reset(snap.index, snap.term)
+            .map_err(|e| format!("resetting the log to the snapshot: {e}"))
+    };
+    if snap.index > log.last_index() {
+        return reset(log, "the log ends before the snapshot");
+    }
+    match log.term(snap.index) {
+        Ok(t) if t == snap.term => Ok(()),
+        Ok(t) => reset(log, &format!("the log has term {t} at the snapshot index")),
+        Err(LogError::Compacted) => Err(format!(
+            "the log is compacted past snapshot index {} (log starts at {}): entries in \
+             between are lost; restore a newer snapshot into {}",
+            snap.index,
+            log.first_index(),
+            log.dir().display()
+        )),
+        Err(e) => Err(format!(
+            "reading the log at snapshot index {}: {e}",
+            snap.index
+        )),
+    }
+}
+
+/// Takes an exclusive `flock` on `DIR/LOCK` so two nodes can never share a data directory
+/// (they would corrupt each other's log). Released when the returned file is dropped or the
+/// process dies.
+fn lock_data_dir(dir: &std::path::Path) -> Result<std::fs::File, String> {
+    use std::os::fd::AsRawFd;
+    let path = dir.join("LOCK");
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    // SAFETY: flock on a descriptor we own.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        return Err(format!(
+            "data dir {} is in use by another raftkv process ({}: {})",
+            dir.display(),
+            path.display(),
+            std::io::Error::last_os_error()
+        ));
+    }
+    Ok(f)
 }
 
 fn role_name(r: Role) -> &'static str {
@@ -162,38 +240,56 @@ impl Server {
         let dir = &cfg.data_dir;
         std::fs::create_dir_all(dir)
             .map_err(|e| format!("cannot create data dir {}: {e}", dir.display()))?;
-        let (hs_file, hs) = HardStateFile::open(dir).map_err(|e| e.to_string())?;
-        let log = Log::open(
+        let dir_lock = lock_data_dir(dir)?;
+        let (mut hs_file, disk_hs) = HardStateFile::open(dir).map_err(|e| e.to_string())?;
+        let mut hs = disk_hs;
+        let snapshots = SnapshotStore::open(&dir.join("snap")).map_err(|e| e.to_string())?;
+        let mut log = Log::open(
             &dir.join("log"),
             LogOptions {
                 segment_size: cfg.segment_size,
             },
         )
         .map_err(|e| e.to_string())?;
-        let snapshots = SnapshotStore::open(&dir.join("snap")).map_err(|e| e.to_string())?;
 
-        // State machine: newest snapshot, then committed entries above it, streamed.
+        // State machine: the newest usable snapshot (damaged ones are skipped with a warning;
+        // files present but none usable is fatal), then committed entries above it, streamed.
         let mut conf = ConfState {
             voters: cfg.peers.iter().map(|p| p.id).collect(),
             learners: vec![],
         };
-        let mut kv = match snapshots.latest().map_err(|e| e.to_string())? {
-            Some(mut reader) => {
-                let meta = reader.meta.clone();
-                let kv = KvStore::restore_snapshot(&mut reader)
-                    .map_err(|e| format!("restoring snapshot at index {}: {e}", meta.index))?;
-                if let Some(c) = meta.conf {
+        let loaded = load_latest(&snapshots).map_err(|e| e.to_string())?;
+        let mut latest_snapshot = None;
+        let mut kv = match loaded {
+            Some(l) => {
+                let meta = l.meta;
+                log::info!(
+                    "restored snapshot {} (index {} term {}, {} keys)",
+                    l.path.display(),
+                    meta.index,
+                    meta.term,
+                    l.kv.len()
+                );
+                reconcile_log_with_snapshot(&mut log, &meta)?;
+                if let Some(c) = meta.conf.clone() {
                     conf = c;
                 }
-                log::info!(
-                    "restored snapshot at index {} term {}",
-                    meta.index,
-                    meta.term
-                );
-                kv
+                // Everything in the snapshot is committed, and whoever made it saw its term.
+                hs.commit = hs.commit.max(meta.index);
+                if meta.term > hs.term {
+                    hs.term = meta.term;
+                    hs.vote = 0;
+                }
+                latest_snapshot = Some((meta, l.path));
+                l.kv
             }
             None => KvStore::new(),
         };
+        if hs != disk_hs {
+            hs_file
+                .save(&hs)
+                .map_err(|e| format!("saving hard state: {e}"))?;
+        }
         let mut applied = kv.applied();
         let replay_to = hs.commit.min(log.last_index());
         if replay_to > applied {
@@ -212,17 +308,19 @@ impl Server {
             );
         }
 
+        // Election jitter must differ between nodes and runs; logged so a run can be studied.
+        let raft_seed = cfg.id
+            ^ (std::process::id() as u64) << 20
+            ^ std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64);
         let rcfg = Config {
             election_tick: cfg.election_ticks,
             heartbeat_tick: cfg.heartbeat_ticks,
             pre_vote: cfg.pre_vote,
             check_quorum: cfg.check_quorum,
             lease_read: cfg.lease_read,
-            seed: cfg.id
-                ^ (std::process::id() as u64) << 20
-                ^ std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_nanos() as u64),
+            seed: raft_seed,
             ..Config::new(cfg.id)
         };
         let init = InitialState {
@@ -255,12 +353,13 @@ impl Server {
         }
         log::info!(
             "node {} serving peers on {peer_local_addr}, clients on {client_local_addr}; \
-             term {} vote {} commit {} applied {applied}",
+             term {} vote {} commit {} applied {applied}; raft seed {raft_seed}",
             cfg.id,
             hs.term,
             hs.vote,
             hs.commit
         );
+        let snaps = Snapshots::new(snapshots, latest_snapshot, cfg.snapshot_policy.clone());
         Ok(Server {
             commit_hint: hs.commit,
             saved_hs: hs,
@@ -275,7 +374,8 @@ impl Server {
             timers,
             node,
             hs_file,
-            _snapshots: snapshots,
+            snaps,
+            _dir_lock: dir_lock,
             kv,
             applied,
             pending_writes: HashMap::new(),
@@ -288,7 +388,6 @@ impl Server {
             dirty_peers: HashSet::new(),
             read_again: Vec::new(),
             unreachable: HashSet::new(),
-            snapshot_warned: false,
             peer_local_addr,
             client_local_addr,
         })
@@ -374,7 +473,14 @@ impl Server {
                         log::warn!("cannot register connection from {addr}: {e}");
                         continue;
                     }
-                    let conn = Conn::new(stream, self.cfg.max_frame);
+                    // Peer frames carry whole client commands plus batching overhead
+                    // (AppendEntries up to Config::max_msg_bytes, 1 MiB, beyond one entry).
+                    let max_frame = if which == PEER_LISTENER {
+                        self.cfg.max_frame.saturating_add(PEER_FRAME_SLACK)
+                    } else {
+                        self.cfg.max_frame
+                    };
+                    let conn = Conn::new(stream, max_frame);
                     let ep = if which == PEER_LISTENER {
                         log::debug!("peer connection from {addr}");
                         Endpoint::PeerIn(conn)
@@ -384,6 +490,7 @@ impl Server {
                             conn,
                             inflight: 0,
                             paused: false,
+                            closing: false,
                         })
                     };
                     self.endpoints.insert(token, ep);
@@ -419,13 +526,18 @@ impl Server {
         let Some(peer) = self.peers.get_mut(&id) else {
             return;
         };
-        if let Some(old) = peer.token() {
-            self.peer_by_token.remove(&old);
+        if peer.state() != PeerState::Idle {
+            return; // a stale reconnect timer: the link is already up or coming up
         }
         match peer.connect(self.poll.registry(), token) {
             Ok(()) => {
                 if peer.token() == Some(token) {
                     self.peer_by_token.insert(token, id);
+                    // A SYN to a dead host can hang for minutes: bound the attempt.
+                    self.timers.insert(
+                        Instant::now() + CONNECT_TIMEOUT,
+                        TimerEvent::ConnectTimeout(id, token),
+                    );
                 }
             }
             Err(delay) => {
@@ -450,6 +562,21 @@ impl Server {
                 return;
             };
             let (conn, is_client) = match ep {
+                Endpoint::Client(c) if c.closing => {
+                    // Discard input until the client closes its side.
+                    let status = c.conn.read_some();
+                    c.conn.discard_input();
+                    match status {
+                        Ok(ReadStatus::Data(_)) if budget > 0 => {
+                            budget -= 1;
+                            continue;
+                        }
+                        Ok(ReadStatus::Data(_)) => self.read_again.push(token),
+                        Ok(ReadStatus::WouldBlock) => {}
+                        Ok(ReadStatus::Eof) | Err(_) => self.close(token, "closed after error"),
+                    }
+                    return;
+                }
                 Endpoint::Client(c) => {
                     if c.conn.pending_out() > max_out || c.inflight >= max_inflight {
                         c.paused = true;
@@ -514,9 +641,18 @@ impl Server {
             };
             // The request id is unknown (the payload was never read): answer with id 0.
             self.send_response(token, 0, error_result(code, e.to_string()));
+            log::debug!("client connection {}: {e}; closing", token.0);
+            if let Some(Endpoint::Client(c)) = self.endpoints.get_mut(&token) {
+                c.closing = true;
+                c.conn.discard_input();
+            }
+            self.timers
+                .insert(Instant::now() + LINGER, TimerEvent::ForceClose(token));
             self.flush_client(token);
+        } else {
+            log::warn!("peer connection {}: {e}; closing it", token.0);
+            self.close(token, &e.to_string());
         }
-        self.close(token, &e.to_string());
     }
 
     fn close(&mut self, token: Token, why: &str) {
@@ -574,8 +710,9 @@ impl Server {
     // ---------------------------------------------------------------------------------------
 
     fn on_client_frame(&mut self, token: Token, frame: bytes::Bytes) {
-        if let Some(Endpoint::Client(c)) = self.endpoints.get_mut(&token) {
-            c.inflight += 1;
+        match self.endpoints.get_mut(&token) {
+            Some(Endpoint::Client(c)) if !c.closing => c.inflight += 1,
+            _ => return,
         }
         match framing::decode::<kvpb::Request>(frame) {
             Ok(req) => self.on_request(token, req),
@@ -591,13 +728,14 @@ impl Server {
         use kvpb::request::Op;
         let id = req.id;
         let consistency = req.consistency();
+        let (client_id, seq, acked_seq) = (req.client_id, req.seq, req.acked_seq);
         let cmd = |op| kvpb::Command {
-            client_id: req.client_id,
-            seq: req.seq,
-            acked_seq: req.acked_seq,
+            client_id,
+            seq,
+            acked_seq,
             op: Some(op),
         };
-        match req.op.clone() {
+        match req.op {
             None => self.send_response(
                 token,
                 id,
@@ -779,7 +917,7 @@ impl Server {
             applied_index: self.applied,
             last_log_index: store.last_index(),
             first_log_index: store.first_index(),
-            snapshot_index: store.snapshot_index_term().0,
+            snapshot_index: self.snaps.latest.as_ref().map_or(0, |(m, _)| m.index),
             peers: st
                 .progress
                 .iter()
@@ -825,6 +963,10 @@ impl Server {
             return;
         };
         match c.conn.flush() {
+            Ok(true) if c.closing => {
+                // Response out: send FIN, keep reading (and discarding) until the client closes.
+                let _ = c.conn.stream.shutdown(std::net::Shutdown::Write);
+            }
             Ok(_) => {
                 if c.paused && c.conn.pending_out() <= max_out && c.inflight < max_inflight {
                     c.paused = false;
@@ -853,27 +995,8 @@ impl Server {
                     .insert(Instant::now() + delay, TimerEvent::Reconnect(id));
             }
         }
-        // Paused clients may have become readable again (inflight dropped).
-        let resumable: Vec<Token> = self
-            .endpoints
-            .iter()
-            .filter_map(|(t, ep)| match ep {
-                Endpoint::Client(c)
-                    if c.paused
-                        && c.conn.pending_out() <= self.cfg.max_client_pending_bytes
-                        && c.inflight < self.cfg.max_client_inflight =>
-                {
-                    Some(*t)
-                }
-                _ => None,
-            })
-            .collect();
-        for t in resumable {
-            if let Some(Endpoint::Client(c)) = self.endpoints.get_mut(&t) {
-                c.paused = false;
-            }
-            self.read_again.push(t);
-        }
+        // (Paused clients resume in flush_client: every response that lowers `inflight`
+        // marks its client dirty, so it passes through there.)
     }
 
     // ---------------------------------------------------------------------------------------
@@ -884,6 +1007,7 @@ impl Server {
         match ev {
             TimerEvent::Tick => {
                 self.node.tick();
+                self.snapshot_tick()?;
                 // No catch-up after a stall: a burst of ticks would only cause spurious
                 // elections while messages still sit unread in socket buffers.
                 self.timers
@@ -911,6 +1035,19 @@ impl Server {
                 }
             }
             TimerEvent::Reconnect(id) => self.connect_peer(id),
+            TimerEvent::ForceClose(token) => self.close(token, "linger timeout"),
+            TimerEvent::ConnectTimeout(id, token) => {
+                if let Some(peer) = self.peers.get_mut(&id) {
+                    if peer.token() == Some(token) && peer.state() == PeerState::Connecting {
+                        log::debug!("peer {id}: connect timed out");
+                        let delay = peer.teardown(self.poll.registry());
+                        self.peer_by_token.remove(&token);
+                        self.unreachable.insert(id);
+                        self.timers
+                            .insert(Instant::now() + delay, TimerEvent::Reconnect(id));
+                    }
+                }
+            }
             TimerEvent::PersistCommit => {
                 self.persist_commit_hint()?;
                 self.timers.insert(
@@ -1005,6 +1142,7 @@ impl Server {
             if e.index <= self.applied {
                 continue;
             }
+            self.snaps.bytes_since += e.data.len() as u64;
             let result = if e.entry_type == EntryType::EntryNormal as i32 {
                 self.kv.apply(e.index, &e.data)
             } else {
@@ -1050,20 +1188,12 @@ impl Server {
             }
         }
 
-        // 5. Snapshots: streaming is a later issue. HOOK: start a transfer per peer in
-        // `snapshot_sends` and feed `snapshot_msgs` to the receiving side.
-        if !rd.snapshot_sends.is_empty() || !rd.snapshot_msgs.is_empty() {
-            if !self.snapshot_warned {
-                log::warn!(
-                    "snapshot transfer requested (to {:?}, {} messages) but not implemented yet",
-                    rd.snapshot_sends,
-                    rd.snapshot_msgs.len()
-                );
-                self.snapshot_warned = true;
-            }
-            for peer in rd.snapshot_sends {
-                self.node.report_snapshot(peer, false);
-            }
+        // 5. Snapshots: stream to peers behind the compacted log; feed transfer messages.
+        if !rd.snapshot_sends.is_empty() {
+            self.on_snapshot_sends(rd.snapshot_sends);
+        }
+        if !rd.snapshot_msgs.is_empty() {
+            self.on_snapshot_msgs(rd.snapshot_msgs)?;
         }
 
         // 6. Acknowledge durability.
@@ -1078,14 +1208,16 @@ impl Server {
         let st = self.node.status();
         let leading = (st.role == Role::Leader).then_some(st.term);
         if leading != self.leader_term {
-            if let Some(t) = leading {
-                log::info!("node {} became leader in term {t}", self.cfg.id);
-            } else if let Some(t) = self.leader_term {
+            self.snaps.drop_senders();
+            if let Some(t) = self.leader_term {
                 log::info!("node {} lost leadership of term {t}", self.cfg.id);
                 self.fail_pending(
                     ErrorCode::Uncertain,
                     "leadership lost; the write may or may not apply",
                 );
+            }
+            if let Some(t) = leading {
+                log::info!("node {} became leader in term {t}", self.cfg.id);
             }
             self.leader_term = leading;
         }
@@ -1151,6 +1283,7 @@ impl Server {
         for t in tokens {
             self.flush_client(t);
         }
+        self.snaps.receiver.abort();
         self.node
             .store_mut()
             .sync()
@@ -1158,5 +1291,80 @@ impl Server {
         self.persist_commit_hint()?;
         log::info!("node {} stopped cleanly", self.cfg.id);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::raft::Entry;
+
+    fn log_with(dir: &std::path::Path, terms: &[u64]) -> Log {
+        let mut log = Log::open(dir, LogOptions { segment_size: 4096 }).unwrap();
+        let entries: Vec<Entry> = terms
+            .iter()
+            .enumerate()
+            .map(|(i, &t)| Entry {
+                index: i as u64 + 1,
+                term: t,
+                entry_type: EntryType::EntryNormal as i32,
+                data: bytes::Bytes::from(vec![7u8; 100]),
+            })
+            .collect();
+        log.append(&entries).unwrap();
+        log.sync().unwrap();
+        log
+    }
+
+    fn snap(index: u64, term: u64) -> SnapshotMeta {
+        SnapshotMeta {
+            index,
+            term,
+            conf: None,
+        }
+    }
+
+    #[test]
+    fn log_matching_the_snapshot_is_kept() {
+        let d = tempfile::tempdir().unwrap();
+        let mut log = log_with(d.path(), &[1, 1, 2, 2, 3]);
+        reconcile_log_with_snapshot(&mut log, &snap(3, 2)).unwrap();
+        assert_eq!((log.first_index(), log.last_index()), (1, 5));
+    }
+
+    #[test]
+    fn short_or_conflicting_log_is_reset_to_the_snapshot() {
+        let d = tempfile::tempdir().unwrap();
+        let mut log = log_with(d.path(), &[1, 1, 2]);
+        reconcile_log_with_snapshot(&mut log, &snap(10, 4)).unwrap();
+        assert_eq!(log.snapshot_index_term(), (10, 4));
+        assert_eq!(log.last_index(), 10);
+
+        let d = tempfile::tempdir().unwrap();
+        let mut log = log_with(d.path(), &[1, 1, 2, 2]);
+        reconcile_log_with_snapshot(&mut log, &snap(3, 3)).unwrap();
+        assert_eq!(log.snapshot_index_term(), (3, 3));
+        assert_eq!(log.last_index(), 3, "the conflicting suffix is gone");
+    }
+
+    #[test]
+    fn log_compacted_past_the_snapshot_is_fatal() {
+        let d = tempfile::tempdir().unwrap();
+        let terms = vec![1u64; 200];
+        let mut log = log_with(d.path(), &terms);
+        log.compact(150, 1).unwrap();
+        assert!(log.first_index() > 2, "compaction dropped whole segments");
+        let err = reconcile_log_with_snapshot(&mut log, &snap(1, 1)).unwrap_err();
+        assert!(err.contains("compacted past snapshot index 1"), "{err}");
+    }
+
+    #[test]
+    fn data_dir_lock_is_exclusive() {
+        let d = tempfile::tempdir().unwrap();
+        let held = lock_data_dir(d.path()).unwrap();
+        let err = lock_data_dir(d.path()).unwrap_err();
+        assert!(err.contains("in use"), "{err}");
+        drop(held);
+        lock_data_dir(d.path()).unwrap();
     }
 }

@@ -53,6 +53,9 @@ fn decode(b: &[u8]) -> Option<(u64, HardState)> {
     if b.len() < SLOT_LEN || &b[0..8] != MAGIC || crc32fast::hash(&b[0..40]) != le_u32(b, 40) {
         return None;
     }
+    if le_u64(b, 8) > u64::MAX / 4 {
+        return None; // implausible sequence number (keeps `seq + 1` safe)
+    }
     Some((
         le_u64(b, 8),
         HardState {

@@ -29,8 +29,6 @@ pub struct Log {
     segs: Vec<Segment>,
     snap_index: u64,
     snap_term: u64,
-    /// A segment file was created since the last sync: the directory must be fsynced.
-    dir_dirty: bool,
 }
 
 fn invalid(dir: &Path, msg: String) -> StorageError {
@@ -83,7 +81,11 @@ pub fn read_meta(dir: &Path) -> Result<(u64, u64), StorageError> {
     if crc32fast::hash(&b[0..24]) != record::le_u32(&b, 24) {
         return Err(corrupt(24, "meta CRC mismatch"));
     }
-    Ok((record::le_u64(&b, 8), record::le_u64(&b, 16)))
+    let index = record::le_u64(&b, 8);
+    if index > record::MAX_INDEX {
+        return Err(corrupt(8, &format!("implausible snapshot index {index}")));
+    }
+    Ok((index, record::le_u64(&b, 16)))
 }
 
 /// Durably replaces `dir/meta` (temp file + fsync + rename + fsync dir).
@@ -187,7 +189,6 @@ impl Log {
             segs,
             snap_index,
             snap_term,
-            dir_dirty: false,
         };
         log.apply_snapshot_boundary()?;
         Ok(log)
@@ -207,19 +208,12 @@ impl Log {
             );
             self.remove_segments(0)?;
         }
-        // Whole segments below the snapshot (an interrupted compaction), keeping the last one.
-        let mut k = 0;
-        while k + 1 < self.segs.len() && self.segs[k].last_index() <= si {
-            k += 1;
-        }
-        if k > 0 {
-            self.remove_front(k)?;
-        }
+        // Whole segments below the snapshot (an interrupted compaction).
+        self.remove_compacted(si)?;
         match self.segs.first() {
             None => {
                 let seg = Segment::create(&self.dir, self.opts.segment_size, si + 1)?;
                 self.segs.push(seg);
-                sync_dir(&self.dir)?;
             }
             Some(s) if s.first_index > si + 1 => {
                 return Err(StorageError::Corrupt {
@@ -236,16 +230,26 @@ impl Log {
         Ok(())
     }
 
-    /// Deletes segments `[from..]` durably.
+    /// Deletes segments `[from..]` durably, newest first, so a crash part way leaves a
+    /// contiguous log (never a gap).
     fn remove_segments(&mut self, from: usize) -> Result<(), StorageError> {
-        for s in self.segs.drain(from..) {
+        while self.segs.len() > from {
+            let s = self.segs.pop().expect("checked non-empty");
             fs::remove_file(&s.path).map_err(|e| io_err(&s.path, e))?;
         }
         sync_dir(&self.dir)
     }
 
-    /// Deletes segments `[..k]` durably.
-    fn remove_front(&mut self, k: usize) -> Result<(), StorageError> {
+    /// Deletes, oldest first and durably, the segments whose entries are all <= `index`, but
+    /// never the last (active) segment. A crash part way leaves a contiguous log.
+    fn remove_compacted(&mut self, index: u64) -> Result<(), StorageError> {
+        let mut k = 0;
+        while k + 1 < self.segs.len() && self.segs[k].last_index() <= index {
+            k += 1;
+        }
+        if k == 0 {
+            return Ok(());
+        }
         for s in self.segs.drain(..k) {
             fs::remove_file(&s.path).map_err(|e| io_err(&s.path, e))?;
         }
@@ -274,6 +278,12 @@ impl Log {
             return Ok(());
         };
         let max_rec = self.opts.segment_size as usize - SEG_HEADER_LEN;
+        if first.index > record::MAX_INDEX {
+            return Err(invalid(
+                &self.dir,
+                format!("append: implausible index {}", first.index),
+            ));
+        }
         for (i, e) in entries.iter().enumerate() {
             if e.index != first.index + i as u64 {
                 return Err(invalid(
@@ -313,8 +323,9 @@ impl Log {
                 // Seal the full segment durably before the next one exists, so only the last
                 // segment can ever have a torn tail.
                 active.flush()?;
+                // Its pages are on disk: drop them from our resident set.
+                active.release(0, active.map.len());
                 let mut seg = Segment::create(&self.dir, self.opts.segment_size, e.index)?;
-                self.dir_dirty = true;
                 let ok = seg.append(e);
                 debug_assert!(ok);
                 self.segs.push(seg);
@@ -329,14 +340,10 @@ impl Log {
         for s in self.segs.iter_mut() {
             s.flush()?;
         }
-        if self.dir_dirty {
-            sync_dir(&self.dir)?;
-            self.dir_dirty = false;
-        }
         Ok(())
     }
 
-    /// Removes entries with index >= `from`.
+    /// Removes entries with index >= `from`. Durable on return (it syncs).
     pub fn truncate_suffix(&mut self, from: u64) -> Result<(), StorageError> {
         if from > self.last_index() {
             return Ok(());
@@ -360,7 +367,10 @@ impl Log {
             .last_mut()
             .expect("log has a segment")
             .truncate_from(from);
-        Ok(())
+        // Make the truncation (and anything appended before it) durable now: otherwise a crash
+        // could mix sectors of the old suffix with the new entries that replace it, which is
+        // indistinguishable from corruption in the middle of the log. Conflicts are rare.
+        self.sync()
     }
 
     /// Records that a snapshot covers everything up to (index, term) and discards the log
@@ -376,26 +386,23 @@ impl Log {
         write_meta(&self.dir, index, term)?;
         self.snap_index = index;
         self.snap_term = term;
-        let mut k = 0;
-        while k + 1 < self.segs.len() && self.segs[k].last_index() <= index {
-            k += 1;
-        }
-        if k > 0 {
-            self.remove_front(k)?;
-        }
-        Ok(())
+        self.remove_compacted(index)
     }
 
     /// Drops every entry and restarts the log right after an installed snapshot (index, term).
     pub fn reset(&mut self, index: u64, term: u64) -> Result<(), StorageError> {
+        if index > record::MAX_INDEX {
+            return Err(invalid(
+                &self.dir,
+                format!("reset to implausible index {index}"),
+            ));
+        }
         write_meta(&self.dir, index, term)?;
         self.snap_index = index;
         self.snap_term = term;
         self.remove_segments(0)?;
         let seg = Segment::create(&self.dir, self.opts.segment_size, index + 1)?;
         self.segs.push(seg);
-        sync_dir(&self.dir)?;
-        self.dir_dirty = false;
         Ok(())
     }
 

@@ -3,13 +3,22 @@
 //! API CONTRACT: the public items below are what the server programs against. The
 //! implementation is the storage issue's work (submodules `log`, `hardstate`, `snapshot`).
 //!
-//! Layout of a data directory:
+//! Layout of a data directory (byte layouts in `docs/storage.md` and each submodule's docs):
 //! ```text
 //! DIR/
-//!   log/       segment files
-//!   hardstate  term, vote, commit
-//!   snap/      snapshot files (newest two kept)
+//!   log/       segment files `<first index:020>.seg` + `meta` (snapshot boundary)  [log.rs]
+//!   hardstate  term, vote, commit (two CRC'd slots)                              [hardstate.rs]
+//!   snap/      snapshot files `snap-<index>-<term>.snap` (newest two kept)       [snapshot.rs]
 //! ```
+//!
+//! How the server uses it:
+//! - startup: `HardStateFile::open(DIR)`, `SnapshotStore::open(DIR/snap)?.latest()`,
+//!   `Log::open(DIR/log)`; if the snapshot is newer than the log's snapshot boundary, call
+//!   `log.compact(meta.index, meta.term)` (which resets the log if it does not contain that entry);
+//!   then `log.replay(applied + 1, commit, ..)` to rebuild the state machine;
+//! - each Ready: `hardstate.save`, `log.append`, `log.sync` (one flush for the whole batch);
+//! - taking a snapshot: `SnapshotStore::create` + write + `finish`, *then* `log.compact`;
+//! - receiving one: `create(meta)`, write chunks, `finish` (or `abort`), then `log.reset`/`compact`.
 
 pub mod hardstate;
 pub mod inspect;

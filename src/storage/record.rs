@@ -76,8 +76,15 @@ pub fn decode_seg_header(b: &[u8]) -> Result<u64, String> {
     if version != SEG_VERSION {
         return Err(format!("unsupported segment version {version}"));
     }
-    Ok(le_u64(b, 24))
+    let first = le_u64(b, 24);
+    if first == 0 || first > MAX_INDEX {
+        return Err(format!("implausible first index {first}"));
+    }
+    Ok(first)
 }
+
+/// Indexes above this are treated as damage (keeps `index + 1` arithmetic safe).
+pub const MAX_INDEX: u64 = u64::MAX / 4;
 
 /// Size of the record for an entry with `data_len` payload bytes.
 pub fn record_len(data_len: usize) -> usize {

@@ -55,18 +55,36 @@ impl Scan {
     }
 }
 
-/// Finds one past the last non-zero byte of `b[from..]`, or `from` if all zero.
-fn last_nonzero(b: &[u8], from: usize) -> usize {
-    match b[from..].iter().rposition(|&x| x != 0) {
-        Some(p) => from + p + 1,
-        None => from,
+/// Finds one past the last non-zero byte of `b[from..]`, or `from` if all zero. Reads in
+/// chunks, calling `release` after each so the pages do not stay resident.
+fn last_nonzero(b: &[u8], from: usize, release: &mut dyn FnMut(usize)) -> usize {
+    let mut last = from;
+    let mut at = from;
+    while at < b.len() {
+        let end = (at + RELEASE_EVERY).min(b.len());
+        if let Some(p) = b[at..end].iter().rposition(|&x| x != 0) {
+            last = at + p + 1;
+        }
+        at = end;
+        release(at);
     }
+    last
 }
 
-/// True when `b[from..to]` contains a whole 512-byte aligned sector of zeros: the mark of a
-/// write that was lost in a crash (a torn write), as opposed to a flipped bit.
+/// True when the damaged record span `b[from..to]` (from = start of the bad record, to = a
+/// valid record further on) shows a lost write: a 512-byte aligned sector that never reached the
+/// disk in a crash reads back as zeros. Checked: the part of the first sector from `from` on
+/// (it starts with the record magic, which no single bit flip turns into zeros), and every whole
+/// sector inside the span. A flipped bit in a written record shows neither.
 fn has_zero_sector(b: &[u8], from: usize, to: usize) -> bool {
-    let mut s = from.div_ceil(512) * 512;
+    if to <= from {
+        return false;
+    }
+    let first_end = ((from / 512 + 1) * 512).min(to);
+    if b[from..first_end].iter().all(|&x| x == 0) {
+        return true;
+    }
+    let mut s = first_end;
     while s + 512 <= to {
         if b[s..s + 512].iter().all(|&x| x == 0) {
             return true;
@@ -171,7 +189,7 @@ pub fn scan(
     }
     s.end = pos;
     s.dirty_end = if tolerate_tail {
-        last_nonzero(b, pos)
+        last_nonzero(b, pos, release)
     } else {
         pos
     };
@@ -241,7 +259,7 @@ fn map_file(file: &File, path: &Path) -> Result<MmapMut, StorageError> {
 }
 
 impl Segment {
-    /// Creates a new, durable, empty segment starting at `first`.
+    /// Creates a new, durable (file and directory entry), empty segment starting at `first`.
     pub fn create(dir: &Path, size: u64, first: u64) -> Result<Segment, StorageError> {
         let path = dir.join(file_name(first));
         let file = OpenOptions::new()
@@ -257,6 +275,9 @@ impl Segment {
         map.flush_range(0, SEG_HEADER_LEN)
             .map_err(|e| io_err(&path, e))?;
         file.sync_all().map_err(|e| io_err(&path, e))?;
+        // The directory entry too, right away: if segment k's entry could be lost while a later
+        // segment k+1's survived, a crash would leave an index gap that looks like corruption.
+        super::log::sync_dir(dir)?;
         Ok(Segment {
             path,
             file,

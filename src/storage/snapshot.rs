@@ -14,6 +14,7 @@
 //! newest two (by index, then term) are kept.
 
 use super::log::sync_dir;
+use super::record::{le_u32, le_u64};
 use super::segment::io_err;
 use super::StorageError;
 use crate::raft::SnapshotMeta;
@@ -234,14 +235,14 @@ impl SnapshotReader {
         if &head[0..8] != MAGIC {
             return Err(corrupt(0, "bad magic (not a raftkv snapshot file)".into()));
         }
-        let version = u32::from_le_bytes([head[8], head[9], head[10], head[11]]);
+        let version = le_u32(&head, 8);
         if version != VERSION {
             return Err(corrupt(
                 8,
                 format!("unsupported snapshot version {version}"),
             ));
         }
-        let mlen = u32::from_le_bytes([head[12], head[13], head[14], head[15]]) as usize;
+        let mlen = le_u32(&head, 12) as usize;
         if mlen > MAX_META {
             return Err(corrupt(12, format!("metadata length {mlen} too large")));
         }
@@ -251,7 +252,7 @@ impl SnapshotReader {
         let mut h = crc32fast::Hasher::new();
         h.update(&head);
         h.update(&rest[..mlen]);
-        let want = u32::from_le_bytes([rest[mlen], rest[mlen + 1], rest[mlen + 2], rest[mlen + 3]]);
+        let want = le_u32(&rest, mlen);
         if h.finalize() != want {
             return Err(corrupt(16 + mlen as u64, "header CRC mismatch".into()));
         }
@@ -337,12 +338,10 @@ impl SnapshotReader {
         if &t[0..8] != END_MAGIC {
             return Err(bad(&self.path, at, "bad trailer magic"));
         }
-        if crc32fast::hash(&t[0..20]) != u32::from_le_bytes([t[20], t[21], t[22], t[23]]) {
+        if crc32fast::hash(&t[0..20]) != le_u32(&t, 20) {
             return Err(bad(&self.path, at, "trailer CRC mismatch"));
         }
-        let mut n = [0u8; 8];
-        n.copy_from_slice(&t[8..16]);
-        let total = u64::from_le_bytes(n);
+        let total = le_u64(&t, 8);
         if total != self.total {
             return Err(bad(
                 &self.path,
@@ -350,7 +349,7 @@ impl SnapshotReader {
                 &format!("trailer says {total} payload bytes, read {}", self.total),
             ));
         }
-        if u32::from_le_bytes([t[16], t[17], t[18], t[19]]) != self.crc.clone().finalize() {
+        if le_u32(&t, 16) != self.crc.clone().finalize() {
             return Err(bad(&self.path, at, "payload CRC mismatch"));
         }
         let mut extra = [0u8; 1];

@@ -1,0 +1,292 @@
+//! Snapshots in the server loop: taking them in the background (fork), compacting the log,
+//! streaming them to followers that fell behind the compacted log, and installing received
+//! ones. The call order follows docs/snapshots.md §5; the state machines live in
+//! `crate::snapshot`.
+
+use super::Server;
+use crate::pb::raftpb::message::Body;
+use crate::raft::{LogStore, Message, SnapshotMeta};
+use crate::snapshot::{
+    restore_kv, BackgroundSnapshot, LogStats, Received, SendStatus, SenderConfig, SnapshotMode,
+    SnapshotPolicy, SnapshotReceiver, SnapshotSender,
+};
+use crate::storage::SnapshotStore;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+/// Wait after a failed snapshot before trying again.
+const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(10);
+
+/// Snapshot state of one node.
+pub(super) struct Snapshots {
+    pub store: SnapshotStore,
+    /// Newest durable snapshot.
+    pub latest: Option<(SnapshotMeta, PathBuf)>,
+    pub policy: SnapshotPolicy,
+    /// Command bytes applied since the newest snapshot.
+    pub bytes_since: u64,
+    bg: Option<(BackgroundSnapshot, u64)>,
+    not_before: Option<Instant>,
+    senders: HashMap<u64, SnapshotSender>,
+    pub receiver: SnapshotReceiver,
+}
+
+impl Snapshots {
+    pub fn new(
+        store: SnapshotStore,
+        latest: Option<(SnapshotMeta, PathBuf)>,
+        policy: SnapshotPolicy,
+    ) -> Snapshots {
+        Snapshots {
+            store,
+            latest,
+            policy,
+            bytes_since: 0,
+            bg: None,
+            not_before: None,
+            senders: HashMap::new(),
+            receiver: SnapshotReceiver::new(),
+        }
+    }
+
+    /// Drops every outbound transfer (leadership lost or term changed).
+    pub fn drop_senders(&mut self) {
+        self.senders.clear();
+    }
+
+    fn latest_index(&self) -> u64 {
+        self.latest.as_ref().map_or(0, |(m, _)| m.index)
+    }
+}
+
+impl Server {
+    fn log_stats(&self) -> LogStats {
+        LogStats {
+            snapshot_index: self.snaps.latest_index(),
+            applied: self.kv.applied(),
+            bytes_since_snapshot: self.snaps.bytes_since,
+            first_index: self.node.store().first_index(),
+        }
+    }
+
+    /// Once per tick: collect a finished background snapshot (then compact the log), maybe
+    /// start a new one, and advance the retransmission timers of outbound transfers.
+    pub(super) fn snapshot_tick(&mut self) -> Result<(), String> {
+        if let Some((bg, bytes_at_start)) = &mut self.snaps.bg {
+            let bytes_at_start = *bytes_at_start;
+            match bg.poll() {
+                None => {}
+                Some(Ok(done)) => {
+                    self.snaps.bg = None;
+                    log::info!(
+                        "snapshot at index {} written: {}",
+                        done.meta.index,
+                        done.path.display()
+                    );
+                    self.snaps.bytes_since = self.snaps.bytes_since.saturating_sub(bytes_at_start);
+                    // A snapshot received from the leader while this one was being written
+                    // may already be newer: never move `latest` backwards.
+                    if done.meta.index > self.snaps.latest_index() {
+                        self.snaps.latest = Some((done.meta, done.path));
+                    }
+                    if let Err(e) = self.snaps.store.prune() {
+                        log::warn!("pruning old snapshots: {e}");
+                    }
+                    self.compact_log()?;
+                }
+                Some(Err(e)) => {
+                    self.snaps.bg = None;
+                    log::warn!("background snapshot failed (retrying later): {e}");
+                    self.snaps.not_before = Some(Instant::now() + RETRY_AFTER_FAILURE);
+                }
+            }
+        } else if self.snaps.not_before.is_none_or(|t| Instant::now() >= t)
+            && self.snaps.policy.should_snapshot(&self.log_stats())
+        {
+            self.start_snapshot();
+        }
+
+        let mut out = Vec::new();
+        let mut finished = Vec::new();
+        for (peer, s) in self.snaps.senders.iter_mut() {
+            let st = s.tick(&mut out);
+            if st != SendStatus::InProgress {
+                finished.push((*peer, st));
+            }
+        }
+        for m in out {
+            self.send_peer(m);
+        }
+        for (peer, st) in finished {
+            self.finish_send(peer, st);
+        }
+        Ok(())
+    }
+
+    fn start_snapshot(&mut self) {
+        let index = self.kv.applied();
+        let term = match self.node.store().term(index) {
+            Ok(t) => t,
+            Err(e) => {
+                log::warn!("cannot snapshot at index {index}: {e}");
+                self.snaps.not_before = Some(Instant::now() + RETRY_AFTER_FAILURE);
+                return;
+            }
+        };
+        let meta = SnapshotMeta {
+            index,
+            term,
+            conf: Some(self.node.status().conf),
+        };
+        match BackgroundSnapshot::start(SnapshotMode::Fork, &mut self.snaps.store, meta, &self.kv) {
+            Ok(bg) => {
+                log::info!("taking a snapshot at index {index} term {term}");
+                self.snaps.bg = Some((bg, self.snaps.bytes_since));
+            }
+            Err(e) => {
+                log::warn!("cannot start a snapshot at index {index}: {e}");
+                self.snaps.not_before = Some(Instant::now() + RETRY_AFTER_FAILURE);
+            }
+        }
+    }
+
+    /// Drops the log prefix the newest snapshot covers (keeping the policy's trailing margin).
+    fn compact_log(&mut self) -> Result<(), String> {
+        let Some(c) = self.snaps.policy.compact_index(&self.log_stats()) else {
+            return Ok(());
+        };
+        let store = self.node.store_mut();
+        let term = store
+            .term(c)
+            .map_err(|e| format!("compacting the log to {c}: {e}"))?;
+        store
+            .compact(c, term)
+            .map_err(|e| format!("compacting the log to {c}: {e}"))?;
+        log::info!("log compacted through index {c}");
+        Ok(())
+    }
+
+    fn finish_send(&mut self, peer: u64, st: SendStatus) {
+        self.snaps.senders.remove(&peer);
+        match st {
+            SendStatus::Done => {
+                log::info!("snapshot sent to node {peer}");
+                self.node.report_snapshot(peer, true);
+            }
+            SendStatus::Failed(e) => {
+                log::warn!("snapshot transfer to node {peer} failed: {e}");
+                self.node.report_snapshot(peer, false);
+            }
+            SendStatus::InProgress => {}
+        }
+    }
+
+    /// Ready step 5 (leader): start streaming the newest snapshot to each peer that needs it.
+    pub(super) fn on_snapshot_sends(&mut self, peers: Vec<u64>) {
+        for peer in peers {
+            if self.snaps.senders.contains_key(&peer) {
+                continue;
+            }
+            let Some((_, path)) = &self.snaps.latest else {
+                log::warn!("node {peer} needs a snapshot but none exists");
+                self.node.report_snapshot(peer, false);
+                continue;
+            };
+            let term = self.node.status().term;
+            match SnapshotSender::new(SenderConfig::default(), self.cfg.id, peer, term, path) {
+                Ok(mut s) => {
+                    log::info!("sending snapshot {} to node {peer}", s.meta().index);
+                    let mut out = Vec::new();
+                    let st = s.start(&mut out);
+                    self.snaps.senders.insert(peer, s);
+                    for m in out {
+                        self.send_peer(m);
+                    }
+                    if st != SendStatus::InProgress {
+                        self.finish_send(peer, st);
+                    }
+                }
+                Err(e) => {
+                    log::warn!("cannot send snapshot to node {peer}: {e}");
+                    self.node.report_snapshot(peer, false);
+                }
+            }
+        }
+    }
+
+    /// Ready step 5: InstallSnapshotResponses (leader) and InstallSnapshot chunks (follower).
+    pub(super) fn on_snapshot_msgs(&mut self, msgs: Vec<Message>) -> Result<(), String> {
+        for msg in msgs {
+            match &msg.body {
+                Some(Body::InstallSnapshotResponse(r)) => {
+                    let Some(s) = self.snaps.senders.get_mut(&msg.from) else {
+                        continue;
+                    };
+                    let mut out = Vec::new();
+                    let st = s.on_response(r, &mut out);
+                    for m in out {
+                        self.send_peer(m);
+                    }
+                    if st != SendStatus::InProgress {
+                        self.finish_send(msg.from, st);
+                    }
+                }
+                Some(Body::InstallSnapshot(_)) => self.on_install_snapshot(&msg)?,
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    fn on_install_snapshot(&mut self, msg: &Message) -> Result<(), String> {
+        let applied = self.kv.applied();
+        match self
+            .snaps
+            .receiver
+            .on_message(&mut self.snaps.store, applied, msg)
+        {
+            Received::Ignored => {}
+            Received::Reply(m) => self.send_peer(m),
+            Received::Complete(rs) => {
+                // Durable first, then the core and the log move (crash-safe order).
+                let inst = rs
+                    .install()
+                    .map_err(|e| format!("installing a received snapshot: {e}"))?;
+                let meta = inst.meta.clone();
+                if self.node.restore_snapshot(meta.clone()) {
+                    self.node
+                        .store_mut()
+                        .reset(meta.index, meta.term)
+                        .map_err(|e| {
+                            format!("resetting the log to snapshot {}: {e}", meta.index)
+                        })?;
+                    let (_, kv) = restore_kv(&inst.path)
+                        .map_err(|e| format!("restoring received snapshot: {e}"))?;
+                    self.kv = kv;
+                    self.applied = meta.index;
+                    self.commit_hint = self.commit_hint.max(meta.index);
+                    self.snaps.bytes_since = 0;
+                    self.snaps.latest = Some((meta.clone(), inst.path.clone()));
+                    if let Err(e) = self.snaps.store.prune() {
+                        log::warn!("pruning old snapshots: {e}");
+                    }
+                    log::info!(
+                        "installed snapshot at index {} term {} from node {}",
+                        meta.index,
+                        meta.term,
+                        msg.from
+                    );
+                    self.serve_waiting_reads();
+                } else {
+                    log::info!(
+                        "received snapshot {} is stale; kept on disk only",
+                        meta.index
+                    );
+                }
+                self.send_peer(inst.reply);
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,253 @@
+//! Runs the built `raftkv-log` binary on sound and damaged data directories.
+
+use bytes::Bytes;
+use raftkv::kv::encode_command;
+use raftkv::pb::kvpb;
+use raftkv::raft::{ConfState, Entry, HardState, SnapshotMeta};
+use raftkv::storage::{HardStateFile, Log, LogOptions, SnapshotStore};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn run(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_raftkv-log"))
+        .args(args)
+        .output()
+        .expect("run raftkv-log")
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn put(key: &str, n: usize) -> Bytes {
+    encode_command(&kvpb::Command {
+        client_id: 7,
+        seq: 1,
+        acked_seq: 0,
+        op: Some(kvpb::command::Op::Put(kvpb::Put {
+            key: Bytes::copy_from_slice(key.as_bytes()),
+            value: Bytes::from(vec![b'v'; n]),
+        })),
+    })
+}
+
+/// A data dir: log with 100 entries over several segments (compacted to 10), hard state, one
+/// snapshot at index 10.
+fn build(dir: &Path) -> PathBuf {
+    let mut log = Log::open(&dir.join("log"), LogOptions { segment_size: 4096 }).unwrap();
+    let mut es = vec![Entry {
+        index: 1,
+        term: 1,
+        entry_type: 0,
+        data: Bytes::new(),
+    }];
+    es.push(Entry {
+        index: 2,
+        term: 1,
+        entry_type: 1,
+        data: Bytes::from(prost::Message::encode_to_vec(&ConfState {
+            voters: vec![1, 2, 3],
+            learners: vec![],
+        })),
+    });
+    for i in 3..=100 {
+        es.push(Entry {
+            index: i,
+            term: 2,
+            entry_type: 0,
+            data: put(&format!("key{i}"), 256),
+        });
+    }
+    log.append(&es).unwrap();
+    log.sync().unwrap();
+    let meta = SnapshotMeta {
+        index: 10,
+        term: 2,
+        conf: Some(ConfState {
+            voters: vec![1, 2, 3],
+            learners: vec![],
+        }),
+    };
+    let mut snaps = SnapshotStore::open(&dir.join("snap")).unwrap();
+    let mut w = snaps.create(&meta).unwrap();
+    w.write_all(&[0u8; 1000]).unwrap();
+    let snap = w.finish().unwrap();
+    log.compact(10, 2).unwrap();
+    let (mut hs, _) = HardStateFile::open(dir).unwrap();
+    hs.save(&HardState {
+        term: 2,
+        vote: 1,
+        commit: 100,
+    })
+    .unwrap();
+    snap
+}
+
+fn segments(dir: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir.join("log"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "seg"))
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn sound_dir() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let snap = build(d);
+    let ds = d.to_str().unwrap();
+
+    let o = run(&["verify", ds]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let t = text(&o);
+    assert!(
+        t.starts_with("OK:")
+            && t.contains("snapshot index 10")
+            && t.contains("1 snapshot(s) verified"),
+        "{t}"
+    );
+
+    let o = run(&["stats", ds]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let t = text(&o);
+    assert!(t.contains("snapshot index 10"), "{t}");
+    assert!(t.contains("term 2 vote 1 commit 100"), "{t}");
+    assert!(t.contains("index 10 term 2"), "{t}");
+
+    let o = run(&["dump", ds, "--from", "1", "--to", "12"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let t = String::from_utf8_lossy(&o.stdout).into_owned();
+    let lines: Vec<&str> = t.lines().collect();
+    // The first segment still holds the compacted entries 1..=10; dump shows what is on disk.
+    assert_eq!(lines.len(), 12, "{t}");
+    assert!(lines[0].contains("no-op"), "{t}");
+    assert!(lines[1].contains("CONF voters=[1, 2, 3]"), "{t}");
+    assert!(lines[11].contains("PUT key=key12 (256 B)"), "{t}");
+
+    let o = run(&["dump", ds, "--from", "50", "--to", "51", "--json"]);
+    let t = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert_eq!(t.lines().count(), 2, "{t}");
+    assert!(
+        t.lines()
+            .next()
+            .unwrap()
+            .starts_with("{\"index\":50,\"term\":2,\"type\":\"normal\""),
+        "{t}"
+    );
+
+    // The log dir itself is accepted too.
+    let o = run(&["verify", d.join("log").to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+
+    let o = run(&["snapshot", snap.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let t = text(&o);
+    assert!(t.contains("index:    10") && t.contains("keys:"), "{t}");
+    assert!(!t.contains("panicked"), "{t}");
+}
+
+#[test]
+fn damaged_dirs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let snap = build(d);
+    let ds = d.to_str().unwrap();
+    let segs = segments(d);
+    assert!(segs.len() >= 3);
+
+    // A flipped bit in a middle segment: verify names file and offset, exits 1.
+    let mid = &segs[1];
+    let orig = std::fs::read(mid).unwrap();
+    let mut b = orig.clone();
+    b[200] ^= 0x04;
+    std::fs::write(mid, &b).unwrap();
+    let o = run(&["verify", ds]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let t = text(&o);
+    let name = mid.file_name().unwrap().to_str().unwrap();
+    assert!(t.contains(name) && t.contains("byte"), "{t}");
+    // stats refuses too (damage in the middle), with exit 1.
+    let o = run(&["stats", ds]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    std::fs::write(mid, &orig).unwrap();
+
+    // A torn tail: verify reports it; stats shows it as tail damage.
+    let last = segs.last().unwrap();
+    let orig = std::fs::read(last).unwrap();
+    let end = orig.iter().rposition(|&x| x != 0).unwrap();
+    std::fs::write(last, &orig[..end - 10]).unwrap();
+    let o = run(&["verify", ds]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        text(&o).contains(last.file_name().unwrap().to_str().unwrap()),
+        "{}",
+        text(&o)
+    );
+    let o = run(&["stats", ds]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(text(&o).contains("tail damage"), "{}", text(&o));
+    std::fs::write(last, &orig).unwrap();
+
+    // A damaged snapshot.
+    let so = std::fs::read(&snap).unwrap();
+    let mut b = so.clone();
+    b[so.len() / 2] ^= 1;
+    std::fs::write(&snap, &b).unwrap();
+    let o = run(&["verify", ds]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains("snap-"), "{}", text(&o));
+    let o = run(&["snapshot", snap.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    std::fs::write(&snap, &so).unwrap();
+
+    // Damaged hard state (both slots).
+    let hp = d.join("hardstate");
+    let ho = std::fs::read(&hp).unwrap();
+    let mut b = ho.clone();
+    b[8] ^= 1;
+    b[512 + 8] ^= 1;
+    std::fs::write(&hp, &b).unwrap();
+    let o = run(&["verify", ds]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains("hardstate"), "{}", text(&o));
+    std::fs::write(&hp, &ho).unwrap();
+
+    let o = run(&["verify", ds]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+}
+
+#[test]
+fn missing_and_foreign_dirs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let missing = tmp.path().join("nope");
+    for cmd in ["stats", "dump", "verify"] {
+        let o = run(&[cmd, missing.to_str().unwrap()]);
+        assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+        assert!(text(&o).contains("no such directory"), "{}", text(&o));
+    }
+    std::fs::write(
+        tmp.path().join("notes.txt"),
+        "hello, these are just some notes",
+    )
+    .unwrap();
+    let o = run(&["verify", tmp.path().to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(
+        text(&o).contains("not a raftkv data directory"),
+        "{}",
+        text(&o)
+    );
+    let o = run(&["snapshot", tmp.path().join("notes.txt").to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains("not a raftkv snapshot"), "{}", text(&o));
+    let o = run(&["snapshot", missing.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+}
