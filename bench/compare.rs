@@ -687,3 +687,119 @@ pub fn to_json(args: &CompareArgs, peers: &[Peer], cells: &[Cell]) -> Json {
         .with("systems", Json::Arr(systems))
         .with("results", Json::Arr(results))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::report::RunInfo;
+    use crate::stats::Summary;
+
+    fn report(ops_per_sec: f64) -> Report {
+        let s = Summary {
+            ops: ops_per_sec as u64,
+            seconds: 1.0,
+            ops_per_sec,
+            mean_ns: 1e6,
+            p50_ns: 1_000_000,
+            p90_ns: 2_000_000,
+            p99_ns: 3_000_000,
+            p999_ns: 4_000_000,
+            max_ns: 5_000_000,
+        };
+        Report {
+            info: RunInfo {
+                system: "x".into(),
+                workload: "put".into(),
+                clients: 1,
+                pipeline: 1,
+                rate: None,
+                keys: 10,
+                dist: "uniform".into(),
+                value_size: 256,
+                consistency: "linearizable".into(),
+                duration: Duration::from_secs(1),
+                warmup: Duration::ZERO,
+            },
+            overall: s,
+            per_second: vec![],
+            errors: Default::default(),
+            not_found: 0,
+            cas_failed: 0,
+            sent: 0,
+            incomplete: 0,
+            reconnects: 0,
+            max_backlog: 0,
+            interrupted: false,
+        }
+    }
+
+    fn cells() -> Vec<Cell> {
+        let cell = |key: &str, result| Cell {
+            peer: peer(key).unwrap(),
+            workload: "put".into(),
+            clients: 1,
+            result,
+        };
+        vec![
+            cell("raftkv", Ok(report(300.0))),
+            cell("redis-always", Ok(report(1200.0))),
+            cell("etcd", Err("did not start: etcd missing".into())),
+        ]
+    }
+
+    #[test]
+    fn table_has_ratios_and_failures() {
+        let c = cells();
+        let t = text_table(&c);
+        let lines: Vec<&str> = t.lines().collect();
+        assert!(lines[0].contains("raftkv/system"));
+        assert!(lines[1].contains("raftkv (3 nodes)") && lines[1].trim_end().ends_with('-'));
+        // 300 / 1200 = 0.25
+        assert!(
+            lines[2].contains("1200") && lines[2].trim_end().ends_with("0.25x"),
+            "{t}"
+        );
+        assert!(lines[3].contains("failed: did not start: etcd missing"));
+        let args = CompareArgs {
+            duration: 1.0,
+            warmup: 0.0,
+            clients: vec![1],
+            pipeline: 1,
+            workloads: vec!["put".into()],
+            systems: vec!["raftkv".into(), "redis-always".into(), "etcd".into()],
+            keys: 10,
+            value_size: 256,
+            raftkv_bin: None,
+            out_dir: PathBuf::from("unused"),
+            no_install: true,
+            keep_logs: false,
+        };
+        let peers: Vec<Peer> = args.systems.iter().map(|s| peer(s).unwrap()).collect();
+        let md = markdown(&args, &peers, &c);
+        assert!(md.contains(
+            "| put | 1 | redis (AOF appendfsync always) | 1200 | 1.00ms | 3.00ms | 0.25x |"
+        ));
+        assert!(
+            !md.contains("appendfsync no)**") && md.contains("appendfsync always)**: single node")
+        );
+        let j = to_json(&args, &peers, &c);
+        match j.get("results") {
+            Some(Json::Arr(r)) => {
+                assert_eq!(r.len(), 3);
+                assert_eq!(r[1].get("raftkv_ratio"), Some(&Json::Num(0.25)));
+                assert!(r[1].get("report").and_then(|x| x.get("overall")).is_some());
+                assert_eq!(r[2].get("raftkv_ratio"), Some(&Json::Null));
+                assert!(matches!(r[2].get("error"), Some(Json::Str(_))));
+            }
+            other => panic!("results: {other:?}"),
+        }
+        assert!(matches!(j.get("systems"), Some(Json::Arr(s)) if s.len() == 3));
+    }
+
+    #[test]
+    fn unknown_systems_and_workloads_are_rejected() {
+        assert!(peer("mysql").is_err());
+        assert!(parse_workload("scan").is_err());
+        assert_eq!(free_ports(3).unwrap().len(), 3);
+    }
+}
