@@ -5,6 +5,7 @@ use bytes::Bytes;
 use proptest::prelude::*;
 use raftkv::raft::{ConfState, Entry, HardState, LogError, LogStore, SnapshotMeta};
 use raftkv::rng::Rng;
+use raftkv::storage::inspect::Check;
 use raftkv::storage::{
     HardStateFile, Log, LogOptions, SnapshotReader, SnapshotStore, StorageError,
 };
@@ -818,8 +819,9 @@ fn garbage_files_never_panic() {
         )
         .unwrap();
         let ctx = format!("seed {seed} trial {trial}");
-        let _ = raftkv::storage::inspect::inspect_log(&dir.join("log"), true);
-        let _ = raftkv::storage::inspect::inspect_log(&dir.join("log"), false);
+        for check in [Check::Strict, Check::Full, Check::Lenient] {
+            let _ = raftkv::storage::inspect::inspect_log(&dir.join("log"), check);
+        }
         if let Ok(log) = Log::open(&dir.join("log"), opts(4096)) {
             // Whatever it accepted reads back without error.
             let _ = all_entries(&log);
@@ -829,4 +831,112 @@ fn garbage_files_never_panic() {
         let store = SnapshotStore::open(&dir.join("snap")).unwrap();
         assert!(store.latest().is_err(), "{ctx}: garbage snapshot accepted");
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Directory lock: one owner per log directory.
+
+/// Not a test on its own: run by `dir_lock_is_exclusive_across_processes` in a child process
+/// (`--ignored --exact`), it opens the log in `RAFTKV_LOCK_HELPER_DIR`, prints a marker and holds
+/// the lock until its stdin closes.
+#[test]
+#[ignore = "helper process for dir_lock_is_exclusive_across_processes"]
+fn dir_lock_helper_process() {
+    let Ok(dir) = std::env::var("RAFTKV_LOCK_HELPER_DIR") else {
+        return;
+    };
+    let log = Log::open(Path::new(&dir), opts(4096)).unwrap();
+    println!("\nRAFTKV-LOCK-HELD");
+    std::io::stdout().flush().unwrap();
+    let mut sink = Vec::new();
+    let _ = std::io::stdin().read_to_end(&mut sink);
+    drop(log);
+}
+
+/// Serializes the lock tests: a child spawned by one of them shares this process's descriptors
+/// between fork and exec (close-on-exec only acts at exec), so for that instant it co-holds any
+/// lock open in this process, and a drop-then-reopen in another test thread could see it held.
+static LOCK_TESTS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+#[test]
+fn dir_lock_is_exclusive_in_process() {
+    let _serial = LOCK_TESTS.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tmpdir();
+    let log = Log::open(dir.path(), opts(4096)).unwrap();
+    let e = Log::open(dir.path(), opts(4096))
+        .err()
+        .expect("second open of a locked dir must fail");
+    let msg = e.to_string();
+    assert!(
+        msg.contains(dir.path().to_str().unwrap()) && msg.contains("locked by"),
+        "{msg}"
+    );
+    assert!(msg.contains(&std::process::id().to_string()), "{msg}");
+    drop(log);
+    // Released with the Log.
+    let mut log = Log::open(dir.path(), opts(4096)).unwrap();
+    log.append(&[Entry {
+        index: 1,
+        term: 1,
+        entry_type: 0,
+        data: Bytes::from_static(b"x"),
+    }])
+    .unwrap();
+    log.sync().unwrap();
+    // The LOCK file is not mistaken for log data by the inspection tool.
+    let info = raftkv::storage::inspect::inspect_log(dir.path(), Check::Strict).unwrap();
+    assert_eq!(info.entries(), 1);
+}
+
+#[test]
+fn dir_lock_is_exclusive_across_processes() {
+    use std::process::{Command, Stdio};
+    let _serial = LOCK_TESTS.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tmpdir();
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--ignored",
+            "--exact",
+            "dir_lock_helper_process",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("RAFTKV_LOCK_HELPER_DIR", dir.path())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut child = Kill(child);
+    // Wait (blocking read, bounded by the child's lifetime) for the child to hold the lock.
+    let mut line = String::new();
+    loop {
+        line.clear();
+        let n = std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+        assert!(n > 0, "helper exited before locking");
+        if line.contains("RAFTKV-LOCK-HELD") {
+            break;
+        }
+    }
+    let pid = child.0.id();
+    let e = Log::open(dir.path(), opts(4096))
+        .err()
+        .expect("open while another process holds the dir must fail");
+    let msg = e.to_string();
+    assert!(
+        msg.contains(dir.path().to_str().unwrap()) && msg.contains(&format!("process {pid}")),
+        "{msg}"
+    );
+    // A crash (SIGKILL) releases the lock: nothing stale is left behind.
+    child.0.kill().unwrap();
+    child.0.wait().unwrap();
+    Log::open(dir.path(), opts(4096)).unwrap();
 }
