@@ -940,3 +940,84 @@ fn dir_lock_is_exclusive_across_processes() {
     child.0.wait().unwrap();
     Log::open(dir.path(), opts(4096)).unwrap();
 }
+
+/// A second `raftkv serve` on a data directory a running server owns exits at once with an
+/// error naming the directory and the owner's pid; the owner is unaffected.
+#[test]
+fn second_server_on_the_same_data_dir_is_refused() {
+    use std::process::{Command, Stdio};
+    let _serial = LOCK_TESTS.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tmpdir();
+    let free = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    };
+    let serve = |peer: u16, client: u16| {
+        Command::new(env!("CARGO_BIN_EXE_raftkv"))
+            .arg("serve")
+            .arg("--id=1")
+            .arg("--data-dir")
+            .arg(dir.path())
+            .arg(format!("--peers=1=127.0.0.1:{peer}/127.0.0.1:{client}"))
+            .args(["--tick-ms=10", "--segment-size=1048576"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let (p1, c1) = (free(), free());
+    let mut first = Kill(serve(p1, c1));
+    // Up (and so holding the lock) once it answers a status request.
+    let mut cl = raftkv::client::Client::new(vec![format!("127.0.0.1:{c1}")], Default::default());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    while cl.status(&format!("127.0.0.1:{c1}")).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "first server did not come up"
+        );
+        assert!(first.0.try_wait().unwrap().is_none(), "first server exited");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let (p2, c2) = (free(), free());
+    let mut second = Kill(serve(p2, c2));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let status = loop {
+        if let Some(st) = second.0.try_wait().unwrap() {
+            break st;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the second server did not exit: the directory lock did not stop it"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let mut err = String::new();
+    second
+        .0
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert!(!status.success(), "{err}");
+    let log_dir = dir.path().join("log");
+    assert!(
+        err.contains(log_dir.to_str().unwrap())
+            && err.contains(&format!("locked by process {}", first.0.id())),
+        "{err}"
+    );
+    assert!(first.0.try_wait().unwrap().is_none(), "first server died");
+    cl.status(&format!("127.0.0.1:{c1}"))
+        .expect("first server still serves");
+}
