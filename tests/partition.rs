@@ -38,6 +38,9 @@ const OPEN: u8 = 0;
 const CUT: u8 = 1;
 const STALLED: u8 = 2;
 
+/// A link's state and its live sockets, as shared with the proxy threads.
+type LinkHandles = (Arc<AtomicU8>, Arc<Mutex<Vec<TcpStream>>>);
+
 /// One directed link's proxy: a listener thread plus two pump threads per connection.
 struct Link {
     state: Arc<AtomicU8>,
@@ -568,7 +571,7 @@ fn one_way_partitions_and_flapping_link_lose_no_acknowledged_write() {
     let stop = Arc::new(AtomicBool::new(false));
     let flapper = {
         let stop = stop.clone();
-        let links: Vec<(Arc<AtomicU8>, Arc<Mutex<Vec<TcpStream>>>)> = others(l)
+        let links: Vec<LinkHandles> = others(l)
             .into_iter()
             .flat_map(|o| [(l, o), (o, l)])
             .map(|(a, b)| {
