@@ -565,15 +565,19 @@ fn one_way_partitions_and_flapping_link_lose_no_acknowledged_write() {
     assert_eq!(acked.len(), 30, "writes failed with leader->f cut");
     c.heal_all();
 
-    // Flapping: every link of the current leader changes state at random moments while
-    // writes go on; any write may fail, none that was acknowledged may be lost.
+    // Flapping: the links of the current leader (and sometimes the followers' link) change
+    // state at random moments while writes go on, so leadership may move; any write may fail,
+    // none that was acknowledged may be lost.
     let (l, _) = c.wait_leader_among(&[1, 2, 3], secs(10));
     let stop = Arc::new(AtomicBool::new(false));
     let flapper = {
         let stop = stop.clone();
+        // The leader's four links, plus (less often) the followers' link between them.
+        let (f1, f2) = (others(l)[0], others(l)[1]);
         let links: Vec<LinkHandles> = others(l)
             .into_iter()
             .flat_map(|o| [(l, o), (o, l)])
+            .chain([(f1, f2), (f2, f1)])
             .map(|(a, b)| {
                 let k = c.link(a, b);
                 (k.state.clone(), k.conns.clone())
@@ -582,7 +586,12 @@ fn one_way_partitions_and_flapping_link_lose_no_acknowledged_write() {
         std::thread::spawn(move || {
             let mut rng = Rng::new(seed);
             while !stop.load(Ordering::SeqCst) {
-                let (state, conns) = &links[rng.range(0, links.len() as u64) as usize];
+                let which = if rng.chance(0.8) {
+                    rng.range(0, 4)
+                } else {
+                    rng.range(4, 6)
+                };
+                let (state, conns) = &links[which as usize];
                 let s = [OPEN, OPEN, CUT, STALLED][rng.range(0, 4) as usize];
                 state.store(s, Ordering::SeqCst);
                 if s == CUT {
@@ -596,12 +605,18 @@ fn one_way_partitions_and_flapping_link_lose_no_acknowledged_write() {
         })
     };
     let before = acked.len();
-    write_some(&mut cl, "flap", 40, &mut acked);
+    // Writes for 2 s of flapping (a few dozen state changes).
+    let t0 = Instant::now();
+    let mut tried = 0;
+    while t0.elapsed() < Duration::from_secs(2) {
+        write_some(&mut cl, &format!("flap{tried}"), 1, &mut acked);
+        tried += 1;
+    }
     stop.store(true, Ordering::SeqCst);
     flapper.join().unwrap();
     c.heal_all();
     eprintln!(
-        "{} of 40 writes acknowledged while the leader's links flapped",
+        "{} of {tried} writes acknowledged while the leader's links flapped",
         acked.len() - before
     );
     assert!(
