@@ -818,3 +818,59 @@ fn partitioned_follower_rejoins_without_disrupting_the_leader() {
         .unwrap();
     assert!(g.found);
 }
+
+/// A leader-lease read must be checked against the clock when it is served: a leader process
+/// that was descheduled (here: SIGSTOP, deterministic; in real life CPU starvation or a long
+/// fsync) while the rest of the cluster moved on must not serve a LEASE read from a lease its
+/// own ticks have not yet seen expire.
+///
+/// KNOWN BUG (fails every run, hence ignored): the core measures the lease in ticks
+/// (`RawNode::lease_read`: `now - lease_tick < window`), and the server (src/server/mod.rs)
+/// (1) handles readable sockets before firing due timers in each loop iteration and (2) never
+/// catches up missed ticks after a stall (`TimerEvent::Tick` reschedules at now + tick). So
+/// after a pause the old leader serves the LEASE read at once with its pre-pause tick count and
+/// answers the old value although a new leader already committed a newer one. Any stall between
+/// the quorum's heartbeat acks and the read stretches the lease by the stall's length. Run with
+/// `cargo test --test partition lease_read_after -- --ignored`.
+#[test]
+#[ignore = "known bug: LEASE reads are judged by a tick clock that lags after a stall"]
+fn lease_read_after_the_old_leader_was_paused_is_not_stale() {
+    let c = Cluster::start(&["--lease-reads"]);
+    let (old, _) = c.wait_leader_among(&[1, 2, 3], secs(15));
+    c.client(&[1, 2, 3]).put(b"k", b"old").unwrap();
+    let pid = c.children[old as usize - 1].as_ref().unwrap().id() as libc::pid_t;
+    // Make sure the old leader holds a fresh lease, then freeze it and cut it off.
+    let r = raw_get(c.addr(old), "k", kvpb::Consistency::Lease);
+    assert_eq!(got_value(&r), Some(Some(b"old".to_vec())));
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    struct Cont(libc::pid_t);
+    impl Drop for Cont {
+        fn drop(&mut self) {
+            unsafe { libc::kill(self.0, libc::SIGCONT) };
+        }
+    }
+    let cont = Cont(pid);
+    c.isolate(old, CUT);
+    let majority = others(old);
+    let (new, _) = c.wait_leader_among(&majority, secs(10));
+    assert_ne!(new, old);
+    c.client(&majority).put(b"k", b"new").unwrap();
+    // The read reaches the frozen node's socket; it is processed as soon as the node resumes.
+    let mut s = TcpStream::connect(c.addr(old)).unwrap();
+    s.set_read_timeout(Some(secs(3))).unwrap();
+    let req = kvpb::Request {
+        id: 9,
+        consistency: kvpb::Consistency::Lease as i32,
+        op: Some(kvpb::request::Op::Get(kvpb::Get {
+            key: Bytes::from_static(b"k"),
+        })),
+        ..Default::default()
+    };
+    blocking::write_msg(&mut s, &req).unwrap();
+    drop(cont); // SIGCONT
+    let r: Option<kvpb::Response> = blocking::read_msg(&mut s, 1 << 20).ok();
+    assert!(
+        got_value(&r).is_none(),
+        "the paused old leader served a LEASE read after a new leader committed a newer value: {r:?}"
+    );
+}
