@@ -57,7 +57,9 @@ impl DirLock {
                     err: std::io::Error::new(
                         std::io::ErrorKind::WouldBlock,
                         format!(
-                            "directory is locked by {by} ({} is held): is another raftkv server using this data directory?",
+                            "directory is locked by {by} ({} is held): is another raftkv server \
+                             using this data directory? (A background snapshot child of a server \
+                             that just died holds it until its snapshot is written.)",
                             path.display()
                         ),
                     ),
