@@ -8,7 +8,8 @@
 //! raftkv-log snapshot FILE                      snapshot metadata and key count
 //! ```
 //! DIR is a node data dir (with `log/`, `hardstate`, `snap/`) or a log dir itself.
-//! Exit codes: 0 fine, 1 damage found, 2 usage error / missing or foreign directory / I/O error.
+//! Exit codes: 0 fine (warnings allowed), 1 damage found, 2 usage error / missing or foreign
+//! directory / I/O error.
 
 use clap::{Parser, Subcommand};
 use prost::Message;
