@@ -179,22 +179,73 @@ fn damaged_dirs() {
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     std::fs::write(mid, &orig).unwrap();
 
-    // A torn tail: verify reports it; stats shows it as tail damage.
+    // A torn tail (the last record cut short): what the server repairs on open is a warning,
+    // exit 0, naming file and offset; --strict makes it damage; stats shows it as tail damage.
     let last = segs.last().unwrap();
+    let last_name = last.file_name().unwrap().to_str().unwrap();
     let orig = std::fs::read(last).unwrap();
     let end = orig.iter().rposition(|&x| x != 0).unwrap();
     std::fs::write(last, &orig[..end - 10]).unwrap();
     let o = run(&["verify", ds]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let t = text(&o);
+    assert!(
+        t.contains("WARNING") && t.contains("torn tail") && t.contains(last_name),
+        "{t}"
+    );
+    assert!(t.contains("entries, indexes 1..=99"), "{t}");
+    let o = run(&["verify", "--strict", ds]);
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     assert!(
-        text(&o).contains(last.file_name().unwrap().to_str().unwrap()),
+        text(&o).starts_with("CORRUPT") && text(&o).contains(last_name),
         "{}",
         text(&o)
     );
     let o = run(&["stats", ds]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     assert!(text(&o).contains("tail damage"), "{}", text(&o));
+
+    // Unsynced leftovers after the last record (non-zero bytes where the log has ended): also
+    // repaired on open, so a warning; damage with --strict.
+    let mut b = orig.clone();
+    let junk_at = end + 200;
+    b[junk_at] = 0x5a;
+    std::fs::write(last, &b).unwrap();
+    let o = run(&["verify", ds]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(
+        text(&o).contains("WARNING") && text(&o).contains("non-zero bytes"),
+        "{}",
+        text(&o)
+    );
+    let o = run(&["verify", "--strict", ds]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+
+    // A flipped bit in the last segment's *middle* (valid records follow): real corruption that
+    // the server refuses to open, so exit 1 even without --strict.
+    let mut b = orig.clone();
+    b[200] ^= 0x10;
+    std::fs::write(last, &b).unwrap();
+    let o = run(&["verify", ds]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        text(&o).contains(last_name) && text(&o).contains("not a torn tail"),
+        "{}",
+        text(&o)
+    );
+
+    // Stray bytes after the end of a sealed segment: never written by the log, so damage.
     std::fs::write(last, &orig).unwrap();
+    let sealed = &segs[segs.len() - 2];
+    let so = std::fs::read(sealed).unwrap();
+    let mut b = so.clone();
+    let n = b.len();
+    b[n - 1] = 1;
+    std::fs::write(sealed, &b).unwrap();
+    let o = run(&["verify", ds]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains("non-zero bytes"), "{}", text(&o));
+    std::fs::write(sealed, &so).unwrap();
 
     // A damaged snapshot.
     let so = std::fs::read(&snap).unwrap();
@@ -250,4 +301,58 @@ fn missing_and_foreign_dirs() {
     assert!(text(&o).contains("not a raftkv snapshot"), "{}", text(&o));
     let o = run(&["snapshot", missing.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+}
+
+#[test]
+fn snapshot_shows_key_count() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut kv = raftkv::kv::KvStore::new();
+    for i in 1..=37u64 {
+        let mut cmd = prost::Message::decode(put(&format!("k{i}"), 8).as_ref()).unwrap();
+        let cmd: &mut kvpb::Command = &mut cmd;
+        // Two client sessions, so the session count is checked too.
+        cmd.client_id = 1 + i % 2;
+        cmd.seq = i;
+        kv.apply(i, &encode_command(cmd));
+    }
+    // Overwrites do not add keys; a delete removes one.
+    kv.apply(38, &put("k5", 3));
+    kv.apply(
+        39,
+        &encode_command(&kvpb::Command {
+            client_id: 0,
+            seq: 0,
+            acked_seq: 0,
+            op: Some(kvpb::command::Op::Delete(kvpb::Delete {
+                key: Bytes::from_static(b"k6"),
+            })),
+        }),
+    );
+    assert_eq!(kv.len(), 36);
+    let mut snaps = SnapshotStore::open(&tmp.path().join("snap")).unwrap();
+    let mut w = snaps
+        .create(&SnapshotMeta {
+            index: 39,
+            term: 3,
+            conf: Some(ConfState {
+                voters: vec![1, 2, 3],
+                learners: vec![],
+            }),
+        })
+        .unwrap();
+    kv.write_snapshot(&mut w).unwrap();
+    let file = w.finish().unwrap();
+
+    let o = run(&["snapshot", file.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let t = text(&o);
+    assert!(
+        t.contains("index:    39") && t.contains("term:     3"),
+        "{t}"
+    );
+    assert!(t.contains("voters:   [1, 2, 3]"), "{t}");
+    assert!(t.contains("keys:     36\n"), "{t}");
+    assert!(t.contains("sessions: 3\n"), "{t}");
+    assert!(t.contains("applied:  39\n"), "{t}");
+    assert!(!t.contains("unavailable"), "{t}");
 }

@@ -3,17 +3,19 @@
 //! ```text
 //! raftkv-log stats DIR                          segments, entries, ranges, snapshots, compaction
 //! raftkv-log dump DIR [--from N] [--to M] [--json]   one line per entry
-//! raftkv-log verify DIR                         check every CRC; exit 1 on the first problem
+//! raftkv-log verify DIR [--strict]              check every CRC; exit 1 on the first problem
+//!                                               (a torn tail is a warning unless --strict)
 //! raftkv-log snapshot FILE                      snapshot metadata and key count
 //! ```
 //! DIR is a node data dir (with `log/`, `hardstate`, `snap/`) or a log dir itself.
-//! Exit codes: 0 fine, 1 damage found, 2 usage error / missing or foreign directory / I/O error.
+//! Exit codes: 0 fine (warnings allowed), 1 damage found, 2 usage error / missing or foreign
+//! directory / I/O error.
 
 use clap::{Parser, Subcommand};
 use prost::Message;
 use raftkv::pb::kvpb;
 use raftkv::raft::{ConfState, Entry, EntryType};
-use raftkv::storage::inspect::{self, DataDirs, LogInfo};
+use raftkv::storage::inspect::{self, Check, DataDirs, LogInfo};
 use raftkv::storage::{hardstate, snapshot, SnapshotReader, StorageError};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
@@ -44,8 +46,14 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
-    /// Checks every CRC, index continuity, the hard state and the snapshots.
-    Verify { dir: PathBuf },
+    /// Checks every CRC, index continuity, the hard state and the snapshots. A torn tail (which
+    /// the server repairs when it opens the log) is a warning, exit 0, unless --strict.
+    Verify {
+        dir: PathBuf,
+        /// Treat a torn tail / unsynced leftovers after the last record as damage (exit 1).
+        #[arg(long)]
+        strict: bool,
+    },
     /// Snapshot metadata and key count.
     Snapshot { file: PathBuf },
 }
@@ -81,7 +89,7 @@ fn main() -> ExitCode {
             to,
             json,
         } => dump(&dir, from, to, json),
-        Cmd::Verify { dir } => verify(&dir),
+        Cmd::Verify { dir, strict } => verify(&dir, strict),
         Cmd::Snapshot { file } => snapshot_cmd(&file),
     };
     match res {
@@ -178,14 +186,14 @@ fn json_str(s: &str) -> String {
     o
 }
 
-fn open_log(dir: &Path, strict: bool) -> Result<(DataDirs, LogInfo), Fail> {
+fn open_log(dir: &Path, check: Check) -> Result<(DataDirs, LogInfo), Fail> {
     let dirs = inspect::resolve(dir)?;
-    let info = inspect::inspect_log(&dirs.log, strict)?;
+    let info = inspect::inspect_log(&dirs.log, check)?;
     Ok((dirs, info))
 }
 
 fn stats(dir: &Path) -> Result<(), Fail> {
-    let (dirs, info) = open_log(dir, false)?;
+    let (dirs, info) = open_log(dir, Check::Lenient)?;
     println!("log dir:        {}", info.dir.display());
     println!("segments:       {}", info.segments.len());
     let entries = info.entries();
@@ -268,7 +276,7 @@ fn stats(dir: &Path) -> Result<(), Fail> {
 }
 
 fn dump(dir: &Path, from: Option<u64>, to: Option<u64>, json: bool) -> Result<(), Fail> {
-    let (_, info) = open_log(dir, false)?;
+    let (_, info) = open_log(dir, Check::Lenient)?;
     let stdout = io::stdout();
     let mut out = io::BufWriter::new(stdout.lock());
     let mut broken = false;
@@ -318,9 +326,18 @@ fn dump(dir: &Path, from: Option<u64>, to: Option<u64>, json: bool) -> Result<()
     Ok(())
 }
 
-fn verify(dir: &Path) -> Result<(), Fail> {
-    let (dirs, info) = open_log(dir, true)?;
+fn verify(dir: &Path, strict: bool) -> Result<(), Fail> {
+    let check = if strict { Check::Strict } else { Check::Full };
+    let (dirs, info) = open_log(dir, check)?;
     let mut notes = Vec::new();
+    if let Some((p, off, what)) = &info.tail_damage {
+        notes.push(format!(
+            "WARNING: {}: torn tail at byte {off}: {what}; the server cuts it away when it opens \
+             the log (the log ends at index {}; use --strict to treat this as damage)",
+            p.display(),
+            info.last_index()
+        ));
+    }
     let mut hs_desc = String::from("no hard state");
     if let Some(h) = &dirs.hardstate {
         if let Some(hs) = hardstate::read(h.parent().unwrap_or(Path::new(".")))? {

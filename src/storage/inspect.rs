@@ -153,10 +153,23 @@ fn map_ro(path: &Path) -> Result<Mmap, StorageError> {
     unsafe { Mmap::map(&f) }.map_err(|e| io_err(path, e))
 }
 
-/// Scans the log in `log_dir` without modifying it. `strict`: every problem (including a torn
-/// tail and stray bytes after the last record) is an error; otherwise tail damage of the last
-/// segment is reported in `tail_damage`, as `Log::open` would truncate it.
-pub fn inspect_log(log_dir: &Path, strict: bool) -> Result<LogInfo, StorageError> {
+/// How hard `inspect_log` looks and what it forgives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Check {
+    /// As `Log::open` sees the log (`stats`, `dump`): damage at the tail of the last segment
+    /// (a torn write, or stray non-zero bytes after the last record) is reported in
+    /// `LogInfo::tail_damage`; anything else is an error.
+    Lenient,
+    /// `verify`: like `Lenient`, and sealed (non-last) segments must also be all zeros after
+    /// their last record.
+    Full,
+    /// `verify --strict`: every problem is an error, including what `Log::open` would repair.
+    Strict,
+}
+
+/// Scans the log in `log_dir` without modifying it; see [`Check`] for what is an error.
+pub fn inspect_log(log_dir: &Path, check: Check) -> Result<LogInfo, StorageError> {
+    let strict = check == Check::Strict;
     let (snap_index, snap_term) = read_meta(log_dir)?;
     let files = list_segments(log_dir)?;
     let n = files.len();
@@ -189,8 +202,18 @@ pub fn inspect_log(log_dir: &Path, strict: bool) -> Result<LogInfo, StorageError
         )?;
         if let Some((off, what)) = &scan.tail {
             info.tail_damage = Some((path.clone(), *off as u64, what.clone()));
+        } else if scan.dirty_end > scan.end {
+            info.tail_damage = Some((
+                path.clone(),
+                scan.end as u64,
+                format!(
+                    "non-zero bytes after the last record (up to byte {}): unsynced leftovers",
+                    scan.dirty_end
+                ),
+            ));
         }
-        if strict {
+        // The last segment was checked by the scan unless strict; sealed ones get a full check.
+        if strict || (check == Check::Full && !is_last) {
             if let Some(p) = map[scan.end..].iter().position(|&b| b != 0) {
                 return Err(StorageError::Corrupt {
                     path,

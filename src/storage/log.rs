@@ -8,6 +8,7 @@
 //!   logically gone;
 //! - the last segment is the active one; earlier segments were flushed before it was created.
 
+use super::lock::DirLock;
 use super::record::{self, SEG_HEADER_LEN};
 use super::segment::{self, io_err, release_map, Scan, Segment, RELEASE_EVERY};
 use super::{LogOptions, StorageError};
@@ -29,6 +30,9 @@ pub struct Log {
     segs: Vec<Segment>,
     snap_index: u64,
     snap_term: u64,
+    /// Exclusive ownership of `dir` for this Log's lifetime (declared last: released after the
+    /// segments are unmapped).
+    _lock: DirLock,
 }
 
 fn invalid(dir: &Path, msg: String) -> StorageError {
@@ -131,6 +135,8 @@ impl Log {
             ));
         }
         fs::create_dir_all(dir).map_err(|e| io_err(dir, e))?;
+        // Before reading or repairing anything: a second process must not touch the files.
+        let lock = DirLock::acquire(dir)?;
         let (snap_index, snap_term) = read_meta(dir)?;
         let files = list_segments(dir)?;
         let mut segs: Vec<Segment> = Vec::with_capacity(files.len());
@@ -189,6 +195,7 @@ impl Log {
             segs,
             snap_index,
             snap_term,
+            _lock: lock,
         };
         log.apply_snapshot_boundary()?;
         Ok(log)

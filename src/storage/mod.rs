@@ -7,6 +7,7 @@
 //! ```text
 //! DIR/
 //!   log/       segment files `<first index:020>.seg` + `meta` (snapshot boundary)  [log.rs]
+//!              + `LOCK` (flock'd by the open Log: one process per directory)       [lock.rs]
 //!   hardstate  term, vote, commit (two CRC'd slots)                              [hardstate.rs]
 //!   snap/      snapshot files `snap-<index>-<term>.snap` (newest two kept)       [snapshot.rs]
 //! ```
@@ -22,6 +23,7 @@
 
 pub mod hardstate;
 pub mod inspect;
+pub mod lock;
 pub mod log;
 pub mod record;
 pub mod segment;
@@ -80,5 +82,6 @@ impl Default for LogOptions {
 }
 
 pub use hardstate::HardStateFile;
+pub use lock::DirLock;
 pub use log::Log;
 pub use snapshot::{SnapshotReader, SnapshotStore, SnapshotWriter};
