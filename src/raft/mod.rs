@@ -24,7 +24,6 @@
 //! The implementation (modules under `src/raft/`) is the core issue's work.
 
 use crate::pb::raftpb;
-use bytes::Bytes;
 use std::fmt;
 
 pub use raftpb::{ConfState, Entry, EntryType, HardState, Message, SnapshotMeta};
@@ -92,6 +91,23 @@ pub struct Config {
     pub max_uncommitted_bytes: u64,
     /// Seed for election-timeout jitter.
     pub seed: u64,
+    /// TEST ONLY: deliberately break the protocol so the simulator can prove it catches real
+    /// bugs. Always `PlantedBug::None` in production.
+    pub planted_bug: PlantedBug,
+}
+
+/// TEST ONLY: protocol bugs the core can be told to contain, for the simulator's self-test.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PlantedBug {
+    /// Correct behaviour.
+    #[default]
+    None,
+    /// Grants every vote request of its current term, even after voting for someone else
+    /// (breaks "one vote per term": two leaders can win the same term).
+    VoteTwice,
+    /// Commits the highest index stored on a quorum regardless of its term (the Figure 8 bug:
+    /// an old-term entry can be "committed" and later overwritten).
+    CommitOldTerm,
 }
 
 impl Config {
@@ -108,6 +124,7 @@ impl Config {
             max_msg_bytes: 1 << 20,
             max_uncommitted_bytes: 64 << 20,
             seed: id,
+            planted_bug: PlantedBug::None,
         }
     }
 }
@@ -143,6 +160,8 @@ pub enum ProposeError {
     TransferInProgress,
     /// The uncommitted tail is over `max_uncommitted_bytes`.
     Overloaded,
+    /// `lease_read` only: no valid lease (or lease reads disabled); use `read_index`.
+    NoLease,
 }
 
 /// A linearizable read that became safe: serve request `ctx` once applied >= `index`.
@@ -190,96 +209,19 @@ pub struct Status {
     pub progress: Vec<(u64, u64, u64)>,
 }
 
-/// A Raft node. Generic over the log store it reads.
-pub struct RawNode<S: LogStore> {
-    store: S,
-    _cfg: Config,
-}
+// Implementation modules. `RawNode`'s methods are spread over node.rs (state, tick, step
+// dispatch, Ready), election.rs, replication.rs and extras.rs (reads, transfer, snapshots).
+mod election;
+mod extras;
+mod log;
+mod memlog;
+mod node;
+mod progress;
+mod read_only;
+mod replication;
+#[cfg(test)]
+mod tests;
 
-impl<S: LogStore> RawNode<S> {
-    /// Builds a node from durable state. It starts as a follower and stays silent until its
-    /// election timer fires. Errors on an invalid config (id 0, heartbeat >= election, lease
-    /// read without check quorum).
-    pub fn new(cfg: Config, store: S, init: InitialState) -> Result<RawNode<S>, String> {
-        let _ = init;
-        Ok(RawNode { store, _cfg: cfg })
-    }
-    /// Advances logical time by one tick.
-    pub fn tick(&mut self) {
-        todo!()
-    }
-    /// Feeds a message from a peer. Messages from unknown nodes or with stale terms are handled
-    /// as Raft says (ignored or answered), never a panic.
-    pub fn step(&mut self, msg: Message) {
-        let _ = msg;
-        todo!()
-    }
-    /// Proposes a command; on the leader, returns the index it will have.
-    pub fn propose(&mut self, data: Bytes) -> Result<u64, ProposeError> {
-        let _ = data;
-        todo!()
-    }
-    /// Starts a ReadIndex round for request `ctx`; the answer arrives in `Ready::reads`
-    /// (or `Ready::failed_reads`).
-    pub fn read_index(&mut self, ctx: u64) -> Result<(), ProposeError> {
-        let _ = ctx;
-        todo!()
-    }
-    /// Leader-lease read: if this leader holds a valid lease, the index to serve at once.
-    pub fn lease_read(&mut self) -> Result<u64, ProposeError> {
-        todo!()
-    }
-    /// Asks the leader to hand leadership to `to`.
-    pub fn transfer_leader(&mut self, to: u64) {
-        let _ = to;
-        todo!()
-    }
-    /// True if `ready()` would return something.
-    pub fn has_ready(&self) -> bool {
-        todo!()
-    }
-    /// Drains the outputs accumulated since the last call.
-    pub fn ready(&mut self) -> Ready {
-        todo!()
-    }
-    /// Everything up to (index, term) handed out in `Ready::entries` is durable. A stale ack
-    /// (the entry at `index` now has another term) is ignored.
-    pub fn on_persisted(&mut self, index: u64, term: u64) {
-        let _ = (index, term);
-        todo!()
-    }
-    /// The state machine applied everything up to `index`.
-    pub fn on_applied(&mut self, index: u64) {
-        let _ = index;
-        todo!()
-    }
-    /// The follower received and verified a complete snapshot. Returns true if the core
-    /// accepts it: the shell must then reset the log store to it and restore the state machine.
-    /// False: stale (at or below commit), ignore it.
-    pub fn restore_snapshot(&mut self, meta: SnapshotMeta) -> bool {
-        let _ = meta;
-        todo!()
-    }
-    /// The transport could not reach `peer`.
-    pub fn report_unreachable(&mut self, peer: u64) {
-        let _ = peer;
-        todo!()
-    }
-    /// A snapshot stream to `peer` finished (`ok`) or failed.
-    pub fn report_snapshot(&mut self, peer: u64, ok: bool) {
-        let _ = (peer, ok);
-        todo!()
-    }
-    /// Current status.
-    pub fn status(&self) -> Status {
-        todo!()
-    }
-    /// The log store.
-    pub fn store(&self) -> &S {
-        &self.store
-    }
-    /// The log store, for the shell to append, sync and compact.
-    pub fn store_mut(&mut self) -> &mut S {
-        &mut self.store
-    }
-}
+pub use memlog::MemLog;
+pub use node::RawNode;
+pub use progress::ProgressState;

@@ -1,0 +1,205 @@
+//! Reads (ReadIndex and lease), leadership transfer, snapshots and transport reports.
+
+use super::node::RawNode;
+use super::progress::ProgressState;
+use super::{LogStore, ProposeError, ReadState, Role, SnapshotMeta};
+use crate::pb::raftpb::message::Body;
+use crate::pb::raftpb::{InstallSnapshotResponse, Message};
+
+impl<S: LogStore> RawNode<S> {
+    fn not_leader(&self) -> ProposeError {
+        ProposeError::NotLeader {
+            leader: (self.leader != 0).then_some(self.leader),
+        }
+    }
+
+    /// Starts a ReadIndex round for request `ctx`; the answer arrives in `Ready::reads`
+    /// (or `Ready::failed_reads`). Only the leader serves reads; a follower returns
+    /// `NotLeader` (the shell redirects the client).
+    pub fn read_index(&mut self, ctx: u64) -> Result<(), ProposeError> {
+        if self.role != Role::Leader {
+            return Err(self.not_leader());
+        }
+        if !self.committed_own_term() {
+            // The commit index is not known to be current until our no-op commits (§6.4).
+            self.read_only.deferred.push(ctx);
+            return Ok(());
+        }
+        self.start_read(ctx);
+        Ok(())
+    }
+
+    /// Records commit for `ctx` and arranges a tagged heartbeat round to confirm it.
+    pub(super) fn start_read(&mut self, ctx: u64) {
+        let me = self.id();
+        if self.conf.voters.len() == 1 && self.is_voter(me) {
+            self.reads.push(ReadState {
+                ctx,
+                index: self.commit,
+            });
+            return;
+        }
+        self.read_only.add(ctx, self.commit, me);
+        self.pending_read_hb = true;
+    }
+
+    /// Number of reads waiting for confirmation (tests, status).
+    pub fn pending_reads(&self) -> usize {
+        self.read_only.len()
+    }
+
+    /// Leader-lease read: if this leader holds a valid lease, the index to serve at once.
+    /// A lease needs `check_quorum && lease_read`, an entry of this term committed, no transfer
+    /// in progress, and heartbeat acks from a quorum for heartbeats sent less than
+    /// `election_tick - margin` ticks ago (voters ignore other candidates for `election_tick`
+    /// ticks after hearing from us). Otherwise `NoLease`: fall back to `read_index`.
+    pub fn lease_read(&mut self) -> Result<u64, ProposeError> {
+        if self.role != Role::Leader {
+            return Err(self.not_leader());
+        }
+        if !(self.cfg.check_quorum && self.cfg.lease_read) {
+            return Err(ProposeError::NoLease);
+        }
+        if self.transferee != 0 || !self.committed_own_term() {
+            return Err(ProposeError::NoLease);
+        }
+        let margin = (self.cfg.election_tick as u64 / 10).max(1);
+        let window = (self.cfg.election_tick as u64).saturating_sub(margin);
+        let (me, now, fence) = (self.id(), self.now, self.lease_fence);
+        let fresh = |id: u64| {
+            id == me
+                || self.prs.get(&id).is_some_and(|p| {
+                    p.lease_tick
+                        .is_some_and(|t| t >= fence && now.saturating_sub(t) < window)
+                })
+        };
+        if self.has_quorum(fresh) {
+            Ok(self.commit)
+        } else {
+            Err(ProposeError::NoLease)
+        }
+    }
+
+    /// Asks the leader to hand leadership to `to`. Ignored on followers, for non-voters and
+    /// for the current target; `to == self` cancels a pending transfer.
+    pub fn transfer_leader(&mut self, to: u64) {
+        if self.role != Role::Leader {
+            return;
+        }
+        if to == self.id() {
+            self.transferee = 0;
+            return;
+        }
+        if !self.is_voter(to) || !self.prs.contains_key(&to) || self.transferee == to {
+            return;
+        }
+        self.transferee = to;
+        // The transfer gets one election timeout to finish (checked in tick_leader).
+        self.election_elapsed = 0;
+        let caught_up = self
+            .prs
+            .get(&to)
+            .is_some_and(|p| p.matched == self.log.last_index());
+        if caught_up {
+            self.maybe_finish_transfer(to);
+        } else {
+            self.send_append(to, true);
+        }
+    }
+
+    /// Target of a pending leadership transfer (leader only).
+    pub fn pending_transfer(&self) -> Option<u64> {
+        (self.transferee != 0).then_some(self.transferee)
+    }
+
+    /// The follower received and verified a complete snapshot. Returns true if the core
+    /// accepts it: the shell must then reset the log store to it and restore the state machine.
+    /// False: stale (at or below commit), ignore it. If the log already holds the snapshot's
+    /// last entry, commit just moves up to it and false is returned.
+    pub fn restore_snapshot(&mut self, meta: SnapshotMeta) -> bool {
+        if self.role == Role::Leader || meta.index <= self.commit {
+            return false;
+        }
+        if self.log.match_term(meta.index, meta.term) {
+            self.commit = meta.index;
+            return false;
+        }
+        log::info!(
+            "node {} restores snapshot at ({}, {})",
+            self.id(),
+            meta.index,
+            meta.term
+        );
+        self.log.restore(meta.index, meta.term);
+        self.commit = meta.index;
+        self.applied = meta.index;
+        self.handed = meta.index;
+        self.persisted = meta.index;
+        if let Some(conf) = meta.conf {
+            self.conf = conf;
+        }
+        true
+    }
+
+    /// The transport could not reach `peer`: stop pipelining to it.
+    pub fn report_unreachable(&mut self, peer: u64) {
+        if self.role != Role::Leader {
+            return;
+        }
+        if let Some(pr) = self.prs.get_mut(&peer) {
+            if pr.state == ProgressState::Replicate {
+                pr.become_probe();
+            }
+        }
+    }
+
+    /// A snapshot stream to `peer` finished (`ok`) or failed. Either way the peer is probed
+    /// next (after the snapshot on success), paused until its next heartbeat ack.
+    pub fn report_snapshot(&mut self, peer: u64, ok: bool) {
+        if self.role != Role::Leader {
+            return;
+        }
+        if let Some(pr) = self.prs.get_mut(&peer) {
+            if pr.state == ProgressState::Snapshot {
+                if !ok {
+                    pr.pending_snapshot = 0;
+                }
+                pr.become_probe();
+                pr.probe_sent = true;
+            }
+        }
+    }
+
+    /// An InstallSnapshotResponse passed the term checks: hand it to the shell, and if it
+    /// reports the snapshot installed, the follower matches up to its index.
+    pub(super) fn handle_snapshot_response(
+        &mut self,
+        from: u64,
+        term: u64,
+        r: InstallSnapshotResponse,
+    ) {
+        let first_index = self.log.first_index();
+        if r.done && r.success {
+            if let Some(pr) = self.prs.get_mut(&from) {
+                pr.recent_active = true;
+                pr.maybe_update(r.index);
+                if pr.state == ProgressState::Snapshot
+                    && (pr.matched >= pr.pending_snapshot || pr.matched + 1 >= first_index)
+                {
+                    pr.become_probe();
+                    pr.become_replicate();
+                }
+                if self.maybe_commit() {
+                    self.pending_commit_bcast = true;
+                }
+                self.send_append(from, true);
+            }
+        }
+        self.snapshot_msgs.push(Message {
+            from,
+            to: self.id(),
+            term,
+            body: Some(Body::InstallSnapshotResponse(r)),
+        });
+    }
+}

@@ -1,0 +1,548 @@
+//! `RawNode`: state, construction, tick, the `step` dispatcher with Raft's term rules, and
+//! the `Ready` output batch. Role-specific handlers live in election.rs, replication.rs and
+//! extras.rs.
+
+use super::log::RaftLog;
+use super::progress::Progress;
+use super::read_only::ReadOnly;
+use super::{
+    ConfState, Config, HardState, InitialState, LogStore, Message, ReadState, Ready, Role, Status,
+};
+use crate::pb::raftpb::message::Body;
+use crate::pb::raftpb::{HeartbeatResponse, RequestVoteResponse};
+use crate::rng::Rng;
+use std::collections::{BTreeMap, HashMap, VecDeque};
+
+/// A Raft node. Generic over the log store it reads.
+pub struct RawNode<S: LogStore> {
+    pub(super) cfg: Config,
+    pub(super) log: RaftLog<S>,
+    pub(super) rng: Rng,
+
+    // Persistent state (emitted in `Ready::hard_state` whenever it changes).
+    pub(super) term: u64,
+    pub(super) vote: u64,
+    pub(super) commit: u64,
+
+    pub(super) role: Role,
+    /// Known leader of `term` (0 = none).
+    pub(super) leader: u64,
+    pub(super) conf: ConfState,
+    /// Highest index known durable in the local store and matching the current log.
+    pub(super) persisted: u64,
+    /// Highest index the state machine applied.
+    pub(super) applied: u64,
+    /// Highest index handed out in `Ready::committed`.
+    pub(super) handed: u64,
+
+    /// Logical clock (ticks since construction).
+    pub(super) now: u64,
+    pub(super) election_elapsed: u32,
+    pub(super) heartbeat_elapsed: u32,
+    pub(super) randomized_timeout: u32,
+    /// With lease reads on: a freshly started node refuses votes for one election timeout,
+    /// because it forgot whether it promised a leader not to (its lease).
+    pub(super) quiet_boot: bool,
+
+    /// Votes (or pre-votes) received in the current campaign, self included.
+    pub(super) votes: HashMap<u64, bool>,
+    /// Leader only: progress of every other member.
+    pub(super) prs: BTreeMap<u64, Progress>,
+    pub(super) read_only: ReadOnly,
+    /// Leader only: target of a pending leadership transfer (0 = none).
+    pub(super) transferee: u64,
+    /// Leader only: lease acks for heartbeats sent before this tick do not count.
+    pub(super) lease_fence: u64,
+    /// Leader only: (index, payload bytes) of uncommitted proposals, for max_uncommitted_bytes.
+    pub(super) uncommitted: VecDeque<(u64, u64)>,
+    pub(super) uncommitted_bytes: u64,
+    /// Leader only: new entries to broadcast at the next `ready()` (batches proposals).
+    pub(super) pending_bcast: bool,
+    /// Leader only: commit advanced; tell followers at the next `ready()`.
+    pub(super) pending_commit_bcast: bool,
+    /// Leader only: a new ReadIndex round needs its tagged heartbeat.
+    pub(super) pending_read_hb: bool,
+
+    /// Last hard state handed out.
+    pub(super) prev_hs: HardState,
+    // Outputs accumulated for the next Ready.
+    pub(super) msgs: Vec<Message>,
+    pub(super) reads: Vec<ReadState>,
+    pub(super) failed_reads: Vec<u64>,
+    pub(super) snapshot_sends: Vec<u64>,
+    pub(super) snapshot_msgs: Vec<Message>,
+}
+
+impl<S: LogStore> RawNode<S> {
+    /// Builds a node from durable state. It starts as a follower and stays silent until its
+    /// election timer fires. Errors on an invalid config (id 0, heartbeat >= election, lease
+    /// read without check quorum).
+    pub fn new(cfg: Config, store: S, init: InitialState) -> Result<RawNode<S>, String> {
+        if cfg.id == 0 {
+            return Err("raft config: id must be non-zero".into());
+        }
+        if cfg.election_tick == 0 || cfg.heartbeat_tick == 0 {
+            return Err("raft config: election_tick and heartbeat_tick must be > 0".into());
+        }
+        if cfg.heartbeat_tick >= cfg.election_tick {
+            return Err(format!(
+                "raft config: heartbeat_tick {} must be < election_tick {}",
+                cfg.heartbeat_tick, cfg.election_tick
+            ));
+        }
+        if cfg.lease_read && !cfg.check_quorum {
+            return Err("raft config: lease_read requires check_quorum".into());
+        }
+        if cfg.max_inflight_msgs == 0 {
+            return Err("raft config: max_inflight_msgs must be > 0".into());
+        }
+        let log = RaftLog::new(store);
+        let (snap_index, _) = log.snapshot_index_term();
+        let last = log.last_index();
+        let hs = init.hard_state;
+        if hs.commit > last {
+            log::warn!(
+                "node {}: persisted commit {} above last log index {last}; capping",
+                cfg.id,
+                hs.commit
+            );
+        }
+        let applied = init.applied.max(snap_index).min(last);
+        let commit = hs.commit.min(last).max(applied);
+        let mut rng = Rng::new(cfg.seed);
+        let randomized_timeout =
+            rng.range(cfg.election_tick as u64, 2 * cfg.election_tick as u64) as u32;
+        let quiet_boot = cfg.lease_read;
+        Ok(RawNode {
+            prev_hs: HardState {
+                term: hs.term,
+                vote: hs.vote,
+                commit,
+            },
+            term: hs.term,
+            vote: hs.vote,
+            commit,
+            role: Role::Follower,
+            leader: 0,
+            conf: init.conf,
+            persisted: last,
+            applied,
+            handed: applied,
+            now: 0,
+            election_elapsed: 0,
+            heartbeat_elapsed: 0,
+            randomized_timeout,
+            quiet_boot,
+            votes: HashMap::new(),
+            prs: BTreeMap::new(),
+            read_only: ReadOnly::default(),
+            transferee: 0,
+            lease_fence: 0,
+            uncommitted: VecDeque::new(),
+            uncommitted_bytes: 0,
+            pending_bcast: false,
+            pending_commit_bcast: false,
+            pending_read_hb: false,
+            msgs: Vec::new(),
+            reads: Vec::new(),
+            failed_reads: Vec::new(),
+            snapshot_sends: Vec::new(),
+            snapshot_msgs: Vec::new(),
+            cfg,
+            log,
+            rng,
+        })
+    }
+
+    // ----- small helpers -----
+
+    pub(super) fn id(&self) -> u64 {
+        self.cfg.id
+    }
+
+    pub(super) fn is_voter(&self, id: u64) -> bool {
+        self.conf.voters.contains(&id)
+    }
+
+    pub(super) fn quorum(&self) -> usize {
+        self.conf.voters.len() / 2 + 1
+    }
+
+    /// True if the ids in `set` (non-voters ignored) form a quorum of voters.
+    pub(super) fn has_quorum(&self, set: impl Fn(u64) -> bool) -> bool {
+        let n = self.conf.voters.iter().filter(|&&v| set(v)).count();
+        n >= self.quorum()
+    }
+
+    pub(super) fn send(&mut self, to: u64, body: Body) {
+        let term = self.term;
+        self.send_at(to, term, body);
+    }
+
+    pub(super) fn send_at(&mut self, to: u64, term: u64, body: Body) {
+        self.msgs.push(Message {
+            from: self.cfg.id,
+            to,
+            term,
+            body: Some(body),
+        });
+    }
+
+    pub(super) fn reset_randomized_timeout(&mut self) {
+        let t = self.cfg.election_tick as u64;
+        self.randomized_timeout = self.rng.range(t, 2 * t) as u32;
+    }
+
+    /// Common part of every role change: adopt `term` (clearing the vote if it is new), forget
+    /// the leader, restart the timers, and drop all leader-only state.
+    pub(super) fn reset(&mut self, term: u64) {
+        if self.term != term {
+            self.term = term;
+            self.vote = 0;
+        }
+        self.leader = 0;
+        self.election_elapsed = 0;
+        self.heartbeat_elapsed = 0;
+        self.reset_randomized_timeout();
+        self.votes.clear();
+        self.transferee = 0;
+        if self.role == Role::Leader {
+            let failed = self.read_only.fail_all();
+            self.failed_reads.extend(failed);
+            self.prs.clear();
+            self.uncommitted.clear();
+            self.uncommitted_bytes = 0;
+            self.pending_bcast = false;
+            self.pending_commit_bcast = false;
+            self.pending_read_hb = false;
+        }
+    }
+
+    pub(super) fn become_follower(&mut self, term: u64, leader: u64) {
+        self.reset(term);
+        self.role = Role::Follower;
+        self.leader = leader;
+    }
+
+    /// The leader has committed an entry of its own term (reads and leases need this).
+    pub(super) fn committed_own_term(&self) -> bool {
+        self.log
+            .term(self.commit)
+            .map(|t| t == self.term)
+            .unwrap_or(false)
+    }
+
+    // ----- inputs -----
+
+    /// Advances logical time by one tick.
+    pub fn tick(&mut self) {
+        self.now += 1;
+        if self.role == Role::Leader {
+            self.tick_leader();
+        } else {
+            self.tick_election();
+        }
+    }
+
+    fn tick_election(&mut self) {
+        self.election_elapsed = self.election_elapsed.saturating_add(1);
+        if self.election_elapsed >= self.cfg.election_tick {
+            self.quiet_boot = false;
+        }
+        if self.election_elapsed >= self.randomized_timeout {
+            self.election_elapsed = 0;
+            self.reset_randomized_timeout();
+            if self.is_voter(self.id()) {
+                self.campaign(false);
+            }
+        }
+    }
+
+    fn tick_leader(&mut self) {
+        self.heartbeat_elapsed += 1;
+        self.election_elapsed += 1;
+        if self.election_elapsed >= self.cfg.election_tick {
+            self.election_elapsed = 0;
+            if self.cfg.check_quorum {
+                let me = self.id();
+                let active =
+                    |id: u64| id == me || self.prs.get(&id).is_some_and(|p| p.recent_active);
+                if !self.has_quorum(active) {
+                    log::info!(
+                        "node {} steps down: no quorum heard in term {}",
+                        me,
+                        self.term
+                    );
+                    self.become_follower(self.term, 0);
+                    return;
+                }
+                for pr in self.prs.values_mut() {
+                    pr.recent_active = false;
+                }
+            }
+            // A transfer that did not finish within an election timeout is abandoned.
+            self.transferee = 0;
+        }
+        if self.heartbeat_elapsed >= self.cfg.heartbeat_tick {
+            self.heartbeat_elapsed = 0;
+            let seq = self.read_only.last_seq();
+            self.bcast_heartbeat(seq);
+        }
+    }
+
+    /// Feeds a message from a peer. Messages from unknown nodes or with stale terms are handled
+    /// as Raft says (ignored or answered), never a panic.
+    pub fn step(&mut self, m: Message) {
+        if m.to != self.id() || m.from == self.id() || m.from == 0 {
+            return;
+        }
+        let Some(body) = m.body else { return };
+        let (from, mterm) = (m.from, m.term);
+
+        // Term rules (Raft §5.1), with the PreVote / CheckQuorum exceptions.
+        if mterm > self.term {
+            match &body {
+                Body::RequestVote(rv) => {
+                    if !self.is_voter(from) {
+                        // Servers outside the configuration cannot move our term (hashicorp/raft#526).
+                        return;
+                    }
+                    if self.in_lease() && !rv.transfer {
+                        // We heard from a leader recently: ignore a disruptive candidate (Q2).
+                        return;
+                    }
+                    if !rv.pre_vote {
+                        self.become_follower(mterm, 0);
+                    }
+                }
+                Body::RequestVoteResponse(r) if r.pre_vote && r.granted => {
+                    // Granted pre-votes carry the term we asked for; nothing to adopt.
+                }
+                Body::AppendEntries(_)
+                | Body::Heartbeat(_)
+                | Body::InstallSnapshot(_)
+                | Body::TimeoutNow(_) => self.become_follower(mterm, from),
+                _ => self.become_follower(mterm, 0),
+            }
+        } else if mterm < self.term {
+            match &body {
+                Body::AppendEntries(_) | Body::Heartbeat(_) | Body::InstallSnapshot(_) => {
+                    // A deposed leader: tell it our term so it steps down (Q3).
+                    self.send(
+                        from,
+                        Body::HeartbeatResponse(HeartbeatResponse {
+                            context: 0,
+                            lease_tick: 0,
+                        }),
+                    );
+                }
+                Body::RequestVote(rv) => {
+                    // Refuse explicitly so a lagging (pre-)candidate learns the term (V5).
+                    self.send(
+                        from,
+                        Body::RequestVoteResponse(RequestVoteResponse {
+                            pre_vote: rv.pre_vote,
+                            granted: false,
+                        }),
+                    );
+                }
+                _ => {}
+            }
+            return;
+        }
+
+        match body {
+            Body::RequestVote(rv) => self.handle_vote_request(from, mterm, rv),
+            Body::RequestVoteResponse(r) => self.handle_vote_response(from, mterm, r),
+            Body::AppendEntries(ae) => {
+                if self.accept_leader(from) {
+                    self.handle_append(from, ae);
+                }
+            }
+            Body::Heartbeat(hb) => {
+                if self.accept_leader(from) {
+                    self.handle_heartbeat(from, hb);
+                }
+            }
+            Body::InstallSnapshot(is) => {
+                if self.accept_leader(from) {
+                    self.snapshot_msgs.push(Message {
+                        from,
+                        to: self.id(),
+                        term: mterm,
+                        body: Some(Body::InstallSnapshot(is)),
+                    });
+                }
+            }
+            Body::AppendEntriesResponse(r) => {
+                if self.role == Role::Leader {
+                    self.handle_append_response(from, r);
+                }
+            }
+            Body::HeartbeatResponse(r) => {
+                if self.role == Role::Leader {
+                    self.handle_heartbeat_response(from, r);
+                }
+            }
+            Body::InstallSnapshotResponse(r) => {
+                if self.role == Role::Leader {
+                    self.handle_snapshot_response(from, mterm, r);
+                }
+            }
+            Body::TimeoutNow(_) => {
+                if self.role != Role::Leader && self.leader == from {
+                    self.handle_timeout_now();
+                }
+            }
+        }
+    }
+
+    /// A leader-only message at our term from `from`: follow it. False if we are the leader
+    /// ourselves (two leaders in a term cannot happen; ignore defensively).
+    fn accept_leader(&mut self, from: u64) -> bool {
+        if self.role == Role::Leader {
+            log::error!(
+                "node {}: leader message from {from} in own leadership term {}",
+                self.id(),
+                self.term
+            );
+            return false;
+        }
+        if self.role != Role::Follower {
+            self.become_follower(self.term, from);
+        }
+        self.leader = from;
+        self.election_elapsed = 0;
+        true
+    }
+
+    /// A follower that heard from its leader within the election timeout (CheckQuorum on)
+    /// refuses to be disrupted by vote requests.
+    pub(super) fn in_lease(&self) -> bool {
+        self.cfg.check_quorum
+            && (self.leader != 0 || self.quiet_boot)
+            && self.election_elapsed < self.cfg.election_tick
+    }
+
+    /// Everything up to (index, term) handed out in `Ready::entries` is durable. A stale ack
+    /// (the entry at `index` now has another term) is ignored.
+    pub fn on_persisted(&mut self, index: u64, term: u64) {
+        if !self.log.stable_to(index, term) {
+            return;
+        }
+        if index > self.persisted {
+            self.persisted = index;
+            if self.role == Role::Leader && self.maybe_commit() {
+                self.pending_commit_bcast = true;
+            }
+        }
+    }
+
+    /// The state machine applied everything up to `index`.
+    pub fn on_applied(&mut self, index: u64) {
+        self.applied = self.applied.max(index);
+    }
+
+    // ----- outputs -----
+
+    fn hard_state(&self) -> HardState {
+        HardState {
+            term: self.term,
+            vote: self.vote,
+            commit: self.commit,
+        }
+    }
+
+    fn committed_available(&self) -> bool {
+        self.handed < self.commit.min(self.log.last_index())
+    }
+
+    /// True if `ready()` would return something.
+    pub fn has_ready(&self) -> bool {
+        self.hard_state() != self.prev_hs
+            || self.log.has_unemitted()
+            || !self.msgs.is_empty()
+            || self.committed_available()
+            || !self.reads.is_empty()
+            || !self.failed_reads.is_empty()
+            || !self.snapshot_sends.is_empty()
+            || !self.snapshot_msgs.is_empty()
+            || (self.role == Role::Leader
+                && (self.pending_bcast || self.pending_commit_bcast || self.pending_read_hb))
+    }
+
+    /// Drains the outputs accumulated since the last call.
+    pub fn ready(&mut self) -> Ready {
+        if self.role == Role::Leader {
+            if self.pending_bcast || self.pending_commit_bcast {
+                let if_empty = self.pending_commit_bcast;
+                self.pending_bcast = false;
+                self.pending_commit_bcast = false;
+                self.bcast_append(if_empty);
+            }
+            if self.pending_read_hb {
+                self.pending_read_hb = false;
+                let seq = self.read_only.last_seq();
+                self.bcast_heartbeat(seq);
+            }
+        }
+        let mut rd = Ready::default();
+        let hs = self.hard_state();
+        if hs != self.prev_hs {
+            rd.hard_state = Some(hs);
+            self.prev_hs = hs;
+        }
+        rd.entries = self.log.take_unemitted();
+        rd.messages = std::mem::take(&mut self.msgs);
+        if self.committed_available() {
+            let hi = self.commit.min(self.log.last_index());
+            let max = self.cfg.max_msg_bytes.max(1 << 20);
+            match self.log.entries(self.handed + 1, hi + 1, max) {
+                Ok(ents) => {
+                    if let Some(last) = ents.last() {
+                        self.handed = last.index;
+                    }
+                    rd.committed = ents;
+                }
+                Err(e) => log::error!(
+                    "node {}: cannot read committed entries {}..={hi}: {e}",
+                    self.id(),
+                    self.handed + 1
+                ),
+            }
+        }
+        rd.reads = std::mem::take(&mut self.reads);
+        rd.failed_reads = std::mem::take(&mut self.failed_reads);
+        rd.snapshot_sends = std::mem::take(&mut self.snapshot_sends);
+        rd.snapshot_msgs = std::mem::take(&mut self.snapshot_msgs);
+        rd
+    }
+
+    /// Current status.
+    pub fn status(&self) -> Status {
+        Status {
+            id: self.id(),
+            role: self.role,
+            term: self.term,
+            leader: (self.leader != 0).then_some(self.leader),
+            commit: self.commit,
+            applied: self.applied,
+            conf: self.conf.clone(),
+            progress: self
+                .prs
+                .iter()
+                .map(|(&id, p)| (id, p.matched, p.next))
+                .collect(),
+        }
+    }
+
+    /// The log store.
+    pub fn store(&self) -> &S {
+        &self.log.store
+    }
+
+    /// The log store, for the shell to append, sync and compact.
+    pub fn store_mut(&mut self) -> &mut S {
+        &mut self.log.store
+    }
+}
