@@ -1,0 +1,344 @@
+//! Blocking client library (std sockets) used by the CLI, the bench tool and tests.
+//!
+//! API CONTRACT: the public items below are what the CLI, bench and tests program against.
+//! Follows NotLeader redirects, retries with backoff within a deadline, and keeps one session id
+//! so retried writes stay exactly-once.
+//!
+//! Protocol use (see docs/kv.md): one connection at a time, one request in flight. Every write
+//! gets the next `seq` of this client's session; every retry of that write (after an I/O error,
+//! a redirect, or a retryable error code) resends the same `seq`, so the cluster applies it at
+//! most once. Once a write's outcome is final for the client (success, a non-retryable error, or
+//! giving up at the deadline) it never resends that seq and acknowledges it (`acked_seq`), so the
+//! server may forget the saved result — and a stale copy still in flight is then rejected rather
+//! than applied late.
+
+mod conn;
+
+use crate::pb::kvpb;
+use crate::rng::Rng;
+use conn::{Backoff, Conn};
+use kvpb::request::Op;
+use kvpb::response::Result as R;
+use std::time::{Duration, Instant};
+
+/// Client errors.
+#[derive(Debug)]
+pub enum ClientError {
+    /// No endpoint answered within the deadline.
+    Timeout(String),
+    /// The server rejected the request (bad request, too large, ...).
+    Server(kvpb::Error),
+    /// Transport failure on every endpoint.
+    Io(std::io::Error),
+}
+
+impl std::fmt::Display for ClientError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ClientError::Timeout(s) => write!(f, "timed out: {s}"),
+            ClientError::Server(e) => write!(f, "server error {:?}: {}", e.code(), e.message),
+            ClientError::Io(e) => write!(f, "I/O error: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for ClientError {}
+
+/// Client options.
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    /// Overall deadline per operation, retries included.
+    pub timeout: Duration,
+    /// Consistency for reads.
+    pub consistency: kvpb::Consistency,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        ClientOptions {
+            timeout: Duration::from_secs(5),
+            consistency: kvpb::Consistency::Linearizable,
+        }
+    }
+}
+
+/// Consecutive redirects followed without a pause (more means the hints go in circles, e.g.
+/// during an election; then we back off between them).
+const MAX_FREE_REDIRECTS: u32 = 3;
+
+/// A connection to a cluster.
+pub struct Client {
+    endpoints: Vec<String>,
+    opts: ClientOptions,
+    /// The open connection, if any (to the last node that answered).
+    conn: Option<Conn>,
+    /// Endpoint to try next when there is no connection and no leader hint.
+    next_endpoint: usize,
+    /// Where the last NOT_LEADER said the leader is.
+    leader_hint: Option<String>,
+    /// Session id: random, nonzero, fixed for the client's life.
+    client_id: u64,
+    /// Last seq handed out to a write.
+    seq: u64,
+    /// Every seq <= acked_seq is finished for this client.
+    acked_seq: u64,
+    /// Last request id used.
+    request_id: u64,
+    rng: Rng,
+}
+
+/// A seed that differs between clients: clock, process id and a per-process counter.
+fn fresh_seed() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    nanos
+        ^ ((std::process::id() as u64) << 32)
+        ^ COUNTER.fetch_add(1, Ordering::Relaxed).rotate_left(48)
+}
+
+impl Client {
+    /// A client for the given `HOST:PORT` client endpoints (connects lazily).
+    pub fn new(endpoints: Vec<String>, opts: ClientOptions) -> Client {
+        let mut rng = Rng::new(fresh_seed());
+        let mut client_id = 0;
+        while client_id == 0 {
+            client_id = rng.next_u64();
+        }
+        Client {
+            endpoints,
+            opts,
+            conn: None,
+            next_endpoint: 0,
+            leader_hint: None,
+            client_id,
+            seq: 0,
+            acked_seq: 0,
+            request_id: 0,
+            rng,
+        }
+    }
+
+    /// This client's session id (nonzero).
+    pub fn client_id(&self) -> u64 {
+        self.client_id
+    }
+
+    pub fn put(&mut self, key: &[u8], value: &[u8]) -> Result<kvpb::PutResponse, ClientError> {
+        let op = Op::Put(kvpb::Put {
+            key: key.to_vec().into(),
+            value: value.to_vec().into(),
+        });
+        match self.write(op)? {
+            R::Put(r) => Ok(r),
+            other => Err(unexpected("put", other)),
+        }
+    }
+
+    pub fn get(&mut self, key: &[u8]) -> Result<kvpb::GetResponse, ClientError> {
+        let op = Op::Get(kvpb::Get {
+            key: key.to_vec().into(),
+        });
+        match self.call(op, 0)? {
+            R::Get(r) => Ok(r),
+            other => Err(unexpected("get", other)),
+        }
+    }
+
+    pub fn delete(&mut self, key: &[u8]) -> Result<kvpb::DeleteResponse, ClientError> {
+        let op = Op::Delete(kvpb::Delete {
+            key: key.to_vec().into(),
+        });
+        match self.write(op)? {
+            R::Delete(r) => Ok(r),
+            other => Err(unexpected("delete", other)),
+        }
+    }
+
+    pub fn cas(&mut self, cas: kvpb::Cas) -> Result<kvpb::CasResponse, ClientError> {
+        match self.write(Op::Cas(cas))? {
+            R::Cas(r) => Ok(r),
+            other => Err(unexpected("cas", other)),
+        }
+    }
+
+    pub fn scan(&mut self, scan: kvpb::Scan) -> Result<kvpb::ScanResponse, ClientError> {
+        match self.call(Op::Scan(scan), 0)? {
+            R::Scan(r) => Ok(r),
+            other => Err(unexpected("scan", other)),
+        }
+    }
+
+    /// Status of one specific endpoint (no redirect, no retry; own short-lived connection).
+    pub fn status(&mut self, endpoint: &str) -> Result<kvpb::StatusResponse, ClientError> {
+        let deadline = Instant::now() + self.opts.timeout;
+        let req = self.request(Op::Status(kvpb::StatusRequest {}), 0);
+        let resp = Conn::connect(endpoint, deadline)
+            .and_then(|mut c| c.call(&req, deadline))
+            .map_err(|e| io_error(endpoint, e))?;
+        match resp.result {
+            Some(R::Status(s)) => Ok(s),
+            Some(R::Error(e)) => Err(ClientError::Server(e)),
+            other => Err(unexpected_opt("status", other)),
+        }
+    }
+
+    /// Status of the leader: asks the cluster (with the usual retries), then follows the
+    /// answering node's `leader_addr` once if that node is not the leader.
+    pub fn leader_status(&mut self) -> Result<kvpb::StatusResponse, ClientError> {
+        let s = match self.call(Op::Status(kvpb::StatusRequest {}), 0)? {
+            R::Status(s) => s,
+            other => return Err(unexpected("status", other)),
+        };
+        if s.role == "leader" || s.leader_addr.is_empty() {
+            return Ok(s);
+        }
+        let addr = s.leader_addr.clone();
+        self.status(&addr)
+    }
+
+    /// A write: takes the next seq, runs it to a final outcome, then acknowledges it.
+    fn write(&mut self, op: Op) -> Result<R, ClientError> {
+        self.seq += 1;
+        let seq = self.seq;
+        let out = self.call(op, seq);
+        // Whatever happened, this seq is never sent again.
+        self.acked_seq = seq;
+        out
+    }
+
+    fn request(&mut self, op: Op, seq: u64) -> kvpb::Request {
+        self.request_id += 1;
+        kvpb::Request {
+            id: self.request_id,
+            client_id: self.client_id,
+            seq,
+            acked_seq: self.acked_seq,
+            consistency: self.opts.consistency as i32,
+            op: Some(op),
+        }
+    }
+
+    /// Sends `op` (with write seq `seq`, 0 for reads) until it gets a final answer or the
+    /// deadline passes.
+    fn call(&mut self, op: Op, seq: u64) -> Result<R, ClientError> {
+        if self.endpoints.is_empty() {
+            return Err(ClientError::Io(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "client has no endpoints",
+            )));
+        }
+        let deadline = Instant::now() + self.opts.timeout;
+        let mut backoff = Backoff::new();
+        let mut redirects = 0u32;
+        let mut last_problem = String::from("no attempt made");
+        loop {
+            if Instant::now() >= deadline {
+                return Err(ClientError::Timeout(format!(
+                    "no answer within {:?}; last problem: {last_problem}",
+                    self.opts.timeout
+                )));
+            }
+            let mut conn = match self.conn.take() {
+                Some(c) => c,
+                None => {
+                    let addr = self.pick_endpoint();
+                    match Conn::connect(&addr, deadline) {
+                        Ok(c) => c,
+                        Err(e) => {
+                            last_problem = format!("connect to {addr}: {e}");
+                            log::debug!("client: {last_problem}");
+                            backoff.sleep(&mut self.rng, deadline);
+                            continue;
+                        }
+                    }
+                }
+            };
+            let req = self.request(op.clone(), seq);
+            let resp = match conn.call(&req, deadline) {
+                Ok(r) => r,
+                Err(e) => {
+                    // The connection is in an unknown state: drop it, try the next endpoint.
+                    last_problem = format!("request to {}: {e}", conn.addr);
+                    log::debug!("client: {last_problem}");
+                    backoff.sleep(&mut self.rng, deadline);
+                    continue;
+                }
+            };
+            let err = match resp.result {
+                Some(R::Error(e)) => e,
+                Some(r) => {
+                    self.conn = Some(conn);
+                    return Ok(r);
+                }
+                None => {
+                    last_problem = format!("empty response from {}", conn.addr);
+                    backoff.sleep(&mut self.rng, deadline);
+                    continue;
+                }
+            };
+            last_problem = format!(
+                "{} from {}: {}",
+                err.code().as_str_name(),
+                conn.addr,
+                err.message
+            );
+            log::debug!("client: {last_problem}");
+            use kvpb::ErrorCode as C;
+            match err.code() {
+                C::NotLeader => {
+                    // Drop the connection; go to the named leader, else the next endpoint.
+                    if !err.leader_addr.is_empty() && err.leader_addr != conn.addr {
+                        self.leader_hint = Some(err.leader_addr);
+                    }
+                    redirects += 1;
+                    if redirects > MAX_FREE_REDIRECTS || self.leader_hint.is_none() {
+                        backoff.sleep(&mut self.rng, deadline);
+                    }
+                }
+                C::Unavailable | C::Timeout | C::Uncertain => {
+                    // Same node, same seq, after a pause.
+                    self.conn = Some(conn);
+                    backoff.sleep(&mut self.rng, deadline);
+                }
+                C::ShuttingDown => backoff.sleep(&mut self.rng, deadline),
+                C::BadRequest | C::TooLarge | C::Internal | C::ErrorUnknown => {
+                    self.conn = Some(conn);
+                    return Err(ClientError::Server(err));
+                }
+            }
+        }
+    }
+
+    /// The leader hint if there is one, else the next endpoint in round-robin order.
+    fn pick_endpoint(&mut self) -> String {
+        if let Some(h) = self.leader_hint.take() {
+            return h;
+        }
+        let addr = self.endpoints[self.next_endpoint % self.endpoints.len()].clone();
+        self.next_endpoint = (self.next_endpoint + 1) % self.endpoints.len();
+        addr
+    }
+}
+
+fn io_error(endpoint: &str, e: std::io::Error) -> ClientError {
+    use std::io::ErrorKind as K;
+    match e.kind() {
+        K::TimedOut | K::WouldBlock => ClientError::Timeout(format!("{endpoint}: {e}")),
+        _ => ClientError::Io(std::io::Error::new(e.kind(), format!("{endpoint}: {e}"))),
+    }
+}
+
+fn unexpected(what: &str, r: R) -> ClientError {
+    unexpected_opt(what, Some(r))
+}
+
+fn unexpected_opt(what: &str, r: Option<R>) -> ClientError {
+    ClientError::Server(kvpb::Error {
+        code: kvpb::ErrorCode::ErrorUnknown as i32,
+        message: format!("unexpected answer to {what}: {r:?}"),
+        ..Default::default()
+    })
+}

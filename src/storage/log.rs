@@ -1,0 +1,494 @@
+//! The segmented log: a directory of preallocated, memory-mapped segment files plus a small
+//! `meta` file recording the snapshot boundary.
+//!
+//! Invariants (after `open` and every operation):
+//! - `segs` is non-empty, sorted, and the segments hold contiguous indexes;
+//! - `segs[0].first_index <= snap_index + 1 <= last_index + 1`: entries at or below the snapshot
+//!   index may still be physically present (compaction deletes whole segments only) but are
+//!   logically gone;
+//! - the last segment is the active one; earlier segments were flushed before it was created.
+
+use super::record::{self, SEG_HEADER_LEN};
+use super::segment::{self, io_err, release_map, Scan, Segment, RELEASE_EVERY};
+use super::{LogOptions, StorageError};
+use crate::raft::{Entry, LogError, LogStore};
+use prost::Message;
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+pub const META_FILE: &str = "meta";
+const META_TMP: &str = "meta.tmp";
+const META_MAGIC: &[u8; 8] = b"RKVMETA1";
+const META_LEN: usize = 32;
+
+/// The segmented append-only log.
+pub struct Log {
+    dir: PathBuf,
+    opts: LogOptions,
+    segs: Vec<Segment>,
+    snap_index: u64,
+    snap_term: u64,
+    /// A segment file was created since the last sync: the directory must be fsynced.
+    dir_dirty: bool,
+}
+
+fn invalid(dir: &Path, msg: String) -> StorageError {
+    StorageError::Io {
+        path: dir.to_path_buf(),
+        err: std::io::Error::new(std::io::ErrorKind::InvalidInput, msg),
+    }
+}
+
+/// fsyncs a directory so renames, creations and deletions in it are durable.
+pub fn sync_dir(dir: &Path) -> Result<(), StorageError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| io_err(dir, e))
+}
+
+/// Encodes the meta file: magic, snapshot index, snapshot term, CRC32 of bytes 0..24, 4 zero bytes.
+fn encode_meta(index: u64, term: u64) -> [u8; META_LEN] {
+    let mut b = [0u8; META_LEN];
+    b[0..8].copy_from_slice(META_MAGIC);
+    b[8..16].copy_from_slice(&index.to_le_bytes());
+    b[16..24].copy_from_slice(&term.to_le_bytes());
+    let crc = crc32fast::hash(&b[0..24]);
+    b[24..28].copy_from_slice(&crc.to_le_bytes());
+    b
+}
+
+/// Reads the snapshot boundary from `dir/meta`; (0, 0) when the file does not exist.
+pub fn read_meta(dir: &Path) -> Result<(u64, u64), StorageError> {
+    let path = dir.join(META_FILE);
+    let b = match fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((0, 0)),
+        Err(e) => return Err(io_err(&path, e)),
+    };
+    let corrupt = |offset: u64, what: &str| StorageError::Corrupt {
+        path: path.clone(),
+        offset,
+        what: what.to_string(),
+    };
+    if b.len() != META_LEN {
+        return Err(corrupt(
+            0,
+            &format!("meta file is {} bytes, expected {META_LEN}", b.len()),
+        ));
+    }
+    if &b[0..8] != META_MAGIC {
+        return Err(corrupt(0, "bad meta magic"));
+    }
+    if crc32fast::hash(&b[0..24]) != record::le_u32(&b, 24) {
+        return Err(corrupt(24, "meta CRC mismatch"));
+    }
+    Ok((record::le_u64(&b, 8), record::le_u64(&b, 16)))
+}
+
+/// Durably replaces `dir/meta` (temp file + fsync + rename + fsync dir).
+fn write_meta(dir: &Path, index: u64, term: u64) -> Result<(), StorageError> {
+    let tmp = dir.join(META_TMP);
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&tmp)
+        .map_err(|e| io_err(&tmp, e))?;
+    f.write_all(&encode_meta(index, term))
+        .and_then(|_| f.sync_all())
+        .map_err(|e| io_err(&tmp, e))?;
+    let path = dir.join(META_FILE);
+    fs::rename(&tmp, &path).map_err(|e| io_err(&path, e))?;
+    sync_dir(dir)
+}
+
+/// Segment files in `dir`, sorted by first index.
+pub fn list_segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>, StorageError> {
+    let mut v = Vec::new();
+    for ent in fs::read_dir(dir).map_err(|e| io_err(dir, e))? {
+        let ent = ent.map_err(|e| io_err(dir, e))?;
+        let name = ent.file_name();
+        if let Some(first) = name.to_str().and_then(segment::parse_name) {
+            v.push((first, ent.path()));
+        }
+    }
+    v.sort();
+    Ok(v)
+}
+
+impl Log {
+    /// Opens (or creates) the log in `dir`, recovering from a torn tail. Does not load entries
+    /// into memory: it keeps one 4-byte offset per entry.
+    pub fn open(dir: &Path, opts: LogOptions) -> Result<Log, StorageError> {
+        let min = (SEG_HEADER_LEN + record::REC_HEADER_LEN) as u64;
+        if opts.segment_size < min || opts.segment_size > u32::MAX as u64 {
+            return Err(invalid(
+                dir,
+                format!("segment size {} out of range", opts.segment_size),
+            ));
+        }
+        fs::create_dir_all(dir).map_err(|e| io_err(dir, e))?;
+        let (snap_index, snap_term) = read_meta(dir)?;
+        let files = list_segments(dir)?;
+        let mut segs: Vec<Segment> = Vec::with_capacity(files.len());
+        let n = files.len();
+        let mut prev_term = 0;
+        for (i, (_, path)) in files.into_iter().enumerate() {
+            let is_last = i + 1 == n;
+            let (file, map) = Segment::open_raw(&path)?;
+            if is_last && record::decode_seg_header(&map).is_err() && map.iter().all(|&b| b == 0) {
+                // A segment whose creation was cut short by a crash: it never held data.
+                ::log::warn!(
+                    "{}: empty segment with an unwritten header (torn creation); removing it",
+                    path.display()
+                );
+                drop(map);
+                fs::remove_file(&path).map_err(|e| io_err(&path, e))?;
+                sync_dir(dir)?;
+                continue;
+            }
+            let expect = segs.last().map(|s| s.last_index() + 1);
+            let mut released = 0;
+            let scan: Scan = segment::scan(&path, &map, expect, prev_term, is_last, &mut |upto| {
+                release_map(&map, released, upto);
+                released = upto;
+            })?;
+            let mut map = map;
+            if scan.dirty_end > scan.end {
+                match &scan.tail {
+                    Some((off, what)) => ::log::warn!(
+                        "{}: torn tail at byte {off}: {what}; truncating the log to index {}",
+                        path.display(),
+                        scan.first_index + scan.offsets.len() as u64 - 1
+                    ),
+                    None => ::log::warn!(
+                        "{}: stray bytes after the last record at byte {}; clearing them",
+                        path.display(),
+                        scan.end
+                    ),
+                }
+                map[scan.end..scan.dirty_end].fill(0);
+                map.flush_range(scan.end, scan.dirty_end - scan.end)
+                    .map_err(|e| io_err(&path, e))?;
+                release_map(&map, 0, map.len());
+            }
+            prev_term = scan.last_term;
+            let extend = if is_last {
+                Some(opts.segment_size.max(map.len() as u64))
+            } else {
+                None
+            };
+            segs.push(Segment::from_scan(path, file, map, scan, extend)?);
+        }
+        let mut log = Log {
+            dir: dir.to_path_buf(),
+            opts,
+            segs,
+            snap_index,
+            snap_term,
+            dir_dirty: false,
+        };
+        log.apply_snapshot_boundary()?;
+        Ok(log)
+    }
+
+    /// Brings the segments in line with the snapshot boundary after open: finishes an
+    /// interrupted compaction or reset, and checks the log starts where the snapshot ends.
+    fn apply_snapshot_boundary(&mut self) -> Result<(), StorageError> {
+        let (si, st) = (self.snap_index, self.snap_term);
+        let stale = self.segs.iter().any(|s| {
+            s.first_index <= si && si <= s.last_index() && si > 0 && s.header(si).term != st
+        }) || self.segs.last().is_some_and(|s| s.last_index() < si);
+        if stale {
+            ::log::warn!(
+                "{}: log does not match the snapshot at ({si}, {st}) (interrupted reset); dropping it",
+                self.dir.display()
+            );
+            self.remove_segments(0)?;
+        }
+        // Whole segments below the snapshot (an interrupted compaction), keeping the last one.
+        let mut k = 0;
+        while k + 1 < self.segs.len() && self.segs[k].last_index() <= si {
+            k += 1;
+        }
+        if k > 0 {
+            self.remove_front(k)?;
+        }
+        match self.segs.first() {
+            None => {
+                let seg = Segment::create(&self.dir, self.opts.segment_size, si + 1)?;
+                self.segs.push(seg);
+                sync_dir(&self.dir)?;
+            }
+            Some(s) if s.first_index > si + 1 => {
+                return Err(StorageError::Corrupt {
+                    path: s.path.clone(),
+                    offset: 24,
+                    what: format!(
+                        "log starts at index {} but the snapshot only covers up to {si}: entries are missing",
+                        s.first_index
+                    ),
+                });
+            }
+            Some(_) => {}
+        }
+        Ok(())
+    }
+
+    /// Deletes segments `[from..]` durably.
+    fn remove_segments(&mut self, from: usize) -> Result<(), StorageError> {
+        for s in self.segs.drain(from..) {
+            fs::remove_file(&s.path).map_err(|e| io_err(&s.path, e))?;
+        }
+        sync_dir(&self.dir)
+    }
+
+    /// Deletes segments `[..k]` durably.
+    fn remove_front(&mut self, k: usize) -> Result<(), StorageError> {
+        for s in self.segs.drain(..k) {
+            fs::remove_file(&s.path).map_err(|e| io_err(&s.path, e))?;
+        }
+        sync_dir(&self.dir)
+    }
+
+    /// The log directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Number of segment files.
+    pub fn segment_count(&self) -> usize {
+        self.segs.len()
+    }
+
+    /// Paths of the segment files, oldest first.
+    pub fn segment_paths(&self) -> Vec<PathBuf> {
+        self.segs.iter().map(|s| s.path.clone()).collect()
+    }
+
+    /// Appends entries. If `entries[0].index <= last_index()`, the suffix from that index is
+    /// truncated first. Indexes must be contiguous. Not durable until `sync`.
+    pub fn append(&mut self, entries: &[Entry]) -> Result<(), StorageError> {
+        let Some(first) = entries.first() else {
+            return Ok(());
+        };
+        let max_rec = self.opts.segment_size as usize - SEG_HEADER_LEN;
+        for (i, e) in entries.iter().enumerate() {
+            if e.index != first.index + i as u64 {
+                return Err(invalid(
+                    &self.dir,
+                    format!("append: entries not contiguous at index {}", e.index),
+                ));
+            }
+            if record::record_len(e.data.len()) > max_rec {
+                return Err(invalid(
+                    &self.dir,
+                    format!(
+                        "append: entry {} of {} bytes does not fit in a {}-byte segment",
+                        e.index,
+                        e.data.len(),
+                        self.opts.segment_size
+                    ),
+                ));
+            }
+        }
+        if first.index <= self.snap_index || first.index > self.last_index() + 1 {
+            return Err(invalid(
+                &self.dir,
+                format!(
+                    "append at index {} outside the log [{}, {}]",
+                    first.index,
+                    self.first_index(),
+                    self.last_index() + 1
+                ),
+            ));
+        }
+        if first.index <= self.last_index() {
+            self.truncate_suffix(first.index)?;
+        }
+        for e in entries {
+            let active = self.segs.last_mut().expect("log has a segment");
+            if !active.append(e) {
+                // Seal the full segment durably before the next one exists, so only the last
+                // segment can ever have a torn tail.
+                active.flush()?;
+                let mut seg = Segment::create(&self.dir, self.opts.segment_size, e.index)?;
+                self.dir_dirty = true;
+                let ok = seg.append(e);
+                debug_assert!(ok);
+                self.segs.push(seg);
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes everything appended so far durable, with one flush per dirty segment (normally one
+    /// msync of the dirty range of the active segment).
+    pub fn sync(&mut self) -> Result<(), StorageError> {
+        for s in self.segs.iter_mut() {
+            s.flush()?;
+        }
+        if self.dir_dirty {
+            sync_dir(&self.dir)?;
+            self.dir_dirty = false;
+        }
+        Ok(())
+    }
+
+    /// Removes entries with index >= `from`.
+    pub fn truncate_suffix(&mut self, from: u64) -> Result<(), StorageError> {
+        if from > self.last_index() {
+            return Ok(());
+        }
+        if from <= self.snap_index {
+            return Err(invalid(
+                &self.dir,
+                format!(
+                    "truncate_suffix({from}) at or below the snapshot index {}",
+                    self.snap_index
+                ),
+            ));
+        }
+        // Whole segments starting at or after `from` go (durably, so they cannot reappear
+        // after a crash next to a shorter predecessor); segment 0 always stays.
+        let k = self.segs.partition_point(|s| s.first_index < from).max(1);
+        if k < self.segs.len() {
+            self.remove_segments(k)?;
+        }
+        self.segs
+            .last_mut()
+            .expect("log has a segment")
+            .truncate_from(from);
+        Ok(())
+    }
+
+    /// Records that a snapshot covers everything up to (index, term) and discards the log
+    /// prefix up to it (whole segments only; entries above `index` stay readable).
+    /// A snapshot beyond the last index, or one whose term disagrees with the log, resets it.
+    pub fn compact(&mut self, index: u64, term: u64) -> Result<(), StorageError> {
+        if index <= self.snap_index {
+            return Ok(());
+        }
+        if index > self.last_index() || self.term(index) != Ok(term) {
+            return self.reset(index, term);
+        }
+        write_meta(&self.dir, index, term)?;
+        self.snap_index = index;
+        self.snap_term = term;
+        let mut k = 0;
+        while k + 1 < self.segs.len() && self.segs[k].last_index() <= index {
+            k += 1;
+        }
+        if k > 0 {
+            self.remove_front(k)?;
+        }
+        Ok(())
+    }
+
+    /// Drops every entry and restarts the log right after an installed snapshot (index, term).
+    pub fn reset(&mut self, index: u64, term: u64) -> Result<(), StorageError> {
+        write_meta(&self.dir, index, term)?;
+        self.snap_index = index;
+        self.snap_term = term;
+        self.remove_segments(0)?;
+        let seg = Segment::create(&self.dir, self.opts.segment_size, index + 1)?;
+        self.segs.push(seg);
+        sync_dir(&self.dir)?;
+        self.dir_dirty = false;
+        Ok(())
+    }
+
+    fn seg_for(&self, index: u64) -> &Segment {
+        let k = self.segs.partition_point(|s| s.first_index <= index);
+        &self.segs[k.saturating_sub(1)]
+    }
+
+    /// Streams entries `[from, to]` in order without loading them all. The range is clamped to
+    /// `[first_index, last_index]`. Mapped pages are released as the replay advances, so
+    /// replaying a huge log keeps resident memory small.
+    pub fn replay(
+        &self,
+        from: u64,
+        to: u64,
+        f: &mut dyn FnMut(Entry) -> Result<(), StorageError>,
+    ) -> Result<(), StorageError> {
+        let from = from.max(self.first_index());
+        let to = to.min(self.last_index());
+        let mut i = from;
+        while i <= to {
+            let seg = self.seg_for(i);
+            let end = to.min(seg.last_index());
+            let start_off = seg.offsets[(i - seg.first_index) as usize] as usize;
+            let mut released = start_off;
+            while i <= end {
+                let e = seg.entry(i);
+                let off = seg.offsets[(i - seg.first_index) as usize] as usize;
+                if off - released >= RELEASE_EVERY {
+                    seg.release(released, off);
+                    released = off;
+                }
+                f(e)?;
+                i += 1;
+            }
+            seg.release(released, seg.end);
+        }
+        Ok(())
+    }
+
+    /// Bytes used by records (headers included) of the entries still held.
+    pub fn bytes(&self) -> u64 {
+        self.segs
+            .iter()
+            .map(|s| (s.end - SEG_HEADER_LEN) as u64)
+            .sum()
+    }
+}
+
+impl LogStore for Log {
+    fn snapshot_index_term(&self) -> (u64, u64) {
+        (self.snap_index, self.snap_term)
+    }
+    fn first_index(&self) -> u64 {
+        self.snap_index + 1
+    }
+    fn last_index(&self) -> u64 {
+        self.segs
+            .last()
+            .map_or(self.snap_index, |s| s.last_index())
+            .max(self.snap_index)
+    }
+    fn term(&self, index: u64) -> Result<u64, LogError> {
+        if index == self.snap_index {
+            return Ok(self.snap_term);
+        }
+        if index < self.snap_index {
+            return Err(LogError::Compacted);
+        }
+        if index > self.last_index() {
+            return Err(LogError::Unavailable);
+        }
+        Ok(self.seg_for(index).header(index).term)
+    }
+    fn entries(&self, lo: u64, hi: u64, max_bytes: u64) -> Result<Vec<Entry>, LogError> {
+        if lo <= self.snap_index {
+            return Err(LogError::Compacted);
+        }
+        if hi > self.last_index() + 1 {
+            return Err(LogError::Unavailable);
+        }
+        let mut out = Vec::new();
+        let mut total = 0u64;
+        let mut i = lo;
+        while i < hi {
+            let e = self.seg_for(i).entry(i);
+            total += e.encoded_len() as u64;
+            if !out.is_empty() && total > max_bytes {
+                break;
+            }
+            out.push(e);
+            i += 1;
+        }
+        Ok(out)
+    }
+}

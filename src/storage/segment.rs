@@ -1,0 +1,416 @@
+//! One segment file: a preallocated, memory-mapped file holding a header and a run of records
+//! with contiguous indexes. Also the validating scanner used on open and by `raftkv-log`.
+
+use super::record::{self, Probe, RecHeader, REC_HEADER_LEN, SEG_HEADER_LEN};
+use super::StorageError;
+use crate::raft::Entry;
+use memmap2::{MmapMut, MmapOptions};
+use std::fs::{File, OpenOptions};
+use std::path::{Path, PathBuf};
+
+/// Pages of a scanned or replayed range are dropped from the process every this many bytes,
+/// so reading a huge log keeps resident memory small.
+pub const RELEASE_EVERY: usize = 4 << 20;
+
+/// Segment file name for a segment whose first index is `first`.
+pub fn file_name(first: u64) -> String {
+    format!("{first:020}.seg")
+}
+
+/// Parses a segment file name back into its first index.
+pub fn parse_name(name: &str) -> Option<u64> {
+    let stem = name.strip_suffix(".seg")?;
+    if stem.len() != 20 || !stem.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    stem.parse().ok()
+}
+
+pub fn io_err(path: &Path, err: std::io::Error) -> StorageError {
+    StorageError::Io {
+        path: path.to_path_buf(),
+        err,
+    }
+}
+
+/// Result of validating one segment's bytes.
+#[derive(Debug, Default)]
+pub struct Scan {
+    pub first_index: u64,
+    /// Byte offset of every valid record, in index order.
+    pub offsets: Vec<u32>,
+    /// Term of the last valid record (or the `prev_term` passed in).
+    pub last_term: u64,
+    /// End of the valid records.
+    pub end: usize,
+    /// Tail damage found (only in non-strict mode on the last segment): offset and description.
+    pub tail: Option<(usize, String)>,
+    /// One past the last non-zero byte after `end` (== `end` when the rest is clean).
+    pub dirty_end: usize,
+}
+
+impl Scan {
+    pub fn last_index(&self) -> u64 {
+        self.first_index + self.offsets.len() as u64 - 1
+    }
+}
+
+/// Finds one past the last non-zero byte of `b[from..]`, or `from` if all zero.
+fn last_nonzero(b: &[u8], from: usize) -> usize {
+    match b[from..].iter().rposition(|&x| x != 0) {
+        Some(p) => from + p + 1,
+        None => from,
+    }
+}
+
+/// True when `b[from..to]` contains a whole 512-byte aligned sector of zeros: the mark of a
+/// write that was lost in a crash (a torn write), as opposed to a flipped bit.
+fn has_zero_sector(b: &[u8], from: usize, to: usize) -> bool {
+    let mut s = from.div_ceil(512) * 512;
+    while s + 512 <= to {
+        if b[s..s + 512].iter().all(|&x| x == 0) {
+            return true;
+        }
+        s += 512;
+    }
+    false
+}
+
+/// Validates the segment bytes `b` (the whole file).
+///
+/// * `expect_first`: the index this segment must start at (from the previous segment), if any.
+/// * `prev_term`: term of the previous segment's last entry (terms never go down).
+/// * `tolerate_tail`: this is the last segment and damage at its tail is a torn write to be
+///   truncated (Log::open). When false every problem is an error (non-last segments, `verify`).
+/// * `release(upto)`: called as the scan advances so the caller can drop mapped pages.
+pub fn scan(
+    path: &Path,
+    b: &[u8],
+    expect_first: Option<u64>,
+    prev_term: u64,
+    tolerate_tail: bool,
+    release: &mut dyn FnMut(usize),
+) -> Result<Scan, StorageError> {
+    let corrupt = |offset: usize, what: String| StorageError::Corrupt {
+        path: path.to_path_buf(),
+        offset: offset as u64,
+        what,
+    };
+    let first = record::decode_seg_header(b).map_err(|w| corrupt(0, w))?;
+    if let Some(name_first) = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(parse_name)
+    {
+        if name_first != first {
+            return Err(corrupt(
+                24,
+                format!("header says first index {first} but the file name says {name_first}"),
+            ));
+        }
+    }
+    if let Some(e) = expect_first {
+        if e != first {
+            return Err(corrupt(
+                24,
+                format!("index gap: segment starts at {first}, expected {e}"),
+            ));
+        }
+    }
+    if b.len() > u32::MAX as usize {
+        return Err(corrupt(0, "segment file larger than 4 GiB".into()));
+    }
+    let mut s = Scan {
+        first_index: first,
+        last_term: prev_term,
+        ..Scan::default()
+    };
+    let mut pos = SEG_HEADER_LEN;
+    let mut next_release = RELEASE_EVERY;
+    let mut expected = first;
+    loop {
+        if pos >= next_release {
+            release(pos);
+            next_release = pos + RELEASE_EVERY;
+        }
+        let what = match record::probe(b, pos) {
+            Probe::End => break,
+            Probe::Bad(w) => w,
+            Probe::Record(h) if h.index != expected => {
+                format!("index gap: expected index {expected}, found {}", h.index)
+            }
+            Probe::Record(h) if h.term < s.last_term => format!(
+                "term went backwards: index {} has term {} after term {}",
+                h.index, h.term, s.last_term
+            ),
+            Probe::Record(h) => {
+                s.offsets.push(pos as u32);
+                s.last_term = h.term;
+                pos += REC_HEADER_LEN + h.len;
+                expected += 1;
+                continue;
+            }
+        };
+        // A bad record at `pos`.
+        if !tolerate_tail {
+            return Err(corrupt(pos, what));
+        }
+        // Tail damage, or damage in the middle of the last segment? Look for a valid record
+        // that continues the log further on: if there is one and the damaged span does not look
+        // like a lost write (a zero sector), the damage is not at the tail.
+        if let Some(q) = find_valid_after(b, pos + 1, expected) {
+            if !has_zero_sector(b, pos, q) {
+                return Err(corrupt(
+                    pos,
+                    format!("{what} (valid records follow at byte {q}: not a torn tail)"),
+                ));
+            }
+        }
+        s.tail = Some((pos, what));
+        break;
+    }
+    s.end = pos;
+    s.dirty_end = if tolerate_tail {
+        last_nonzero(b, pos)
+    } else {
+        pos
+    };
+    release(b.len());
+    Ok(s)
+}
+
+/// Offset of the first valid record at or after `from` whose index is >= `min_index`.
+fn find_valid_after(b: &[u8], from: usize, min_index: u64) -> Option<usize> {
+    let magic = record::REC_MAGIC.to_le_bytes();
+    let mut p = from;
+    while p + REC_HEADER_LEN <= b.len() {
+        // Jump to the next occurrence of the magic's first byte.
+        match b[p..b.len() - REC_HEADER_LEN + 1]
+            .iter()
+            .position(|&x| x == magic[0])
+        {
+            None => return None,
+            Some(d) => p += d,
+        }
+        if b[p..p + 4] == magic {
+            if let Probe::Record(h) = record::probe(b, p) {
+                if h.index >= min_index {
+                    return Some(p);
+                }
+            }
+        }
+        p += 1;
+    }
+    None
+}
+
+/// An open, mapped segment.
+pub struct Segment {
+    pub path: PathBuf,
+    pub file: File,
+    pub map: MmapMut,
+    pub first_index: u64,
+    /// Offset of every record (compact index: 4 bytes per entry).
+    pub offsets: Vec<u32>,
+    /// End of the valid records: the next record goes here.
+    pub end: usize,
+    /// Byte range written since the last sync.
+    pub dirty: Option<(usize, usize)>,
+}
+
+/// Reserves disk blocks for the whole file so writes through the map never hit ENOSPC
+/// (which would be a SIGBUS). Falls back to a sparse `set_len` where unsupported.
+fn preallocate(file: &File, path: &Path, size: u64) -> Result<(), StorageError> {
+    use std::os::unix::io::AsRawFd;
+    let cur = file.metadata().map_err(|e| io_err(path, e))?.len();
+    if cur >= size {
+        return Ok(());
+    }
+    // SAFETY: plain syscall on an owned, open descriptor.
+    let rc = unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, size as libc::off_t) };
+    if rc != 0 && rc != libc::EOPNOTSUPP && rc != libc::EINVAL {
+        return Err(io_err(path, std::io::Error::from_raw_os_error(rc)));
+    }
+    file.set_len(size).map_err(|e| io_err(path, e))
+}
+
+fn map_file(file: &File, path: &Path) -> Result<MmapMut, StorageError> {
+    // SAFETY: the segment files are private to this process (one server per data dir); the
+    // map is only read through bounds-checked slices.
+    unsafe { MmapOptions::new().map_mut(file) }.map_err(|e| io_err(path, e))
+}
+
+impl Segment {
+    /// Creates a new, durable, empty segment starting at `first`.
+    pub fn create(dir: &Path, size: u64, first: u64) -> Result<Segment, StorageError> {
+        let path = dir.join(file_name(first));
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .map_err(|e| io_err(&path, e))?;
+        preallocate(&file, &path, size)?;
+        let mut map = map_file(&file, &path)?;
+        map[..SEG_HEADER_LEN].copy_from_slice(&record::encode_seg_header(size, first));
+        map.flush_range(0, SEG_HEADER_LEN)
+            .map_err(|e| io_err(&path, e))?;
+        file.sync_all().map_err(|e| io_err(&path, e))?;
+        Ok(Segment {
+            path,
+            file,
+            map,
+            first_index: first,
+            offsets: Vec::new(),
+            end: SEG_HEADER_LEN,
+            dirty: None,
+        })
+    }
+
+    /// Opens and maps an existing segment file without validating it.
+    pub fn open_raw(path: &Path) -> Result<(File, MmapMut), StorageError> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .map_err(|e| io_err(path, e))?;
+        let map = map_file(&file, path)?;
+        Ok((file, map))
+    }
+
+    /// Builds a segment from a scan; extends a short last file back to `size`.
+    pub fn from_scan(
+        path: PathBuf,
+        file: File,
+        mut map: MmapMut,
+        scan: Scan,
+        extend_to: Option<u64>,
+    ) -> Result<Segment, StorageError> {
+        if let Some(size) = extend_to {
+            if (map.len() as u64) < size {
+                drop(map);
+                preallocate(&file, &path, size)?;
+                file.sync_all().map_err(|e| io_err(&path, e))?;
+                map = map_file(&file, &path)?;
+            }
+        }
+        Ok(Segment {
+            path,
+            file,
+            map,
+            first_index: scan.first_index,
+            offsets: scan.offsets,
+            end: scan.end,
+            dirty: None,
+        })
+    }
+
+    /// Number of entries.
+    pub fn count(&self) -> u64 {
+        self.offsets.len() as u64
+    }
+
+    /// Index of the last entry (first_index - 1 when empty).
+    pub fn last_index(&self) -> u64 {
+        self.first_index + self.count() - 1
+    }
+
+    /// Header of the (validated on open, or written by us) record at `index`.
+    pub fn header(&self, index: u64) -> RecHeader {
+        let pos = self.offsets[(index - self.first_index) as usize] as usize;
+        let h = &self.map[pos..pos + REC_HEADER_LEN];
+        RecHeader {
+            len: record::le_u32(h, 8) as usize,
+            entry_type: h[12],
+            index: record::le_u64(h, 16),
+            term: record::le_u64(h, 24),
+        }
+    }
+
+    /// The entry at `index` (which must be in this segment).
+    pub fn entry(&self, index: u64) -> Entry {
+        let pos = self.offsets[(index - self.first_index) as usize] as usize;
+        let h = self.header(index);
+        record::read_entry(&self.map, pos, &h)
+    }
+
+    fn mark_dirty(&mut self, lo: usize, hi: usize) {
+        self.dirty = Some(match self.dirty {
+            None => (lo, hi),
+            Some((a, b)) => (a.min(lo), b.max(hi)),
+        });
+    }
+
+    /// Copies `e` into the map. Returns false (writing nothing) when it does not fit.
+    pub fn append(&mut self, e: &Entry) -> bool {
+        let n = record::record_len(e.data.len());
+        if self.end + n > self.map.len() {
+            return false;
+        }
+        let pos = self.end;
+        record::encode_record(e, &mut self.map[pos..pos + n]);
+        self.offsets.push(pos as u32);
+        self.end += n;
+        self.mark_dirty(pos, pos + n);
+        true
+    }
+
+    /// Removes entries >= `from` (which must be within or right after this segment), zeroing
+    /// their bytes so they can never be mistaken for live records after a crash.
+    pub fn truncate_from(&mut self, from: u64) {
+        let keep = (from - self.first_index) as usize;
+        if keep >= self.offsets.len() {
+            return;
+        }
+        let cut = self.offsets[keep] as usize;
+        self.zero(cut, self.end);
+        self.offsets.truncate(keep);
+        self.end = cut;
+    }
+
+    /// Zeroes `[lo, hi)` of the map (marks it dirty).
+    pub fn zero(&mut self, lo: usize, hi: usize) {
+        if hi > lo {
+            self.map[lo..hi].fill(0);
+            self.mark_dirty(lo, hi);
+        }
+    }
+
+    /// Flushes the dirty range to disk (msync).
+    pub fn flush(&mut self) -> Result<(), StorageError> {
+        if let Some((lo, hi)) = self.dirty {
+            self.map
+                .flush_range(lo, hi - lo)
+                .map_err(|e| io_err(&self.path, e))?;
+            self.dirty = None;
+        }
+        Ok(())
+    }
+
+    /// Drops the mapped pages of `[lo, hi)` from this process's resident set. The data stays in
+    /// the page cache / file; dirty shared pages are not lost.
+    pub fn release(&self, lo: usize, hi: usize) {
+        release_map(&self.map, lo, hi);
+    }
+}
+
+/// See [`Segment::release`]. Only whole pages inside the range are dropped.
+pub fn release_map(map: &[u8], lo: usize, hi: usize) {
+    const PAGE: usize = 4096;
+    let lo = lo.div_ceil(PAGE) * PAGE;
+    let hi = hi.min(map.len()) / PAGE * PAGE;
+    if hi <= lo {
+        return;
+    }
+    // SAFETY: MADV_DONTNEED on a shared file mapping only drops this process's page table
+    // entries; the next access reads the (page-cache / file) contents again. Writes made through
+    // the shared map live in the page cache and are not discarded.
+    unsafe {
+        let _ = libc::madvise(
+            map.as_ptr().add(lo) as *mut libc::c_void,
+            hi - lo,
+            libc::MADV_DONTNEED,
+        );
+    }
+}
