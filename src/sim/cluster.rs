@@ -10,7 +10,7 @@
 //! history is checked for linearizability at the end. Everything is driven by one seeded
 //! [`Rng`] and ordered collections, so a seed reproduces its run (and trace) exactly.
 
-use crate::raft::{Config, LogStore, Message, Role};
+use crate::raft::{Config, LogStore, Message, PlantedBug, Role};
 use crate::rng::Rng;
 use crate::sim::checker::Checker;
 use crate::sim::client::{ClientAction, ClientReq, Reply, SimClient};
@@ -548,8 +548,11 @@ fn short_op(req: &ClientReq) -> String {
 
 /// Sets the planted bug in a core config.
 fn plant(cfg: &mut Config, bug: Bug) {
-    // The core's `Config::planted_bug` arrives with the core implementation.
-    let _ = (cfg, bug);
+    cfg.planted_bug = match bug {
+        Bug::None => PlantedBug::None,
+        Bug::VoteTwice => PlantedBug::VoteTwice,
+        Bug::CommitOldTerm => PlantedBug::CommitOldTerm,
+    };
 }
 
 /// Runs one seeded schedule.

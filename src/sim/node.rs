@@ -97,8 +97,8 @@ pub struct SimNode {
     next_ctx: u64,
     /// Snapshot being received: (meta, bytes so far).
     snap_in: Option<(SnapshotMeta, Vec<u8>)>,
-    /// Snapshot streams to peers: peer -> time sent.
-    snap_out: BTreeMap<u64, u64>,
+    /// Snapshot streams to peers: peer -> (snapshot being sent, time of the last chunk).
+    snap_out: BTreeMap<u64, (SnapFile, u64)>,
     /// (role, term) after the last drive, to notice elections.
     last_role: (Role, u64),
     last_commit: u64,
@@ -309,7 +309,7 @@ impl SimNode {
                 let stale: Vec<u64> = self
                     .snap_out
                     .iter()
-                    .filter(|(_, &t)| now.saturating_sub(t) > 300)
+                    .filter(|(_, (_, t))| now.saturating_sub(*t) > 300)
                     .map(|(&p, _)| p)
                     .collect();
                 for p in stale {
@@ -401,15 +401,16 @@ impl SimNode {
         out: &mut Vec<Action>,
     ) -> Result<(), String> {
         loop {
-            self.observe(checker, out)?;
+            // Observe only when the store holds everything the core emitted: while a sync is
+            // in progress (inputs wait) or when the core is quiet.
             if self.busy.is_some() || !self.up {
-                return Ok(());
+                return self.observe(checker, out);
             }
             let Some(raw) = self.raw.as_mut() else {
                 return Ok(());
             };
             if !raw.has_ready() {
-                return Ok(());
+                return self.observe(checker, out);
             }
             let rd = raw.ready();
             // Step 1: write hard state and entries.
@@ -423,6 +424,19 @@ impl SimNode {
             if let Some(first) = rd.entries.first() {
                 let prev_term = raw.store().term(first.index - 1).ok();
                 checker.on_append(self.id, prev_term, &rd.entries)?;
+                // Never rewrite an entry at or below the commit index this node knew.
+                for e in rd.entries.iter().take_while(|e| e.index <= self.last_commit) {
+                    match raw.store().term(e.index) {
+                        Ok(t) if t != e.term => {
+                            return Err(format!(
+                                "node {}: overwrites index {} (term {t}) with term {} at or below \
+                                 its commit {}",
+                                self.id, e.index, e.term, self.last_commit
+                            ))
+                        }
+                        _ => {}
+                    }
+                }
                 raw.store_mut()
                     .append(&rd.entries)
                     .map_err(|e| format!("node {}: log append: {e}", self.id))?;
@@ -537,7 +551,7 @@ impl SimNode {
         }
         // Snapshot transfer messages that passed the core's checks.
         for m in rd.snapshot_msgs {
-            self.snapshot_msg(m, checker, out)?;
+            self.snapshot_msg(m, now, checker, out)?;
         }
         Ok(())
     }
@@ -643,48 +657,64 @@ impl SimNode {
         Ok(())
     }
 
+    /// Starts streaming the current snapshot to `peer`: one chunk now, the next one each time
+    /// the peer acknowledges (like a TCP stream: chunks never overtake each other).
     fn send_snapshot(&mut self, peer: u64, now: u64, out: &mut Vec<Action>) {
-        let (Some(raw), Some(snap)) = (self.raw.as_ref(), self.disk.durable.snapshot.as_ref())
-        else {
+        let Some(snap) = self.disk.durable.snapshot.clone() else {
             return;
         };
-        let term = raw.status().term;
-        let crc = crc32fast::hash(&snap.data);
-        let chunk = self.params.chunk.max(1);
+        self.send_chunk(peer, &snap, 0, out);
+        self.snap_out.insert(peer, (snap, now));
+    }
+
+    fn send_chunk(&self, peer: u64, snap: &SnapFile, off: usize, out: &mut Vec<Action>) {
+        let Some(raw) = self.raw.as_ref() else {
+            return;
+        };
         let len = snap.data.len();
-        let mut off = 0;
-        loop {
-            let end = (off + chunk).min(len);
-            let done = end == len;
-            out.push(Action::Send(Message {
-                from: self.id,
-                to: peer,
-                term,
-                body: Some(Body::InstallSnapshot(InstallSnapshot {
-                    meta: Some(snap.meta.clone()),
-                    offset: off as u64,
-                    data: snap.data.slice(off..end),
-                    done,
-                    crc: if done { crc } else { 0 },
-                })),
-            }));
-            if done {
-                break;
-            }
-            off = end;
-        }
-        self.snap_out.insert(peer, now);
+        let end = (off + self.params.chunk.max(1)).min(len);
+        let done = end == len;
+        out.push(Action::Send(Message {
+            from: self.id,
+            to: peer,
+            term: raw.status().term,
+            body: Some(Body::InstallSnapshot(InstallSnapshot {
+                meta: Some(snap.meta.clone()),
+                offset: off as u64,
+                data: snap.data.slice(off.min(len)..end),
+                done,
+                crc: if done { crc32fast::hash(&snap.data) } else { 0 },
+            })),
+        }));
     }
 
     fn snapshot_msg(
         &mut self,
         m: Message,
+        now: u64,
         checker: &mut Checker,
         out: &mut Vec<Action>,
     ) -> Result<(), String> {
         let from = m.from;
         match m.body {
-            Some(Body::InstallSnapshotResponse(r)) if self.snap_out.remove(&from).is_some() => {
+            Some(Body::InstallSnapshotResponse(r)) => {
+                let Some((snap, _)) = self.snap_out.get(&from) else {
+                    return Ok(());
+                };
+                if r.index != snap.meta.index {
+                    return Ok(()); // an answer about an older stream
+                }
+                if r.success && !r.done {
+                    // Next chunk, unless this ack is a duplicate of an older one.
+                    let off = r.next_offset as usize;
+                    if off > 0 && off < snap.data.len() {
+                        let snap = snap.clone();
+                        self.send_chunk(from, &snap, off, out);
+                        self.snap_out.insert(from, (snap, now));
+                    }
+                    return Ok(());
+                }
+                self.snap_out.remove(&from);
                 if let Some(raw) = self.raw.as_mut() {
                     raw.report_snapshot(from, r.success && r.done);
                 }
@@ -700,6 +730,10 @@ impl SimNode {
                     Some((mm, buf)) if mm.index == meta.index && buf.len() as u64 == s.offset => {
                         buf.extend_from_slice(&s.data);
                         true
+                    }
+                    // A duplicated chunk already received: ignore it.
+                    Some((mm, buf)) if mm.index == meta.index && (buf.len() as u64) > s.offset => {
+                        return Ok(());
                     }
                     _ => false,
                 };
@@ -724,6 +758,8 @@ impl SimNode {
                     return Ok(());
                 }
                 if !s.done {
+                    let got = self.snap_in.as_ref().map_or(0, |(_, b)| b.len() as u64);
+                    respond(true, false, got, out, term);
                     return Ok(());
                 }
                 let Some((meta, buf)) = self.snap_in.take() else {
