@@ -17,7 +17,7 @@
 //! violation by itself (the write was applied twice). Writes must take versions that increase in
 //! linearization order.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 /// What a client asked for. Values are unique non-zero ids; keys are small integers.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -147,10 +147,18 @@ fn value_versions(key: u64, ops: &[Operation]) -> Result<BTreeMap<u64, u64>, Str
     Ok(map)
 }
 
-/// Applies `op` to `s`; None if the op's recorded output contradicts the model.
-fn step(s: &KeyState, op: &Operation, versions: &BTreeMap<u64, u64>) -> Option<KeyState> {
-    let version_of = |v: u64| versions.get(&v).copied().unwrap_or(UNKNOWN);
-    let write = |val: Option<u64>| -> Option<KeyState> {
+/// Versions reported for values, and the set of those versions.
+struct Versions {
+    of: BTreeMap<u64, u64>,
+    known: BTreeSet<u64>,
+}
+
+/// The states `op` can lead to from `s` (empty if its recorded output contradicts the model;
+/// two for an ambiguous cas whose success depends on a version nobody reported).
+fn step(s: &KeyState, op: &Operation, vs: &Versions) -> Vec<KeyState> {
+    let version_of = |v: u64| vs.of.get(&v).copied().unwrap_or(UNKNOWN);
+    // A write of `val` on top of state `s`.
+    let write = |s: &KeyState, val: Option<u64>| -> Option<KeyState> {
         match val {
             None => Some(KeyState {
                 val: None,
@@ -177,52 +185,88 @@ fn step(s: &KeyState, op: &Operation, versions: &BTreeMap<u64, u64>) -> Option<K
             }
         }
     };
+    // The current value's version was never reported with it: learn it is `v`, if possible.
+    let refine = |v: u64| -> Option<KeyState> {
+        (v > s.max_version && v != UNKNOWN && !vs.known.contains(&v)).then(|| KeyState {
+            val: s.val,
+            version: v,
+            max_version: v,
+        })
+    };
+    let one = |x: Option<KeyState>| x.into_iter().collect::<Vec<_>>();
     match &op.input {
-        Input::Put { val } => write(Some(*val)),
+        Input::Put { val } => one(write(s, Some(*val))),
         Input::Get => match &op.output {
-            Some(Output::Get { found: None }) if s.val.is_none() => Some(s.clone()),
+            Some(Output::Get { found: None }) if s.val.is_none() => vec![s.clone()],
             Some(Output::Get {
                 found: Some((v, ver)),
             }) if s.val == Some(*v) && (s.version == *ver || s.version == UNKNOWN) => {
-                Some(s.clone())
+                vec![s.clone()]
             }
-            _ => None,
+            _ => Vec::new(),
         },
         Input::Delete => {
             let deleted = s.val.is_some();
             match &op.output {
-                Some(Output::Delete { deleted: d }) if *d != deleted => None,
-                _ => write(None),
+                Some(Output::Delete { deleted: d }) if *d != deleted => Vec::new(),
+                _ => one(write(s, None)),
             }
         }
         Input::Cas { expected, new_val } => {
             let cur = if s.val.is_none() { 0 } else { s.version };
-            let success = cur == *expected;
-            match &op.output {
-                Some(Output::Cas { ok, version }) => {
-                    if *ok != success {
-                        return None;
-                    }
-                    if !success {
-                        return (cur == *version || cur == UNKNOWN).then(|| s.clone());
-                    }
-                    if new_val.is_none() && *version != 0 {
-                        return None;
-                    }
-                    write(*new_val)
+            // If the current version is unknown, success means it equals `expected`.
+            let succeed = || -> Option<KeyState> {
+                if cur == UNKNOWN {
+                    write(&refine(*expected)?, *new_val)
+                } else if cur == *expected {
+                    write(s, *new_val)
+                } else {
+                    None
                 }
-                Some(_) => None,
-                None if success => write(*new_val),
-                None => Some(s.clone()),
+            };
+            match &op.output {
+                Some(Output::Cas { ok: true, version }) => {
+                    if new_val.is_none() && *version != 0 {
+                        return Vec::new();
+                    }
+                    one(succeed())
+                }
+                Some(Output::Cas { ok: false, version }) => {
+                    if cur == UNKNOWN {
+                        // It failed, so the current version is the reported one.
+                        if *version == *expected {
+                            return Vec::new();
+                        }
+                        one(refine(*version))
+                    } else if cur != *expected && cur == *version {
+                        vec![s.clone()]
+                    } else {
+                        Vec::new()
+                    }
+                }
+                Some(_) => Vec::new(),
+                None => {
+                    // Ambiguous: it succeeded or failed, as the state allows.
+                    let mut out = Vec::new();
+                    if cur == UNKNOWN || cur != *expected {
+                        out.push(s.clone());
+                    }
+                    out.extend(succeed());
+                    out
+                }
             }
         }
     }
 }
 
 fn check_key(key: u64, mut ops: Vec<Operation>) -> Verdict {
-    let versions = match value_versions(key, &ops) {
+    let of = match value_versions(key, &ops) {
         Ok(v) => v,
         Err(e) => return Verdict::Violation(e),
+    };
+    let vs = Versions {
+        known: of.values().copied().collect(),
+        of,
     };
     ops.sort_by_key(|o| o.call);
     let n = ops.len();
@@ -232,11 +276,13 @@ fn check_key(key: u64, mut ops: Vec<Operation>) -> Verdict {
     let is_set = |b: &[u64], i: usize| b[i / 64] & (1 << (i % 64)) != 0;
     let mut seen: HashSet<(Vec<u64>, KeyState)> = HashSet::new();
 
-    // Explicit DFS stack: (state before, op index chosen, next candidate to try).
+    // Explicit DFS stack. Each frame: the state reached, the op placed to reach it, the next
+    // candidate op to try from it, and untried successor states of the current candidate.
     struct Frame {
         state: KeyState,
         chosen: Option<usize>,
         next: usize,
+        alts: Vec<(usize, KeyState)>,
     }
     let init = KeyState {
         val: None,
@@ -247,10 +293,10 @@ fn check_key(key: u64, mut ops: Vec<Operation>) -> Verdict {
         state: init,
         chosen: None,
         next: 0,
+        alts: Vec::new(),
     }];
     let mut placed_completed = 0usize;
-    let mut deepest = 0usize;
-    let mut deepest_order: Vec<usize> = Vec::new();
+    let mut deepest: Vec<usize> = Vec::new();
     let mut order: Vec<usize> = Vec::new();
     while let Some(top) = stack.last_mut() {
         if placed_completed == completed {
@@ -270,40 +316,47 @@ fn check_key(key: u64, mut ops: Vec<Operation>) -> Verdict {
                 }
             }
         }
-        let mut advanced = false;
-        while top.next < n {
+        let mut pick = None;
+        loop {
+            if let Some((i, s2)) = top.alts.pop() {
+                placed[i / 64] |= 1 << (i % 64);
+                if seen.insert((placed.clone(), s2.clone())) {
+                    pick = Some((i, s2));
+                    break;
+                }
+                placed[i / 64] &= !(1 << (i % 64));
+                continue;
+            }
+            if top.next >= n {
+                break;
+            }
             let i = top.next;
             top.next += 1;
             if ops[i].call > min_ret {
                 top.next = n;
                 break;
             }
-            if is_set(&placed, i) {
-                continue;
-            }
-            if let Some(s2) = step(&top.state, &ops[i], &versions) {
-                placed[i / 64] |= 1 << (i % 64);
-                if seen.insert((placed.clone(), s2.clone())) {
-                    if ops[i].ret.is_some() {
-                        placed_completed += 1;
-                    }
-                    order.push(i);
-                    if order.len() > deepest {
-                        deepest = order.len();
-                        deepest_order = order.clone();
-                    }
-                    stack.push(Frame {
-                        state: s2,
-                        chosen: Some(i),
-                        next: 0,
-                    });
-                    advanced = true;
-                    break;
-                }
-                placed[i / 64] &= !(1 << (i % 64));
+            if !is_set(&placed, i) {
+                top.alts = step(&top.state, &ops[i], &vs)
+                    .into_iter()
+                    .map(|s| (i, s))
+                    .collect();
             }
         }
-        if advanced {
+        if let Some((i, s2)) = pick {
+            if ops[i].ret.is_some() {
+                placed_completed += 1;
+            }
+            order.push(i);
+            if order.len() > deepest.len() {
+                deepest = order.clone();
+            }
+            stack.push(Frame {
+                state: s2,
+                chosen: Some(i),
+                next: 0,
+                alts: Vec::new(),
+            });
             continue;
         }
         // Exhausted this frame: backtrack.
@@ -316,7 +369,7 @@ fn check_key(key: u64, mut ops: Vec<Operation>) -> Verdict {
             order.pop();
         }
     }
-    Verdict::Violation(describe(key, &ops, &deepest_order))
+    Verdict::Violation(describe(key, &ops, &deepest))
 }
 
 /// Explains a failed key: the longest linearizable prefix found and the operations that could
@@ -526,6 +579,64 @@ mod tests {
         // Failing cas must report the current version.
         let h = vec![put(1, 0, 1, 10, 3), cas(1, 2, 3, 7, Some(11), false, 4)];
         assert!(matches!(check(&h), Verdict::Violation(_)));
+    }
+
+    #[test]
+    fn versions_learned_from_failed_cas_on_unobserved_value() {
+        let cas = |c, call, ret: Option<u64>, expected, new_val, out: Option<(bool, u64)>| {
+            op(
+                c,
+                call,
+                ret,
+                Input::Cas { expected, new_val },
+                out.map(|(ok, version)| Output::Cas { ok, version }),
+            )
+        };
+        // An ambiguous put whose value nobody read; a failed cas reveals its version 45, and a
+        // cas expecting 45 then succeeds.
+        let h = vec![
+            put(1, 0, 1, 10, 3),
+            op(2, 2, None, Input::Put { val: 11 }, None),
+            cas(3, 5, Some(6), 3, Some(12), Some((false, 45))),
+            cas(3, 7, Some(8), 45, Some(13), Some((true, 50))),
+            get(4, 9, 10, Some((13, 50))),
+        ];
+        assert_eq!(check(&h), Verdict::Ok);
+        // Once revealed, the version sticks: a later failure cannot report the old one.
+        let h = vec![
+            put(1, 0, 1, 10, 3),
+            op(2, 2, None, Input::Put { val: 11 }, None),
+            cas(3, 5, Some(6), 3, Some(12), Some((false, 45))),
+            cas(3, 7, Some(8), 9, Some(12), Some((false, 3))),
+        ];
+        assert!(matches!(check(&h), Verdict::Violation(_)));
+        // And the revealed version cannot belong to another value.
+        let h = vec![
+            put(1, 0, 1, 10, 3),
+            put(1, 2, 3, 14, 8),
+            op(2, 4, None, Input::Put { val: 11 }, None),
+            cas(3, 5, Some(6), 3, Some(12), Some((false, 8))),
+            get(4, 7, 8, Some((14, 8))),
+            op(1, 9, Some(10), Input::Delete, Some(Output::Delete { deleted: true })),
+            get(4, 11, 12, None),
+            cas(3, 13, Some(14), 3, Some(12), Some((false, 8))),
+        ];
+        assert!(matches!(check(&h), Verdict::Violation(_)));
+        // An ambiguous cas on an unknown version may have succeeded...
+        let h = vec![
+            op(2, 0, None, Input::Put { val: 11 }, None),
+            cas(3, 1, None, 9, Some(12), None),
+            get(4, 5, 6, Some((12, 20))),
+        ];
+        assert_eq!(check(&h), Verdict::Ok);
+        // ...or failed.
+        let h = vec![
+            op(2, 0, None, Input::Put { val: 11 }, None),
+            cas(3, 1, None, 9, Some(12), None),
+            get(4, 5, 6, None),
+            op(2, 7, Some(8), Input::Delete, Some(Output::Delete { deleted: false })),
+        ];
+        assert_eq!(check(&h), Verdict::Ok);
     }
 
     #[test]
