@@ -38,6 +38,9 @@ struct Args {
     /// Print the event trace (with --seed).
     #[arg(short, long)]
     verbose: bool,
+    /// Do not check the leader commit rule (L4) directly, only its consequences.
+    #[arg(long)]
+    no_commit_rule: bool,
     /// Keep going after a violation (report all failing seeds).
     #[arg(long)]
     keep_going: bool,
@@ -65,6 +68,7 @@ fn main() -> ExitCode {
         clients: args.clients,
         bug,
         trace: args.verbose,
+        check_commit_rule: !args.no_commit_rule,
         ..SimOptions::default()
     };
     let seeds: Vec<u64> = match args.seed {
@@ -100,9 +104,7 @@ fn main() -> ExitCode {
             }
         }
     }
-    println!(
-        "seeds: {ran} violations: {violations} commits: {commits} elections: {elections}"
-    );
+    println!("seeds: {ran} violations: {violations} commits: {commits} elections: {elections}");
     if violations > 0 {
         ExitCode::FAILURE
     } else {

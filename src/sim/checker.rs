@@ -39,6 +39,8 @@ pub struct Checker {
     applied: BTreeMap<u64, u64>,
     /// Elections observed (distinct terms with a leader).
     pub elections: u64,
+    /// The most recently elected (node, term).
+    pub last_leader: Option<(u64, u64)>,
 }
 
 impl Checker {
@@ -63,6 +65,7 @@ impl Checker {
             None => {
                 self.leaders.insert(term, node);
                 self.elections += 1;
+                self.last_leader = Some((node, term));
             }
         }
         // Newly elected: it must hold every committed entry.

@@ -42,6 +42,8 @@ pub struct SimOptions {
     pub bug: Bug,
     /// Record a readable trace.
     pub trace: bool,
+    /// Check the leader commit rule (L4) directly; off, only its consequences are checked.
+    pub check_commit_rule: bool,
 }
 
 impl Default for SimOptions {
@@ -54,6 +56,7 @@ impl Default for SimOptions {
             keys: 3,
             bug: Bug::None,
             trace: false,
+            check_commit_rule: true,
         }
     }
 }
@@ -107,6 +110,8 @@ enum Event {
     ClientResume(usize),
     ClientStart(usize),
     Fault,
+    Crash(u64),
+    Restart(u64),
     Quiet,
     End,
 }
@@ -130,6 +135,8 @@ struct World {
     trace: Vec<String>,
     trace_hash: u64,
     events: u64,
+    /// Elections already seen by the fault schedule.
+    elections_seen: u64,
 }
 
 fn fnv(h: &mut u64, s: &str) {
@@ -249,16 +256,45 @@ impl World {
         let mut out = Vec::new();
         let now = self.now;
         let n = &mut self.nodes[(id - 1) as usize];
+        let before = n.observed().2;
         n.input(inp, now, &mut self.rng, &mut self.checker, &mut out)?;
         self.actions(id, out);
+        self.after_commit(id, before);
         Ok(())
+    }
+
+    /// Fault trigger: a leader whose commit index just moved sometimes crashes a moment later,
+    /// before the entries after it reach the followers.
+    fn after_commit(&mut self, id: u64, before: u64) {
+        let (role, _, commit) = self.nodes[(id - 1) as usize].observed();
+        if self.quiet || role != Role::Leader || commit <= before {
+            return;
+        }
+        let p = if self.opts.bug != Bug::None {
+            0.05
+        } else {
+            0.005
+        };
+        if self.rng.chance(p) {
+            let d = self.rng.range(0, 6);
+            self.at(d, Event::Crash(id));
+        }
     }
 
     fn crash(&mut self, id: u64) {
         let n = &mut self.nodes[(id - 1) as usize];
         if n.up {
             n.crash(&mut self.rng);
-            self.log(format!("CRASH node {id}"));
+            // Power loss: messages still in the node's send buffers are lost (each in-flight
+            // message from it, with probability 1/2).
+            let rng = &mut self.rng;
+            let before = self.queue.len();
+            self.queue.retain(|_, ev| match ev {
+                Event::Deliver(m) if m.from == id => !rng.chance(0.5),
+                _ => true,
+            });
+            let lost = before - self.queue.len();
+            self.log(format!("CRASH node {id} ({lost} messages in flight lost)"));
         }
     }
 
@@ -316,6 +352,15 @@ impl World {
                 _ => 1 + self.rng.range(0, n),
             };
             self.crash(victim);
+            // Usually bring it back after a while (churn), sometimes leave it to a later fault.
+            if self.rng.chance(if bias { 0.9 } else { 0.5 }) {
+                let d = if bias {
+                    self.rng.range(20, 150)
+                } else {
+                    self.rng.range(50, 800)
+                };
+                self.at(d, Event::Restart(victim));
+            }
         } else if roll < 80 {
             // Restart a crashed node.
             let down: Vec<u64> = ids
@@ -392,10 +437,12 @@ impl World {
                 if live {
                     self.log(format!("node {node} sync done"));
                     let n = &mut self.nodes[(node - 1) as usize];
+                    let before = n.observed().2;
                     let mut out = Vec::new();
                     let now = self.now;
                     n.sync_done(now, &mut self.rng, &mut self.checker, &mut out)?;
                     self.actions(node, out);
+                    self.after_commit(node, before);
                 }
             }
             Event::ClientArrive { node, req } => {
@@ -447,8 +494,24 @@ impl World {
             Event::Fault => {
                 if !self.quiet {
                     self.fault()?;
-                    let gap = self.rng.range(20, 300);
+                    let gap = if self.opts.bug != Bug::None {
+                        self.rng.range(20, 150)
+                    } else {
+                        self.rng.range(20, 300)
+                    };
                     self.at(gap, Event::Fault);
+                }
+            }
+            Event::Crash(id) => {
+                if !self.quiet {
+                    self.crash(id);
+                    let d = self.rng.range(20, 300);
+                    self.at(d, Event::Restart(id));
+                }
+            }
+            Event::Restart(id) => {
+                if !self.quiet {
+                    self.restart(id)?;
                 }
             }
             Event::Quiet => {
@@ -464,6 +527,18 @@ impl World {
                 self.log("QUIET: network healed and calm, all nodes up".to_string());
             }
             Event::End => {}
+        }
+        // A freshly elected leader sometimes crashes soon after (a leader that replicated its
+        // entries to a minority only: the Figure 8 shapes).
+        if self.checker.elections > self.elections_seen {
+            self.elections_seen = self.checker.elections;
+            let p = if self.opts.bug != Bug::None { 0.5 } else { 0.1 };
+            if let Some((id, _)) = self.checker.last_leader {
+                if !self.quiet && self.rng.chance(p) {
+                    let d = self.rng.range(1, 40);
+                    self.at(d, Event::Crash(id));
+                }
+            }
         }
         // Durability of committed entries, after every event.
         let disks: Vec<(u64, &crate::sim::disk::Durable)> =
@@ -560,6 +635,7 @@ pub fn run_seed(seed: u64, opts: &SimOptions) -> SeedResult {
     let mut rng = Rng::new(seed);
     let n = opts.nodes.max(1);
     let voters: Vec<u64> = (1..=n as u64).collect();
+    let bias = opts.bug != Bug::None;
     let pre_vote = rng.chance(0.7);
     let check_quorum = rng.chance(0.7);
     let mut nodes = Vec::new();
@@ -571,7 +647,9 @@ pub fn run_seed(seed: u64, opts: &SimOptions) -> SeedResult {
         cfg.pre_vote = pre_vote;
         cfg.check_quorum = check_quorum;
         cfg.max_inflight_msgs = 8;
-        cfg.max_msg_bytes = 4096;
+        // One entry per append in some runs (and in planted-bug runs): followers then hold a
+        // new leader's old-term entries before its own-term ones, the Figure 8 window.
+        cfg.max_msg_bytes = if bias || rng.chance(0.3) { 1 } else { 4096 };
         cfg.seed = rng.next_u64();
         plant(&mut cfg, opts.bug);
         let params = NodeParams {
@@ -580,6 +658,7 @@ pub fn run_seed(seed: u64, opts: &SimOptions) -> SeedResult {
             snapshot_every: rng.range(15, 80),
             chunk: if rng.chance(0.3) { 64 } else { 1 << 20 },
             torn: rng.chance(0.5),
+            check_commit_rule: opts.check_commit_rule,
         };
         nodes.push(SimNode::new(cfg, voters.clone(), params));
         // Clocks run at different rates: 8..13 ms per tick.
@@ -613,6 +692,7 @@ pub fn run_seed(seed: u64, opts: &SimOptions) -> SeedResult {
         trace: Vec::new(),
         trace_hash: 0xcbf2_9ce4_8422_2325,
         events: 0,
+        elections_seen: 0,
     };
     w.log(format!(
         "seed {seed}: {n} nodes, pre_vote {pre_vote}, check_quorum {check_quorum}, bug {:?}",

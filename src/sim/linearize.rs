@@ -187,7 +187,7 @@ fn step(s: &KeyState, op: &Operation, vs: &Versions) -> Vec<KeyState> {
     };
     // The current value's version was never reported with it: learn it is `v`, if possible.
     let refine = |v: u64| -> Option<KeyState> {
-        (v > s.max_version && v != UNKNOWN && !vs.known.contains(&v)).then(|| KeyState {
+        (v > s.max_version && v != UNKNOWN && !vs.known.contains(&v)).then_some(KeyState {
             val: s.val,
             version: v,
             max_version: v,
@@ -617,7 +617,13 @@ mod tests {
             op(2, 4, None, Input::Put { val: 11 }, None),
             cas(3, 5, Some(6), 3, Some(12), Some((false, 8))),
             get(4, 7, 8, Some((14, 8))),
-            op(1, 9, Some(10), Input::Delete, Some(Output::Delete { deleted: true })),
+            op(
+                1,
+                9,
+                Some(10),
+                Input::Delete,
+                Some(Output::Delete { deleted: true }),
+            ),
             get(4, 11, 12, None),
             cas(3, 13, Some(14), 3, Some(12), Some((false, 8))),
         ];
@@ -634,7 +640,13 @@ mod tests {
             op(2, 0, None, Input::Put { val: 11 }, None),
             cas(3, 1, None, 9, Some(12), None),
             get(4, 5, 6, None),
-            op(2, 7, Some(8), Input::Delete, Some(Output::Delete { deleted: false })),
+            op(
+                2,
+                7,
+                Some(8),
+                Input::Delete,
+                Some(Output::Delete { deleted: false }),
+            ),
         ];
         assert_eq!(check(&h), Verdict::Ok);
     }

@@ -72,6 +72,8 @@ pub struct NodeParams {
     pub chunk: usize,
     /// Torn writes on crash.
     pub torn: bool,
+    /// Check the leader commit rule (L4) directly.
+    pub check_commit_rule: bool,
 }
 
 /// One simulated node.
@@ -425,7 +427,11 @@ impl SimNode {
                 let prev_term = raw.store().term(first.index - 1).ok();
                 checker.on_append(self.id, prev_term, &rd.entries)?;
                 // Never rewrite an entry at or below the commit index this node knew.
-                for e in rd.entries.iter().take_while(|e| e.index <= self.last_commit) {
+                for e in rd
+                    .entries
+                    .iter()
+                    .take_while(|e| e.index <= self.last_commit)
+                {
                     match raw.store().term(e.index) {
                         Ok(t) if t != e.term => {
                             return Err(format!(
@@ -469,6 +475,24 @@ impl SimNode {
             return Ok(());
         };
         let st = raw.status();
+        // L4: while it leads, a leader's commit index only moves onto entries of its own term
+        // (older entries commit beneath them, never by counting replicas: Figure 8).
+        if self.params.check_commit_rule
+            && self.last_role == (Role::Leader, st.term)
+            && st.role == Role::Leader
+            && st.commit > self.last_commit
+        {
+            match raw.store().term(st.commit) {
+                Ok(t) if t != st.term => {
+                    return Err(format!(
+                        "commit rule: leader {} of term {} advanced its commit from {} to {}, an \
+                         entry of older term {t}, by counting replicas",
+                        self.id, st.term, self.last_commit, st.commit
+                    ))
+                }
+                _ => {}
+            }
+        }
         if (st.role, st.term) != self.last_role {
             out.push(Action::Trace(format!(
                 "node {} becomes {:?} at term {}",
@@ -806,6 +830,11 @@ impl SimNode {
             _ => {}
         }
         Ok(())
+    }
+
+    /// (role, term, commit) as last observed after handling input.
+    pub fn observed(&self) -> (Role, u64, u64) {
+        (self.last_role.0, self.last_role.1, self.last_commit)
     }
 
     /// Role and term, if up.

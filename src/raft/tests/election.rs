@@ -32,7 +32,12 @@ fn e1_new_node_is_silent_follower() {
 
 #[test]
 fn e2_higher_term_makes_any_role_follower() {
-    for role in [Role::Follower, Role::Candidate, Role::Leader, Role::PreCandidate] {
+    for role in [
+        Role::Follower,
+        Role::Candidate,
+        Role::Leader,
+        Role::PreCandidate,
+    ] {
         let mut c = cfg(1);
         c.pre_vote = role == Role::PreCandidate;
         let mut n = node_with(c, &[1, 2, 3], &[], 0, 0, 0);
@@ -46,7 +51,11 @@ fn e2_higher_term_makes_any_role_follower() {
         }
         assert_eq!(n.role, role);
         n.step(append(2, 1, 5, (0, 0), vec![], 0));
-        assert_eq!((n.role, n.term, n.leader), (Role::Follower, 5, 2), "from {role:?}");
+        assert_eq!(
+            (n.role, n.term, n.leader),
+            (Role::Follower, 5, 2),
+            "from {role:?}"
+        );
     }
 }
 
@@ -76,7 +85,10 @@ fn e4_timeout_starts_election() {
     for (to, term, rv) in reqs {
         assert!(to == 2 || to == 3);
         assert_eq!(term, 3);
-        assert_eq!((rv.last_log_index, rv.last_log_term, rv.pre_vote), (3, 2, false));
+        assert_eq!(
+            (rv.last_log_index, rv.last_log_term, rv.pre_vote),
+            (3, 2, false)
+        );
     }
 }
 
@@ -114,7 +126,10 @@ fn e6_vote_counting_table() {
         for &d in *denials {
             n.step(vote_resp(d, 1, 1, false, false));
         }
-        assert_eq!(n.role, *want, "size {size} grants {grants:?} denials {denials:?}");
+        assert_eq!(
+            n.role, *want,
+            "size {size} grants {grants:?} denials {denials:?}"
+        );
     }
 }
 
@@ -141,7 +156,11 @@ fn e8_up_to_date_check() {
     for ((li, lt), want) in cases {
         let mut n = node_with(cfg(1), &[1, 2, 3], &[1, 2, 2], 2, 0, 0);
         n.step(vote_req(2, 1, 3, li, lt, false));
-        assert_eq!(vote_answer(&n.ready(), 2).map(|a| a.1), Some(want), "({li}, {lt})");
+        assert_eq!(
+            vote_answer(&n.ready(), 2).map(|a| a.1),
+            Some(want),
+            "({li}, {lt})"
+        );
     }
 }
 
@@ -240,7 +259,11 @@ fn e13_winner_overwrites_uncommitted_higher_term_entries() {
     ] {
         let p = net.peers.get_mut(&id).unwrap();
         p.raw = node_with(cfg(id), &[1, 2, 3, 4, 5], &terms, term, vote, 0);
-        p.hs = HardState { term, vote, commit: 0 };
+        p.hs = HardState {
+            term,
+            vote,
+            commit: 0,
+        };
     }
     net.campaign(1); // term 2: loses (4, 5 and 3 voted in term 2)
     assert_ne!(net.node(1).role, Role::Leader);
@@ -321,7 +344,10 @@ fn v1_pre_candidate_keeps_term_and_asks_term_plus_one() {
     let reqs = vote_requests(&rd);
     assert_eq!(reqs.len(), 2);
     for (_, term, rv) in reqs {
-        assert_eq!((term, rv.pre_vote, rv.last_log_index, rv.last_log_term), (2, true, 2, 1));
+        assert_eq!(
+            (term, rv.pre_vote, rv.last_log_index, rv.last_log_term),
+            (2, true, 2, 1)
+        );
     }
 }
 
@@ -344,7 +370,11 @@ fn v2_answering_prevote_changes_nothing() {
             assert_eq!((n.term, n.vote, n.role), before, "{role:?}");
             let rd = n.ready();
             assert!(rd.hard_state.is_none());
-            assert_eq!(vote_answer(&rd, 3).map(|a| a.1), Some(want), "{role:?} ({li},{lt})");
+            assert_eq!(
+                vote_answer(&rd, 3).map(|a| a.1),
+                Some(want),
+                "{role:?} ({li},{lt})"
+            );
         }
     }
 }

@@ -9,9 +9,9 @@ mod replication;
 mod snapshot;
 
 use super::*;
-use bytes::Bytes;
 use crate::pb::raftpb::message::Body;
 use crate::pb::raftpb::*;
+use bytes::Bytes;
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 
 /// Test config: T = 10, heartbeat 1, PreVote and CheckQuorum off unless a test turns them on.
@@ -290,7 +290,11 @@ impl Net {
         }
         self.queue.extend(rd.messages);
         for e in &rd.committed {
-            let last = p.applied.last().map(|e| e.index).unwrap_or(p.raw.log.snapshot_index_term().0);
+            let last = p
+                .applied
+                .last()
+                .map(|e| e.index)
+                .unwrap_or(p.raw.log.snapshot_index_term().0);
             assert_eq!(e.index, last + 1, "node {id} applied out of order");
             match self.committed.get(&e.index) {
                 Some((t, d)) => assert!(
@@ -318,7 +322,10 @@ impl Net {
         if p.raw.role == Role::Leader {
             let term = p.raw.term;
             let prev = self.leaders.insert(term, id);
-            assert!(prev.is_none() || prev == Some(id), "two leaders in term {term}");
+            assert!(
+                prev.is_none() || prev == Some(id),
+                "two leaders in term {term}"
+            );
         }
     }
 
