@@ -35,6 +35,13 @@ pub struct Checker {
     /// Committed (applied somewhere) entries: index -> (term, payload hash; None when only
     /// known from a snapshot).
     committed: BTreeMap<u64, (u64, Option<u64>)>,
+    /// Per committed index: the highest term any leader had been elected in when it was first
+    /// seen committed. Its committing leader's term is at most that, so every leader of a
+    /// higher term must hold it (a stale leader of a lower term, elected late because its
+    /// votes were delayed, need not).
+    committed_by: BTreeMap<u64, u64>,
+    /// Highest term with a leader so far.
+    max_led: u64,
     /// Per node: last index its current incarnation applied.
     applied: BTreeMap<u64, u64>,
     /// Elections observed (distinct terms with a leader).
@@ -64,14 +71,16 @@ impl Checker {
             Some(_) => return Ok(()),
             None => {
                 self.leaders.insert(term, node);
+                self.max_led = self.max_led.max(term);
                 self.elections += 1;
                 self.last_leader = Some((node, term));
             }
         }
         // Newly elected: it must hold every committed entry.
         let (snap_index, snap_term) = log.snapshot_index_term();
+        let before = |i: u64| self.committed_by.get(&i).is_some_and(|&m| m < term);
         if let Some(&(t, _)) = self.committed.get(&snap_index) {
-            if t != snap_term {
+            if t != snap_term && before(snap_index) {
                 return Err(format!(
                     "leader completeness: new leader {node} (term {term}) has a snapshot at \
                      index {snap_index} term {snap_term}, but term {t} was committed there"
@@ -79,6 +88,9 @@ impl Checker {
             }
         }
         for (&i, &(t, h)) in self.committed.range(snap_index + 1..) {
+            if !before(i) {
+                continue;
+            }
             match log.get(i) {
                 Some(e) if e.term == t && h.is_none_or(|h| entry_hash(e) == h) => {}
                 Some(e) => {
@@ -174,6 +186,7 @@ impl Checker {
                     }
                 }
                 self.committed.insert(e.index, (e.term, Some(h)));
+                self.committed_by.insert(e.index, self.max_led);
                 Ok(())
             }
         }
@@ -198,6 +211,7 @@ impl Checker {
         if index > self.max_committed() {
             // A snapshot only holds applied state: everything it covers is committed.
             self.committed.insert(index, (term, None));
+            self.committed_by.insert(index, self.max_led);
         }
         self.applied.insert(node, index);
         Ok(())
@@ -288,14 +302,22 @@ mod tests {
     #[test]
     fn new_leader_must_hold_committed_entries() {
         let mut c = Checker::new();
+        let mut full = SimLog::new();
+        full.append(&[ent(1, 1, b"a"), ent(2, 1, b"b")]).unwrap();
+        c.on_leader(1, 1, &full).unwrap();
         c.on_apply(1, &ent(1, 1, b"a")).unwrap();
         c.on_apply(1, &ent(2, 1, b"b")).unwrap();
         let mut short = SimLog::new();
         short.append(&[ent(1, 1, b"a")]).unwrap();
         assert!(c.on_leader(2, 2, &short).is_err());
-        let mut full = short.clone();
-        full.append(&[ent(2, 1, b"b"), ent(3, 2, b"")]).unwrap();
-        c.on_leader(3, 3, &full).unwrap();
+        // Committed while term 5 had a leader: a stale leader of term 4, elected late (its
+        // votes were delayed), is not held to it; a leader of term 6 is.
+        c.on_leader(5, 5, &full).unwrap();
+        c.on_apply(1, &ent(3, 5, b"c")).unwrap();
+        c.on_leader(4, 4, &full).unwrap();
+        assert!(c.on_leader(3, 6, &full).is_err());
+        full.append(&[ent(3, 5, b"c")]).unwrap();
+        c.on_leader(3, 7, &full).unwrap();
     }
 
     #[test]

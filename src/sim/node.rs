@@ -463,7 +463,7 @@ impl SimNode {
                 let latency = rng.range(self.params.sync_min, self.params.sync_max + 1);
                 self.busy = Some(held);
                 out.push(Action::Sync { latency });
-                return Ok(());
+                return self.observe(checker, out);
             }
             self.finish(held, now, rng, checker, out)?;
         }
