@@ -112,6 +112,13 @@ impl Checker {
         Ok(())
     }
 
+    /// Terms in (lo, hi) of entries ever appended at `index` (for diagnostics).
+    pub fn terms_at(&self, index: u64, lo: u64, hi: u64) -> Vec<u64> {
+        (lo + 1..hi)
+            .filter(|t| self.seen.contains_key(&(index, *t)))
+            .collect()
+    }
+
     /// `node` appended `ents` to its log; `prev_term` is the term of the entry before them.
     pub fn on_append(
         &mut self,

@@ -256,18 +256,20 @@ impl World {
         let mut out = Vec::new();
         let now = self.now;
         let n = &mut self.nodes[(id - 1) as usize];
-        let before = n.observed().2;
+        let before = n.applied();
         n.input(inp, now, &mut self.rng, &mut self.checker, &mut out)?;
         self.actions(id, out);
         self.after_commit(id, before);
         Ok(())
     }
 
-    /// Fault trigger: a leader whose commit index just moved sometimes crashes a moment later,
-    /// before the entries after it reach the followers.
+    /// Fault trigger: a leader that just applied (and answered clients for) newly committed
+    /// entries sometimes crashes a moment later, before what it sent next reaches the
+    /// followers.
     fn after_commit(&mut self, id: u64, before: u64) {
-        let (role, _, commit) = self.nodes[(id - 1) as usize].observed();
-        if self.quiet || role != Role::Leader || commit <= before {
+        let n = &self.nodes[(id - 1) as usize];
+        let (role, _, _) = n.observed();
+        if self.quiet || role != Role::Leader || n.applied() <= before {
             return;
         }
         let p = if self.opts.bug != Bug::None {
@@ -288,9 +290,10 @@ impl World {
             // Power loss: messages still in the node's send buffers are lost (each in-flight
             // message from it, with probability 1/2).
             let rng = &mut self.rng;
+            let p = if self.opts.bug != Bug::None { 0.9 } else { 0.5 };
             let before = self.queue.len();
             self.queue.retain(|_, ev| match ev {
-                Event::Deliver(m) if m.from == id => !rng.chance(0.5),
+                Event::Deliver(m) if m.from == id => !rng.chance(p),
                 _ => true,
             });
             let lost = before - self.queue.len();
@@ -437,7 +440,7 @@ impl World {
                 if live {
                     self.log(format!("node {node} sync done"));
                     let n = &mut self.nodes[(node - 1) as usize];
-                    let before = n.observed().2;
+                    let before = n.applied();
                     let mut out = Vec::new();
                     let now = self.now;
                     n.sync_done(now, &mut self.rng, &mut self.checker, &mut out)?;
@@ -532,10 +535,11 @@ impl World {
         // entries to a minority only: the Figure 8 shapes).
         if self.checker.elections > self.elections_seen {
             self.elections_seen = self.checker.elections;
-            let p = if self.opts.bug != Bug::None { 0.5 } else { 0.1 };
+            let bias = self.opts.bug != Bug::None;
+            let p = if bias { 0.7 } else { 0.1 };
             if let Some((id, _)) = self.checker.last_leader {
                 if !self.quiet && self.rng.chance(p) {
-                    let d = self.rng.range(1, 40);
+                    let d = self.rng.range(1, if bias { 15 } else { 40 });
                     self.at(d, Event::Crash(id));
                 }
             }

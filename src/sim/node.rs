@@ -486,8 +486,13 @@ impl SimNode {
                 Ok(t) if t != st.term => {
                     return Err(format!(
                         "commit rule: leader {} of term {} advanced its commit from {} to {}, an \
-                         entry of older term {t}, by counting replicas",
-                        self.id, st.term, self.last_commit, st.commit
+                         entry of older term {t}, by counting replicas (entries of terms {:?} \
+                         were appended at that index elsewhere)",
+                        self.id,
+                        st.term,
+                        self.last_commit,
+                        st.commit,
+                        checker.terms_at(st.commit, t, st.term)
                     ))
                 }
                 _ => {}
