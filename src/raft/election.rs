@@ -81,15 +81,27 @@ impl<S: LogStore> RawNode<S> {
         // Only acks for heartbeats of this term count towards a lease.
         self.lease_fence = self.now;
         // The no-op entry of the new term (Raft §8): commits everything before it and lets
-        // reads proceed once it commits.
+        // reads proceed once it commits. The CommitOldTerm planted bug delays it until the
+        // first read (see `read_index`; proposals add own-term entries anyway), opening the
+        // paper's Figure 8 window: with an immediate no-op, old-term entries almost never
+        // reach a quorum ahead of a current-term one and the bug would hide.
+        if self.cfg.planted_bug != PlantedBug::CommitOldTerm {
+            self.append_noop();
+        }
+        self.pending_bcast = true;
+        log::info!("node {me} became leader at term {term}");
+    }
+
+    /// Appends an empty entry of the current term.
+    pub(super) fn append_noop(&mut self) {
+        let index = self.log.last_index() + 1;
         self.log.append(vec![Entry {
-            index: last + 1,
-            term,
+            index,
+            term: self.term,
             entry_type: EntryType::EntryNormal as i32,
             data: Default::default(),
         }]);
         self.pending_bcast = true;
-        log::info!("node {me} became leader at term {term}");
     }
 
     /// Counts votes. Returns true if the campaign ended (won or lost).

@@ -2,7 +2,7 @@
 
 use super::node::RawNode;
 use super::progress::ProgressState;
-use super::{LogStore, ProposeError, ReadState, Role, SnapshotMeta};
+use super::{LogStore, PlantedBug, ProposeError, ReadState, Role, SnapshotMeta};
 use crate::pb::raftpb::message::Body;
 use crate::pb::raftpb::{InstallSnapshotResponse, Message};
 
@@ -19,6 +19,10 @@ impl<S: LogStore> RawNode<S> {
     pub fn read_index(&mut self, ctx: u64) -> Result<(), ProposeError> {
         if self.role != Role::Leader {
             return Err(self.not_leader());
+        }
+        if self.cfg.planted_bug == PlantedBug::CommitOldTerm && self.log.last_term() != self.term {
+            // Planted bug: the start-of-term no-op was held back (see become_leader).
+            self.append_noop();
         }
         if !self.committed_own_term() {
             // The commit index is not known to be current until our no-op commits (§6.4).
@@ -179,7 +183,7 @@ impl<S: LogStore> RawNode<S> {
         r: InstallSnapshotResponse,
     ) {
         let first_index = self.log.first_index();
-        if r.done && r.success {
+        if r.done && r.success && r.index <= self.log.last_index() {
             if let Some(pr) = self.prs.get_mut(&from) {
                 pr.recent_active = true;
                 pr.maybe_update(r.index);

@@ -85,6 +85,9 @@ pub struct Config {
     pub lease_read: bool,
     /// Max AppendEntries in flight per follower in replicate mode.
     pub max_inflight_msgs: usize,
+    /// Max entry bytes in flight per follower in replicate mode (0 = no byte cap). One append
+    /// may overshoot it; then the window is full until acks free it.
+    pub max_inflight_bytes: u64,
     /// Max total entry bytes per AppendEntries.
     pub max_msg_bytes: u64,
     /// Max bytes of uncommitted entries a leader accepts (0 = unlimited).
@@ -106,7 +109,9 @@ pub enum PlantedBug {
     /// (breaks "one vote per term": two leaders can win the same term).
     VoteTwice,
     /// Commits the highest index stored on a quorum regardless of its term (the Figure 8 bug:
-    /// an old-term entry can be "committed" and later overwritten).
+    /// an old-term entry can be "committed" and later overwritten). To expose it, a new leader
+    /// also holds back its start-of-term no-op until the first read (as in the paper's
+    /// Figure 8, where leaders have no such entry).
     CommitOldTerm,
 }
 
@@ -121,6 +126,7 @@ impl Config {
             check_quorum: true,
             lease_read: false,
             max_inflight_msgs: 256,
+            max_inflight_bytes: 0,
             max_msg_bytes: 1 << 20,
             max_uncommitted_bytes: 64 << 20,
             seed: id,

@@ -197,8 +197,13 @@ pub(crate) struct Peer {
     pub(crate) reads: Vec<ReadState>,
     pub(crate) failed_reads: Vec<u64>,
     pub(crate) snapshot_sends: Vec<u64>,
+    /// Index of the snapshot installed last (the apply stream may jump to just above it).
+    pub(crate) snap_index: u64,
     pub(crate) cfg: Config,
 }
+
+/// Sees (and may rewrite) each message before delivery; returns false to drop it.
+pub(crate) type MsgFilter = Box<dyn FnMut(&mut Message) -> bool>;
 
 /// Deterministic in-memory network with invariant checks.
 pub(crate) struct Net {
@@ -207,7 +212,14 @@ pub(crate) struct Net {
     /// Directed links that drop everything.
     pub(crate) cut: HashSet<(u64, u64)>,
     /// Message filter: returns false to drop.
-    pub(crate) filter: Option<Box<dyn FnMut(&Message) -> bool>>,
+    pub(crate) filter: Option<MsgFilter>,
+    /// If set: deliver queued messages in random order and duplicate some (rate).
+    pub(crate) chaos: Option<(crate::rng::Rng, f64)>,
+    /// Act as the snapshot-transfer shell: send InstallSnapshot for `snapshot_sends`, install
+    /// received snapshots and acknowledge them; a lost stream is reported as failed.
+    pub(crate) auto_snapshot: bool,
+    /// Snapshots installed (accepted by `restore_snapshot`) so far.
+    pub(crate) snapshots_installed: usize,
     /// Leader seen per term (I1).
     leaders: HashMap<u64, u64>,
     /// Committed (index -> (term, data)) as applied anywhere (I1/I2).
@@ -236,6 +248,7 @@ impl Net {
                     reads: vec![],
                     failed_reads: vec![],
                     snapshot_sends: vec![],
+                    snap_index: 0,
                     cfg: c,
                 },
             );
@@ -245,6 +258,9 @@ impl Net {
             queue: VecDeque::new(),
             cut: HashSet::new(),
             filter: None,
+            chaos: None,
+            auto_snapshot: false,
+            snapshots_installed: 0,
             leaders: HashMap::new(),
             committed: HashMap::new(),
         }
@@ -294,7 +310,8 @@ impl Net {
                 .applied
                 .last()
                 .map(|e| e.index)
-                .unwrap_or(p.raw.log.snapshot_index_term().0);
+                .unwrap_or(0)
+                .max(p.snap_index);
             assert_eq!(e.index, last + 1, "node {id} applied out of order");
             match self.committed.get(&e.index) {
                 Some((t, d)) => assert!(
@@ -315,10 +332,53 @@ impl Net {
         }
         p.reads.extend(rd.reads);
         p.failed_reads.extend(rd.failed_reads);
-        p.snapshot_sends.extend(rd.snapshot_sends);
+        p.snapshot_sends.extend(rd.snapshot_sends.iter().copied());
         if let Some(last) = rd.entries.last() {
             p.raw.on_persisted(last.index, last.term);
         }
+        if self.auto_snapshot {
+            let (si, st) = p.raw.store().snapshot_index_term();
+            for &to in &rd.snapshot_sends {
+                let m = msg(
+                    id,
+                    to,
+                    p.raw.term,
+                    Body::InstallSnapshot(InstallSnapshot {
+                        meta: Some(SnapshotMeta {
+                            index: si,
+                            term: st,
+                            conf: Some(p.raw.conf.clone()),
+                        }),
+                        offset: 0,
+                        data: Bytes::new(),
+                        done: true,
+                        crc: 0,
+                    }),
+                );
+                self.queue.push_back(m);
+            }
+            for m in rd.snapshot_msgs {
+                if let Some(Body::InstallSnapshot(is)) = m.body {
+                    let Some(meta) = is.meta else { continue };
+                    let index = meta.index;
+                    self.install_snapshot(id, meta);
+                    let p = self.peers.get_mut(&id).unwrap();
+                    let reply = msg(
+                        id,
+                        m.from,
+                        p.raw.term,
+                        Body::InstallSnapshotResponse(InstallSnapshotResponse {
+                            index,
+                            next_offset: 0,
+                            success: true,
+                            done: true,
+                        }),
+                    );
+                    self.queue.push_back(reply);
+                }
+            }
+        }
+        let p = self.peers.get_mut(&id).unwrap();
         if p.raw.role == Role::Leader {
             let term = p.raw.term;
             let prev = self.leaders.insert(term, id);
@@ -340,7 +400,18 @@ impl Net {
     pub(crate) fn settle(&mut self) {
         for _ in 0..100_000 {
             self.process_all();
-            let Some(m) = self.queue.pop_front() else {
+            let m = match self.chaos.as_mut() {
+                Some((rng, dup)) if !self.queue.is_empty() => {
+                    let i = rng.range(0, self.queue.len() as u64) as usize;
+                    if rng.chance(*dup) {
+                        Some(self.queue[i].clone())
+                    } else {
+                        self.queue.swap_remove_back(i)
+                    }
+                }
+                _ => self.queue.pop_front(),
+            };
+            let Some(m) = m else {
                 return;
             };
             self.deliver(m);
@@ -348,14 +419,20 @@ impl Net {
         panic!("network did not settle");
     }
 
-    fn deliver(&mut self, m: Message) {
-        if self.cut.contains(&(m.from, m.to)) {
-            return;
-        }
-        if let Some(f) = self.filter.as_mut() {
-            if !f(&m) {
-                return;
+    fn deliver(&mut self, mut m: Message) {
+        let mut lost = self.cut.contains(&(m.from, m.to));
+        if !lost {
+            if let Some(f) = self.filter.as_mut() {
+                lost = !f(&mut m);
             }
+        }
+        if lost {
+            if self.auto_snapshot && matches!(m.body, Some(Body::InstallSnapshot(_))) {
+                if let Some(p) = self.peers.get_mut(&m.from) {
+                    p.raw.report_snapshot(m.to, false);
+                }
+            }
+            return;
         }
         if let Some(p) = self.peers.get_mut(&m.to) {
             p.raw.step(m);
@@ -409,11 +486,29 @@ impl Net {
             .collect()
     }
 
+    /// Installs a snapshot on `id` as the shell would (core first, then the store).
+    pub(crate) fn install_snapshot(&mut self, id: u64, meta: SnapshotMeta) -> bool {
+        let p = self.peers.get_mut(&id).unwrap();
+        let (i, t) = (meta.index, meta.term);
+        if !p.raw.restore_snapshot(meta) {
+            return false;
+        }
+        p.raw.store_mut().reset(i, t);
+        p.snap_index = i;
+        self.snapshots_installed += 1;
+        true
+    }
+
     /// Restarts `id` from its durable state (everything written so far is durable here).
     pub(crate) fn restart(&mut self, id: u64) {
         let p = self.peers.get_mut(&id).unwrap();
         let store = p.raw.store().clone();
-        let applied = p.applied.last().map(|e| e.index).unwrap_or(0);
+        let applied = p
+            .applied
+            .last()
+            .map(|e| e.index)
+            .unwrap_or(0)
+            .max(p.snap_index);
         let init = InitialState {
             hard_state: p.hs,
             conf: p.raw.conf.clone(),

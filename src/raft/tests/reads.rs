@@ -1,1 +1,308 @@
+//! ReadIndex, lease reads and leadership transfer (R*, T*).
+
 use super::*;
+
+fn tagged_heartbeats(rd: &Ready) -> Vec<(u64, u64)> {
+    rd.messages
+        .iter()
+        .filter_map(|m| match body_of(m) {
+            Body::Heartbeat(h) if h.context != 0 => Some((m.to, h.context)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// 3-voter leader (id 1, term 1) whose no-op is committed.
+fn ready_leader() -> RawNode<MemLog> {
+    let mut l = node_with(cfg(1), &[1, 2, 3], &[], 0, 0, 0);
+    l.campaign(false);
+    l.step(vote_resp(2, 1, 1, true, false));
+    drain(&mut l);
+    l.step(append_ok(2, 1, 1, 1));
+    drain(&mut l);
+    assert_eq!(l.commit, 1);
+    l
+}
+
+#[test]
+fn r1_read_index_confirmed_by_quorum() {
+    let mut l = ready_leader();
+    l.read_index(42).unwrap();
+    let rd = l.ready();
+    let hbs = tagged_heartbeats(&rd);
+    assert_eq!(hbs.len(), 2);
+    assert!(rd.reads.is_empty());
+    let tag = hbs[0].1;
+    l.step(hb_resp(2, 1, 1, tag));
+    assert_eq!(l.ready().reads, vec![ReadState { ctx: 42, index: 1 }]);
+
+    // A single voter answers at once (after its own no-op commits).
+    let mut s = node_with(cfg(1), &[1], &[], 0, 0, 0);
+    s.campaign(false);
+    drain(&mut s);
+    s.read_index(7).unwrap();
+    assert_eq!(s.ready().reads, vec![ReadState { ctx: 7, index: 1 }]);
+}
+
+#[test]
+fn r2_new_leader_defers_reads_until_own_term_commit() {
+    let mut l = node_with(cfg(1), &[1, 2, 3], &[], 0, 0, 0);
+    l.campaign(false);
+    l.step(vote_resp(2, 1, 1, true, false));
+    drain(&mut l);
+    l.read_index(5).unwrap();
+    let rd = l.ready();
+    assert!(rd.reads.is_empty());
+    assert!(tagged_heartbeats(&rd).is_empty());
+    l.step(append_ok(2, 1, 1, 1));
+    let rd = l.ready();
+    let hbs = tagged_heartbeats(&rd);
+    assert_eq!(hbs.len(), 2);
+    l.step(hb_resp(3, 1, 1, hbs[0].1));
+    assert_eq!(l.ready().reads, vec![ReadState { ctx: 5, index: 1 }]);
+}
+
+#[test]
+fn r3_follower_read_index_is_redirected() {
+    let mut f = node_with(cfg(2), &[1, 2, 3], &[], 1, 0, 0);
+    f.step(heartbeat(1, 2, 1, 0, 0));
+    assert_eq!(
+        f.read_index(1),
+        Err(ProposeError::NotLeader { leader: Some(1) })
+    );
+}
+
+#[test]
+fn r4_ack_confirms_earlier_reads_and_frees_them() {
+    let mut l = ready_leader();
+    l.read_index(1).unwrap();
+    let t1 = tagged_heartbeats(&l.ready())[0].1;
+    l.read_index(2).unwrap();
+    let t2 = tagged_heartbeats(&l.ready())[0].1;
+    assert!(t2 > t1);
+    l.step(hb_resp(2, 1, 1, t2));
+    let ctxs: Vec<u64> = l.ready().reads.iter().map(|r| r.ctx).collect();
+    assert_eq!(ctxs, vec![1, 2]);
+    assert_eq!(l.pending_reads(), 0);
+}
+
+#[test]
+fn r5_stale_acks_cannot_confirm_reads_of_deposed_leader() {
+    let mut net = Net::new(3, |_| {});
+    net.elect(1);
+    net.node(1).read_index(9).unwrap();
+    net.process(1);
+    // Hold 1's tagged heartbeats; elect 2 and commit there.
+    let held: Vec<Message> = net.queue.drain(..).collect();
+    net.elect(2);
+    net.propose(2, "w");
+    // Old leader learnt about the new term: its read failed, not answered.
+    assert!(net.peers[&1].failed_reads.contains(&9));
+    // Releasing the old heartbeats and acks confirms nothing.
+    for m in held {
+        net.node(m.to).step(m);
+    }
+    net.settle();
+    assert!(net.peers[&1].reads.is_empty());
+    // A new read on 2 is at least the commit index at request time.
+    let c = net.node(2).commit;
+    net.node(2).read_index(10).unwrap();
+    net.settle();
+    let r = &net.peers[&2].reads;
+    assert_eq!(r.len(), 1);
+    assert!(r[0].index >= c);
+}
+
+#[test]
+fn r6_lease_read() {
+    // Lease reads without CheckQuorum are a config error.
+    let mut c = cfg(1);
+    c.lease_read = true;
+    assert!(RawNode::new(c, MemLog::new(), InitialState::default()).is_err());
+
+    let mut net = Net::new(3, |c| {
+        c.check_quorum = true;
+        c.lease_read = true;
+    });
+    // Fresh nodes refuse votes for one timeout (they may have promised a lease); skip that.
+    for p in net.peers.values_mut() {
+        p.raw.quiet_boot = false;
+    }
+    net.elect(1);
+    // Fresh heartbeat round acked by a quorum -> lease.
+    net.tick(1);
+    net.settle();
+    let commit = net.node(1).commit;
+    assert_eq!(net.node(1).lease_read(), Ok(commit));
+    // Isolated past the lease window: refused.
+    net.isolate(1);
+    for _ in 0..9 {
+        net.tick(1);
+        net.settle();
+    }
+    assert_eq!(net.node(1).lease_read(), Err(ProposeError::NoLease));
+    // Followers never serve lease reads.
+    assert!(matches!(
+        net.node(2).lease_read(),
+        Err(ProposeError::NotLeader { .. })
+    ));
+    // Lease reads off: NoLease.
+    let mut net = Net::new(3, |c| c.check_quorum = true);
+    net.elect(1);
+    net.tick(1);
+    net.settle();
+    assert_eq!(net.node(1).lease_read(), Err(ProposeError::NoLease));
+}
+
+#[test]
+fn failed_reads_on_losing_leadership() {
+    let mut l = ready_leader();
+    l.read_index(3).unwrap();
+    l.read_index(4).unwrap();
+    l.step(heartbeat(2, 1, 2, 0, 0));
+    assert_eq!(l.role, Role::Follower);
+    let mut f = l.ready().failed_reads;
+    f.sort();
+    assert_eq!(f, vec![3, 4]);
+}
+
+// ----- leadership transfer -----
+
+#[test]
+fn t1_transfer_to_up_to_date_voter() {
+    let mut net = Net::new(3, |c| {
+        c.check_quorum = true;
+        c.pre_vote = true;
+    });
+    net.elect(1);
+    net.propose(1, "a");
+    net.node(1).transfer_leader(2);
+    net.settle();
+    assert_eq!(net.leader(), Some(2));
+    assert_eq!(net.node(1).role, Role::Follower);
+    assert_eq!(net.node(1).pending_transfer(), None);
+}
+
+#[test]
+fn t2_lagging_target_caught_up_first() {
+    let mut net = Net::new(3, |_| {});
+    net.elect(1);
+    net.isolate(3);
+    net.propose(1, "a");
+    net.heal();
+    net.node(1).transfer_leader(3);
+    let rd = net.node(1).ready();
+    assert!(!rd
+        .messages
+        .iter()
+        .any(|m| matches!(body_of(m), Body::TimeoutNow(_))));
+    net.queue.extend(rd.messages);
+    net.settle();
+    assert_eq!(net.leader(), Some(3));
+    assert_eq!(net.log_terms(3), net.log_terms(1));
+}
+
+#[test]
+fn t3_proposals_refused_during_transfer() {
+    let mut net = Net::new(3, |_| {});
+    net.elect(1);
+    net.isolate(3);
+    net.propose(1, "a");
+    net.node(1).transfer_leader(3);
+    let last = net.node(1).log.last_index();
+    assert_eq!(
+        net.node(1).propose(Bytes::from("b")),
+        Err(ProposeError::TransferInProgress)
+    );
+    assert_eq!(net.node(1).log.last_index(), last);
+}
+
+#[test]
+fn t4_transfer_abandoned_after_election_timeout() {
+    let mut net = Net::new(3, |_| {});
+    net.elect(1);
+    net.isolate(3);
+    net.propose(1, "a");
+    net.node(1).transfer_leader(3);
+    for _ in 0..5 {
+        net.tick(1);
+    }
+    // Same target again does not extend the deadline.
+    net.node(1).transfer_leader(3);
+    for _ in 0..5 {
+        net.tick(1);
+    }
+    assert_eq!(net.node(1).role, Role::Leader);
+    assert_eq!(net.node(1).pending_transfer(), None);
+    // Another target replaces; self cancels.
+    net.node(1).transfer_leader(3);
+    net.node(1).transfer_leader(2);
+    assert_eq!(net.node(1).pending_transfer(), Some(2));
+    net.node(1).transfer_leader(1);
+    assert_eq!(net.node(1).pending_transfer(), None);
+}
+
+#[test]
+fn t5_transfer_to_self_or_non_member_is_noop_and_higher_term_clears() {
+    let mut l = ready_leader();
+    l.transfer_leader(1);
+    l.transfer_leader(9);
+    assert_eq!(l.pending_transfer(), None);
+    l.transfer_leader(3);
+    assert_eq!(l.pending_transfer(), Some(3));
+    l.step(vote_req(2, 1, 5, 10, 5, false));
+    assert_eq!(l.role, Role::Follower);
+    assert_eq!(l.transferee, 0);
+}
+
+#[test]
+fn lease_void_after_timeout_now_and_quiet_boot_refuses_votes() {
+    let mut net = Net::new(3, |c| {
+        c.check_quorum = true;
+        c.lease_read = true;
+    });
+    for p in net.peers.values_mut() {
+        p.raw.quiet_boot = false;
+    }
+    net.elect(1);
+    net.tick(1);
+    net.settle();
+    assert!(net.node(1).lease_read().is_ok());
+    // Start a transfer to a node that cannot answer: TimeoutNow goes out, lease is gone for
+    // the rest of the term even after the transfer is abandoned.
+    net.cut.insert((2, 1));
+    net.node(1).transfer_leader(2);
+    assert_eq!(net.node(1).lease_read(), Err(ProposeError::NoLease));
+    net.cut.clear();
+    net.filter = Some(Box::new(|m: &mut Message| {
+        !matches!(m.body, Some(Body::TimeoutNow(_)))
+    }));
+    for _ in 0..12 {
+        net.tick(1);
+        net.settle();
+    }
+    assert_eq!(net.node(1).role, Role::Leader);
+    assert_eq!(net.node(1).pending_transfer(), None);
+    assert_eq!(net.node(1).lease_read(), Err(ProposeError::NoLease));
+
+    // A freshly started node with lease reads refuses (ignores) votes for one timeout.
+    let mut c = cfg(2);
+    c.check_quorum = true;
+    c.lease_read = true;
+    let mut n = RawNode::new(
+        c,
+        MemLog::new(),
+        InitialState {
+            conf: conf(&[1, 2, 3]),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    n.step(vote_req(3, 2, 1, 0, 0, false));
+    assert_eq!((n.term, n.vote), (0, 0));
+    for _ in 0..10 {
+        n.tick();
+    }
+    n.step(vote_req(3, 2, 2, 0, 0, false));
+    assert_eq!((n.term, n.vote), (2, 3));
+}
