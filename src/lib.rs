@@ -7,6 +7,7 @@
 //! - [`net`]: framing, the mio reactor pieces and the timer wheel.
 //! - [`kv`]: the replicated key-value state machine with exactly-once client sessions.
 //! - [`server`]: glue that runs one node on one thread.
+//! - [`snapshot`]: background snapshot creation, compaction policy, InstallSnapshot streaming.
 //! - [`client`]: blocking client library used by the CLI, the bench tool and tests.
 //! - [`pb`]: protobuf types generated from `proto/`.
 //! - [`rng`]: seeded PRNG (no global randomness anywhere).
@@ -19,4 +20,5 @@ pub mod raft;
 pub mod rng;
 pub mod server;
 pub mod sim;
+pub mod snapshot;
 pub mod storage;

@@ -1,0 +1,152 @@
+//! Snapshots that never stall the node: creation in a forked child, the policy deciding when to
+//! snapshot and how far to compact the log, InstallSnapshot streaming as socket-free state
+//! machines, and recovery from the newest valid snapshot file.
+//!
+//! Design notes and the exact call order for the server are in `docs/snapshots.md`. In short:
+//! - [`BackgroundSnapshot`] writes `KvStore` to a snapshot file without blocking the reactor
+//!   (fork + copy-on-write; a synchronous mode for tests and the simulator).
+//! - [`SnapshotPolicy`] decides when to start one and the index to compact the log to.
+//! - [`SnapshotSender`] (leader, one per peer) and [`SnapshotReceiver`] (follower) turn a snapshot
+//!   file into `InstallSnapshot` messages and back, with a window of unacknowledged chunks,
+//!   retransmission, and a CRC over the whole payload.
+//! - [`load_latest`] restores the newest valid snapshot at startup, falling back to the previous
+//!   one when the newest is damaged.
+//!
+//! The bytes streamed between nodes are the snapshot *payload* (what `KvStore::write_snapshot`
+//! produced), read through the storage layer's CRC-checking [`SnapshotReader`] on the leader and
+//! written through [`crate::storage::SnapshotWriter`] on the follower, so both ends keep the storage
+//! file format and its checks.
+
+mod background;
+mod policy;
+mod recv;
+mod send;
+
+pub use background::{BackgroundSnapshot, SnapshotDone, SnapshotMode};
+pub use policy::{LogStats, SnapshotPolicy};
+pub use recv::{InstalledSnapshot, Received, ReceivedSnapshot, SnapshotReceiver};
+pub use send::{SendStatus, SenderConfig, SnapshotSender};
+
+use crate::kv::KvStore;
+use crate::raft::SnapshotMeta;
+use crate::storage::{SnapshotReader, SnapshotStore, StorageError};
+use std::fmt;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+/// A snapshot failure. Always says what failed and where.
+#[derive(Debug)]
+pub enum SnapshotError {
+    /// The storage layer failed (I/O or a damaged file).
+    Storage(StorageError),
+    /// Anything else, described.
+    Other(String),
+}
+
+impl fmt::Display for SnapshotError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SnapshotError::Storage(e) => write!(f, "snapshot storage: {e}"),
+            SnapshotError::Other(s) => write!(f, "snapshot: {s}"),
+        }
+    }
+}
+
+impl std::error::Error for SnapshotError {}
+
+impl From<StorageError> for SnapshotError {
+    fn from(e: StorageError) -> Self {
+        SnapshotError::Storage(e)
+    }
+}
+
+/// A snapshot restored at startup.
+pub struct LoadedSnapshot {
+    pub meta: SnapshotMeta,
+    /// The file it came from (what a leader streams to peers that need it).
+    pub path: PathBuf,
+    pub kv: KvStore,
+}
+
+/// Reads the snapshot file at `path` into a `KvStore` as a stream (never the whole file in one
+/// buffer), checking every storage chunk CRC, the trailer (size and whole-payload CRC), the KV
+/// format's own checksum, and that the KV state's applied index is the snapshot index.
+pub fn restore_kv(path: &Path) -> Result<(SnapshotMeta, KvStore), SnapshotError> {
+    let mut r = SnapshotReader::open(path)?;
+    let kv = KvStore::restore_snapshot(&mut r).map_err(|e| {
+        SnapshotError::Other(format!("{}: restoring the KV state: {e}", path.display()))
+    })?;
+    // The KV format is self-delimiting: read on to the storage trailer so its checks run too.
+    let mut rest = [0u8; 64];
+    loop {
+        match r.read(&mut rest) {
+            Ok(0) => break,
+            Ok(n) => {
+                return Err(SnapshotError::Other(format!(
+                    "{}: {n}+ unexpected bytes after the KV state (at payload byte {})",
+                    path.display(),
+                    r.bytes_read() - n as u64
+                )))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                return Err(SnapshotError::Other(format!(
+                    "{}: verifying the snapshot file: {e}",
+                    path.display()
+                )))
+            }
+        }
+    }
+    if kv.applied() != r.meta.index {
+        return Err(SnapshotError::Other(format!(
+            "{}: KV state is at index {} but the snapshot claims index {}",
+            path.display(),
+            kv.applied(),
+            r.meta.index
+        )));
+    }
+    Ok((r.meta.clone(), kv))
+}
+
+/// Recovery: the newest snapshot that restores cleanly, as `(meta, path, KvStore)`.
+///
+/// Snapshot files are tried newest first; a damaged one is skipped with a warning and the
+/// previous one is used. `Ok(None)` means there are no snapshot files at all (a fresh node). If
+/// files exist but none restores, the error lists every file and why, so the operator sees that
+/// state was lost rather than the node silently starting empty.
+pub fn load_latest(store: &SnapshotStore) -> Result<Option<LoadedSnapshot>, SnapshotError> {
+    let files = store.list()?;
+    let mut failures = Vec::new();
+    for (_, _, path) in files {
+        match restore_kv(&path) {
+            Ok((meta, kv)) => {
+                if !failures.is_empty() {
+                    log::warn!(
+                        "using older snapshot {} at index {}; newer ones are unusable: {}",
+                        path.display(),
+                        meta.index,
+                        failures.join("; ")
+                    );
+                }
+                return Ok(Some(LoadedSnapshot { meta, path, kv }));
+            }
+            Err(e) => {
+                log::warn!("snapshot {} is unusable: {e}", path.display());
+                failures.push(e.to_string());
+            }
+        }
+    }
+    if failures.is_empty() {
+        Ok(None)
+    } else {
+        Err(SnapshotError::Other(format!(
+            "no usable snapshot in {} ({} file(s) tried): {}",
+            store.dir().display(),
+            failures.len(),
+            failures.join("; ")
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,258 @@
+//! Follower side of InstallSnapshot: [`SnapshotReceiver`].
+//!
+//! A pure state machine apart from the file it writes: chunks from `Ready::snapshot_msgs` go
+//! in, response messages (and, at the end, a verified snapshot) come out. Chunks are written in
+//! order, as they arrive, through the storage layer's [`SnapshotWriter`] (a temp file in the
+//! snapshot directory; nothing is buffered beyond one storage chunk). Rules:
+//! - A transfer is identified by (leader term, leader id, snapshot index, snapshot term). A
+//!   chunk of a newer transfer (higher term, or same term and a different snapshot) discards the
+//!   partial one; a late chunk of an older one (lower term or lower index) is answered and
+//!   otherwise ignored. Only a chunk at offset 0 starts a new transfer.
+//! - A chunk past offset 0 with no partial transfer to continue is answered `success = false`
+//!   (the leader restarts from 0).
+//! - A chunk not at the expected offset (duplicate, reordered, after a gap) is not written; the
+//!   answer carries `next_offset` so the leader resends from there.
+//! - The last chunk (`done`) carries the CRC32 of the whole payload; on a mismatch the partial
+//!   file is deleted and the answer is `success = false` (the leader restarts from 0).
+//! - On a verified last chunk the receiver yields a [`ReceivedSnapshot`]; the server installs
+//!   it (see `docs/snapshots.md` for the order) and sends its `done` answer.
+//! - Chunks of a transfer that already completed (a lost `done` answer made the leader resend)
+//!   are answered `done` again, except a chunk at offset 0, which starts over.
+
+use super::SnapshotError;
+use crate::pb::raftpb::{message::Body, InstallSnapshot, InstallSnapshotResponse, Message};
+use crate::raft::SnapshotMeta;
+use crate::storage::{SnapshotStore, SnapshotWriter};
+use std::io::Write;
+use std::path::PathBuf;
+
+/// (leader term, leader id, snapshot index, snapshot term)
+type Key = (u64, u64, u64, u64);
+
+struct Transfer {
+    key: Key,
+    meta: SnapshotMeta,
+    writer: SnapshotWriter,
+    next_offset: u64,
+}
+
+/// What to do with an incoming message.
+pub enum Received {
+    /// Not an InstallSnapshot message: nothing to do.
+    Ignored,
+    /// Send this answer to the leader.
+    Reply(Message),
+    /// All chunks arrived and the CRC matched: install it, then send its `done` answer.
+    Complete(Box<ReceivedSnapshot>),
+}
+
+/// A complete, CRC-verified snapshot not yet published in the snapshot directory.
+pub struct ReceivedSnapshot {
+    meta: SnapshotMeta,
+    writer: SnapshotWriter,
+    reply: Message,
+}
+
+/// A received snapshot made durable in the snapshot directory.
+pub struct InstalledSnapshot {
+    pub meta: SnapshotMeta,
+    /// The published snapshot file: restore the KV state from it with
+    /// [`super::restore_kv`].
+    pub path: PathBuf,
+    /// The `done` answer for the leader; send it once the snapshot is installed.
+    pub reply: Message,
+}
+
+impl ReceivedSnapshot {
+    /// What the snapshot covers: pass it to `RawNode::restore_snapshot`.
+    pub fn meta(&self) -> &SnapshotMeta {
+        &self.meta
+    }
+
+    /// Payload bytes received.
+    pub fn len(&self) -> u64 {
+        self.writer.bytes_written()
+    }
+
+    /// True if the payload is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Makes the snapshot durable (fsync + rename into the snapshot directory). An error is
+    /// fatal for the node (it may have told the core about the snapshot already).
+    pub fn install(self) -> Result<InstalledSnapshot, SnapshotError> {
+        let path = self.writer.finish()?;
+        Ok(InstalledSnapshot {
+            meta: self.meta,
+            path,
+            reply: self.reply,
+        })
+    }
+
+    /// Drops the snapshot (the core found it stale: the log already covers it) and returns the
+    /// `done` answer, which is still right: the node has everything up to its index.
+    pub fn discard(self) -> Message {
+        self.writer.abort();
+        self.reply
+    }
+}
+
+/// Receives InstallSnapshot streams on a follower. One per node.
+#[derive(Default)]
+pub struct SnapshotReceiver {
+    cur: Option<Transfer>,
+    /// The last completed transfer and its payload size.
+    completed: Option<(Key, u64)>,
+}
+
+fn reply(msg: &Message, index: u64, next_offset: u64, success: bool, done: bool) -> Message {
+    Message {
+        from: msg.to,
+        to: msg.from,
+        term: msg.term,
+        body: Some(Body::InstallSnapshotResponse(InstallSnapshotResponse {
+            index,
+            next_offset,
+            success,
+            done,
+        })),
+    }
+}
+
+impl SnapshotReceiver {
+    pub fn new() -> SnapshotReceiver {
+        SnapshotReceiver::default()
+    }
+
+    /// True while a partial transfer is held.
+    pub fn in_progress(&self) -> bool {
+        self.cur.is_some()
+    }
+
+    /// Bytes of the partial transfer received in order so far (0 if none).
+    pub fn received(&self) -> u64 {
+        self.cur.as_ref().map_or(0, |t| t.next_offset)
+    }
+
+    /// Drops any partial transfer and deletes its temp file (on shutdown, or when the server
+    /// wants to give up on a leader that went silent).
+    pub fn abort(&mut self) {
+        if let Some(t) = self.cur.take() {
+            log::info!(
+                "dropping partial snapshot {} from node {} at byte {}",
+                t.meta.index,
+                t.key.1,
+                t.next_offset
+            );
+            t.writer.abort();
+        }
+    }
+
+    /// Handles a message from `Ready::snapshot_msgs` (its `from`, `to` and `term` are the
+    /// leader, this node and the current term; the answer swaps them). `applied` is the index
+    /// the node's state machine has applied: a snapshot at or below it is answered `done` at
+    /// once without receiving it (the node already holds that state, and its committed log up
+    /// to `applied` matches the leader's; the core would refuse it as stale anyway). This also
+    /// keeps a transfer from ever writing the same file as a snapshot the node is taking of
+    /// its own state at `applied`.
+    pub fn on_message(
+        &mut self,
+        store: &mut SnapshotStore,
+        applied: u64,
+        msg: &Message,
+    ) -> Received {
+        let is = match &msg.body {
+            Some(Body::InstallSnapshot(is)) => is,
+            _ => return Received::Ignored,
+        };
+        let Some(meta) = is.meta.as_ref() else {
+            log::warn!("InstallSnapshot from node {} without metadata", msg.from);
+            return Received::Reply(reply(msg, 0, 0, false, false));
+        };
+        if meta.index <= applied {
+            return Received::Reply(reply(msg, meta.index, 0, true, true));
+        }
+        let key = (msg.term, msg.from, meta.index, meta.term);
+        if let Some((k, total)) = self.completed {
+            if k == key && is.offset > 0 {
+                return Received::Reply(reply(msg, meta.index, total, true, true));
+            }
+        }
+        if let Some(t) = &self.cur {
+            if (key.0, key.2) < (t.key.0, t.key.2) {
+                // A late chunk of a transfer this one superseded: leave the current one alone.
+                return Received::Reply(reply(msg, meta.index, 0, false, false));
+            }
+            if t.key != key {
+                self.abort();
+            }
+        }
+        if self.cur.is_none() {
+            if is.offset != 0 {
+                // Not the start of a transfer we hold (we lost it, or chunk 0 is late): the
+                // transfer is broken, the leader restarts it from offset 0.
+                return Received::Reply(reply(msg, meta.index, 0, false, false));
+            }
+            match store.create(meta) {
+                Ok(writer) => {
+                    self.completed = None;
+                    self.cur = Some(Transfer {
+                        key,
+                        meta: meta.clone(),
+                        writer,
+                        next_offset: 0,
+                    })
+                }
+                Err(e) => {
+                    log::error!("cannot receive snapshot {}: {e}", meta.index);
+                    return Received::Reply(reply(msg, meta.index, 0, false, false));
+                }
+            }
+        }
+        self.chunk(msg, is)
+    }
+
+    fn chunk(&mut self, msg: &Message, is: &InstallSnapshot) -> Received {
+        let Some(t) = self.cur.as_mut() else {
+            return Received::Ignored;
+        };
+        let index = t.meta.index;
+        if is.offset != t.next_offset {
+            return Received::Reply(reply(msg, index, t.next_offset, true, false));
+        }
+        if let Err(e) = t.writer.write_all(&is.data) {
+            log::error!(
+                "writing received snapshot {index} at byte {}: {e}",
+                is.offset
+            );
+            self.abort();
+            return Received::Reply(reply(msg, index, 0, false, false));
+        }
+        t.next_offset += is.data.len() as u64;
+        if !is.done {
+            return Received::Reply(reply(msg, index, t.next_offset, true, false));
+        }
+        let crc = t.writer.payload_crc();
+        if crc != is.crc {
+            log::warn!(
+                "snapshot {index} from node {}: payload CRC {crc:#010x} != sender's {:#010x} \
+                 after {} bytes; discarding it",
+                msg.from,
+                is.crc,
+                t.next_offset
+            );
+            self.abort();
+            return Received::Reply(reply(msg, index, 0, false, false));
+        }
+        let Some(t) = self.cur.take() else {
+            return Received::Ignored;
+        };
+        self.completed = Some((t.key, t.next_offset));
+        Received::Complete(Box::new(ReceivedSnapshot {
+            reply: reply(msg, index, t.next_offset, true, true),
+            meta: t.meta,
+            writer: t.writer,
+        }))
+    }
+}
