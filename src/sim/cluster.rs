@@ -257,9 +257,22 @@ impl World {
         let now = self.now;
         let n = &mut self.nodes[(id - 1) as usize];
         let before = n.applied();
+        let proposals = n.proposals;
         n.input(inp, now, &mut self.rng, &mut self.checker, &mut out)?;
+        let proposed = n.proposals > proposals;
         self.actions(id, out);
         self.after_commit(id, before);
+        // Fault trigger: a leader sometimes crashes right after appending a proposal, so the
+        // entry may exist on it alone (a conflicting tail for later leaders to overwrite).
+        let p = if self.opts.bug != Bug::None {
+            0.15
+        } else {
+            0.01
+        };
+        if proposed && !self.quiet && self.rng.chance(p) {
+            let d = self.rng.range(0, 4);
+            self.at(d, Event::Crash(id));
+        }
         Ok(())
     }
 

@@ -104,6 +104,8 @@ pub struct SimNode {
     /// (role, term) after the last drive, to notice elections.
     last_role: (Role, u64),
     last_commit: u64,
+    /// Proposals this node accepted as leader (over all incarnations).
+    pub proposals: u64,
 }
 
 fn trace_entries(ents: &[Entry]) -> String {
@@ -190,6 +192,7 @@ impl SimNode {
             snap_out: BTreeMap::new(),
             last_role: (Role::Follower, 0),
             last_commit: 0,
+            proposals: 0,
         }
     }
 
@@ -332,6 +335,7 @@ impl SimNode {
                                 )));
                                 self.writes
                                     .insert((cmd.client_id, cmd.seq), (req.client, req.attempt));
+                                self.proposals += 1;
                                 None
                             }
                             Err(crate::raft::ProposeError::NotLeader { leader }) => {
