@@ -136,3 +136,29 @@ fn same_seed_same_trace() {
     let c = run_seed(8, &opts);
     assert_ne!(c.trace_hash, run_seed(7, &opts).trace_hash);
 }
+
+/// Without the direct commit-rule check, the Figure 8 bug must still be caught by what it
+/// breaks (a committed entry missing from a later leader or applied differently), given long
+/// enough runs.
+#[test]
+fn planted_commit_old_term_consequence_is_caught() {
+    let opts = SimOptions {
+        nodes: 3,
+        ticks: 1_500,
+        bug: Bug::CommitOldTerm,
+        check_commit_rule: false,
+        ..SimOptions::default()
+    };
+    let Some((seed, v)) = first_violation(&opts, 500) else {
+        panic!("CommitOldTerm's consequences went unnoticed for 500 long seeds");
+    };
+    assert!(
+        !v.starts_with("commit rule") && !v.starts_with("liveness"),
+        "expected a safety violation (seed {seed}): {v}"
+    );
+    eprintln!(
+        "commit-old-term consequence caught at seed {seed}: {}\n  replay: {}",
+        v.lines().next().unwrap_or(""),
+        replay_hint(seed, &opts)
+    );
+}
