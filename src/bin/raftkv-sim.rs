@@ -93,11 +93,22 @@ fn main() -> ExitCode {
         if let Some(v) = &r.violation {
             violations += 1;
             println!("seed {seed}: VIOLATION: {v}");
+            let mut extra = String::new();
+            if let Some(b) = &args.bug {
+                extra += &format!(" --bug {b}");
+            }
+            if let Some(st) = args.steps {
+                extra += &format!(" --steps {st}");
+            }
+            if args.clients != 4 {
+                extra += &format!(" --clients {}", args.clients);
+            }
+            if args.no_commit_rule {
+                extra += " --no-commit-rule";
+            }
             println!(
-                "  replay: cargo run --release --bin raftkv-sim -- --seed {seed} --nodes {} --ticks {}{} -v",
-                args.nodes,
-                args.ticks,
-                args.bug.as_deref().map(|b| format!(" --bug {b}")).unwrap_or_default()
+                "  replay: cargo run --release --bin raftkv-sim -- --seed {seed} --nodes {} --ticks {}{extra} -v",
+                args.nodes, args.ticks,
             );
             if !args.keep_going {
                 break;
