@@ -408,6 +408,17 @@ impl World {
                 "DISK node {id} {}",
                 if slow { "slow" } else { "fast" }
             ));
+        } else if roll < 97 {
+            // Leadership transfer from the current leader (if any) to a random node.
+            let leader = ids.iter().copied().find(|&i| {
+                self.nodes[(i - 1) as usize]
+                    .role()
+                    .is_some_and(|r| r.0 == Role::Leader)
+            });
+            if let Some(l) = leader {
+                let to = 1 + self.rng.range(0, n);
+                self.node_input(l, Input::Transfer(to))?;
+            }
         } else {
             let drop = [0.0, 0.02, 0.1, 0.3][self.rng.range(0, 4) as usize];
             self.net.params.drop = drop;

@@ -34,6 +34,8 @@ pub enum Input {
     Tick,
     Msg(Message),
     Client(ClientReq),
+    /// An operator asks this node (if leader) to hand leadership to the given peer.
+    Transfer(u64),
 }
 
 /// What the node asks the world to do.
@@ -323,6 +325,13 @@ impl SimNode {
                 }
             }
             Input::Msg(m) => raw.step(m),
+            Input::Transfer(to) => {
+                out.push(Action::Trace(format!(
+                    "node {} transfer leadership to {to}",
+                    self.id
+                )));
+                raw.transfer_leader(to);
+            }
             Input::Client(req) => {
                 let reply = match &req.op {
                     ReqOp::Write(cmd) => {
