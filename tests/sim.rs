@@ -37,9 +37,10 @@ fn all_pass(nodes: usize, first: u64, count: u64) {
         nodes,
         ..SimOptions::default()
     };
-    let mut commits = 0;
+    let (mut commits, mut ops) = (0, 0);
     for seed in first..first + count {
         let r = run_seed(seed, &opts);
+        ops += r.ops_done;
         if let Some(v) = r.violation {
             panic!(
                 "seed {seed} ({nodes} nodes) violated: {v}\nreplay: {}",
@@ -52,6 +53,10 @@ fn all_pass(nodes: usize, first: u64, count: u64) {
     assert!(
         commits > count * 50,
         "only {commits} entries committed over {count} seeds"
+    );
+    assert!(
+        ops > count * 100,
+        "only {ops} client operations completed over {count} seeds"
     );
 }
 

@@ -5,8 +5,46 @@
 //! See docs/simulator.md.
 
 use clap::Parser;
-use raftkv::sim::{run_seed, Bug, SimOptions};
+use raftkv::sim::{run_seed, Bug, SeedResult, SimOptions};
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+
+/// Runs `seeds` on `jobs` threads. Returns the results in seed order, up to and including the
+/// first violation unless `keep_going` (the same as a sequential run would produce).
+fn run_all(seeds: &[u64], opts: &SimOptions, jobs: usize, keep_going: bool) -> Vec<SeedResult> {
+    let next = AtomicUsize::new(0);
+    let first_fail = AtomicUsize::new(usize::MAX);
+    let results: Mutex<Vec<Option<SeedResult>>> = Mutex::new(vec![None; seeds.len()]);
+    std::thread::scope(|s| {
+        for _ in 0..jobs.max(1) {
+            s.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::SeqCst);
+                if i >= seeds.len() || (!keep_going && i > first_fail.load(Ordering::SeqCst)) {
+                    return;
+                }
+                let r = run_seed(seeds[i], opts);
+                if r.violation.is_some() {
+                    first_fail.fetch_min(i, Ordering::SeqCst);
+                }
+                if let Ok(mut v) = results.lock() {
+                    v[i] = Some(r);
+                }
+            });
+        }
+    });
+    let results = results.into_inner().unwrap_or_default();
+    let mut out = Vec::new();
+    for r in results {
+        let Some(r) = r else { break };
+        let failed = r.violation.is_some();
+        out.push(r);
+        if failed && !keep_going {
+            break;
+        }
+    }
+    out
+}
 
 #[derive(Parser, Debug)]
 #[command(name = "raftkv-sim", about = "Deterministic Raft cluster simulator")]
@@ -41,6 +79,9 @@ struct Args {
     /// Do not check the leader commit rule (L4) directly, only its consequences.
     #[arg(long)]
     no_commit_rule: bool,
+    /// Worker threads (seeds are independent; output is the same for any value).
+    #[arg(long, default_value_t = 1)]
+    jobs: usize,
     /// Keep going after a violation (report all failing seeds).
     #[arg(long)]
     keep_going: bool,
@@ -76,9 +117,9 @@ fn main() -> ExitCode {
         None => (args.first..args.first + args.seeds).collect(),
     };
     let (mut commits, mut elections, mut violations, mut ran) = (0u64, 0u64, 0u64, 0u64);
-    for seed in &seeds {
+    for r in run_all(&seeds, &opts, args.jobs, args.keep_going) {
         ran += 1;
-        let r = run_seed(*seed, &opts);
+        let seed = &r.seed;
         if args.verbose {
             for line in &r.trace {
                 println!("{line}");
@@ -110,9 +151,6 @@ fn main() -> ExitCode {
                 "  replay: cargo run --release --bin raftkv-sim -- --seed {seed} --nodes {} --ticks {}{extra} -v",
                 args.nodes, args.ticks,
             );
-            if !args.keep_going {
-                break;
-            }
         }
     }
     println!("seeds: {ran} violations: {violations} commits: {commits} elections: {elections}");
