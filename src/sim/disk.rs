@@ -1,0 +1,355 @@
+//! The simulated disk of one node.
+//!
+//! [`SimLog`] is an in-memory [`LogStore`] (the node's view of its log, handed to the core).
+//! [`Disk`] models durability: writes are queued and become durable only when a sync completes
+//! (after a simulated latency). A crash discards queued writes, except that a torn write may
+//! leave a prefix of the queued entries durable (never the hard state written after them),
+//! which a real disk can do and which is harmless because nothing depending on those writes
+//! left the node. A restart rebuilds the node from [`Durable`] only.
+
+use crate::raft::{Entry, HardState, LogError, LogStore, SnapshotMeta};
+
+use crate::rng::Rng;
+use bytes::Bytes;
+use prost::Message as _;
+
+/// An in-memory log: a snapshot point plus the entries after it.
+#[derive(Debug, Clone, Default)]
+pub struct SimLog {
+    snap_index: u64,
+    snap_term: u64,
+    /// `entries[i].index == snap_index + 1 + i`.
+    entries: Vec<Entry>,
+}
+
+impl SimLog {
+    pub fn new() -> SimLog {
+        SimLog::default()
+    }
+
+    /// Appends `ents`, first truncating any suffix from `ents[0].index`. Errors (a gap or an
+    /// append below the snapshot) are returned, never silently patched.
+    pub fn append(&mut self, ents: &[Entry]) -> Result<(), String> {
+        let Some(first) = ents.first() else {
+            return Ok(());
+        };
+        if first.index <= self.snap_index {
+            return Err(format!(
+                "append at index {} at or below snapshot index {}",
+                first.index, self.snap_index
+            ));
+        }
+        if first.index > self.last_index() + 1 {
+            return Err(format!(
+                "append at index {} leaves a gap after last index {}",
+                first.index,
+                self.last_index()
+            ));
+        }
+        for (k, e) in ents.iter().enumerate() {
+            if e.index != first.index + k as u64 {
+                return Err(format!("non-contiguous append at index {}", e.index));
+            }
+        }
+        self.entries
+            .truncate((first.index - self.snap_index - 1) as usize);
+        self.entries.extend_from_slice(ents);
+        Ok(())
+    }
+
+    /// Discards entries up to and including `index` (which must be held), recording it as the
+    /// snapshot point.
+    pub fn compact(&mut self, index: u64) -> Result<(), String> {
+        if index <= self.snap_index {
+            return Ok(());
+        }
+        let term = self
+            .term(index)
+            .map_err(|e| format!("compact to {index}: {e}"))?;
+        let drop = (index - self.snap_index) as usize;
+        self.entries.drain(..drop);
+        self.snap_index = index;
+        self.snap_term = term;
+        Ok(())
+    }
+
+    /// Drops everything and restarts right after an installed snapshot.
+    pub fn reset(&mut self, index: u64, term: u64) {
+        self.entries.clear();
+        self.snap_index = index;
+        self.snap_term = term;
+    }
+
+    /// The entry at `index`, if held.
+    pub fn get(&self, index: u64) -> Option<&Entry> {
+        if index <= self.snap_index {
+            return None;
+        }
+        self.entries.get((index - self.snap_index - 1) as usize)
+    }
+}
+
+impl LogStore for SimLog {
+    fn snapshot_index_term(&self) -> (u64, u64) {
+        (self.snap_index, self.snap_term)
+    }
+    fn first_index(&self) -> u64 {
+        self.snap_index + 1
+    }
+    fn last_index(&self) -> u64 {
+        self.snap_index + self.entries.len() as u64
+    }
+    fn term(&self, index: u64) -> Result<u64, LogError> {
+        if index == self.snap_index {
+            return Ok(self.snap_term);
+        }
+        if index < self.snap_index {
+            return Err(LogError::Compacted);
+        }
+        self.get(index).map(|e| e.term).ok_or(LogError::Unavailable)
+    }
+    fn entries(&self, lo: u64, hi: u64, max_bytes: u64) -> Result<Vec<Entry>, LogError> {
+        if lo <= self.snap_index {
+            return Err(LogError::Compacted);
+        }
+        if hi > self.last_index() + 1 {
+            return Err(LogError::Unavailable);
+        }
+        let mut out = Vec::new();
+        let mut size = 0u64;
+        for i in lo..hi {
+            let Some(e) = self.get(i) else {
+                return Err(LogError::Unavailable);
+            };
+            size += e.encoded_len() as u64;
+            if !out.is_empty() && size > max_bytes {
+                break;
+            }
+            out.push(e.clone());
+        }
+        Ok(out)
+    }
+}
+
+/// A snapshot as stored: its metadata and the state machine bytes.
+#[derive(Debug, Clone, Default)]
+pub struct SnapFile {
+    pub meta: SnapshotMeta,
+    pub data: Bytes,
+}
+
+/// What survives a crash.
+#[derive(Debug, Clone, Default)]
+pub struct Durable {
+    pub hard_state: HardState,
+    pub log: SimLog,
+    pub snapshot: Option<SnapFile>,
+}
+
+/// One queued write.
+#[derive(Debug, Clone)]
+enum Write {
+    Append(Vec<Entry>),
+    HardState(HardState),
+}
+
+/// A node's disk: durable state plus writes waiting for a sync.
+#[derive(Debug, Clone, Default)]
+pub struct Disk {
+    pub durable: Durable,
+    queued: Vec<Write>,
+    /// Number of syncs completed (for the trace).
+    pub syncs: u64,
+}
+
+impl Disk {
+    /// Queues a log append (with truncation semantics). Not durable until [`Disk::sync`].
+    pub fn append(&mut self, ents: &[Entry]) {
+        if !ents.is_empty() {
+            self.queued.push(Write::Append(ents.to_vec()));
+        }
+    }
+
+    /// Queues a hard state write.
+    pub fn set_hard_state(&mut self, hs: HardState) {
+        self.queued.push(Write::HardState(hs));
+    }
+
+    /// True if writes are waiting for a sync.
+    pub fn dirty(&self) -> bool {
+        !self.queued.is_empty()
+    }
+
+    /// The sync completed: every queued write is now durable.
+    pub fn sync(&mut self) -> Result<(), String> {
+        for w in std::mem::take(&mut self.queued) {
+            match w {
+                Write::Append(ents) => self.durable.log.append(&ents)?,
+                Write::HardState(hs) => self.durable.hard_state = hs,
+            }
+        }
+        self.syncs += 1;
+        Ok(())
+    }
+
+    /// Atomically (write to a temp file, fsync, rename) stores a snapshot and compacts the
+    /// durable log up to it. `installed`: a snapshot received from the leader, which replaces
+    /// the whole log instead.
+    pub fn save_snapshot(&mut self, snap: SnapFile, installed: bool) -> Result<(), String> {
+        let (index, term) = (snap.meta.index, snap.meta.term);
+        if installed {
+            // Queued writes were for the old log: a real shell would have synced them first.
+            self.sync()?;
+            self.durable.log.reset(index, term);
+            if self.durable.hard_state.commit < index {
+                self.durable.hard_state.commit = index;
+            }
+        } else if self.durable.log.last_index() >= index {
+            self.durable.log.compact(index)?;
+        } else {
+            return Err(format!(
+                "local snapshot at {index} above durable last index {}",
+                self.durable.log.last_index()
+            ));
+        }
+        self.durable.snapshot = Some(snap);
+        Ok(())
+    }
+
+    /// Power loss: queued writes are lost, except that with `torn` a random prefix of queued
+    /// log entries may have reached the disk (the hard state queued after them never does).
+    pub fn crash(&mut self, torn: bool, rng: &mut Rng) {
+        let queued = std::mem::take(&mut self.queued);
+        if !torn {
+            return;
+        }
+        for w in queued {
+            match w {
+                Write::Append(ents) => {
+                    let keep = rng.range(0, ents.len() as u64 + 1) as usize;
+                    if keep == 0 || self.durable.log.append(&ents[..keep]).is_err() {
+                        return;
+                    }
+                    if keep < ents.len() {
+                        return;
+                    }
+                }
+                Write::HardState(_) => return,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ent(index: u64, term: u64) -> Entry {
+        Entry {
+            index,
+            term,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn simlog_append_truncates_compacts_and_resets() {
+        let mut l = SimLog::new();
+        assert_eq!((l.first_index(), l.last_index()), (1, 0));
+        assert_eq!(l.term(0), Ok(0));
+        l.append(&[ent(1, 1), ent(2, 1), ent(3, 2)]).unwrap();
+        assert_eq!(l.last_index(), 3);
+        l.append(&[ent(3, 3), ent(4, 3)]).unwrap();
+        assert_eq!((l.term(3), l.term(4)), (Ok(3), Ok(3)));
+        assert!(l.append(&[ent(9, 3)]).is_err(), "gap must be refused");
+        l.compact(2).unwrap();
+        assert_eq!(
+            (l.first_index(), l.term(2), l.term(1)),
+            (3, Ok(1), Err(LogError::Compacted))
+        );
+        assert_eq!(l.term(5), Err(LogError::Unavailable));
+        assert_eq!(l.entries(3, 5, u64::MAX).unwrap().len(), 2);
+        assert_eq!(l.entries(3, 5, 0).unwrap().len(), 1, "at least one entry");
+        assert_eq!(l.entries(2, 4, u64::MAX), Err(LogError::Compacted));
+        assert!(
+            l.append(&[ent(2, 9)]).is_err(),
+            "append below snapshot refused"
+        );
+        l.reset(10, 7);
+        assert_eq!(
+            (l.first_index(), l.last_index(), l.term(10)),
+            (11, 10, Ok(7))
+        );
+    }
+
+    #[test]
+    fn only_synced_writes_survive_a_crash() {
+        let mut rng = Rng::new(1);
+        let mut d = Disk::default();
+        d.append(&[ent(1, 1)]);
+        d.set_hard_state(HardState {
+            term: 1,
+            vote: 2,
+            commit: 0,
+        });
+        d.sync().unwrap();
+        d.append(&[ent(2, 1)]);
+        d.set_hard_state(HardState {
+            term: 2,
+            vote: 3,
+            commit: 1,
+        });
+        d.crash(false, &mut rng);
+        assert_eq!(d.durable.log.last_index(), 1);
+        assert_eq!(d.durable.hard_state.term, 1);
+    }
+
+    #[test]
+    fn torn_crash_keeps_an_entry_prefix_never_the_hard_state() {
+        let mut kept = [false; 4];
+        for seed in 0..200 {
+            let mut rng = Rng::new(seed);
+            let mut d = Disk::default();
+            d.append(&[ent(1, 1), ent(2, 1), ent(3, 1)]);
+            d.set_hard_state(HardState {
+                term: 5,
+                vote: 0,
+                commit: 3,
+            });
+            d.crash(true, &mut rng);
+            assert_eq!(d.durable.hard_state.term, 0);
+            kept[d.durable.log.last_index() as usize] = true;
+        }
+        assert!(
+            kept.iter().all(|&k| k),
+            "every prefix length occurs: {kept:?}"
+        );
+    }
+
+    #[test]
+    fn snapshots_compact_or_reset_the_durable_log() {
+        let mut d = Disk::default();
+        d.append(&[ent(1, 1), ent(2, 1), ent(3, 2)]);
+        d.sync().unwrap();
+        let snap = |index, term| SnapFile {
+            meta: SnapshotMeta {
+                index,
+                term,
+                conf: None,
+            },
+            data: Bytes::from_static(b"x"),
+        };
+        d.save_snapshot(snap(2, 1), false).unwrap();
+        assert_eq!(
+            (d.durable.log.first_index(), d.durable.log.last_index()),
+            (3, 3)
+        );
+        assert!(d.save_snapshot(snap(9, 1), false).is_err());
+        d.save_snapshot(snap(20, 4), true).unwrap();
+        assert_eq!(
+            (d.durable.log.first_index(), d.durable.log.last_index()),
+            (21, 20)
+        );
+        assert_eq!(d.durable.hard_state.commit, 20);
+    }
+}
