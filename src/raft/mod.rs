@@ -85,6 +85,9 @@ pub struct Config {
     pub lease_read: bool,
     /// Max AppendEntries in flight per follower in replicate mode.
     pub max_inflight_msgs: usize,
+    /// Max entry bytes in flight per follower in replicate mode (0 = no byte cap). One append
+    /// may overshoot it; then the window is full until acks free it.
+    pub max_inflight_bytes: u64,
     /// Max total entry bytes per AppendEntries.
     pub max_msg_bytes: u64,
     /// Max bytes of uncommitted entries a leader accepts (0 = unlimited).
@@ -123,6 +126,7 @@ impl Config {
             check_quorum: true,
             lease_read: false,
             max_inflight_msgs: 256,
+            max_inflight_bytes: 0,
             max_msg_bytes: 1 << 20,
             max_uncommitted_bytes: 64 << 20,
             seed: id,

@@ -6,7 +6,8 @@ use super::log::RaftLog;
 use super::progress::Progress;
 use super::read_only::ReadOnly;
 use super::{
-    ConfState, Config, HardState, InitialState, LogStore, Message, ReadState, Ready, Role, Status,
+    ConfState, Config, HardState, InitialState, LogError, LogStore, Message, ReadState, Ready,
+    Role, Status,
 };
 use crate::pb::raftpb::message::Body;
 use crate::pb::raftpb::{HeartbeatResponse, RequestVoteResponse};
@@ -298,6 +299,14 @@ impl<S: LogStore> RawNode<S> {
         }
         let Some(body) = m.body else { return };
         let (from, mterm) = (m.from, m.term);
+        if mterm > u64::MAX / 2 {
+            // No real cluster gets here; refusing keeps term + 1 arithmetic safe.
+            log::warn!(
+                "node {}: dropping message from {from} with absurd term {mterm}",
+                self.id()
+            );
+            return;
+        }
 
         // Term rules (Raft §5.1), with the PreVote / CheckQuorum exceptions.
         if mterm > self.term {
@@ -504,11 +513,19 @@ impl<S: LogStore> RawNode<S> {
                     }
                     rd.committed = ents;
                 }
-                Err(e) => log::error!(
-                    "node {}: cannot read committed entries {}..={hi}: {e}",
-                    self.id(),
-                    self.handed + 1
-                ),
+                Err(e) => {
+                    log::error!(
+                        "node {}: cannot read committed entries {}..={hi}: {e}",
+                        self.id(),
+                        self.handed + 1
+                    );
+                    if e == LogError::Compacted {
+                        // The shell compacted past what it was handed (it must have installed
+                        // a snapshot covering it): continue after the snapshot rather than
+                        // reporting a Ready forever.
+                        self.handed = self.handed.max(self.log.snapshot_index_term().0);
+                    }
+                }
             }
         }
         rd.reads = std::mem::take(&mut self.reads);

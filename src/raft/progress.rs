@@ -23,8 +23,10 @@ pub(crate) struct Progress {
     pub(crate) probe_sent: bool,
     /// Snapshot state: index of the snapshot being sent.
     pub(crate) pending_snapshot: u64,
-    /// Replicate: last index of each append in flight, oldest first.
-    pub(crate) inflights: VecDeque<u64>,
+    /// Replicate: (last index, entry bytes) of each append in flight, oldest first.
+    pub(crate) inflights: VecDeque<(u64, u64)>,
+    /// Sum of the entry bytes in `inflights`.
+    pub(crate) inflight_bytes: u64,
     /// Heard from since the last CheckQuorum round.
     pub(crate) recent_active: bool,
     /// Newest Heartbeat.lease_tick this peer echoed (leader lease).
@@ -40,6 +42,7 @@ impl Progress {
             probe_sent: false,
             pending_snapshot: 0,
             inflights: VecDeque::new(),
+            inflight_bytes: 0,
             recent_active: false,
             lease_tick: None,
         }
@@ -50,6 +53,7 @@ impl Progress {
         self.probe_sent = false;
         self.pending_snapshot = 0;
         self.inflights.clear();
+        self.inflight_bytes = 0;
     }
 
     /// Probe from just after the snapshot (if one was sent) or after the match point.
@@ -74,22 +78,35 @@ impl Progress {
         self.pending_snapshot = index;
     }
 
-    /// Nothing may be sent now.
-    pub(crate) fn is_paused(&self, max_inflight: usize) -> bool {
+    /// Nothing may be sent now. `max_bytes` 0 = no byte cap.
+    pub(crate) fn is_paused(&self, max_inflight: usize, max_bytes: u64) -> bool {
         match self.state {
             ProgressState::Probe => self.probe_sent,
-            ProgressState::Replicate => self.inflights.len() >= max_inflight,
+            ProgressState::Replicate => self.window_full(max_inflight, max_bytes),
             ProgressState::Snapshot => true,
         }
     }
 
-    /// Records an append of `n` entries ending at `last` just sent.
-    pub(crate) fn sent_entries(&mut self, n: usize, last: u64) {
+    /// The replicate window is full (by count or by bytes).
+    pub(crate) fn window_full(&self, max_inflight: usize, max_bytes: u64) -> bool {
+        self.inflights.len() >= max_inflight || (max_bytes > 0 && self.inflight_bytes >= max_bytes)
+    }
+
+    /// Frees the oldest in-flight append (it may have been lost).
+    pub(crate) fn free_first(&mut self) {
+        if let Some((_, b)) = self.inflights.pop_front() {
+            self.inflight_bytes = self.inflight_bytes.saturating_sub(b);
+        }
+    }
+
+    /// Records an append of `n` entries (`bytes` in total) ending at `last` just sent.
+    pub(crate) fn sent_entries(&mut self, n: usize, last: u64, bytes: u64) {
         match self.state {
             ProgressState::Replicate => {
                 if n > 0 {
                     self.next = last + 1;
-                    self.inflights.push_back(last);
+                    self.inflights.push_back((last, bytes));
+                    self.inflight_bytes += bytes;
                 }
             }
             ProgressState::Probe => {
@@ -109,8 +126,8 @@ impl Progress {
             self.probe_sent = false;
         }
         self.next = self.next.max(index + 1);
-        while self.inflights.front().is_some_and(|&l| l <= index) {
-            self.inflights.pop_front();
+        while self.inflights.front().is_some_and(|&(l, _)| l <= index) {
+            self.free_first();
         }
         updated
     }

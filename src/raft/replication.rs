@@ -1,6 +1,7 @@
 //! Log replication (Raft §5.3, §5.4.2): proposals, AppendEntries on both sides, heartbeats,
 //! commit counting and flow control.
 
+use super::log::entry_size;
 use super::node::RawNode;
 use super::progress::ProgressState;
 use super::{Entry, EntryType, LogError, LogStore, PlantedBug, ProposeError, Role};
@@ -50,11 +51,11 @@ impl<S: LogStore> RawNode<S> {
     /// Sends `to` the entries from its next index (or a snapshot request if they were
     /// compacted). Returns true if a message went out.
     pub(super) fn send_append(&mut self, to: u64, send_if_empty: bool) -> bool {
-        let max_inflight = self.cfg.max_inflight_msgs;
+        let (max_inflight, max_bytes) = (self.cfg.max_inflight_msgs, self.cfg.max_inflight_bytes);
         let Some(pr) = self.prs.get(&to) else {
             return false;
         };
-        if pr.is_paused(max_inflight) {
+        if pr.is_paused(max_inflight, max_bytes) {
             return false;
         }
         let next = pr.next;
@@ -69,8 +70,9 @@ impl<S: LogStore> RawNode<S> {
                 }
                 let n = ents.len();
                 let end = ents.last().map(|e| e.index).unwrap_or(prev);
+                let bytes: u64 = ents.iter().map(entry_size).sum();
                 if let Some(pr) = self.prs.get_mut(&to) {
-                    pr.sent_entries(n, end);
+                    pr.sent_entries(n, end, bytes);
                 }
                 let commit = self.commit;
                 self.send(
@@ -190,6 +192,11 @@ impl<S: LogStore> RawNode<S> {
     // ----- follower side -----
 
     pub(super) fn handle_append(&mut self, from: u64, ae: AppendEntries) {
+        if ae.prev_log_index > self.log.last_index() {
+            // We lack prev (this also keeps the arithmetic below away from absurd indexes).
+            self.reject_append(from, ae.prev_log_index, ae.prev_log_term);
+            return;
+        }
         let mut prev = ae.prev_log_index;
         let mut prev_term = ae.prev_log_term;
         let vouched = prev + ae.entries.len() as u64;
@@ -339,10 +346,14 @@ impl<S: LogStore> RawNode<S> {
         };
         pr.recent_active = true;
         if !r.success {
+            if r.reject_index > last_index {
+                // We never sent such an append: a confused or malicious peer.
+                return;
+            }
             let hint = if r.hint_term > 0 {
                 self.find_conflict_by_term(r.hint_index, r.hint_term)
             } else {
-                r.hint_index
+                r.hint_index.min(last_index)
             };
             let Some(pr) = self.prs.get_mut(&from) else {
                 return;
@@ -395,21 +406,22 @@ impl<S: LogStore> RawNode<S> {
     }
 
     pub(super) fn handle_heartbeat_response(&mut self, from: u64, r: HeartbeatResponse) {
-        let max_inflight = self.cfg.max_inflight_msgs;
+        let (max_inflight, max_bytes) = (self.cfg.max_inflight_msgs, self.cfg.max_inflight_bytes);
         let last = self.log.last_index();
-        let fence = self.lease_fence;
+        let (fence, now) = (self.lease_fence, self.now);
         let Some(pr) = self.prs.get_mut(&from) else {
             return;
         };
         pr.recent_active = true;
         pr.probe_sent = false;
-        if r.lease_tick >= fence {
+        // Only an echo of a tick we actually sent (<= now) can extend the lease.
+        if r.lease_tick >= fence && r.lease_tick <= now {
             pr.lease_tick = Some(pr.lease_tick.unwrap_or(0).max(r.lease_tick));
         }
         // A full window may hold appends that were lost: free one slot so progress resumes
         // (a lost append then shows up as a rejection and a probe).
-        if pr.state == ProgressState::Replicate && pr.inflights.len() >= max_inflight {
-            pr.inflights.pop_front();
+        if pr.state == ProgressState::Replicate && pr.window_full(max_inflight, max_bytes) {
+            pr.free_first();
         }
         if pr.matched < last || pr.state == ProgressState::Probe {
             self.send_append(from, true);

@@ -64,6 +64,52 @@ fn misaddressed_unknown_and_malformed_messages_are_harmless() {
 }
 
 #[test]
+fn absurd_numbers_from_the_network_do_not_panic() {
+    let max = u64::MAX;
+    let mut f = node_with(cfg(2), &[1, 2, 3], &[1], 1, 0, 1);
+    f.step(append(1, 2, 1, (max, max), vec![ent(max, 1)], max));
+    f.step(append(1, 2, 1, (max - 1, 1), vec![ent(max, 1)], max));
+    f.step(heartbeat(1, 2, 1, max, max));
+    f.step(vote_req(3, 2, max, max, max, true));
+    f.step(vote_req(3, 2, max - 1, max, max, false));
+    assert_eq!(f.log.last_index(), 1);
+    assert_eq!(f.commit, 1);
+    let mut l = node_with(cfg(1), &[1, 2], &[], 0, 0, 0);
+    l.campaign(false);
+    l.step(vote_resp(2, 1, 1, true, false));
+    for (ri, hi, ht) in [(max, max, 0), (max, max, max), (0, max, 0), (1, max, 0)] {
+        l.step(msg(
+            2,
+            1,
+            1,
+            Body::AppendEntriesResponse(AppendEntriesResponse {
+                success: false,
+                match_index: max,
+                reject_index: ri,
+                hint_index: hi,
+                hint_term: ht,
+            }),
+        ));
+    }
+    l.step(append_ok(2, 1, 1, max));
+    l.step(msg(
+        2,
+        1,
+        1,
+        Body::InstallSnapshotResponse(InstallSnapshotResponse {
+            index: max,
+            next_offset: max,
+            success: true,
+            done: true,
+        }),
+    ));
+    l.step(hb_resp(2, 1, 1, max));
+    drain(&mut l);
+    assert_eq!(l.role, Role::Leader);
+    assert!(l.prs[&2].matched <= l.log.last_index());
+}
+
+#[test]
 fn status_reports_state() {
     let mut net = Net::new(3, |_| {});
     net.elect(2);

@@ -254,3 +254,55 @@ fn t5_transfer_to_self_or_non_member_is_noop_and_higher_term_clears() {
     assert_eq!(l.role, Role::Follower);
     assert_eq!(l.transferee, 0);
 }
+
+#[test]
+fn lease_void_after_timeout_now_and_quiet_boot_refuses_votes() {
+    let mut net = Net::new(3, |c| {
+        c.check_quorum = true;
+        c.lease_read = true;
+    });
+    for p in net.peers.values_mut() {
+        p.raw.quiet_boot = false;
+    }
+    net.elect(1);
+    net.tick(1);
+    net.settle();
+    assert!(net.node(1).lease_read().is_ok());
+    // Start a transfer to a node that cannot answer: TimeoutNow goes out, lease is gone for
+    // the rest of the term even after the transfer is abandoned.
+    net.cut.insert((2, 1));
+    net.node(1).transfer_leader(2);
+    assert_eq!(net.node(1).lease_read(), Err(ProposeError::NoLease));
+    net.cut.clear();
+    net.filter = Some(Box::new(|m: &mut Message| {
+        !matches!(m.body, Some(Body::TimeoutNow(_)))
+    }));
+    for _ in 0..12 {
+        net.tick(1);
+        net.settle();
+    }
+    assert_eq!(net.node(1).role, Role::Leader);
+    assert_eq!(net.node(1).pending_transfer(), None);
+    assert_eq!(net.node(1).lease_read(), Err(ProposeError::NoLease));
+
+    // A freshly started node with lease reads refuses (ignores) votes for one timeout.
+    let mut c = cfg(2);
+    c.check_quorum = true;
+    c.lease_read = true;
+    let mut n = RawNode::new(
+        c,
+        MemLog::new(),
+        InitialState {
+            conf: conf(&[1, 2, 3]),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    n.step(vote_req(3, 2, 1, 0, 0, false));
+    assert_eq!((n.term, n.vote), (0, 0));
+    for _ in 0..10 {
+        n.tick();
+    }
+    n.step(vote_req(3, 2, 2, 0, 0, false));
+    assert_eq!((n.term, n.vote), (2, 3));
+}

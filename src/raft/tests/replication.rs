@@ -530,6 +530,32 @@ fn f3_inflight_window_caps_and_acks_free() {
 }
 
 #[test]
+fn f3_inflight_window_capped_by_bytes() {
+    let mut c = cfg(1);
+    c.max_msg_bytes = 1; // one entry per message
+    c.max_inflight_bytes = 2500;
+    let mut l = node_with(c, &[1, 2], &[], 0, 0, 0);
+    l.campaign(false);
+    l.step(vote_resp(2, 1, 1, true, false));
+    drain(&mut l);
+    l.step(append_ok(2, 1, 1, 1));
+    drain(&mut l);
+    // Mixed sizes: 1000, 1000, 1000 (window now 3000 >= 2500: full), then small ones.
+    for size in [1000usize, 1000, 1000, 10, 10] {
+        l.propose(Bytes::from(vec![7u8; size])).unwrap();
+    }
+    assert_eq!(appends(&drain(&mut l)).len(), 3);
+    // Acking the first frees ~1000 bytes: one more (the 4th entry, small) fits, then the 5th.
+    l.step(append_ok(2, 1, 1, 2));
+    let with_entries = appends(&drain(&mut l))
+        .iter()
+        .filter(|(_, a)| !a.entries.is_empty())
+        .count();
+    assert_eq!(with_entries, 2);
+    assert_eq!(l.prs[&2].next, 7);
+}
+
+#[test]
 fn f4_rejection_in_replicate_probes_and_stale_rejection_ignored() {
     let mut l = leader_with(2, &[1, 1, 1, 1], 2);
     l.step(append_ok(2, 1, 2, 3));

@@ -88,7 +88,7 @@ fn s4_snapshot_reports() {
         let pr = l.prs.get_mut(&2).unwrap();
         pr.matched = 2;
         pr.become_snapshot(10);
-        assert!(pr.is_paused(10));
+        assert!(pr.is_paused(10, 0));
         l.report_snapshot(2, ok);
         let pr = &l.prs[&2];
         assert_eq!(
