@@ -50,13 +50,16 @@ enum Cmd {
     Cluster(ClusterArgs),
     /// Set KEY to VALUE.
     Put {
+        /// The key (UTF-8 text).
         key: String,
+        /// The value to store.
         value: String,
         #[command(flatten)]
         c: ClientArgs,
     },
     /// Print the value of KEY (exit 1 if absent).
     Get {
+        /// The key to read.
         key: String,
         /// Read consistency: linearizable (ReadIndex via the leader), lease (leader lease,
         /// needs `serve --lease-reads`), stale (any node's local state).
@@ -67,6 +70,7 @@ enum Cmd {
     },
     /// Delete KEY (exit 1 if it was absent).
     Del {
+        /// The key to delete.
         key: String,
         #[command(flatten)]
         c: ClientArgs,
@@ -74,6 +78,7 @@ enum Cmd {
     /// Compare-and-swap: set KEY to VALUE (or delete it with --delete) only if its current
     /// version is --expect-version (0 = must be absent). Exit 1 if the comparison failed.
     Cas {
+        /// The key to compare and set.
         key: String,
         /// New value (omit with --delete).
         value: Option<String>,

@@ -583,6 +583,35 @@ fn requests_time_out_without_a_quorum() {
     );
 }
 
+/// SIGTERM with a write pending: the client is told SHUTTING_DOWN and the node exits 0.
+#[test]
+fn graceful_shutdown_answers_pending_requests() {
+    let mut cluster = Cluster::start(3, &["--no-check-quorum"]);
+    let leader = cluster.wait_leader();
+    for id in (1..=3).filter(|&i| i != leader) {
+        cluster.kill(id);
+    }
+    let mut s = connect(&cluster.addr(leader)).unwrap();
+    blocking::write_msg(&mut s, &put_req(31, "pending", "write")).unwrap();
+    // The write is in (it cannot commit without a quorum) once a later request is answered.
+    let r = call(
+        &mut s,
+        &kvpb::Request {
+            id: 32,
+            op: Some(kvpb::request::Op::Status(kvpb::StatusRequest {})),
+            ..Default::default()
+        },
+    );
+    assert_eq!(r.id, 32, "{r:?}");
+    cluster.stop(leader); // SIGTERM, asserts exit status 0
+    let r: kvpb::Response = blocking::read_msg(&mut s, 1 << 20).unwrap();
+    assert_eq!(
+        (r.id, err_code(&r)),
+        (31, Some(ErrorCode::ShuttingDown)),
+        "{r:?}"
+    );
+}
+
 /// A client that pipelines far more responses than the output limit without reading is
 /// throttled — the server stops reading its requests, so its writes block — but gets every
 /// response in order once it reads; other clients are served meanwhile.
@@ -953,6 +982,7 @@ fn cluster_command_and_cli() {
     assert!(out.matches("leader").count() >= 3, "{out}");
     assert_eq!(raftkv(&["del", &ep, "missing"]).0, 1);
     assert_eq!(raftkv(&["put", &ep]).0, 2, "usage error");
+    assert_eq!(raftkv(&["put", &ep, "", "v"]).0, 4, "rejected: empty key");
     let (code, _) = raftkv(&["get", "--endpoints=127.0.0.1:1", "--timeout-ms=300", "k"]);
     assert_eq!(code, 3, "unreachable cluster");
 

@@ -45,6 +45,8 @@ use std::time::{Duration, Instant};
 
 /// Socket reads per connection per wake-up before yielding to others (fairness).
 const READ_BUDGET: usize = 16;
+/// How long a peer connect attempt may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a client connection closed for a framing error may linger to receive our error.
 const LINGER: Duration = Duration::from_secs(2);
 /// Extra room for peer frames above the client max frame.
@@ -62,6 +64,8 @@ enum TimerEvent {
     PersistCommit,
     /// Close a lingering (closing) client connection.
     ForceClose(Token),
+    /// Give up on a peer connect attempt that has not completed.
+    ConnectTimeout(u64, Token),
 }
 
 /// A client connection.
@@ -304,17 +308,19 @@ impl Server {
             );
         }
 
+        // Election jitter must differ between nodes and runs; logged so a run can be studied.
+        let raft_seed = cfg.id
+            ^ (std::process::id() as u64) << 20
+            ^ std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64);
         let rcfg = Config {
             election_tick: cfg.election_ticks,
             heartbeat_tick: cfg.heartbeat_ticks,
             pre_vote: cfg.pre_vote,
             check_quorum: cfg.check_quorum,
             lease_read: cfg.lease_read,
-            seed: cfg.id
-                ^ (std::process::id() as u64) << 20
-                ^ std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_nanos() as u64),
+            seed: raft_seed,
             ..Config::new(cfg.id)
         };
         let init = InitialState {
@@ -347,7 +353,7 @@ impl Server {
         }
         log::info!(
             "node {} serving peers on {peer_local_addr}, clients on {client_local_addr}; \
-             term {} vote {} commit {} applied {applied}",
+             term {} vote {} commit {} applied {applied}; raft seed {raft_seed}",
             cfg.id,
             hs.term,
             hs.vote,
@@ -527,6 +533,11 @@ impl Server {
             Ok(()) => {
                 if peer.token() == Some(token) {
                     self.peer_by_token.insert(token, id);
+                    // A SYN to a dead host can hang for minutes: bound the attempt.
+                    self.timers.insert(
+                        Instant::now() + CONNECT_TIMEOUT,
+                        TimerEvent::ConnectTimeout(id, token),
+                    );
                 }
             }
             Err(delay) => {
@@ -717,13 +728,14 @@ impl Server {
         use kvpb::request::Op;
         let id = req.id;
         let consistency = req.consistency();
+        let (client_id, seq, acked_seq) = (req.client_id, req.seq, req.acked_seq);
         let cmd = |op| kvpb::Command {
-            client_id: req.client_id,
-            seq: req.seq,
-            acked_seq: req.acked_seq,
+            client_id,
+            seq,
+            acked_seq,
             op: Some(op),
         };
-        match req.op.clone() {
+        match req.op {
             None => self.send_response(
                 token,
                 id,
@@ -1024,6 +1036,18 @@ impl Server {
             }
             TimerEvent::Reconnect(id) => self.connect_peer(id),
             TimerEvent::ForceClose(token) => self.close(token, "linger timeout"),
+            TimerEvent::ConnectTimeout(id, token) => {
+                if let Some(peer) = self.peers.get_mut(&id) {
+                    if peer.token() == Some(token) && peer.state() == PeerState::Connecting {
+                        log::debug!("peer {id}: connect timed out");
+                        let delay = peer.teardown(self.poll.registry());
+                        self.peer_by_token.remove(&token);
+                        self.unreachable.insert(id);
+                        self.timers
+                            .insert(Instant::now() + delay, TimerEvent::Reconnect(id));
+                    }
+                }
+            }
             TimerEvent::PersistCommit => {
                 self.persist_commit_hint()?;
                 self.timers.insert(
@@ -1267,5 +1291,80 @@ impl Server {
         self.persist_commit_hint()?;
         log::info!("node {} stopped cleanly", self.cfg.id);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::raft::Entry;
+
+    fn log_with(dir: &std::path::Path, terms: &[u64]) -> Log {
+        let mut log = Log::open(dir, LogOptions { segment_size: 4096 }).unwrap();
+        let entries: Vec<Entry> = terms
+            .iter()
+            .enumerate()
+            .map(|(i, &t)| Entry {
+                index: i as u64 + 1,
+                term: t,
+                entry_type: EntryType::EntryNormal as i32,
+                data: bytes::Bytes::from(vec![7u8; 100]),
+            })
+            .collect();
+        log.append(&entries).unwrap();
+        log.sync().unwrap();
+        log
+    }
+
+    fn snap(index: u64, term: u64) -> SnapshotMeta {
+        SnapshotMeta {
+            index,
+            term,
+            conf: None,
+        }
+    }
+
+    #[test]
+    fn log_matching_the_snapshot_is_kept() {
+        let d = tempfile::tempdir().unwrap();
+        let mut log = log_with(d.path(), &[1, 1, 2, 2, 3]);
+        reconcile_log_with_snapshot(&mut log, &snap(3, 2)).unwrap();
+        assert_eq!((log.first_index(), log.last_index()), (1, 5));
+    }
+
+    #[test]
+    fn short_or_conflicting_log_is_reset_to_the_snapshot() {
+        let d = tempfile::tempdir().unwrap();
+        let mut log = log_with(d.path(), &[1, 1, 2]);
+        reconcile_log_with_snapshot(&mut log, &snap(10, 4)).unwrap();
+        assert_eq!(log.snapshot_index_term(), (10, 4));
+        assert_eq!(log.last_index(), 10);
+
+        let d = tempfile::tempdir().unwrap();
+        let mut log = log_with(d.path(), &[1, 1, 2, 2]);
+        reconcile_log_with_snapshot(&mut log, &snap(3, 3)).unwrap();
+        assert_eq!(log.snapshot_index_term(), (3, 3));
+        assert_eq!(log.last_index(), 3, "the conflicting suffix is gone");
+    }
+
+    #[test]
+    fn log_compacted_past_the_snapshot_is_fatal() {
+        let d = tempfile::tempdir().unwrap();
+        let terms = vec![1u64; 200];
+        let mut log = log_with(d.path(), &terms);
+        log.compact(150, 1).unwrap();
+        assert!(log.first_index() > 2, "compaction dropped whole segments");
+        let err = reconcile_log_with_snapshot(&mut log, &snap(1, 1)).unwrap_err();
+        assert!(err.contains("compacted past snapshot index 1"), "{err}");
+    }
+
+    #[test]
+    fn data_dir_lock_is_exclusive() {
+        let d = tempfile::tempdir().unwrap();
+        let held = lock_data_dir(d.path()).unwrap();
+        let err = lock_data_dir(d.path()).unwrap_err();
+        assert!(err.contains("in use"), "{err}");
+        drop(held);
+        lock_data_dir(d.path()).unwrap();
     }
 }

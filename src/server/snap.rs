@@ -85,7 +85,11 @@ impl Server {
                         done.path.display()
                     );
                     self.snaps.bytes_since = self.snaps.bytes_since.saturating_sub(bytes_at_start);
-                    self.snaps.latest = Some((done.meta, done.path));
+                    // A snapshot received from the leader while this one was being written
+                    // may already be newer: never move `latest` backwards.
+                    if done.meta.index > self.snaps.latest_index() {
+                        self.snaps.latest = Some((done.meta, done.path));
+                    }
                     if let Err(e) = self.snaps.store.prune() {
                         log::warn!("pruning old snapshots: {e}");
                     }
