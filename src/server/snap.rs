@@ -4,6 +4,7 @@
 //! `crate::snapshot`.
 
 use super::Server;
+use crate::pb::kvpb::ErrorCode;
 use crate::pb::raftpb::message::Body;
 use crate::raft::{LogStore, Message, SnapshotMeta};
 use crate::snapshot::{
@@ -151,11 +152,29 @@ impl Server {
         }
     }
 
-    /// Drops the log prefix the newest snapshot covers (keeping the policy's trailing margin).
+    /// Drops the log prefix the newest snapshot covers (keeping the policy's trailing margin),
+    /// but never past the *previous* snapshot on disk: if the newest file is found damaged at
+    /// startup, `load_latest` falls back to the previous one, and the log must still hold
+    /// every entry after it for that fallback to lose nothing.
     fn compact_log(&mut self) -> Result<(), String> {
-        let Some(c) = self.snaps.policy.compact_index(&self.log_stats()) else {
+        let Some(mut c) = self.snaps.policy.compact_index(&self.log_stats()) else {
             return Ok(());
         };
+        match self.snaps.store.list() {
+            Ok(files) => {
+                // Newest first; with a single file there is nothing to fall back to.
+                if let Some(&(fallback, _, _)) = files.get(1).or(files.first()) {
+                    c = c.min(fallback);
+                }
+            }
+            Err(e) => {
+                log::warn!("not compacting the log: listing snapshots: {e}");
+                return Ok(());
+            }
+        }
+        if c < self.node.store().first_index() {
+            return Ok(());
+        }
         let store = self.node.store_mut();
         let term = store
             .term(c)
@@ -265,6 +284,12 @@ impl Server {
                         .map_err(|e| format!("restoring received snapshot: {e}"))?;
                     self.kv = kv;
                     self.applied = meta.index;
+                    // Only a follower receives snapshots: writes still pending here are from a
+                    // lost leadership, and their entries may have been replaced by the snapshot.
+                    self.fail_pending(
+                        ErrorCode::Uncertain,
+                        "leadership lost; the write may or may not apply",
+                    );
                     self.commit_hint = self.commit_hint.max(meta.index);
                     self.snaps.bytes_since = 0;
                     self.snaps.latest = Some((meta.clone(), inst.path.clone()));
