@@ -140,9 +140,13 @@ impl Server {
             term,
             conf: Some(self.node.status().conf),
         };
+        let t0 = Instant::now();
         match BackgroundSnapshot::start(SnapshotMode::Fork, &mut self.snaps.store, meta, &self.kv) {
             Ok(bg) => {
-                log::info!("taking a snapshot at index {index} term {term}");
+                log::info!(
+                    "taking a snapshot at index {index} term {term} (fork took {:?})",
+                    t0.elapsed()
+                );
                 self.snaps.bg = Some((bg, self.snaps.bytes_since));
             }
             Err(e) => {
@@ -175,6 +179,7 @@ impl Server {
         if c < self.node.store().first_index() {
             return Ok(());
         }
+        let t0 = Instant::now();
         let store = self.node.store_mut();
         let term = store
             .term(c)
@@ -182,7 +187,7 @@ impl Server {
         store
             .compact(c, term)
             .map_err(|e| format!("compacting the log to {c}: {e}"))?;
-        log::info!("log compacted through index {c}");
+        log::info!("log compacted through index {c} in {:?}", t0.elapsed());
         Ok(())
     }
 
