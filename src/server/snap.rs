@@ -108,6 +108,12 @@ impl Server {
             self.start_snapshot();
         }
 
+        // A leader receives no snapshots: free a partial transfer (and its temp file) left
+        // from when this node was a follower.
+        if self.leader_term.is_some() {
+            self.snaps.receiver.abort();
+        }
+
         let mut out = Vec::new();
         let mut finished = Vec::new();
         for (peer, s) in self.snaps.senders.iter_mut() {
