@@ -584,6 +584,13 @@ fn damaged_newest_snapshot_falls_back_to_the_previous_one() {
             log.contains(&format!("(index {older} ")),
             "{what}: did not restore snapshot {older} (newest was {newest})"
         );
+        // The damaged file is moved aside (kept for inspection, out of pruning's way).
+        let mut aside = files[0].2.clone().into_os_string();
+        aside.push(".damaged");
+        assert!(
+            !files[0].2.exists() && Path::new(&aside).exists(),
+            "{what}: damaged snapshot not moved aside"
+        );
         cluster.stop(1);
     }
 

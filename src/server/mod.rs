@@ -259,6 +259,9 @@ impl Server {
             learners: vec![],
         };
         let loaded = load_latest(&snapshots).map_err(|e| e.to_string())?;
+        if let Some(l) = &loaded {
+            snap::quarantine_newer(&snapshots, &l.path)?;
+        }
         let mut latest_snapshot = None;
         let mut kv = match loaded {
             Some(l) => {

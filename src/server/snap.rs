@@ -61,6 +61,29 @@ impl Snapshots {
     }
 }
 
+/// Renames snapshot files newer than `loaded` (the one startup restored: newer ones were found
+/// damaged) to `*.snap.damaged`. They stay for inspection but leave the set of snapshots the
+/// node manages: otherwise pruning ("keep the newest two") would soon delete the valid older
+/// snapshot and keep the damaged one, and compaction would rely on it as its fallback.
+pub(super) fn quarantine_newer(
+    store: &SnapshotStore,
+    loaded: &std::path::Path,
+) -> Result<(), String> {
+    let files = store.list().map_err(|e| e.to_string())?;
+    for (_, _, path) in files.iter().take_while(|(_, _, p)| p != loaded) {
+        let mut to = path.clone().into_os_string();
+        to.push(".damaged");
+        std::fs::rename(path, &to)
+            .map_err(|e| format!("moving damaged snapshot {} aside: {e}", path.display()))?;
+        log::warn!(
+            "damaged snapshot {} moved to {}",
+            path.display(),
+            std::path::Path::new(&to).display()
+        );
+    }
+    Ok(())
+}
+
 impl Server {
     fn log_stats(&self) -> LogStats {
         LogStats {
