@@ -23,6 +23,9 @@
 //!   sockets), no atexit handlers, no stdio flush. A panic in the child is caught and turned into
 //!   an exit status; it never unwinds into the parent's frames.
 //! - The child lowers its CPU priority so that on a small machine the serving thread wins.
+//! - The child caps its disk bandwidth ([`WritePacing`], default 32 MiB/s, in 1 MiB slices each
+//!   pushed to disk as it goes): it has no deadline, while the node's log fsyncs on the same
+//!   disk have. It is a separate process, so it may sleep.
 //!
 //! The result comes back through the exit status; an error message through a pipe.
 //!
@@ -31,6 +34,7 @@
 //! [`SnapshotMode::Inline`] writes the snapshot synchronously inside `start` behind the same
 //! interface, for the deterministic simulator and for tests that must not fork.
 
+use super::pacing::{RateLimiter, WritePacing};
 use super::SnapshotError;
 use crate::kv::KvStore;
 use crate::raft::SnapshotMeta;
@@ -75,12 +79,29 @@ pub struct BackgroundSnapshot {
 /// Largest error message the child sends back (it must never block on a full pipe).
 const MAX_CHILD_MSG: usize = 4096;
 
+/// Writes the snapshot; with `pacing` (only ever in the forked child: it sleeps) the writer goes
+/// slice by slice at no more than the pacing's rate.
 fn write_snapshot(
     store: &mut SnapshotStore,
     meta: &SnapshotMeta,
     kv: &KvStore,
+    pacing: Option<WritePacing>,
 ) -> Result<SnapshotDone, SnapshotError> {
     let mut w = store.create(meta)?;
+    if let Some(p) = pacing.filter(|p| p.bytes_per_sec > 0) {
+        let start = std::time::Instant::now();
+        // One slice may go ahead of the rate (the first one is written at once).
+        let mut limiter = RateLimiter::new(p.bytes_per_sec, p.slice_bytes);
+        w.set_pacing(
+            p.slice_bytes,
+            Box::new(move |n| {
+                let wait = limiter.take(start.elapsed(), n);
+                if !wait.is_zero() {
+                    std::thread::sleep(wait);
+                }
+            }),
+        );
+    }
     kv.write_snapshot(&mut w).map_err(|e| {
         SnapshotError::Other(format!(
             "writing snapshot {} in {}: {e}",
@@ -101,11 +122,25 @@ impl BackgroundSnapshot {
     /// `meta.conf` the membership in force at that index.
     ///
     /// Fork mode returns as soon as the child exists; the parent may then mutate `kv` freely.
+    /// The child's disk bandwidth is capped by [`WritePacing::from_env`] (the default rate
+    /// unless `RAFTKV_SNAPSHOT_WRITE_RATE` is set); see [`BackgroundSnapshot::start_paced`].
     pub fn start(
         mode: SnapshotMode,
         store: &mut SnapshotStore,
         meta: SnapshotMeta,
         kv: &KvStore,
+    ) -> Result<BackgroundSnapshot, SnapshotError> {
+        Self::start_paced(mode, store, meta, kv, WritePacing::from_env())
+    }
+
+    /// `start` with an explicit disk-bandwidth cap for the forked child (Inline mode ignores
+    /// it: it runs in the caller and must never sleep).
+    pub fn start_paced(
+        mode: SnapshotMode,
+        store: &mut SnapshotStore,
+        meta: SnapshotMeta,
+        kv: &KvStore,
+        pacing: WritePacing,
     ) -> Result<BackgroundSnapshot, SnapshotError> {
         if meta.index != kv.applied() {
             return Err(SnapshotError::Other(format!(
@@ -115,8 +150,8 @@ impl BackgroundSnapshot {
             )));
         }
         let state = match mode {
-            SnapshotMode::Inline => State::Finished(Some(write_snapshot(store, &meta, kv))),
-            SnapshotMode::Fork => fork_child(store, &meta, kv)?,
+            SnapshotMode::Inline => State::Finished(Some(write_snapshot(store, &meta, kv, None))),
+            SnapshotMode::Fork => fork_child(store, &meta, kv, pacing)?,
         };
         Ok(BackgroundSnapshot {
             meta,
@@ -214,6 +249,7 @@ fn fork_child(
     store: &mut SnapshotStore,
     meta: &SnapshotMeta,
     kv: &KvStore,
+    pacing: WritePacing,
 ) -> Result<State, SnapshotError> {
     let mut fds = [0 as libc::c_int; 2];
     // SAFETY: valid pointer to two ints.
@@ -238,7 +274,7 @@ fn fork_child(
         )));
     }
     if pid == 0 {
-        child_main(parent, fds[1], store, meta, kv);
+        child_main(parent, fds[1], store, meta, kv, pacing);
     }
     drop(wr);
     Ok(State::Child { pid, pipe: rd })
@@ -251,6 +287,7 @@ fn child_main(
     store: &mut SnapshotStore,
     meta: &SnapshotMeta,
     kv: &KvStore,
+    pacing: WritePacing,
 ) -> ! {
     // SAFETY (whole function): raw syscalls on descriptors this process owns; `_exit` ends the
     // process without running any of the parent's destructors or atexit handlers.
@@ -269,7 +306,7 @@ fn child_main(
         libc::nice(19);
     }
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        write_snapshot(store, meta, kv)
+        write_snapshot(store, meta, kv, Some(pacing))
     }));
     let (code, msg) = match outcome {
         Ok(Ok(done)) => (0, done.path.display().to_string()),

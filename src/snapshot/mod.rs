@@ -5,6 +5,8 @@
 //! Design notes and the exact call order for the server are in `docs/snapshots.md`. In short:
 //! - [`BackgroundSnapshot`] writes `KvStore` to a snapshot file without blocking the reactor
 //!   (fork + copy-on-write; a synchronous mode for tests and the simulator).
+//! - [`WritePacing`] caps the forked child's disk bandwidth so the logs' fsyncs on the same disk
+//!   do not queue behind the snapshot.
 //! - [`SnapshotPolicy`] decides when to start one and the index to compact the log to.
 //! - [`SnapshotSender`] (leader, one per peer) and [`SnapshotReceiver`] (follower) turn a snapshot
 //!   file into `InstallSnapshot` messages and back, with a window of unacknowledged chunks,
@@ -18,11 +20,13 @@
 //! file format and its checks.
 
 mod background;
+mod pacing;
 mod policy;
 mod recv;
 mod send;
 
 pub use background::{BackgroundSnapshot, SnapshotDone, SnapshotMode};
+pub use pacing::{RateLimiter, WritePacing, DEFAULT_WRITE_RATE};
 pub use policy::{LogStats, SnapshotPolicy};
 pub use recv::{InstalledSnapshot, Received, ReceivedSnapshot, SnapshotReceiver};
 pub use send::{SendStatus, SenderConfig, SnapshotSender};

@@ -59,31 +59,36 @@ pub struct SnapshotWriter {
     buf: Vec<u8>,
     crc: crc32fast::Hasher,
     total: u64,
-    /// File bytes written through `out` (header included), and how many of them were pushed
-    /// to disk by `sync_range`.
+    /// File bytes written through `out` (header included); of them, `[prev, synced)` is the
+    /// slice whose writeback was started last and `[0, prev)` is known to be on disk.
     written: u64,
     synced: u64,
+    prev: u64,
+    /// Bytes per slice: after each, its writeback is started and the previous slice's awaited.
+    slice: u64,
+    /// Called with each slice's size once its writeback was started (a snapshot child sleeps
+    /// here to cap its disk bandwidth, see `set_pacing`).
+    pace: Option<Box<dyn FnMut(u64) + Send>>,
 }
 
-/// A snapshot being written is pushed to disk every this many bytes.
+/// By default a snapshot being written is pushed to disk every this many bytes (a received
+/// snapshot, written from the reactor). A paced writer uses smaller slices (`set_pacing`).
 const SYNC_EVERY: u64 = 8 << 20;
 
-/// Writes `[from, from + len)` of `f` to disk and waits for it (`sync_file_range`), the way
-/// Redis' `rdb-save-incremental-fsync` does. Left to the kernel, a large snapshot's dirty pages
-/// pile up and reach the disk in one burst that fills the device queue: the node's own log
-/// fsyncs (same disk) then wait seconds behind it. Syncing as we go keeps that queue short and
-/// paces the writer to the disk. Only a hint: errors are ignored (`finish` still fsyncs).
-fn sync_range(f: &File, from: u64, len: u64) {
+/// `sync_file_range` on `[from, from + len)` of `f`. Only a hint: errors are ignored (`finish`
+/// still fsyncs).
+fn sync_range(f: &File, from: u64, len: u64, flags: libc::c_uint) {
     use std::os::fd::AsRawFd;
+    if len == 0 {
+        return;
+    }
     // SAFETY: sync_file_range on a descriptor we own; no memory is passed.
     unsafe {
         libc::sync_file_range(
             f.as_raw_fd(),
             from as libc::off64_t,
             len as libc::off64_t,
-            libc::SYNC_FILE_RANGE_WAIT_BEFORE
-                | libc::SYNC_FILE_RANGE_WRITE
-                | libc::SYNC_FILE_RANGE_WAIT_AFTER,
+            flags,
         );
     }
 }
@@ -102,12 +107,45 @@ impl SnapshotWriter {
         out.write_all(&self.buf)?;
         self.written += (8 + self.buf.len()) as u64;
         self.buf.clear();
-        if self.written - self.synced >= SYNC_EVERY {
+        if self.written - self.synced >= self.slice {
             out.flush()?;
-            sync_range(out.get_ref(), self.synced, self.written - self.synced);
+            // Keep the dirty data of this file to about two slices, the way Redis'
+            // `rdb-save-incremental-fsync` does: left to the kernel, a large snapshot's dirty
+            // pages pile up and reach the disk in bursts that fill the device queue, and the
+            // node's log fsyncs (same disk) wait behind them. Start writing the new slice
+            // without waiting for it, then wait for the previous one (normally long done, so
+            // a writer in the reactor is not blocked on the disk for the slice just written).
+            let f = out.get_ref();
+            sync_range(
+                f,
+                self.synced,
+                self.written - self.synced,
+                libc::SYNC_FILE_RANGE_WRITE,
+            );
+            sync_range(
+                f,
+                self.prev,
+                self.synced - self.prev,
+                libc::SYNC_FILE_RANGE_WAIT_BEFORE
+                    | libc::SYNC_FILE_RANGE_WRITE
+                    | libc::SYNC_FILE_RANGE_WAIT_AFTER,
+            );
+            let n = self.written - self.synced;
+            self.prev = self.synced;
             self.synced = self.written;
+            if let Some(pace) = self.pace.as_mut() {
+                pace(n);
+            }
         }
         Ok(())
+    }
+
+    /// Writes in slices of `slice` bytes (at least one chunk) and calls `pace(bytes)` after
+    /// each slice was handed to the disk. A snapshot child process uses it to throttle its disk
+    /// bandwidth (the callback sleeps); never install a sleeping callback in the reactor.
+    pub fn set_pacing(&mut self, slice: u64, pace: Box<dyn FnMut(u64) + Send>) {
+        self.slice = slice.max(CHUNK as u64);
+        self.pace = Some(pace);
     }
 
     /// Payload bytes written so far.
@@ -512,6 +550,9 @@ impl SnapshotStore {
             total: 0,
             written: head.len() as u64,
             synced: 0,
+            prev: 0,
+            slice: SYNC_EVERY,
+            pace: None,
         })
     }
 
