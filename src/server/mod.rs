@@ -259,6 +259,9 @@ impl Server {
             learners: vec![],
         };
         let loaded = load_latest(&snapshots).map_err(|e| e.to_string())?;
+        if let Some(l) = &loaded {
+            snap::quarantine_newer(&snapshots, &l.path)?;
+        }
         let mut latest_snapshot = None;
         let mut kv = match loaded {
             Some(l) => {
@@ -291,6 +294,8 @@ impl Server {
                 .map_err(|e| format!("saving hard state: {e}"))?;
         }
         let mut applied = kv.applied();
+        // Command bytes above the snapshot count toward the next one (snapshot policy).
+        let mut replayed_bytes = 0u64;
         let replay_to = hs.commit.min(log.last_index());
         if replay_to > applied {
             let from = applied + 1;
@@ -298,6 +303,7 @@ impl Server {
                 if e.entry_type == EntryType::EntryNormal as i32 {
                     kv.apply(e.index, &e.data);
                 }
+                replayed_bytes += e.data.len() as u64;
                 applied = e.index;
                 Ok(())
             })
@@ -359,7 +365,8 @@ impl Server {
             hs.vote,
             hs.commit
         );
-        let snaps = Snapshots::new(snapshots, latest_snapshot, cfg.snapshot_policy.clone());
+        let mut snaps = Snapshots::new(snapshots, latest_snapshot, cfg.snapshot_policy.clone());
+        snaps.bytes_since = replayed_bytes;
         Ok(Server {
             commit_hint: hs.commit,
             saved_hs: hs,

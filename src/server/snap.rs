@@ -4,6 +4,7 @@
 //! `crate::snapshot`.
 
 use super::Server;
+use crate::pb::kvpb::ErrorCode;
 use crate::pb::raftpb::message::Body;
 use crate::raft::{LogStore, Message, SnapshotMeta};
 use crate::snapshot::{
@@ -60,6 +61,29 @@ impl Snapshots {
     }
 }
 
+/// Renames snapshot files newer than `loaded` (the one startup restored: newer ones were found
+/// damaged) to `*.snap.damaged`. They stay for inspection but leave the set of snapshots the
+/// node manages: otherwise pruning ("keep the newest two") would soon delete the valid older
+/// snapshot and keep the damaged one, and compaction would rely on it as its fallback.
+pub(super) fn quarantine_newer(
+    store: &SnapshotStore,
+    loaded: &std::path::Path,
+) -> Result<(), String> {
+    let files = store.list().map_err(|e| e.to_string())?;
+    for (_, _, path) in files.iter().take_while(|(_, _, p)| p != loaded) {
+        let mut to = path.clone().into_os_string();
+        to.push(".damaged");
+        std::fs::rename(path, &to)
+            .map_err(|e| format!("moving damaged snapshot {} aside: {e}", path.display()))?;
+        log::warn!(
+            "damaged snapshot {} moved to {}",
+            path.display(),
+            std::path::Path::new(&to).display()
+        );
+    }
+    Ok(())
+}
+
 impl Server {
     fn log_stats(&self) -> LogStats {
         LogStats {
@@ -107,6 +131,12 @@ impl Server {
             self.start_snapshot();
         }
 
+        // A leader receives no snapshots: free a partial transfer (and its temp file) left
+        // from when this node was a follower.
+        if self.leader_term.is_some() {
+            self.snaps.receiver.abort();
+        }
+
         let mut out = Vec::new();
         let mut finished = Vec::new();
         for (peer, s) in self.snaps.senders.iter_mut() {
@@ -139,9 +169,13 @@ impl Server {
             term,
             conf: Some(self.node.status().conf),
         };
+        let t0 = Instant::now();
         match BackgroundSnapshot::start(SnapshotMode::Fork, &mut self.snaps.store, meta, &self.kv) {
             Ok(bg) => {
-                log::info!("taking a snapshot at index {index} term {term}");
+                log::info!(
+                    "taking a snapshot at index {index} term {term} (fork took {:?})",
+                    t0.elapsed()
+                );
                 self.snaps.bg = Some((bg, self.snaps.bytes_since));
             }
             Err(e) => {
@@ -151,11 +185,30 @@ impl Server {
         }
     }
 
-    /// Drops the log prefix the newest snapshot covers (keeping the policy's trailing margin).
+    /// Drops the log prefix the newest snapshot covers (keeping the policy's trailing margin),
+    /// but never past the *previous* snapshot on disk: if the newest file is found damaged at
+    /// startup, `load_latest` falls back to the previous one, and the log must still hold
+    /// every entry after it for that fallback to lose nothing.
     fn compact_log(&mut self) -> Result<(), String> {
-        let Some(c) = self.snaps.policy.compact_index(&self.log_stats()) else {
+        let Some(mut c) = self.snaps.policy.compact_index(&self.log_stats()) else {
             return Ok(());
         };
+        match self.snaps.store.list() {
+            Ok(files) => {
+                // Newest first; with a single file there is nothing to fall back to.
+                if let Some(&(fallback, _, _)) = files.get(1).or(files.first()) {
+                    c = c.min(fallback);
+                }
+            }
+            Err(e) => {
+                log::warn!("not compacting the log: listing snapshots: {e}");
+                return Ok(());
+            }
+        }
+        if c < self.node.store().first_index() {
+            return Ok(());
+        }
+        let t0 = Instant::now();
         let store = self.node.store_mut();
         let term = store
             .term(c)
@@ -163,7 +216,7 @@ impl Server {
         store
             .compact(c, term)
             .map_err(|e| format!("compacting the log to {c}: {e}"))?;
-        log::info!("log compacted through index {c}");
+        log::info!("log compacted through index {c} in {:?}", t0.elapsed());
         Ok(())
     }
 
@@ -265,6 +318,12 @@ impl Server {
                         .map_err(|e| format!("restoring received snapshot: {e}"))?;
                     self.kv = kv;
                     self.applied = meta.index;
+                    // Only a follower receives snapshots: writes still pending here are from a
+                    // lost leadership, and their entries may have been replaced by the snapshot.
+                    self.fail_pending(
+                        ErrorCode::Uncertain,
+                        "leadership lost; the write may or may not apply",
+                    );
                     self.commit_hint = self.commit_hint.max(meta.index);
                     self.snaps.bytes_since = 0;
                     self.snaps.latest = Some((meta.clone(), inst.path.clone()));

@@ -248,7 +248,7 @@ fn child_main(wr: libc::c_int, store: &mut SnapshotStore, meta: &SnapshotMeta, k
     // process without running any of the parent's destructors or atexit handlers.
     unsafe {
         close_inherited(wr);
-        libc::nice(10);
+        libc::nice(19);
     }
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         write_snapshot(store, meta, kv)

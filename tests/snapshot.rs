@@ -1,0 +1,710 @@
+//! Snapshots and log compaction end to end: real `raftkv serve` processes on loopback with tiny
+//! snapshot thresholds and log segments.
+//!
+//! - a follower that was down while the leader compacted past its log catches up by an
+//!   InstallSnapshot transfer and serves the same data; disk usage of every node stays bounded
+//!   while far more than the thresholds is written;
+//! - a transfer interrupted by the follower crashing restarts cleanly;
+//! - a damaged newest snapshot (truncated, or one flipped bit) makes the node start from the
+//!   previous one plus the log, losing nothing; no usable snapshot at all is a clear fatal error.
+//!
+//! Free ports, temp dirs, a Drop guard that kills every child, polls with deadlines (no fixed
+//! sleeps). Node logs go to `<tempdir>/n<i>.log` and are printed when a test fails.
+
+use bytes::Bytes;
+use raftkv::client::{Client, ClientOptions};
+use raftkv::net::framing::blocking;
+use raftkv::pb::kvpb::{self, response::Result as R};
+use std::collections::BTreeMap;
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const EXE: &str = env!("CARGO_BIN_EXE_raftkv");
+
+/// Distinct free loopback ports (bound at once, then released).
+fn free_ports(n: usize) -> Vec<u16> {
+    let ls: Vec<std::net::TcpListener> = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    ls.iter().map(|l| l.local_addr().unwrap().port()).collect()
+}
+
+/// Polls `f` every 10 ms until it returns Some, or panics after `within`.
+fn wait_for<T>(what: &str, within: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+struct Node {
+    id: u64,
+    client_addr: String,
+    child: Option<Child>,
+}
+
+/// A cluster of `raftkv serve` processes. Drop kills them all.
+struct Cluster {
+    dir: tempfile::TempDir,
+    peers: String,
+    nodes: Vec<Node>,
+    args: Vec<String>,
+}
+
+impl Cluster {
+    fn start(n: u64, args: &[&str]) -> Cluster {
+        let ports = free_ports(2 * n as usize);
+        let nodes: Vec<Node> = (0..n)
+            .map(|i| Node {
+                id: i + 1,
+                client_addr: format!("127.0.0.1:{}", ports[i as usize]),
+                child: None,
+            })
+            .collect();
+        let peers = nodes
+            .iter()
+            .enumerate()
+            .map(|(i, nd)| {
+                format!(
+                    "{}=127.0.0.1:{}/{}",
+                    nd.id,
+                    ports[n as usize + i],
+                    nd.client_addr
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut c = Cluster {
+            dir: tempfile::tempdir().unwrap(),
+            peers,
+            nodes,
+            args: args.iter().map(|s| s.to_string()).collect(),
+        };
+        for id in 1..=n {
+            c.start_node(id);
+        }
+        c
+    }
+
+    fn data_dir(&self, id: u64) -> PathBuf {
+        self.dir.path().join(format!("n{id}"))
+    }
+
+    fn log_path(&self, id: u64) -> PathBuf {
+        self.dir.path().join(format!("n{id}.log"))
+    }
+
+    fn node_log(&self, id: u64) -> String {
+        std::fs::read_to_string(self.log_path(id)).unwrap_or_default()
+    }
+
+    fn start_node(&mut self, id: u64) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path(id))
+            .unwrap();
+        let child = Command::new(EXE)
+            .arg("serve")
+            .arg(format!("--id={id}"))
+            .arg("--data-dir")
+            .arg(self.data_dir(id))
+            .arg(format!("--peers={}", self.peers))
+            .args([
+                "--tick-ms=10",
+                "--election-ticks=10",
+                "--heartbeat-ticks=1",
+                "--log-level=info",
+            ])
+            .args(&self.args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn raftkv serve");
+        self.node_mut(id).child = Some(child);
+    }
+
+    fn node_mut(&mut self, id: u64) -> &mut Node {
+        self.nodes.iter_mut().find(|n| n.id == id).unwrap()
+    }
+
+    fn addr(&self, id: u64) -> String {
+        self.nodes
+            .iter()
+            .find(|n| n.id == id)
+            .unwrap()
+            .client_addr
+            .clone()
+    }
+
+    fn endpoints(&self) -> Vec<String> {
+        self.nodes.iter().map(|n| n.client_addr.clone()).collect()
+    }
+
+    fn client(&self, consistency: kvpb::Consistency) -> Client {
+        Client::new(
+            self.endpoints(),
+            ClientOptions {
+                timeout: Duration::from_secs(10),
+                consistency,
+            },
+        )
+    }
+
+    /// SIGKILL (crash) a node.
+    fn kill(&mut self, id: u64) {
+        if let Some(mut c) = self.node_mut(id).child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM a node and expect a clean exit 0.
+    fn stop(&mut self, id: u64) {
+        if let Some(mut c) = self.node_mut(id).child.take() {
+            unsafe {
+                libc::kill(c.id() as libc::pid_t, libc::SIGTERM);
+            }
+            let status = wait_for("graceful exit", Duration::from_secs(10), || {
+                c.try_wait().unwrap()
+            });
+            assert!(status.success(), "node {id} exited with {status}");
+        }
+    }
+
+    /// Sends `sig` to node `id`.
+    fn signal(&self, id: u64, sig: libc::c_int) {
+        let n = self.nodes.iter().find(|n| n.id == id).unwrap();
+        if let Some(c) = &n.child {
+            // SAFETY: kill(2) on our own child's pid.
+            unsafe {
+                libc::kill(c.id() as libc::pid_t, sig);
+            }
+        }
+    }
+
+    /// Waits for node `id` to exit by itself; returns its exit status.
+    fn wait_exit(&mut self, id: u64) -> std::process::ExitStatus {
+        let mut c = self.node_mut(id).child.take().expect("node not running");
+        wait_for("the node to exit", Duration::from_secs(10), || {
+            c.try_wait().unwrap()
+        })
+    }
+
+    fn running(&self) -> Vec<u64> {
+        self.nodes
+            .iter()
+            .filter(|n| n.child.is_some())
+            .map(|n| n.id)
+            .collect()
+    }
+
+    /// Waits until every running node agrees on one leader; returns its id.
+    fn wait_leader(&self) -> u64 {
+        wait_for("a leader", Duration::from_secs(15), || {
+            let mut leader = None;
+            for id in self.running() {
+                let s = status(&self.addr(id))?;
+                if s.leader_id == 0 || leader.is_some_and(|l| l != s.leader_id) {
+                    return None;
+                }
+                leader = Some(s.leader_id);
+            }
+            let l = leader?;
+            (status(&self.addr(l))?.role == "leader").then_some(l)
+        })
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for n in &mut self.nodes {
+            if let Some(mut c) = n.child.take() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+        if std::thread::panicking() {
+            for n in &self.nodes {
+                let log = self.node_log(n.id);
+                let tail: Vec<&str> = log.lines().rev().take(40).collect();
+                eprintln!("---- node {} log (last 40 lines) ----", n.id);
+                for l in tail.iter().rev() {
+                    eprintln!("{l}");
+                }
+            }
+        }
+    }
+}
+
+/// One raw Status request (no retries); None if the node does not answer.
+fn status(addr: &str) -> Option<kvpb::StatusResponse> {
+    let mut s = TcpStream::connect_timeout(&addr.parse().ok()?, Duration::from_millis(500)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    let req = kvpb::Request {
+        id: 1,
+        op: Some(kvpb::request::Op::Status(kvpb::StatusRequest {})),
+        ..Default::default()
+    };
+    blocking::write_msg(&mut s, &req).ok()?;
+    match blocking::read_msg::<kvpb::Response, _>(&mut s, 1 << 20)
+        .ok()?
+        .result
+    {
+        Some(R::Status(st)) => Some(st),
+        _ => None,
+    }
+}
+
+/// Every key/value under `prefix`, read through the client (paging through the scan).
+fn scan_all(c: &mut Client, prefix: &str) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    let mut req = kvpb::Scan {
+        prefix: Bytes::copy_from_slice(prefix.as_bytes()),
+        ..Default::default()
+    };
+    loop {
+        let r = c.scan(req.clone()).expect("scan");
+        for kv in r.kvs {
+            out.insert(
+                String::from_utf8(kv.key.to_vec()).unwrap(),
+                String::from_utf8(kv.value.to_vec()).unwrap(),
+            );
+        }
+        if r.next_key.is_empty() {
+            return out;
+        }
+        req.start = r.next_key;
+    }
+}
+
+/// Total size of the regular files under `dir` (recursively); a file deleted while we walk is
+/// skipped.
+fn dir_bytes(dir: &Path) -> u64 {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    rd.flatten()
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => dir_bytes(&e.path()),
+            Ok(m) => m.len(),
+            Err(_) => 0,
+        })
+        .sum()
+}
+
+/// Finished snapshot files in a node's `snap/` dir, newest first: (index, size, path).
+fn snapshot_files(data_dir: &Path) -> Vec<(u64, u64, PathBuf)> {
+    let files = raftkv::storage::snapshot::list(&data_dir.join("snap")).unwrap_or_default();
+    files
+        .into_iter()
+        .map(|(i, _, p)| {
+            let len = std::fs::metadata(&p).map_or(0, |m| m.len());
+            (i, len, p)
+        })
+        .collect()
+}
+
+/// `writers` threads each put `per_writer` values cycling over `keys_per_writer` keys of their
+/// own (`w<t>-<k>`), so the KV state stays small while the log grows. Returns the final model
+/// and the total command bytes written.
+fn write_load(
+    endpoints: Vec<String>,
+    writers: usize,
+    per_writer: usize,
+    keys_per_writer: usize,
+    value_len: usize,
+    mut while_running: impl FnMut(),
+) -> (BTreeMap<String, String>, u64) {
+    let handles: Vec<_> = (0..writers)
+        .map(|t| {
+            let eps = endpoints.clone();
+            std::thread::spawn(move || {
+                let mut c = Client::new(
+                    eps,
+                    ClientOptions {
+                        timeout: Duration::from_secs(10),
+                        ..Default::default()
+                    },
+                );
+                let mut m = BTreeMap::new();
+                let mut bytes = 0u64;
+                for i in 0..per_writer {
+                    let k = format!("w{t}-{:03}", i % keys_per_writer);
+                    let mut v = format!("{i}-");
+                    v.extend(std::iter::repeat_n('x', value_len.saturating_sub(v.len())));
+                    c.put(k.as_bytes(), v.as_bytes()).unwrap();
+                    bytes += (k.len() + v.len()) as u64;
+                    m.insert(k, v);
+                }
+                (m, bytes)
+            })
+        })
+        .collect();
+    while handles.iter().any(|h| !h.is_finished()) {
+        while_running();
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let mut model = BTreeMap::new();
+    let mut total = 0;
+    for h in handles {
+        let (m, b) = h.join().unwrap();
+        model.extend(m);
+        total += b;
+    }
+    (model, total)
+}
+
+const SNAP_ENTRIES: u64 = 50;
+const TRAILING: u64 = 10;
+const SEGMENT: u64 = 8 << 10;
+
+/// Disk bound of one node's data dir, from the configuration: the log holds entries since the
+/// *previous* snapshot (compaction stops there so a damaged newest snapshot can fall back to
+/// it), i.e. at most two snapshot intervals plus the trailing margin plus what was applied
+/// while a snapshot was being written (allowance: one more interval each), rounded up to
+/// whole segments, plus a partly dropped first segment and the preallocated active one; plus
+/// the newest two snapshot files (plus one being written, or received) and small files.
+fn disk_limit(max_record: u64, max_snapshot: u64) -> u64 {
+    let entries = 4 * SNAP_ENTRIES + TRAILING;
+    let segments = (entries * max_record).div_ceil(SEGMENT) + 2;
+    segments * SEGMENT + 3 * max_snapshot + 16 * 1024
+}
+
+/// A follower that was down while the leader snapshotted and compacted its log past the
+/// follower's last entry catches up through an InstallSnapshot transfer, then serves the same
+/// data; every node's data dir stays within a computed bound while ~4x that much is written.
+#[test]
+fn lagging_follower_installs_snapshot_and_disk_stays_bounded() {
+    let mut cluster = Cluster::start(
+        3,
+        &[
+            &format!("--snapshot-entries={SNAP_ENTRIES}"),
+            &format!("--snapshot-trailing={TRAILING}"),
+            "--snapshot-bytes=100000000",
+            &format!("--segment-size={SEGMENT}"),
+        ],
+    );
+    let leader = cluster.wait_leader();
+    let lagger = (1..=3).find(|&i| i != leader).unwrap();
+    let other = (1..=3).find(|&i| i != leader && i != lagger).unwrap();
+    let (mut model, _) = write_load(cluster.endpoints(), 2, 20, 20, 100, || {});
+    let before = wait_for(
+        "the lagger to apply the first writes",
+        Duration::from_secs(10),
+        || {
+            let l = status(&cluster.addr(leader))?;
+            let s = status(&cluster.addr(lagger))?;
+            (s.applied_index >= l.commit_index).then_some(s)
+        },
+    );
+    cluster.stop(lagger);
+
+    // Far more than the thresholds, over few keys: 8 x 500 puts of ~100 bytes.
+    let value_len = 100;
+    let max_record = 200; // key + value + session fields + record header, generously
+    let mut max_snapshot = 0u64;
+    let mut peak = BTreeMap::<u64, u64>::new();
+    let (m, written) = write_load(cluster.endpoints(), 8, 500, 8, value_len, || {
+        for id in [leader, other] {
+            let d = cluster.data_dir(id);
+            for (_, len, _) in snapshot_files(&d) {
+                max_snapshot = max_snapshot.max(len);
+            }
+            let e = peak.entry(id).or_default();
+            *e = (*e).max(dir_bytes(&d));
+        }
+    });
+    model.extend(m);
+    let limit = disk_limit(max_record, max_snapshot);
+    eprintln!("wrote {written} B; peak dir sizes {peak:?}; limit {limit} B; max snapshot {max_snapshot} B");
+    // The bound means something only if far more than it went through the log.
+    assert!(
+        written > 3 * limit,
+        "test too small: wrote {written} B, disk limit {limit} B"
+    );
+    for (id, p) in &peak {
+        assert!(
+            *p <= limit,
+            "node {id} data dir reached {p} B while writing; limit {limit} B \
+             (max snapshot {max_snapshot} B)"
+        );
+    }
+
+    // The leader's log no longer holds what the lagger needs next.
+    let lst = wait_for("the leader to compact", Duration::from_secs(10), || {
+        let st = status(&cluster.addr(leader))?;
+        (st.first_log_index > before.last_log_index + 1 && st.snapshot_index > 0).then_some(st)
+    });
+    assert!(
+        lst.first_log_index > before.last_log_index + 1,
+        "leader log starts at {}, lagger's last index {}",
+        lst.first_log_index,
+        before.last_log_index
+    );
+
+    cluster.start_node(lagger);
+    let after = wait_for(
+        "the lagger to install a snapshot and catch up",
+        Duration::from_secs(20),
+        || {
+            let s = status(&cluster.addr(lagger))?;
+            (s.snapshot_index >= lst.snapshot_index && s.applied_index >= lst.commit_index)
+                .then_some(s)
+        },
+    );
+    assert!(after.snapshot_index > before.snapshot_index, "{after:?}");
+    assert!(
+        after.first_log_index > before.last_log_index,
+        "lagger's log was not reset past its old end: {after:?}"
+    );
+    assert!(
+        cluster.node_log(lagger).contains("installed snapshot"),
+        "the lagger caught up without a snapshot transfer"
+    );
+
+    // Same data: stale reads on the lagger, linearizable reads through the leader.
+    let mut local = Client::new(
+        vec![cluster.addr(lagger)],
+        ClientOptions {
+            timeout: Duration::from_secs(5),
+            consistency: kvpb::Consistency::Stale,
+        },
+    );
+    assert_eq!(scan_all(&mut local, "w"), model);
+    let mut lin = cluster.client(kvpb::Consistency::Linearizable);
+    assert_eq!(scan_all(&mut lin, "w"), model);
+    for (k, v) in model.iter().step_by(7) {
+        assert_eq!(&lin.get(k.as_bytes()).unwrap().value[..], v.as_bytes());
+    }
+
+    // The lagger keeps up by replication afterwards, and its disk is bounded too.
+    let (m, _) = write_load(cluster.endpoints(), 2, 20, 5, 50, || {});
+    model.extend(m);
+    wait_for(
+        "the lagger to apply new writes",
+        Duration::from_secs(10),
+        || (scan_all(&mut local, "w") == model).then_some(()),
+    );
+    for id in 1..=3 {
+        let used = dir_bytes(&cluster.data_dir(id));
+        assert!(used <= limit, "node {id} uses {used} B; limit {limit} B");
+    }
+}
+
+/// Copies a stopped node's data dir.
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            copy_dir(&p, &to.join(e.file_name()));
+        } else {
+            std::fs::copy(&p, to.join(e.file_name())).unwrap();
+        }
+    }
+}
+
+/// Flips one bit in the middle of a file.
+fn flip_bit(path: &Path) {
+    let mut b = std::fs::read(path).unwrap();
+    let i = b.len() / 2;
+    b[i] ^= 0x10;
+    std::fs::write(path, b).unwrap();
+}
+
+/// Cuts a file to half its size.
+fn truncate_half(path: &Path) {
+    let f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+    let len = f.metadata().unwrap().len();
+    f.set_len(len / 2).unwrap();
+}
+
+/// A node restarted with a damaged newest snapshot (truncated, or one bit flipped) warns and
+/// starts from the previous snapshot plus the log after it: nothing acknowledged is lost. With
+/// every snapshot damaged it refuses to start, naming the files.
+#[test]
+fn damaged_newest_snapshot_falls_back_to_the_previous_one() {
+    let mut cluster = Cluster::start(
+        1,
+        &[
+            "--snapshot-entries=50",
+            "--snapshot-trailing=5",
+            "--segment-size=8192",
+        ],
+    );
+    cluster.wait_leader();
+    let dir = cluster.data_dir(1);
+    let (model, _) = write_load(cluster.endpoints(), 4, 80, 30, 60, || {});
+    // Two snapshots, and the log compacted (so the fallback really needs the kept log).
+    wait_for(
+        "two snapshots and a compacted log",
+        Duration::from_secs(10),
+        || {
+            let st = status(&cluster.addr(1))?;
+            (snapshot_files(&dir).len() >= 2 && st.first_log_index > 1).then_some(())
+        },
+    );
+    cluster.stop(1);
+    let files = snapshot_files(&dir);
+    assert!(files.len() >= 2, "{files:?}");
+    let (newest, older) = (files[0].0, files[1].0);
+    let pristine = cluster.dir.path().join("pristine");
+    copy_dir(&dir, &pristine);
+    let restore = |c: &Cluster| {
+        std::fs::remove_dir_all(c.data_dir(1)).unwrap();
+        copy_dir(&pristine, &c.data_dir(1));
+        snapshot_files(&c.data_dir(1))
+    };
+
+    for (what, damage) in [
+        ("truncated", truncate_half as fn(&Path)),
+        ("bit-flipped", flip_bit),
+    ] {
+        let files = restore(&cluster);
+        damage(&files[0].2);
+        let log_from = cluster.node_log(1).len();
+        cluster.start_node(1);
+        cluster.wait_leader();
+        let mut c = cluster.client(kvpb::Consistency::Linearizable);
+        assert_eq!(scan_all(&mut c, "w"), model, "{what} newest snapshot");
+        let log = cluster.node_log(1)[log_from..].to_string();
+        assert!(
+            log.contains("using older snapshot") && log.contains("unusable"),
+            "{what}: no fallback warning in the log"
+        );
+        assert!(
+            log.contains(&format!("(index {older} ")),
+            "{what}: did not restore snapshot {older} (newest was {newest})"
+        );
+        // The damaged file is moved aside (kept for inspection, out of pruning's way).
+        let mut aside = files[0].2.clone().into_os_string();
+        aside.push(".damaged");
+        assert!(
+            !files[0].2.exists() && Path::new(&aside).exists(),
+            "{what}: damaged snapshot not moved aside"
+        );
+        cluster.stop(1);
+    }
+
+    // Every snapshot damaged: a clear fatal error, never an empty node.
+    let files = restore(&cluster);
+    truncate_half(&files[0].2);
+    flip_bit(&files[1].2);
+    let log_from = cluster.node_log(1).len();
+    cluster.start_node(1);
+    let st = cluster.wait_exit(1);
+    assert!(!st.success(), "node started with no usable snapshot");
+    let log = cluster.node_log(1)[log_from..].to_string();
+    assert!(log.contains("no usable snapshot"), "unclear error: {log}");
+}
+
+/// Polls (every 0.2 ms) for a partial received snapshot (`*.snap.tmp`) in a node's
+/// `snap/` dir with at least `min_len` bytes.
+fn wait_partial(data_dir: &Path, min_len: u64) -> PathBuf {
+    let snap = data_dir.join("snap");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(rd) = std::fs::read_dir(&snap) {
+            for e in rd.flatten() {
+                let p = e.path();
+                if p.to_string_lossy().ends_with(".snap.tmp")
+                    && e.metadata().is_ok_and(|m| m.len() >= min_len)
+                {
+                    return p;
+                }
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for a snapshot transfer into {}",
+            snap.display()
+        );
+        std::thread::sleep(Duration::from_micros(200));
+    }
+}
+
+/// An InstallSnapshot transfer interrupted by the receiving follower crashing, and then one
+/// interrupted by the leader crashing, restart cleanly: the follower ends up with the data.
+#[test]
+fn interrupted_snapshot_transfers_restart_cleanly() {
+    let mut cluster = Cluster::start(
+        3,
+        &[
+            "--snapshot-bytes=1000000",
+            "--snapshot-entries=1000000",
+            "--snapshot-trailing=10",
+            "--segment-size=1048576",
+        ],
+    );
+    let leader = cluster.wait_leader();
+    let lagger = (1..=3).find(|&i| i != leader).unwrap();
+    cluster.stop(lagger);
+    // ~6 MB of state: a transfer of about 24 chunks of 256 KiB.
+    let (model, _) = write_load(cluster.endpoints(), 8, 190, 190, 4000, || {});
+    wait_for("the leader to compact", Duration::from_secs(10), || {
+        let st = status(&cluster.addr(leader))?;
+        (st.first_log_index > 10).then_some(())
+    });
+    let lagger_dir = cluster.data_dir(lagger);
+
+    // 1. The receiver crashes part way through. Freezing it first (SIGSTOP) pins the transfer
+    // mid-way: the partial file is only renamed when the last chunk is in.
+    cluster.start_node(lagger);
+    let partial = wait_partial(&lagger_dir, 1);
+    cluster.signal(lagger, libc::SIGSTOP);
+    let held = std::fs::metadata(&partial).map(|m| m.len());
+    assert!(
+        held.is_ok(),
+        "transfer finished before it could be interrupted"
+    );
+    eprintln!("follower crashed holding {held:?} bytes of the snapshot");
+    cluster.kill(lagger);
+    assert!(
+        partial.exists(),
+        "the crash should leave the partial file behind"
+    );
+
+    // 2. The sender (leader) crashes part way through; another node takes over the transfer.
+    // Once the lagger answers, its startup has deleted the partial file the crash left.
+    cluster.start_node(lagger);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while status(&cluster.addr(lagger)).is_none() {
+        assert!(Instant::now() < deadline, "the lagger did not restart");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let partial = wait_partial(&lagger_dir, 1);
+    cluster.signal(lagger, libc::SIGSTOP);
+    let held = std::fs::metadata(&partial).map(|m| m.len());
+    assert!(
+        held.is_ok(),
+        "transfer finished before it could be interrupted"
+    );
+    eprintln!("leader crashed while the follower held {held:?} bytes of the snapshot");
+    cluster.kill(leader);
+    cluster.signal(lagger, libc::SIGCONT);
+    let new_leader = cluster.wait_leader();
+    assert_ne!(new_leader, leader);
+
+    let mut local = Client::new(
+        vec![cluster.addr(lagger)],
+        ClientOptions {
+            timeout: Duration::from_secs(5),
+            consistency: kvpb::Consistency::Stale,
+        },
+    );
+    wait_for(
+        "the lagger to hold every write",
+        Duration::from_secs(20),
+        || (scan_all(&mut local, "w") == model).then_some(()),
+    );
+    let mut lin = cluster.client(kvpb::Consistency::Linearizable);
+    assert_eq!(scan_all(&mut lin, "w"), model);
+}
