@@ -2,15 +2,19 @@
 //! log and the KV state machine.
 //!
 //! Each loop iteration:
-//! 1. poll (timeout = next timer, at most one tick);
-//! 2. accept connections; read every ready socket: peer frames are `step`ped into the core,
-//!    client requests become proposals / ReadIndex rounds / local answers;
-//! 3. fire due timers (Raft tick, request deadlines, peer reconnects, commit-hint persist);
-//! 4. drain `Ready`s in the contract's order: hard state + entries to disk with ONE sync per
+//! 1. poll (timeout = next timer or Raft tick, at most [`MAX_POLL`]);
+//! 2. apply every Raft tick owed since the last one, by real time (see [`tick_catch_up`]),
+//!    *before* anything is read: a stalled process must see its lease expire before it
+//!    answers a request that waited in a socket buffer during the stall;
+//! 3. accept connections; read every ready socket: peer frames are `step`ped into the core,
+//!    client requests become proposals / ReadIndex rounds / local answers (a LEASE read is
+//!    only answered from the lease while no tick is overdue);
+//! 4. fire due timers (request deadlines, peer reconnects, commit-hint persist);
+//! 5. drain `Ready`s in the contract's order: hard state + entries to disk with ONE sync per
 //!    Ready (group commit of everything proposed in this iteration), then peer messages,
 //!    apply committed entries and answer their clients, serve ReadIndex reads, then
 //!    `on_persisted`;
-//! 5. flush client and peer write queues.
+//! 6. flush client and peer write queues.
 //!
 //! Client requests are tracked by proposal index (writes) or read context (reads), each with a
 //! deadline timer. If this node stops being leader, pending writes are answered UNCERTAIN (they
@@ -54,10 +58,10 @@ const PEER_FRAME_SLACK: usize = 2 << 20;
 /// Longest poll sleep (the loop also checks the shutdown flag this often).
 const MAX_POLL: Duration = Duration::from_millis(100);
 
-/// What a timer carries.
+/// What a timer carries. (The Raft tick is not a timer: it is driven from elapsed real time
+/// at the top of every loop iteration, see [`Server::catch_up_ticks`].)
 #[derive(Debug)]
 enum TimerEvent {
-    Tick,
     WriteDeadline(u64),
     ReadDeadline(u64),
     Reconnect(u64),
@@ -120,6 +124,8 @@ pub struct Server {
     peers: HashMap<u64, Peer>,
     peer_by_token: HashMap<Token, u64>,
     timers: TimerWheel<TimerEvent>,
+    /// When the next Raft tick is due. Ticks keep a fixed phase (`start + k * tick`).
+    next_tick: Instant,
     node: RawNode<Log>,
     hs_file: HardStateFile,
     /// The hard state last written to disk.
@@ -214,6 +220,23 @@ fn lock_data_dir(dir: &std::path::Path) -> Result<std::fs::File, String> {
         ));
     }
     Ok(f)
+}
+
+/// The Raft ticks owed at `now` when the next one was due at `next_tick`: `(n, new_next)`
+/// where `n` is how many to apply (at most `cap`) and `new_next` the next due time, keeping
+/// the tick phase (ticks skipped beyond the cap are dropped, not deferred).
+fn tick_catch_up(next_tick: Instant, now: Instant, tick: Duration, cap: u64) -> (u64, Instant) {
+    if now < next_tick {
+        return (0, next_tick);
+    }
+    let tick_ns = tick.as_nanos().max(1);
+    let owed = 1 + (now - next_tick).as_nanos() / tick_ns;
+    let skip = u32::try_from(owed).unwrap_or(u32::MAX);
+    let new_next = next_tick
+        .checked_add(tick.saturating_mul(skip))
+        .filter(|&t| t > now)
+        .unwrap_or(now + tick);
+    (owed.min(u128::from(cap)) as u64, new_next)
 }
 
 fn role_name(r: Role) -> &'static str {
@@ -350,7 +373,6 @@ impl Server {
 
         let now = Instant::now();
         let mut timers = TimerWheel::new(Duration::from_millis(1), 4096, now);
-        timers.insert(now + cfg.tick, TimerEvent::Tick);
         timers.insert(now + cfg.commit_persist_interval, TimerEvent::PersistCommit);
         let mut peers = HashMap::new();
         for p in cfg.peers.iter().filter(|p| p.id != cfg.id) {
@@ -367,6 +389,7 @@ impl Server {
         );
         let mut snaps = Snapshots::new(snapshots, latest_snapshot, cfg.snapshot_policy.clone());
         snaps.bytes_since = replayed_bytes;
+        let next_tick = now + cfg.tick;
         Ok(Server {
             commit_hint: hs.commit,
             saved_hs: hs,
@@ -379,6 +402,7 @@ impl Server {
             peers,
             peer_by_token: HashMap::new(),
             timers,
+            next_tick,
             node,
             hs_file,
             snaps,
@@ -414,6 +438,7 @@ impl Server {
                 self.timers
                     .next_timeout(now)
                     .map_or(MAX_POLL, |d| d.min(MAX_POLL))
+                    .min(self.next_tick.saturating_duration_since(now))
             } else {
                 Duration::ZERO
             };
@@ -423,6 +448,9 @@ impl Server {
                 }
                 return Err(format!("poll failed: {e}"));
             }
+            // Ticks first: after a stall (SIGSTOP, CPU starvation, a slow fsync) the lease
+            // must be judged by the time that really passed, before any request is read.
+            self.catch_up_ticks()?;
             for ev in events.iter() {
                 self.dispatch(ev);
             }
@@ -836,6 +864,12 @@ impl Server {
                 let r = self.serve_read(&op);
                 self.send_response(token, req_id, r);
             }
+            // The lease is measured in ticks: while a tick is overdue (this iteration took
+            // long, or the process stalled after the catch-up) it may be stale. ReadIndex is
+            // always safe.
+            Consistency::Lease if self.cfg.lease_read && self.tick_overdue() => {
+                self.read_index(token, req_id, op)
+            }
             Consistency::Lease if self.cfg.lease_read => match self.node.lease_read() {
                 Ok(index) => {
                     let ctx = self.track_read(token, req_id, op);
@@ -1010,16 +1044,33 @@ impl Server {
     // Timers
     // ---------------------------------------------------------------------------------------
 
+    /// Applies every Raft tick owed by real time since the last one (at most
+    /// `2 * election_ticks + 1` after a long stall: that many already expire the lease and make
+    /// a leader run its CheckQuorum check). Called right after poll, before sockets are read.
+    fn catch_up_ticks(&mut self) -> Result<(), String> {
+        let cap = 2 * u64::from(self.cfg.election_ticks) + 1;
+        let (n, next) = tick_catch_up(self.next_tick, Instant::now(), self.cfg.tick, cap);
+        if n == 0 {
+            return Ok(());
+        }
+        if n > 1 {
+            log::debug!("node {}: catching up {n} overdue ticks", self.cfg.id);
+        }
+        for _ in 0..n {
+            self.node.tick();
+        }
+        self.next_tick = next;
+        self.snapshot_tick()
+    }
+
+    /// True while a Raft tick is due but not yet applied: the lease clock lags real time, so
+    /// a lease read must not be answered from it.
+    fn tick_overdue(&self) -> bool {
+        Instant::now() >= self.next_tick
+    }
+
     fn on_timer(&mut self, ev: TimerEvent) -> Result<(), String> {
         match ev {
-            TimerEvent::Tick => {
-                self.node.tick();
-                self.snapshot_tick()?;
-                // No catch-up after a stall: a burst of ticks would only cause spurious
-                // elections while messages still sit unread in socket buffers.
-                self.timers
-                    .insert(Instant::now() + self.cfg.tick, TimerEvent::Tick);
-            }
             TimerEvent::WriteDeadline(index) => {
                 if let Some(p) = self.pending_writes.remove(&index) {
                     self.send_response(
@@ -1363,6 +1414,27 @@ mod tests {
         assert!(log.first_index() > 2, "compaction dropped whole segments");
         let err = reconcile_log_with_snapshot(&mut log, &snap(1, 1)).unwrap_err();
         assert!(err.contains("compacted past snapshot index 1"), "{err}");
+    }
+
+    #[test]
+    fn ticks_are_caught_up_by_elapsed_time_with_a_cap() {
+        let t0 = Instant::now();
+        let tick = Duration::from_millis(50);
+        let ms = Duration::from_millis;
+        // Not due yet.
+        assert_eq!(tick_catch_up(t0, t0 - ms(1), tick, 21), (0, t0));
+        // Due exactly, or a little late: one tick, phase kept.
+        assert_eq!(tick_catch_up(t0, t0, tick, 21), (1, t0 + tick));
+        assert_eq!(tick_catch_up(t0, t0 + ms(49), tick, 21), (1, t0 + tick));
+        // A 1 s stall owes 21 ticks (the one due at t0 and 20 more).
+        assert_eq!(
+            tick_catch_up(t0, t0 + ms(1000), tick, 100),
+            (21, t0 + ms(1050))
+        );
+        // A long stall is capped; the skipped ticks are dropped, not deferred.
+        let (n, next) = tick_catch_up(t0, t0 + ms(60_000), tick, 21);
+        assert_eq!(n, 21);
+        assert_eq!(next, t0 + ms(60_050));
     }
 
     #[test]
