@@ -1497,7 +1497,7 @@ mod tests {
                 RawNode::new(Config::new(id), MemLog::new(), init).unwrap()
             })
             .collect();
-        let mut saved = vec![HardState::default(); 3];
+        let mut saved = [HardState::default(); 3];
         let mut wire: Vec<Message> = Vec::new();
         let (mut early_appends, mut late_grants, mut late_acks) = (0, 0, 0);
         let mut pump = |nodes: &mut Vec<RawNode<MemLog>>, wire: &mut Vec<Message>| {
