@@ -38,7 +38,7 @@ use crate::raft::{
     ProposeError, RawNode, Ready, Role, SnapshotMeta,
 };
 use crate::snapshot::load_latest;
-use crate::storage::{HardStateFile, Log, LogOptions, SnapshotStore};
+use crate::storage::{DirLock, HardStateFile, Log, LogOptions, SnapshotStore};
 use mio::net::TcpListener;
 use mio::{event::Event, Events, Interest, Poll, Token};
 use snap::Snapshots;
@@ -133,8 +133,8 @@ pub struct Server {
     /// Newest commit index whose entries are durable here (persisted lazily as a hint).
     commit_hint: u64,
     snaps: Snapshots,
-    /// Held for the node's life: the data directory's lock.
-    _dir_lock: std::fs::File,
+    /// Held for the node's life: the data directory's lock (`DIR/LOCK`).
+    _dir_lock: DirLock,
     kv: KvStore,
     applied: u64,
     pending_writes: HashMap<u64, PendingWrite>,
@@ -196,30 +196,6 @@ fn reconcile_log_with_snapshot(log: &mut Log, snap: &SnapshotMeta) -> Result<(),
             snap.index
         )),
     }
-}
-
-/// Takes an exclusive `flock` on `DIR/LOCK` so two nodes can never share a data directory
-/// (they would corrupt each other's log). Released when the returned file is dropped or the
-/// process dies.
-fn lock_data_dir(dir: &std::path::Path) -> Result<std::fs::File, String> {
-    use std::os::fd::AsRawFd;
-    let path = dir.join("LOCK");
-    let f = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .map_err(|e| format!("{}: {e}", path.display()))?;
-    // SAFETY: flock on a descriptor we own.
-    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-        return Err(format!(
-            "data dir {} is in use by another raftkv process ({}: {})",
-            dir.display(),
-            path.display(),
-            std::io::Error::last_os_error()
-        ));
-    }
-    Ok(f)
 }
 
 /// The Raft ticks owed at `now` when the next one was due at `next_tick`: `(n, new_next)`
@@ -298,7 +274,10 @@ impl Server {
         let dir = &cfg.data_dir;
         std::fs::create_dir_all(dir)
             .map_err(|e| format!("cannot create data dir {}: {e}", dir.display()))?;
-        let dir_lock = lock_data_dir(dir)?;
+        // The lock comes first: nothing below may touch a directory another node owns
+        // (SnapshotStore::open deletes leftover *.tmp files, the hard state may be rewritten).
+        // `Log::open` takes the same kind of lock again on DIR/log.
+        let dir_lock = DirLock::acquire(dir).map_err(|e| format!("data dir: {e}"))?;
         let (mut hs_file, disk_hs) = HardStateFile::open(dir).map_err(|e| e.to_string())?;
         let mut hs = disk_hs;
         let snapshots = SnapshotStore::open(&dir.join("snap")).map_err(|e| e.to_string())?;
@@ -1624,15 +1603,5 @@ mod tests {
         let (n, next) = tick_catch_up(t0, t0 + ms(60_000), tick, 21);
         assert_eq!(n, 21);
         assert_eq!(next, t0 + ms(60_050));
-    }
-
-    #[test]
-    fn data_dir_lock_is_exclusive() {
-        let d = tempfile::tempdir().unwrap();
-        let held = lock_data_dir(d.path()).unwrap();
-        let err = lock_data_dir(d.path()).unwrap_err();
-        assert!(err.contains("in use"), "{err}");
-        drop(held);
-        lock_data_dir(d.path()).unwrap();
     }
 }
