@@ -319,11 +319,20 @@ impl Server {
                     self.kv = kv;
                     self.applied = meta.index;
                     // Only a follower receives snapshots: writes still pending here are from a
-                    // lost leadership, and their entries may have been replaced by the snapshot.
-                    self.fail_pending(
-                        ErrorCode::Uncertain,
-                        "leadership lost; the write may or may not apply",
-                    );
+                    // lost leadership, and their entries may have been replaced by the snapshot
+                    // (never applied here one by one). Reads stay: confirmed ones are served
+                    // below from the newer state, unconfirmed ones wait for their confirmation.
+                    for (_, p) in std::mem::take(&mut self.pending_writes) {
+                        self.timers.cancel(p.timer);
+                        self.send_response(
+                            p.token,
+                            p.req_id,
+                            super::error_result(
+                                ErrorCode::Uncertain,
+                                "leadership lost; the write may or may not apply",
+                            ),
+                        );
+                    }
                     self.commit_hint = self.commit_hint.max(meta.index);
                     self.snaps.bytes_since = 0;
                     self.snaps.latest = Some((meta.clone(), inst.path.clone()));

@@ -225,6 +225,8 @@ fn fork_child(
     }
     // SAFETY: pipe2 just returned these two fresh descriptors; each is owned exactly once.
     let (rd, wr) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    // SAFETY: getpid cannot fail.
+    let parent = unsafe { libc::getpid() };
     // SAFETY: see the module docs: the caller (the server) is single-threaded, and the child
     // only runs `child_main`, which never returns.
     let pid = unsafe { libc::fork() };
@@ -236,17 +238,33 @@ fn fork_child(
         )));
     }
     if pid == 0 {
-        child_main(fds[1], store, meta, kv);
+        child_main(parent, fds[1], store, meta, kv);
     }
     drop(wr);
     Ok(State::Child { pid, pipe: rd })
 }
 
 /// The child: write the snapshot, report through the pipe, `_exit`. Never returns.
-fn child_main(wr: libc::c_int, store: &mut SnapshotStore, meta: &SnapshotMeta, kv: &KvStore) -> ! {
+fn child_main(
+    parent: libc::pid_t,
+    wr: libc::c_int,
+    store: &mut SnapshotStore,
+    meta: &SnapshotMeta,
+    kv: &KvStore,
+) -> ! {
     // SAFETY (whole function): raw syscalls on descriptors this process owns; `_exit` ends the
     // process without running any of the parent's destructors or atexit handlers.
     unsafe {
+        // Die with the node. An orphaned child would go on writing into a data directory whose
+        // lock died with the node: a restarted node there could have its own snapshot temp
+        // file (same index and term) renamed into place half-written by us, or files pruned.
+        // (Linux; checked after the prctl in case the node died before it. The signal follows
+        // the forking *thread*: the server forks from its only thread.)
+        #[cfg(target_os = "linux")]
+        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+        if libc::getppid() != parent {
+            libc::_exit(3);
+        }
         close_inherited(wr);
         libc::nice(19);
     }
