@@ -1,5 +1,6 @@
-//! The data directory lock (`log/LOCK`, src/storage/lock.rs): one owner per directory, across
-//! threads and processes, released by a crash; a second `raftkv serve` is refused.
+//! The directory lock (src/storage/lock.rs: `DIR/LOCK`, taken by the server first, and
+//! `DIR/log/LOCK`, taken by `Log::open`): one owner per directory, across threads and processes,
+//! released by a crash; a second `raftkv serve` is refused.
 //!
 //! Separate from tests/storage.rs on purpose: these tests spawn processes, and between fork and
 //! exec a child shares every descriptor of this process (close-on-exec acts only at exec), so
@@ -196,13 +197,49 @@ fn second_server_on_the_same_data_dir_is_refused() {
         .read_to_string(&mut err)
         .unwrap();
     assert!(!status.success(), "{err}");
-    let log_dir = dir.path().join("log");
+    // The server locks the data directory itself (DIR/LOCK, before it opens anything in it;
+    // the log takes DIR/log/LOCK too).
     assert!(
-        err.contains(log_dir.to_str().unwrap())
+        err.contains(dir.path().to_str().unwrap())
             && err.contains(&format!("locked by process {}", first.0.id())),
         "{err}"
     );
     assert!(first.0.try_wait().unwrap().is_none(), "first server died");
     cl.status(&format!("127.0.0.1:{c1}"))
         .expect("first server still serves");
+}
+
+/// The server's data directory lock is the storage layer's `DirLock` on DIR, taken before
+/// anything in the directory is opened: a refused second node leaves the owner's in-progress
+/// snapshot temp file (which `SnapshotStore::open` would delete) and everything else alone.
+#[test]
+fn server_locks_its_data_dir_before_touching_anything() {
+    use raftkv::server::{parse_peers, Server, ServerConfig};
+    use raftkv::storage::DirLock;
+    let _serial = LOCK_TESTS.lock().unwrap_or_else(|e| e.into_inner());
+    let d = tmpdir();
+    let peers = parse_peers("1=127.0.0.1:0/127.0.0.1:0").unwrap();
+    let cfg = ServerConfig::new(1, d.path().to_path_buf(), peers).unwrap();
+    let held = DirLock::acquire(d.path()).unwrap();
+    let tmp = d.path().join("snap").join("0000000000000009.snap.tmp");
+    std::fs::create_dir_all(tmp.parent().unwrap()).unwrap();
+    std::fs::write(&tmp, b"in progress").unwrap();
+    let err = Server::open(cfg.clone())
+        .err()
+        .expect("a locked dir must be refused");
+    assert!(err.contains("locked by process"), "{err}");
+    assert!(err.contains(d.path().to_str().unwrap()), "{err}");
+    assert!(tmp.exists(), "the owner's temp file was deleted");
+    assert!(!d.path().join("hardstate").exists() && !d.path().join("log").exists());
+    drop(held);
+    // Unlocked: the node opens (and cleans up the leftover temp file)...
+    let server = Server::open(cfg.clone()).unwrap();
+    assert!(!tmp.exists());
+    // ...and holds the lock itself while it lives.
+    let err = Server::open(cfg.clone())
+        .err()
+        .expect("a second node must be refused");
+    assert!(err.contains("locked by process"), "{err}");
+    drop(server);
+    drop(Server::open(cfg).unwrap());
 }

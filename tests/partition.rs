@@ -824,16 +824,12 @@ fn partitioned_follower_rejoins_without_disrupting_the_leader() {
 /// fsync) while the rest of the cluster moved on must not serve a LEASE read from a lease its
 /// own ticks have not yet seen expire.
 ///
-/// KNOWN BUG (fails every run, hence ignored): the core measures the lease in ticks
-/// (`RawNode::lease_read`: `now - lease_tick < window`), and the server (src/server/mod.rs)
-/// (1) handles readable sockets before firing due timers in each loop iteration and (2) never
-/// catches up missed ticks after a stall (`TimerEvent::Tick` reschedules at now + tick). So
-/// after a pause the old leader serves the LEASE read at once with its pre-pause tick count and
-/// answers the old value although a new leader already committed a newer one. Any stall between
-/// the quorum's heartbeat acks and the read stretches the lease by the stall's length. Run with
-/// `cargo test --test partition lease_read_after -- --ignored`.
+/// The core measures the lease in ticks (`RawNode::lease_read`: `now - lease_tick < window`).
+/// This used to fail: the server read sockets before firing its tick timer and never caught up
+/// missed ticks, so the resumed old leader served the read from its pre-pause tick count. Now
+/// the server applies every tick owed by real time right after poll, before reading sockets,
+/// and answers a LEASE read from the lease only while no tick is overdue.
 #[test]
-#[ignore = "known bug: LEASE reads are judged by a tick clock that lags after a stall"]
 fn lease_read_after_the_old_leader_was_paused_is_not_stale() {
     let c = Cluster::start(&["--lease-reads"]);
     let (old, _) = c.wait_leader_among(&[1, 2, 3], secs(15));

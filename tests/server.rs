@@ -904,7 +904,7 @@ fn bad_peer_input_closes_only_that_connection() {
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("in use by another raftkv process"), "{err}");
+    assert!(err.contains("locked by process"), "{err}");
     c.put(b"still", b"up again").unwrap();
 }
 

@@ -7,7 +7,10 @@
 //!
 //! Messages are never queued forever: while idle they are dropped at once (the caller reports
 //! the peer unreachable to the core, which falls back to probing), and the outbound queue of a
-//! connected or connecting peer is bounded. Reconnects back off exponentially, capped.
+//! connected or connecting peer is bounded. Reconnects back off exponentially, capped. The
+//! backoff starts over only after a connection stayed up for `stable_after` (1 s): a peer that
+//! accepts and closes at once (restarting, overloaded, a proxy in front of a dead node) is
+//! redialled with growing delays, not at the minimum delay forever.
 
 use super::conn::{Conn, ReadStatus};
 use bytes::Bytes;
@@ -15,7 +18,7 @@ use mio::net::TcpStream;
 use mio::{event::Event, Interest, Registry, Token};
 use std::io;
 use std::net::ToSocketAddrs;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Reconnect and queueing limits.
 #[derive(Debug, Clone)]
@@ -26,6 +29,8 @@ pub struct PeerOptions {
     pub backoff_max: Duration,
     /// Max bytes queued for a peer; beyond it messages are dropped.
     pub max_queue_bytes: usize,
+    /// A connection that lasted at least this long resets the backoff when it ends.
+    pub stable_after: Duration,
 }
 
 impl Default for PeerOptions {
@@ -34,6 +39,7 @@ impl Default for PeerOptions {
             backoff_min: Duration::from_millis(50),
             backoff_max: Duration::from_secs(1),
             max_queue_bytes: 64 << 20,
+            stable_after: Duration::from_secs(1),
         }
     }
 }
@@ -65,6 +71,8 @@ pub struct Peer {
     conn: Option<Conn>,
     token: Option<Token>,
     backoff: Duration,
+    /// When the current connection was established (None unless connected).
+    connected_at: Option<Instant>,
     /// Messages dropped since the last connect (for logging).
     pub dropped: u64,
 }
@@ -80,6 +88,7 @@ impl Peer {
             conn: None,
             token: None,
             backoff,
+            connected_at: None,
             dropped: 0,
         }
     }
@@ -195,7 +204,9 @@ impl Peer {
                 Ok(_) => {
                     log::info!("peer {} ({}): connected", self.id, self.addr);
                     self.state = PeerState::Connected;
-                    self.backoff = self.opts.backoff_min;
+                    // The backoff is not reset here: only once the link proved stable (see
+                    // teardown), so accept-then-close does not mean reconnecting at once.
+                    self.connected_at = Some(Instant::now());
                     self.dropped = 0;
                     return match self.flush(registry) {
                         Ok(()) => PeerEvent::Connected,
@@ -234,13 +245,21 @@ impl Peer {
         PeerEvent::Nothing
     }
 
-    /// Drops the connection (and its queue); returns the reconnect delay.
+    /// Drops the connection (and its queue); returns the reconnect delay. A connection that
+    /// stayed up for `stable_after` starts the backoff over; a shorter one keeps it growing.
     pub fn teardown(&mut self, registry: &Registry) -> Duration {
         if let Some(mut conn) = self.conn.take() {
             let _ = registry.deregister(&mut conn.stream);
         }
         self.token = None;
         self.state = PeerState::Idle;
+        if self
+            .connected_at
+            .take()
+            .is_some_and(|t| t.elapsed() >= self.opts.stable_after)
+        {
+            self.backoff = self.opts.backoff_min;
+        }
         self.next_backoff()
     }
 }
@@ -249,14 +268,14 @@ impl Peer {
 mod tests {
     use super::*;
     use mio::{Events, Poll};
-    use std::time::Instant;
 
     #[test]
-    fn backoff_doubles_and_caps_then_resets_on_connect() {
+    fn backoff_doubles_and_caps() {
         let opts = PeerOptions {
             backoff_min: Duration::from_millis(10),
             backoff_max: Duration::from_millis(50),
             max_queue_bytes: 100,
+            ..Default::default()
         };
         // A port nobody listens on: bind then drop.
         let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -318,5 +337,62 @@ mod tests {
             }
         }
         assert_eq!(p.state(), PeerState::Idle);
+    }
+
+    /// Polls until the peer reports something other than `Nothing`.
+    fn next_event(poll: &mut Poll, p: &mut Peer) -> PeerEvent {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut events = Events::with_capacity(8);
+        loop {
+            assert!(Instant::now() < deadline, "no peer event");
+            poll.poll(&mut events, Some(Duration::from_millis(50)))
+                .unwrap();
+            for ev in events.iter() {
+                let r = p.on_event(poll.registry(), ev);
+                if r != PeerEvent::Nothing {
+                    return r;
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn backoff_resets_only_after_a_connection_that_lasted() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let mut poll = Poll::new().unwrap();
+        let opts = PeerOptions {
+            backoff_min: Duration::from_millis(10),
+            backoff_max: Duration::from_millis(50),
+            stable_after: Duration::from_secs(3600),
+            ..Default::default()
+        };
+        let mut p = Peer::new(2, addr, opts);
+        // The other side accepts, then closes at once: each attempt connects, so the old code
+        // reset the backoff every time (10, 10, 10, ...). It must keep growing instead.
+        let mut delays = Vec::new();
+        for i in 0..5 {
+            p.connect(poll.registry(), Token(i)).unwrap();
+            assert_eq!(next_event(&mut poll, &mut p), PeerEvent::Connected);
+            // Raft latency: no Nagle on the (outbound) peer socket either.
+            assert!(p.conn.as_ref().unwrap().stream.nodelay().unwrap());
+            let (srv, _) = listener.accept().unwrap();
+            drop(srv);
+            match next_event(&mut poll, &mut p) {
+                PeerEvent::Failed(d) => delays.push(d.as_millis() as u64),
+                other => panic!("close not noticed: {other:?}"),
+            }
+        }
+        assert_eq!(delays, vec![10, 20, 40, 50, 50]);
+        // A connection that stayed up long enough starts the backoff over.
+        p.connect(poll.registry(), Token(9)).unwrap();
+        assert_eq!(next_event(&mut poll, &mut p), PeerEvent::Connected);
+        p.connected_at = Some(Instant::now() - Duration::from_secs(3600));
+        let (srv, _) = listener.accept().unwrap();
+        drop(srv);
+        assert_eq!(
+            next_event(&mut poll, &mut p),
+            PeerEvent::Failed(Duration::from_millis(10))
+        );
     }
 }

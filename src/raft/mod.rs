@@ -17,6 +17,12 @@
 //! 5. stream the current snapshot to each peer in `snapshot_sends`;
 //! 6. call [`RawNode::on_persisted`] with the last (index, term) written in step 1.
 //!
+//! One allowed exception (Raft dissertation §10.2.1, used by the server): while the node is
+//! leader and the Ready's `hard_state` keeps the persisted term and vote, its AppendEntries,
+//! Heartbeat, InstallSnapshot and TimeoutNow messages may be sent *before* step 1. They promise
+//! nothing about the leader's disk: the leader counts its own entries towards commit only after
+//! `on_persisted`.
+//!
 //! The core reads the durable log through the [`LogStore`] trait; it owns the store and the
 //! shell writes to it through [`RawNode::store_mut`].
 //!

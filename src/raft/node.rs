@@ -553,6 +553,11 @@ impl<S: LogStore> RawNode<S> {
         }
     }
 
+    /// Current role (cheaper than [`status`](Self::status)).
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
     /// The log store.
     pub fn store(&self) -> &S {
         &self.log.store

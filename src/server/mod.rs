@@ -2,15 +2,19 @@
 //! log and the KV state machine.
 //!
 //! Each loop iteration:
-//! 1. poll (timeout = next timer, at most one tick);
-//! 2. accept connections; read every ready socket: peer frames are `step`ped into the core,
-//!    client requests become proposals / ReadIndex rounds / local answers;
-//! 3. fire due timers (Raft tick, request deadlines, peer reconnects, commit-hint persist);
-//! 4. drain `Ready`s in the contract's order: hard state + entries to disk with ONE sync per
+//! 1. poll (timeout = next timer or Raft tick, at most [`MAX_POLL`]);
+//! 2. apply every Raft tick owed since the last one, by real time (see [`tick_catch_up`]),
+//!    *before* anything is read: a stalled process must see its lease expire before it
+//!    answers a request that waited in a socket buffer during the stall;
+//! 3. accept connections; read every ready socket: peer frames are `step`ped into the core,
+//!    client requests become proposals / ReadIndex rounds / local answers (a LEASE read is
+//!    only answered from the lease while no tick is overdue);
+//! 4. fire due timers (request deadlines, peer reconnects, commit-hint persist);
+//! 5. drain `Ready`s in the contract's order: hard state + entries to disk with ONE sync per
 //!    Ready (group commit of everything proposed in this iteration), then peer messages,
 //!    apply committed entries and answer their clients, serve ReadIndex reads, then
 //!    `on_persisted`;
-//! 5. flush client and peer write queues.
+//! 6. flush client and peer write queues.
 //!
 //! Client requests are tracked by proposal index (writes) or read context (reads), each with a
 //! deadline timer. If this node stops being leader, pending writes are answered UNCERTAIN (they
@@ -34,7 +38,7 @@ use crate::raft::{
     ProposeError, RawNode, Ready, Role, SnapshotMeta,
 };
 use crate::snapshot::load_latest;
-use crate::storage::{HardStateFile, Log, LogOptions, SnapshotStore};
+use crate::storage::{DirLock, HardStateFile, Log, LogOptions, SnapshotStore};
 use mio::net::TcpListener;
 use mio::{event::Event, Events, Interest, Poll, Token};
 use snap::Snapshots;
@@ -54,10 +58,10 @@ const PEER_FRAME_SLACK: usize = 2 << 20;
 /// Longest poll sleep (the loop also checks the shutdown flag this often).
 const MAX_POLL: Duration = Duration::from_millis(100);
 
-/// What a timer carries.
+/// What a timer carries. (The Raft tick is not a timer: it is driven from elapsed real time
+/// at the top of every loop iteration, see [`Server::catch_up_ticks`].)
 #[derive(Debug)]
 enum TimerEvent {
-    Tick,
     WriteDeadline(u64),
     ReadDeadline(u64),
     Reconnect(u64),
@@ -120,6 +124,8 @@ pub struct Server {
     peers: HashMap<u64, Peer>,
     peer_by_token: HashMap<Token, u64>,
     timers: TimerWheel<TimerEvent>,
+    /// When the next Raft tick is due. Ticks keep a fixed phase (`start + k * tick`).
+    next_tick: Instant,
     node: RawNode<Log>,
     hs_file: HardStateFile,
     /// The hard state last written to disk.
@@ -127,8 +133,8 @@ pub struct Server {
     /// Newest commit index whose entries are durable here (persisted lazily as a hint).
     commit_hint: u64,
     snaps: Snapshots,
-    /// Held for the node's life: the data directory's lock.
-    _dir_lock: std::fs::File,
+    /// Held for the node's life: the data directory's lock (`DIR/LOCK`).
+    _dir_lock: DirLock,
     kv: KvStore,
     applied: u64,
     pending_writes: HashMap<u64, PendingWrite>,
@@ -192,28 +198,56 @@ fn reconcile_log_with_snapshot(log: &mut Log, snap: &SnapshotMeta) -> Result<(),
     }
 }
 
-/// Takes an exclusive `flock` on `DIR/LOCK` so two nodes can never share a data directory
-/// (they would corrupt each other's log). Released when the returned file is dropped or the
-/// process dies.
-fn lock_data_dir(dir: &std::path::Path) -> Result<std::fs::File, String> {
-    use std::os::fd::AsRawFd;
-    let path = dir.join("LOCK");
-    let f = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .map_err(|e| format!("{}: {e}", path.display()))?;
-    // SAFETY: flock on a descriptor we own.
-    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-        return Err(format!(
-            "data dir {} is in use by another raftkv process ({}: {})",
-            dir.display(),
-            path.display(),
-            std::io::Error::last_os_error()
-        ));
+/// The Raft ticks owed at `now` when the next one was due at `next_tick`: `(n, new_next)`
+/// where `n` is how many to apply (at most `cap`) and `new_next` the next due time, keeping
+/// the tick phase (ticks skipped beyond the cap are dropped, not deferred).
+fn tick_catch_up(next_tick: Instant, now: Instant, tick: Duration, cap: u64) -> (u64, Instant) {
+    if now < next_tick {
+        return (0, next_tick);
     }
-    Ok(f)
+    let tick_ns = tick.as_nanos().max(1);
+    let owed = 1 + (now - next_tick).as_nanos() / tick_ns;
+    let skip = u32::try_from(owed).unwrap_or(u32::MAX);
+    let new_next = next_tick
+        .checked_add(tick.saturating_mul(skip))
+        .filter(|&t| t > now)
+        .unwrap_or(now + tick);
+    (owed.min(u128::from(cap)) as u64, new_next)
+}
+
+/// Takes out of `msgs` the messages a leader may send before its own append + sync of the
+/// same Ready (Raft dissertation §10.2.1): AppendEntries, Heartbeat, InstallSnapshot and
+/// TimeoutNow, and only when this node is leader and the Ready's hard state keeps the saved
+/// term and vote (a term or vote change must be durable before anything leaves). None of these
+/// promise anything about the leader's disk: the core counts the leader's own entries towards
+/// commit only after `on_persisted`. Everything else (vote grants, append and heartbeat
+/// responses, ...) stays in `msgs`, to be sent after the sync.
+fn split_early_messages(
+    role: Role,
+    saved: &HardState,
+    hard_state: Option<&HardState>,
+    msgs: &mut Vec<Message>,
+) -> Vec<Message> {
+    use crate::pb::raftpb::message::Body;
+    let same_term_vote = hard_state.is_none_or(|h| h.term == saved.term && h.vote == saved.vote);
+    if role != Role::Leader || !same_term_vote || msgs.is_empty() {
+        return Vec::new();
+    }
+    let (early, late): (Vec<Message>, Vec<Message>) =
+        std::mem::take(msgs).into_iter().partition(|m| {
+            m.term == saved.term
+                && matches!(
+                    m.body,
+                    Some(
+                        Body::AppendEntries(_)
+                            | Body::Heartbeat(_)
+                            | Body::InstallSnapshot(_)
+                            | Body::TimeoutNow(_)
+                    )
+                )
+        });
+    *msgs = late;
+    early
 }
 
 fn role_name(r: Role) -> &'static str {
@@ -240,7 +274,10 @@ impl Server {
         let dir = &cfg.data_dir;
         std::fs::create_dir_all(dir)
             .map_err(|e| format!("cannot create data dir {}: {e}", dir.display()))?;
-        let dir_lock = lock_data_dir(dir)?;
+        // The lock comes first: nothing below may touch a directory another node owns
+        // (SnapshotStore::open deletes leftover *.tmp files, the hard state may be rewritten).
+        // `Log::open` takes the same kind of lock again on DIR/log.
+        let dir_lock = DirLock::acquire(dir).map_err(|e| format!("data dir: {e}"))?;
         let (mut hs_file, disk_hs) = HardStateFile::open(dir).map_err(|e| e.to_string())?;
         let mut hs = disk_hs;
         let snapshots = SnapshotStore::open(&dir.join("snap")).map_err(|e| e.to_string())?;
@@ -350,7 +387,6 @@ impl Server {
 
         let now = Instant::now();
         let mut timers = TimerWheel::new(Duration::from_millis(1), 4096, now);
-        timers.insert(now + cfg.tick, TimerEvent::Tick);
         timers.insert(now + cfg.commit_persist_interval, TimerEvent::PersistCommit);
         let mut peers = HashMap::new();
         for p in cfg.peers.iter().filter(|p| p.id != cfg.id) {
@@ -367,6 +403,7 @@ impl Server {
         );
         let mut snaps = Snapshots::new(snapshots, latest_snapshot, cfg.snapshot_policy.clone());
         snaps.bytes_since = replayed_bytes;
+        let next_tick = now + cfg.tick;
         Ok(Server {
             commit_hint: hs.commit,
             saved_hs: hs,
@@ -379,6 +416,7 @@ impl Server {
             peers,
             peer_by_token: HashMap::new(),
             timers,
+            next_tick,
             node,
             hs_file,
             snaps,
@@ -414,6 +452,7 @@ impl Server {
                 self.timers
                     .next_timeout(now)
                     .map_or(MAX_POLL, |d| d.min(MAX_POLL))
+                    .min(self.next_tick.saturating_duration_since(now))
             } else {
                 Duration::ZERO
             };
@@ -423,6 +462,9 @@ impl Server {
                 }
                 return Err(format!("poll failed: {e}"));
             }
+            // Ticks first: after a stall (SIGSTOP, CPU starvation, a slow fsync) the lease
+            // must be judged by the time that really passed, before any request is read.
+            self.catch_up_ticks()?;
             for ev in events.iter() {
                 self.dispatch(ev);
             }
@@ -836,6 +878,12 @@ impl Server {
                 let r = self.serve_read(&op);
                 self.send_response(token, req_id, r);
             }
+            // The lease is measured in ticks: while a tick is overdue (this iteration took
+            // long, or the process stalled after the catch-up) it may be stale. ReadIndex is
+            // always safe.
+            Consistency::Lease if self.cfg.lease_read && self.tick_overdue() => {
+                self.read_index(token, req_id, op)
+            }
             Consistency::Lease if self.cfg.lease_read => match self.node.lease_read() {
                 Ok(index) => {
                     let ctx = self.track_read(token, req_id, op);
@@ -988,6 +1036,13 @@ impl Server {
         for token in std::mem::take(&mut self.dirty_clients) {
             self.flush_client(token);
         }
+        self.flush_peers();
+        // (Paused clients resume in flush_client: every response that lowers `inflight`
+        // marks its client dirty, so it passes through there.)
+    }
+
+    /// Writes every peer queue that has new messages.
+    fn flush_peers(&mut self) {
         for id in std::mem::take(&mut self.dirty_peers) {
             let Some(peer) = self.peers.get_mut(&id) else {
                 continue;
@@ -1002,24 +1057,39 @@ impl Server {
                     .insert(Instant::now() + delay, TimerEvent::Reconnect(id));
             }
         }
-        // (Paused clients resume in flush_client: every response that lowers `inflight`
-        // marks its client dirty, so it passes through there.)
     }
 
     // ---------------------------------------------------------------------------------------
     // Timers
     // ---------------------------------------------------------------------------------------
 
+    /// Applies every Raft tick owed by real time since the last one (at most
+    /// `2 * election_ticks + 1` after a long stall: that many already expire the lease and make
+    /// a leader run its CheckQuorum check). Called right after poll, before sockets are read.
+    fn catch_up_ticks(&mut self) -> Result<(), String> {
+        let cap = 2 * u64::from(self.cfg.election_ticks) + 1;
+        let (n, next) = tick_catch_up(self.next_tick, Instant::now(), self.cfg.tick, cap);
+        if n == 0 {
+            return Ok(());
+        }
+        if n > 1 {
+            log::debug!("node {}: catching up {n} overdue ticks", self.cfg.id);
+        }
+        for _ in 0..n {
+            self.node.tick();
+        }
+        self.next_tick = next;
+        self.snapshot_tick()
+    }
+
+    /// True while a Raft tick is due but not yet applied: the lease clock lags real time, so
+    /// a lease read must not be answered from it.
+    fn tick_overdue(&self) -> bool {
+        Instant::now() >= self.next_tick
+    }
+
     fn on_timer(&mut self, ev: TimerEvent) -> Result<(), String> {
         match ev {
-            TimerEvent::Tick => {
-                self.node.tick();
-                self.snapshot_tick()?;
-                // No catch-up after a stall: a burst of ticks would only cause spurious
-                // elections while messages still sit unread in socket buffers.
-                self.timers
-                    .insert(Instant::now() + self.cfg.tick, TimerEvent::Tick);
-            }
             TimerEvent::WriteDeadline(index) => {
                 if let Some(p) = self.pending_writes.remove(&index) {
                     self.send_response(
@@ -1105,7 +1175,27 @@ impl Server {
         Ok(())
     }
 
-    fn handle_ready(&mut self, rd: Ready) -> Result<(), String> {
+    fn handle_ready(&mut self, mut rd: Ready) -> Result<(), String> {
+        // 0. Leader fast path (Raft dissertation §10.2.1): a leader's AppendEntries,
+        // heartbeats, InstallSnapshot and TimeoutNow promise nothing about its own disk, and
+        // the core counts the leader's own log towards commit only after `on_persisted`
+        // (step 6). So they leave *before* the local append + sync, and the leader's and the
+        // followers' syncs overlap instead of running in series. Only when the hard state
+        // keeps the saved term and vote; everything else waits for the sync (step 2).
+        let early = split_early_messages(
+            self.node.role(),
+            &self.saved_hs,
+            rd.hard_state.as_ref(),
+            &mut rd.messages,
+        );
+        if !early.is_empty() {
+            for m in early {
+                self.send_peer(m);
+            }
+            // Onto the wire now, not at the end of the loop iteration (after the sync).
+            self.flush_peers();
+        }
+
         // 1. Durability. Term/vote changes are written at once (before any message that
         // depends on them); the commit index rides along lazily (see persist_commit_hint).
         let mut new_commit = None;
@@ -1138,7 +1228,7 @@ impl Server {
             self.commit_hint = self.commit_hint.max(c);
         }
 
-        // 2. Messages, now that what they promise is durable.
+        // 2. Messages (all but the leader's early ones), now that what they promise is durable.
         for m in rd.messages {
             self.send_peer(m);
         }
@@ -1365,13 +1455,153 @@ mod tests {
         assert!(err.contains("compacted past snapshot index 1"), "{err}");
     }
 
+    /// Drives a 3-node in-memory cluster through an election and some writes, handling every
+    /// Ready with the server's split: the messages allowed out before the sync must only ever
+    /// be the leader's own (AppendEntries / heartbeats ...); vote grants and append acks always
+    /// wait for the sync. Fails if `split_early_messages` lets a promise out early.
     #[test]
-    fn data_dir_lock_is_exclusive() {
-        let d = tempfile::tempdir().unwrap();
-        let held = lock_data_dir(d.path()).unwrap();
-        let err = lock_data_dir(d.path()).unwrap_err();
-        assert!(err.contains("in use"), "{err}");
-        drop(held);
-        lock_data_dir(d.path()).unwrap();
+    fn vote_grants_and_append_acks_never_leave_before_the_sync() {
+        use crate::pb::raftpb::message::Body;
+        use crate::raft::MemLog;
+        let conf = ConfState {
+            voters: vec![1, 2, 3],
+            learners: vec![],
+        };
+        let mut nodes: Vec<RawNode<MemLog>> = (1..=3)
+            .map(|id| {
+                let init = InitialState {
+                    conf: conf.clone(),
+                    ..Default::default()
+                };
+                RawNode::new(Config::new(id), MemLog::new(), init).unwrap()
+            })
+            .collect();
+        let mut saved = [HardState::default(); 3];
+        let mut wire: Vec<Message> = Vec::new();
+        let (mut early_appends, mut late_grants, mut late_acks) = (0, 0, 0);
+        let mut pump = |nodes: &mut Vec<RawNode<MemLog>>, wire: &mut Vec<Message>| {
+            for _ in 0..50 {
+                for (i, n) in nodes.iter_mut().enumerate() {
+                    while n.has_ready() {
+                        let mut rd = n.ready();
+                        let early = split_early_messages(
+                            n.role(),
+                            &saved[i],
+                            rd.hard_state.as_ref(),
+                            &mut rd.messages,
+                        );
+                        for m in &early {
+                            match m.body.as_ref().unwrap() {
+                                Body::AppendEntries(ae) => {
+                                    early_appends += usize::from(!ae.entries.is_empty())
+                                }
+                                Body::Heartbeat(_)
+                                | Body::InstallSnapshot(_)
+                                | Body::TimeoutNow(_) => {}
+                                other => panic!("sent before the sync: {other:?}"),
+                            }
+                        }
+                        for m in &rd.messages {
+                            match m.body.as_ref().unwrap() {
+                                Body::RequestVoteResponse(r) if r.granted => late_grants += 1,
+                                Body::AppendEntriesResponse(_) => late_acks += 1,
+                                _ => {}
+                            }
+                        }
+                        // The "sync", then everything else goes out.
+                        if let Some(hs) = rd.hard_state {
+                            saved[i] = hs;
+                        }
+                        n.store_mut().append(&rd.entries).unwrap();
+                        wire.extend(early);
+                        wire.extend(rd.messages);
+                        if let Some(last) = rd.committed.last() {
+                            n.on_applied(last.index);
+                        }
+                        if let Some(last) = rd.entries.last() {
+                            n.on_persisted(last.index, last.term);
+                        }
+                    }
+                }
+                if wire.is_empty() {
+                    return;
+                }
+                for m in std::mem::take(wire) {
+                    nodes[m.to as usize - 1].step(m);
+                }
+            }
+        };
+        // Node 1 times out and wins (PreVote, then the vote); the others grant.
+        for _ in 0..20 {
+            nodes[0].tick();
+        }
+        pump(&mut nodes, &mut wire);
+        assert_eq!(nodes[0].role(), Role::Leader);
+        for i in 0..5u8 {
+            nodes[0].propose(bytes::Bytes::from(vec![i; 10])).unwrap();
+            pump(&mut nodes, &mut wire);
+        }
+        assert_eq!(nodes[0].status().commit, 6, "the no-op and 5 writes commit");
+        assert!(late_grants >= 2, "votes were granted (after the sync)");
+        assert!(late_acks >= 10, "appends were acked (after the sync)");
+        assert!(early_appends >= 6, "the leader's appends went out early");
+
+        // A leader whose Ready changes its term or vote sends nothing early.
+        let ae = Message {
+            from: 1,
+            to: 2,
+            term: 5,
+            body: Some(Body::AppendEntries(Default::default())),
+        };
+        let saved = HardState {
+            term: 5,
+            vote: 1,
+            commit: 0,
+        };
+        let mut msgs = vec![ae.clone()];
+        let newer = HardState { term: 6, ..saved };
+        assert!(split_early_messages(Role::Leader, &saved, Some(&newer), &mut msgs).is_empty());
+        assert_eq!(msgs.len(), 1);
+        // Nor does a follower or a candidate, whatever the message.
+        for role in [Role::Follower, Role::Candidate, Role::PreCandidate] {
+            assert!(split_early_messages(role, &saved, None, &mut msgs).is_empty());
+        }
+        // A leader's other messages (e.g. a response to a stale peer) wait for the sync.
+        let resp = Message {
+            body: Some(Body::HeartbeatResponse(Default::default())),
+            ..ae.clone()
+        };
+        let mut msgs = vec![resp, ae];
+        let early = split_early_messages(Role::Leader, &saved, Some(&saved), &mut msgs);
+        assert_eq!(early.len(), 1);
+        assert!(matches!(early[0].body, Some(Body::AppendEntries(_))));
+        assert!(matches!(
+            msgs[..],
+            [Message {
+                body: Some(Body::HeartbeatResponse(_)),
+                ..
+            }]
+        ));
+    }
+
+    #[test]
+    fn ticks_are_caught_up_by_elapsed_time_with_a_cap() {
+        let t0 = Instant::now();
+        let tick = Duration::from_millis(50);
+        let ms = Duration::from_millis;
+        // Not due yet.
+        assert_eq!(tick_catch_up(t0, t0 - ms(1), tick, 21), (0, t0));
+        // Due exactly, or a little late: one tick, phase kept.
+        assert_eq!(tick_catch_up(t0, t0, tick, 21), (1, t0 + tick));
+        assert_eq!(tick_catch_up(t0, t0 + ms(49), tick, 21), (1, t0 + tick));
+        // A 1 s stall owes 21 ticks (the one due at t0 and 20 more).
+        assert_eq!(
+            tick_catch_up(t0, t0 + ms(1000), tick, 100),
+            (21, t0 + ms(1050))
+        );
+        // A long stall is capped; the skipped ticks are dropped, not deferred.
+        let (n, next) = tick_catch_up(t0, t0 + ms(60_000), tick, 21);
+        assert_eq!(n, 21);
+        assert_eq!(next, t0 + ms(60_050));
     }
 }
