@@ -155,7 +155,7 @@ impl From<ConsistencyArg> for kvpb::Consistency {
 }
 
 /// Raft and server tuning shared by `serve` and `cluster`.
-#[derive(Args, Clone)]
+#[derive(Args, Clone, Debug)]
 struct Tuning {
     /// Length of one Raft tick in milliseconds (heartbeats and election timeouts are counted
     /// in ticks).
@@ -202,6 +202,11 @@ struct Tuning {
     /// follower this close behind catches up from the log, not a snapshot transfer).
     #[arg(long, default_value_t = 10_000)]
     snapshot_trailing: u64,
+    /// Disk bandwidth in bytes/s the background snapshot writer may use (0 = unlimited). Pacing
+    /// keeps the log's fsyncs, and so write latency, fast while a snapshot is written; leave
+    /// room for every node sharing the disk.
+    #[arg(long, default_value_t = raftkv::snapshot::DEFAULT_WRITE_RATE)]
+    snapshot_write_rate: u64,
     /// Log level: off, error, warn, info, debug, trace (default: $RAFTKV_LOG, else info).
     #[arg(long)]
     log_level: Option<String>,
@@ -217,6 +222,10 @@ impl Tuning {
             format!("--max-frame={}", self.max_frame),
             format!("--segment-size={}", self.segment_size),
             format!("--request-timeout-ms={}", self.request_timeout_ms),
+            format!("--snapshot-entries={}", self.snapshot_entries),
+            format!("--snapshot-bytes={}", self.snapshot_bytes),
+            format!("--snapshot-trailing={}", self.snapshot_trailing),
+            format!("--snapshot-write-rate={}", self.snapshot_write_rate),
         ];
         if self.lease_reads {
             v.push("--lease-reads".into());
@@ -364,6 +373,10 @@ fn serve_config(a: &ServeArgs) -> Result<ServerConfig, String> {
         max_log_entries: t.snapshot_entries,
         max_log_bytes: t.snapshot_bytes,
         trailing_entries: t.snapshot_trailing,
+    };
+    cfg.snapshot_pacing = raftkv::snapshot::WritePacing {
+        bytes_per_sec: t.snapshot_write_rate,
+        ..Default::default()
     };
     cfg.max_frame = t.max_frame;
     cfg.segment_size = t.segment_size;
@@ -919,6 +932,43 @@ mod tests {
     fn json_escapes() {
         assert_eq!(json_str(b"a\"b\\c\n"), "\"a\\\"b\\\\c\\n\"");
         assert_eq!(json_str(&[1]), "\"\\u0001\"");
+    }
+
+    #[test]
+    fn cluster_passes_every_tuning_flag_to_its_nodes() {
+        // Non-default values for every tuning flag: a flag `to_args` forgets would come back
+        // as its default on the serve side and the two would differ.
+        let cli = Cli::try_parse_from([
+            "raftkv",
+            "cluster",
+            "--tick-ms=7",
+            "--election-ticks=13",
+            "--heartbeat-ticks=2",
+            "--lease-reads",
+            "--no-pre-vote",
+            "--max-frame=12345",
+            "--segment-size=1048576",
+            "--request-timeout-ms=999",
+            "--client-output-limit=4321",
+            "--snapshot-entries=77",
+            "--snapshot-bytes=8888",
+            "--snapshot-trailing=9",
+            "--snapshot-write-rate=1000",
+            "--log-level=debug",
+        ])
+        .unwrap();
+        let Cmd::Cluster(c) = cli.cmd else {
+            panic!("not a cluster command")
+        };
+        let mut argv: Vec<String> = ["raftkv", "serve", "--id=1", "--data-dir=d", "--peers=1=a:1"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        argv.extend(c.tuning.to_args());
+        let Cmd::Serve(s) = Cli::try_parse_from(argv).unwrap().cmd else {
+            panic!("not a serve command")
+        };
+        assert_eq!(format!("{:?}", s.tuning), format!("{:?}", c.tuning));
     }
 
     #[test]

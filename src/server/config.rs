@@ -13,7 +13,7 @@
 
 use crate::net::framing::DEFAULT_MAX_FRAME;
 use crate::net::peer::PeerOptions;
-use crate::snapshot::SnapshotPolicy;
+use crate::snapshot::{SnapshotPolicy, WritePacing};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -111,6 +111,8 @@ pub struct ServerConfig {
     pub peer: PeerOptions,
     /// When to snapshot and how far to compact the log.
     pub snapshot_policy: SnapshotPolicy,
+    /// Disk bandwidth the forked snapshot writer may use (keeps log fsyncs fast meanwhile).
+    pub snapshot_pacing: WritePacing,
 }
 
 impl ServerConfig {
@@ -141,6 +143,7 @@ impl ServerConfig {
             commit_persist_interval: Duration::from_millis(500),
             peer: PeerOptions::default(),
             snapshot_policy: SnapshotPolicy::default(),
+            snapshot_pacing: WritePacing::default(),
         })
     }
 

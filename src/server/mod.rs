@@ -401,7 +401,12 @@ impl Server {
             hs.vote,
             hs.commit
         );
-        let mut snaps = Snapshots::new(snapshots, latest_snapshot, cfg.snapshot_policy.clone());
+        let mut snaps = Snapshots::new(
+            snapshots,
+            latest_snapshot,
+            cfg.snapshot_policy.clone(),
+            cfg.snapshot_pacing,
+        );
         snaps.bytes_since = replayed_bytes;
         let next_tick = now + cfg.tick;
         Ok(Server {

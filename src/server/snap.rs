@@ -9,7 +9,7 @@ use crate::pb::raftpb::message::Body;
 use crate::raft::{LogStore, Message, SnapshotMeta};
 use crate::snapshot::{
     restore_kv, BackgroundSnapshot, LogStats, Received, SendStatus, SenderConfig, SnapshotMode,
-    SnapshotPolicy, SnapshotReceiver, SnapshotSender,
+    SnapshotPolicy, SnapshotReceiver, SnapshotSender, WritePacing,
 };
 use crate::storage::SnapshotStore;
 use std::collections::HashMap;
@@ -25,6 +25,8 @@ pub(super) struct Snapshots {
     /// Newest durable snapshot.
     pub latest: Option<(SnapshotMeta, PathBuf)>,
     pub policy: SnapshotPolicy,
+    /// Disk bandwidth of the forked snapshot writer.
+    pacing: WritePacing,
     /// Command bytes applied since the newest snapshot.
     pub bytes_since: u64,
     bg: Option<(BackgroundSnapshot, u64)>,
@@ -38,11 +40,13 @@ impl Snapshots {
         store: SnapshotStore,
         latest: Option<(SnapshotMeta, PathBuf)>,
         policy: SnapshotPolicy,
+        pacing: WritePacing,
     ) -> Snapshots {
         Snapshots {
             store,
             latest,
             policy,
+            pacing,
             bytes_since: 0,
             bg: None,
             not_before: None,
@@ -170,7 +174,13 @@ impl Server {
             conf: Some(self.node.status().conf),
         };
         let t0 = Instant::now();
-        match BackgroundSnapshot::start(SnapshotMode::Fork, &mut self.snaps.store, meta, &self.kv) {
+        match BackgroundSnapshot::start_paced(
+            SnapshotMode::Fork,
+            &mut self.snaps.store,
+            meta,
+            &self.kv,
+            self.snaps.pacing,
+        ) {
             Ok(bg) => {
                 log::info!(
                     "taking a snapshot at index {index} term {term} (fork took {:?})",

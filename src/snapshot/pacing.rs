@@ -29,8 +29,9 @@ pub struct WritePacing {
 pub const DEFAULT_WRITE_RATE: u64 = 32 << 20;
 /// Default slice: 1 MiB.
 pub const DEFAULT_SLICE: u64 = 1 << 20;
-/// Environment variable overriding the rate (bytes per second, 0 = unlimited) for measurements,
-/// until the server has a flag for it.
+/// Environment variable overriding the rate (bytes per second, 0 = unlimited) of
+/// [`BackgroundSnapshot::start`](super::BackgroundSnapshot::start); the server passes its
+/// `--snapshot-write-rate` flag to `start_paced` instead.
 pub const RATE_ENV: &str = "RAFTKV_SNAPSHOT_WRITE_RATE";
 
 impl Default for WritePacing {
