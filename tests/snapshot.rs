@@ -601,10 +601,17 @@ fn damaged_newest_snapshot_falls_back_to_the_previous_one() {
         cluster.stop(1);
     }
 
-    // Every snapshot damaged: a clear fatal error, never an empty node.
+    // Every snapshot damaged: a clear fatal error, never an empty node. (Pruning to the newest
+    // two runs after the next snapshot is published, so the copy may hold a third, older one:
+    // damage them all.)
     let files = restore(&cluster);
-    truncate_half(&files[0].2);
-    flip_bit(&files[1].2);
+    for (i, f) in files.iter().enumerate() {
+        if i % 2 == 0 {
+            truncate_half(&f.2);
+        } else {
+            flip_bit(&f.2);
+        }
+    }
     let log_from = cluster.node_log(1).len();
     cluster.start_node(1);
     let st = cluster.wait_exit(1);
