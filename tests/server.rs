@@ -165,13 +165,22 @@ impl Cluster {
 
     /// SIGTERM a node and expect a clean exit 0.
     fn stop(&mut self, id: u64) {
-        if let Some(mut c) = self.node_mut(id).child.take() {
+        if let Some(c) = &self.node_mut(id).child {
             unsafe {
                 libc::kill(c.id() as libc::pid_t, libc::SIGTERM);
             }
-            let status = wait_for("graceful exit", Duration::from_secs(10), || {
-                c.try_wait().unwrap()
-            });
+            // The child stays in the guard until it has exited: a timeout still kills it.
+            let deadline = Instant::now() + Duration::from_secs(10);
+            let status = loop {
+                let node = self.node_mut(id);
+                let child = node.child.as_mut().expect("node running");
+                if let Some(st) = child.try_wait().unwrap() {
+                    node.child = None;
+                    break st;
+                }
+                assert!(Instant::now() < deadline, "node {id}: no graceful exit");
+                std::thread::sleep(Duration::from_millis(10));
+            };
             assert!(status.success(), "node {id} exited with {status}");
         }
     }

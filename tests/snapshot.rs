@@ -168,13 +168,11 @@ impl Cluster {
 
     /// SIGTERM a node and expect a clean exit 0.
     fn stop(&mut self, id: u64) {
-        if let Some(mut c) = self.node_mut(id).child.take() {
+        if let Some(c) = &self.node_mut(id).child {
             unsafe {
                 libc::kill(c.id() as libc::pid_t, libc::SIGTERM);
             }
-            let status = wait_for("graceful exit", Duration::from_secs(10), || {
-                c.try_wait().unwrap()
-            });
+            let status = self.wait_exit(id);
             assert!(status.success(), "node {id} exited with {status}");
         }
     }
@@ -191,11 +189,20 @@ impl Cluster {
     }
 
     /// Waits for node `id` to exit by itself; returns its exit status.
+    /// Waits for node `id` to exit by itself. The child stays in the guard until it has exited,
+    /// so a timeout (a panic) still kills it in `Drop`.
     fn wait_exit(&mut self, id: u64) -> std::process::ExitStatus {
-        let mut c = self.node_mut(id).child.take().expect("node not running");
-        wait_for("the node to exit", Duration::from_secs(10), || {
-            c.try_wait().unwrap()
-        })
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let node = self.node_mut(id);
+            let child = node.child.as_mut().expect("node not running");
+            if let Some(st) = child.try_wait().unwrap() {
+                node.child = None;
+                return st;
+            }
+            assert!(Instant::now() < deadline, "timed out waiting for node {id} to exit");
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     fn running(&self) -> Vec<u64> {
