@@ -200,7 +200,10 @@ impl Cluster {
                 node.child = None;
                 return st;
             }
-            assert!(Instant::now() < deadline, "timed out waiting for node {id} to exit");
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for node {id} to exit"
+            );
             std::thread::sleep(Duration::from_millis(10));
         }
     }
