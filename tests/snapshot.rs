@@ -11,289 +11,15 @@
 //! Free ports, temp dirs, a Drop guard that kills every child, polls with deadlines (no fixed
 //! sleeps). Node logs go to `<tempdir>/n<i>.log` and are printed when a test fails.
 
-use bytes::Bytes;
 use raftkv::client::{Client, ClientOptions};
-use raftkv::net::framing::blocking;
-use raftkv::pb::kvpb::{self, response::Result as R};
+use raftkv::pb::kvpb;
 use std::collections::BTreeMap;
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+
 use std::time::{Duration, Instant};
 
-const EXE: &str = env!("CARGO_BIN_EXE_raftkv");
-
-/// Distinct free loopback ports (bound at once, then released).
-fn free_ports(n: usize) -> Vec<u16> {
-    let ls: Vec<std::net::TcpListener> = (0..n)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
-        .collect();
-    ls.iter().map(|l| l.local_addr().unwrap().port()).collect()
-}
-
-/// Polls `f` every 10 ms until it returns Some, or panics after `within`.
-fn wait_for<T>(what: &str, within: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
-struct Node {
-    id: u64,
-    client_addr: String,
-    child: Option<Child>,
-}
-
-/// A cluster of `raftkv serve` processes. Drop kills them all.
-struct Cluster {
-    dir: tempfile::TempDir,
-    peers: String,
-    nodes: Vec<Node>,
-    args: Vec<String>,
-}
-
-impl Cluster {
-    fn start(n: u64, args: &[&str]) -> Cluster {
-        let ports = free_ports(2 * n as usize);
-        let nodes: Vec<Node> = (0..n)
-            .map(|i| Node {
-                id: i + 1,
-                client_addr: format!("127.0.0.1:{}", ports[i as usize]),
-                child: None,
-            })
-            .collect();
-        let peers = nodes
-            .iter()
-            .enumerate()
-            .map(|(i, nd)| {
-                format!(
-                    "{}=127.0.0.1:{}/{}",
-                    nd.id,
-                    ports[n as usize + i],
-                    nd.client_addr
-                )
-            })
-            .collect::<Vec<_>>()
-            .join(",");
-        let mut c = Cluster {
-            dir: tempfile::tempdir().unwrap(),
-            peers,
-            nodes,
-            args: args.iter().map(|s| s.to_string()).collect(),
-        };
-        for id in 1..=n {
-            c.start_node(id);
-        }
-        c
-    }
-
-    fn data_dir(&self, id: u64) -> PathBuf {
-        self.dir.path().join(format!("n{id}"))
-    }
-
-    fn log_path(&self, id: u64) -> PathBuf {
-        self.dir.path().join(format!("n{id}.log"))
-    }
-
-    fn node_log(&self, id: u64) -> String {
-        std::fs::read_to_string(self.log_path(id)).unwrap_or_default()
-    }
-
-    fn start_node(&mut self, id: u64) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.log_path(id))
-            .unwrap();
-        let child = Command::new(EXE)
-            .arg("serve")
-            .arg(format!("--id={id}"))
-            .arg("--data-dir")
-            .arg(self.data_dir(id))
-            .arg(format!("--peers={}", self.peers))
-            .args([
-                "--tick-ms=10",
-                "--election-ticks=10",
-                "--heartbeat-ticks=1",
-                "--log-level=info",
-            ])
-            .args(&self.args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawn raftkv serve");
-        self.node_mut(id).child = Some(child);
-    }
-
-    fn node_mut(&mut self, id: u64) -> &mut Node {
-        self.nodes.iter_mut().find(|n| n.id == id).unwrap()
-    }
-
-    fn addr(&self, id: u64) -> String {
-        self.nodes
-            .iter()
-            .find(|n| n.id == id)
-            .unwrap()
-            .client_addr
-            .clone()
-    }
-
-    fn endpoints(&self) -> Vec<String> {
-        self.nodes.iter().map(|n| n.client_addr.clone()).collect()
-    }
-
-    fn client(&self, consistency: kvpb::Consistency) -> Client {
-        Client::new(
-            self.endpoints(),
-            ClientOptions {
-                timeout: Duration::from_secs(10),
-                consistency,
-            },
-        )
-    }
-
-    /// SIGKILL (crash) a node.
-    fn kill(&mut self, id: u64) {
-        if let Some(mut c) = self.node_mut(id).child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    /// SIGTERM a node and expect a clean exit 0.
-    fn stop(&mut self, id: u64) {
-        if let Some(c) = &self.node_mut(id).child {
-            unsafe {
-                libc::kill(c.id() as libc::pid_t, libc::SIGTERM);
-            }
-            let status = self.wait_exit(id);
-            assert!(status.success(), "node {id} exited with {status}");
-        }
-    }
-
-    /// Sends `sig` to node `id`.
-    fn signal(&self, id: u64, sig: libc::c_int) {
-        let n = self.nodes.iter().find(|n| n.id == id).unwrap();
-        if let Some(c) = &n.child {
-            // SAFETY: kill(2) on our own child's pid.
-            unsafe {
-                libc::kill(c.id() as libc::pid_t, sig);
-            }
-        }
-    }
-
-    /// Waits for node `id` to exit by itself; returns its exit status.
-    /// Waits for node `id` to exit by itself. The child stays in the guard until it has exited,
-    /// so a timeout (a panic) still kills it in `Drop`.
-    fn wait_exit(&mut self, id: u64) -> std::process::ExitStatus {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let node = self.node_mut(id);
-            let child = node.child.as_mut().expect("node not running");
-            if let Some(st) = child.try_wait().unwrap() {
-                node.child = None;
-                return st;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "timed out waiting for node {id} to exit"
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-
-    fn running(&self) -> Vec<u64> {
-        self.nodes
-            .iter()
-            .filter(|n| n.child.is_some())
-            .map(|n| n.id)
-            .collect()
-    }
-
-    /// Waits until every running node agrees on one leader; returns its id.
-    fn wait_leader(&self) -> u64 {
-        wait_for("a leader", Duration::from_secs(15), || {
-            let mut leader = None;
-            for id in self.running() {
-                let s = status(&self.addr(id))?;
-                if s.leader_id == 0 || leader.is_some_and(|l| l != s.leader_id) {
-                    return None;
-                }
-                leader = Some(s.leader_id);
-            }
-            let l = leader?;
-            (status(&self.addr(l))?.role == "leader").then_some(l)
-        })
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        for n in &mut self.nodes {
-            if let Some(mut c) = n.child.take() {
-                let _ = c.kill();
-                let _ = c.wait();
-            }
-        }
-        if std::thread::panicking() {
-            for n in &self.nodes {
-                let log = self.node_log(n.id);
-                let tail: Vec<&str> = log.lines().rev().take(40).collect();
-                eprintln!("---- node {} log (last 40 lines) ----", n.id);
-                for l in tail.iter().rev() {
-                    eprintln!("{l}");
-                }
-            }
-        }
-    }
-}
-
-/// One raw Status request (no retries); None if the node does not answer.
-fn status(addr: &str) -> Option<kvpb::StatusResponse> {
-    let mut s = TcpStream::connect_timeout(&addr.parse().ok()?, Duration::from_millis(500)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    let req = kvpb::Request {
-        id: 1,
-        op: Some(kvpb::request::Op::Status(kvpb::StatusRequest {})),
-        ..Default::default()
-    };
-    blocking::write_msg(&mut s, &req).ok()?;
-    match blocking::read_msg::<kvpb::Response, _>(&mut s, 1 << 20)
-        .ok()?
-        .result
-    {
-        Some(R::Status(st)) => Some(st),
-        _ => None,
-    }
-}
-
-/// Every key/value under `prefix`, read through the client (paging through the scan).
-fn scan_all(c: &mut Client, prefix: &str) -> BTreeMap<String, String> {
-    let mut out = BTreeMap::new();
-    let mut req = kvpb::Scan {
-        prefix: Bytes::copy_from_slice(prefix.as_bytes()),
-        ..Default::default()
-    };
-    loop {
-        let r = c.scan(req.clone()).expect("scan");
-        for kv in r.kvs {
-            out.insert(
-                String::from_utf8(kv.key.to_vec()).unwrap(),
-                String::from_utf8(kv.value.to_vec()).unwrap(),
-            );
-        }
-        if r.next_key.is_empty() {
-            return out;
-        }
-        req.start = r.next_key;
-    }
-}
+mod common;
+use common::*;
 
 /// Total size of the regular files under `dir` (recursively); a file deleted while we walk is
 /// skipped.
@@ -489,7 +215,7 @@ fn lagging_follower_installs_snapshot_and_disk_stays_bounded() {
         },
     );
     assert_eq!(scan_all(&mut local, "w"), model);
-    let mut lin = cluster.client(kvpb::Consistency::Linearizable);
+    let mut lin = cluster.client_with(kvpb::Consistency::Linearizable);
     assert_eq!(scan_all(&mut lin, "w"), model);
     for (k, v) in model.iter().step_by(7) {
         assert_eq!(&lin.get(k.as_bytes()).unwrap().value[..], v.as_bytes());
@@ -583,7 +309,7 @@ fn damaged_newest_snapshot_falls_back_to_the_previous_one() {
         let log_from = cluster.node_log(1).len();
         cluster.start_node(1);
         cluster.wait_leader();
-        let mut c = cluster.client(kvpb::Consistency::Linearizable);
+        let mut c = cluster.client_with(kvpb::Consistency::Linearizable);
         assert_eq!(scan_all(&mut c, "w"), model, "{what} newest snapshot");
         let log = cluster.node_log(1)[log_from..].to_string();
         assert!(
@@ -729,6 +455,6 @@ fn interrupted_snapshot_transfers_restart_cleanly() {
         Duration::from_secs(20),
         || (scan_all(&mut local, "w") == model).then_some(()),
     );
-    let mut lin = cluster.client(kvpb::Consistency::Linearizable);
+    let mut lin = cluster.client_with(kvpb::Consistency::Linearizable);
     assert_eq!(scan_all(&mut lin, "w"), model);
 }

@@ -1,0 +1,300 @@
+//! Process-test harness shared by the integration tests: a `Cluster` of real `raftkv serve`
+//! processes on free loopback ports in a temp dir, whose Drop kills every child (and prints the
+//! nodes' logs when a test fails), plus polling and client helpers.
+#![allow(dead_code)] // each test crate uses a different subset
+
+use bytes::Bytes;
+use raftkv::client::{Client, ClientOptions};
+use raftkv::net::framing::blocking;
+use raftkv::pb::kvpb::{self, response::Result as R};
+use std::collections::BTreeMap;
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const EXE: &str = env!("CARGO_BIN_EXE_raftkv");
+
+/// Distinct free loopback ports (bound at once, then released).
+pub fn free_ports(n: usize) -> Vec<u16> {
+    let ls: Vec<std::net::TcpListener> = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    ls.iter().map(|l| l.local_addr().unwrap().port()).collect()
+}
+
+/// Polls `f` every 10 ms until it returns Some, or panics after `within`.
+pub fn wait_for<T>(what: &str, within: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+pub struct Node {
+    pub id: u64,
+    pub client_addr: String,
+    pub child: Option<Child>,
+}
+
+/// A cluster of `raftkv serve` processes. Drop kills them all.
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    pub peers: String,
+    pub nodes: Vec<Node>,
+    pub args: Vec<String>,
+}
+
+impl Cluster {
+    pub fn start(n: u64, args: &[&str]) -> Cluster {
+        Cluster::start_with(n, args, |_| {})
+    }
+
+    /// Like `start`, after `setup(data_root)` prepared the nodes' data dirs (`<root>/n<i>`).
+    pub fn start_with(n: u64, args: &[&str], setup: impl FnOnce(&Path)) -> Cluster {
+        let ports = free_ports(2 * n as usize);
+        let nodes: Vec<Node> = (0..n)
+            .map(|i| Node {
+                id: i + 1,
+                client_addr: format!("127.0.0.1:{}", ports[i as usize]),
+                child: None,
+            })
+            .collect();
+        let peers = nodes
+            .iter()
+            .enumerate()
+            .map(|(i, nd)| {
+                format!(
+                    "{}=127.0.0.1:{}/{}",
+                    nd.id,
+                    ports[n as usize + i],
+                    nd.client_addr
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut c = Cluster {
+            dir: tempfile::tempdir().unwrap(),
+            peers,
+            nodes,
+            args: args.iter().map(|s| s.to_string()).collect(),
+        };
+        setup(c.dir.path());
+        for id in 1..=n {
+            c.start_node(id);
+        }
+        c
+    }
+
+    pub fn data_dir(&self, id: u64) -> PathBuf {
+        self.dir.path().join(format!("n{id}"))
+    }
+
+    pub fn log_path(&self, id: u64) -> PathBuf {
+        self.dir.path().join(format!("n{id}.log"))
+    }
+
+    pub fn node_log(&self, id: u64) -> String {
+        std::fs::read_to_string(self.log_path(id)).unwrap_or_default()
+    }
+
+    pub fn start_node(&mut self, id: u64) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path(id))
+            .unwrap();
+        let child = Command::new(EXE)
+            .arg("serve")
+            .arg(format!("--id={id}"))
+            .arg("--data-dir")
+            .arg(self.data_dir(id))
+            .arg(format!("--peers={}", self.peers))
+            .args([
+                "--tick-ms=10",
+                "--election-ticks=10",
+                "--heartbeat-ticks=1",
+                "--log-level=info",
+                "--segment-size=1048576",
+            ])
+            .args(&self.args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn raftkv serve");
+        self.node_mut(id).child = Some(child);
+    }
+
+    pub fn node_mut(&mut self, id: u64) -> &mut Node {
+        self.nodes.iter_mut().find(|n| n.id == id).unwrap()
+    }
+
+    pub fn addr(&self, id: u64) -> String {
+        self.nodes
+            .iter()
+            .find(|n| n.id == id)
+            .unwrap()
+            .client_addr
+            .clone()
+    }
+
+    pub fn endpoints(&self) -> Vec<String> {
+        self.nodes.iter().map(|n| n.client_addr.clone()).collect()
+    }
+
+    /// A client over every node, linearizable reads.
+    pub fn client(&self) -> Client {
+        self.client_with(kvpb::Consistency::Linearizable)
+    }
+
+    pub fn client_with(&self, consistency: kvpb::Consistency) -> Client {
+        Client::new(
+            self.endpoints(),
+            ClientOptions {
+                timeout: Duration::from_secs(10),
+                consistency,
+            },
+        )
+    }
+
+    /// SIGKILL (crash) a node.
+    pub fn kill(&mut self, id: u64) {
+        if let Some(mut c) = self.node_mut(id).child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM a node and expect a clean exit 0.
+    pub fn stop(&mut self, id: u64) {
+        if let Some(c) = &self.node_mut(id).child {
+            unsafe {
+                libc::kill(c.id() as libc::pid_t, libc::SIGTERM);
+            }
+            let status = self.wait_exit(id);
+            assert!(status.success(), "node {id} exited with {status}");
+        }
+    }
+
+    /// Sends `sig` to node `id`.
+    pub fn signal(&self, id: u64, sig: libc::c_int) {
+        let n = self.nodes.iter().find(|n| n.id == id).unwrap();
+        if let Some(c) = &n.child {
+            // SAFETY: kill(2) on our own child's pid.
+            unsafe {
+                libc::kill(c.id() as libc::pid_t, sig);
+            }
+        }
+    }
+
+    /// Waits for node `id` to exit by itself; returns its exit status.
+    /// Waits for node `id` to exit by itself. The child stays in the guard until it has exited,
+    /// so a timeout (a panic) still kills it in `Drop`.
+    pub fn wait_exit(&mut self, id: u64) -> std::process::ExitStatus {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let node = self.node_mut(id);
+            let child = node.child.as_mut().expect("node not running");
+            if let Some(st) = child.try_wait().unwrap() {
+                node.child = None;
+                return st;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for node {id} to exit"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    pub fn running(&self) -> Vec<u64> {
+        self.nodes
+            .iter()
+            .filter(|n| n.child.is_some())
+            .map(|n| n.id)
+            .collect()
+    }
+
+    /// Waits until every running node agrees on one leader; returns its id.
+    pub fn wait_leader(&self) -> u64 {
+        wait_for("a leader", Duration::from_secs(15), || {
+            let mut leader = None;
+            for id in self.running() {
+                let s = status(&self.addr(id))?;
+                if s.leader_id == 0 || leader.is_some_and(|l| l != s.leader_id) {
+                    return None;
+                }
+                leader = Some(s.leader_id);
+            }
+            let l = leader?;
+            (status(&self.addr(l))?.role == "leader").then_some(l)
+        })
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for n in &mut self.nodes {
+            if let Some(mut c) = n.child.take() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+        if std::thread::panicking() {
+            for n in &self.nodes {
+                let log = self.node_log(n.id);
+                let tail: Vec<&str> = log.lines().rev().take(40).collect();
+                eprintln!("---- node {} log (last 40 lines) ----", n.id);
+                for l in tail.iter().rev() {
+                    eprintln!("{l}");
+                }
+            }
+        }
+    }
+}
+
+/// One raw Status request (no retries); None if the node does not answer.
+pub fn status(addr: &str) -> Option<kvpb::StatusResponse> {
+    let mut s = TcpStream::connect_timeout(&addr.parse().ok()?, Duration::from_millis(500)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    let req = kvpb::Request {
+        id: 1,
+        op: Some(kvpb::request::Op::Status(kvpb::StatusRequest {})),
+        ..Default::default()
+    };
+    blocking::write_msg(&mut s, &req).ok()?;
+    match blocking::read_msg::<kvpb::Response, _>(&mut s, 1 << 20)
+        .ok()?
+        .result
+    {
+        Some(R::Status(st)) => Some(st),
+        _ => None,
+    }
+}
+
+/// Every key/value under `prefix`, read through the client (paging through the scan).
+pub fn scan_all(c: &mut Client, prefix: &str) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    let mut req = kvpb::Scan {
+        prefix: Bytes::copy_from_slice(prefix.as_bytes()),
+        ..Default::default()
+    };
+    loop {
+        let r = c.scan(req.clone()).expect("scan");
+        for kv in r.kvs {
+            out.insert(
+                String::from_utf8(kv.key.to_vec()).unwrap(),
+                String::from_utf8(kv.value.to_vec()).unwrap(),
+            );
+        }
+        if r.next_key.is_empty() {
+            return out;
+        }
+        req.start = r.next_key;
+    }
+}
