@@ -298,6 +298,13 @@ fn main() -> ExitCode {
         Cmd::Serve(a) => serve(a),
         Cmd::Cluster(a) => cluster(a),
         cmd => {
+            // A client command piped into `head` should end quietly, as Unix tools do, not panic
+            // on EPIPE: restore the default SIGPIPE action (Rust's runtime ignores it). The
+            // server keeps ignoring it and handles EPIPE per connection.
+            // SAFETY: signal(2) with SIG_DFL, before any other thread exists.
+            unsafe {
+                libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+            }
             let _ = raftkv::logger::init(Some("warn"));
             ExitCode::from(client_cmd(cmd))
         }
