@@ -71,6 +71,14 @@ impl MemLog {
         Ok(())
     }
 
+    /// The entry at `index`, if held (not compacted, not past the end).
+    pub fn get(&self, index: u64) -> Option<&Entry> {
+        if index <= self.snap_index {
+            return None;
+        }
+        self.entries.get((index - self.snap_index - 1) as usize)
+    }
+
     /// Discards everything: the log becomes empty right after snapshot (index, term).
     pub fn reset(&mut self, index: u64, term: u64) {
         self.entries.clear();

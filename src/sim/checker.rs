@@ -11,8 +11,9 @@
 //!
 //! Hash maps are only used for lookups, never iterated, so the run stays deterministic.
 
+use crate::raft::MemLog;
 use crate::raft::{Entry, LogStore};
-use crate::sim::disk::{Durable, SimLog};
+use crate::sim::disk::Durable;
 use std::collections::{BTreeMap, HashMap};
 
 /// FNV-1a over an entry's type and payload.
@@ -61,7 +62,7 @@ impl Checker {
     }
 
     /// `node` is leader of `term`; `log` is its log at this moment.
-    pub fn on_leader(&mut self, node: u64, term: u64, log: &SimLog) -> Result<(), String> {
+    pub fn on_leader(&mut self, node: u64, term: u64, log: &MemLog) -> Result<(), String> {
         match self.leaders.get(&term) {
             Some(&other) if other != node => {
                 return Err(format!(
@@ -269,7 +270,7 @@ mod tests {
     #[test]
     fn two_leaders_in_one_term_is_caught() {
         let mut c = Checker::new();
-        let log = SimLog::new();
+        let log = MemLog::new();
         c.on_leader(1, 2, &log).unwrap();
         c.on_leader(1, 2, &log).unwrap();
         c.on_leader(2, 3, &log).unwrap();
@@ -309,12 +310,12 @@ mod tests {
     #[test]
     fn new_leader_must_hold_committed_entries() {
         let mut c = Checker::new();
-        let mut full = SimLog::new();
+        let mut full = MemLog::new();
         full.append(&[ent(1, 1, b"a"), ent(2, 1, b"b")]).unwrap();
         c.on_leader(1, 1, &full).unwrap();
         c.on_apply(1, &ent(1, 1, b"a")).unwrap();
         c.on_apply(1, &ent(2, 1, b"b")).unwrap();
-        let mut short = SimLog::new();
+        let mut short = MemLog::new();
         short.append(&[ent(1, 1, b"a")]).unwrap();
         assert!(c.on_leader(2, 2, &short).is_err());
         // Committed while term 5 had a leader: a stale leader of term 4, elected late (its

@@ -1,135 +1,16 @@
 //! The simulated disk of one node.
 //!
-//! [`SimLog`] is an in-memory [`LogStore`] (the node's view of its log, handed to the core).
+//! The node's view of its log, handed to the core, is the core's in-memory [`MemLog`].
 //! [`Disk`] models durability: writes are queued and become durable only when a sync completes
 //! (after a simulated latency). A crash discards queued writes, except that a torn write may
 //! leave a prefix of the queued entries durable (never the hard state written after them),
 //! which a real disk can do and which is harmless because nothing depending on those writes
 //! left the node. A restart rebuilds the node from [`Durable`] only.
 
-use crate::raft::{Entry, HardState, LogError, LogStore, SnapshotMeta};
+use crate::raft::{Entry, HardState, LogStore, MemLog, SnapshotMeta};
 
 use crate::rng::Rng;
 use bytes::Bytes;
-use prost::Message as _;
-
-/// An in-memory log: a snapshot point plus the entries after it.
-#[derive(Debug, Clone, Default)]
-pub struct SimLog {
-    snap_index: u64,
-    snap_term: u64,
-    /// `entries[i].index == snap_index + 1 + i`.
-    entries: Vec<Entry>,
-}
-
-impl SimLog {
-    pub fn new() -> SimLog {
-        SimLog::default()
-    }
-
-    /// Appends `ents`, first truncating any suffix from `ents[0].index`. Errors (a gap or an
-    /// append below the snapshot) are returned, never silently patched.
-    pub fn append(&mut self, ents: &[Entry]) -> Result<(), String> {
-        let Some(first) = ents.first() else {
-            return Ok(());
-        };
-        if first.index <= self.snap_index {
-            return Err(format!(
-                "append at index {} at or below snapshot index {}",
-                first.index, self.snap_index
-            ));
-        }
-        if first.index > self.last_index() + 1 {
-            return Err(format!(
-                "append at index {} leaves a gap after last index {}",
-                first.index,
-                self.last_index()
-            ));
-        }
-        for (k, e) in ents.iter().enumerate() {
-            if e.index != first.index + k as u64 {
-                return Err(format!("non-contiguous append at index {}", e.index));
-            }
-        }
-        self.entries
-            .truncate((first.index - self.snap_index - 1) as usize);
-        self.entries.extend_from_slice(ents);
-        Ok(())
-    }
-
-    /// Discards entries up to and including `index` (which must be held), recording it as the
-    /// snapshot point.
-    pub fn compact(&mut self, index: u64) -> Result<(), String> {
-        if index <= self.snap_index {
-            return Ok(());
-        }
-        let term = self
-            .term(index)
-            .map_err(|e| format!("compact to {index}: {e}"))?;
-        let drop = (index - self.snap_index) as usize;
-        self.entries.drain(..drop);
-        self.snap_index = index;
-        self.snap_term = term;
-        Ok(())
-    }
-
-    /// Drops everything and restarts right after an installed snapshot.
-    pub fn reset(&mut self, index: u64, term: u64) {
-        self.entries.clear();
-        self.snap_index = index;
-        self.snap_term = term;
-    }
-
-    /// The entry at `index`, if held.
-    pub fn get(&self, index: u64) -> Option<&Entry> {
-        if index <= self.snap_index {
-            return None;
-        }
-        self.entries.get((index - self.snap_index - 1) as usize)
-    }
-}
-
-impl LogStore for SimLog {
-    fn snapshot_index_term(&self) -> (u64, u64) {
-        (self.snap_index, self.snap_term)
-    }
-    fn first_index(&self) -> u64 {
-        self.snap_index + 1
-    }
-    fn last_index(&self) -> u64 {
-        self.snap_index + self.entries.len() as u64
-    }
-    fn term(&self, index: u64) -> Result<u64, LogError> {
-        if index == self.snap_index {
-            return Ok(self.snap_term);
-        }
-        if index < self.snap_index {
-            return Err(LogError::Compacted);
-        }
-        self.get(index).map(|e| e.term).ok_or(LogError::Unavailable)
-    }
-    fn entries(&self, lo: u64, hi: u64, max_bytes: u64) -> Result<Vec<Entry>, LogError> {
-        if lo <= self.snap_index {
-            return Err(LogError::Compacted);
-        }
-        if hi > self.last_index() + 1 {
-            return Err(LogError::Unavailable);
-        }
-        let mut out = Vec::new();
-        let mut size = 0u64;
-        for i in lo..hi {
-            let Some(e) = self.get(i) else {
-                return Err(LogError::Unavailable);
-            };
-            size += e.encoded_len() as u64;
-            if !out.is_empty() && size > max_bytes {
-                break;
-            }
-            out.push(e.clone());
-        }
-        Ok(out)
-    }
-}
 
 /// A snapshot as stored: its metadata and the state machine bytes.
 #[derive(Debug, Clone, Default)]
@@ -142,7 +23,7 @@ pub struct SnapFile {
 #[derive(Debug, Clone, Default)]
 pub struct Durable {
     pub hard_state: HardState,
-    pub log: SimLog,
+    pub log: MemLog,
     pub snapshot: Option<SnapFile>,
 }
 
@@ -205,7 +86,12 @@ impl Disk {
                 self.durable.hard_state.commit = index;
             }
         } else if self.durable.log.last_index() >= index {
-            self.durable.log.compact(index)?;
+            let term = self
+                .durable
+                .log
+                .term(index)
+                .map_err(|e| format!("compact to {index}: {e}"))?;
+            self.durable.log.compact(index, term)?;
         } else {
             return Err(format!(
                 "local snapshot at {index} above durable last index {}",
@@ -243,6 +129,7 @@ impl Disk {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::raft::LogError;
 
     fn ent(index: u64, term: u64) -> Entry {
         Entry {
@@ -253,8 +140,8 @@ mod tests {
     }
 
     #[test]
-    fn simlog_append_truncates_compacts_and_resets() {
-        let mut l = SimLog::new();
+    fn memlog_append_truncates_compacts_and_resets() {
+        let mut l = MemLog::new();
         assert_eq!((l.first_index(), l.last_index()), (1, 0));
         assert_eq!(l.term(0), Ok(0));
         l.append(&[ent(1, 1), ent(2, 1), ent(3, 2)]).unwrap();
@@ -262,7 +149,7 @@ mod tests {
         l.append(&[ent(3, 3), ent(4, 3)]).unwrap();
         assert_eq!((l.term(3), l.term(4)), (Ok(3), Ok(3)));
         assert!(l.append(&[ent(9, 3)]).is_err(), "gap must be refused");
-        l.compact(2).unwrap();
+        l.compact(2, 1).unwrap();
         assert_eq!(
             (l.first_index(), l.term(2), l.term(1)),
             (3, Ok(1), Err(LogError::Compacted))

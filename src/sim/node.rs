@@ -17,6 +17,7 @@ use crate::kv::KvStore;
 use crate::pb::kvpb;
 use crate::pb::raftpb::message::Body;
 use crate::pb::raftpb::{InstallSnapshot, InstallSnapshotResponse};
+use crate::raft::MemLog;
 use crate::raft::{
     ConfState, Config, Entry, EntryType, HardState, InitialState, LogStore, Message, RawNode,
     ReadState, Ready, Role, SnapshotMeta,
@@ -24,7 +25,7 @@ use crate::raft::{
 use crate::rng::Rng;
 use crate::sim::checker::Checker;
 use crate::sim::client::{ClientReq, Reply, ReqOp};
-use crate::sim::disk::{Disk, SimLog, SnapFile};
+use crate::sim::disk::{Disk, SnapFile};
 use prost::Message as _;
 use std::collections::{BTreeMap, VecDeque};
 
@@ -85,7 +86,7 @@ pub struct SimNode {
     pub incarnation: u64,
     cfg: Config,
     voters: Vec<u64>,
-    pub raw: Option<RawNode<SimLog>>,
+    pub raw: Option<RawNode<MemLog>>,
     pub kv: KvStore,
     pub disk: Disk,
     pub params: NodeParams,
@@ -690,7 +691,7 @@ impl SimNode {
             .save_snapshot(snap, false)
             .map_err(|e| format!("node {}: save snapshot: {e}", self.id))?;
         raw.store_mut()
-            .compact(index)
+            .compact(index, term)
             .map_err(|e| format!("node {}: compact: {e}", self.id))?;
         out.push(Action::Trace(format!(
             "node {} snapshot at {index}/t{term}, log compacted",
