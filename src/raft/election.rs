@@ -21,6 +21,12 @@ impl<S: LogStore> RawNode<S> {
         if self.tally() {
             return;
         }
+        self.request_votes(transfer);
+    }
+
+    /// Asks every other voter for its vote (or pre-vote, at term + 1, as a pre-candidate),
+    /// with our last log index and term.
+    fn request_votes(&mut self, transfer: bool) {
         let pre_vote = self.role == Role::PreCandidate;
         let term = if pre_vote { self.term + 1 } else { self.term };
         let rv = RequestVote {
@@ -120,23 +126,7 @@ impl<S: LogStore> RawNode<S> {
                 if self.tally() {
                     return true;
                 }
-                let rv = RequestVote {
-                    pre_vote: false,
-                    last_log_index: self.log.last_index(),
-                    last_log_term: self.log.last_term(),
-                    transfer: false,
-                };
-                let me = self.id();
-                let voters: Vec<u64> = self
-                    .conf
-                    .voters
-                    .iter()
-                    .copied()
-                    .filter(|&v| v != me)
-                    .collect();
-                for v in voters {
-                    self.send(v, Body::RequestVote(rv));
-                }
+                self.request_votes(false);
                 return false;
             }
             self.become_leader();
