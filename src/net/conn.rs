@@ -11,7 +11,7 @@ use super::framing::{split_frame, FrameError};
 use bytes::{Buf, Bytes, BytesMut};
 use mio::net::TcpStream;
 use std::collections::VecDeque;
-use std::io::{self, IoSlice, Read, Write};
+use std::io::{self, IoSlice, Write};
 
 /// Bytes requested from the socket per read call.
 const READ_CHUNK: usize = 64 * 1024;
@@ -51,28 +51,33 @@ impl Conn {
     }
 
     /// One `read` call into the read buffer. `Interrupted` is retried.
+    ///
+    /// Reads straight into the buffer's spare capacity with `read(2)` on the raw descriptor: no
+    /// zero-filling first (that memset of 64 KiB per call was a quarter of a busy leader's CPU
+    /// time) and no `&mut [u8]` over uninitialised memory.
     pub fn read_some(&mut self) -> io::Result<ReadStatus> {
-        let len = self.rbuf.len();
-        // Read straight into the buffer's tail (zero-filling 64 KiB is cheap next to a syscall).
-        self.rbuf.resize(len + READ_CHUNK, 0);
+        use std::os::unix::io::AsRawFd;
+        self.rbuf.reserve(READ_CHUNK);
+        let fd = self.stream.as_raw_fd();
         loop {
-            match self.stream.read(&mut self.rbuf[len..]) {
-                Ok(0) => {
-                    self.rbuf.truncate(len);
-                    return Ok(ReadStatus::Eof);
-                }
-                Ok(n) => {
-                    self.rbuf.truncate(len + n);
-                    return Ok(ReadStatus::Data(n));
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    self.rbuf.truncate(len);
-                    if e.kind() == io::ErrorKind::WouldBlock {
-                        return Ok(ReadStatus::WouldBlock);
-                    }
-                    return Err(e);
-                }
+            let spare = self.rbuf.spare_capacity_mut();
+            // SAFETY: the kernel writes at most `spare.len()` bytes into memory we own (the
+            // buffer's reserved, unused capacity); nothing reads it before `set_len` below.
+            let n = unsafe { libc::read(fd, spare.as_mut_ptr().cast(), spare.len()) };
+            if n > 0 {
+                let n = n as usize;
+                // SAFETY: `read` initialised exactly `n` bytes right after the current length.
+                unsafe { self.rbuf.set_len(self.rbuf.len() + n) };
+                return Ok(ReadStatus::Data(n));
+            }
+            if n == 0 {
+                return Ok(ReadStatus::Eof);
+            }
+            let e = io::Error::last_os_error();
+            match e.kind() {
+                io::ErrorKind::Interrupted => continue,
+                io::ErrorKind::WouldBlock => return Ok(ReadStatus::WouldBlock),
+                _ => return Err(e),
             }
         }
     }
@@ -149,6 +154,7 @@ mod tests {
     use crate::net::framing::{encode_frame, frame_bytes};
     use crate::pb::kvpb;
     use mio::{Events, Interest, Poll, Token};
+    use std::io::Read;
     use std::time::{Duration, Instant};
 
     /// A connected pair: (mio side wrapped in a Conn, std blocking side).

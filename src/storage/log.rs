@@ -187,7 +187,11 @@ impl Log {
             } else {
                 None
             };
-            segs.push(Segment::from_scan(path, file, map, scan, extend)?);
+            let seg = Segment::from_scan(path, file, map, scan, extend)?;
+            if is_last {
+                seg.prepare_tail_for_appends();
+            }
+            segs.push(seg);
         }
         let mut log = Log {
             dir: dir.to_path_buf(),
@@ -332,6 +336,7 @@ impl Log {
                 active.flush()?;
                 // Its pages are on disk: drop them from our resident set.
                 active.release(0, active.map.len());
+                active.sealed();
                 let mut seg = Segment::create(&self.dir, self.opts.segment_size, e.index)?;
                 let ok = seg.append(e);
                 debug_assert!(ok);
