@@ -21,6 +21,11 @@ const READ_CHUNK: usize = 64 * 1024;
 pub enum ReadStatus {
     /// Read this many bytes; the socket may hold more.
     Data(usize),
+    /// Read this many bytes, fewer than asked for: the socket's receive queue was empty
+    /// afterwards. With edge-triggered readiness, bytes arriving later raise a new event, so a
+    /// caller may stop here instead of spending a `read` on `WouldBlock` (but not when the
+    /// event also said the peer closed: that end-of-file raises no new event).
+    Drained(usize),
     /// Nothing more to read right now.
     WouldBlock,
     /// The peer closed its sending side.
@@ -61,14 +66,19 @@ impl Conn {
         let fd = self.stream.as_raw_fd();
         loop {
             let spare = self.rbuf.spare_capacity_mut();
-            // SAFETY: the kernel writes at most `spare.len()` bytes into memory we own (the
+            let asked = spare.len();
+            // SAFETY: the kernel writes at most `asked` bytes into memory we own (the
             // buffer's reserved, unused capacity); nothing reads it before `set_len` below.
-            let n = unsafe { libc::read(fd, spare.as_mut_ptr().cast(), spare.len()) };
+            let n = unsafe { libc::read(fd, spare.as_mut_ptr().cast(), asked) };
             if n > 0 {
                 let n = n as usize;
                 // SAFETY: `read` initialised exactly `n` bytes right after the current length.
                 unsafe { self.rbuf.set_len(self.rbuf.len() + n) };
-                return Ok(ReadStatus::Data(n));
+                return Ok(if n < asked {
+                    ReadStatus::Drained(n)
+                } else {
+                    ReadStatus::Data(n)
+                });
             }
             if n == 0 {
                 return Ok(ReadStatus::Eof);
@@ -195,7 +205,7 @@ mod tests {
             assert!(Instant::now() < deadline, "timed out reading frames");
             poll.poll(&mut events, Some(Duration::from_millis(50)))
                 .unwrap();
-            while let ReadStatus::Data(_) = conn.read_some().unwrap() {}
+            while let ReadStatus::Data(_) | ReadStatus::Drained(_) = conn.read_some().unwrap() {}
             while let Some(f) = conn.next_frame().unwrap() {
                 got.push(f);
             }
@@ -223,6 +233,48 @@ mod tests {
         assert_eq!(conn.buffered_in(), 0);
     }
 
+    /// Waits for a readable event on the pair's connection; returns its read-closed flag.
+    fn wait_readable(poll: &mut Poll) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut events = Events::with_capacity(8);
+        loop {
+            assert!(Instant::now() < deadline, "no readable event");
+            poll.poll(&mut events, Some(Duration::from_millis(50)))
+                .unwrap();
+            if let Some(ev) = events
+                .iter()
+                .find(|e| e.is_readable() || e.is_read_closed())
+            {
+                return ev.is_read_closed();
+            }
+        }
+    }
+
+    /// The contract the server's read loop relies on when it stops at a short read: the read
+    /// reports `Drained`, and bytes sent afterwards raise a new edge-triggered event (no
+    /// `WouldBlock` read in between); a close that came with the data is flagged on the event.
+    #[test]
+    fn short_read_is_drained_and_later_bytes_raise_a_new_event() {
+        let (mut poll, mut conn, mut other) = pair(1024);
+        other.write_all(b"0123456789").unwrap();
+        assert!(!wait_readable(&mut poll));
+        assert_eq!(conn.read_some().unwrap(), ReadStatus::Drained(10));
+        other.write_all(b"abcde").unwrap();
+        assert!(!wait_readable(&mut poll));
+        assert_eq!(conn.read_some().unwrap(), ReadStatus::Drained(5));
+        other.write_all(b"xyz").unwrap();
+        drop(other);
+        // Data and close may arrive as one event or two; the close is flagged either way.
+        let mut closed = wait_readable(&mut poll);
+        assert_eq!(conn.read_some().unwrap(), ReadStatus::Drained(3));
+        if !closed {
+            closed = wait_readable(&mut poll);
+        }
+        assert!(closed);
+        assert_eq!(conn.read_some().unwrap(), ReadStatus::Eof);
+        assert_eq!(conn.buffered_in(), 18);
+    }
+
     #[test]
     fn oversized_header_is_an_error_and_eof_is_seen() {
         let (mut poll, mut conn, mut other) = pair(16);
@@ -237,7 +289,7 @@ mod tests {
                 .unwrap();
             loop {
                 match conn.read_some().unwrap() {
-                    ReadStatus::Data(_) => continue,
+                    ReadStatus::Data(_) | ReadStatus::Drained(_) => continue,
                     ReadStatus::Eof => eof = true,
                     ReadStatus::WouldBlock => {}
                 }

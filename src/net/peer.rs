@@ -224,7 +224,7 @@ impl Peer {
         if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
             loop {
                 match conn.read_some() {
-                    Ok(ReadStatus::Data(_)) => {
+                    Ok(ReadStatus::Data(_) | ReadStatus::Drained(_)) => {
                         // Unexpected bytes: discard them.
                         while let Ok(Some(_)) = conn.next_frame() {}
                         continue;

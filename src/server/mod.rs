@@ -474,7 +474,7 @@ impl Server {
                 self.dispatch(ev);
             }
             for token in std::mem::take(&mut self.read_again) {
-                self.on_readable(token);
+                self.on_readable(token, false);
             }
             self.timers.advance(Instant::now(), &mut fired);
             for ev in fired.drain(..) {
@@ -502,7 +502,9 @@ impl Server {
                     self.on_writable(token);
                 }
                 if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
-                    self.on_readable(token);
+                    // A short read may end the reading early only if the event announced no
+                    // end-of-file or error (those raise no further edge).
+                    self.on_readable(token, !(ev.is_read_closed() || ev.is_error()));
                 }
             }
         }
@@ -606,8 +608,10 @@ impl Server {
     }
 
     /// Reads from a client or inbound peer connection until it would block, its budget is
-    /// spent (then it is revisited next iteration) or backpressure pauses it.
-    fn on_readable(&mut self, token: Token) {
+    /// spent (then it is revisited next iteration) or backpressure pauses it. With
+    /// `stop_when_drained`, a short read (see [`ReadStatus::Drained`]) also ends it, saving the
+    /// `read` that would only return `WouldBlock`: one syscall per request on a busy leader.
+    fn on_readable(&mut self, token: Token, stop_when_drained: bool) {
         let mut budget = READ_BUDGET;
         loop {
             let max_out = self.cfg.max_client_pending_bytes;
@@ -621,11 +625,13 @@ impl Server {
                     let status = c.conn.read_some();
                     c.conn.discard_input();
                     match status {
-                        Ok(ReadStatus::Data(_)) if budget > 0 => {
+                        Ok(ReadStatus::Data(_) | ReadStatus::Drained(_)) if budget > 0 => {
                             budget -= 1;
                             continue;
                         }
-                        Ok(ReadStatus::Data(_)) => self.read_again.push(token),
+                        Ok(ReadStatus::Data(_) | ReadStatus::Drained(_)) => {
+                            self.read_again.push(token)
+                        }
                         Ok(ReadStatus::WouldBlock) => {}
                         Ok(ReadStatus::Eof) | Err(_) => self.close(token, "closed after error"),
                     }
@@ -673,7 +679,8 @@ impl Server {
                 return;
             }
             match status {
-                Ok(ReadStatus::Data(_)) => continue,
+                Ok(ReadStatus::Drained(_)) if stop_when_drained => return,
+                Ok(ReadStatus::Data(_) | ReadStatus::Drained(_)) => continue,
                 Ok(ReadStatus::WouldBlock) => return,
                 Ok(ReadStatus::Eof) => {
                     self.close(token, "closed by peer");
@@ -1037,10 +1044,14 @@ impl Server {
         }
     }
 
-    fn flush_all(&mut self) {
+    fn flush_clients(&mut self) {
         for token in std::mem::take(&mut self.dirty_clients) {
             self.flush_client(token);
         }
+    }
+
+    fn flush_all(&mut self) {
+        self.flush_clients();
         self.flush_peers();
         // (Paused clients resume in flush_client: every response that lowers `inflight`
         // marks its client dirty, so it passes through there.)
@@ -1219,26 +1230,11 @@ impl Server {
             }
             new_commit = Some(hs.commit);
         }
-        let mut persisted = None;
-        if let Some(last) = rd.entries.last() {
-            persisted = Some((last.index, last.term));
-            let store = self.node.store_mut();
-            store
-                .append(&rd.entries)
-                .map_err(|e| format!("appending to the log: {e}"))?;
-            // Group commit: one sync for everything proposed or received in this batch.
-            store.sync().map_err(|e| format!("syncing the log: {e}"))?;
-        }
-        if let Some(c) = new_commit {
-            self.commit_hint = self.commit_hint.max(c);
-        }
-
-        // 2. Messages (all but the leader's early ones), now that what they promise is durable.
-        for m in rd.messages {
-            self.send_peer(m);
-        }
-
-        // 3. Apply.
+        // 2. Apply, then serve reads. Before the local append + sync: every committed entry is
+        // already durable on a majority (the core commits nothing else), so applying it and
+        // answering its client does not depend on this node's disk, and the answers leave while
+        // this node syncs the next batch instead of one sync later. (Applying writes nothing to
+        // disk; a snapshot is only taken between Readys, after the sync below.)
         let mut applied_any = false;
         for e in rd.committed {
             if e.index <= self.applied {
@@ -1274,7 +1270,7 @@ impl Server {
             self.node.on_applied(self.applied);
         }
 
-        // 4. Reads.
+        // Reads.
         for rs in rd.reads {
             self.waiting_reads.entry(rs.index).or_default().push(rs.ctx);
         }
@@ -1288,6 +1284,31 @@ impl Server {
                     error_result(ErrorCode::Unavailable, "leadership lost during the read"),
                 );
             }
+        }
+
+        if !rd.entries.is_empty() && !self.dirty_clients.is_empty() {
+            // Onto the wire now, not after the sync (see above).
+            self.flush_clients();
+        }
+
+        // 3. Append and sync.
+        let mut persisted = None;
+        if let Some(last) = rd.entries.last() {
+            persisted = Some((last.index, last.term));
+            let store = self.node.store_mut();
+            store
+                .append(&rd.entries)
+                .map_err(|e| format!("appending to the log: {e}"))?;
+            // Group commit: one sync for everything proposed or received in this batch.
+            store.sync().map_err(|e| format!("syncing the log: {e}"))?;
+        }
+        if let Some(c) = new_commit {
+            self.commit_hint = self.commit_hint.max(c);
+        }
+
+        // 4. Messages (all but the leader's early ones), now that what they promise is durable.
+        for m in rd.messages {
+            self.send_peer(m);
         }
 
         // 5. Snapshots: stream to peers behind the compacted log; feed transfer messages.
