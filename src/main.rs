@@ -380,6 +380,8 @@ fn serve_config(a: &ServeArgs) -> Result<ServerConfig, String> {
         max_log_entries: t.snapshot_entries,
         max_log_bytes: t.snapshot_bytes,
         trailing_entries: t.snapshot_trailing,
+        // Set by the server from the node's rank among --peers.
+        stagger: None,
     };
     cfg.snapshot_pacing = raftkv::snapshot::WritePacing {
         bytes_per_sec: t.snapshot_write_rate,

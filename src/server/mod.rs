@@ -401,12 +401,17 @@ impl Server {
             hs.vote,
             hs.commit
         );
-        let mut snaps = Snapshots::new(
-            snapshots,
-            latest_snapshot,
-            cfg.snapshot_policy.clone(),
-            cfg.snapshot_pacing,
-        );
+        let mut policy = cfg.snapshot_policy.clone();
+        if policy.stagger.is_none() {
+            // Spread the members' snapshots (see SnapshotPolicy::stagger): rank of our id.
+            let mut ids: Vec<u64> = cfg.peers.iter().map(|p| p.id).collect();
+            ids.sort_unstable();
+            ids.dedup();
+            if let Some(slot) = ids.iter().position(|&i| i == cfg.id) {
+                policy.stagger = Some((slot as u64, ids.len() as u64));
+            }
+        }
+        let mut snaps = Snapshots::new(snapshots, latest_snapshot, policy, cfg.snapshot_pacing);
         snaps.bytes_since = replayed_bytes;
         let next_tick = now + cfg.tick;
         Ok(Server {

@@ -18,6 +18,18 @@ pub struct SnapshotPolicy {
     /// Entries kept below the applied index when compacting. Default 10 000: a follower that
     /// falls up to this far behind catches up by log replication, not by a snapshot.
     pub trailing_entries: u64,
+    /// `Some((slot, slots))`: this node is member `slot` (0-based) of `slots`, and spreads its
+    /// snapshots so that the members of a cluster do not all snapshot at once. All members
+    /// apply the same indexes at about the same time, so with one threshold they would all
+    /// fork, write and compact together: the leader and the quorum stall at the same moment
+    /// and all snapshot writers share the disk. With a slot, the entry threshold becomes a
+    /// phase: the member snapshots when `applied` reaches the next index `p` with
+    /// `p % max_log_entries == slot * max_log_entries / slots` that is more than half a
+    /// threshold past its last snapshot (intervals stay between 0.5x and 1.5x the threshold,
+    /// 1x on average, and members are `max_log_entries / slots` entries apart). The byte
+    /// threshold is scaled by `1 + slot / (2 * slots)`. The server sets this from its id's
+    /// rank among `--peers`.
+    pub stagger: Option<(u64, u64)>,
 }
 
 impl Default for SnapshotPolicy {
@@ -26,6 +38,7 @@ impl Default for SnapshotPolicy {
             max_log_bytes: 64 << 20,
             max_log_entries: 100_000,
             trailing_entries: 10_000,
+            stagger: None,
         }
     }
 }
@@ -52,8 +65,26 @@ impl SnapshotPolicy {
         if s.applied <= s.snapshot_index {
             return false;
         }
-        s.applied - s.snapshot_index > self.max_log_entries
-            || s.bytes_since_snapshot > self.max_log_bytes
+        let (entries_due, max_bytes) = match self.stagger {
+            Some((slot, slots)) if slots > 1 && slot < slots && self.max_log_entries >= 2 => {
+                // u128: no overflow near u64::MAX.
+                let e = u128::from(self.max_log_entries);
+                let phase = u128::from(slot) * e / u128::from(slots);
+                let lo = u128::from(s.snapshot_index) + e / 2 + 1;
+                let next = lo + (phase + e - lo % e) % e;
+                let bytes = u128::from(self.max_log_bytes) * u128::from(2 * slots + slot)
+                    / u128::from(2 * slots);
+                (
+                    u128::from(s.applied) >= next,
+                    u64::try_from(bytes).unwrap_or(u64::MAX),
+                )
+            }
+            _ => (
+                s.applied - s.snapshot_index > self.max_log_entries,
+                self.max_log_bytes,
+            ),
+        };
+        entries_due || s.bytes_since_snapshot > max_bytes
     }
 
     /// The index to compact the log to (entries up to and including it may be dropped), or
@@ -96,6 +127,7 @@ mod tests {
             max_log_bytes: 1000,
             max_log_entries: 100,
             trailing_entries: 10,
+            stagger: None,
         };
         // (snapshot index, applied, bytes since, expected)
         let table = [
@@ -121,6 +153,7 @@ mod tests {
             max_log_bytes: 1000,
             max_log_entries: 100,
             trailing_entries: 10,
+            stagger: None,
         };
         // (snapshot index, applied, first index, expected)
         let table = [
@@ -152,5 +185,100 @@ mod tests {
             ..SnapshotPolicy::default()
         };
         assert_eq!(p.compact_index(&stats(7, 7, 0, 1)), Some(7));
+    }
+
+    /// Simulates members applying the same indexes and snapshotting whenever the policy says
+    /// so (a snapshot finishing at once): returns each member's snapshot indexes.
+    fn schedule(p: &SnapshotPolicy, slots: u64, upto: u64) -> Vec<Vec<u64>> {
+        (0..slots)
+            .map(|slot| {
+                let p = SnapshotPolicy {
+                    stagger: Some((slot, slots)),
+                    ..p.clone()
+                };
+                let mut snap = 0;
+                let mut taken = Vec::new();
+                for applied in 1..=upto {
+                    if p.should_snapshot(&stats(snap, applied, 0, snap + 1)) {
+                        taken.push(applied);
+                        snap = applied;
+                    }
+                }
+                taken
+            })
+            .collect()
+    }
+
+    #[test]
+    fn staggered_members_snapshot_a_fraction_of_the_threshold_apart() {
+        let p = SnapshotPolicy {
+            max_log_bytes: u64::MAX,
+            max_log_entries: 300,
+            trailing_entries: 0,
+            stagger: None,
+        };
+        let s = schedule(&p, 3, 1000);
+        // Slot 0 at multiples of 300 (first > 150), slot 1 at 100 + k*300, slot 2 at 200 + k*300.
+        assert_eq!(s[0], vec![300, 600, 900]);
+        assert_eq!(s[1], vec![400, 700, 1000]);
+        assert_eq!(s[2], vec![200, 500, 800]);
+        // No two members at the same index; intervals within [0.5, 1.5] x threshold.
+        let mut all: Vec<u64> = s.concat();
+        all.sort();
+        all.dedup();
+        assert_eq!(all.len(), 9);
+        for member in &s {
+            let mut prev = 0;
+            for &i in member {
+                assert!(i - prev > 150 && i - prev <= 450, "{member:?}");
+                prev = i;
+            }
+        }
+    }
+
+    #[test]
+    fn stagger_after_an_installed_or_off_phase_snapshot_realigns() {
+        // A member whose last snapshot is off its phase (e.g. installed from the leader) goes
+        // back to its phase: next trigger is its phase point more than half a threshold on.
+        let p = SnapshotPolicy {
+            max_log_bytes: u64::MAX,
+            max_log_entries: 100,
+            trailing_entries: 0,
+            stagger: Some((1, 4)), // phase 25
+        };
+        let due = |snap, applied| p.should_snapshot(&stats(snap, applied, 0, snap + 1));
+        assert!(!due(130, 180)); // 180 is not past 130 + 50 on phase
+        assert!(!due(130, 224));
+        assert!(due(130, 225)); // 225 % 100 == 25 and 225 > 180
+        assert!(due(170, 225)); // 225 is 55 past 170
+        assert!(!due(180, 225)); // only 45 past 180: the next phase point, 325
+        assert!(!due(180, 324));
+        assert!(due(180, 325));
+        // Extreme indexes do not overflow.
+        assert!(!due(u64::MAX - 1, u64::MAX));
+    }
+
+    #[test]
+    fn stagger_scales_the_byte_threshold_per_slot() {
+        let p = |slot| SnapshotPolicy {
+            max_log_bytes: 1200,
+            max_log_entries: 1_000_000,
+            trailing_entries: 0,
+            stagger: Some((slot, 3)),
+        };
+        // thresholds 1200, 1400, 1600
+        for (slot, limit) in [(0, 1200), (1, 1400), (2, 1600)] {
+            assert!(!p(slot).should_snapshot(&stats(0, 5, limit, 1)));
+            assert!(p(slot).should_snapshot(&stats(0, 5, limit + 1, 1)));
+        }
+        // Degenerate staggers fall back to the plain thresholds.
+        for st in [Some((0, 1)), Some((5, 3)), Some((0, 0))] {
+            let q = SnapshotPolicy {
+                stagger: st,
+                ..p(0)
+            };
+            assert!(q.should_snapshot(&stats(0, 5, 1201, 1)));
+            assert!(!q.should_snapshot(&stats(0, 5, 1200, 1)));
+        }
     }
 }
