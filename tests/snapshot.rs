@@ -458,3 +458,60 @@ fn interrupted_snapshot_transfers_restart_cleanly() {
     let mut lin = cluster.client_with(kvpb::Consistency::Linearizable);
     assert_eq!(scan_all(&mut lin, "w"), model);
 }
+
+/// `kill -USR1` takes a snapshot now, whatever the thresholds say; older snapshots beyond the
+/// newest two are moved aside (`*.trash`) and deleted in slices, so none is left behind.
+#[test]
+fn sigusr1_takes_a_snapshot_now_and_pruned_files_are_deleted() {
+    let mut cluster = Cluster::start(
+        1,
+        &[
+            "--snapshot-entries=1000000000",
+            "--snapshot-bytes=1000000000000",
+        ],
+    );
+    cluster.wait_leader();
+    let dir = cluster.data_dir(1);
+    let mut c = cluster.client();
+    let mut taken = Vec::new();
+    for round in 0..4 {
+        for k in 0..20 {
+            c.put(format!("k{k}").as_bytes(), format!("v{round}").as_bytes())
+                .unwrap();
+        }
+        let applied = status(&cluster.addr(1)).unwrap().applied_index;
+        cluster.signal(1, libc::SIGUSR1);
+        let st = wait_for(
+            "a snapshot at the applied index",
+            Duration::from_secs(10),
+            || {
+                let st = status(&cluster.addr(1))?;
+                (st.snapshot_index >= applied).then_some(st)
+            },
+        );
+        taken.push(st.snapshot_index);
+    }
+    assert!(taken.windows(2).all(|w| w[0] < w[1]), "{taken:?}");
+    // Newest two kept; the older ones gone, trash included (deleted by the child or a tick).
+    wait_for("pruned snapshots deleted", Duration::from_secs(10), || {
+        let names: Vec<String> = std::fs::read_dir(dir.join("snap"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        (names.len() == 2 && names.iter().all(|n| n.ends_with(".snap"))).then_some(())
+    });
+    let files = snapshot_files(&dir);
+    assert_eq!(
+        files.iter().map(|f| f.0).collect::<Vec<_>>(),
+        vec![taken[3], taken[2]]
+    );
+    assert!(cluster.node_log(1).contains("snapshot requested (SIGUSR1)"));
+    // The data survives a restart from that snapshot.
+    cluster.stop(1);
+    cluster.start_node(1);
+    cluster.wait_leader();
+    let mut c = cluster.client();
+    let got = c.get(b"k7").unwrap();
+    assert!(got.found);
+    assert_eq!(&got.value[..], b"v3");
+}

@@ -1,4 +1,5 @@
-//! SIGINT/SIGTERM → a shutdown flag, with plain `sigaction` (libc).
+//! SIGINT/SIGTERM → a shutdown flag; SIGUSR1 → "take a snapshot now" (like Redis' BGSAVE);
+//! with plain `sigaction` (libc).
 //!
 //! The handler only stores to an atomic (async-signal-safe). It is installed without
 //! `SA_RESTART`, so a blocked `epoll_wait` returns `EINTR` at once; in any case the event loop
@@ -7,14 +8,19 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 
 static SHUTDOWN: AtomicBool = AtomicBool::new(false);
+static SNAPSHOT: AtomicBool = AtomicBool::new(false);
 
-extern "C" fn on_signal(_sig: libc::c_int) {
-    SHUTDOWN.store(true, Ordering::SeqCst);
+extern "C" fn on_signal(sig: libc::c_int) {
+    if sig == libc::SIGUSR1 {
+        SNAPSHOT.store(true, Ordering::SeqCst);
+    } else {
+        SHUTDOWN.store(true, Ordering::SeqCst);
+    }
 }
 
-/// Installs the handler for SIGINT and SIGTERM and returns the flag it sets.
+/// Installs the handler for SIGINT, SIGTERM and SIGUSR1 and returns the shutdown flag.
 pub fn install() -> std::io::Result<&'static AtomicBool> {
-    for sig in [libc::SIGINT, libc::SIGTERM] {
+    for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGUSR1] {
         // SAFETY: a zeroed sigaction is valid; the handler is async-signal-safe (one atomic
         // store) and has the `extern "C" fn(c_int)` signature sa_handler expects.
         let rc = unsafe {
@@ -39,4 +45,9 @@ pub fn flag() -> &'static AtomicBool {
 /// Asks the process to shut down, as a signal would.
 pub fn request() {
     SHUTDOWN.store(true, Ordering::SeqCst);
+}
+
+/// True once per SIGUSR1 received since the last call: an operator asked for a snapshot now.
+pub fn take_snapshot_request() -> bool {
+    SNAPSHOT.swap(false, Ordering::SeqCst)
 }

@@ -11,6 +11,7 @@
 use super::lock::DirLock;
 use super::record::{self, SEG_HEADER_LEN};
 use super::segment::{self, io_err, release_map, Scan, Segment, RELEASE_EVERY};
+use super::trash::Trash;
 use super::{LogOptions, StorageError};
 use crate::raft::{Entry, LogError, LogStore};
 use prost::Message;
@@ -30,6 +31,8 @@ pub struct Log {
     segs: Vec<Segment>,
     snap_index: u64,
     snap_term: u64,
+    /// Compacted segments being deleted incrementally ([`Log::trash_step`]).
+    trash: Trash,
     /// Exclusive ownership of `dir` for this Log's lifetime (declared last: released after the
     /// segments are unmapped).
     _lock: DirLock,
@@ -138,6 +141,16 @@ impl Log {
         // Before reading or repairing anything: a second process must not touch the files.
         let lock = DirLock::acquire(dir)?;
         let (snap_index, snap_term) = read_meta(dir)?;
+        // Segments whose deletion a crash interrupted: finish it, a slice per tick.
+        let mut trash = Trash::new();
+        match trash.adopt_leftovers(dir) {
+            Ok(0) => {}
+            Ok(n) => ::log::info!(
+                "{}: {n} compacted segment(s) still to delete",
+                dir.display()
+            ),
+            Err(e) => return Err(io_err(dir, e)),
+        }
         let files = list_segments(dir)?;
         let mut segs: Vec<Segment> = Vec::with_capacity(files.len());
         let n = files.len();
@@ -199,6 +212,7 @@ impl Log {
             segs,
             snap_index,
             snap_term,
+            trash,
             _lock: lock,
         };
         log.apply_snapshot_boundary()?;
@@ -242,11 +256,14 @@ impl Log {
     }
 
     /// Deletes segments `[from..]` durably, newest first, so a crash part way leaves a
-    /// contiguous log (never a gap).
+    /// contiguous log (never a gap). The files are renamed into the trash; their space is freed
+    /// by [`Log::trash_step`].
     fn remove_segments(&mut self, from: usize) -> Result<(), StorageError> {
         while self.segs.len() > from {
             let s = self.segs.pop().expect("checked non-empty");
-            fs::remove_file(&s.path).map_err(|e| io_err(&s.path, e))?;
+            let path = s.path.clone();
+            drop(s); // unmap and close first
+            self.trash.add(&path).map_err(|e| io_err(&path, e))?;
         }
         sync_dir(&self.dir)
     }
@@ -261,10 +278,29 @@ impl Log {
         if k == 0 {
             return Ok(());
         }
-        for s in self.segs.drain(..k) {
-            fs::remove_file(&s.path).map_err(|e| io_err(&s.path, e))?;
+        for s in self.segs.drain(..k).collect::<Vec<_>>() {
+            let path = s.path.clone();
+            drop(s); // unmap and close first
+            self.trash.add(&path).map_err(|e| io_err(&path, e))?;
         }
         sync_dir(&self.dir)
+    }
+
+    /// Frees the space of compacted segments for about `budget` of wall time (see
+    /// [`crate::storage::trash`]); call it regularly (the server: once per tick). Returns the
+    /// bytes freed.
+    pub fn trash_step(&mut self, budget: std::time::Duration) -> u64 {
+        self.trash.step(budget)
+    }
+
+    /// Bytes and files of compacted segments not deleted yet.
+    pub fn trash_pending(&self) -> (u64, usize) {
+        (self.trash.pending_bytes(), self.trash.pending_files())
+    }
+
+    /// Deletes every compacted segment now, however long it takes.
+    pub fn empty_trash(&mut self) {
+        self.trash.empty_now();
     }
 
     /// The log directory.

@@ -7,6 +7,7 @@
 //! ```text
 //! DIR/
 //!   log/       segment files `<first index:020>.seg` + `meta` (snapshot boundary)  [log.rs]
+//!              + `*.seg.trash`: compacted segments being deleted a slice per tick [trash.rs]
 //!              + `LOCK` (flock'd by the open Log: one process per directory)       [lock.rs]
 //!   hardstate  term, vote, commit (two CRC'd slots)                              [hardstate.rs]
 //!   snap/      snapshot files `snap-<index>-<term>.snap` (newest two kept)       [snapshot.rs]
@@ -28,6 +29,7 @@ pub mod log;
 pub mod record;
 pub mod segment;
 pub mod snapshot;
+pub mod trash;
 
 use std::fmt;
 use std::path::PathBuf;

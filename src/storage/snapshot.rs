@@ -23,6 +23,8 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
+use super::trash::Trash;
+
 const MAGIC: &[u8; 8] = b"RKVSNAP1";
 const END_MAGIC: &[u8; 8] = b"RKVSEND1";
 const VERSION: u32 = 1;
@@ -47,6 +49,8 @@ fn parse_name(name: &str) -> Option<(u64, u64)> {
 /// The snapshot directory: newest two snapshot files.
 pub struct SnapshotStore {
     dir: PathBuf,
+    /// Pruned snapshot files waiting to be deleted ([`SnapshotStore::trash_step`]).
+    trash: Trash,
 }
 
 /// Writes one snapshot as CRC'd chunks to a temp file; `finish` fsyncs and renames it.
@@ -481,13 +485,17 @@ pub fn list(dir: &Path) -> Result<Vec<(u64, u64, PathBuf)>, StorageError> {
     Ok(v)
 }
 
+/// Moves all but the newest [`KEEP`] snapshot files aside (renamed `*.snap.trash`, see
+/// [`super::trash`]): they are out of every listing at once, and deleted later in small slices
+/// by whoever owns the directory's [`SnapshotStore`] (or the snapshot child), because unlinking
+/// a few hundred MB at once costs the disk's journal (and so every log fsync) a long pause.
 fn prune_dir(dir: &Path) -> Result<(), StorageError> {
     let all = list(dir)?;
     if all.len() <= KEEP {
         return Ok(());
     }
     for (_, _, p) in &all[KEEP..] {
-        fs::remove_file(p).map_err(|e| io_err(p, e))?;
+        super::trash::move_aside(p).map_err(|e| io_err(p, e))?;
     }
     sync_dir(dir)
 }
@@ -507,8 +515,11 @@ impl SnapshotStore {
                 fs::remove_file(&p).map_err(|e| io_err(&p, e))?;
             }
         }
+        let mut trash = Trash::new();
+        trash.adopt_leftovers(dir).map_err(|e| io_err(dir, e))?;
         Ok(SnapshotStore {
             dir: dir.to_path_buf(),
+            trash,
         })
     }
 
@@ -584,8 +595,32 @@ impl SnapshotStore {
         }
     }
 
-    /// Deletes all but the newest two snapshots.
+    /// Moves all but the newest two snapshots aside for deletion (by [`Self::trash_step`]).
+    /// Also picks up files that a finished [`SnapshotWriter`] (here or in the snapshot child)
+    /// moved aside.
     pub fn prune(&mut self) -> Result<(), StorageError> {
-        prune_dir(&self.dir)
+        prune_dir(&self.dir)?;
+        self.trash
+            .adopt_leftovers(&self.dir)
+            .map_err(|e| io_err(&self.dir, e))?;
+        Ok(())
+    }
+
+    /// Deletes pruned snapshot files for about `budget` of wall time (a slice at least);
+    /// returns the bytes freed. Call it regularly (the server: once per tick).
+    pub fn trash_step(&mut self, budget: std::time::Duration) -> u64 {
+        self.trash.step(budget)
+    }
+
+    /// In a forked child: forgets the inherited queue *without closing* its descriptors (the
+    /// child closed them at start, and their numbers may have been reused since). Deletion in
+    /// the child then works from a fresh queue ([`Self::prune`] adopts the files again).
+    pub fn forget_inherited_trash(&mut self) {
+        std::mem::forget(std::mem::take(&mut self.trash));
+    }
+
+    /// Bytes and files of pruned snapshots not deleted yet.
+    pub fn trash_pending(&self) -> (u64, usize) {
+        (self.trash.pending_bytes(), self.trash.pending_files())
     }
 }
