@@ -43,7 +43,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Run one node.
+    /// Run one node. Signals: SIGTERM/SIGINT shut it down cleanly; SIGUSR1 takes a snapshot now.
     Serve(ServeArgs),
     /// Run a local cluster of `serve` child processes on loopback (Ctrl-C stops them all).
     /// Re-running with the same --dir and --base-port restarts the same cluster, data intact.
