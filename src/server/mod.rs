@@ -250,6 +250,16 @@ fn split_early_messages(
     early
 }
 
+/// An AppendEntries without entries (a commit-index update or probe) or a heartbeat.
+fn is_commit_or_heartbeat_only(m: &Message) -> bool {
+    use crate::pb::raftpb::message::Body;
+    match &m.body {
+        Some(Body::AppendEntries(a)) => a.entries.is_empty(),
+        Some(Body::Heartbeat(_)) => true,
+        _ => false,
+    }
+}
+
 fn role_name(r: Role) -> &'static str {
     match r {
         Role::Leader => "leader",
@@ -1202,52 +1212,15 @@ impl Server {
         Ok(())
     }
 
-    fn handle_ready(&mut self, mut rd: Ready) -> Result<(), String> {
-        // 0. Leader fast path (Raft dissertation §10.2.1): a leader's AppendEntries,
-        // heartbeats, InstallSnapshot and TimeoutNow promise nothing about its own disk, and
-        // the core counts the leader's own log towards commit only after `on_persisted`
-        // (step 6). So they leave *before* the local append + sync, and the leader's and the
-        // followers' syncs overlap instead of running in series. Only when the hard state
-        // keeps the saved term and vote; everything else waits for the sync (step 2).
-        let early = split_early_messages(
-            self.node.role(),
-            &self.saved_hs,
-            rd.hard_state.as_ref(),
-            &mut rd.messages,
-        );
-        if !early.is_empty() {
-            for m in early {
-                self.send_peer(m);
-            }
-            // Onto the wire now, not at the end of the loop iteration (after the sync).
-            self.flush_peers();
-        }
-
-        // 1. Durability. Term/vote changes are written at once (before any message that
-        // depends on them); the commit index rides along lazily (see persist_commit_hint).
-        let mut new_commit = None;
-        if let Some(hs) = rd.hard_state {
-            if hs.term != self.saved_hs.term || hs.vote != self.saved_hs.vote {
-                let to_save = HardState {
-                    term: hs.term,
-                    vote: hs.vote,
-                    // Only a commit whose entries are already durable here.
-                    commit: self.commit_hint,
-                };
-                self.hs_file
-                    .save(&to_save)
-                    .map_err(|e| format!("saving hard state: {e}"))?;
-                self.saved_hs = to_save;
-            }
-            new_commit = Some(hs.commit);
-        }
-        // 2. Apply, then serve reads. Before the local append + sync: every committed entry is
-        // already durable on a majority (the core commits nothing else), so applying it and
-        // answering its client does not depend on this node's disk, and the answers leave while
-        // this node syncs the next batch instead of one sync later. (Applying writes nothing to
-        // disk; a snapshot is only taken between Readys, after the sync below.)
+    /// Applies committed entries (answering their clients), then serves the reads they unblock.
+    fn apply_and_serve(
+        &mut self,
+        committed: Vec<crate::raft::Entry>,
+        reads: Vec<crate::raft::ReadState>,
+        failed_reads: Vec<u64>,
+    ) {
         let mut applied_any = false;
-        for e in rd.committed {
+        for e in committed {
             if e.index <= self.applied {
                 continue;
             }
@@ -1282,11 +1255,11 @@ impl Server {
         }
 
         // Reads.
-        for rs in rd.reads {
+        for rs in reads {
             self.waiting_reads.entry(rs.index).or_default().push(rs.ctx);
         }
         self.serve_waiting_reads();
-        for ctx in rd.failed_reads {
+        for ctx in failed_reads {
             if let Some(p) = self.pending_reads.remove(&ctx) {
                 self.timers.cancel(p.timer);
                 self.send_response(
@@ -1296,10 +1269,80 @@ impl Server {
                 );
             }
         }
+    }
 
-        if !rd.entries.is_empty() && !self.dirty_clients.is_empty() {
-            // Onto the wire now, not after the sync (see above).
-            self.flush_clients();
+    fn handle_ready(&mut self, mut rd: Ready) -> Result<(), String> {
+        // 0. Leader fast path (Raft dissertation §10.2.1): a leader's AppendEntries,
+        // heartbeats, InstallSnapshot and TimeoutNow promise nothing about its own disk, and
+        // the core counts the leader's own log towards commit only after `on_persisted`
+        // (step 6). So they leave *before* the local append + sync, and the leader's and the
+        // followers' syncs overlap instead of running in series. Only when the hard state
+        // keeps the saved term and vote; everything else waits for the sync (step 2).
+        let early = split_early_messages(
+            self.node.role(),
+            &self.saved_hs,
+            rd.hard_state.as_ref(),
+            &mut rd.messages,
+        );
+        // Entries go out at once; messages that only carry the commit index or a heartbeat
+        // wait until the answers to clients are out (step 2).
+        let (urgent, deferred): (Vec<Message>, Vec<Message>) = early
+            .into_iter()
+            .partition(|m| !is_commit_or_heartbeat_only(m));
+        if !urgent.is_empty() {
+            for m in urgent {
+                self.send_peer(m);
+            }
+            // Onto the wire now, not at the end of the loop iteration (after the sync).
+            self.flush_peers();
+        }
+
+        // 1. Durability. Term/vote changes are written at once (before any message that
+        // depends on them); the commit index rides along lazily (see persist_commit_hint).
+        let mut new_commit = None;
+        if let Some(hs) = rd.hard_state {
+            if hs.term != self.saved_hs.term || hs.vote != self.saved_hs.vote {
+                let to_save = HardState {
+                    term: hs.term,
+                    vote: hs.vote,
+                    // Only a commit whose entries are already durable here.
+                    commit: self.commit_hint,
+                };
+                self.hs_file
+                    .save(&to_save)
+                    .map_err(|e| format!("saving hard state: {e}"))?;
+                self.saved_hs = to_save;
+            }
+            new_commit = Some(hs.commit);
+        }
+        // 2. A leader applies, answers and serves reads *before* the local append + sync:
+        // every committed entry is already durable on a majority (the core commits nothing
+        // else), so applying it and answering its client does not depend on this node's disk,
+        // and the answers leave while this node syncs the next batch instead of one sync later.
+        // (Applying writes nothing to disk; a snapshot is only taken between Readys.) Commit
+        // broadcasts and heartbeats follow the answers. A follower applies after its acks are
+        // out (step 4): nobody waits on its state machine, the leader waits on its ack.
+        let is_leader = self.node.role() == Role::Leader;
+        let (committed, reads, failed_reads) = (
+            std::mem::take(&mut rd.committed),
+            std::mem::take(&mut rd.reads),
+            std::mem::take(&mut rd.failed_reads),
+        );
+        let mut after_sync = None;
+        if is_leader {
+            self.apply_and_serve(committed, reads, failed_reads);
+            // Answers onto the wire now: before the sync and before the commit broadcast.
+            if (!rd.entries.is_empty() || !deferred.is_empty()) && !self.dirty_clients.is_empty() {
+                self.flush_clients();
+            }
+        } else {
+            after_sync = Some((committed, reads, failed_reads));
+        }
+        if !deferred.is_empty() {
+            for m in deferred {
+                self.send_peer(m);
+            }
+            self.flush_peers();
         }
 
         // 3. Append and sync.
@@ -1320,6 +1363,11 @@ impl Server {
         // 4. Messages (all but the leader's early ones), now that what they promise is durable.
         for m in rd.messages {
             self.send_peer(m);
+        }
+        if let Some((committed, reads, failed_reads)) = after_sync {
+            // A follower's acks onto the wire before it applies (see step 2).
+            self.flush_peers();
+            self.apply_and_serve(committed, reads, failed_reads);
         }
 
         // 5. Snapshots: stream to peers behind the compacted log; feed transfer messages.
