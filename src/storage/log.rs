@@ -126,6 +126,13 @@ pub fn list_segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>, StorageError> {
     Ok(v)
 }
 
+/// Unmaps and closes `s`, then moves its file into `trash` (freed later by `trash_step`).
+fn discard_segment(trash: &mut Trash, s: Segment) -> Result<(), StorageError> {
+    let path = s.path.clone();
+    drop(s);
+    trash.add(&path).map_err(|e| io_err(&path, e))
+}
+
 impl Log {
     /// Opens (or creates) the log in `dir`, recovering from a torn tail. Does not load entries
     /// into memory: it keeps one 4-byte offset per entry.
@@ -261,9 +268,7 @@ impl Log {
     fn remove_segments(&mut self, from: usize) -> Result<(), StorageError> {
         while self.segs.len() > from {
             let s = self.segs.pop().expect("checked non-empty");
-            let path = s.path.clone();
-            drop(s); // unmap and close first
-            self.trash.add(&path).map_err(|e| io_err(&path, e))?;
+            discard_segment(&mut self.trash, s)?;
         }
         sync_dir(&self.dir)
     }
@@ -278,10 +283,8 @@ impl Log {
         if k == 0 {
             return Ok(());
         }
-        for s in self.segs.drain(..k).collect::<Vec<_>>() {
-            let path = s.path.clone();
-            drop(s); // unmap and close first
-            self.trash.add(&path).map_err(|e| io_err(&path, e))?;
+        for s in self.segs.drain(..k) {
+            discard_segment(&mut self.trash, s)?;
         }
         sync_dir(&self.dir)
     }
