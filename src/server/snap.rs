@@ -333,6 +333,7 @@ impl Server {
                     .install()
                     .map_err(|e| format!("installing a received snapshot: {e}"))?;
                 let meta = inst.meta.clone();
+                let reply = inst.reply;
                 if self.node.restore_snapshot(meta.clone()) {
                     self.node
                         .store_mut()
@@ -340,6 +341,13 @@ impl Server {
                         .map_err(|e| {
                             format!("resetting the log to snapshot {}: {e}", meta.index)
                         })?;
+                    // The snapshot is durable and the log moved: tell the leader now, before
+                    // the (seconds-long, for a large state) restore below. Waiting for it made
+                    // the leader's sender give up ("no progress after 5 retries") although the
+                    // install then succeeded. A crash during the restore restarts from this
+                    // snapshot file, so the answer holds either way.
+                    self.send_peer(reply);
+                    self.flush_peers();
                     let (_, kv) = restore_kv(&inst.path)
                         .map_err(|e| format!("restoring received snapshot: {e}"))?;
                     self.kv = kv;
@@ -377,8 +385,8 @@ impl Server {
                         "received snapshot {} is stale; kept on disk only",
                         meta.index
                     );
+                    self.send_peer(reply);
                 }
-                self.send_peer(inst.reply);
             }
         }
         Ok(())
