@@ -154,6 +154,9 @@ pub struct Server {
     pub client_local_addr: std::net::SocketAddr,
 }
 
+/// A loop pass (everything but the wait in poll) taking this long is logged with a breakdown.
+const SLOW_PASS: Duration = Duration::from_millis(100);
+
 fn bind(addr: &str, what: &str) -> Result<TcpListener, String> {
     let sa = addr
         .to_socket_addrs()
@@ -490,19 +493,39 @@ impl Server {
             }
             // Ticks first: after a stall (SIGSTOP, CPU starvation, a slow fsync) the lease
             // must be judged by the time that really passed, before any request is read.
+            let t0 = Instant::now();
             self.catch_up_ticks()?;
+            let t1 = Instant::now();
             for ev in events.iter() {
                 self.dispatch(ev);
             }
             for token in std::mem::take(&mut self.read_again) {
                 self.on_readable(token, false);
             }
-            self.timers.advance(Instant::now(), &mut fired);
+            let t2 = Instant::now();
+            self.timers.advance(t2, &mut fired);
             for ev in fired.drain(..) {
                 self.on_timer(ev)?;
             }
+            let t3 = Instant::now();
             self.process_ready()?;
+            let t4 = Instant::now();
             self.flush_all();
+            let t5 = Instant::now();
+            if t5 - t0 >= SLOW_PASS {
+                // Every client of this node waited this long: say where the time went.
+                log::warn!(
+                    "slow loop pass: {:?} (ticks+snapshots {:?}, {} events {:?}, timers {:?}, \
+                     raft ready {:?}, flush {:?})",
+                    t5 - t0,
+                    t1 - t0,
+                    events.iter().count(),
+                    t2 - t1,
+                    t3 - t2,
+                    t4 - t3,
+                    t5 - t4
+                );
+            }
         }
     }
 
