@@ -31,6 +31,9 @@ pub(crate) struct Progress {
     pub(crate) recent_active: bool,
     /// Newest Heartbeat.lease_tick this peer echoed (leader lease).
     pub(crate) lease_tick: Option<u64>,
+    /// Tick at which a heartbeat response last resumed replication to this peer (at most once
+    /// per tick: see `handle_heartbeat_response`).
+    pub(crate) hb_resumed_at: Option<u64>,
 }
 
 impl Progress {
@@ -45,6 +48,7 @@ impl Progress {
             inflight_bytes: 0,
             recent_active: false,
             lease_tick: None,
+            hb_resumed_at: None,
         }
     }
 

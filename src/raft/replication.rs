@@ -413,18 +413,25 @@ impl<S: LogStore> RawNode<S> {
             return;
         };
         pr.recent_active = true;
-        pr.probe_sent = false;
         // Only an echo of a tick we actually sent (<= now) can extend the lease.
         if r.lease_tick >= fence && r.lease_tick <= now {
             pr.lease_tick = Some(pr.lease_tick.unwrap_or(0).max(r.lease_tick));
         }
-        // A full window may hold appends that were lost: free one slot so progress resumes
-        // (a lost append then shows up as a rejection and a probe).
-        if pr.state == ProgressState::Replicate && pr.window_full(max_inflight, max_bytes) {
-            pr.free_first();
-        }
-        if pr.matched < last || pr.state == ProgressState::Probe {
-            self.send_append(from, true);
+        // Resume replication (re-probe, or free a slot of a full window that may hold lost
+        // appends) at most once per tick. A follower that was stalled for seconds (restoring a
+        // large snapshot, say) answers the heartbeats it missed all at once; resuming on each
+        // answer sent one full-size append per answer (dozens of MB read and encoded by the
+        // leader in one pass, a ~240 ms stall seen).
+        if pr.hb_resumed_at != Some(now) {
+            pr.hb_resumed_at = Some(now);
+            pr.probe_sent = false;
+            // A lost append then shows up as a rejection and a probe.
+            if pr.state == ProgressState::Replicate && pr.window_full(max_inflight, max_bytes) {
+                pr.free_first();
+            }
+            if pr.matched < last || pr.state == ProgressState::Probe {
+                self.send_append(from, true);
+            }
         }
         if r.context != 0 {
             let voters = self.conf.voters.clone();

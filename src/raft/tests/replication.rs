@@ -486,6 +486,32 @@ fn f1_probe_sends_one_append_until_answered() {
     assert_eq!(appends(&l.ready()).len(), 1);
 }
 
+/// A burst of heartbeat answers (a follower catching up on the heartbeats it missed while
+/// stalled) resumes a probe once per tick, not once per answer.
+#[test]
+fn f1b_heartbeat_answers_resume_a_probe_at_most_once_per_tick() {
+    let mut l = leader_with(2, &[], 1);
+    l.ready();
+    for i in 0..10 {
+        l.propose(Bytes::from(format!("p{i}"))).unwrap();
+    }
+    assert!(appends(&l.ready()).is_empty());
+    for _ in 0..20 {
+        l.step(hb_resp(2, 1, 1, 0));
+    }
+    assert_eq!(
+        appends(&l.ready()).len(),
+        1,
+        "one probe for the whole burst"
+    );
+    // Still unanswered a tick later: the next heartbeat answer probes again.
+    l.tick();
+    l.ready();
+    l.step(hb_resp(2, 1, 1, 0));
+    l.step(hb_resp(2, 1, 1, 0));
+    assert_eq!(appends(&l.ready()).len(), 1);
+}
+
 #[test]
 fn f2_first_success_switches_to_pipelining() {
     let mut c = cfg(1);
