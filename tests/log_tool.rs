@@ -121,6 +121,29 @@ fn sound_dir() {
     assert!(t.contains("snapshot index 10"), "{t}");
     assert!(t.contains("term 2 vote 1 commit 100"), "{t}");
     assert!(t.contains("index 10 term 2"), "{t}");
+    assert!(!t.contains("being deleted"), "{t}");
+    // Files waiting for incremental deletion are shown, and nothing else minds them.
+    std::fs::write(
+        d.join("log/00000000000000000001.seg.trash"),
+        vec![0u8; 3000],
+    )
+    .unwrap();
+    std::fs::write(d.join("snap/snap-1-1.snap.trash"), vec![0u8; 500]).unwrap();
+    let o = run(&["stats", ds]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let t = text(&o);
+    assert!(
+        t.contains("being deleted:  1 compacted segment file(s) (*.seg.trash), 3000 B"),
+        "{t}"
+    );
+    assert!(
+        t.contains("being deleted:  1 pruned snapshot file(s) (*.snap.trash), 500 B"),
+        "{t}"
+    );
+    let o = run(&["verify", ds]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    std::fs::remove_file(d.join("log/00000000000000000001.seg.trash")).unwrap();
+    std::fs::remove_file(d.join("snap/snap-1-1.snap.trash")).unwrap();
 
     let o = run(&["dump", ds, "--from", "1", "--to", "12"]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));

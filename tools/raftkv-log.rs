@@ -192,6 +192,22 @@ fn open_log(dir: &Path, check: Check) -> Result<(DataDirs, LogInfo), Fail> {
     Ok((dirs, info))
 }
 
+/// Files waiting for incremental deletion in `dir` (`raftkv::storage::trash`): count, bytes.
+fn trash_in(dir: &Path) -> (usize, u64) {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return (0, 0);
+    };
+    rd.flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_str()
+                .is_some_and(|n| n.ends_with(raftkv::storage::trash::SUFFIX))
+        })
+        .fold((0, 0), |(n, b), e| {
+            (n + 1, b + e.metadata().map_or(0, |m| m.len()))
+        })
+}
+
 fn stats(dir: &Path) -> Result<(), Fail> {
     let (dirs, info) = open_log(dir, Check::Lenient)?;
     println!("log dir:        {}", info.dir.display());
@@ -249,6 +265,10 @@ fn stats(dir: &Path) -> Result<(), Fail> {
             String::new()
         }
     );
+    let (n, bytes) = trash_in(&dirs.log);
+    if n > 0 {
+        println!("being deleted:  {n} compacted segment file(s) (*.seg.trash), {bytes} B");
+    }
     if let Some((p, off, what)) = &info.tail_damage {
         println!(
             "tail damage:    {} at byte {off}: {what} (truncated when the node opens the log)",
@@ -270,6 +290,10 @@ fn stats(dir: &Path) -> Result<(), Fail> {
         for (i, t, p) in snaps {
             let size = std::fs::metadata(&p).map(|m| m.len()).unwrap_or(0);
             println!("  index {i} term {t}  {size} B  {}", p.display());
+        }
+        let (n, bytes) = trash_in(sd);
+        if n > 0 {
+            println!("being deleted:  {n} pruned snapshot file(s) (*.snap.trash), {bytes} B");
         }
     }
     Ok(())
