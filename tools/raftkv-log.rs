@@ -194,18 +194,12 @@ fn open_log(dir: &Path, check: Check) -> Result<(DataDirs, LogInfo), Fail> {
 
 /// Files waiting for incremental deletion in `dir` (`raftkv::storage::trash`): count, bytes.
 fn trash_in(dir: &Path) -> (usize, u64) {
-    let Ok(rd) = std::fs::read_dir(dir) else {
-        return (0, 0);
-    };
-    rd.flatten()
-        .filter(|e| {
-            e.file_name()
-                .to_str()
-                .is_some_and(|n| n.ends_with(raftkv::storage::trash::SUFFIX))
-        })
-        .fold((0, 0), |(n, b), e| {
-            (n + 1, b + e.metadata().map_or(0, |m| m.len()))
-        })
+    let files = raftkv::storage::trash::files_in(dir).unwrap_or_default();
+    let bytes = files
+        .iter()
+        .map(|p| std::fs::metadata(p).map_or(0, |m| m.len()))
+        .sum();
+    (files.len(), bytes)
 }
 
 fn stats(dir: &Path) -> Result<(), Fail> {

@@ -81,6 +81,19 @@ const MAX_CHILD_MSG: usize = 4096;
 
 /// Writes the snapshot; with `pacing` (only ever in the forked child: it sleeps) the writer goes
 /// slice by slice at no more than the pacing's rate.
+/// Sleeps as needed to keep the bytes reported to it under `rate` bytes per second (one
+/// `slice` may go ahead of the rate: the first one is done at once).
+fn pacer(rate: u64, slice: u64) -> impl FnMut(u64) + Send {
+    let start = std::time::Instant::now();
+    let mut limiter = RateLimiter::new(rate, slice);
+    move |n| {
+        let wait = limiter.take(start.elapsed(), n);
+        if !wait.is_zero() {
+            std::thread::sleep(wait);
+        }
+    }
+}
+
 fn write_snapshot(
     store: &mut SnapshotStore,
     meta: &SnapshotMeta,
@@ -89,17 +102,9 @@ fn write_snapshot(
 ) -> Result<SnapshotDone, SnapshotError> {
     let mut w = store.create(meta)?;
     if let Some(p) = pacing.filter(|p| p.bytes_per_sec > 0) {
-        let start = std::time::Instant::now();
-        // One slice may go ahead of the rate (the first one is written at once).
-        let mut limiter = RateLimiter::new(p.bytes_per_sec, p.slice_bytes);
         w.set_pacing(
             p.slice_bytes,
-            Box::new(move |n| {
-                let wait = limiter.take(start.elapsed(), n);
-                if !wait.is_zero() {
-                    std::thread::sleep(wait);
-                }
-            }),
+            Box::new(pacer(p.bytes_per_sec, p.slice_bytes)),
         );
     }
     kv.write_snapshot(&mut w).map_err(|e| {
@@ -116,15 +121,10 @@ fn write_snapshot(
     store.prune()?;
     match pacing.filter(|p| p.bytes_per_sec > 0) {
         Some(p) => {
-            let start = std::time::Instant::now();
             // Freeing is cheaper for the disk than writing: 4x the write rate.
-            let mut limiter = RateLimiter::new(p.bytes_per_sec.saturating_mul(4), p.slice_bytes);
+            let mut pace = pacer(p.bytes_per_sec.saturating_mul(4), p.slice_bytes);
             while store.trash_pending().1 > 0 {
-                let n = store.trash_step(std::time::Duration::ZERO);
-                let wait = limiter.take(start.elapsed(), n);
-                if !wait.is_zero() {
-                    std::thread::sleep(wait);
-                }
+                pace(store.trash_step(std::time::Duration::ZERO));
             }
         }
         None => {

@@ -65,18 +65,7 @@ impl Trash {
     /// Queues every `*.trash` file in `dir` not queued yet (moved aside by another process, or
     /// left by a crash while deleting). Returns how many were found.
     pub fn adopt_leftovers(&mut self, dir: &Path) -> io::Result<usize> {
-        let mut found = Vec::new();
-        for ent in fs::read_dir(dir)? {
-            let ent = ent?;
-            if ent
-                .file_name()
-                .to_str()
-                .is_some_and(|n| n.ends_with(SUFFIX))
-            {
-                found.push(ent.path());
-            }
-        }
-        found.sort();
+        let found = files_in(dir)?;
         let n = found.len();
         for p in found {
             match self.queue_file(p) {
@@ -144,6 +133,23 @@ impl Trash {
     pub fn pending_files(&self) -> usize {
         self.queue.len()
     }
+}
+
+/// The `*.trash` files in `dir`, sorted by name.
+pub fn files_in(dir: &Path) -> io::Result<Vec<PathBuf>> {
+    let mut found = Vec::new();
+    for ent in fs::read_dir(dir)? {
+        let ent = ent?;
+        if ent
+            .file_name()
+            .to_str()
+            .is_some_and(|n| n.ends_with(SUFFIX))
+        {
+            found.push(ent.path());
+        }
+    }
+    found.sort();
+    Ok(found)
 }
 
 /// Renames `path` to `<path>.trash` (same directory) and returns the new name. The file is
