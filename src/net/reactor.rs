@@ -12,6 +12,8 @@ use mio::Token;
 pub const PEER_LISTENER: Token = Token(0);
 /// The client listener.
 pub const CLIENT_LISTENER: Token = Token(1);
+/// The running snapshot child's pipe (readable when the child reports and when it exits).
+pub const SNAPSHOT_CHILD: Token = Token(2);
 const FIRST_DYNAMIC: usize = 16;
 
 /// Hands out unique connection tokens.
@@ -50,6 +52,7 @@ mod tests {
         for x in [a, b] {
             assert_ne!(x, PEER_LISTENER);
             assert_ne!(x, CLIENT_LISTENER);
+            assert_ne!(x, SNAPSHOT_CHILD);
         }
     }
 }

@@ -30,7 +30,7 @@ use crate::kv::{encode_command, KvStore};
 use crate::net::conn::{Conn, ReadStatus};
 use crate::net::framing::{self, FrameError};
 use crate::net::peer::{Peer, PeerEvent, PeerState};
-use crate::net::reactor::{Tokens, CLIENT_LISTENER, PEER_LISTENER};
+use crate::net::reactor::{Tokens, CLIENT_LISTENER, PEER_LISTENER, SNAPSHOT_CHILD};
 use crate::net::timer::{TimerId, TimerWheel};
 use crate::pb::kvpb::{self, ErrorCode};
 use crate::raft::{
@@ -509,6 +509,8 @@ impl Server {
             }
             let t3 = Instant::now();
             self.process_ready()?;
+            // After apply: a snapshot due now starts now, a finished one is collected now.
+            self.snapshot_progress()?;
             let t4 = Instant::now();
             self.flush_all();
             let t5 = Instant::now();
@@ -537,6 +539,7 @@ impl Server {
         let token = ev.token();
         match token {
             PEER_LISTENER | CLIENT_LISTENER => self.accept(token),
+            SNAPSHOT_CHILD => self.snaps.child_event = true,
             _ => {
                 if let Some(&id) = self.peer_by_token.get(&token) {
                     self.on_peer_event(id, ev);

@@ -5,8 +5,9 @@
 //! The server is one thread, so `fork()` gives the child an exact, consistent copy-on-write
 //! image of the `KvStore` at the moment of the call, for the price of copying page tables.
 //! The child writes that image to a snapshot file through the storage layer and `_exit`s; the
-//! parent goes straight back to serving and checks on the child with `waitpid(WNOHANG)` from a
-//! timer ([`BackgroundSnapshot::poll`]). The kernel copies only the pages the parent writes to
+//! parent goes straight back to serving and checks on the child with `waitpid(WNOHANG)`
+//! ([`BackgroundSnapshot::poll`]) when the child's pipe ([`BackgroundSnapshot::completion_fd`])
+//! wakes its event loop, and on every Raft tick. The kernel copies only the pages the parent writes to
 //! while the child runs (at worst the whole store: memory headroom of 2x the KV state is needed).
 //!
 //! Why this is safe here:
@@ -40,7 +41,7 @@ use crate::kv::KvStore;
 use crate::raft::SnapshotMeta;
 use crate::storage::{snapshot::file_name, SnapshotStore};
 use std::io::Read;
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
 
 /// How a snapshot is written.
@@ -184,6 +185,17 @@ impl BackgroundSnapshot {
     /// The snapshot being written.
     pub fn meta(&self) -> &SnapshotMeta {
         &self.meta
+    }
+
+    /// The read end of the forked child's pipe, for an event loop to watch: it becomes
+    /// readable when the child reports its result and again at end-of-file when the child
+    /// exits (it holds the only write end), so the parent learns of the end at once instead
+    /// of at its next timer. `None` when no child runs (inline mode, or already collected).
+    pub fn completion_fd(&self) -> Option<RawFd> {
+        match &self.state {
+            State::Child { pipe, .. } => Some(pipe.as_raw_fd()),
+            State::Finished(_) => None,
+        }
     }
 
     /// True while a forked child is still writing (or its exit not yet collected).

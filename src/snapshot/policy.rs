@@ -65,26 +65,37 @@ impl SnapshotPolicy {
         if s.applied <= s.snapshot_index {
             return false;
         }
-        let (entries_due, max_bytes) = match self.stagger {
+        u128::from(s.applied) >= self.due_index(s.snapshot_index)
+            || s.bytes_since_snapshot > self.max_bytes()
+    }
+
+    /// The applied index at which the entry threshold makes the next snapshot due, given the
+    /// newest snapshot's index (u128: no overflow near `u64::MAX`). Without a stagger, more
+    /// than `max_log_entries` past it; with one, the next index of this member's phase that is
+    /// more than half a threshold past it (so `due - snapshot_index` is in `(E/2, 1.5 E]`).
+    /// The byte threshold may make a snapshot due earlier, never later.
+    pub fn due_index(&self, snapshot_index: u64) -> u128 {
+        let e = u128::from(self.max_log_entries);
+        match self.stagger {
             Some((slot, slots)) if slots > 1 && slot < slots && self.max_log_entries >= 2 => {
-                // u128: no overflow near u64::MAX.
-                let e = u128::from(self.max_log_entries);
                 let phase = u128::from(slot) * e / u128::from(slots);
-                let lo = u128::from(s.snapshot_index) + e / 2 + 1;
-                let next = lo + (phase + e - lo % e) % e;
+                let lo = u128::from(snapshot_index) + e / 2 + 1;
+                lo + (phase + e - lo % e) % e
+            }
+            _ => u128::from(snapshot_index) + e + 1,
+        }
+    }
+
+    /// The byte threshold, scaled by `1 + slot / (2 * slots)` with a stagger.
+    fn max_bytes(&self) -> u64 {
+        match self.stagger {
+            Some((slot, slots)) if slots > 1 && slot < slots && self.max_log_entries >= 2 => {
                 let bytes = u128::from(self.max_log_bytes) * u128::from(2 * slots + slot)
                     / u128::from(2 * slots);
-                (
-                    u128::from(s.applied) >= next,
-                    u64::try_from(bytes).unwrap_or(u64::MAX),
-                )
+                u64::try_from(bytes).unwrap_or(u64::MAX)
             }
-            _ => (
-                s.applied - s.snapshot_index > self.max_log_entries,
-                self.max_log_bytes,
-            ),
-        };
-        entries_due || s.bytes_since_snapshot > max_bytes
+            _ => self.max_log_bytes,
+        }
     }
 
     /// The index to compact the log to (entries up to and including it may be dropped), or
