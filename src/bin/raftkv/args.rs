@@ -1,0 +1,318 @@
+//! Command-line definitions (clap derive): the subcommands and their flags, the client
+//! options every client command shares (`ClientArgs`), and the Raft/server `Tuning` flags
+//! shared by `serve` and `cluster` (with `Tuning::to_args`, which hands them on to the
+//! cluster's child nodes). Every doc comment here is help text.
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use raftkv::pb::kvpb;
+use std::path::PathBuf;
+
+/// Default client endpoints: the client ports `raftkv cluster` uses by default.
+pub const DEFAULT_ENDPOINTS: &str = "127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003";
+
+#[derive(Parser)]
+#[command(
+    name = "raftkv",
+    version,
+    args_override_self = true,
+    about = "A Raft-replicated key-value store",
+    after_help = "Quick start:\n  raftkv cluster                 # 3 local nodes, Ctrl-C stops them\n  raftkv put greeting hello\n  raftkv get greeting\n\n\
+Client exit codes: 0 ok, 1 not found / CAS failed, 2 usage error,\n3 unavailable / timeout / uncertain, 4 rejected by the server."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+pub enum Cmd {
+    /// Run one node. Signals: SIGTERM/SIGINT shut it down cleanly; SIGUSR1 takes a snapshot now.
+    Serve(ServeArgs),
+    /// Run a local cluster of `serve` child processes on loopback (Ctrl-C stops them all).
+    /// Re-running with the same --dir and --base-port restarts the same cluster, data intact.
+    Cluster(ClusterArgs),
+    /// Set KEY to VALUE.
+    Put {
+        /// The key (UTF-8 text).
+        key: String,
+        /// The value to store.
+        value: String,
+        #[command(flatten)]
+        c: ClientArgs,
+    },
+    /// Print the value of KEY (exit 1 if absent).
+    Get {
+        /// The key to read.
+        key: String,
+        /// Read consistency: linearizable (ReadIndex via the leader), lease (leader lease,
+        /// needs `serve --lease-reads`), stale (any node's local state).
+        #[arg(long, value_enum, default_value_t = ConsistencyArg::Linearizable)]
+        consistency: ConsistencyArg,
+        #[command(flatten)]
+        c: ClientArgs,
+    },
+    /// Delete KEY (exit 1 if it was absent).
+    Del {
+        /// The key to delete.
+        key: String,
+        #[command(flatten)]
+        c: ClientArgs,
+    },
+    /// Compare-and-swap: set KEY to VALUE (or delete it with --delete) only if its current
+    /// version is --expect-version (0 = must be absent). Exit 1 if the comparison failed.
+    Cas {
+        /// The key to compare and set.
+        key: String,
+        /// New value (omit with --delete).
+        value: Option<String>,
+        /// Version the key must have now (the `version` printed by get/put; 0 = absent).
+        #[arg(long)]
+        expect_version: u64,
+        /// Delete the key instead of setting it.
+        #[arg(long)]
+        delete: bool,
+        #[command(flatten)]
+        c: ClientArgs,
+    },
+    /// List keys in [--start, --end) or with --prefix, in key order.
+    Scan {
+        /// Only keys starting with this prefix.
+        #[arg(long, default_value = "")]
+        prefix: String,
+        /// First key (inclusive); also resumes a scan from a printed continuation key.
+        #[arg(long, default_value = "")]
+        start: String,
+        /// End key (exclusive; empty = unbounded).
+        #[arg(long, default_value = "")]
+        end: String,
+        /// Max pairs per request (0 = server default).
+        #[arg(long, default_value_t = 0)]
+        limit: u32,
+        /// Print keys only.
+        #[arg(long)]
+        keys_only: bool,
+        /// Keep scanning past the first page until the range is exhausted.
+        #[arg(long)]
+        all: bool,
+        #[arg(long, value_enum, default_value_t = ConsistencyArg::Linearizable)]
+        consistency: ConsistencyArg,
+        #[command(flatten)]
+        c: ClientArgs,
+    },
+    /// Show every endpoint's Raft status (role, term, leader, commit/applied, log range,
+    /// and on the leader each peer's match index). Exit 3 if no endpoint answered.
+    Status {
+        #[command(flatten)]
+        c: ClientArgs,
+    },
+}
+
+#[derive(Args)]
+pub struct ClientArgs {
+    /// Comma-separated client endpoints HOST:PORT (any node; requests follow the leader).
+    #[arg(long, default_value = DEFAULT_ENDPOINTS)]
+    pub endpoints: String,
+    /// Print machine-readable JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+    /// Overall deadline per command in milliseconds, retries included.
+    #[arg(long, default_value_t = 5000)]
+    pub timeout_ms: u64,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum ConsistencyArg {
+    Linearizable,
+    Lease,
+    Stale,
+}
+
+impl From<ConsistencyArg> for kvpb::Consistency {
+    fn from(c: ConsistencyArg) -> Self {
+        match c {
+            ConsistencyArg::Linearizable => kvpb::Consistency::Linearizable,
+            ConsistencyArg::Lease => kvpb::Consistency::Lease,
+            ConsistencyArg::Stale => kvpb::Consistency::Stale,
+        }
+    }
+}
+
+/// Raft and server tuning shared by `serve` and `cluster`.
+#[derive(Args, Clone, Debug)]
+pub struct Tuning {
+    /// Length of one Raft tick in milliseconds (heartbeats and election timeouts are counted
+    /// in ticks).
+    #[arg(long, default_value_t = 50)]
+    pub tick_ms: u64,
+    /// Base election timeout in ticks (each timeout is random in [N, 2N) ticks).
+    #[arg(long, default_value_t = 10)]
+    pub election_ticks: u32,
+    /// Leader heartbeat interval in ticks (must be less than --election-ticks).
+    #[arg(long, default_value_t = 1)]
+    pub heartbeat_ticks: u32,
+    /// Serve LEASE-consistency reads from the leader lease (no quorum round trip). Relies on
+    /// bounded clock drift; off by default (LEASE reads then use ReadIndex).
+    #[arg(long)]
+    pub lease_reads: bool,
+    /// Disable the PreVote round before elections.
+    #[arg(long)]
+    pub no_pre_vote: bool,
+    /// Disable CheckQuorum (a leader that cannot reach a quorum then stays leader; its
+    /// requests time out instead of being redirected). Incompatible with --lease-reads.
+    #[arg(long)]
+    pub no_check_quorum: bool,
+    /// Stop reading a client's requests while this many bytes of its responses are unsent
+    /// (backpressure against clients that do not read).
+    #[arg(long, default_value_t = 8 << 20)]
+    pub client_output_limit: usize,
+    /// Maximum frame (request or Raft message) size in bytes.
+    #[arg(long, default_value_t = raftkv::net::framing::DEFAULT_MAX_FRAME)]
+    pub max_frame: usize,
+    /// Log segment file size in bytes (preallocated).
+    #[arg(long, default_value_t = 64 << 20)]
+    pub segment_size: u64,
+    /// Server-side deadline of a client request in milliseconds (then TIMEOUT).
+    #[arg(long, default_value_t = 5000)]
+    pub request_timeout_ms: u64,
+    /// Take a snapshot (in a forked child) after this many entries were applied since the
+    /// last one...
+    #[arg(long, default_value_t = 100_000)]
+    pub snapshot_entries: u64,
+    /// ...or after this many bytes of commands.
+    #[arg(long, default_value_t = 64 << 20)]
+    pub snapshot_bytes: u64,
+    /// Entries kept in the log below the applied index when compacting after a snapshot (a
+    /// follower this close behind catches up from the log, not a snapshot transfer).
+    #[arg(long, default_value_t = 10_000)]
+    pub snapshot_trailing: u64,
+    /// Disk bandwidth in bytes/s the background snapshot writer may use (0 = unlimited). Pacing
+    /// keeps the log's fsyncs, and so write latency, fast while a snapshot is written; leave
+    /// room for every node sharing the disk.
+    #[arg(long, default_value_t = raftkv::snapshot::DEFAULT_WRITE_RATE)]
+    pub snapshot_write_rate: u64,
+    /// Log level: off, error, warn, info, debug, trace (default: $RAFTKV_LOG, else info).
+    #[arg(long)]
+    pub log_level: Option<String>,
+}
+
+impl Tuning {
+    /// The same settings as `serve` flags (for the cluster command's children).
+    pub fn to_args(&self) -> Vec<String> {
+        let mut v = vec![
+            format!("--tick-ms={}", self.tick_ms),
+            format!("--election-ticks={}", self.election_ticks),
+            format!("--heartbeat-ticks={}", self.heartbeat_ticks),
+            format!("--max-frame={}", self.max_frame),
+            format!("--segment-size={}", self.segment_size),
+            format!("--request-timeout-ms={}", self.request_timeout_ms),
+            format!("--snapshot-entries={}", self.snapshot_entries),
+            format!("--snapshot-bytes={}", self.snapshot_bytes),
+            format!("--snapshot-trailing={}", self.snapshot_trailing),
+            format!("--snapshot-write-rate={}", self.snapshot_write_rate),
+        ];
+        if self.lease_reads {
+            v.push("--lease-reads".into());
+        }
+        if self.no_pre_vote {
+            v.push("--no-pre-vote".into());
+        }
+        if self.no_check_quorum {
+            v.push("--no-check-quorum".into());
+        }
+        v.push(format!(
+            "--client-output-limit={}",
+            self.client_output_limit
+        ));
+        if let Some(l) = &self.log_level {
+            v.push(format!("--log-level={l}"));
+        }
+        v
+    }
+}
+
+#[derive(Args)]
+pub struct ServeArgs {
+    /// This node's id (non-zero; must appear in --peers).
+    #[arg(long)]
+    pub id: u64,
+    /// Data directory (created if missing): log/, hardstate, snap/.
+    #[arg(long)]
+    pub data_dir: PathBuf,
+    /// Every cluster member, this node included, as ID=PEER_ADDR[/CLIENT_ADDR],...
+    /// e.g. 1=127.0.0.1:7004/127.0.0.1:7001,2=127.0.0.1:7005/127.0.0.1:7002,...
+    /// PEER_ADDR carries Raft traffic; CLIENT_ADDR is where clients are redirected
+    /// (NOT_LEADER leader_addr). Give every node the same string.
+    #[arg(long)]
+    pub peers: String,
+    /// Address to listen on for peers (default: this node's PEER_ADDR in --peers).
+    #[arg(long)]
+    pub peer_addr: Option<String>,
+    /// Address to listen on for clients (default: this node's CLIENT_ADDR in --peers).
+    #[arg(long)]
+    pub client_addr: Option<String>,
+    #[command(flatten)]
+    pub tuning: Tuning,
+}
+
+#[derive(Args)]
+pub struct ClusterArgs {
+    /// Number of nodes.
+    #[arg(long, default_value_t = 3)]
+    pub nodes: u64,
+    /// Data directory; node i keeps its data in DIR/n<i>.
+    #[arg(long, default_value = "./raftkv-data")]
+    pub dir: PathBuf,
+    /// First port. Node i (1-based) serves clients on BASE+i-1 and peers on BASE+N+i-1.
+    #[arg(long, default_value_t = 7001)]
+    pub base_port: u16,
+    #[command(flatten)]
+    pub tuning: Tuning,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cluster_passes_every_tuning_flag_to_its_nodes() {
+        // Non-default values for every tuning flag: a flag `to_args` forgets would come back
+        // as its default on the serve side and the two would differ.
+        let cli = Cli::try_parse_from([
+            "raftkv",
+            "cluster",
+            "--tick-ms=7",
+            "--election-ticks=13",
+            "--heartbeat-ticks=2",
+            "--lease-reads",
+            "--no-pre-vote",
+            "--max-frame=12345",
+            "--segment-size=1048576",
+            "--request-timeout-ms=999",
+            "--client-output-limit=4321",
+            "--snapshot-entries=77",
+            "--snapshot-bytes=8888",
+            "--snapshot-trailing=9",
+            "--snapshot-write-rate=1000",
+            "--log-level=debug",
+        ])
+        .unwrap();
+        let Cmd::Cluster(c) = cli.cmd else {
+            panic!("not a cluster command")
+        };
+        let mut argv: Vec<String> = ["raftkv", "serve", "--id=1", "--data-dir=d", "--peers=1=a:1"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        argv.extend(c.tuning.to_args());
+        let Cmd::Serve(s) = Cli::try_parse_from(argv).unwrap().cmd else {
+            panic!("not a serve command")
+        };
+        assert_eq!(format!("{:?}", s.tuning), format!("{:?}", c.tuning));
+    }
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,245 @@
+//! `raftkv cluster`: the local cluster supervisor. It spawns one `raftkv serve` child per
+//! node on loopback (ports and data directories derived from --base-port and --dir, the
+//! tuning flags passed on), copies every child's output to stderr prefixed with `[n<id>]`,
+//! watches for children that exit, and on SIGINT/SIGTERM stops them all (SIGTERM, then
+//! SIGKILL after 10 s).
+
+use crate::args::{ClusterArgs, Tuning};
+use crate::output::EXIT_USAGE;
+use raftkv::server::{config::format_peers, PeerSpec};
+use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+/// The children of a cluster: each node's id and its process until it exits or is stopped.
+type Children = Vec<(u64, Option<Child>)>;
+
+/// Runs the cluster until a signal (exit 0) or until every node has exited (exit 1).
+pub fn cluster(a: ClusterArgs) -> ExitCode {
+    let _ = raftkv::logger::init(a.tuning.log_level.as_deref());
+    let members = match cluster_members(a.nodes, a.base_port) {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("raftkv cluster: {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let exe = match std::env::current_exe() {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("raftkv cluster: cannot find my own executable: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if let Err(e) = std::fs::create_dir_all(&a.dir) {
+        eprintln!("raftkv cluster: cannot create {}: {e}", a.dir.display());
+        return ExitCode::FAILURE;
+    }
+    let shutdown = match raftkv::server::signal::install() {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("raftkv cluster: installing signal handlers: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let Some(mut children) = spawn_all(&exe, &a, &members) else {
+        return ExitCode::FAILURE;
+    };
+    print_banner(&a, &members);
+    if !supervise(&mut children, shutdown) {
+        eprintln!("raftkv cluster: every node exited");
+        return ExitCode::FAILURE;
+    }
+    eprintln!("raftkv cluster: stopping");
+    stop_children(&mut children);
+    ExitCode::SUCCESS
+}
+
+/// Starts every member and streams its output; if one fails to start, stops the ones
+/// already started and returns `None`.
+fn spawn_all(exe: &Path, a: &ClusterArgs, members: &[PeerSpec]) -> Option<Children> {
+    let peers = format_peers(members);
+    let mut children: Children = Vec::new();
+    for m in members {
+        match spawn_node(exe, m.id, &a.dir, &peers, &a.tuning) {
+            Ok(mut child) => {
+                if let Some(out) = child.stdout.take() {
+                    stream_lines(m.id, out);
+                }
+                if let Some(err) = child.stderr.take() {
+                    stream_lines(m.id, err);
+                }
+                children.push((m.id, Some(child)));
+            }
+            Err(e) => {
+                eprintln!("raftkv cluster: starting node {}: {e}", m.id);
+                stop_children(&mut children);
+                return None;
+            }
+        }
+    }
+    Some(children)
+}
+
+/// Tells the user where the cluster is and how to use it.
+fn print_banner(a: &ClusterArgs, members: &[PeerSpec]) {
+    let endpoints: Vec<String> = members
+        .iter()
+        .filter_map(|m| m.client_addr.clone())
+        .collect();
+    let endpoints = endpoints.join(",");
+    println!(
+        "raftkv cluster: {} nodes, data in {}",
+        a.nodes,
+        a.dir.display()
+    );
+    println!("client endpoints: {endpoints}");
+    println!("try: raftkv put --endpoints {endpoints} greeting hello");
+    println!("Ctrl-C stops the cluster; re-run the same command to restart it with its data.");
+    let _ = std::io::stdout().flush();
+}
+
+/// Polls the children every 100 ms, reporting each one that exits, until `shutdown` is set
+/// (returns true) or none is left alive (returns false).
+fn supervise(children: &mut Children, shutdown: &AtomicBool) -> bool {
+    while !shutdown.load(Ordering::SeqCst) {
+        let mut alive = 0;
+        for (id, slot) in children.iter_mut() {
+            if let Some(child) = slot {
+                match child.try_wait() {
+                    Ok(Some(status)) => {
+                        eprintln!("[n{id}] exited: {status}");
+                        *slot = None;
+                    }
+                    Ok(None) => alive += 1,
+                    Err(e) => {
+                        eprintln!("[n{id}] cannot check status: {e}");
+                        alive += 1;
+                    }
+                }
+            }
+        }
+        if alive == 0 {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    true
+}
+
+/// The members of a local cluster: clients on BASE.., peers on BASE+N...
+fn cluster_members(nodes: u64, base: u16) -> Result<Vec<PeerSpec>, String> {
+    if nodes == 0 {
+        return Err("--nodes must be at least 1".into());
+    }
+    if base as u64 + 2 * nodes > 65536 {
+        return Err(format!(
+            "--base-port {base} leaves no room for {nodes} nodes"
+        ));
+    }
+    Ok((1..=nodes)
+        .map(|i| PeerSpec {
+            id: i,
+            peer_addr: format!("127.0.0.1:{}", base as u64 + nodes + i - 1),
+            client_addr: Some(format!("127.0.0.1:{}", base as u64 + i - 1)),
+        })
+        .collect())
+}
+
+/// Starts `raftkv serve` for node `id` (data in DIR/n<id>), its stdout and stderr piped.
+fn spawn_node(
+    exe: &Path,
+    id: u64,
+    dir: &Path,
+    peers: &str,
+    tuning: &Tuning,
+) -> std::io::Result<Child> {
+    let mut cmd = Command::new(exe);
+    cmd.arg("serve")
+        .arg(format!("--id={id}"))
+        .arg("--data-dir")
+        .arg(dir.join(format!("n{id}")))
+        .arg(format!("--peers={peers}"))
+        .args(tuning.to_args())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::unix::process::CommandExt;
+        // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+        // If the cluster process dies without stopping its children, they get SIGTERM.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+                Ok(())
+            });
+        }
+    }
+    cmd.spawn()
+}
+
+/// Copies a child's output lines to our stderr, prefixed with `[n<id>] `.
+fn stream_lines(id: u64, r: impl std::io::Read + Send + 'static) {
+    std::thread::spawn(move || {
+        for line in BufReader::new(r).lines() {
+            let Ok(line) = line else { break };
+            let _ = writeln!(std::io::stderr().lock(), "[n{id}] {line}");
+        }
+    });
+}
+
+/// SIGTERM every child, wait up to 10 s for them to exit cleanly, then SIGKILL stragglers.
+fn stop_children(children: &mut [(u64, Option<Child>)]) {
+    for (_, c) in children.iter() {
+        if let Some(child) = c {
+            // SAFETY: plain kill(2) on a child we spawned and have not reaped.
+            unsafe {
+                libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
+            }
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for (id, c) in children.iter_mut() {
+        let Some(child) = c else { continue };
+        loop {
+            match child.try_wait() {
+                Ok(Some(status)) => {
+                    eprintln!("[n{id}] stopped ({status})");
+                    break;
+                }
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20))
+                }
+                _ => {
+                    eprintln!("[n{id}] did not stop in time; killing it");
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    break;
+                }
+            }
+        }
+        *c = None;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::args::DEFAULT_ENDPOINTS;
+
+    #[test]
+    fn cluster_ports_are_contiguous() {
+        let m = cluster_members(3, 7001).unwrap();
+        assert_eq!(m[0].client_addr.as_deref(), Some("127.0.0.1:7001"));
+        assert_eq!(m[2].client_addr.as_deref(), Some("127.0.0.1:7003"));
+        assert_eq!(m[0].peer_addr, "127.0.0.1:7004");
+        assert_eq!(m[2].peer_addr, "127.0.0.1:7006");
+        let eps: Vec<_> = m.iter().filter_map(|p| p.client_addr.clone()).collect();
+        assert_eq!(eps.join(","), DEFAULT_ENDPOINTS);
+        assert!(cluster_members(0, 7001).is_err());
+        assert!(cluster_members(3, 65533).is_err());
+    }
+}

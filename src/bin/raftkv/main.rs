@@ -1,0 +1,47 @@
+//! The `raftkv` binary: run a node (`serve`), a local cluster (`cluster`), or talk to a
+//! cluster (`put`, `get`, `del`, `cas`, `scan`, `status`). This file only dispatches:
+//! `args` defines the command line, `serve` runs a node, `cluster` supervises a local
+//! cluster, `commands` holds the client commands and `output` what they print.
+//!
+//! Exit codes of the client commands (stable, for scripts):
+//! - 0: success
+//! - 1: key not found (get, del), CAS failed (cas)
+//! - 2: usage error (bad flags or arguments)
+//! - 3: cluster unavailable: timeout, no leader, connection refused, outcome uncertain
+//! - 4: request rejected by the server (bad request, too large, internal error)
+
+mod args;
+mod cluster;
+mod commands;
+mod output;
+mod serve;
+
+use args::{Cli, Cmd};
+use clap::Parser;
+use output::{EXIT_OK, EXIT_USAGE};
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { EXIT_USAGE } else { EXIT_OK });
+        }
+    };
+    match cli.cmd {
+        Cmd::Serve(a) => serve::serve(a),
+        Cmd::Cluster(a) => cluster::cluster(a),
+        cmd => {
+            // A client command piped into `head` should end quietly, as Unix tools do, not panic
+            // on EPIPE: restore the default SIGPIPE action (Rust's runtime ignores it). The
+            // server keeps ignoring it and handles EPIPE per connection.
+            // SAFETY: signal(2) with SIG_DFL, before any other thread exists.
+            unsafe {
+                libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+            }
+            let _ = raftkv::logger::init(Some("warn"));
+            ExitCode::from(commands::run(cmd))
+        }
+    }
+}

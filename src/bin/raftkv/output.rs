@@ -1,0 +1,323 @@
+//! What the client commands print, as text for people or as one line of JSON (`--json`), and
+//! the exit codes: the hand-written JSON helpers (no serde in this crate), one printer per
+//! command's result, and `fail`, which prints a client error and maps it to an exit code.
+//! Text results go to stdout; "not found", "CAS failed" and errors go to stderr (in JSON
+//! mode everything goes to stdout).
+
+use raftkv::client::ClientError;
+use raftkv::pb::kvpb::{self, ErrorCode};
+
+pub const EXIT_OK: u8 = 0;
+pub const EXIT_NOT_FOUND: u8 = 1;
+pub const EXIT_USAGE: u8 = 2;
+pub const EXIT_UNAVAILABLE: u8 = 3;
+pub const EXIT_REJECTED: u8 = 4;
+
+/// Minimal JSON string escaping.
+pub fn json_str(b: &[u8]) -> String {
+    let s = String::from_utf8_lossy(b);
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for ch in s.chars() {
+        match ch {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// Prints a client error and maps it to an exit code.
+pub fn fail(e: ClientError, json: bool) -> u8 {
+    let code = match &e {
+        ClientError::Timeout(_) | ClientError::Io(_) => EXIT_UNAVAILABLE,
+        ClientError::Server(err) => match err.code() {
+            ErrorCode::NotLeader
+            | ErrorCode::Timeout
+            | ErrorCode::Unavailable
+            | ErrorCode::Uncertain
+            | ErrorCode::ShuttingDown => EXIT_UNAVAILABLE,
+            _ => EXIT_REJECTED,
+        },
+    };
+    if json {
+        println!(
+            "{{\"ok\":false,\"error\":{}}}",
+            json_str(e.to_string().as_bytes())
+        );
+    } else {
+        eprintln!("raftkv: {e}");
+    }
+    code
+}
+
+/// The exit code of a command that found its key (or whose CAS held): 0, else 1.
+fn found_or_not(found: bool) -> u8 {
+    if found {
+        EXIT_OK
+    } else {
+        EXIT_NOT_FOUND
+    }
+}
+
+fn not_found(key: &str) {
+    eprintln!("raftkv: key {key:?} not found");
+}
+
+/// Prints a put's new version; exit 0.
+pub fn put(r: &kvpb::PutResponse, json: bool) -> u8 {
+    if json {
+        println!("{{\"ok\":true,\"version\":{}}}", r.version);
+    } else {
+        println!("OK (version {})", r.version);
+    }
+    EXIT_OK
+}
+
+/// Prints the value read (exit 0) or that the key is absent (exit 1).
+pub fn get(key: &str, r: &kvpb::GetResponse, json: bool) -> u8 {
+    if json {
+        println!(
+            "{{\"ok\":true,\"found\":{},\"key\":{},\"value\":{},\"version\":{}}}",
+            r.found,
+            json_str(key.as_bytes()),
+            if r.found {
+                json_str(&r.value)
+            } else {
+                "null".into()
+            },
+            r.version
+        );
+    } else if r.found {
+        println!("{}", String::from_utf8_lossy(&r.value));
+    } else {
+        not_found(key);
+    }
+    found_or_not(r.found)
+}
+
+/// Prints that the key was deleted (exit 0) or was absent (exit 1).
+pub fn del(key: &str, r: &kvpb::DeleteResponse, json: bool) -> u8 {
+    if json {
+        println!("{{\"ok\":true,\"deleted\":{}}}", r.deleted);
+    } else if r.deleted {
+        println!("deleted");
+    } else {
+        not_found(key);
+    }
+    found_or_not(r.deleted)
+}
+
+/// Prints the new version (exit 0) or, if the comparison failed, the current one (exit 1).
+pub fn cas(r: &kvpb::CasResponse, json: bool) -> u8 {
+    if json {
+        println!(
+            "{{\"ok\":true,\"succeeded\":{},\"version\":{}}}",
+            r.succeeded, r.version
+        );
+    } else if r.succeeded {
+        println!("OK (version {})", r.version);
+    } else {
+        eprintln!("raftkv: CAS failed: current version is {}", r.version);
+    }
+    found_or_not(r.succeeded)
+}
+
+/// Prints the pairs of a scan (all pages fetched) and its continuation key (empty: no more
+/// keys); exit 0.
+pub fn scan(kvs: &[kvpb::KeyValue], next: &[u8], keys_only: bool, json: bool) -> u8 {
+    if json {
+        println!("{}", scan_json(kvs, next, keys_only));
+        return EXIT_OK;
+    }
+    for kv in kvs {
+        if keys_only {
+            println!("{}", String::from_utf8_lossy(&kv.key));
+        } else {
+            println!(
+                "{} = {}",
+                String::from_utf8_lossy(&kv.key),
+                String::from_utf8_lossy(&kv.value)
+            );
+        }
+    }
+    if !next.is_empty() {
+        eprintln!(
+            "(more keys: continue with --start {:?}, or use --all)",
+            String::from_utf8_lossy(next)
+        );
+    }
+    EXIT_OK
+}
+
+fn scan_json(kvs: &[kvpb::KeyValue], next: &[u8], keys_only: bool) -> String {
+    let items: Vec<String> = kvs
+        .iter()
+        .map(|kv| {
+            if keys_only {
+                format!("{{\"key\":{}}}", json_str(&kv.key))
+            } else {
+                format!(
+                    "{{\"key\":{},\"value\":{},\"version\":{}}}",
+                    json_str(&kv.key),
+                    json_str(&kv.value),
+                    kv.version
+                )
+            }
+        })
+        .collect();
+    format!(
+        "{{\"ok\":true,\"kvs\":[{}],\"next_key\":{}}}",
+        items.join(","),
+        json_str(next)
+    )
+}
+
+/// One endpoint's line(s) of `status` text: its status, or that it did not answer.
+pub fn print_status(ep: &str, r: &Result<kvpb::StatusResponse, ClientError>) {
+    let s = match r {
+        Ok(s) => s,
+        Err(e) => {
+            println!("{ep}: unreachable ({e})");
+            return;
+        }
+    };
+    let leader = match s.leader_id {
+        0 => "none".to_string(),
+        l if s.leader_addr.is_empty() => l.to_string(),
+        l => format!("{l} ({})", s.leader_addr),
+    };
+    println!(
+        "{ep}: node {} {} term {} leader {leader} commit {} applied {} log {}..{} snapshot {}",
+        s.node_id,
+        s.role,
+        s.term,
+        s.commit_index,
+        s.applied_index,
+        s.first_log_index,
+        s.last_log_index,
+        s.snapshot_index
+    );
+    for p in &s.peers {
+        println!(
+            "    peer {} ({}) match {} next {}",
+            p.id, p.peer_addr, p.match_index, p.next_index
+        );
+    }
+}
+
+/// One endpoint's object in the `status --json` array: its status, or the error.
+pub fn status_json(ep: &str, r: &Result<kvpb::StatusResponse, ClientError>) -> String {
+    let s = match r {
+        Ok(s) => s,
+        Err(e) => {
+            return format!(
+                "{{\"endpoint\":{},\"error\":{}}}",
+                json_str(ep.as_bytes()),
+                json_str(e.to_string().as_bytes())
+            )
+        }
+    };
+    let peers: Vec<String> = s
+        .peers
+        .iter()
+        .map(|p| {
+            format!(
+                "{{\"id\":{},\"peer_addr\":{},\"match\":{},\"next\":{}}}",
+                p.id,
+                json_str(p.peer_addr.as_bytes()),
+                p.match_index,
+                p.next_index
+            )
+        })
+        .collect();
+    format!(
+        "{{\"endpoint\":{},\"node_id\":{},\"role\":{},\"term\":{},\"leader_id\":{},\"leader_addr\":{},\
+         \"commit\":{},\"applied\":{},\"first_log_index\":{},\"last_log_index\":{},\"snapshot_index\":{},\"peers\":[{}]}}",
+        json_str(ep.as_bytes()),
+        s.node_id,
+        json_str(s.role.as_bytes()),
+        s.term,
+        s.leader_id,
+        json_str(s.leader_addr.as_bytes()),
+        s.commit_index,
+        s.applied_index,
+        s.first_log_index,
+        s.last_log_index,
+        s.snapshot_index,
+        peers.join(",")
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_escapes() {
+        assert_eq!(json_str(b"a\"b\\c\n"), "\"a\\\"b\\\\c\\n\"");
+        assert_eq!(json_str(&[1]), "\"\\u0001\"");
+    }
+
+    #[test]
+    fn scan_json_shape() {
+        let kvs = [kvpb::KeyValue {
+            key: "a\"".into(),
+            value: "v".into(),
+            version: 3,
+        }];
+        assert_eq!(
+            scan_json(&kvs, b"b", false),
+            r#"{"ok":true,"kvs":[{"key":"a\"","value":"v","version":3}],"next_key":"b"}"#
+        );
+        assert_eq!(
+            scan_json(&kvs, b"", true),
+            r#"{"ok":true,"kvs":[{"key":"a\""}],"next_key":""}"#
+        );
+    }
+
+    #[test]
+    fn status_json_shape() {
+        let s = kvpb::StatusResponse {
+            node_id: 2,
+            role: "leader".into(),
+            term: 5,
+            leader_id: 2,
+            leader_addr: "h:1".into(),
+            commit_index: 9,
+            applied_index: 8,
+            first_log_index: 1,
+            last_log_index: 10,
+            snapshot_index: 0,
+            peers: vec![kvpb::PeerStatus {
+                id: 1,
+                peer_addr: "h:4".into(),
+                match_index: 7,
+                next_index: 8,
+            }],
+        };
+        assert_eq!(
+            status_json("e:1", &Ok(s)),
+            concat!(
+                r#"{"endpoint":"e:1","node_id":2,"role":"leader","term":5,"leader_id":2,"#,
+                r#""leader_addr":"h:1","commit":9,"applied":8,"first_log_index":1,"#,
+                r#""last_log_index":10,"snapshot_index":0,"#,
+                r#""peers":[{"id":1,"peer_addr":"h:4","match":7,"next":8}]}"#
+            )
+        );
+        let down = Err(ClientError::Timeout("gone".into()));
+        assert_eq!(
+            status_json("e:1", &down),
+            format!(
+                r#"{{"endpoint":"e:1","error":{}}}"#,
+                json_str(b"timed out: gone")
+            )
+        );
+    }
+}
