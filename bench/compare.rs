@@ -13,7 +13,7 @@ use crate::stats::{fmt_ns, fmt_rate};
 use crate::workload::Workload;
 use crate::{Common, ConsistencyArg, Dist, System};
 use std::fmt::Write as _;
-use std::net::TcpListener;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -142,14 +142,9 @@ impl Drop for TempDir {
     }
 }
 
-/// `n` distinct free ports on 127.0.0.1 (all listeners are held until every port is picked).
+/// `n` distinct free ports on 127.0.0.1, from below the ephemeral range (`raftkv::net::ports`).
 pub fn free_ports(n: usize) -> Result<Vec<u16>, String> {
-    let ls: Vec<TcpListener> = (0..n)
-        .map(|_| TcpListener::bind("127.0.0.1:0").map_err(|e| format!("bind: {e}")))
-        .collect::<Result<_, _>>()?;
-    ls.iter()
-        .map(|l| l.local_addr().map(|a| a.port()).map_err(|e| e.to_string()))
-        .collect()
+    raftkv::net::ports::free_ports(n).map_err(|e| format!("free ports: {e}"))
 }
 
 /// Polls `f` until it succeeds or `timeout` passes (returning its last error).

@@ -147,32 +147,11 @@ fn pump(mut from: TcpStream, mut to: TcpStream, state: &AtomicU8, stop: &AtomicB
 // ---------------------------------------------------------------------------------------------
 // Cluster of real processes, peers wired through the proxies.
 
-/// Distinct free loopback ports for the nodes' listeners, taken *below* the kernel's ephemeral
-/// range: a port from `bind(0)` is released before the node binds it, and these tests open
-/// thousands of short client connections whose ephemeral source ports could take it meanwhile.
+/// Distinct free loopback ports for the nodes' listeners, from below the kernel's ephemeral
+/// range (`raftkv::net::ports`): these tests open thousands of short client connections whose
+/// ephemeral source ports could take a port released by `bind(0)` before the node binds it.
 fn free_ports(n: usize) -> Vec<u16> {
-    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-        .ok()
-        .and_then(|s| s.split_whitespace().next()?.parse::<u64>().ok())
-        .unwrap_or(32768)
-        .clamp(12000, 65535);
-    let mut rng = Rng::new(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos() as u64
-            ^ (std::process::id() as u64) << 32,
-    );
-    let mut held = Vec::new();
-    while held.len() < n {
-        let p = rng.range(10000, low) as u16;
-        if let Ok(l) = TcpListener::bind(("127.0.0.1", p)) {
-            held.push(l);
-        }
-    }
-    held.iter()
-        .map(|l| l.local_addr().unwrap().port())
-        .collect()
+    raftkv::net::ports::free_ports(n).expect("free loopback ports")
 }
 
 /// The cluster's data dirs, on tmpfs when available: these tests are about the network, and an

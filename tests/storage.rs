@@ -93,7 +93,11 @@ fn append_read_reopen_across_segments() {
     assert_eq!(one.len(), 1);
     let some = log.entries(10, 200, 500).unwrap();
     let sz: usize = some.iter().map(prost::Message::encoded_len).sum();
-    assert!(sz <= 500 && !some.is_empty());
+    assert!(
+        sz <= 500 && !some.is_empty(),
+        "entries(10, 200, max_bytes 500) returned {} entries of {sz} B",
+        some.len()
+    );
     assert_eq!(log.entries(10, 202, 100), Err(LogError::Unavailable));
 }
 

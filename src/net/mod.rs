@@ -3,6 +3,7 @@
 //! - [`framing`]: 4-byte big-endian length + protobuf frames.
 //! - [`conn`]: a buffered non-blocking framed connection with a bounded write queue.
 //! - [`peer`]: outbound peer links with capped exponential reconnect backoff.
+//! - [`ports`]: free loopback ports for local test and bench clusters.
 //! - [`reactor`]: listener tokens and the connection token allocator.
 //! - [`timer`]: a hashed timer wheel (ticks, deadlines, reconnects).
 //!
@@ -11,5 +12,6 @@
 pub mod conn;
 pub mod framing;
 pub mod peer;
+pub mod ports;
 pub mod reactor;
 pub mod timer;

@@ -245,6 +245,9 @@ impl Server {
             term,
             conf: Some(self.node.status().conf),
         };
+        let due = u64::try_from(self.snaps.policy.due_index(self.snaps.latest_index()))
+            .unwrap_or(u64::MAX)
+            .min(index);
         let t0 = Instant::now();
         match BackgroundSnapshot::start_paced(
             SnapshotMode::Fork,
@@ -254,31 +257,37 @@ impl Server {
             self.snaps.pacing,
         ) {
             Ok(bg) => {
+                // "due at" is read by tests/snapshot.rs (the lateness of a running snapshot).
                 log::info!(
-                    "taking a snapshot at index {index} term {term} (fork took {:?})",
+                    "taking a snapshot at index {index} term {term}, due at {due} (fork took {:?})",
                     t0.elapsed()
                 );
-                if let Some(fd) = bg.completion_fd() {
-                    if let Err(e) = self.poll.registry().register(
-                        &mut mio::unix::SourceFd(&fd),
-                        crate::net::reactor::SNAPSHOT_CHILD,
-                        mio::Interest::READABLE,
-                    ) {
-                        // Not fatal: the tick polls the child anyway.
-                        log::warn!("watching the snapshot child's pipe: {e}");
-                    }
-                }
-                let due = self.snaps.policy.due_index(self.snaps.latest_index());
+                self.watch_child(&bg);
                 self.snaps.bg = Some(InFlight {
                     bg,
                     bytes_at_start: self.snaps.bytes_since,
-                    due: u64::try_from(due).unwrap_or(u64::MAX).min(index),
+                    due,
                 });
             }
             Err(e) => {
                 log::warn!("cannot start a snapshot at index {index}: {e}");
                 self.snaps.not_before = Some(Instant::now() + RETRY_AFTER_FAILURE);
             }
+        }
+    }
+
+    /// Registers the child's pipe with the reactor, so that its end wakes the loop.
+    fn watch_child(&mut self, bg: &BackgroundSnapshot) {
+        let Some(fd) = bg.completion_fd() else {
+            return;
+        };
+        if let Err(e) = self.poll.registry().register(
+            &mut mio::unix::SourceFd(&fd),
+            crate::net::reactor::SNAPSHOT_CHILD,
+            mio::Interest::READABLE,
+        ) {
+            // Not fatal: the tick polls the child anyway.
+            log::warn!("watching the snapshot child's pipe: {e}");
         }
     }
 

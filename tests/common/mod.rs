@@ -15,12 +15,9 @@ use std::time::{Duration, Instant};
 
 pub const EXE: &str = env!("CARGO_BIN_EXE_raftkv");
 
-/// Distinct free loopback ports (bound at once, then released).
+/// Distinct free loopback ports, from below the ephemeral range (see `raftkv::net::ports`).
 pub fn free_ports(n: usize) -> Vec<u16> {
-    let ls: Vec<std::net::TcpListener> = (0..n)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
-        .collect();
-    ls.iter().map(|l| l.local_addr().unwrap().port()).collect()
+    raftkv::net::ports::free_ports(n).expect("free loopback ports")
 }
 
 /// Polls `f` every 10 ms until it returns Some, or panics after `within`.
