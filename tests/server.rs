@@ -695,14 +695,9 @@ impl Drop for ProcGuard {
 /// cleanly, and a restart keeps the data.
 #[test]
 fn cluster_command_and_cli() {
-    // 6 consecutive free ports.
-    let base = wait_for("6 consecutive free ports", Duration::from_secs(10), || {
-        let p = free_ports(1)[0];
-        let ls: Result<Vec<_>, _> = (p..p.checked_add(6)?)
-            .map(|q| std::net::TcpListener::bind(("127.0.0.1", q)))
-            .collect();
-        ls.ok().map(|_| p)
-    });
+    // 6 consecutive free ports, reserved from the harness's allocator: the other tests
+    // running meanwhile are never handed any of them.
+    let base = raftkv::net::ports::free_port_range(6).expect("6 consecutive free ports");
     let dir = tempfile::tempdir().unwrap();
     let endpoints = (base..base + 3)
         .map(|p| format!("127.0.0.1:{p}"))

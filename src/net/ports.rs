@@ -17,6 +17,14 @@ use std::sync::atomic::{AtomicU32, Ordering};
 /// Lowest port handed out (below it: well-known and commonly configured services).
 const LOW: u32 = 10_000;
 
+/// Offset (in `0..span`) of the next port to try; `u32::MAX` until the first call.
+static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+
+/// Where the first caller of a process starts: processes spread over the range by pid.
+fn start(span: u32) -> u32 {
+    std::process::id().wrapping_mul(7_919) % span
+}
+
 /// First port of the kernel's ephemeral range (the default where it cannot be read).
 fn ephemeral_low() -> u32 {
     std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
@@ -29,15 +37,8 @@ fn ephemeral_low() -> u32 {
 /// `n` distinct ports on 127.0.0.1 that nothing is bound to now and that the kernel will not
 /// pick for an outgoing connection.
 pub fn free_ports(n: usize) -> std::io::Result<Vec<u16>> {
-    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
     let span = ephemeral_low() - LOW;
-    // The first caller picks the start: spread processes over the range by pid.
-    let _ = NEXT.compare_exchange(
-        u32::MAX,
-        std::process::id().wrapping_mul(7_919) % span,
-        Ordering::SeqCst,
-        Ordering::SeqCst,
-    );
+    let _ = NEXT.compare_exchange(u32::MAX, start(span), Ordering::SeqCst, Ordering::SeqCst);
     let mut held = Vec::with_capacity(n);
     let mut tried = 0;
     while held.len() < n {
@@ -58,6 +59,35 @@ pub fn free_ports(n: usize) -> std::io::Result<Vec<u16>> {
         .collect()
 }
 
+/// The first of `n` consecutive free ports (for `raftkv cluster --base-port`, which uses
+/// `base..base + 2n`): taken from the same counter, so no other caller in this process is
+/// handed any of them.
+pub fn free_port_range(n: u16) -> std::io::Result<u16> {
+    let span = ephemeral_low() - LOW;
+    let n32 = u32::from(n.max(1));
+    for _ in 0..span / n32 {
+        let _ = NEXT.compare_exchange(u32::MAX, start(span), Ordering::SeqCst, Ordering::SeqCst);
+        let first = NEXT.fetch_add(n32, Ordering::SeqCst) % span;
+        if first + n32 > span {
+            continue; // would run past the range's end
+        }
+        let base = LOW + first;
+        let held: std::io::Result<Vec<TcpListener>> = (base..base + n32)
+            .map(|p| TcpListener::bind(("127.0.0.1", p as u16)))
+            .collect();
+        if held.is_ok() {
+            return Ok(base as u16);
+        }
+    }
+    Err(std::io::Error::new(
+        std::io::ErrorKind::AddrInUse,
+        format!(
+            "no {n} consecutive free loopback ports in {LOW}..{}",
+            LOW + span
+        ),
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -75,6 +105,15 @@ mod tests {
                 "port {p} outside {LOW}..{hi}"
             );
             TcpListener::bind(("127.0.0.1", *p)).unwrap_or_else(|e| panic!("port {p}: {e}"));
+        }
+        // A range is never handed out again, in part or whole.
+        let base = free_port_range(6).unwrap();
+        let after = free_ports(20).unwrap();
+        for p in after.iter().chain(&all) {
+            assert!(
+                !(base..base + 6).contains(p),
+                "port {p} is in the range {base}..+6"
+            );
         }
     }
 }
