@@ -752,3 +752,95 @@ fn damage_matrix_server_and_verify_agree() {
         println!("case {i} ({name}): {expect:?} ok");
     }
 }
+
+/// Storage level (nothing known durable): zeros inside a damaged record are no evidence of a
+/// lost write. A flipped CRC in a zero-filled record followed by valid records is refused; the
+/// same record at the very end (nothing after it) is a torn tail and cut; a lost sector after
+/// the damaged record's end (the next record's magic reads as zeros) is a torn tail too.
+#[test]
+fn zero_evidence_comes_from_outside_the_damaged_record() {
+    use raftkv::raft::{Entry, LogStore};
+    use raftkv::storage::{Log, LogOptions, StorageError};
+    let build = |d: &Path, n_after: u64| -> (PathBuf, usize, Vec<u8>) {
+        let mut log = Log::open(
+            d,
+            LogOptions {
+                segment_size: 1 << 20,
+            },
+        )
+        .unwrap();
+        let mut es: Vec<Entry> = (1..=5)
+            .map(|i| Entry {
+                index: i,
+                term: 1,
+                entry_type: 0,
+                data: Bytes::from(vec![7u8; 50]),
+            })
+            .collect();
+        es.push(Entry {
+            index: 6,
+            term: 1,
+            entry_type: 0,
+            data: Bytes::from(vec![0u8; 2048]),
+        });
+        for i in 7..7 + n_after {
+            es.push(Entry {
+                index: i,
+                term: 1,
+                entry_type: 0,
+                data: Bytes::from(vec![9u8; 50]),
+            });
+        }
+        log.append(&es).unwrap();
+        log.sync().unwrap();
+        drop(log);
+        let seg = d.join("00000000000000000001.seg");
+        let off = records(&seg)[5].0;
+        (seg.clone(), off, std::fs::read(&seg).unwrap())
+    };
+    // Followed by valid records: refused, naming file and offset.
+    let t = tempfile::tempdir().unwrap();
+    let (seg, off, _) = build(t.path(), 5);
+    flip(&seg, off + 4);
+    match Log::open(
+        t.path(),
+        LogOptions {
+            segment_size: 1 << 20,
+        },
+    ) {
+        Err(StorageError::Corrupt { path, offset, what }) => {
+            assert_eq!((path, offset), (seg.clone(), off as u64), "{what}");
+            assert!(what.contains("not a torn tail"), "{what}");
+        }
+        Err(e) => panic!("unexpected error {e}"),
+        Ok(l) => panic!("opened, last index {}", l.last_index()),
+    }
+    // The next record's header lost (zeros): that is evidence from outside; cut at entry 6.
+    let t2 = tempfile::tempdir().unwrap();
+    let (seg2, off2, mut b2) = build(t2.path(), 5);
+    let next = records(&seg2)[6].0;
+    b2[off2 + 4] ^= 1;
+    b2[next..next + 32].fill(0);
+    std::fs::write(&seg2, &b2).unwrap();
+    let log = Log::open(
+        t2.path(),
+        LogOptions {
+            segment_size: 1 << 20,
+        },
+    )
+    .unwrap();
+    assert_eq!(log.last_index(), 5);
+    drop(log);
+    // At the very end: a torn tail, cut.
+    let t3 = tempfile::tempdir().unwrap();
+    let (seg3, off3, _) = build(t3.path(), 0);
+    flip(&seg3, off3 + 4);
+    let log = Log::open(
+        t3.path(),
+        LogOptions {
+            segment_size: 1 << 20,
+        },
+    )
+    .unwrap();
+    assert_eq!(log.last_index(), 5);
+}

@@ -343,7 +343,7 @@ impl Server {
                              state): {why}",
                             msg.from
                         );
-                        self.send_peer(reply);
+                        self.send_peer(*reply);
                         return Ok(());
                     }
                     Err(InstallError::Fatal(e)) => {

@@ -63,7 +63,7 @@ pub struct ReceivedSnapshot {
 pub enum InstallError {
     /// The snapshot is invalid (KV payload, metadata): it was discarded; send `reply` (a
     /// failure answer) to the leader and keep running on the current state.
-    Invalid { why: String, reply: Message },
+    Invalid { why: String, reply: Box<Message> },
     /// The disk failed while sealing or publishing: fatal for the node.
     Fatal(SnapshotError),
 }
@@ -125,7 +125,7 @@ impl ReceivedSnapshot {
             .map_err(|e| InstallError::Fatal(e.into()))?;
         let invalid = |why: String| InstallError::Invalid {
             why,
-            reply: self.failure.clone(),
+            reply: Box::new(self.failure.clone()),
         };
         let (meta, kv) = match restore_kv(sealed.path()) {
             Ok(r) => r,

@@ -536,6 +536,48 @@ fn sender_gives_up_after_retries_without_progress() {
     panic!("never failed");
 }
 
+/// The receiver validates the whole payload before it installs (and answers `done`), so after
+/// acknowledging every byte the sender waits `finish_ticks` for the `done` (not `retry_ticks`),
+/// without resending; a `done` in that time ends the transfer.
+#[test]
+fn sender_waits_for_done_while_the_peer_validates() {
+    let kv = kv_with(30);
+    let (_d, _s, path) = snapshot_of(&kv, 1);
+    let cfg = SenderConfig {
+        chunk_size: 1 << 20,
+        max_retries: 3,
+        ..small_cfg()
+    };
+    // Longer than the sender would wait for progress while chunks are in flight.
+    assert!(cfg.finish_ticks > cfg.retry_ticks * (cfg.max_retries + 1));
+    let mut sender = SnapshotSender::new(cfg.clone(), 1, 2, 4, &path).unwrap();
+    let rx_dir = tempfile::tempdir().unwrap();
+    let mut rx_store = SnapshotStore::open(rx_dir.path()).unwrap();
+    let mut rx = SnapshotReceiver::new();
+    let mut out = Vec::new();
+    sender.start(&mut out);
+    assert_eq!(out.len(), 1, "one chunk");
+    let Received::Complete(rs) = rx.on_message(&mut rx_store, 0, &out[0]) else {
+        panic!("expected the whole snapshot");
+    };
+    let progress = rs.progress_reply();
+    let r = response(&progress);
+    assert!(r.success && !r.done, "{r:?}");
+    out.clear();
+    assert_eq!(sender.on_response(r, &mut out), SendStatus::InProgress);
+    for t in 1..cfg.finish_ticks {
+        out.clear();
+        assert_eq!(sender.tick(&mut out), SendStatus::InProgress, "tick {t}");
+        assert!(out.is_empty(), "tick {t}: resent while the peer validates");
+    }
+    let inst = rs.install().unwrap();
+    assert_eq!(inst.kv.digest(), kv.digest());
+    assert_eq!(
+        sender.on_response(response(&inst.reply), &mut out),
+        SendStatus::Done
+    );
+}
+
 #[test]
 fn sender_rejects_a_corrupt_snapshot_file() {
     let kv = kv_with(200);
