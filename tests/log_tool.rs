@@ -1,5 +1,7 @@
 //! Runs the built `raftkv-log` binary on sound and damaged data directories.
 
+mod common;
+
 use bytes::Bytes;
 use raftkv::kv::{encode_command, KvStore};
 use raftkv::pb::kvpb;
@@ -95,13 +97,7 @@ fn build(dir: &Path) -> PathBuf {
 }
 
 fn segments(dir: &Path) -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = std::fs::read_dir(dir.join("log"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|x| x == "seg"))
-        .collect();
-    v.sort();
-    v
+    common::files_with_ext(&dir.join("log"), "seg")
 }
 
 #[test]

@@ -114,23 +114,21 @@ fn records(path: &Path) -> Vec<(usize, usize, u64)> {
 }
 
 fn segments(dir: &Path) -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = std::fs::read_dir(dir.join("log"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|x| x == "seg"))
-        .collect();
-    v.sort();
-    v
+    files_with_ext(&dir.join("log"), "seg")
 }
 
 fn snapshots(dir: &Path) -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = std::fs::read_dir(dir.join("snap"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|x| x == "snap"))
-        .collect();
-    v.sort();
-    v
+    files_with_ext(&dir.join("snap"), "snap")
+}
+
+/// Zeroes the last record of segment `seg` (relative to `d`) from byte 10 of its header on
+/// (`recs`: its records): the record's write never (fully) reached the disk.
+fn zero_last_record(d: &Path, seg: &Path, recs: &[(usize, usize, u64)]) {
+    let (off, len, _) = *recs.last().unwrap();
+    let f = d.join(seg);
+    let mut b = std::fs::read(&f).unwrap();
+    b[off + 10..off + 32 + len].fill(0);
+    std::fs::write(&f, b).unwrap();
 }
 
 fn flip(path: &Path, at: usize) {
@@ -567,13 +565,7 @@ fn damage_matrix_server_and_verify_agree() {
             Expect::Refuse,
             {
                 let (p, lr) = (last_rel.clone(), lr.clone());
-                Box::new(move |d| {
-                    let (off, len, _) = *lr.last().unwrap();
-                    let f = d.join(&p);
-                    let mut b = std::fs::read(&f).unwrap();
-                    b[off + 10..off + 32 + len].fill(0);
-                    std::fs::write(&f, b).unwrap();
-                })
+                Box::new(move |d| zero_last_record(d, &p, &lr))
             },
         ),
         (
@@ -582,11 +574,7 @@ fn damage_matrix_server_and_verify_agree() {
             {
                 let (p, lr) = (last_rel.clone(), lr.clone());
                 Box::new(move |d| {
-                    let (off, len, _) = *lr.last().unwrap();
-                    let f = d.join(&p);
-                    let mut b = std::fs::read(&f).unwrap();
-                    b[off + 10..off + 32 + len].fill(0);
-                    std::fs::write(&f, b).unwrap();
+                    zero_last_record(d, &p, &lr);
                     set_commit(d, last_index - 3);
                 })
             },
@@ -802,12 +790,15 @@ fn zero_evidence_comes_from_outside_the_damaged_record() {
     let t = tempfile::tempdir().unwrap();
     let (seg, off, _) = build(t.path(), 5);
     flip(&seg, off + 4);
-    match Log::open(
-        t.path(),
-        LogOptions {
-            segment_size: 1 << 20,
-        },
-    ) {
+    let open = |d: &Path| {
+        Log::open(
+            d,
+            LogOptions {
+                segment_size: 1 << 20,
+            },
+        )
+    };
+    match open(t.path()) {
         Err(StorageError::Corrupt { path, offset, what }) => {
             assert_eq!((path, offset), (seg.clone(), off as u64), "{what}");
             assert!(what.contains("not a torn tail"), "{what}");
@@ -822,25 +813,13 @@ fn zero_evidence_comes_from_outside_the_damaged_record() {
     b2[off2 + 4] ^= 1;
     b2[next..next + 32].fill(0);
     std::fs::write(&seg2, &b2).unwrap();
-    let log = Log::open(
-        t2.path(),
-        LogOptions {
-            segment_size: 1 << 20,
-        },
-    )
-    .unwrap();
+    let log = open(t2.path()).unwrap();
     assert_eq!(log.last_index(), 5);
     drop(log);
     // At the very end: a torn tail, cut.
     let t3 = tempfile::tempdir().unwrap();
     let (seg3, off3, _) = build(t3.path(), 0);
     flip(&seg3, off3 + 4);
-    let log = Log::open(
-        t3.path(),
-        LogOptions {
-            segment_size: 1 << 20,
-        },
-    )
-    .unwrap();
+    let log = open(t3.path()).unwrap();
     assert_eq!(log.last_index(), 5);
 }

@@ -158,18 +158,23 @@ pub fn load_latest(store: &SnapshotStore) -> Result<Option<LoadedSnapshot>, Snap
     match loaded {
         Some(l) => {
             if !failures.is_empty() {
-                log::warn!(
-                    "using older snapshot {} at index {}; newer ones are unusable: {}",
-                    l.path.display(),
-                    l.meta.index,
-                    failures.join("; ")
-                );
+                log::warn!("{}", fallback_warning(&l, &failures));
             }
             Ok(Some(l))
         }
         None if failures.is_empty() => Ok(None),
         None => Err(no_usable_snapshot(store.dir(), &failures)),
     }
+}
+
+/// The warning for falling back to `l` because the newer snapshot files are unusable.
+fn fallback_warning(l: &LoadedSnapshot, failures: &[String]) -> String {
+    format!(
+        "using older snapshot {} at index {}; newer ones are unusable: {}",
+        l.path.display(),
+        l.meta.index,
+        failures.join("; ")
+    )
 }
 
 /// The error for snapshot files present but none usable.

@@ -13,7 +13,9 @@
 //! - the log and the snapshot disagree at a committed index;
 //! - any damage the storage layer refuses (see `docs/storage.md`).
 
-use super::{check_meta, newest_usable, no_usable_snapshot, LoadedSnapshot, SnapshotError};
+use super::{
+    check_meta, fallback_warning, newest_usable, no_usable_snapshot, LoadedSnapshot, SnapshotError,
+};
 use crate::raft::HardState;
 use crate::storage::inspect::{inspect_log_durable, Check, DataDirs, LogInfo};
 use crate::storage::{hardstate, snapshot, StorageError};
@@ -90,13 +92,16 @@ pub fn check_data_dir(dirs: &DataDirs, check: Check) -> Result<Recovery, Snapsho
             if loaded.is_none() && !failures.is_empty() {
                 return Err(no_usable_snapshot(sd, &failures));
             }
-            for f in failures {
+            if let (Some(l), false) = (&loaded, failures.is_empty()) {
                 if check == Check::Strict {
-                    return Err(SnapshotError::Other(format!("unusable snapshot: {f}")));
+                    return Err(SnapshotError::Other(format!(
+                        "unusable snapshot: {}",
+                        failures.join("; ")
+                    )));
                 }
                 warnings.push(format!(
-                    "unusable snapshot (the server falls back to an older one and moves this \
-                     one aside as *.damaged): {f}"
+                    "{} (the server moves them aside as *.damaged)",
+                    fallback_warning(l, &failures)
                 ));
             }
             loaded
