@@ -15,6 +15,7 @@ use clap::{Parser, Subcommand};
 use prost::Message;
 use raftkv::pb::kvpb;
 use raftkv::raft::{ConfState, Entry, EntryType};
+use raftkv::snapshot::{recover, restore_kv, SnapshotError};
 use raftkv::storage::inspect::{self, Check, DataDirs, LogInfo};
 use raftkv::storage::{hardstate, snapshot, SnapshotReader, StorageError};
 use std::io::{self, Write};
@@ -69,6 +70,15 @@ impl From<StorageError> for Fail {
         match e {
             StorageError::Corrupt { .. } => Fail::Damage(e.to_string()),
             _ => Fail::Other(e.to_string()),
+        }
+    }
+}
+
+impl From<SnapshotError> for Fail {
+    fn from(e: SnapshotError) -> Fail {
+        match e {
+            SnapshotError::Storage(e) => e.into(),
+            SnapshotError::Other(s) => Fail::Damage(s),
         }
     }
 }
@@ -344,52 +354,38 @@ fn dump(dir: &Path, from: Option<u64>, to: Option<u64>, json: bool) -> Result<()
     Ok(())
 }
 
+/// Runs exactly the checks and decisions of the server's startup
+/// (`raftkv::snapshot::recover::check_data_dir`): exit 0 when the server would start (with a
+/// `WARNING:` line for each repair or fallback it makes), 1 when it would refuse.
 fn verify(dir: &Path, strict: bool) -> Result<(), Fail> {
-    let check = if strict { Check::Strict } else { Check::Full };
-    let (dirs, info) = open_log(dir, check)?;
-    let mut notes = Vec::new();
-    if let Some((p, off, what)) = &info.tail_damage {
-        notes.push(format!(
-            "WARNING: {}: torn tail at byte {off}: {what}; the server cuts it away when it opens \
-             the log (the log ends at index {}; use --strict to treat this as damage)",
-            p.display(),
-            info.last_index()
-        ));
-    }
-    let mut hs_desc = String::from("no hard state");
-    if let Some(h) = &dirs.hardstate {
-        if let Some(hs) = hardstate::read(h.parent().unwrap_or(Path::new(".")))? {
-            hs_desc = format!(
-                "hard state term {} vote {} commit {}",
-                hs.term, hs.vote, hs.commit
-            );
-            if hs.commit > info.last_index() {
-                notes.push(format!(
-                    "note: hard state commit {} is beyond the last log index {}",
-                    hs.commit,
-                    info.last_index()
-                ));
-            }
-        }
-    }
-    let mut snap_desc = String::new();
-    if let Some(sd) = &dirs.snap {
-        let snaps = snapshot::list(sd)?;
-        for (_, _, p) in &snaps {
-            SnapshotReader::verify(p)?;
-        }
-        let newest = snaps.first().map_or(0, |s| s.0);
-        if info.snap_index > newest {
-            return Err(Fail::Damage(format!(
-                "{}: log is compacted up to index {} but the newest snapshot covers only up to {newest}",
-                info.dir.display(),
-                info.snap_index
-            )));
-        }
-        snap_desc = format!(", {} snapshot(s) verified", snaps.len());
-    }
-    for n in notes {
-        println!("{n}");
+    let check = if strict {
+        Check::Strict
+    } else {
+        Check::Lenient
+    };
+    let dirs = inspect::resolve(dir)?;
+    let rec = recover::check_data_dir(&dirs, check)?;
+    let info = &rec.log;
+    let hs = rec.hard_state;
+    let hs_desc = match &dirs.hardstate {
+        Some(_) => format!(
+            "hard state term {} vote {} commit {}",
+            hs.term, hs.vote, hs.commit
+        ),
+        None => "no hard state".to_string(),
+    };
+    let snap_desc = match (&dirs.snap, &rec.snapshot) {
+        (Some(sd), Some(s)) => format!(
+            ", {} snapshot file(s), restored {} ({} keys)",
+            snapshot::list(sd)?.len(),
+            s.path.display(),
+            s.kv.len()
+        ),
+        (Some(_), None) => ", no snapshot".to_string(),
+        (None, _) => String::new(),
+    };
+    for w in &rec.warnings {
+        println!("WARNING: {w}");
     }
     println!(
         "OK: {} segment(s), {} entries, indexes {}..={}, snapshot index {} term {}, {hs_desc}{snap_desc}",
@@ -400,6 +396,7 @@ fn verify(dir: &Path, strict: bool) -> Result<(), Fail> {
         info.snap_index,
         info.snap_term
     );
+    println!("recovered: {}", rec.recovered);
     Ok(())
 }
 
@@ -407,9 +404,18 @@ fn snapshot_cmd(file: &Path) -> Result<(), Fail> {
     if !file.is_file() {
         return Err(Fail::Other(format!("{}: no such file", file.display())));
     }
-    let meta = SnapshotReader::verify(file)?;
+    // Everything the server checks before using a snapshot: every CRC, the KV payload decoded
+    // in full, its applied index equal to the metadata's.
+    let meta = match restore_kv(file) {
+        Ok((meta, _)) => meta,
+        Err(SnapshotError::Storage(e)) => return Err(e.into()),
+        Err(SnapshotError::Other(e)) => return Err(Fail::Damage(e)),
+    };
     let size = std::fs::metadata(file)?.len();
-    println!("file:     {} ({size} B, all CRCs ok)", file.display());
+    println!(
+        "file:     {} ({size} B, all CRCs and the KV payload ok)",
+        file.display()
+    );
     println!("index:    {}", meta.index);
     println!("term:     {}", meta.term);
     let conf = meta.conf.unwrap_or_default();

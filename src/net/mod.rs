@@ -9,6 +9,7 @@
 //!
 //! The event loop itself lives in [`crate::server`].
 
+pub mod bounds;
 pub mod conn;
 pub mod framing;
 pub mod peer;

@@ -34,10 +34,11 @@ use crate::net::reactor::{Tokens, CLIENT_LISTENER, PEER_LISTENER, SNAPSHOT_CHILD
 use crate::net::timer::{TimerId, TimerWheel};
 use crate::pb::kvpb::{self, ErrorCode};
 use crate::raft::{
-    ConfState, Config, EntryType, HardState, InitialState, LogError, LogStore, Message,
-    ProposeError, RawNode, Ready, Role, SnapshotMeta,
+    ConfState, Config, EntryType, HardState, InitialState, LogStore, Message, ProposeError,
+    RawNode, Ready, Role,
 };
-use crate::snapshot::load_latest;
+use crate::snapshot::recover::check_data_dir;
+use crate::storage::inspect::{Check, DataDirs};
 use crate::storage::{DirLock, HardStateFile, Log, LogOptions, SnapshotStore};
 use mio::net::TcpListener;
 use mio::{event::Event, Events, Interest, Poll, Token};
@@ -166,41 +167,6 @@ fn bind(addr: &str, what: &str) -> Result<TcpListener, String> {
     TcpListener::bind(sa).map_err(|e| format!("cannot listen on {what} address {addr}: {e}"))
 }
 
-/// Makes the log start right after `snap` if it does not already continue from it: after a
-/// crash between publishing a received snapshot and resetting the log, the log may end before
-/// the snapshot or hold a conflicting entry at its index. A log compacted *beyond* the snapshot
-/// (the newest snapshot was unusable and an older one was loaded) has lost the entries in
-/// between: that is fatal, never silently skipped.
-fn reconcile_log_with_snapshot(log: &mut Log, snap: &SnapshotMeta) -> Result<(), String> {
-    let reset = |log: &mut Log, why: &str| -> Result<(), String> {
-        log::warn!(
-            "log reset to snapshot index {} term {}: {why}",
-            snap.index,
-            snap.term
-        );
-        log.reset(snap.index, snap.term)
-            .map_err(|e| format!("resetting the log to the snapshot: {e}"))
-    };
-    if snap.index > log.last_index() {
-        return reset(log, "the log ends before the snapshot");
-    }
-    match log.term(snap.index) {
-        Ok(t) if t == snap.term => Ok(()),
-        Ok(t) => reset(log, &format!("the log has term {t} at the snapshot index")),
-        Err(LogError::Compacted) => Err(format!(
-            "the log is compacted past snapshot index {} (log starts at {}): entries in \
-             between are lost; restore a newer snapshot into {}",
-            snap.index,
-            log.first_index(),
-            log.dir().display()
-        )),
-        Err(e) => Err(format!(
-            "reading the log at snapshot index {}: {e}",
-            snap.index
-        )),
-    }
-}
-
 /// The Raft ticks owed at `now` when the next one was due at `next_tick`: `(n, new_next)`
 /// where `n` is how many to apply (at most `cap`) and `new_next` the next due time, keeping
 /// the tick phase (ticks skipped beyond the cap are dropped, not deferred).
@@ -285,7 +251,7 @@ impl Server {
     /// entries), builds the Raft node and binds both listeners.
     pub fn open(cfg: ServerConfig) -> Result<Server, String> {
         let dir = &cfg.data_dir;
-        std::fs::create_dir_all(dir)
+        crate::storage::log::create_dir_durable(dir)
             .map_err(|e| format!("cannot create data dir {}: {e}", dir.display()))?;
         // The lock comes first: nothing below may touch a directory another node owns
         // (SnapshotStore::open deletes leftover *.tmp files, the hard state may be rewritten).
@@ -294,13 +260,45 @@ impl Server {
         let (mut hs_file, disk_hs) = HardStateFile::open(dir).map_err(|e| e.to_string())?;
         let mut hs = disk_hs;
         let snapshots = SnapshotStore::open(&dir.join("snap")).map_err(|e| e.to_string())?;
-        let mut log = Log::open(
-            &dir.join("log"),
+        let dirs = DataDirs {
+            log: dir.join("log"),
+            hardstate: Some(dir.join(crate::storage::hardstate::HARDSTATE_FILE)),
+            snap: Some(dir.join("snap")),
+        };
+        crate::storage::log::create_dir_durable(&dirs.log).map_err(|e| e.to_string())?;
+        // What this node recovers, or a refusal: the same checks `raftkv-log verify` runs
+        // (snapshot::recover). The newest usable snapshot comes back restored.
+        let rec = check_data_dir(&dirs, Check::Lenient)
+            .map_err(|e| format!("refusing to start from {}: {e}", dir.display()))?;
+        for w in &rec.warnings {
+            log::warn!("{w}");
+        }
+        // The commit index in the hard state is written only once its entries are synced:
+        // the log may not be cut below it.
+        let mut log = Log::open_durable(
+            &dirs.log,
             LogOptions {
                 segment_size: cfg.segment_size,
             },
+            disk_hs.commit,
         )
         .map_err(|e| e.to_string())?;
+        if let Some((index, term)) = rec.reset_log {
+            log.reset(index, term)
+                .map_err(|e| format!("resetting the log to the snapshot: {e}"))?;
+        }
+        let want = (rec.recovered.first_index, rec.recovered.last_index);
+        if (log.first_index(), log.last_index()) != want {
+            return Err(format!(
+                "internal error: the log opened as {}..={} but the recovery check expected \
+                 {}..={}; not starting",
+                log.first_index(),
+                log.last_index(),
+                want.0,
+                want.1
+            ));
+        }
+        log::info!("recovered: {}", rec.recovered);
 
         // State machine: the newest usable snapshot (damaged ones are skipped with a warning;
         // files present but none usable is fatal), then committed entries above it, streamed.
@@ -308,7 +306,7 @@ impl Server {
             voters: cfg.peers.iter().map(|p| p.id).collect(),
             learners: vec![],
         };
-        let loaded = load_latest(&snapshots).map_err(|e| e.to_string())?;
+        let loaded = rec.snapshot;
         if let Some(l) = &loaded {
             snap::quarantine_newer(&snapshots, &l.path)?;
         }
@@ -323,7 +321,6 @@ impl Server {
                     meta.term,
                     l.kv.len()
                 );
-                reconcile_log_with_snapshot(&mut log, &meta)?;
                 if let Some(c) = meta.conf.clone() {
                     conf = c;
                 }
@@ -349,6 +346,15 @@ impl Server {
         let replay_to = hs.commit.min(log.last_index());
         if replay_to > applied {
             let from = applied + 1;
+            if from < log.first_index() {
+                // Never skip entries silently (the recovery check refuses this case first).
+                return Err(format!(
+                    "refusing to start: the state machine is at index {applied} but the log \
+                     starts at {}: entries {from}..{} are missing",
+                    log.first_index(),
+                    log.first_index()
+                ));
+            }
             log.replay(from, replay_to, &mut |e| {
                 if e.entry_type == EntryType::EntryNormal as i32 {
                     kv.apply(e.index, &e.data);
@@ -795,6 +801,11 @@ impl Server {
                 msg.to,
                 self.cfg.id
             );
+            return;
+        }
+        if let Err(e) = crate::net::bounds::check_message(&msg) {
+            // Never let an out-of-range index or term reach the core (overflow, panic).
+            log::warn!("dropping raft message from node {}: {e}", msg.from);
             return;
         }
         self.node.step(msg);
@@ -1505,66 +1516,9 @@ impl Server {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::raft::Entry;
 
-    fn log_with(dir: &std::path::Path, terms: &[u64]) -> Log {
-        let mut log = Log::open(dir, LogOptions { segment_size: 4096 }).unwrap();
-        let entries: Vec<Entry> = terms
-            .iter()
-            .enumerate()
-            .map(|(i, &t)| Entry {
-                index: i as u64 + 1,
-                term: t,
-                entry_type: EntryType::EntryNormal as i32,
-                data: bytes::Bytes::from(vec![7u8; 100]),
-            })
-            .collect();
-        log.append(&entries).unwrap();
-        log.sync().unwrap();
-        log
-    }
-
-    fn snap(index: u64, term: u64) -> SnapshotMeta {
-        SnapshotMeta {
-            index,
-            term,
-            conf: None,
-        }
-    }
-
-    #[test]
-    fn log_matching_the_snapshot_is_kept() {
-        let d = tempfile::tempdir().unwrap();
-        let mut log = log_with(d.path(), &[1, 1, 2, 2, 3]);
-        reconcile_log_with_snapshot(&mut log, &snap(3, 2)).unwrap();
-        assert_eq!((log.first_index(), log.last_index()), (1, 5));
-    }
-
-    #[test]
-    fn short_or_conflicting_log_is_reset_to_the_snapshot() {
-        let d = tempfile::tempdir().unwrap();
-        let mut log = log_with(d.path(), &[1, 1, 2]);
-        reconcile_log_with_snapshot(&mut log, &snap(10, 4)).unwrap();
-        assert_eq!(log.snapshot_index_term(), (10, 4));
-        assert_eq!(log.last_index(), 10);
-
-        let d = tempfile::tempdir().unwrap();
-        let mut log = log_with(d.path(), &[1, 1, 2, 2]);
-        reconcile_log_with_snapshot(&mut log, &snap(3, 3)).unwrap();
-        assert_eq!(log.snapshot_index_term(), (3, 3));
-        assert_eq!(log.last_index(), 3, "the conflicting suffix is gone");
-    }
-
-    #[test]
-    fn log_compacted_past_the_snapshot_is_fatal() {
-        let d = tempfile::tempdir().unwrap();
-        let terms = vec![1u64; 200];
-        let mut log = log_with(d.path(), &terms);
-        log.compact(150, 1).unwrap();
-        assert!(log.first_index() > 2, "compaction dropped whole segments");
-        let err = reconcile_log_with_snapshot(&mut log, &snap(1, 1)).unwrap_err();
-        assert!(err.contains("compacted past snapshot index 1"), "{err}");
-    }
+    // How the log is reconciled with the snapshot at startup is tested with
+    // `snapshot::recover::check_data_dir` in tests/recovery.rs.
 
     /// Drives a 3-node in-memory cluster through an election and some writes, handling every
     /// Ready with the server's split: the messages allowed out before the sync must only ever

@@ -8,7 +8,7 @@ use crate::pb::kvpb::ErrorCode;
 use crate::pb::raftpb::message::Body;
 use crate::raft::{LogStore, Message, SnapshotMeta};
 use crate::snapshot::{
-    restore_kv, BackgroundSnapshot, LogStats, Received, SendStatus, SenderConfig, SnapshotMode,
+    BackgroundSnapshot, InstallError, LogStats, Received, SendStatus, SenderConfig, SnapshotMode,
     SnapshotPolicy, SnapshotReceiver, SnapshotSender, WritePacing,
 };
 use crate::storage::SnapshotStore;
@@ -411,10 +411,28 @@ impl Server {
             Received::Ignored => {}
             Received::Reply(m) => self.send_peer(m),
             Received::Complete(rs) => {
-                // Durable first, then the core and the log move (crash-safe order).
-                let inst = rs
-                    .install()
-                    .map_err(|e| format!("installing a received snapshot: {e}"))?;
+                // Every byte is here: say so before the validation below (which decodes the
+                // whole payload, seconds per GiB), so the leader waits for the `done`.
+                self.send_peer(rs.progress_reply());
+                self.flush_peers();
+                // Validated completely, then durable; only then the core and the log move
+                // (crash-safe order). An invalid snapshot is never published: the node keeps
+                // its state, log and snapshots, and the leader hears of the failure.
+                let inst = match rs.install() {
+                    Ok(inst) => inst,
+                    Err(InstallError::Invalid { why, reply }) => {
+                        log::error!(
+                            "snapshot received from node {} discarded (node keeps its current \
+                             state): {why}",
+                            msg.from
+                        );
+                        self.send_peer(*reply);
+                        return Ok(());
+                    }
+                    Err(InstallError::Fatal(e)) => {
+                        return Err(format!("installing a received snapshot: {e}"))
+                    }
+                };
                 let meta = inst.meta.clone();
                 let reply = inst.reply;
                 if self.node.restore_snapshot(meta.clone()) {
@@ -424,15 +442,9 @@ impl Server {
                         .map_err(|e| {
                             format!("resetting the log to snapshot {}: {e}", meta.index)
                         })?;
-                    // The snapshot is durable and the log moved: tell the leader now, before
-                    // the (seconds-long, for a large state) restore below. Waiting for it made
-                    // the leader's sender give up ("no progress after 5 retries") although the
-                    // install then succeeded. A crash during the restore restarts from this
-                    // snapshot file, so the answer holds either way.
                     self.send_peer(reply);
                     self.flush_peers();
-                    let (_, kv) = restore_kv(&inst.path)
-                        .map_err(|e| format!("restoring received snapshot: {e}"))?;
+                    let kv = inst.kv;
                     self.kv = kv;
                     self.applied = meta.index;
                     // Only a follower receives snapshots: writes still pending here are from a

@@ -22,13 +22,14 @@
 mod background;
 mod pacing;
 mod policy;
+pub mod recover;
 mod recv;
 mod send;
 
 pub use background::{BackgroundSnapshot, SnapshotDone, SnapshotMode};
 pub use pacing::{RateLimiter, WritePacing, DEFAULT_WRITE_RATE};
 pub use policy::{LogStats, SnapshotPolicy};
-pub use recv::{InstalledSnapshot, Received, ReceivedSnapshot, SnapshotReceiver};
+pub use recv::{InstallError, InstalledSnapshot, Received, ReceivedSnapshot, SnapshotReceiver};
 pub use send::{SendStatus, SenderConfig, SnapshotSender};
 
 use crate::kv::KvStore;
@@ -64,6 +65,36 @@ impl From<StorageError> for SnapshotError {
     }
 }
 
+/// Bounds every snapshot's metadata must satisfy, wherever it comes from (a file, a peer):
+/// index and term within the storage layer's limits (so `index + 1` and `term + 1` can never
+/// overflow anywhere), and a term for any index past 0.
+pub fn check_meta(meta: &SnapshotMeta) -> Result<(), String> {
+    use crate::storage::record::{MAX_INDEX, MAX_TERM};
+    if meta.index > MAX_INDEX || meta.term > MAX_TERM {
+        return Err(format!(
+            "implausible snapshot index {} / term {} (limits {MAX_INDEX} / {MAX_TERM})",
+            meta.index, meta.term
+        ));
+    }
+    if meta.index > 0 && meta.term == 0 {
+        return Err(format!("snapshot index {} with term 0", meta.index));
+    }
+    Ok(())
+}
+
+/// The newest snapshot in `files` (newest first) that restores cleanly, and why each newer
+/// one could not be used (file and problem).
+pub fn newest_usable(files: Vec<(u64, u64, PathBuf)>) -> (Option<LoadedSnapshot>, Vec<String>) {
+    let mut failures = Vec::new();
+    for (_, _, path) in files {
+        match restore_kv(&path) {
+            Ok((meta, kv)) => return (Some(LoadedSnapshot { meta, path, kv }), failures),
+            Err(e) => failures.push(e.to_string()),
+        }
+    }
+    (None, failures)
+}
+
 /// A snapshot restored at startup.
 pub struct LoadedSnapshot {
     pub meta: SnapshotMeta,
@@ -77,6 +108,7 @@ pub struct LoadedSnapshot {
 /// format's own checksum, and that the KV state's applied index is the snapshot index.
 pub fn restore_kv(path: &Path) -> Result<(SnapshotMeta, KvStore), SnapshotError> {
     let mut r = SnapshotReader::open(path)?;
+    check_meta(&r.meta).map_err(|e| SnapshotError::Other(format!("{}: {e}", path.display())))?;
     let kv = KvStore::restore_snapshot(&mut r).map_err(|e| {
         SnapshotError::Other(format!("{}: restoring the KV state: {e}", path.display()))
     })?;
@@ -119,37 +151,40 @@ pub fn restore_kv(path: &Path) -> Result<(SnapshotMeta, KvStore), SnapshotError>
 /// files exist but none restores, the error lists every file and why, so the operator sees that
 /// state was lost rather than the node silently starting empty.
 pub fn load_latest(store: &SnapshotStore) -> Result<Option<LoadedSnapshot>, SnapshotError> {
-    let files = store.list()?;
-    let mut failures = Vec::new();
-    for (_, _, path) in files {
-        match restore_kv(&path) {
-            Ok((meta, kv)) => {
-                if !failures.is_empty() {
-                    log::warn!(
-                        "using older snapshot {} at index {}; newer ones are unusable: {}",
-                        path.display(),
-                        meta.index,
-                        failures.join("; ")
-                    );
-                }
-                return Ok(Some(LoadedSnapshot { meta, path, kv }));
+    let (loaded, failures) = newest_usable(store.list()?);
+    for f in &failures {
+        log::warn!("snapshot unusable: {f}");
+    }
+    match loaded {
+        Some(l) => {
+            if !failures.is_empty() {
+                log::warn!("{}", fallback_warning(&l, &failures));
             }
-            Err(e) => {
-                log::warn!("snapshot {} is unusable: {e}", path.display());
-                failures.push(e.to_string());
-            }
+            Ok(Some(l))
         }
+        None if failures.is_empty() => Ok(None),
+        None => Err(no_usable_snapshot(store.dir(), &failures)),
     }
-    if failures.is_empty() {
-        Ok(None)
-    } else {
-        Err(SnapshotError::Other(format!(
-            "no usable snapshot in {} ({} file(s) tried): {}",
-            store.dir().display(),
-            failures.len(),
-            failures.join("; ")
-        )))
-    }
+}
+
+/// The warning for falling back to `l` because the newer snapshot files are unusable.
+fn fallback_warning(l: &LoadedSnapshot, failures: &[String]) -> String {
+    format!(
+        "using older snapshot {} at index {}; newer ones are unusable: {}",
+        l.path.display(),
+        l.meta.index,
+        failures.join("; ")
+    )
+}
+
+/// The error for snapshot files present but none usable.
+fn no_usable_snapshot(dir: &Path, failures: &[String]) -> SnapshotError {
+    SnapshotError::Other(format!(
+        "no usable snapshot in {} ({} file(s) tried): {}",
+        dir.display(),
+        failures.len(),
+        failures.join("; ")
+    ))
 }
 
 #[cfg(test)]

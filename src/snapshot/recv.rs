@@ -19,7 +19,8 @@
 //! - Chunks of a transfer that already completed (a lost `done` answer made the leader resend)
 //!   are answered `done` again, except a chunk at offset 0, which starts over.
 
-use super::SnapshotError;
+use super::{check_meta, restore_kv, SnapshotError};
+use crate::kv::KvStore;
 use crate::pb::raftpb::{message::Body, InstallSnapshot, InstallSnapshotResponse, Message};
 use crate::raft::SnapshotMeta;
 use crate::storage::{SnapshotStore, SnapshotWriter};
@@ -51,6 +52,29 @@ pub struct ReceivedSnapshot {
     meta: SnapshotMeta,
     writer: SnapshotWriter,
     reply: Message,
+    /// "All bytes here, not installed yet" (sent before the validation, which may take a while).
+    progress: Message,
+    /// "Transfer failed" (the snapshot was invalid and is discarded).
+    failure: Message,
+}
+
+/// Why [`ReceivedSnapshot::install`] did not install.
+#[derive(Debug)]
+pub enum InstallError {
+    /// The snapshot is invalid (KV payload, metadata): it was discarded; send `reply` (a
+    /// failure answer) to the leader and keep running on the current state.
+    Invalid { why: String, reply: Box<Message> },
+    /// The disk failed while sealing or publishing: fatal for the node.
+    Fatal(SnapshotError),
+}
+
+impl std::fmt::Display for InstallError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            InstallError::Invalid { why, .. } => write!(f, "invalid snapshot: {why}"),
+            InstallError::Fatal(e) => write!(f, "{e}"),
+        }
+    }
 }
 
 /// A received snapshot made durable in the snapshot directory.
@@ -61,6 +85,8 @@ pub struct InstalledSnapshot {
     pub path: PathBuf,
     /// The `done` answer for the leader; send it once the snapshot is installed.
     pub reply: Message,
+    /// The state restored from it (validated before it was published).
+    pub kv: KvStore,
 }
 
 impl ReceivedSnapshot {
@@ -79,14 +105,53 @@ impl ReceivedSnapshot {
         self.len() == 0
     }
 
-    /// Makes the snapshot durable (fsync + rename into the snapshot directory). An error is
-    /// fatal for the node (it may have told the core about the snapshot already).
-    pub fn install(self) -> Result<InstalledSnapshot, SnapshotError> {
-        let path = self.writer.finish()?;
+    /// An answer saying every byte arrived but the snapshot is not installed yet: send it
+    /// before [`ReceivedSnapshot::install`] (which validates the whole payload first), so the
+    /// leader waits for the `done` instead of resending.
+    pub fn progress_reply(&self) -> Message {
+        self.progress.clone()
+    }
+
+    /// Validates the snapshot completely, then makes it durable: seals and fsyncs the temp
+    /// file, restores the KV state from it (every CRC, the KV payload decoded in full, its
+    /// applied index equal to `meta.index`, the file's metadata equal to the transfer's), and
+    /// only then renames it into the snapshot directory. An invalid snapshot is deleted and
+    /// never published ([`InstallError::Invalid`]); the node's state, log and snapshots stay
+    /// as they were.
+    pub fn install(self) -> Result<InstalledSnapshot, InstallError> {
+        let sealed = self
+            .writer
+            .seal()
+            .map_err(|e| InstallError::Fatal(e.into()))?;
+        let invalid = |why: String| InstallError::Invalid {
+            why,
+            reply: Box::new(self.failure.clone()),
+        };
+        let (meta, kv) = match restore_kv(sealed.path()) {
+            Ok(r) => r,
+            Err(SnapshotError::Storage(crate::storage::StorageError::Io { path, err }))
+                if err.kind() != std::io::ErrorKind::InvalidData =>
+            {
+                return Err(InstallError::Fatal(SnapshotError::Storage(
+                    crate::storage::StorageError::Io { path, err },
+                )))
+            }
+            Err(e) => return Err(invalid(e.to_string())),
+        };
+        if meta != self.meta {
+            return Err(invalid(format!(
+                "the file's metadata (index {}, term {}) is not the transfer's (index {}, term {})",
+                meta.index, meta.term, self.meta.index, self.meta.term
+            )));
+        }
+        let path = sealed
+            .publish()
+            .map_err(|e| InstallError::Fatal(e.into()))?;
         Ok(InstalledSnapshot {
             meta: self.meta,
             path,
             reply: self.reply,
+            kv,
         })
     }
 
@@ -170,6 +235,27 @@ impl SnapshotReceiver {
             log::warn!("InstallSnapshot from node {} without metadata", msg.from);
             return Received::Reply(reply(msg, 0, 0, false, false));
         };
+        // Plausible at all? (Bounded index and term, no term above the leader's own.) Checked
+        // on every chunk, before anything is written.
+        let plausible = check_meta(meta).and_then(|_| {
+            if meta.term > msg.term {
+                Err(format!(
+                    "snapshot term {} above the sender's term {}",
+                    meta.term, msg.term
+                ))
+            } else {
+                Ok(())
+            }
+        });
+        if let Err(e) = plausible {
+            log::warn!(
+                "refusing InstallSnapshot (index {}, term {}) from node {}: {e}",
+                meta.index,
+                meta.term,
+                msg.from
+            );
+            return Received::Reply(reply(msg, meta.index, 0, false, false));
+        }
         if meta.index <= applied {
             return Received::Reply(reply(msg, meta.index, 0, true, true));
         }
@@ -251,6 +337,8 @@ impl SnapshotReceiver {
         self.completed = Some((t.key, t.next_offset));
         Received::Complete(Box::new(ReceivedSnapshot {
             reply: reply(msg, index, t.next_offset, true, true),
+            progress: reply(msg, index, t.next_offset, true, false),
+            failure: reply(msg, index, 0, false, false),
             meta: t.meta,
             writer: t.writer,
         }))

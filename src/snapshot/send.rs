@@ -45,6 +45,10 @@ pub struct SenderConfig {
     pub max_retries: u32,
     /// Restarts from offset 0 before the transfer fails. Default 3.
     pub max_restarts: u32,
+    /// Ticks to wait for `done` once the peer acknowledged every byte: it validates the whole
+    /// snapshot (decodes the KV payload) before it installs and answers, seconds per GiB.
+    /// Default 1200 (60 s at the server's 50 ms tick).
+    pub finish_ticks: u32,
 }
 
 impl Default for SenderConfig {
@@ -55,6 +59,7 @@ impl Default for SenderConfig {
             retry_ticks: 10,
             max_retries: 5,
             max_restarts: 3,
+            finish_ticks: 1200,
         }
     }
 }
@@ -205,7 +210,9 @@ impl SnapshotSender {
         if r.next_offset > self.acked {
             // Progress. The peer may hold more than this attempt sent (we restarted while it
             // kept its partial file): then skip ahead to where it is.
-            if r.next_offset % self.cfg.chunk_size as u64 != 0 {
+            // (The whole payload, acknowledged before the peer's validation, need not be one.)
+            let everything = self.all_read && r.next_offset == self.read_offset;
+            if r.next_offset % self.cfg.chunk_size as u64 != 0 && !everything {
                 self.restart(out, "acknowledged offset is not a chunk boundary");
                 return self.status.clone();
             }
@@ -256,6 +263,14 @@ impl SnapshotSender {
         }
         // Until `done`, the sender always waits for an answer.
         self.idle_ticks += 1;
+        if self.unacked.is_empty() && self.all_read && self.acked > 0 {
+            // The peer holds every byte and is validating and installing the snapshot.
+            if self.idle_ticks >= self.cfg.finish_ticks {
+                self.idle_ticks = 0;
+                self.restart(out, "the peer acknowledged everything but never finished");
+            }
+            return self.status.clone();
+        }
         if self.idle_ticks >= self.cfg.retry_ticks {
             self.idle_ticks = 0;
             self.retries += 1;

@@ -80,6 +80,7 @@ fn small_cfg() -> SenderConfig {
         retry_ticks: 3,
         max_retries: 20,
         max_restarts: 3,
+        finish_ticks: 30,
     }
 }
 
@@ -535,6 +536,48 @@ fn sender_gives_up_after_retries_without_progress() {
     panic!("never failed");
 }
 
+/// The receiver validates the whole payload before it installs (and answers `done`), so after
+/// acknowledging every byte the sender waits `finish_ticks` for the `done` (not `retry_ticks`),
+/// without resending; a `done` in that time ends the transfer.
+#[test]
+fn sender_waits_for_done_while_the_peer_validates() {
+    let kv = kv_with(30);
+    let (_d, _s, path) = snapshot_of(&kv, 1);
+    let cfg = SenderConfig {
+        chunk_size: 1 << 20,
+        max_retries: 3,
+        ..small_cfg()
+    };
+    // Longer than the sender would wait for progress while chunks are in flight.
+    assert!(cfg.finish_ticks > cfg.retry_ticks * (cfg.max_retries + 1));
+    let mut sender = SnapshotSender::new(cfg.clone(), 1, 2, 4, &path).unwrap();
+    let rx_dir = tempfile::tempdir().unwrap();
+    let mut rx_store = SnapshotStore::open(rx_dir.path()).unwrap();
+    let mut rx = SnapshotReceiver::new();
+    let mut out = Vec::new();
+    sender.start(&mut out);
+    assert_eq!(out.len(), 1, "one chunk");
+    let Received::Complete(rs) = rx.on_message(&mut rx_store, 0, &out[0]) else {
+        panic!("expected the whole snapshot");
+    };
+    let progress = rs.progress_reply();
+    let r = response(&progress);
+    assert!(r.success && !r.done, "{r:?}");
+    out.clear();
+    assert_eq!(sender.on_response(r, &mut out), SendStatus::InProgress);
+    for t in 1..cfg.finish_ticks {
+        out.clear();
+        assert_eq!(sender.tick(&mut out), SendStatus::InProgress, "tick {t}");
+        assert!(out.is_empty(), "tick {t}: resent while the peer validates");
+    }
+    let inst = rs.install().unwrap();
+    assert_eq!(inst.kv.digest(), kv.digest());
+    assert_eq!(
+        sender.on_response(response(&inst.reply), &mut out),
+        SendStatus::Done
+    );
+}
+
 #[test]
 fn sender_rejects_a_corrupt_snapshot_file() {
     let kv = kv_with(200);
@@ -707,12 +750,30 @@ fn snapshot_at_or_below_applied_is_answered_done_without_a_transfer() {
     assert!(rx.in_progress());
 }
 
-/// A snapshot file with an arbitrary payload (the transfer does not look inside it).
+/// A KV snapshot payload at index 77 of exactly `len` bytes (at least 57: header 36, one key
+/// record of 1 + `len - 57` value bytes (4 + 1 + 4 + n + 8), checksum 4; or exactly 40: no key).
+/// The transfer does not look inside it, but the receiver validates it before installing.
+fn kv_payload(len: usize) -> Vec<u8> {
+    let mut kv = KvStore::new();
+    if len == 40 {
+        kv.apply(77, b"");
+    } else {
+        assert!(len >= 57, "no KV snapshot of {len} bytes");
+        let value: Vec<u8> = (0..len - 57).map(|i| (i * 7 % 251) as u8).collect();
+        kv.apply(77, &put_cmd(0, 0, b"k", &value));
+    }
+    let mut v = Vec::new();
+    kv.write_snapshot(&mut v).unwrap();
+    assert_eq!(v.len(), len, "KV snapshot size");
+    v
+}
+
+/// A snapshot file with a KV payload of `len` bytes.
 fn raw_snapshot(len: usize) -> (tempfile::TempDir, std::path::PathBuf, Vec<u8>) {
     use std::io::Write;
     let dir = tempfile::tempdir().unwrap();
     let mut store = SnapshotStore::open(dir.path()).unwrap();
-    let payload: Vec<u8> = (0..len).map(|i| (i * 7 % 251) as u8).collect();
+    let payload = kv_payload(len);
     let mut w = store.create(&meta(77, 3)).unwrap();
     w.write_all(&payload).unwrap();
     let path = w.finish().unwrap();
@@ -729,7 +790,8 @@ fn received_payload(path: &std::path::Path) -> Vec<u8> {
 
 #[test]
 fn payload_sizes_at_chunk_boundaries() {
-    for len in [0usize, 1, 1023, 1024, 1025, 4096, 5000] {
+    // The smallest KV snapshot (40 bytes), just below, at and above one chunk (1024), ...
+    for len in [40usize, 1023, 1024, 1025, 4096, 5000] {
         let (_d, path, payload) = raw_snapshot(len);
         let mut sender = SnapshotSender::new(small_cfg(), 1, 2, 4, &path).unwrap();
         let rx_dir = tempfile::tempdir().unwrap();

@@ -53,8 +53,13 @@ fn decode(b: &[u8]) -> Option<(u64, HardState)> {
     if b.len() < SLOT_LEN || &b[0..8] != MAGIC || crc32fast::hash(&b[0..40]) != le_u32(b, 40) {
         return None;
     }
-    if le_u64(b, 8) > u64::MAX / 4 {
-        return None; // implausible sequence number (keeps `seq + 1` safe)
+    if le_u64(b, 8) > u64::MAX / 4
+        || le_u64(b, 16) > super::record::MAX_TERM
+        || le_u64(b, 32) > super::record::MAX_INDEX
+    {
+        // Implausible sequence number, term or commit (keeps `+ 1` on them safe): not a slot
+        // this code wrote.
+        return None;
     }
     Some((
         le_u64(b, 8),
@@ -99,7 +104,7 @@ pub fn read(dir: &Path) -> Result<Option<HardState>, StorageError> {
 impl HardStateFile {
     /// Opens the file in `dir`, returning the stored state (default if none yet).
     pub fn open(dir: &Path) -> Result<(HardStateFile, HardState), StorageError> {
-        std::fs::create_dir_all(dir).map_err(|e| io_err(dir, e))?;
+        super::log::create_dir_durable(dir)?;
         let path = dir.join(HARDSTATE_FILE);
         let existed = path.exists();
         let file = OpenOptions::new()

@@ -110,6 +110,22 @@ impl LogInfo {
         self.segments.iter().map(|s| s.bytes).sum()
     }
 
+    /// Term of the entry at `index` as found on disk (None if no segment holds it).
+    pub fn term_at(&self, index: u64) -> Result<Option<u64>, StorageError> {
+        let Some(s) = self
+            .segments
+            .iter()
+            .find(|s| s.entries > 0 && s.first_index <= index && index <= s.last_index())
+        else {
+            return Ok(None);
+        };
+        let map = map_ro(&s.path)?;
+        let pos = s.offsets[(index - s.first_index) as usize] as usize;
+        Ok(map
+            .get(pos + 24..pos + 32)
+            .map(|_| record::le_u64(&map, pos + 24)))
+    }
+
     /// Calls `f` for every entry in `[from, to]` (read-only, pages released as it goes).
     pub fn for_each(
         &self,
@@ -160,8 +176,8 @@ pub enum Check {
     /// (a torn write, or stray non-zero bytes after the last record) is reported in
     /// `LogInfo::tail_damage`; anything else is an error.
     Lenient,
-    /// `verify`: like `Lenient`, and sealed (non-last) segments must also be all zeros after
-    /// their last record.
+    /// `verify`: the same checks as `Lenient` (the server's open checks sealed segments are
+    /// all zeros after their last record too, so this is no longer stricter).
     Full,
     /// `verify --strict`: every problem is an error, including what `Log::open` would repair.
     Strict,
@@ -169,6 +185,16 @@ pub enum Check {
 
 /// Scans the log in `log_dir` without modifying it; see [`Check`] for what is an error.
 pub fn inspect_log(log_dir: &Path, check: Check) -> Result<LogInfo, StorageError> {
+    inspect_log_durable(log_dir, check, 0)
+}
+
+/// [`inspect_log`] knowing that entries up to `durable` were synced (see `Log::open_durable`):
+/// the same scan and the same decisions as the server's open.
+pub fn inspect_log_durable(
+    log_dir: &Path,
+    check: Check,
+    durable: u64,
+) -> Result<LogInfo, StorageError> {
     let strict = check == Check::Strict;
     let (snap_index, snap_term) = read_meta(log_dir)?;
     let files = list_segments(log_dir)?;
@@ -184,6 +210,30 @@ pub fn inspect_log(log_dir: &Path, check: Check) -> Result<LogInfo, StorageError
     for (i, (_, path)) in files.into_iter().enumerate() {
         let is_last = i + 1 == n;
         let map = map_ro(&path)?;
+        if is_last
+            && !strict
+            && record::decode_seg_header(&map).is_err()
+            && map.iter().all(|&b| b == 0)
+        {
+            // As Log::open: a segment whose creation a crash cut short; it is removed.
+            info.tail_damage = Some((
+                path.clone(),
+                0,
+                "empty segment with an unwritten header (torn creation): removed on open".into(),
+            ));
+            if let Some(s) = info.segments.last() {
+                super::log::check_durable_end(
+                    &s.path,
+                    (s.bytes as usize) + record::SEG_HEADER_LEN,
+                    s.last_index(),
+                    snap_index,
+                    durable,
+                )?;
+            } else {
+                super::log::check_durable_end(log_dir, 0, snap_index, snap_index, durable)?;
+            }
+            continue;
+        }
         let expect = info
             .segments
             .last()
@@ -195,6 +245,7 @@ pub fn inspect_log(log_dir: &Path, check: Check) -> Result<LogInfo, StorageError
             expect,
             prev_term,
             is_last && !strict,
+            durable,
             &mut |u| {
                 release_map(&map, released, u);
                 released = u;
@@ -212,19 +263,8 @@ pub fn inspect_log(log_dir: &Path, check: Check) -> Result<LogInfo, StorageError
                 ),
             ));
         }
-        // The last segment was checked by the scan unless strict; sealed ones get a full check.
-        if strict || (check == Check::Full && !is_last) {
-            if let Some(p) = map[scan.end..].iter().position(|&b| b != 0) {
-                return Err(StorageError::Corrupt {
-                    path,
-                    offset: (scan.end + p) as u64,
-                    what: format!(
-                        "non-zero bytes after the last record (which ends at byte {})",
-                        scan.end
-                    ),
-                });
-            }
-            release_map(&map, 0, map.len());
+        if is_last && !strict {
+            super::log::check_durable_end(&path, scan.end, scan.last_index(), snap_index, durable)?;
         }
         let terms = if scan.offsets.is_empty() {
             (0, 0)
@@ -242,6 +282,9 @@ pub fn inspect_log(log_dir: &Path, check: Check) -> Result<LogInfo, StorageError
             terms,
             offsets: scan.offsets,
         });
+    }
+    if n == 0 {
+        super::log::check_durable_end(log_dir, 0, snap_index, snap_index, durable)?;
     }
     if let Some(s) = info.segments.first() {
         if s.first_index > snap_index + 1 {

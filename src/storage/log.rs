@@ -52,6 +52,34 @@ pub fn sync_dir(dir: &Path) -> Result<(), StorageError> {
         .map_err(|e| io_err(dir, e))
 }
 
+/// Creates `dir` (and missing parents) and makes the new directory entries durable: each
+/// created directory's parent is fsynced (a directory entry is only durable once its parent
+/// is), and so is `dir` itself. Without it a crash soon after a node's first start could lose
+/// `log/` or `snap/` with the files already synced inside them.
+pub fn create_dir_durable(dir: &Path) -> Result<(), StorageError> {
+    let mut missing = Vec::new();
+    let mut p = Some(dir);
+    while let Some(d) = p {
+        if d.as_os_str().is_empty() || d.is_dir() {
+            break;
+        }
+        missing.push(d.to_path_buf());
+        p = d.parent();
+    }
+    fs::create_dir_all(dir).map_err(|e| io_err(dir, e))?;
+    for d in missing.iter().rev() {
+        let parent = match d.parent() {
+            Some(pp) if !pp.as_os_str().is_empty() => pp,
+            _ => Path::new("."),
+        };
+        sync_dir(parent)?;
+    }
+    if !missing.is_empty() {
+        sync_dir(dir)?;
+    }
+    Ok(())
+}
+
 /// Encodes the meta file: magic, snapshot index, snapshot term, CRC32 of bytes 0..24, 4 zero bytes.
 fn encode_meta(index: u64, term: u64) -> [u8; META_LEN] {
     let mut b = [0u8; META_LEN];
@@ -126,6 +154,39 @@ pub fn list_segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>, StorageError> {
     Ok(v)
 }
 
+/// True when the segments do not continue from the snapshot boundary `(si, st)` of `meta`:
+/// they hold another term at `si`, or the last segment ends before it (an interrupted
+/// `reset`). `last`: the last segment's last index; `term_at`: the term of entry `si` on disk.
+/// Used by `Log::open` (which then drops the segments) and the offline check.
+pub fn is_stale(si: u64, st: u64, last: Option<u64>, term_at: Option<u64>) -> bool {
+    (si > 0 && term_at.is_some_and(|t| t != st)) || last.is_some_and(|l| l < si)
+}
+
+/// The log must reach the durable commit index: entries up to it were synced, so a log that
+/// ends before it (a lost or cut segment, or damage the scan stopped at) lost acknowledged
+/// entries. `path`/`end`: the last segment and where its records end (for the message).
+pub fn check_durable_end(
+    path: &Path,
+    end: usize,
+    last_index: u64,
+    snap_index: u64,
+    durable: u64,
+) -> Result<(), StorageError> {
+    if last_index.max(snap_index) >= durable {
+        return Ok(());
+    }
+    Err(StorageError::Corrupt {
+        path: path.to_path_buf(),
+        offset: end as u64,
+        what: format!(
+            "the log ends at index {} but the hard state's commit index {durable} says entries \
+             up to it were synced: entries {}..={durable} are missing",
+            last_index.max(snap_index),
+            last_index.max(snap_index) + 1
+        ),
+    })
+}
+
 /// Unmaps and closes `s`, then moves its file into `trash` (freed later by `trash_step`).
 fn discard_segment(trash: &mut Trash, s: Segment) -> Result<(), StorageError> {
     let path = s.path.clone();
@@ -135,8 +196,17 @@ fn discard_segment(trash: &mut Trash, s: Segment) -> Result<(), StorageError> {
 
 impl Log {
     /// Opens (or creates) the log in `dir`, recovering from a torn tail. Does not load entries
-    /// into memory: it keeps one 4-byte offset per entry.
+    /// into memory: it keeps one 4-byte offset per entry. Knows nothing durable: see
+    /// [`Log::open_durable`].
     pub fn open(dir: &Path, opts: LogOptions) -> Result<Log, StorageError> {
+        Log::open_durable(dir, opts, 0)
+    }
+
+    /// Like [`Log::open`], knowing that every entry up to `durable` (the hard state's commit
+    /// hint, written only after those entries were synced) reached the disk: damage at or below
+    /// it is never taken for a torn tail, and a log ending below it is refused (checked before
+    /// anything is repaired).
+    pub fn open_durable(dir: &Path, opts: LogOptions, durable: u64) -> Result<Log, StorageError> {
         let min = (SEG_HEADER_LEN + record::REC_HEADER_LEN) as u64;
         if opts.segment_size < min || opts.segment_size > u32::MAX as u64 {
             return Err(invalid(
@@ -144,7 +214,7 @@ impl Log {
                 format!("segment size {} out of range", opts.segment_size),
             ));
         }
-        fs::create_dir_all(dir).map_err(|e| io_err(dir, e))?;
+        create_dir_durable(dir)?;
         // Before reading or repairing anything: a second process must not touch the files.
         let lock = DirLock::acquire(dir)?;
         let (snap_index, snap_term) = read_meta(dir)?;
@@ -178,10 +248,21 @@ impl Log {
             }
             let expect = segs.last().map(|s| s.last_index() + 1);
             let mut released = 0;
-            let scan: Scan = segment::scan(&path, &map, expect, prev_term, is_last, &mut |upto| {
-                release_map(&map, released, upto);
-                released = upto;
-            })?;
+            let scan: Scan = segment::scan(
+                &path,
+                &map,
+                expect,
+                prev_term,
+                is_last,
+                durable,
+                &mut |upto| {
+                    release_map(&map, released, upto);
+                    released = upto;
+                },
+            )?;
+            if is_last {
+                check_durable_end(&path, scan.end, scan.last_index(), snap_index, durable)?;
+            }
             let mut map = map;
             if scan.dirty_end > scan.end {
                 match &scan.tail {
@@ -213,6 +294,11 @@ impl Log {
             }
             segs.push(seg);
         }
+        if segs.is_empty() {
+            check_durable_end(dir, 0, snap_index, snap_index, durable)?;
+        } else if let Some(s) = segs.last() {
+            check_durable_end(&s.path, s.end, s.last_index(), snap_index, durable)?;
+        }
         let mut log = Log {
             dir: dir.to_path_buf(),
             opts,
@@ -230,9 +316,12 @@ impl Log {
     /// interrupted compaction or reset, and checks the log starts where the snapshot ends.
     fn apply_snapshot_boundary(&mut self) -> Result<(), StorageError> {
         let (si, st) = (self.snap_index, self.snap_term);
-        let stale = self.segs.iter().any(|s| {
-            s.first_index <= si && si <= s.last_index() && si > 0 && s.header(si).term != st
-        }) || self.segs.last().is_some_and(|s| s.last_index() < si);
+        let term_at = self
+            .segs
+            .iter()
+            .find(|s| s.first_index <= si && si <= s.last_index())
+            .map(|s| s.header(si).term);
+        let stale = is_stale(si, st, self.segs.last().map(|s| s.last_index()), term_at);
         if stale {
             ::log::warn!(
                 "{}: log does not match the snapshot at ({si}, {st}) (interrupted reset); dropping it",

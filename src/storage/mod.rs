@@ -86,4 +86,4 @@ impl Default for LogOptions {
 pub use hardstate::HardStateFile;
 pub use lock::DirLock;
 pub use log::Log;
-pub use snapshot::{SnapshotReader, SnapshotStore, SnapshotWriter};
+pub use snapshot::{SealedSnapshot, SnapshotReader, SnapshotStore, SnapshotWriter};

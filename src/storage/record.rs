@@ -86,6 +86,10 @@ pub fn decode_seg_header(b: &[u8]) -> Result<u64, String> {
 /// Indexes above this are treated as damage (keeps `index + 1` arithmetic safe).
 pub const MAX_INDEX: u64 = u64::MAX / 4;
 
+/// Terms above this are treated as damage (from the disk) or refused (from the network), so
+/// `term + 1` can never overflow.
+pub const MAX_TERM: u64 = u64::MAX / 4;
+
 /// Size of the record for an entry with `data_len` payload bytes.
 pub fn record_len(data_len: usize) -> usize {
     REC_HEADER_LEN + data_len
@@ -164,12 +168,27 @@ pub fn probe(buf: &[u8], pos: usize) -> Probe {
     if EntryType::try_from(entry_type as i32).is_err() || h[13..16] != [0, 0, 0] {
         return Probe::Bad(format!("bad entry type {entry_type}"));
     }
+    let term = le_u64(h, 24);
+    if term > MAX_TERM {
+        return Probe::Bad(format!("implausible term {term}"));
+    }
     Probe::Record(RecHeader {
         len,
         entry_type,
         index: le_u64(h, 16),
-        term: le_u64(h, 24),
+        term,
     })
+}
+
+/// Where the record at `pos` claims to end, if its header is readable (right magic, length
+/// within the file), whatever its CRC says.
+pub fn claimed_end(buf: &[u8], pos: usize) -> Option<usize> {
+    let rest = buf.len().checked_sub(pos)?;
+    if rest < REC_HEADER_LEN || le_u32(buf, pos) != REC_MAGIC {
+        return None;
+    }
+    let len = le_u32(buf, pos + 8) as usize;
+    (len <= rest - REC_HEADER_LEN).then_some(pos + REC_HEADER_LEN + len)
 }
 
 /// Builds the entry for a validated record at `pos` (copies the payload).

@@ -71,20 +71,47 @@ fn last_nonzero(b: &[u8], from: usize, release: &mut dyn FnMut(usize)) -> usize 
     last
 }
 
-/// True when the damaged record span `b[from..to]` (from = start of the bad record, to = a
-/// valid record further on) shows a lost write: a 512-byte aligned sector that never reached the
-/// disk in a crash reads back as zeros. Checked: the part of the first sector from `from` on
-/// (it starts with the record magic, which no single bit flip turns into zeros), and every whole
-/// sector inside the span. A flipped bit in a written record shows neither.
-fn has_zero_sector(b: &[u8], from: usize, to: usize) -> bool {
-    if to <= from {
+/// True when the bytes *outside* the damaged record at `from` show a lost write, up to `to`
+/// (a valid record continuing the log further on). In a crash, a 512-byte aligned sector that
+/// never reached the disk reads back as zeros (segments are preallocated zeros), so:
+/// - if the damaged record's header is readable (right magic, length within the file), its
+///   claimed end `ce` must be at or before `to`, and the bytes from `ce` on must show a lost
+///   write: the next record's magic at `ce` reads as zeros (a record magic is never zero), or
+///   a whole aligned sector in `[ce, to)` is zeros;
+/// - if its header is not readable, its magic must read as zeros up to or from a sector
+///   boundary (then that whole sector, up to `to`, reads as zeros).
+///
+/// Zeros *inside* the damaged record prove nothing: a payload may well contain zeros (a value
+/// of zero bytes), and a flipped bit elsewhere in such a record is corruption, not a crash.
+fn lost_write_after(b: &[u8], from: usize, to: usize) -> bool {
+    if to <= from || to > b.len() {
         return false;
     }
-    let first_end = ((from / 512 + 1) * 512).min(to);
-    if b[from..first_end].iter().all(|&x| x == 0) {
+    let ce = record::claimed_end(b, from);
+    let Some(ce) = ce else {
+        // The header is unreadable: only its magic can show a lost sector. No magic byte is
+        // zero and a flipped bit cannot zero one, so zeros in it from or up to a sector
+        // boundary mean that sector never reached the disk.
+        if from + 4 > b.len() {
+            return false;
+        }
+        let magic = &b[from..from + 4];
+        let s = from.div_ceil(512) * 512;
+        if s >= from + 4 || s == from {
+            return magic.iter().all(|&x| x == 0);
+        }
+        let k = s - from;
+        let lost_before = magic[..k].iter().all(|&x| x == 0);
+        let lost_from = b[s..(s + 512).min(to)].iter().all(|&x| x == 0);
+        return lost_before || lost_from;
+    };
+    if ce > to {
+        return false;
+    }
+    if ce + 4 <= to && b[ce..ce + 4].iter().all(|&x| x == 0) {
         return true;
     }
-    let mut s = first_end;
+    let mut s = ce.div_ceil(512) * 512;
     while s + 512 <= to {
         if b[s..s + 512].iter().all(|&x| x == 0) {
             return true;
@@ -99,7 +126,10 @@ fn has_zero_sector(b: &[u8], from: usize, to: usize) -> bool {
 /// * `expect_first`: the index this segment must start at (from the previous segment), if any.
 /// * `prev_term`: term of the previous segment's last entry (terms never go down).
 /// * `tolerate_tail`: this is the last segment and damage at its tail is a torn write to be
-///   truncated (Log::open). When false every problem is an error (non-last segments, `verify`).
+///   truncated (Log::open). When false every problem is an error (non-last segments,
+///   `verify --strict`), including non-zero bytes after the last record.
+/// * `durable`: entries up to this index are known to have been synced (the hard state's
+///   commit hint): damage at or below it is never a torn write.
 /// * `release(upto)`: called as the scan advances so the caller can drop mapped pages.
 pub fn scan(
     path: &Path,
@@ -107,6 +137,7 @@ pub fn scan(
     expect_first: Option<u64>,
     prev_term: u64,
     tolerate_tail: bool,
+    durable: u64,
     release: &mut dyn FnMut(usize),
 ) -> Result<Scan, StorageError> {
     let corrupt = |offset: usize, what: String| StorageError::Corrupt {
@@ -173,14 +204,26 @@ pub fn scan(
         if !tolerate_tail {
             return Err(corrupt(pos, what));
         }
+        if expected <= durable {
+            return Err(corrupt(
+                pos,
+                format!(
+                    "{what} in entry {expected}, at or below the durable commit index {durable} \
+                     of the hard state (it was synced: damage, not a torn write)"
+                ),
+            ));
+        }
         // Tail damage, or damage in the middle of the last segment? Look for a valid record
-        // that continues the log further on: if there is one and the damaged span does not look
-        // like a lost write (a zero sector), the damage is not at the tail.
+        // that continues the log further on: if there is one and the bytes outside the damaged
+        // record do not show a lost write, the damage is not at the tail.
         if let Some(q) = find_valid_after(b, pos + 1, expected) {
-            if !has_zero_sector(b, pos, q) {
+            if !lost_write_after(b, pos, q) {
                 return Err(corrupt(
                     pos,
-                    format!("{what} (valid records follow at byte {q}: not a torn tail)"),
+                    format!(
+                        "{what} in entry {expected} (valid records follow at byte {q} and \
+                         nothing outside the record shows a lost write: not a torn tail)"
+                    ),
                 ));
             }
         }
@@ -188,11 +231,16 @@ pub fn scan(
         break;
     }
     s.end = pos;
-    s.dirty_end = if tolerate_tail {
-        last_nonzero(b, pos, release)
-    } else {
-        pos
-    };
+    s.dirty_end = last_nonzero(b, pos, release);
+    if !tolerate_tail && s.dirty_end > pos {
+        // A sealed segment was flushed whole before the next one existed, and truncations
+        // zero what they cut: nothing may follow its last record.
+        let p = pos + b[pos..].iter().position(|&x| x != 0).unwrap_or(0);
+        return Err(corrupt(
+            p,
+            format!("non-zero bytes after the last record (which ends at byte {pos})"),
+        ));
+    }
     release(b.len());
     Ok(s)
 }

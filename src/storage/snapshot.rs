@@ -164,7 +164,14 @@ impl SnapshotWriter {
 
     /// Seals, syncs and publishes the snapshot (pruning all but the newest two); returns its
     /// path.
-    pub fn finish(mut self) -> Result<PathBuf, StorageError> {
+    pub fn finish(self) -> Result<PathBuf, StorageError> {
+        self.seal()?.publish()
+    }
+
+    /// Writes the end marker and trailer and fsyncs the temp file, without publishing it: the
+    /// complete file can then be validated ([`SealedSnapshot::path`]) before
+    /// [`SealedSnapshot::publish`]. Dropping the result deletes the temp file.
+    pub fn seal(mut self) -> Result<SealedSnapshot, StorageError> {
         let tmp = self.tmp.clone();
         let io = |e| io_err(&tmp, e);
         self.write_chunk().map_err(io)?;
@@ -180,6 +187,13 @@ impl SnapshotWriter {
                 io::Error::other("snapshot writer already closed"),
             )
         })?;
+        // From here on the temp file is the SealedSnapshot's to delete.
+        let sealed = SealedSnapshot {
+            dir: self.dir.clone(),
+            tmp: self.tmp.clone(),
+            dest: self.dest.clone(),
+            published: false,
+        };
         out.write_all(&0u32.to_le_bytes())
             .and_then(|_| out.write_all(&trailer))
             .and_then(|_| out.flush())
@@ -188,11 +202,7 @@ impl SnapshotWriter {
             .into_inner()
             .map_err(|e| io_err(&self.tmp, e.into_error()))?;
         file.sync_all().map_err(io)?;
-        drop(file);
-        fs::rename(&self.tmp, &self.dest).map_err(|e| io_err(&self.dest, e))?;
-        sync_dir(&self.dir)?;
-        prune_dir(&self.dir)?;
-        Ok(self.dest.clone())
+        Ok(sealed)
     }
 
     /// Abandons the snapshot and deletes the temp file.
@@ -202,6 +212,41 @@ impl SnapshotWriter {
 
     fn discard(&mut self) {
         if self.out.take().is_some() {
+            let _ = fs::remove_file(&self.tmp);
+        }
+    }
+}
+
+/// A complete, synced snapshot file not yet in the snapshot directory's set (still its temp
+/// name): validate it through [`SealedSnapshot::path`], then [`SealedSnapshot::publish`] it, or
+/// drop it (deletes the file).
+pub struct SealedSnapshot {
+    dir: PathBuf,
+    tmp: PathBuf,
+    dest: PathBuf,
+    published: bool,
+}
+
+impl SealedSnapshot {
+    /// The sealed temp file (readable with [`SnapshotReader`]).
+    pub fn path(&self) -> &Path {
+        &self.tmp
+    }
+
+    /// Renames it into place, fsyncs the directory and prunes all but the newest two; returns
+    /// the published path.
+    pub fn publish(mut self) -> Result<PathBuf, StorageError> {
+        fs::rename(&self.tmp, &self.dest).map_err(|e| io_err(&self.dest, e))?;
+        self.published = true;
+        sync_dir(&self.dir)?;
+        prune_dir(&self.dir)?;
+        Ok(self.dest.clone())
+    }
+}
+
+impl Drop for SealedSnapshot {
+    fn drop(&mut self) {
+        if !self.published {
             let _ = fs::remove_file(&self.tmp);
         }
     }
@@ -503,7 +548,7 @@ fn prune_dir(dir: &Path) -> Result<(), StorageError> {
 impl SnapshotStore {
     /// Opens (or creates) the snapshot directory; removes temp files left by a crash.
     pub fn open(dir: &Path) -> Result<SnapshotStore, StorageError> {
-        fs::create_dir_all(dir).map_err(|e| io_err(dir, e))?;
+        super::log::create_dir_durable(dir)?;
         for ent in fs::read_dir(dir).map_err(|e| io_err(dir, e))? {
             let ent = ent.map_err(|e| io_err(dir, e))?;
             if ent

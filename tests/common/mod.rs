@@ -20,6 +20,18 @@ pub fn free_ports(n: usize) -> Vec<u16> {
     raftkv::net::ports::free_ports(n).expect("free loopback ports")
 }
 
+/// Files in `dir` whose extension is `ext`, sorted by name (segments and snapshot files are
+/// named so that this is index order).
+pub fn files_with_ext(dir: &Path, ext: &str) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == ext))
+        .collect();
+    v.sort();
+    v
+}
+
 /// Polls `f` every 10 ms until it returns Some, or panics after `within`.
 pub fn wait_for<T>(what: &str, within: Duration, mut f: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + within;
