@@ -101,11 +101,15 @@ pub struct Config {
     /// Seed for election-timeout jitter.
     pub seed: u64,
     /// TEST ONLY: deliberately break the protocol so the simulator can prove it catches real
-    /// bugs. Always `PlantedBug::None` in production.
+    /// bugs. Only compiled into test builds and builds with the `sim-bugs` feature (the
+    /// simulator binary, the tests); the shipped `raftkv` binary has no such field, and
+    /// [`Config::planted_bug`] is then the constant `PlantedBug::None`.
+    #[cfg(any(test, feature = "sim-bugs"))]
     pub planted_bug: PlantedBug,
 }
 
-/// TEST ONLY: protocol bugs the core can be told to contain, for the simulator's self-test.
+/// TEST ONLY: protocol bugs the core can be told to contain, for the simulator's self-test
+/// (see [`Config::planted_bug`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum PlantedBug {
     /// Correct behaviour.
@@ -122,7 +126,8 @@ pub enum PlantedBug {
 }
 
 impl Config {
-    /// Sensible defaults for node `id`.
+    /// The defaults for node `id` (the one place they are written: the server's config and
+    /// the CLI start from these).
     pub fn new(id: u64) -> Config {
         Config {
             id,
@@ -136,8 +141,43 @@ impl Config {
             max_msg_bytes: 1 << 20,
             max_uncommitted_bytes: 64 << 20,
             seed: id,
+            #[cfg(any(test, feature = "sim-bugs"))]
             planted_bug: PlantedBug::None,
         }
+    }
+
+    /// Checks the settings against each other (raft-rs `Config::validate`). `RawNode::new`
+    /// refuses a config that fails.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.id == 0 {
+            return Err("raft config: id must be non-zero".into());
+        }
+        if self.election_tick == 0 || self.heartbeat_tick == 0 {
+            return Err("raft config: election_tick and heartbeat_tick must be > 0".into());
+        }
+        if self.heartbeat_tick >= self.election_tick {
+            return Err(format!(
+                "raft config: heartbeat_tick {} must be < election_tick {}",
+                self.heartbeat_tick, self.election_tick
+            ));
+        }
+        if self.lease_read && !self.check_quorum {
+            return Err("raft config: lease_read requires check_quorum".into());
+        }
+        if self.max_inflight_msgs == 0 {
+            return Err("raft config: max_inflight_msgs must be > 0".into());
+        }
+        Ok(())
+    }
+
+    /// The planted bug in force: always `PlantedBug::None` unless built for tests or with the
+    /// `sim-bugs` feature (then the compiler drops every bug branch from the shipped binary).
+    #[inline]
+    pub fn planted_bug(&self) -> PlantedBug {
+        #[cfg(any(test, feature = "sim-bugs"))]
+        return self.planted_bug;
+        #[cfg(not(any(test, feature = "sim-bugs")))]
+        return PlantedBug::None;
     }
 }
 
@@ -228,12 +268,13 @@ mod extras;
 mod log;
 mod memlog;
 mod node;
-mod progress;
+mod quorum;
 mod read_only;
 mod replication;
 #[cfg(test)]
 mod tests;
+mod tracker;
 
 pub use memlog::MemLog;
 pub use node::RawNode;
-pub use progress::ProgressState;
+pub use tracker::ProgressState;

@@ -3,8 +3,9 @@
 //! extras.rs.
 
 use super::log::RaftLog;
-use super::progress::Progress;
+use super::quorum::MajorityConfig;
 use super::read_only::ReadOnly;
+use super::tracker::{ProgressMap, Votes};
 use super::{
     ConfState, Config, HardState, InitialState, LogError, LogStore, Message, ReadState, Ready,
     Role, Status,
@@ -12,7 +13,7 @@ use super::{
 use crate::pb::raftpb::message::Body;
 use crate::pb::raftpb::{HeartbeatResponse, RequestVoteResponse};
 use crate::rng::Rng;
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::VecDeque;
 
 /// A Raft node. Generic over the log store it reads.
 pub struct RawNode<S: LogStore> {
@@ -46,9 +47,9 @@ pub struct RawNode<S: LogStore> {
     pub(super) quiet_boot: bool,
 
     /// Votes (or pre-votes) received in the current campaign, self included.
-    pub(super) votes: HashMap<u64, bool>,
+    pub(super) votes: Votes,
     /// Leader only: progress of every other member.
-    pub(super) prs: BTreeMap<u64, Progress>,
+    pub(super) prs: ProgressMap,
     pub(super) read_only: ReadOnly,
     /// Leader only: target of a pending leadership transfer (0 = none).
     pub(super) transferee: u64,
@@ -79,24 +80,7 @@ impl<S: LogStore> RawNode<S> {
     /// election timer fires. Errors on an invalid config (id 0, heartbeat >= election, lease
     /// read without check quorum).
     pub fn new(cfg: Config, store: S, init: InitialState) -> Result<RawNode<S>, String> {
-        if cfg.id == 0 {
-            return Err("raft config: id must be non-zero".into());
-        }
-        if cfg.election_tick == 0 || cfg.heartbeat_tick == 0 {
-            return Err("raft config: election_tick and heartbeat_tick must be > 0".into());
-        }
-        if cfg.heartbeat_tick >= cfg.election_tick {
-            return Err(format!(
-                "raft config: heartbeat_tick {} must be < election_tick {}",
-                cfg.heartbeat_tick, cfg.election_tick
-            ));
-        }
-        if cfg.lease_read && !cfg.check_quorum {
-            return Err("raft config: lease_read requires check_quorum".into());
-        }
-        if cfg.max_inflight_msgs == 0 {
-            return Err("raft config: max_inflight_msgs must be > 0".into());
-        }
+        cfg.validate()?;
         let log = RaftLog::new(store);
         let (snap_index, _) = log.snapshot_index_term();
         let last = log.last_index();
@@ -134,8 +118,8 @@ impl<S: LogStore> RawNode<S> {
             heartbeat_elapsed: 0,
             randomized_timeout,
             quiet_boot,
-            votes: HashMap::new(),
-            prs: BTreeMap::new(),
+            votes: Votes::default(),
+            prs: ProgressMap::default(),
             read_only: ReadOnly::default(),
             transferee: 0,
             lease_fence: 0,
@@ -165,14 +149,9 @@ impl<S: LogStore> RawNode<S> {
         self.conf.voters.contains(&id)
     }
 
-    pub(super) fn quorum(&self) -> usize {
-        self.conf.voters.len() / 2 + 1
-    }
-
-    /// True if the ids in `set` (non-voters ignored) form a quorum of voters.
-    pub(super) fn has_quorum(&self, set: impl Fn(u64) -> bool) -> bool {
-        let n = self.conf.voters.iter().filter(|&&v| set(v)).count();
-        n >= self.quorum()
+    /// The voter set's quorum arithmetic (all of it lives in `quorum.rs`).
+    pub(super) fn majority(&self) -> MajorityConfig<'_> {
+        MajorityConfig::new(&self.conf.voters)
     }
 
     pub(super) fn send(&mut self, to: u64, body: Body) {
@@ -266,9 +245,7 @@ impl<S: LogStore> RawNode<S> {
             self.election_elapsed = 0;
             if self.cfg.check_quorum {
                 let me = self.id();
-                let active =
-                    |id: u64| id == me || self.prs.get(&id).is_some_and(|p| p.recent_active);
-                if !self.has_quorum(active) {
+                if !self.prs.quorum_recently_active(&self.conf.voters, me) {
                     log::info!(
                         "node {} steps down: no quorum heard in term {}",
                         me,

@@ -10,7 +10,9 @@
 //! history is checked for linearizability at the end. Everything is driven by one seeded
 //! [`Rng`] and ordered collections, so a seed reproduces its run (and trace) exactly.
 
-use crate::raft::{Config, LogStore, Message, PlantedBug, Role};
+#[cfg(any(test, feature = "sim-bugs"))]
+use crate::raft::PlantedBug;
+use crate::raft::{Config, LogStore, Message, Role};
 use crate::rng::Rng;
 use crate::sim::checker::Checker;
 use crate::sim::client::{ClientAction, ClientReq, Reply, SimClient};
@@ -649,13 +651,23 @@ fn short_op(req: &ClientReq) -> String {
     }
 }
 
-/// Sets the planted bug in a core config.
+/// Sets the planted bug in a core config (only builds with the `sim-bugs` feature, or tests,
+/// can plant one: the shipped core has no switch).
+#[cfg(any(test, feature = "sim-bugs"))]
 fn plant(cfg: &mut Config, bug: Bug) {
     cfg.planted_bug = match bug {
         Bug::None => PlantedBug::None,
         Bug::VoteTwice => PlantedBug::VoteTwice,
         Bug::CommitOldTerm => PlantedBug::CommitOldTerm,
     };
+}
+
+#[cfg(not(any(test, feature = "sim-bugs")))]
+fn plant(_cfg: &mut Config, bug: Bug) {
+    assert!(
+        bug == Bug::None,
+        "planted bug {bug:?} needs a build with the sim-bugs feature"
+    );
 }
 
 /// Runs one seeded schedule.
