@@ -474,12 +474,21 @@ impl<S: LogStore> RawNode<S> {
         }
         let mut rd = Ready::default();
         let hs = self.hard_state();
+        let keeps_term_vote = hs.term == self.prev_hs.term && hs.vote == self.prev_hs.vote;
         if hs != self.prev_hs {
             rd.hard_state = Some(hs);
             self.prev_hs = hs;
         }
         rd.entries = self.log.take_unemitted();
-        rd.messages = std::mem::take(&mut self.msgs);
+        // A commit-only hard state change needs no sync (commit is recomputed after a crash).
+        rd.must_sync = !keeps_term_vote || !rd.entries.is_empty();
+        let early = self.role == Role::Leader && keeps_term_vote;
+        let (mut before, after): (Vec<Message>, Vec<Message>) = std::mem::take(&mut self.msgs)
+            .into_iter()
+            .partition(|m| early && self.may_leave_before_sync(m));
+        rd.early_messages = before.len();
+        before.extend(after);
+        rd.messages = before;
         if self.committed_available() {
             let hi = self.commit.min(self.log.last_index());
             let max = self.cfg.max_msg_bytes.max(1 << 20);
@@ -510,6 +519,25 @@ impl<S: LogStore> RawNode<S> {
         rd.snapshot_sends = std::mem::take(&mut self.snapshot_sends);
         rd.snapshot_msgs = std::mem::take(&mut self.snapshot_msgs);
         rd
+    }
+
+    /// Leader replication messages (AppendEntries, Heartbeat, InstallSnapshot, TimeoutNow of
+    /// the current term) promise nothing about the leader's own disk: it counts its entries
+    /// towards commit only after `on_persisted` (Raft dissertation §10.2.1). So they may leave
+    /// before the Ready's sync, and the leader's and the followers' syncs overlap. Everything
+    /// else (vote grants, append and heartbeat answers, ...) promises state that must be
+    /// durable first. Only asked while leading with the persisted term and vote unchanged.
+    fn may_leave_before_sync(&self, m: &Message) -> bool {
+        m.term == self.term
+            && matches!(
+                m.body,
+                Some(
+                    Body::AppendEntries(_)
+                        | Body::Heartbeat(_)
+                        | Body::InstallSnapshot(_)
+                        | Body::TimeoutNow(_)
+                )
+            )
     }
 
     /// Current status.

@@ -428,8 +428,13 @@ impl SimNode {
             if !raw.has_ready() {
                 return self.observe(checker, out);
             }
-            let rd = raw.ready();
-            // Step 1: write hard state and entries.
+            let mut rd = raw.ready();
+            // Step 1: a leader's replication messages leave before its own sync (the core
+            // decides which: `Ready::early_messages`); the rest wait in `rd.messages`.
+            let (early, late) = rd.take_messages();
+            out.extend(early.into_iter().map(Action::Send));
+            rd.messages = late;
+            // Step 2: write hard state and entries.
             if let Some(hs) = &rd.hard_state {
                 out.push(Action::Trace(format!(
                     "node {} write hardstate term {} vote {} commit {}",
