@@ -21,6 +21,7 @@
 //! may still commit; a retry with the same session seq is exactly-once).
 
 pub mod config;
+mod ready_shell;
 pub mod signal;
 mod snap;
 
@@ -146,6 +147,8 @@ pub struct Server {
     leader_term: Option<u64>,
     last_leader: Option<u64>,
     dirty_clients: HashSet<Token>,
+    /// Entries appended to the log in the Ready being handled and not yet synced.
+    appended_unsynced: bool,
     dirty_peers: HashSet<u64>,
     read_again: Vec<Token>,
     unreachable: HashSet<u64>,
@@ -216,16 +219,6 @@ fn tick_catch_up(next_tick: Instant, now: Instant, tick: Duration, cap: u64) -> 
         .filter(|&t| t > now)
         .unwrap_or(now + tick);
     (owed.min(u128::from(cap)) as u64, new_next)
-}
-
-/// An AppendEntries without entries (a commit-index update or probe) or a heartbeat.
-fn is_commit_or_heartbeat_only(m: &Message) -> bool {
-    use crate::pb::raftpb::message::Body;
-    match &m.body {
-        Some(Body::AppendEntries(a)) => a.entries.is_empty(),
-        Some(Body::Heartbeat(_)) => true,
-        _ => false,
-    }
 }
 
 fn role_name(r: Role) -> &'static str {
@@ -424,6 +417,7 @@ impl Server {
             leader_term: None,
             last_leader: None,
             dirty_clients: HashSet::new(),
+            appended_unsynced: false,
             dirty_peers: HashSet::new(),
             read_again: Vec::new(),
             unreachable: HashSet::new(),
@@ -1259,113 +1253,13 @@ impl Server {
         }
     }
 
-    fn handle_ready(&mut self, mut rd: Ready) -> Result<(), String> {
-        // 0. Leader fast path (Raft dissertation §10.2.1): a leader's AppendEntries,
-        // heartbeats, InstallSnapshot and TimeoutNow promise nothing about its own disk, and
-        // the core counts the leader's own log towards commit only after `on_persisted`
-        // (step 6). So they leave *before* the local append + sync, and the leader's and the
-        // followers' syncs overlap instead of running in series. Only when the hard state
-        // keeps the saved term and vote; everything else waits for the sync (step 2). The core
-        // decides which messages those are (`Ready::early_messages`).
-        let (early, late) = rd.take_messages();
-        // Entries go out at once; messages that only carry the commit index or a heartbeat
-        // wait until the answers to clients are out (step 2).
-        let (urgent, deferred): (Vec<Message>, Vec<Message>) = early
-            .into_iter()
-            .partition(|m| !is_commit_or_heartbeat_only(m));
-        if !urgent.is_empty() {
-            for m in urgent {
-                self.send_peer(m);
-            }
-            // Onto the wire now, not at the end of the loop iteration (after the sync).
-            self.flush_peers();
-        }
-
-        // 1. Durability. Term/vote changes are written at once (before any message that
-        // depends on them); the commit index rides along lazily (see persist_commit_hint).
-        let mut new_commit = None;
-        if let Some(hs) = rd.hard_state {
-            if hs.term != self.saved_hs.term || hs.vote != self.saved_hs.vote {
-                let to_save = HardState {
-                    term: hs.term,
-                    vote: hs.vote,
-                    // Only a commit whose entries are already durable here.
-                    commit: self.commit_hint,
-                };
-                self.hs_file
-                    .save(&to_save)
-                    .map_err(|e| format!("saving hard state: {e}"))?;
-                self.saved_hs = to_save;
-            }
-            new_commit = Some(hs.commit);
-        }
-        // 2. A leader applies, answers and serves reads *before* the local append + sync:
-        // every committed entry is already durable on a majority (the core commits nothing
-        // else), so applying it and answering its client does not depend on this node's disk,
-        // and the answers leave while this node syncs the next batch instead of one sync later.
-        // (Applying writes nothing to disk; a snapshot is only taken between Readys.) Commit
-        // broadcasts and heartbeats follow the answers. A follower applies after its acks are
-        // out (step 4): nobody waits on its state machine, the leader waits on its ack.
-        let is_leader = self.node.role() == Role::Leader;
-        let (committed, reads, failed_reads) = (
-            std::mem::take(&mut rd.committed),
-            std::mem::take(&mut rd.reads),
-            std::mem::take(&mut rd.failed_reads),
-        );
-        let mut after_sync = None;
-        if is_leader {
-            self.apply_and_serve(committed, reads, failed_reads);
-            // Answers onto the wire now: before the sync and before the commit broadcast.
-            if (!rd.entries.is_empty() || !deferred.is_empty()) && !self.dirty_clients.is_empty() {
-                self.flush_clients();
-            }
-        } else {
-            after_sync = Some((committed, reads, failed_reads));
-        }
-        if !deferred.is_empty() {
-            for m in deferred {
-                self.send_peer(m);
-            }
-            self.flush_peers();
-        }
-
-        // 3. Append and sync.
-        let mut persisted = None;
-        if let Some(last) = rd.entries.last() {
-            persisted = Some((last.index, last.term));
-            let store = self.node.store_mut();
-            store
-                .append(&rd.entries)
-                .map_err(|e| format!("appending to the log: {e}"))?;
-            // Group commit: one sync for everything proposed or received in this batch.
-            store.sync().map_err(|e| format!("syncing the log: {e}"))?;
-        }
-        if let Some(c) = new_commit {
-            self.commit_hint = self.commit_hint.max(c);
-        }
-
-        // 4. Messages (all but the leader's early ones), now that what they promise is durable.
-        for m in late {
-            self.send_peer(m);
-        }
-        if let Some((committed, reads, failed_reads)) = after_sync {
-            // A follower's acks onto the wire before it applies (see step 2).
-            self.flush_peers();
-            self.apply_and_serve(committed, reads, failed_reads);
-        }
-
-        // 5. Snapshots: stream to peers behind the compacted log; feed transfer messages.
-        if !rd.snapshot_sends.is_empty() {
-            self.on_snapshot_sends(rd.snapshot_sends);
-        }
-        if !rd.snapshot_msgs.is_empty() {
-            self.on_snapshot_msgs(rd.snapshot_msgs)?;
-        }
-
-        // 6. Acknowledge durability.
-        if let Some((index, term)) = persisted {
-            self.node.on_persisted(index, term);
-        }
+    /// One Ready in the production order: the node layer's phases (`src/node/ready.rs`) over
+    /// this server's sockets, log and hard state file (`ready_shell.rs`). The sync here is
+    /// synchronous, so the node layer never leaves part of it pending.
+    fn handle_ready(&mut self, rd: Ready) -> Result<(), String> {
+        self.appended_unsynced = false;
+        let pending = crate::node::handle_ready(self, rd)?;
+        debug_assert!(pending.is_none(), "the server's sync is synchronous");
         Ok(())
     }
 
