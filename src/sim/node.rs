@@ -933,7 +933,6 @@ impl SimNode {
                 Some(Op::Cas(_)) => R::Cas(kvpb::CasResponse {
                     succeeded: true,
                     version: e.index,
-                    ..Default::default()
                 }),
                 None => continue,
             };
