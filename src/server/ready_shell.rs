@@ -56,6 +56,7 @@ impl ReadyShell for Server {
             .store_mut()
             .append(entries)
             .map_err(|e| format!("appending to the log: {e}"))?;
+        debug_assert_eq!(self.node.store().check_invariants(), Ok(()));
         self.appended_unsynced = true;
         Ok(())
     }

@@ -1,12 +1,11 @@
-//! The simulated shell around one `RawNode`: what the server does, minus sockets and files.
+//! The simulated, fault-injecting shell around one `RawNode`: what the server does, minus
+//! sockets and files.
 //!
-//! It follows the `Ready` handling order of `src/raft/mod.rs` exactly:
-//! 1. write the hard state and entries to the disk and start a sync;
-//! 2. once the sync completes, send the messages;
-//! 3. apply the committed entries to the `KvStore`, then `on_applied`;
-//! 4. serve reads whose index is applied;
-//! 5. send the snapshot to each peer in `snapshot_sends`;
-//! 6. `on_persisted` with the last entry written in step 1.
+//! Each `Ready` goes through the node layer's production phases (`crate::node::handle_ready`,
+//! the code the server runs): `SimShell` (end of this file) is the simulator's side of
+//! `ReadyShell`, over the simulated `Disk` (unsynced writes lost on a crash, torn writes) and
+//! the simulated network (`Action::Send`). A sync is `Pending` until the world delivers
+//! `SyncDone`. Client requests, local snapshots and snapshot transfer are handled here.
 //!
 //! The node is single-threaded like the real server: while a sync is in progress it is blocked,
 //! and inputs that arrive (messages, ticks, client requests) wait in a queue. A crash discards
