@@ -393,14 +393,7 @@ impl SimNode {
         self.disk
             .sync()
             .map_err(|e| format!("node {}: disk sync: {e}", self.id))?;
-        let mut shell = SimShell {
-            node: self,
-            now,
-            rng,
-            checker,
-            out,
-        };
-        node::after_sync(&mut shell, held)?;
+        node::after_sync(&mut self.shell(now, rng, checker, out), held)?;
         self.drive(now, rng, checker, out)?;
         while self.busy.is_none() && self.up {
             let Some(inp) = self.deferred.pop_front() else {
@@ -433,15 +426,8 @@ impl SimNode {
                 return self.observe(checker, out);
             }
             let rd = raw.ready();
-            let mut shell = SimShell {
-                node: self,
-                now,
-                rng,
-                checker,
-                out,
-            };
             // The production Ready phases (src/node/ready.rs); a pending sync blocks the node.
-            if let Some(rest) = node::handle_ready(&mut shell, rd)? {
+            if let Some(rest) = node::handle_ready(&mut self.shell(now, rng, checker, out), rd)? {
                 self.busy = Some(rest);
                 return self.observe(checker, out);
             }
@@ -790,6 +776,25 @@ struct SimShell<'a> {
     rng: &'a mut Rng,
     checker: &'a mut Checker,
     out: &'a mut Vec<Action>,
+}
+
+impl SimNode {
+    /// This node as the node layer's `ReadyShell` for one call.
+    fn shell<'a>(
+        &'a mut self,
+        now: u64,
+        rng: &'a mut Rng,
+        checker: &'a mut Checker,
+        out: &'a mut Vec<Action>,
+    ) -> SimShell<'a> {
+        SimShell {
+            node: self,
+            now,
+            rng,
+            checker,
+            out,
+        }
+    }
 }
 
 impl SimShell<'_> {
