@@ -32,7 +32,7 @@ mutate() { # name, perl substitution
         exit 2
     fi
     echo "== mutation $name"
-    if (cd "$dir" && CARGO_TARGET_DIR="$target" cargo test --release --test sim \
+    if (cd "$dir" && RUST_BACKTRACE=0 CARGO_TARGET_DIR="$target" cargo test --release --test sim \
         three_node_clusters_survive_faults 2>&1 | tail -n 15); then
         echo "mutation $name SURVIVED: the suite did not notice" >&2
         return 1
