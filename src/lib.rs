@@ -17,6 +17,7 @@ pub mod client;
 pub mod kv;
 pub mod logger;
 pub mod net;
+pub mod node;
 pub mod pb;
 pub mod raft;
 pub mod rng;

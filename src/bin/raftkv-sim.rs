@@ -5,6 +5,7 @@
 //! See docs/simulator.md.
 
 use clap::Parser;
+use raftkv::node::NodeBug;
 use raftkv::sim::{run_seed, Bug, SeedResult, SimOptions};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -70,7 +71,8 @@ struct Args {
     /// Simulated clients.
     #[arg(long, default_value_t = 4)]
     clients: usize,
-    /// Plant a bug in the core: vote-twice | commit-old-term.
+    /// Plant a bug in the core (vote-twice | commit-old-term) or in the node layer
+    /// (ack-before-sync | answer-before-commit | snapshot-before-durable).
     #[arg(long)]
     bug: Option<String>,
     /// Print the event trace (with --seed).
@@ -89,12 +91,18 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let bug = match args.bug.as_deref() {
-        None | Some("none") => Bug::None,
-        Some("vote-twice") => Bug::VoteTwice,
-        Some("commit-old-term") => Bug::CommitOldTerm,
+    let (bug, node_bug) = match args.bug.as_deref() {
+        None | Some("none") => (Bug::None, NodeBug::None),
+        Some("vote-twice") => (Bug::VoteTwice, NodeBug::None),
+        Some("commit-old-term") => (Bug::CommitOldTerm, NodeBug::None),
+        Some("ack-before-sync") => (Bug::None, NodeBug::AckBeforeSync),
+        Some("answer-before-commit") => (Bug::None, NodeBug::AnswerBeforeCommit),
+        Some("snapshot-before-durable") => (Bug::None, NodeBug::SnapshotBeforeDurable),
         Some(other) => {
-            eprintln!("raftkv-sim: unknown --bug {other:?} (vote-twice | commit-old-term)");
+            eprintln!(
+                "raftkv-sim: unknown --bug {other:?} (vote-twice | commit-old-term | \
+                 ack-before-sync | answer-before-commit | snapshot-before-durable)"
+            );
             return ExitCode::from(2);
         }
     };
@@ -108,6 +116,7 @@ fn main() -> ExitCode {
         max_steps: args.steps.unwrap_or(u64::MAX),
         clients: args.clients,
         bug,
+        node_bug,
         trace: args.verbose,
         check_commit_rule: !args.no_commit_rule,
         ..SimOptions::default()

@@ -1,7 +1,8 @@
 //! Leader election (Raft §5.2, §5.4.1) with PreVote (dissertation §9.6).
 
 use super::node::RawNode;
-use super::progress::Progress;
+use super::quorum::VoteResult;
+use super::tracker::Progress;
 use super::{Entry, EntryType, LogStore, PlantedBug, Role};
 use crate::pb::raftpb::message::Body;
 use crate::pb::raftpb::{RequestVote, RequestVoteResponse};
@@ -54,7 +55,7 @@ impl<S: LogStore> RawNode<S> {
         self.reset(term);
         self.role = Role::PreCandidate;
         let me = self.id();
-        self.votes.insert(me, true);
+        self.votes.record(me, true);
     }
 
     fn become_candidate(&mut self) {
@@ -63,7 +64,7 @@ impl<S: LogStore> RawNode<S> {
         self.role = Role::Candidate;
         let me = self.id();
         self.vote = me;
-        self.votes.insert(me, true);
+        self.votes.record(me, true);
     }
 
     pub(super) fn become_leader(&mut self) {
@@ -91,7 +92,7 @@ impl<S: LogStore> RawNode<S> {
         // first read (see `read_index`; proposals add own-term entries anyway), opening the
         // paper's Figure 8 window: with an immediate no-op, old-term entries almost never
         // reach a quorum ahead of a current-term one and the bug would hide.
-        if self.cfg.planted_bug != PlantedBug::CommitOldTerm {
+        if self.cfg.planted_bug() != PlantedBug::CommitOldTerm {
             self.append_noop();
         }
         self.pending_bcast = true;
@@ -112,33 +113,28 @@ impl<S: LogStore> RawNode<S> {
 
     /// Counts votes. Returns true if the campaign ended (won or lost).
     fn tally(&mut self) -> bool {
-        let granted = self.votes.values().filter(|&&g| g).count();
-        let rejected = self
-            .votes
-            .iter()
-            .filter(|(id, g)| !**g && self.is_voter(**id))
-            .count();
-        let q = self.quorum();
-        if granted >= q {
-            if self.role == Role::PreCandidate {
+        match self.votes.tally(&self.conf.voters) {
+            VoteResult::Won if self.role == Role::PreCandidate => {
                 self.become_candidate();
                 // Re-run the real election (may win at once as a single voter).
                 if self.tally() {
                     return true;
                 }
                 self.request_votes(false);
-                return false;
+                false
             }
-            self.become_leader();
-            return true;
+            VoteResult::Won => {
+                self.become_leader();
+                true
+            }
+            VoteResult::Lost => {
+                // A quorum can no longer be reached.
+                let term = self.term;
+                self.become_follower(term, 0);
+                true
+            }
+            VoteResult::Pending => false,
         }
-        if rejected + q > self.conf.voters.len() {
-            // A quorum can no longer be reached.
-            let term = self.term;
-            self.become_follower(term, 0);
-            return true;
-        }
-        false
     }
 
     pub(super) fn handle_vote_request(&mut self, from: u64, mterm: u64, rv: RequestVote) {
@@ -147,7 +143,7 @@ impl<S: LogStore> RawNode<S> {
             || (self.vote == 0 && self.leader == 0)
             // A pre-vote for a future term commits us to nothing.
             || (rv.pre_vote && mterm > self.term)
-            || (self.cfg.planted_bug == PlantedBug::VoteTwice
+            || (self.cfg.planted_bug() == PlantedBug::VoteTwice
                 && !rv.pre_vote
                 && mterm == self.term
                 && self.role == Role::Follower);
@@ -192,7 +188,7 @@ impl<S: LogStore> RawNode<S> {
         if !wanted || !self.is_voter(from) {
             return;
         }
-        self.votes.entry(from).or_insert(r.granted);
+        self.votes.record(from, r.granted);
         self.tally();
     }
 

@@ -1,7 +1,7 @@
 //! Reads (ReadIndex and lease), leadership transfer, snapshots and transport reports.
 
 use super::node::RawNode;
-use super::progress::ProgressState;
+use super::tracker::ProgressState;
 use super::{LogStore, PlantedBug, ProposeError, ReadState, Role, SnapshotMeta};
 use crate::pb::raftpb::message::Body;
 use crate::pb::raftpb::{InstallSnapshotResponse, Message};
@@ -20,7 +20,8 @@ impl<S: LogStore> RawNode<S> {
         if self.role != Role::Leader {
             return Err(self.not_leader());
         }
-        if self.cfg.planted_bug == PlantedBug::CommitOldTerm && self.log.last_term() != self.term {
+        if self.cfg.planted_bug() == PlantedBug::CommitOldTerm && self.log.last_term() != self.term
+        {
             // Planted bug: the start-of-term no-op was held back (see become_leader).
             self.append_noop();
         }
@@ -77,7 +78,7 @@ impl<S: LogStore> RawNode<S> {
                         .is_some_and(|t| t >= fence && now.saturating_sub(t) < window)
                 })
         };
-        if self.has_quorum(fresh) {
+        if self.majority().has_quorum(fresh) {
             Ok(self.commit)
         } else {
             Err(ProposeError::NoLease)

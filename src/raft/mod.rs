@@ -9,19 +9,25 @@
 //! [`RawNode::transfer_leader`].
 //!
 //! Outputs: [`RawNode::ready`] returns a [`Ready`]. The shell must handle it **in this order**:
-//! 1. write `hard_state` (if any) and append `entries` (if any) to durable storage and sync;
-//! 2. only then send `messages` (a vote grant or an append ack must never leave before the state
-//!    it depends on is durable);
-//! 3. apply `committed` to the state machine in order, then call [`RawNode::on_applied`];
-//! 4. serve `reads` whose index is <= applied;
-//! 5. stream the current snapshot to each peer in `snapshot_sends`;
-//! 6. call [`RawNode::on_persisted`] with the last (index, term) written in step 1.
+//! 1. send the first `early_messages` of `messages` (they may leave before the sync: see
+//!    below);
+//! 2. write `hard_state` (if any) and append `entries` (if any) to durable storage and, if
+//!    `must_sync`, sync;
+//! 3. only then send the rest of `messages` ([`Ready::take_messages`] splits them; a vote grant
+//!    or an append ack must never leave before the state it depends on is durable);
+//! 4. apply `committed` to the state machine in order, then call [`RawNode::on_applied`];
+//! 5. serve `reads` whose index is <= applied;
+//! 6. stream the current snapshot to each peer in `snapshot_sends`;
+//! 7. call [`RawNode::on_persisted`] with the last (index, term) written in step 2.
 //!
-//! One allowed exception (Raft dissertation §10.2.1, used by the server): while the node is
-//! leader and the Ready's `hard_state` keeps the persisted term and vote, its AppendEntries,
-//! Heartbeat, InstallSnapshot and TimeoutNow messages may be sent *before* step 1. They promise
-//! nothing about the leader's disk: the leader counts its own entries towards commit only after
-//! `on_persisted`.
+//! The core, not the shell, decides what may leave before the sync (like raft-rs
+//! `Ready::messages` / `persisted_messages` and etcd-io/raft's `msgsAfterAppend`; here one list
+//! with a boundary, `early_messages`, so a test reading `messages` sees every message): only while
+//! the node is leader and the Ready keeps the persisted term and vote, its AppendEntries,
+//! Heartbeat, InstallSnapshot and TimeoutNow messages are in `messages` (Raft dissertation
+//! §10.2.1). They promise nothing about the leader's disk: the leader counts its own entries
+//! towards commit only after `on_persisted`. Committed entries are durable on a majority, so a
+//! shell may also apply them (step 4) before its own sync.
 //!
 //! The core reads the durable log through the [`LogStore`] trait; it owns the store and the
 //! shell writes to it through [`RawNode::store_mut`].
@@ -101,11 +107,15 @@ pub struct Config {
     /// Seed for election-timeout jitter.
     pub seed: u64,
     /// TEST ONLY: deliberately break the protocol so the simulator can prove it catches real
-    /// bugs. Always `PlantedBug::None` in production.
+    /// bugs. Only compiled into test builds and builds with the `sim-bugs` feature (the
+    /// simulator binary, the tests); the shipped `raftkv` binary has no such field, and
+    /// [`Config::planted_bug`] is then the constant `PlantedBug::None`.
+    #[cfg(any(test, feature = "sim-bugs"))]
     pub planted_bug: PlantedBug,
 }
 
-/// TEST ONLY: protocol bugs the core can be told to contain, for the simulator's self-test.
+/// TEST ONLY: protocol bugs the core can be told to contain, for the simulator's self-test
+/// (see [`Config::planted_bug`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum PlantedBug {
     /// Correct behaviour.
@@ -122,7 +132,8 @@ pub enum PlantedBug {
 }
 
 impl Config {
-    /// Sensible defaults for node `id`.
+    /// The defaults for node `id` (the one place they are written: the server's config and
+    /// the CLI start from these).
     pub fn new(id: u64) -> Config {
         Config {
             id,
@@ -136,8 +147,43 @@ impl Config {
             max_msg_bytes: 1 << 20,
             max_uncommitted_bytes: 64 << 20,
             seed: id,
+            #[cfg(any(test, feature = "sim-bugs"))]
             planted_bug: PlantedBug::None,
         }
+    }
+
+    /// Checks the settings against each other (raft-rs `Config::validate`). `RawNode::new`
+    /// refuses a config that fails.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.id == 0 {
+            return Err("raft config: id must be non-zero".into());
+        }
+        if self.election_tick == 0 || self.heartbeat_tick == 0 {
+            return Err("raft config: election_tick and heartbeat_tick must be > 0".into());
+        }
+        if self.heartbeat_tick >= self.election_tick {
+            return Err(format!(
+                "raft config: heartbeat_tick {} must be < election_tick {}",
+                self.heartbeat_tick, self.election_tick
+            ));
+        }
+        if self.lease_read && !self.check_quorum {
+            return Err("raft config: lease_read requires check_quorum".into());
+        }
+        if self.max_inflight_msgs == 0 {
+            return Err("raft config: max_inflight_msgs must be > 0".into());
+        }
+        Ok(())
+    }
+
+    /// The planted bug in force: always `PlantedBug::None` unless built for tests or with the
+    /// `sim-bugs` feature (then the compiler drops every bug branch from the shipped binary).
+    #[inline]
+    pub fn planted_bug(&self) -> PlantedBug {
+        #[cfg(any(test, feature = "sim-bugs"))]
+        return self.planted_bug;
+        #[cfg(not(any(test, feature = "sim-bugs")))]
+        return PlantedBug::None;
     }
 }
 
@@ -187,13 +233,20 @@ pub struct ReadState {
 /// the order.
 #[derive(Debug, Default)]
 pub struct Ready {
-    /// Persist before sending `messages`.
+    /// Persist before sending `persisted_messages`.
     pub hard_state: Option<HardState>,
-    /// Append to the log before sending `messages`. If `entries[0].index <= last_index`, the log
-    /// is first truncated from that index (a conflicting suffix).
+    /// Append to the log before sending `persisted_messages`. If `entries[0].index <=
+    /// last_index`, the log is first truncated from that index (a conflicting suffix).
     pub entries: Vec<Entry>,
-    /// Send after steps 1 above.
+    /// The term or vote changed, or there are entries: sync before `persisted_messages` and
+    /// `on_persisted`. (A hard state that only moves `commit` may be written lazily.)
+    pub must_sync: bool,
+    /// Every message to send, in two parts the core decides: the first `early_messages` may
+    /// leave at once, before the sync (a leader's replication messages); the rest only once
+    /// `hard_state` and `entries` are durable. [`Ready::take_messages`] splits them.
     pub messages: Vec<Message>,
+    /// How many of `messages`, from the front, may be sent before the sync.
+    pub early_messages: usize,
     /// Apply in order. Never at or below the applied index; each index exactly once.
     pub committed: Vec<Entry>,
     /// Reads confirmed by a quorum.
@@ -205,6 +258,21 @@ pub struct Ready {
     /// InstallSnapshot chunks (follower) and InstallSnapshotResponses (leader) that passed the
     /// core's term checks; the shell's snapshot transfer handles them.
     pub snapshot_msgs: Vec<Message>,
+}
+
+impl Ready {
+    /// Takes `messages` apart: (may leave before the sync, only after it).
+    pub fn take_messages(&mut self) -> (Vec<Message>, Vec<Message>) {
+        let mut early = std::mem::take(&mut self.messages);
+        let late = early.split_off(self.early_messages.min(early.len()));
+        self.early_messages = 0;
+        (early, late)
+    }
+
+    /// Messages that must wait for the sync (`messages` after the early ones).
+    pub fn persisted_messages(&self) -> &[Message] {
+        &self.messages[self.early_messages.min(self.messages.len())..]
+    }
 }
 
 /// A read-only view of the node for status reports.
@@ -228,12 +296,13 @@ mod extras;
 mod log;
 mod memlog;
 mod node;
-mod progress;
+mod quorum;
 mod read_only;
 mod replication;
 #[cfg(test)]
 mod tests;
+mod tracker;
 
 pub use memlog::MemLog;
 pub use node::RawNode;
-pub use progress::ProgressState;
+pub use tracker::ProgressState;

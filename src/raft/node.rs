@@ -3,8 +3,9 @@
 //! extras.rs.
 
 use super::log::RaftLog;
-use super::progress::Progress;
+use super::quorum::MajorityConfig;
 use super::read_only::ReadOnly;
+use super::tracker::{ProgressMap, Votes};
 use super::{
     ConfState, Config, HardState, InitialState, LogError, LogStore, Message, ReadState, Ready,
     Role, Status,
@@ -12,7 +13,7 @@ use super::{
 use crate::pb::raftpb::message::Body;
 use crate::pb::raftpb::{HeartbeatResponse, RequestVoteResponse};
 use crate::rng::Rng;
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::VecDeque;
 
 /// A Raft node. Generic over the log store it reads.
 pub struct RawNode<S: LogStore> {
@@ -46,9 +47,9 @@ pub struct RawNode<S: LogStore> {
     pub(super) quiet_boot: bool,
 
     /// Votes (or pre-votes) received in the current campaign, self included.
-    pub(super) votes: HashMap<u64, bool>,
+    pub(super) votes: Votes,
     /// Leader only: progress of every other member.
-    pub(super) prs: BTreeMap<u64, Progress>,
+    pub(super) prs: ProgressMap,
     pub(super) read_only: ReadOnly,
     /// Leader only: target of a pending leadership transfer (0 = none).
     pub(super) transferee: u64,
@@ -79,24 +80,7 @@ impl<S: LogStore> RawNode<S> {
     /// election timer fires. Errors on an invalid config (id 0, heartbeat >= election, lease
     /// read without check quorum).
     pub fn new(cfg: Config, store: S, init: InitialState) -> Result<RawNode<S>, String> {
-        if cfg.id == 0 {
-            return Err("raft config: id must be non-zero".into());
-        }
-        if cfg.election_tick == 0 || cfg.heartbeat_tick == 0 {
-            return Err("raft config: election_tick and heartbeat_tick must be > 0".into());
-        }
-        if cfg.heartbeat_tick >= cfg.election_tick {
-            return Err(format!(
-                "raft config: heartbeat_tick {} must be < election_tick {}",
-                cfg.heartbeat_tick, cfg.election_tick
-            ));
-        }
-        if cfg.lease_read && !cfg.check_quorum {
-            return Err("raft config: lease_read requires check_quorum".into());
-        }
-        if cfg.max_inflight_msgs == 0 {
-            return Err("raft config: max_inflight_msgs must be > 0".into());
-        }
+        cfg.validate()?;
         let log = RaftLog::new(store);
         let (snap_index, _) = log.snapshot_index_term();
         let last = log.last_index();
@@ -134,8 +118,8 @@ impl<S: LogStore> RawNode<S> {
             heartbeat_elapsed: 0,
             randomized_timeout,
             quiet_boot,
-            votes: HashMap::new(),
-            prs: BTreeMap::new(),
+            votes: Votes::default(),
+            prs: ProgressMap::default(),
             read_only: ReadOnly::default(),
             transferee: 0,
             lease_fence: 0,
@@ -165,14 +149,9 @@ impl<S: LogStore> RawNode<S> {
         self.conf.voters.contains(&id)
     }
 
-    pub(super) fn quorum(&self) -> usize {
-        self.conf.voters.len() / 2 + 1
-    }
-
-    /// True if the ids in `set` (non-voters ignored) form a quorum of voters.
-    pub(super) fn has_quorum(&self, set: impl Fn(u64) -> bool) -> bool {
-        let n = self.conf.voters.iter().filter(|&&v| set(v)).count();
-        n >= self.quorum()
+    /// The voter set's quorum arithmetic (all of it lives in `quorum.rs`).
+    pub(super) fn majority(&self) -> MajorityConfig<'_> {
+        MajorityConfig::new(&self.conf.voters)
     }
 
     pub(super) fn send(&mut self, to: u64, body: Body) {
@@ -266,9 +245,7 @@ impl<S: LogStore> RawNode<S> {
             self.election_elapsed = 0;
             if self.cfg.check_quorum {
                 let me = self.id();
-                let active =
-                    |id: u64| id == me || self.prs.get(&id).is_some_and(|p| p.recent_active);
-                if !self.has_quorum(active) {
+                if !self.prs.quorum_recently_active(&self.conf.voters, me) {
                     log::info!(
                         "node {} steps down: no quorum heard in term {}",
                         me,
@@ -497,12 +474,21 @@ impl<S: LogStore> RawNode<S> {
         }
         let mut rd = Ready::default();
         let hs = self.hard_state();
+        let keeps_term_vote = hs.term == self.prev_hs.term && hs.vote == self.prev_hs.vote;
         if hs != self.prev_hs {
             rd.hard_state = Some(hs);
             self.prev_hs = hs;
         }
         rd.entries = self.log.take_unemitted();
-        rd.messages = std::mem::take(&mut self.msgs);
+        // A commit-only hard state change needs no sync (commit is recomputed after a crash).
+        rd.must_sync = !keeps_term_vote || !rd.entries.is_empty();
+        let early = self.role == Role::Leader && keeps_term_vote;
+        let (mut before, after): (Vec<Message>, Vec<Message>) = std::mem::take(&mut self.msgs)
+            .into_iter()
+            .partition(|m| early && self.may_leave_before_sync(m));
+        rd.early_messages = before.len();
+        before.extend(after);
+        rd.messages = before;
         if self.committed_available() {
             let hi = self.commit.min(self.log.last_index());
             let max = self.cfg.max_msg_bytes.max(1 << 20);
@@ -533,6 +519,25 @@ impl<S: LogStore> RawNode<S> {
         rd.snapshot_sends = std::mem::take(&mut self.snapshot_sends);
         rd.snapshot_msgs = std::mem::take(&mut self.snapshot_msgs);
         rd
+    }
+
+    /// Leader replication messages (AppendEntries, Heartbeat, InstallSnapshot, TimeoutNow of
+    /// the current term) promise nothing about the leader's own disk: it counts its entries
+    /// towards commit only after `on_persisted` (Raft dissertation §10.2.1). So they may leave
+    /// before the Ready's sync, and the leader's and the followers' syncs overlap. Everything
+    /// else (vote grants, append and heartbeat answers, ...) promises state that must be
+    /// durable first. Only asked while leading with the persisted term and vote unchanged.
+    fn may_leave_before_sync(&self, m: &Message) -> bool {
+        m.term == self.term
+            && matches!(
+                m.body,
+                Some(
+                    Body::AppendEntries(_)
+                        | Body::Heartbeat(_)
+                        | Body::InstallSnapshot(_)
+                        | Body::TimeoutNow(_)
+                )
+            )
     }
 
     /// Current status.

@@ -3,7 +3,8 @@
 
 use super::log::entry_size;
 use super::node::RawNode;
-use super::progress::ProgressState;
+use super::quorum::MajorityConfig;
+use super::tracker::ProgressState;
 use super::{Entry, EntryType, LogError, LogStore, PlantedBug, ProposeError, Role};
 use crate::pb::raftpb::message::Body;
 use crate::pb::raftpb::{
@@ -142,27 +143,14 @@ impl<S: LogStore> RawNode<S> {
     /// entry of the current term is committed by counting (Raft §5.4.2). True if it moved.
     pub(super) fn maybe_commit(&mut self) -> bool {
         let me = self.id();
-        let mut matches: Vec<u64> = self
-            .conf
-            .voters
-            .iter()
-            .map(|&v| {
-                if v == me {
-                    self.persisted
-                } else {
-                    self.prs.get(&v).map(|p| p.matched).unwrap_or(0)
-                }
-            })
-            .collect();
-        if matches.is_empty() {
-            return false;
-        }
-        matches.sort_unstable_by(|a, b| b.cmp(a));
-        let n = matches[self.quorum() - 1].min(self.log.last_index());
+        let n = self
+            .prs
+            .committed_index(&self.conf.voters, me, self.persisted)
+            .min(self.log.last_index());
         if n <= self.commit {
             return false;
         }
-        let ok = self.cfg.planted_bug == PlantedBug::CommitOldTerm
+        let ok = self.cfg.planted_bug() == PlantedBug::CommitOldTerm
             || self.log.term(n).map(|t| t == self.term).unwrap_or(false);
         if !ok {
             return false;
@@ -434,10 +422,9 @@ impl<S: LogStore> RawNode<S> {
             }
         }
         if r.context != 0 {
-            let voters = self.conf.voters.clone();
-            let q = self.quorum();
+            let majority = MajorityConfig::new(&self.conf.voters);
             let confirmed = self.read_only.ack(from, r.context, |acks| {
-                voters.iter().filter(|v| acks.contains(v)).count() >= q
+                majority.has_quorum(|v| acks.contains(&v))
             });
             self.reads.extend(confirmed);
         }

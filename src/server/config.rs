@@ -123,6 +123,8 @@ impl ServerConfig {
             .iter()
             .find(|p| p.id == id)
             .ok_or_else(|| format!("--peers has no entry for this node's id {id}"))?;
+        // The core's defaults are written once, in `raft::Config::new`.
+        let core = crate::raft::Config::new(id);
         Ok(ServerConfig {
             id,
             data_dir,
@@ -130,11 +132,11 @@ impl ServerConfig {
             client_listen: me.client_addr.clone().unwrap_or_default(),
             peers,
             tick: Duration::from_millis(50),
-            election_ticks: 10,
-            heartbeat_ticks: 1,
-            pre_vote: true,
-            check_quorum: true,
-            lease_read: false,
+            election_ticks: core.election_tick,
+            heartbeat_ticks: core.heartbeat_tick,
+            pre_vote: core.pre_vote,
+            check_quorum: core.check_quorum,
+            lease_read: core.lease_read,
             max_frame: DEFAULT_MAX_FRAME,
             segment_size: 64 << 20,
             request_timeout: Duration::from_secs(5),

@@ -21,6 +21,7 @@
 //! may still commit; a retry with the same session seq is exactly-once).
 
 pub mod config;
+mod ready_shell;
 pub mod signal;
 mod snap;
 
@@ -147,6 +148,8 @@ pub struct Server {
     leader_term: Option<u64>,
     last_leader: Option<u64>,
     dirty_clients: HashSet<Token>,
+    /// Entries appended to the log in the Ready being handled and not yet synced.
+    appended_unsynced: bool,
     dirty_peers: HashSet<u64>,
     read_again: Vec<Token>,
     unreachable: HashSet<u64>,
@@ -182,51 +185,6 @@ fn tick_catch_up(next_tick: Instant, now: Instant, tick: Duration, cap: u64) -> 
         .filter(|&t| t > now)
         .unwrap_or(now + tick);
     (owed.min(u128::from(cap)) as u64, new_next)
-}
-
-/// Takes out of `msgs` the messages a leader may send before its own append + sync of the
-/// same Ready (Raft dissertation §10.2.1): AppendEntries, Heartbeat, InstallSnapshot and
-/// TimeoutNow, and only when this node is leader and the Ready's hard state keeps the saved
-/// term and vote (a term or vote change must be durable before anything leaves). None of these
-/// promise anything about the leader's disk: the core counts the leader's own entries towards
-/// commit only after `on_persisted`. Everything else (vote grants, append and heartbeat
-/// responses, ...) stays in `msgs`, to be sent after the sync.
-fn split_early_messages(
-    role: Role,
-    saved: &HardState,
-    hard_state: Option<&HardState>,
-    msgs: &mut Vec<Message>,
-) -> Vec<Message> {
-    use crate::pb::raftpb::message::Body;
-    let same_term_vote = hard_state.is_none_or(|h| h.term == saved.term && h.vote == saved.vote);
-    if role != Role::Leader || !same_term_vote || msgs.is_empty() {
-        return Vec::new();
-    }
-    let (early, late): (Vec<Message>, Vec<Message>) =
-        std::mem::take(msgs).into_iter().partition(|m| {
-            m.term == saved.term
-                && matches!(
-                    m.body,
-                    Some(
-                        Body::AppendEntries(_)
-                            | Body::Heartbeat(_)
-                            | Body::InstallSnapshot(_)
-                            | Body::TimeoutNow(_)
-                    )
-                )
-        });
-    *msgs = late;
-    early
-}
-
-/// An AppendEntries without entries (a commit-index update or probe) or a heartbeat.
-fn is_commit_or_heartbeat_only(m: &Message) -> bool {
-    use crate::pb::raftpb::message::Body;
-    match &m.body {
-        Some(Body::AppendEntries(a)) => a.entries.is_empty(),
-        Some(Body::Heartbeat(_)) => true,
-        _ => false,
-    }
 }
 
 fn role_name(r: Role) -> &'static str {
@@ -465,6 +423,7 @@ impl Server {
             leader_term: None,
             last_leader: None,
             dirty_clients: HashSet::new(),
+            appended_unsynced: false,
             dirty_peers: HashSet::new(),
             read_again: Vec::new(),
             unreachable: HashSet::new(),
@@ -1308,117 +1267,13 @@ impl Server {
         }
     }
 
-    fn handle_ready(&mut self, mut rd: Ready) -> Result<(), String> {
-        // 0. Leader fast path (Raft dissertation §10.2.1): a leader's AppendEntries,
-        // heartbeats, InstallSnapshot and TimeoutNow promise nothing about its own disk, and
-        // the core counts the leader's own log towards commit only after `on_persisted`
-        // (step 6). So they leave *before* the local append + sync, and the leader's and the
-        // followers' syncs overlap instead of running in series. Only when the hard state
-        // keeps the saved term and vote; everything else waits for the sync (step 2).
-        let early = split_early_messages(
-            self.node.role(),
-            &self.saved_hs,
-            rd.hard_state.as_ref(),
-            &mut rd.messages,
-        );
-        // Entries go out at once; messages that only carry the commit index or a heartbeat
-        // wait until the answers to clients are out (step 2).
-        let (urgent, deferred): (Vec<Message>, Vec<Message>) = early
-            .into_iter()
-            .partition(|m| !is_commit_or_heartbeat_only(m));
-        if !urgent.is_empty() {
-            for m in urgent {
-                self.send_peer(m);
-            }
-            // Onto the wire now, not at the end of the loop iteration (after the sync).
-            self.flush_peers();
-        }
-
-        // 1. Durability. Term/vote changes are written at once (before any message that
-        // depends on them); the commit index rides along lazily (see persist_commit_hint).
-        let mut new_commit = None;
-        if let Some(hs) = rd.hard_state {
-            if hs.term != self.saved_hs.term || hs.vote != self.saved_hs.vote {
-                let to_save = HardState {
-                    term: hs.term,
-                    vote: hs.vote,
-                    // Only a commit whose entries are already durable here.
-                    commit: self.commit_hint,
-                };
-                self.hs_file
-                    .save(&to_save)
-                    .map_err(|e| format!("saving hard state: {e}"))?;
-                self.saved_hs = to_save;
-            }
-            new_commit = Some(hs.commit);
-        }
-        // 2. A leader applies, answers and serves reads *before* the local append + sync:
-        // every committed entry is already durable on a majority (the core commits nothing
-        // else), so applying it and answering its client does not depend on this node's disk,
-        // and the answers leave while this node syncs the next batch instead of one sync later.
-        // (Applying writes nothing to disk; a snapshot is only taken between Readys.) Commit
-        // broadcasts and heartbeats follow the answers. A follower applies after its acks are
-        // out (step 4): nobody waits on its state machine, the leader waits on its ack.
-        let is_leader = self.node.role() == Role::Leader;
-        let (committed, reads, failed_reads) = (
-            std::mem::take(&mut rd.committed),
-            std::mem::take(&mut rd.reads),
-            std::mem::take(&mut rd.failed_reads),
-        );
-        let mut after_sync = None;
-        if is_leader {
-            self.apply_and_serve(committed, reads, failed_reads);
-            // Answers onto the wire now: before the sync and before the commit broadcast.
-            if (!rd.entries.is_empty() || !deferred.is_empty()) && !self.dirty_clients.is_empty() {
-                self.flush_clients();
-            }
-        } else {
-            after_sync = Some((committed, reads, failed_reads));
-        }
-        if !deferred.is_empty() {
-            for m in deferred {
-                self.send_peer(m);
-            }
-            self.flush_peers();
-        }
-
-        // 3. Append and sync.
-        let mut persisted = None;
-        if let Some(last) = rd.entries.last() {
-            persisted = Some((last.index, last.term));
-            let store = self.node.store_mut();
-            store
-                .append(&rd.entries)
-                .map_err(|e| format!("appending to the log: {e}"))?;
-            // Group commit: one sync for everything proposed or received in this batch.
-            store.sync().map_err(|e| format!("syncing the log: {e}"))?;
-        }
-        if let Some(c) = new_commit {
-            self.commit_hint = self.commit_hint.max(c);
-        }
-
-        // 4. Messages (all but the leader's early ones), now that what they promise is durable.
-        for m in rd.messages {
-            self.send_peer(m);
-        }
-        if let Some((committed, reads, failed_reads)) = after_sync {
-            // A follower's acks onto the wire before it applies (see step 2).
-            self.flush_peers();
-            self.apply_and_serve(committed, reads, failed_reads);
-        }
-
-        // 5. Snapshots: stream to peers behind the compacted log; feed transfer messages.
-        if !rd.snapshot_sends.is_empty() {
-            self.on_snapshot_sends(rd.snapshot_sends);
-        }
-        if !rd.snapshot_msgs.is_empty() {
-            self.on_snapshot_msgs(rd.snapshot_msgs)?;
-        }
-
-        // 6. Acknowledge durability.
-        if let Some((index, term)) = persisted {
-            self.node.on_persisted(index, term);
-        }
+    /// One Ready in the production order: the node layer's phases (`src/node/ready.rs`) over
+    /// this server's sockets, log and hard state file (`ready_shell.rs`). The sync here is
+    /// synchronous, so the node layer never leaves part of it pending.
+    fn handle_ready(&mut self, rd: Ready) -> Result<(), String> {
+        self.appended_unsynced = false;
+        let pending = crate::node::handle_ready(self, rd)?;
+        debug_assert!(pending.is_none(), "the server's sync is synchronous");
         Ok(())
     }
 
@@ -1519,135 +1374,6 @@ mod tests {
 
     // How the log is reconciled with the snapshot at startup is tested with
     // `snapshot::recover::check_data_dir` in tests/recovery.rs.
-
-    /// Drives a 3-node in-memory cluster through an election and some writes, handling every
-    /// Ready with the server's split: the messages allowed out before the sync must only ever
-    /// be the leader's own (AppendEntries / heartbeats ...); vote grants and append acks always
-    /// wait for the sync. Fails if `split_early_messages` lets a promise out early.
-    #[test]
-    fn vote_grants_and_append_acks_never_leave_before_the_sync() {
-        use crate::pb::raftpb::message::Body;
-        use crate::raft::MemLog;
-        let conf = ConfState {
-            voters: vec![1, 2, 3],
-            learners: vec![],
-        };
-        let mut nodes: Vec<RawNode<MemLog>> = (1..=3)
-            .map(|id| {
-                let init = InitialState {
-                    conf: conf.clone(),
-                    ..Default::default()
-                };
-                RawNode::new(Config::new(id), MemLog::new(), init).unwrap()
-            })
-            .collect();
-        let mut saved = [HardState::default(); 3];
-        let mut wire: Vec<Message> = Vec::new();
-        let (mut early_appends, mut late_grants, mut late_acks) = (0, 0, 0);
-        let mut pump = |nodes: &mut Vec<RawNode<MemLog>>, wire: &mut Vec<Message>| {
-            for _ in 0..50 {
-                for (i, n) in nodes.iter_mut().enumerate() {
-                    while n.has_ready() {
-                        let mut rd = n.ready();
-                        let early = split_early_messages(
-                            n.role(),
-                            &saved[i],
-                            rd.hard_state.as_ref(),
-                            &mut rd.messages,
-                        );
-                        for m in &early {
-                            match m.body.as_ref().unwrap() {
-                                Body::AppendEntries(ae) => {
-                                    early_appends += usize::from(!ae.entries.is_empty())
-                                }
-                                Body::Heartbeat(_)
-                                | Body::InstallSnapshot(_)
-                                | Body::TimeoutNow(_) => {}
-                                other => panic!("sent before the sync: {other:?}"),
-                            }
-                        }
-                        for m in &rd.messages {
-                            match m.body.as_ref().unwrap() {
-                                Body::RequestVoteResponse(r) if r.granted => late_grants += 1,
-                                Body::AppendEntriesResponse(_) => late_acks += 1,
-                                _ => {}
-                            }
-                        }
-                        // The "sync", then everything else goes out.
-                        if let Some(hs) = rd.hard_state {
-                            saved[i] = hs;
-                        }
-                        n.store_mut().append(&rd.entries).unwrap();
-                        wire.extend(early);
-                        wire.extend(rd.messages);
-                        if let Some(last) = rd.committed.last() {
-                            n.on_applied(last.index);
-                        }
-                        if let Some(last) = rd.entries.last() {
-                            n.on_persisted(last.index, last.term);
-                        }
-                    }
-                }
-                if wire.is_empty() {
-                    return;
-                }
-                for m in std::mem::take(wire) {
-                    nodes[m.to as usize - 1].step(m);
-                }
-            }
-        };
-        // Node 1 times out and wins (PreVote, then the vote); the others grant.
-        for _ in 0..20 {
-            nodes[0].tick();
-        }
-        pump(&mut nodes, &mut wire);
-        assert_eq!(nodes[0].role(), Role::Leader);
-        for i in 0..5u8 {
-            nodes[0].propose(bytes::Bytes::from(vec![i; 10])).unwrap();
-            pump(&mut nodes, &mut wire);
-        }
-        assert_eq!(nodes[0].status().commit, 6, "the no-op and 5 writes commit");
-        assert!(late_grants >= 2, "votes were granted (after the sync)");
-        assert!(late_acks >= 10, "appends were acked (after the sync)");
-        assert!(early_appends >= 6, "the leader's appends went out early");
-
-        // A leader whose Ready changes its term or vote sends nothing early.
-        let ae = Message {
-            from: 1,
-            to: 2,
-            term: 5,
-            body: Some(Body::AppendEntries(Default::default())),
-        };
-        let saved = HardState {
-            term: 5,
-            vote: 1,
-            commit: 0,
-        };
-        let mut msgs = vec![ae.clone()];
-        let newer = HardState { term: 6, ..saved };
-        assert!(split_early_messages(Role::Leader, &saved, Some(&newer), &mut msgs).is_empty());
-        assert_eq!(msgs.len(), 1);
-        // Nor does a follower or a candidate, whatever the message.
-        for role in [Role::Follower, Role::Candidate, Role::PreCandidate] {
-            assert!(split_early_messages(role, &saved, None, &mut msgs).is_empty());
-        }
-        // A leader's other messages (e.g. a response to a stale peer) wait for the sync.
-        let resp = Message {
-            body: Some(Body::HeartbeatResponse(Default::default())),
-            ..ae.clone()
-        };
-        let mut msgs = vec![resp, ae];
-        let early = split_early_messages(Role::Leader, &saved, Some(&saved), &mut msgs);
-        assert_eq!(early.len(), 1);
-        assert!(matches!(early[0].body, Some(Body::AppendEntries(_))));
-        assert!(matches!(
-            msgs[..],
-            [Message {
-                body: Some(Body::HeartbeatResponse(_)),
-                ..
-            }]
-        ));
-    }
 
     #[test]
     fn ticks_are_caught_up_by_elapsed_time_with_a_cap() {

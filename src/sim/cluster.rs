@@ -10,7 +10,10 @@
 //! history is checked for linearizability at the end. Everything is driven by one seeded
 //! [`Rng`] and ordered collections, so a seed reproduces its run (and trace) exactly.
 
-use crate::raft::{Config, LogStore, Message, PlantedBug, Role};
+use crate::node::NodeBug;
+#[cfg(any(test, feature = "sim-bugs"))]
+use crate::raft::PlantedBug;
+use crate::raft::{Config, LogStore, Message, Role};
 use crate::rng::Rng;
 use crate::sim::checker::Checker;
 use crate::sim::client::{ClientAction, ClientReq, Reply, SimClient};
@@ -40,6 +43,8 @@ pub struct SimOptions {
     pub clients: usize,
     pub keys: u64,
     pub bug: Bug,
+    /// A planted node-layer bug (`src/node/`), to prove the checks catch it.
+    pub node_bug: NodeBug,
     /// Record a readable trace.
     pub trace: bool,
     /// Check the leader commit rule (L4) directly; off, only its consequences are checked.
@@ -55,9 +60,17 @@ impl Default for SimOptions {
             clients: 4,
             keys: 3,
             bug: Bug::None,
+            node_bug: NodeBug::None,
             trace: false,
             check_commit_rule: true,
         }
+    }
+}
+
+impl SimOptions {
+    /// A bug (core or node layer) is planted: the fault schedule is biased to expose it.
+    pub fn planted(&self) -> bool {
+        self.bug != Bug::None || self.node_bug != NodeBug::None
     }
 }
 
@@ -264,11 +277,7 @@ impl World {
         self.after_commit(id, before);
         // Fault trigger: a leader sometimes crashes right after appending a proposal, so the
         // entry may exist on it alone (a conflicting tail for later leaders to overwrite).
-        let p = if self.opts.bug != Bug::None {
-            0.15
-        } else {
-            0.01
-        };
+        let p = if self.opts.planted() { 0.15 } else { 0.01 };
         if proposed && !self.quiet && self.rng.chance(p) {
             let d = self.rng.range(0, 4);
             self.at(d, Event::Crash(id));
@@ -285,11 +294,7 @@ impl World {
         if self.quiet || role != Role::Leader || n.applied() <= before {
             return;
         }
-        let p = if self.opts.bug != Bug::None {
-            0.05
-        } else {
-            0.005
-        };
+        let p = if self.opts.planted() { 0.05 } else { 0.005 };
         if self.rng.chance(p) {
             let d = self.rng.range(0, 6);
             self.at(d, Event::Crash(id));
@@ -303,7 +308,7 @@ impl World {
             // Power loss: messages still in the node's send buffers are lost (each in-flight
             // message from it, with probability 1/2).
             let rng = &mut self.rng;
-            let p = if self.opts.bug != Bug::None { 0.9 } else { 0.5 };
+            let p = if self.opts.planted() { 0.9 } else { 0.5 };
             let before = self.queue.len();
             self.queue.retain(|_, ev| match ev {
                 Event::Deliver(m) if m.from == id => !rng.chance(p),
@@ -331,7 +336,7 @@ impl World {
     fn fault(&mut self) -> Result<(), String> {
         let ids = self.ids();
         let n = ids.len() as u64;
-        let bias = self.opts.bug != Bug::None;
+        let bias = self.opts.planted();
         let roll = self.rng.range(0, 100);
         if roll < 25 {
             // Partition a random subset away (sometimes one-way).
@@ -521,7 +526,7 @@ impl World {
             Event::Fault => {
                 if !self.quiet {
                     self.fault()?;
-                    let gap = if self.opts.bug != Bug::None {
+                    let gap = if self.opts.planted() {
                         self.rng.range(20, 150)
                     } else {
                         self.rng.range(20, 300)
@@ -559,7 +564,7 @@ impl World {
         // entries to a minority only: the Figure 8 shapes).
         if self.checker.elections > self.elections_seen {
             self.elections_seen = self.checker.elections;
-            let bias = self.opts.bug != Bug::None;
+            let bias = self.opts.planted();
             let p = if bias { 0.7 } else { 0.1 };
             if let Some((id, _)) = self.checker.last_leader {
                 if !self.quiet && self.rng.chance(p) {
@@ -649,7 +654,9 @@ fn short_op(req: &ClientReq) -> String {
     }
 }
 
-/// Sets the planted bug in a core config.
+/// Sets the planted bug in a core config (only builds with the `sim-bugs` feature, or tests,
+/// can plant one: the shipped core has no switch).
+#[cfg(any(test, feature = "sim-bugs"))]
 fn plant(cfg: &mut Config, bug: Bug) {
     cfg.planted_bug = match bug {
         Bug::None => PlantedBug::None,
@@ -658,12 +665,20 @@ fn plant(cfg: &mut Config, bug: Bug) {
     };
 }
 
+#[cfg(not(any(test, feature = "sim-bugs")))]
+fn plant(_cfg: &mut Config, bug: Bug) {
+    assert!(
+        bug == Bug::None,
+        "planted bug {bug:?} needs a build with the sim-bugs feature"
+    );
+}
+
 /// Runs one seeded schedule.
 pub fn run_seed(seed: u64, opts: &SimOptions) -> SeedResult {
     let mut rng = Rng::new(seed);
     let n = opts.nodes.max(1);
     let voters: Vec<u64> = (1..=n as u64).collect();
-    let bias = opts.bug != Bug::None;
+    let bias = opts.planted();
     let pre_vote = rng.chance(0.7);
     let check_quorum = rng.chance(0.7);
     let mut nodes = Vec::new();
@@ -687,6 +702,7 @@ pub fn run_seed(seed: u64, opts: &SimOptions) -> SeedResult {
             chunk: if rng.chance(0.3) { 64 } else { 1 << 20 },
             torn: rng.chance(0.5),
             check_commit_rule: opts.check_commit_rule,
+            bug: opts.node_bug,
         };
         nodes.push(SimNode::new(cfg, voters.clone(), params));
         // Clocks run at different rates: 8..13 ms per tick.

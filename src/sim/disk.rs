@@ -32,6 +32,9 @@ pub struct Durable {
 enum Write {
     Append(Vec<Entry>),
     HardState(HardState),
+    /// A received snapshot's file queued like any write (only the `SnapshotBeforeDurable`
+    /// planted bug does this: a correct shell saves it before it moves the log or uses it).
+    SnapshotFile(SnapFile),
 }
 
 /// A node's disk: durable state plus writes waiting for a sync.
@@ -67,6 +70,7 @@ impl Disk {
             match w {
                 Write::Append(ents) => self.durable.log.append(&ents)?,
                 Write::HardState(hs) => self.durable.hard_state = hs,
+                Write::SnapshotFile(snap) => self.durable.snapshot = Some(snap),
             }
         }
         self.syncs += 1;
@@ -77,15 +81,14 @@ impl Disk {
     /// durable log up to it. `installed`: a snapshot received from the leader, which replaces
     /// the whole log instead.
     pub fn save_snapshot(&mut self, snap: SnapFile, installed: bool) -> Result<(), String> {
-        let (index, term) = (snap.meta.index, snap.meta.term);
+        let index = snap.meta.index;
         if installed {
             // Queued writes were for the old log: a real shell would have synced them first.
             self.sync()?;
-            self.durable.log.reset(index, term);
-            if self.durable.hard_state.commit < index {
-                self.durable.hard_state.commit = index;
-            }
-        } else if self.durable.log.last_index() >= index {
+            self.install(snap);
+            return Ok(());
+        }
+        if self.durable.log.last_index() >= index {
             let term = self
                 .durable
                 .log
@@ -99,6 +102,28 @@ impl Disk {
             ));
         }
         self.durable.snapshot = Some(snap);
+        Ok(())
+    }
+
+    /// A received snapshot replaces the durable log and becomes the durable snapshot.
+    fn install(&mut self, snap: SnapFile) {
+        let (index, term) = (snap.meta.index, snap.meta.term);
+        self.durable.log.reset(index, term);
+        if self.durable.hard_state.commit < index {
+            self.durable.hard_state.commit = index;
+        }
+        self.durable.snapshot = Some(snap);
+    }
+
+    /// PLANTED BUG `SnapshotBeforeDurable`: the log is reset to a received snapshot at once,
+    /// but the snapshot file is only queued (durable at the next sync, lost by a crash before
+    /// it): the crash-unsafe order a correct shell avoids.
+    pub fn install_before_durable(&mut self, snap: SnapFile) -> Result<(), String> {
+        self.sync()?;
+        let old = self.durable.snapshot.clone();
+        self.install(snap.clone());
+        self.durable.snapshot = old;
+        self.queued.push(Write::SnapshotFile(snap));
         Ok(())
     }
 
@@ -120,7 +145,7 @@ impl Disk {
                         return;
                     }
                 }
-                Write::HardState(_) => return,
+                Write::HardState(_) | Write::SnapshotFile(_) => return,
             }
         }
     }

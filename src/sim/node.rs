@@ -1,12 +1,11 @@
-//! The simulated shell around one `RawNode`: what the server does, minus sockets and files.
+//! The simulated, fault-injecting shell around one `RawNode`: what the server does, minus
+//! sockets and files.
 //!
-//! It follows the `Ready` handling order of `src/raft/mod.rs` exactly:
-//! 1. write the hard state and entries to the disk and start a sync;
-//! 2. once the sync completes, send the messages;
-//! 3. apply the committed entries to the `KvStore`, then `on_applied`;
-//! 4. serve reads whose index is applied;
-//! 5. send the snapshot to each peer in `snapshot_sends`;
-//! 6. `on_persisted` with the last entry written in step 1.
+//! Each `Ready` goes through the node layer's production phases (`crate::node::handle_ready`,
+//! the code the server runs): `SimShell` (end of this file) is the simulator's side of
+//! `ReadyShell`, over the simulated `Disk` (unsynced writes lost on a crash, torn writes) and
+//! the simulated network (`Action::Send`). A sync is `Pending` until the world delivers
+//! `SyncDone`. Client requests, local snapshots and snapshot transfer are handled here.
 //!
 //! The node is single-threaded like the real server: while a sync is in progress it is blocked,
 //! and inputs that arrive (messages, ticks, client requests) wait in a queue. A crash discards
@@ -14,13 +13,14 @@
 //! durable hard state, log and snapshot only.
 
 use crate::kv::KvStore;
+use crate::node::{self, AfterSync, NodeBug, ReadyShell, SyncStatus};
 use crate::pb::kvpb;
 use crate::pb::raftpb::message::Body;
 use crate::pb::raftpb::{InstallSnapshot, InstallSnapshotResponse};
 use crate::raft::MemLog;
 use crate::raft::{
     ConfState, Config, Entry, EntryType, HardState, InitialState, LogStore, Message, RawNode,
-    ReadState, Ready, Role, SnapshotMeta,
+    ReadState, Role, SnapshotMeta,
 };
 use crate::rng::Rng;
 use crate::sim::checker::Checker;
@@ -57,12 +57,6 @@ pub enum Action {
     Trace(String),
 }
 
-/// The part of a `Ready` handled after the sync (steps 2-6 plus the snapshot messages).
-struct Held {
-    rd: Ready,
-    persisted: Option<(u64, u64)>,
-}
-
 /// Per-node tunables drawn per seed.
 #[derive(Debug, Clone)]
 pub struct NodeParams {
@@ -77,6 +71,8 @@ pub struct NodeParams {
     pub torn: bool,
     /// Check the leader commit rule (L4) directly.
     pub check_commit_rule: bool,
+    /// Planted node-layer bug (simulator self-test).
+    pub bug: NodeBug,
 }
 
 /// One simulated node.
@@ -90,7 +86,8 @@ pub struct SimNode {
     pub kv: KvStore,
     pub disk: Disk,
     pub params: NodeParams,
-    busy: Option<Held>,
+    /// The part of a Ready waiting for its sync (the node is blocked meanwhile).
+    busy: Option<AfterSync>,
     deferred: VecDeque<Input>,
     applied: u64,
     /// Writes proposed here, by (client_id, seq): the client to answer.
@@ -396,7 +393,7 @@ impl SimNode {
         self.disk
             .sync()
             .map_err(|e| format!("node {}: disk sync: {e}", self.id))?;
-        self.finish(held, now, rng, checker, out)?;
+        node::after_sync(&mut self.shell(now, rng, checker, out), held)?;
         self.drive(now, rng, checker, out)?;
         while self.busy.is_none() && self.up {
             let Some(inp) = self.deferred.pop_front() else {
@@ -429,57 +426,11 @@ impl SimNode {
                 return self.observe(checker, out);
             }
             let rd = raw.ready();
-            // Step 1: write hard state and entries.
-            if let Some(hs) = &rd.hard_state {
-                out.push(Action::Trace(format!(
-                    "node {} write hardstate term {} vote {} commit {}",
-                    self.id, hs.term, hs.vote, hs.commit
-                )));
-            }
-            let mut persisted = None;
-            if let Some(first) = rd.entries.first() {
-                let prev_term = raw.store().term(first.index - 1).ok();
-                checker.on_append(self.id, prev_term, &rd.entries)?;
-                // Never rewrite an entry at or below the commit index this node knew.
-                for e in rd
-                    .entries
-                    .iter()
-                    .take_while(|e| e.index <= self.last_commit)
-                {
-                    match raw.store().term(e.index) {
-                        Ok(t) if t != e.term => {
-                            return Err(format!(
-                                "node {}: overwrites index {} (term {t}) with term {} at or below \
-                                 its commit {}",
-                                self.id, e.index, e.term, self.last_commit
-                            ))
-                        }
-                        _ => {}
-                    }
-                }
-                raw.store_mut()
-                    .append(&rd.entries)
-                    .map_err(|e| format!("node {}: log append: {e}", self.id))?;
-                self.disk.append(&rd.entries);
-                let last = rd.entries.last().map_or((0, 0), |e| (e.index, e.term));
-                persisted = Some(last);
-                out.push(Action::Trace(format!(
-                    "node {} append {}",
-                    self.id,
-                    trace_entries(&rd.entries)
-                )));
-            }
-            if let Some(hs) = &rd.hard_state {
-                self.disk.set_hard_state(*hs);
-            }
-            let held = Held { rd, persisted };
-            if self.disk.dirty() {
-                let latency = rng.range(self.params.sync_min, self.params.sync_max + 1);
-                self.busy = Some(held);
-                out.push(Action::Sync { latency });
+            // The production Ready phases (src/node/ready.rs); a pending sync blocks the node.
+            if let Some(rest) = node::handle_ready(&mut self.shell(now, rng, checker, out), rd)? {
+                self.busy = Some(rest);
                 return self.observe(checker, out);
             }
-            self.finish(held, now, rng, checker, out)?;
         }
     }
 
@@ -543,59 +494,6 @@ impl SimNode {
             )));
         }
         self.last_commit = st.commit;
-        Ok(())
-    }
-
-    /// Steps 2-6 of the Ready order, then the snapshot messages.
-    fn finish(
-        &mut self,
-        held: Held,
-        now: u64,
-        _rng: &mut Rng,
-        checker: &mut Checker,
-        out: &mut Vec<Action>,
-    ) -> Result<(), String> {
-        let Held { rd, persisted } = held;
-        // Step 2: messages.
-        for m in rd.messages {
-            out.push(Action::Send(m));
-        }
-        // Step 3: apply.
-        if !rd.committed.is_empty() {
-            let last = rd.committed.last().map_or(0, |e| e.index);
-            for e in &rd.committed {
-                self.apply(e, checker, out)?;
-            }
-            if let Some(raw) = self.raw.as_mut() {
-                raw.on_applied(last);
-            }
-            self.maybe_snapshot(out)?;
-        }
-        // Step 4: reads.
-        self.ready_reads.extend(rd.reads);
-        for ctx in rd.failed_reads {
-            if let Some((client, attempt, _)) = self.reads.remove(&ctx) {
-                out.push(Action::Reply {
-                    client,
-                    attempt,
-                    seq: 0,
-                    reply: Reply::Unavailable,
-                });
-            }
-        }
-        self.serve_reads(out);
-        // Step 5: snapshots to peers.
-        for peer in rd.snapshot_sends {
-            self.send_snapshot(peer, now, out);
-        }
-        // Step 6: persisted.
-        if let (Some((i, t)), Some(raw)) = (persisted, self.raw.as_mut()) {
-            raw.on_persisted(i, t);
-        }
-        // Snapshot transfer messages that passed the core's checks.
-        for m in rd.snapshot_msgs {
-            self.snapshot_msg(m, now, checker, out)?;
-        }
         Ok(())
     }
 
@@ -820,15 +718,18 @@ impl SimNode {
                         format!("node {}: restore snapshot {}: {e}", self.id, meta.index)
                     })?;
                     raw.store_mut().reset(meta.index, meta.term);
-                    self.disk
-                        .save_snapshot(
-                            SnapFile {
-                                meta: meta.clone(),
-                                data: buf.into(),
-                            },
-                            true,
-                        )
-                        .map_err(|e| format!("node {}: save installed snapshot: {e}", self.id))?;
+                    let snap = SnapFile {
+                        meta: meta.clone(),
+                        data: buf.into(),
+                    };
+                    if self.params.bug == NodeBug::SnapshotBeforeDurable {
+                        // PLANTED BUG: state restored and answered, the file saved only later.
+                        self.disk.install_before_durable(snap)?;
+                    } else {
+                        self.disk.save_snapshot(snap, true).map_err(|e| {
+                            format!("node {}: save installed snapshot: {e}", self.id)
+                        })?;
+                    }
                     checker.on_snapshot(self.id, meta.index, meta.term)?;
                     self.kv = kv;
                     self.applied = meta.index;
@@ -862,5 +763,189 @@ impl SimNode {
             let s = r.status();
             (s.role, s.term, s.leader, s.commit)
         })
+    }
+}
+
+/// The simulator's side of the node layer's Ready phases: messages become `Action::Send`
+/// (the network delays, drops and reorders them), the log and hard state go to the simulated
+/// `Disk` (durable only once a simulated sync completes; a crash loses the rest), and a sync
+/// is `Pending` until the world delivers `SyncDone`.
+struct SimShell<'a> {
+    node: &'a mut SimNode,
+    now: u64,
+    rng: &'a mut Rng,
+    checker: &'a mut Checker,
+    out: &'a mut Vec<Action>,
+}
+
+impl SimNode {
+    /// This node as the node layer's `ReadyShell` for one call.
+    fn shell<'a>(
+        &'a mut self,
+        now: u64,
+        rng: &'a mut Rng,
+        checker: &'a mut Checker,
+        out: &'a mut Vec<Action>,
+    ) -> SimShell<'a> {
+        SimShell {
+            node: self,
+            now,
+            rng,
+            checker,
+            out,
+        }
+    }
+}
+
+impl SimShell<'_> {
+    fn raw(&mut self) -> &mut RawNode<MemLog> {
+        self.node.raw.as_mut().expect("a running node has a core")
+    }
+}
+
+impl ReadyShell for SimShell<'_> {
+    type Store = MemLog;
+
+    fn core(&mut self) -> &mut RawNode<MemLog> {
+        self.raw()
+    }
+
+    fn bug(&self) -> NodeBug {
+        self.node.params.bug
+    }
+
+    fn send(&mut self, m: Message) {
+        self.out.push(Action::Send(m));
+    }
+
+    fn save_term_vote(&mut self, hs: HardState) -> Result<(), String> {
+        self.out.push(Action::Trace(format!(
+            "node {} write hardstate term {} vote {} commit {}",
+            self.node.id, hs.term, hs.vote, hs.commit
+        )));
+        self.node.disk.set_hard_state(hs);
+        Ok(())
+    }
+
+    fn append(&mut self, entries: &[Entry]) -> Result<(), String> {
+        let id = self.node.id;
+        let last_commit = self.node.last_commit;
+        let raw = self.node.raw.as_mut().expect("a running node has a core");
+        let prev_term = raw.store().term(entries[0].index - 1).ok();
+        self.checker.on_append(id, prev_term, entries)?;
+        // Never rewrite an entry at or below the commit index this node knew.
+        for e in entries.iter().take_while(|e| e.index <= last_commit) {
+            match raw.store().term(e.index) {
+                Ok(t) if t != e.term => {
+                    return Err(format!(
+                        "node {id}: overwrites index {} (term {t}) with term {} at or below \
+                         its commit {last_commit}",
+                        e.index, e.term
+                    ))
+                }
+                _ => {}
+            }
+        }
+        raw.store_mut()
+            .append(entries)
+            .map_err(|e| format!("node {id}: log append: {e}"))?;
+        self.node.disk.append(entries);
+        self.out.push(Action::Trace(format!(
+            "node {id} append {}",
+            trace_entries(entries)
+        )));
+        Ok(())
+    }
+
+    fn sync(&mut self) -> Result<SyncStatus, String> {
+        if !self.node.disk.dirty() {
+            return Ok(SyncStatus::Done);
+        }
+        let p = &self.node.params;
+        let latency = self.rng.range(p.sync_min, p.sync_max + 1);
+        self.out.push(Action::Sync { latency });
+        Ok(SyncStatus::Pending)
+    }
+
+    fn apply_and_serve(
+        &mut self,
+        committed: Vec<Entry>,
+        reads: Vec<ReadState>,
+        failed_reads: Vec<u64>,
+    ) -> Result<(), String> {
+        let n = &mut *self.node;
+        if let Some(last) = committed.last().map(|e| e.index) {
+            for e in &committed {
+                n.apply(e, self.checker, self.out)?;
+            }
+            self.raw().on_applied(last);
+            self.node.maybe_snapshot(self.out)?;
+        }
+        let n = &mut *self.node;
+        n.ready_reads.extend(reads);
+        for ctx in failed_reads {
+            if let Some((client, attempt, _)) = n.reads.remove(&ctx) {
+                self.out.push(Action::Reply {
+                    client,
+                    attempt,
+                    seq: 0,
+                    reply: Reply::Unavailable,
+                });
+            }
+        }
+        n.serve_reads(self.out);
+        Ok(())
+    }
+
+    fn on_appended_as_leader(&mut self, entries: &[Entry]) {
+        if self.node.params.bug == NodeBug::AnswerBeforeCommit {
+            self.node.answer_before_commit(entries, self.out);
+        }
+    }
+
+    fn snapshot_sends(&mut self, peers: Vec<u64>) {
+        for peer in peers {
+            self.node.send_snapshot(peer, self.now, self.out);
+        }
+    }
+
+    fn snapshot_msgs(&mut self, msgs: Vec<Message>) -> Result<(), String> {
+        for m in msgs {
+            self.node
+                .snapshot_msg(m, self.now, self.checker, self.out)?;
+        }
+        Ok(())
+    }
+}
+
+impl SimNode {
+    /// PLANTED BUG (`NodeBug::AnswerBeforeCommit`): a leader answers each write as soon as it
+    /// is appended, as if it had applied at its index.
+    fn answer_before_commit(&mut self, entries: &[Entry], out: &mut Vec<Action>) {
+        use kvpb::command::Op;
+        use kvpb::response::Result as R;
+        for e in entries {
+            let Ok(cmd) = kvpb::Command::decode(&e.data[..]) else {
+                continue;
+            };
+            let Some((client, attempt)) = self.writes.remove(&(cmd.client_id, cmd.seq)) else {
+                continue;
+            };
+            let r = match cmd.op {
+                Some(Op::Put(_)) => R::Put(kvpb::PutResponse { version: e.index }),
+                Some(Op::Delete(_)) => R::Delete(kvpb::DeleteResponse { deleted: true }),
+                Some(Op::Cas(_)) => R::Cas(kvpb::CasResponse {
+                    succeeded: true,
+                    version: e.index,
+                }),
+                None => continue,
+            };
+            out.push(Action::Reply {
+                client,
+                attempt,
+                seq: cmd.seq,
+                reply: Reply::Write(r),
+            });
+        }
     }
 }

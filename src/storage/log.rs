@@ -529,6 +529,71 @@ impl Log {
         self.remove_compacted(index)
     }
 
+    /// Checks the log's in-memory index against itself and the meta boundary (logcabin's
+    /// `checkInvariants`): segments are contiguous (each starts right after the previous one's
+    /// last index), record offsets increase and end within `end`, each record's header names
+    /// the index of its position, terms never decrease, and the log starts at or before the
+    /// snapshot boundary with the entry at the boundary (if still held) of the snapshot term.
+    /// O(entries): the server runs it after every append in debug builds
+    /// (`server/ready_shell.rs`); the tests run it after each kind of mutation.
+    pub fn check_invariants(&self) -> Result<(), String> {
+        let mut prev_term = 0;
+        for (k, seg) in self.segs.iter().enumerate() {
+            if let Some(next) = self.segs.get(k + 1) {
+                if next.first_index != seg.last_index() + 1 {
+                    return Err(format!(
+                        "segment {} starts at {} after segment ending at {}",
+                        next.path.display(),
+                        next.first_index,
+                        seg.last_index()
+                    ));
+                }
+            }
+            let mut prev_off = None;
+            for (i, &off) in seg.offsets.iter().enumerate() {
+                let index = seg.first_index + i as u64;
+                if prev_off.is_some_and(|p| off <= p) || off as usize >= seg.end {
+                    return Err(format!(
+                        "{}: bad offset {off} of index {index}",
+                        seg.path.display()
+                    ));
+                }
+                prev_off = Some(off);
+                let h = seg.header(index);
+                if h.index != index || h.term < prev_term {
+                    return Err(format!(
+                        "{}: record at offset {off} is ({}, {}), expected index {index} with term >= {prev_term}",
+                        seg.path.display(),
+                        h.index,
+                        h.term
+                    ));
+                }
+                prev_term = h.term;
+            }
+        }
+        if let Some(first) = self.segs.first() {
+            if first.first_index > self.snap_index + 1 {
+                return Err(format!(
+                    "log starts at {} above the snapshot boundary {}",
+                    first.first_index, self.snap_index
+                ));
+            }
+            let (lo, hi) = (
+                first.first_index,
+                self.segs[self.segs.len() - 1].last_index(),
+            );
+            if (lo..=hi).contains(&self.snap_index)
+                && self.seg_for(self.snap_index).header(self.snap_index).term != self.snap_term
+            {
+                return Err(format!(
+                    "entry at the snapshot boundary {} has another term than {}",
+                    self.snap_index, self.snap_term
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// Drops every entry and restarts the log right after an installed snapshot (index, term).
     pub fn reset(&mut self, index: u64, term: u64) -> Result<(), StorageError> {
         if index > record::MAX_INDEX {

@@ -796,3 +796,131 @@ fn c8_stale_persist_ack_ignored() {
     f.on_persisted(3, 3);
     assert_eq!(f.persisted, 3);
 }
+
+/// Drives a 3-node in-memory cluster through an election and some writes, handling every
+/// Ready with the core's split (`Ready::take_messages`): the messages allowed out before the
+/// sync must only ever be the leader's own (AppendEntries / heartbeats ...); vote grants and
+/// append acks always wait for the sync. (Moved from the server, whose
+/// `split_early_messages` made this decision before the core did.)
+#[test]
+fn c6_vote_grants_and_append_acks_never_leave_before_the_sync() {
+    let mut nodes: Vec<RawNode<MemLog>> = (1..=3)
+        .map(|id| {
+            let init = InitialState {
+                conf: conf(&[1, 2, 3]),
+                ..Default::default()
+            };
+            RawNode::new(Config::new(id), MemLog::new(), init).unwrap()
+        })
+        .collect();
+    let mut wire: Vec<Message> = Vec::new();
+    let (mut early_appends, mut late_grants, mut late_acks) = (0, 0, 0);
+    let mut pump = |nodes: &mut Vec<RawNode<MemLog>>, wire: &mut Vec<Message>| {
+        for _ in 0..50 {
+            for n in nodes.iter_mut() {
+                while n.has_ready() {
+                    let leader = n.role() == Role::Leader;
+                    let mut rd = n.ready();
+                    let must_sync = rd.must_sync;
+                    let (early, late) = rd.take_messages();
+                    assert!(leader || early.is_empty(), "only a leader sends early");
+                    for m in &early {
+                        match m.body.as_ref().unwrap() {
+                            Body::AppendEntries(ae) => {
+                                early_appends += usize::from(!ae.entries.is_empty())
+                            }
+                            Body::Heartbeat(_) | Body::InstallSnapshot(_) | Body::TimeoutNow(_) => {
+                            }
+                            other => panic!("sent before the sync: {other:?}"),
+                        }
+                    }
+                    for m in &late {
+                        match m.body.as_ref().unwrap() {
+                            Body::RequestVoteResponse(r) if r.granted => late_grants += 1,
+                            Body::AppendEntriesResponse(_) => late_acks += 1,
+                            _ => {}
+                        }
+                    }
+                    assert!(rd.entries.is_empty() || must_sync, "entries need a sync");
+                    // The "sync", then everything else goes out.
+                    n.store_mut().append(&rd.entries).unwrap();
+                    wire.extend(early);
+                    wire.extend(late);
+                    if let Some(last) = rd.committed.last() {
+                        n.on_applied(last.index);
+                    }
+                    if let Some(last) = rd.entries.last() {
+                        n.on_persisted(last.index, last.term);
+                    }
+                }
+            }
+            if wire.is_empty() {
+                return;
+            }
+            for m in std::mem::take(wire) {
+                nodes[m.to as usize - 1].step(m);
+            }
+        }
+    };
+    // Node 1 times out and wins (PreVote, then the vote); the others grant.
+    for _ in 0..20 {
+        nodes[0].tick();
+    }
+    pump(&mut nodes, &mut wire);
+    assert_eq!(nodes[0].role(), Role::Leader);
+    for i in 0..5u8 {
+        nodes[0].propose(Bytes::from(vec![i; 10])).unwrap();
+        pump(&mut nodes, &mut wire);
+    }
+    assert_eq!(nodes[0].status().commit, 6, "the no-op and 5 writes commit");
+    assert!(late_grants >= 2, "votes were granted (after the sync)");
+    assert!(late_acks >= 10, "appends were acked (after the sync)");
+    assert!(early_appends >= 6, "the leader's appends went out early");
+}
+
+/// A node that becomes leader in the same Ready as its new term and vote sends nothing early
+/// (the term and vote must be durable first); a leader's answer to a stale peer waits for
+/// the sync while its appends leave early.
+#[test]
+fn c7_term_or_vote_change_and_answers_wait_for_the_sync() {
+    let mut l = node_with(cfg(1), &[1, 2, 3], &[], 0, 0, 0);
+    l.campaign(false);
+    l.step(vote_resp(2, 1, 1, true, false));
+    assert_eq!(l.role, Role::Leader);
+    let mut rd = l.ready();
+    assert!(rd.must_sync, "new term and vote");
+    assert_eq!(rd.early_messages, 0);
+    let (early, late) = rd.take_messages();
+    assert!(early.is_empty());
+    assert!(late
+        .iter()
+        .any(|m| matches!(body_of(m), Body::AppendEntries(_))));
+    l.store_mut().append(&rd.entries).unwrap();
+    l.on_persisted(1, 1);
+    // The followers ack the no-op (they leave Probe, so the next entry is sent at once).
+    l.step(append_ok(2, 1, 1, 1));
+    l.step(append_ok(3, 1, 1, 1));
+    drain(&mut l);
+    // Same term and vote now: appends early, the answer to a stale leader late.
+    l.propose(Bytes::from("x")).unwrap();
+    l.step(heartbeat(3, 1, 0, 0, 0));
+    let mut rd = l.ready();
+    assert!(rd.hard_state.is_none_or(|h| (h.term, h.vote) == (1, 1)));
+    assert!(rd.must_sync, "entries");
+    let (early, late) = rd.take_messages();
+    assert!(!early.is_empty());
+    assert!(early
+        .iter()
+        .all(|m| matches!(body_of(m), Body::AppendEntries(_))));
+    assert!(matches!(
+        late.as_slice(),
+        [m] if matches!(body_of(m), Body::HeartbeatResponse(_)) && m.to == 3
+    ));
+    // A commit-only hard state change needs no sync.
+    let mut f = node_with(cfg(2), &[1, 2, 3], &[1, 1], 1, 1, 0);
+    drain(&mut f);
+    f.step(heartbeat(1, 2, 1, 2, 0));
+    let rd = f.ready();
+    assert_eq!(rd.hard_state.map(|h| h.commit), Some(2));
+    assert!(!rd.must_sync);
+}

@@ -1,0 +1,34 @@
+//! The node layer shared by the shells: what a node does with the core's output between
+//! "bytes came in" and "bytes go out" that is not a socket or a file.
+//!
+//! Today it holds the production [`Ready`](crate::raft::Ready) handling, in its phases
+//! (`ready.rs`): the leader's early sends before its own sync, apply-and-answer before the
+//! local sync, commit broadcasts after the answers, the sync, the messages that wait for it,
+//! followers applying after their acks are out, snapshot transfer, `on_persisted`. The mio
+//! server (`src/server/`) and the simulator (`src/sim/node.rs`) both run it, each implementing
+//! the small [`ReadyShell`] trait for what differs (the outbox, the durable log, the state
+//! machine and snapshot transfer), so every simulated seed exercises the ordering that ships.
+//! The simulator's disk loses unsynced writes on a crash, so a node-layer bug that
+//! acknowledges before the sync is caught (see `tools/mutation-check.sh`).
+//!
+//! [`NodeBug`]: planted node-layer bugs for the simulator's self-test (`sim-bugs` builds only).
+
+mod ready;
+
+pub use ready::{after_sync, handle_ready, AfterSync, ReadyShell, SyncStatus};
+
+/// TEST ONLY: node-layer bugs the simulator can plant to prove its checks catch them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum NodeBug {
+    /// Correct behaviour.
+    #[default]
+    None,
+    /// Sends the messages that must wait for the sync (a follower's append acks, vote grants)
+    /// before it.
+    AckBeforeSync,
+    /// A leader answers a write as soon as it is appended, before it commits.
+    AnswerBeforeCommit,
+    /// A follower installs a received snapshot's state and answers it before the snapshot is
+    /// durable.
+    SnapshotBeforeDurable,
+}

@@ -1,0 +1,217 @@
+//! The production ordering of one `Ready`, written once for the server and the simulator.
+//!
+//! Phases (`handle_ready` = `before_sync`, the sync, `after_sync`):
+//! 0. a leader's replication messages the core allows out before the sync
+//!    (`Ready::early_messages`): entries at once; commit-only appends and heartbeats after
+//!    the answers to clients (phase 2);
+//! 1. a term or vote change is made durable before anything depending on it leaves;
+//! 2. a leader applies committed entries, answers their clients and serves reads *before* its
+//!    own append + sync (every committed entry is already durable on a majority), then sends
+//!    the deferred commit broadcasts and heartbeats;
+//! 3. the entries are appended and, if `must_sync`, synced (the shell may complete the sync
+//!    later: the simulator blocks the node until its simulated fsync ends);
+//! 4. the messages that promise durable state (acks, vote grants) leave; a follower applies
+//!    after its acks are on the wire (nobody waits on its state machine, the leader waits on
+//!    its ack);
+//! 5. snapshot streams to peers and snapshot transfer messages;
+//! 6. `on_persisted` of the last entry appended.
+//!
+//! Assertions at the phase boundaries (`debug_assert!`, on in tests and the simulator's debug
+//! builds; the simulator checks durability itself after every event): nothing that waits for
+//! the sync leaves before it, and `on_persisted` only follows a completed sync.
+
+use super::NodeBug;
+use crate::pb::raftpb::message::Body;
+use crate::raft::{Entry, HardState, LogStore, Message, RawNode, ReadState, Ready, Role};
+
+/// Whether the sync the node layer asked for is complete.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyncStatus {
+    /// Durable now (production: `fsync`/`msync` returned).
+    Done,
+    /// Started; the shell calls [`after_sync`](ReadyShell) with the [`AfterSync`] once the
+    /// sync completes (the simulator: after a simulated latency, the node blocked meanwhile).
+    Pending,
+}
+
+/// What differs between the shells, as the Ready phases need it.
+pub trait ReadyShell {
+    type Store: LogStore;
+    /// The core.
+    fn core(&mut self) -> &mut RawNode<Self::Store>;
+    /// The planted node-layer bug in force (`NodeBug::None` outside the simulator).
+    fn bug(&self) -> NodeBug {
+        NodeBug::None
+    }
+    /// Puts a peer message in the outbox.
+    fn send(&mut self, m: Message);
+    /// Pushes queued peer messages onto the wire now (a no-op where sending is immediate).
+    fn flush_peers(&mut self) {}
+    /// Pushes queued client answers onto the wire now, if any wait.
+    fn flush_clients(&mut self) {}
+    /// Makes a changed term or vote durable (before anything that depends on it leaves).
+    fn save_term_vote(&mut self, hs: HardState) -> Result<(), String>;
+    /// Notes the commit index of a Ready's hard state (it may be persisted lazily).
+    fn note_commit(&mut self, _commit: u64) {}
+    /// Appends entries to the durable log (truncating a conflicting suffix); not yet synced.
+    fn append(&mut self, entries: &[Entry]) -> Result<(), String>;
+    /// Makes everything appended and saved so far durable, or starts doing so.
+    fn sync(&mut self) -> Result<SyncStatus, String>;
+    /// Applies committed entries (answering their clients), then serves the reads they unblock
+    /// and fails `failed_reads`.
+    fn apply_and_serve(
+        &mut self,
+        committed: Vec<Entry>,
+        reads: Vec<ReadState>,
+        failed_reads: Vec<u64>,
+    ) -> Result<(), String>;
+    /// Leader: the entries just appended (the `AnswerBeforeCommit` planted bug answers them).
+    fn on_appended_as_leader(&mut self, _entries: &[Entry]) {}
+    /// Starts streaming the snapshot to these peers.
+    fn snapshot_sends(&mut self, peers: Vec<u64>);
+    /// InstallSnapshot chunks (follower) and their answers (leader).
+    fn snapshot_msgs(&mut self, msgs: Vec<Message>) -> Result<(), String>;
+}
+
+/// The part of a Ready handled after its sync.
+#[derive(Debug)]
+pub struct AfterSync {
+    late: Vec<Message>,
+    follower_apply: Option<(Vec<Entry>, Vec<ReadState>, Vec<u64>)>,
+    snapshot_sends: Vec<u64>,
+    snapshot_msgs: Vec<Message>,
+    /// (index, term) of the last entry appended.
+    persisted: Option<(u64, u64)>,
+    /// The Ready's commit index, noted once its entries are durable.
+    commit: Option<u64>,
+}
+
+/// The shell's planted bug; a constant `None` in builds without `sim-bugs` (the shipped
+/// binary), so no bug branch is compiled into it.
+#[inline]
+fn planted<S: ReadyShell>(_shell: &S) -> NodeBug {
+    #[cfg(any(test, feature = "sim-bugs"))]
+    return _shell.bug();
+    #[cfg(not(any(test, feature = "sim-bugs")))]
+    return NodeBug::None;
+}
+
+/// An AppendEntries without entries (a commit-index update or probe) or a heartbeat.
+fn is_commit_or_heartbeat_only(m: &Message) -> bool {
+    match &m.body {
+        Some(Body::AppendEntries(a)) => a.entries.is_empty(),
+        Some(Body::Heartbeat(_)) => true,
+        _ => false,
+    }
+}
+
+/// Handles one Ready in the production order. `Ok(Some(rest))`: the sync is pending; call
+/// [`after_sync`] with `rest` once it completes. `Ok(None)`: fully handled.
+pub fn handle_ready<S: ReadyShell>(shell: &mut S, rd: Ready) -> Result<Option<AfterSync>, String> {
+    let must_sync = rd.must_sync;
+    let rest = before_sync(shell, rd)?;
+    if must_sync && shell.sync()? == SyncStatus::Pending {
+        return Ok(Some(rest));
+    }
+    after_sync(shell, rest)?;
+    Ok(None)
+}
+
+/// Phases 0-3 up to the sync.
+fn before_sync<S: ReadyShell>(shell: &mut S, mut rd: Ready) -> Result<AfterSync, String> {
+    let (early, mut late) = rd.take_messages();
+    if planted(shell) == NodeBug::AckBeforeSync {
+        // PLANTED BUG: acks and vote grants leave before what they promise is durable.
+        for m in std::mem::take(&mut late) {
+            shell.send(m);
+        }
+    }
+    // 0. Entries at once; messages that only carry the commit index or a heartbeat wait
+    // until the answers to clients are out (phase 2).
+    let (urgent, deferred): (Vec<Message>, Vec<Message>) = early
+        .into_iter()
+        .partition(|m| !is_commit_or_heartbeat_only(m));
+    if !urgent.is_empty() {
+        for m in urgent {
+            shell.send(m);
+        }
+        // Onto the wire now, not after the sync.
+        shell.flush_peers();
+    }
+    // 1. Term/vote changes are durable before any message that depends on them.
+    if let Some(hs) = rd.hard_state {
+        shell.save_term_vote(hs)?;
+    }
+    // 2. A leader applies and answers before its own sync; a follower after its acks.
+    let is_leader = shell.core().role() == Role::Leader;
+    let (committed, reads, failed_reads) = (
+        std::mem::take(&mut rd.committed),
+        std::mem::take(&mut rd.reads),
+        std::mem::take(&mut rd.failed_reads),
+    );
+    let mut follower_apply = None;
+    if is_leader {
+        shell.apply_and_serve(committed, reads, failed_reads)?;
+        if !rd.entries.is_empty() || !deferred.is_empty() {
+            // Answers onto the wire now: before the sync and before the commit broadcast.
+            shell.flush_clients();
+        }
+    } else {
+        follower_apply = Some((committed, reads, failed_reads));
+    }
+    if !deferred.is_empty() {
+        for m in deferred {
+            shell.send(m);
+        }
+        shell.flush_peers();
+    }
+    // 3. Append (the sync follows in `handle_ready`).
+    let mut persisted = None;
+    if let Some(last) = rd.entries.last() {
+        persisted = Some((last.index, last.term));
+        shell.append(&rd.entries)?;
+        if is_leader {
+            shell.on_appended_as_leader(&rd.entries);
+        }
+    }
+    debug_assert!(
+        persisted.is_none() || rd.must_sync,
+        "entries appended without a sync"
+    );
+    Ok(AfterSync {
+        late,
+        follower_apply,
+        snapshot_sends: rd.snapshot_sends,
+        snapshot_msgs: rd.snapshot_msgs,
+        persisted,
+        commit: rd.hard_state.map(|hs| hs.commit),
+    })
+}
+
+/// Phases 4-6, once the Ready's writes are durable.
+pub fn after_sync<S: ReadyShell>(shell: &mut S, rest: AfterSync) -> Result<(), String> {
+    if let Some(c) = rest.commit {
+        shell.note_commit(c);
+    }
+    // 4. Messages that promise durable state, now that it is.
+    for m in rest.late {
+        shell.send(m);
+    }
+    if let Some((committed, reads, failed_reads)) = rest.follower_apply {
+        // A follower's acks onto the wire before it applies.
+        shell.flush_peers();
+        shell.apply_and_serve(committed, reads, failed_reads)?;
+    }
+    // 5. Snapshots: stream to peers behind the compacted log; feed transfer messages.
+    if !rest.snapshot_sends.is_empty() {
+        shell.snapshot_sends(rest.snapshot_sends);
+    }
+    if !rest.snapshot_msgs.is_empty() {
+        shell.snapshot_msgs(rest.snapshot_msgs)?;
+    }
+    // 6. Acknowledge durability.
+    if let Some((index, term)) = rest.persisted {
+        shell.core().on_persisted(index, term);
+    }
+    Ok(())
+}

@@ -1,0 +1,93 @@
+//! The server's side of the node layer's Ready phases (`crate::node::ReadyShell`): peer
+//! messages go to the peer links' queues and are flushed onto the sockets when the phases say
+//! so, term/vote changes go to the hard state file, entries to the mmap'd log and one
+//! `msync` per Ready. The ordering itself lives in `src/node/ready.rs`, shared with the
+//! simulator.
+
+use super::Server;
+use crate::node::{ReadyShell, SyncStatus};
+use crate::raft::{Entry, HardState, Message, RawNode, ReadState};
+use crate::storage::Log;
+
+impl ReadyShell for Server {
+    type Store = Log;
+
+    fn core(&mut self) -> &mut RawNode<Log> {
+        &mut self.node
+    }
+
+    fn send(&mut self, m: Message) {
+        self.send_peer(m);
+    }
+
+    fn flush_peers(&mut self) {
+        Server::flush_peers(self);
+    }
+
+    fn flush_clients(&mut self) {
+        if !self.dirty_clients.is_empty() {
+            Server::flush_clients(self);
+        }
+    }
+
+    /// Term/vote changes are written at once; the commit index rides along lazily (see
+    /// `persist_commit_hint`), and only one whose entries are already durable here.
+    fn save_term_vote(&mut self, hs: HardState) -> Result<(), String> {
+        if hs.term != self.saved_hs.term || hs.vote != self.saved_hs.vote {
+            let to_save = HardState {
+                term: hs.term,
+                vote: hs.vote,
+                commit: self.commit_hint,
+            };
+            self.hs_file
+                .save(&to_save)
+                .map_err(|e| format!("saving hard state: {e}"))?;
+            self.saved_hs = to_save;
+        }
+        Ok(())
+    }
+
+    fn note_commit(&mut self, commit: u64) {
+        self.commit_hint = self.commit_hint.max(commit);
+    }
+
+    fn append(&mut self, entries: &[Entry]) -> Result<(), String> {
+        self.node
+            .store_mut()
+            .append(entries)
+            .map_err(|e| format!("appending to the log: {e}"))?;
+        debug_assert_eq!(self.node.store().check_invariants(), Ok(()));
+        self.appended_unsynced = true;
+        Ok(())
+    }
+
+    /// Group commit: one sync for everything proposed or received in this Ready. (A term or
+    /// vote change alone was made durable by the hard state file's own write.)
+    fn sync(&mut self) -> Result<SyncStatus, String> {
+        if std::mem::take(&mut self.appended_unsynced) {
+            self.node
+                .store_mut()
+                .sync()
+                .map_err(|e| format!("syncing the log: {e}"))?;
+        }
+        Ok(SyncStatus::Done)
+    }
+
+    fn apply_and_serve(
+        &mut self,
+        committed: Vec<Entry>,
+        reads: Vec<ReadState>,
+        failed_reads: Vec<u64>,
+    ) -> Result<(), String> {
+        Server::apply_and_serve(self, committed, reads, failed_reads);
+        Ok(())
+    }
+
+    fn snapshot_sends(&mut self, peers: Vec<u64>) {
+        self.on_snapshot_sends(peers);
+    }
+
+    fn snapshot_msgs(&mut self, msgs: Vec<Message>) -> Result<(), String> {
+        self.on_snapshot_msgs(msgs)
+    }
+}
