@@ -76,8 +76,8 @@ impl SnapshotPolicy {
     /// The byte threshold may make a snapshot due earlier, never later.
     pub fn due_index(&self, snapshot_index: u64) -> u128 {
         let e = u128::from(self.max_log_entries);
-        match self.stagger {
-            Some((slot, slots)) if slots > 1 && slot < slots && self.max_log_entries >= 2 => {
+        match self.slot() {
+            Some((slot, slots)) => {
                 let phase = u128::from(slot) * e / u128::from(slots);
                 let lo = u128::from(snapshot_index) + e / 2 + 1;
                 lo + (phase + e - lo % e) % e
@@ -86,10 +86,17 @@ impl SnapshotPolicy {
         }
     }
 
+    /// The stagger slot in force: `None` when there is none or it cannot apply (one member,
+    /// a slot out of range, or a threshold too small to split).
+    fn slot(&self) -> Option<(u64, u64)> {
+        self.stagger
+            .filter(|&(slot, slots)| slots > 1 && slot < slots && self.max_log_entries >= 2)
+    }
+
     /// The byte threshold, scaled by `1 + slot / (2 * slots)` with a stagger.
     fn max_bytes(&self) -> u64 {
-        match self.stagger {
-            Some((slot, slots)) if slots > 1 && slot < slots && self.max_log_entries >= 2 => {
+        match self.slot() {
+            Some((slot, slots)) => {
                 let bytes = u128::from(self.max_log_bytes) * u128::from(2 * slots + slot)
                     / u128::from(2 * slots);
                 u64::try_from(bytes).unwrap_or(u64::MAX)
