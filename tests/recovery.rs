@@ -498,7 +498,7 @@ fn receiver_answers_an_invalid_snapshot_with_a_failure() {
     let Received::Complete(rs) = rx.on_message(&mut store, 0, &m) else {
         panic!("expected a complete transfer");
     };
-    match rs.install() {
+    match rs.install(&mut store) {
         Err(InstallError::Invalid { why, reply }) => {
             assert!(why.contains("kv snapshot"), "{why}");
             match reply.body {

@@ -9,7 +9,9 @@
 //!   writes are proposed and reads started (ReadIndex, lease, stale), how applying entries,
 //!   confirming reads, installing a snapshot and losing leadership answer them;
 //! - `requests.rs`: the pending request tables, their deadlines, and the one place an answer
-//!   is made.
+//!   is made;
+//! - `transfer.rs`: snapshot streams to followers, the receiver, and the order in which a
+//!   received snapshot is installed (durable, core, log, state machine, answer).
 //!
 //! The mio server (`src/server/`) and the simulator (`src/sim/node.rs`) both hold a
 //! [`Replica`] and run the Ready phases over it, each implementing the small [`ReadyShell`]
@@ -23,10 +25,12 @@
 mod ready;
 mod replica;
 mod requests;
+mod transfer;
 
 pub use ready::{after_sync, handle_ready, AfterSync, ReadyShell, SyncStatus};
-pub use replica::{LeadershipChange, Replica, ReplicaConfig};
+pub use replica::{LeadershipChange, Replica, ReplicaConfig, StagedSnapshot};
 pub use requests::{ReadOp, Requests};
+pub use transfer::{install_received, install_staged, Installed, ResetLog, Transfers};
 
 /// TEST ONLY: node-layer bugs the simulator can plant to prove its checks catch them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -1,6 +1,8 @@
 //! The production ordering of one `Ready`, written once for the server and the simulator.
 //!
 //! Phases (`handle_ready` = `before_sync`, the sync, `after_sync`):
+//! -. a received snapshot the core took (`Ready::snapshot`, already durable) is installed
+//!    first: log reset, state machine replaced, its `done` answer sent;
 //! 0. a leader's replication messages the core allows out before the sync
 //!    (`Ready::early_messages`): entries at once; commit-only appends and heartbeats after
 //!    the answers to clients (phase 2);
@@ -22,7 +24,9 @@
 
 use super::NodeBug;
 use crate::pb::raftpb::message::Body;
-use crate::raft::{Entry, HardState, LogStore, Message, RawNode, ReadState, Ready, Role};
+use crate::raft::{
+    Entry, HardState, LogStore, Message, RawNode, ReadState, Ready, Role, SnapshotMeta,
+};
 
 /// Whether the sync the node layer asked for is complete.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,6 +71,9 @@ pub trait ReadyShell {
     ) -> Result<(), String>;
     /// Leader: the entries just appended (the `AnswerBeforeCommit` planted bug answers them).
     fn on_appended_as_leader(&mut self, _entries: &[Entry]) {}
+    /// Installs the received snapshot the core took (`Ready::snapshot`): resets the log to
+    /// it, makes it the state machine's state, sends its `done` answer.
+    fn install_snapshot(&mut self, meta: SnapshotMeta) -> Result<(), String>;
     /// Starts streaming the snapshot to these peers.
     fn snapshot_sends(&mut self, peers: Vec<u64>);
     /// InstallSnapshot chunks (follower) and their answers (leader).
@@ -119,6 +126,11 @@ pub fn handle_ready<S: ReadyShell>(shell: &mut S, rd: Ready) -> Result<Option<Af
 
 /// Phases 0-3 up to the sync.
 fn before_sync<S: ReadyShell>(shell: &mut S, mut rd: Ready) -> Result<AfterSync, String> {
+    if let Some(meta) = rd.snapshot.take() {
+        // Nothing at or below a snapshot is handed out for applying.
+        debug_assert!(rd.committed.iter().all(|e| e.index > meta.index));
+        shell.install_snapshot(meta)?;
+    }
     let (early, mut late) = rd.take_messages();
     if planted(shell) == NodeBug::AckBeforeSync {
         // PLANTED BUG: acks and vote grants leave before what they promise is durable.

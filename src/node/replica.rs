@@ -11,7 +11,9 @@
 use super::requests::{ReadOp, Requests};
 use crate::kv::{error_result, ApplyResult, KvStore};
 use crate::pb::kvpb::{self, ErrorCode};
-use crate::raft::{Entry, EntryType, LogStore, ProposeError, RawNode, ReadState, Role};
+use crate::raft::{
+    Entry, EntryType, LogStore, Message, ProposeError, RawNode, ReadState, Role, SnapshotMeta,
+};
 use std::collections::HashMap;
 
 /// What a replica needs to know beyond its core.
@@ -34,6 +36,14 @@ pub struct LeadershipChange {
     pub role_changed: bool,
 }
 
+/// A received snapshot the core took, waiting for the Ready that installs it.
+pub struct StagedSnapshot {
+    pub meta: SnapshotMeta,
+    pub kv: KvStore,
+    /// The `done` answer for the leader, sent once it is installed.
+    pub reply: Message,
+}
+
 /// The core, the state machine and the requests of one node.
 pub struct Replica<L: LogStore, A> {
     id: u64,
@@ -49,6 +59,7 @@ pub struct Replica<L: LogStore, A> {
     /// Some(term) while this node is leader in `term`.
     leader_term: Option<u64>,
     last_leader: Option<u64>,
+    staged: Option<StagedSnapshot>,
 }
 
 /// Serves a read from the state machine.
@@ -72,6 +83,7 @@ impl<L: LogStore, A> Replica<L, A> {
             cfg,
             leader_term: None,
             last_leader: None,
+            staged: None,
         }
     }
 
@@ -239,6 +251,17 @@ impl<L: LogStore, A> Replica<L, A> {
         for ctx in failed_reads {
             self.requests.read_failed(ctx);
         }
+    }
+
+    /// Holds a durable received snapshot the core took until its Ready installs it.
+    pub fn stage_snapshot(&mut self, s: StagedSnapshot) {
+        assert!(self.staged.is_none(), "one staged snapshot at a time");
+        self.staged = Some(s);
+    }
+
+    /// The staged snapshot (see [`Replica::stage_snapshot`]).
+    pub fn take_staged(&mut self) -> Option<StagedSnapshot> {
+        self.staged.take()
     }
 
     /// A received snapshot at `index` is durable and the core took it: its state replaces

@@ -52,6 +52,15 @@ enum Key {
     Read(u64),
 }
 
+/// A table's entries in key order: answers made in bulk (leadership lost, shutdown) go out
+/// in a deterministic order (the simulator replays seeds exactly; hash order differs per
+/// map). The tables stay hash maps: the hot path only inserts and removes.
+fn sorted<T>(m: HashMap<u64, T>) -> Vec<(u64, T)> {
+    let mut v: Vec<(u64, T)> = m.into_iter().collect();
+    v.sort_unstable_by_key(|(k, _)| *k);
+    v
+}
+
 /// The pending request tables.
 #[derive(Debug)]
 pub struct Requests<A> {
@@ -203,16 +212,17 @@ impl<A> Requests<A> {
     /// Answers every pending write with `code`, and every read not yet confirmed UNAVAILABLE
     /// (confirmed reads stay: they are served from this node's state once applied).
     pub fn fail_writes_and_unconfirmed_reads(&mut self, code: ErrorCode, msg: &str) {
-        for (_, p) in std::mem::take(&mut self.writes) {
+        for (_, p) in sorted(std::mem::take(&mut self.writes)) {
             self.fail(p.to, code, msg);
         }
         let confirmed: HashSet<u64> = self.confirmed.values().flatten().copied().collect();
-        let unconfirmed: Vec<u64> = self
+        let mut unconfirmed: Vec<u64> = self
             .reads
             .keys()
             .filter(|c| !confirmed.contains(c))
             .copied()
             .collect();
+        unconfirmed.sort_unstable();
         for ctx in unconfirmed {
             self.read_failed(ctx);
         }
@@ -220,7 +230,7 @@ impl<A> Requests<A> {
 
     /// Answers every pending write with `code` (reads stay).
     pub fn fail_writes(&mut self, code: ErrorCode, msg: &str) {
-        for (_, p) in std::mem::take(&mut self.writes) {
+        for (_, p) in sorted(std::mem::take(&mut self.writes)) {
             self.fail(p.to, code, msg);
         }
     }
@@ -229,7 +239,7 @@ impl<A> Requests<A> {
     pub fn fail_all(&mut self, code: ErrorCode, msg: &str) {
         self.fail_writes(code, msg);
         self.confirmed.clear();
-        for (_, p) in std::mem::take(&mut self.reads) {
+        for (_, p) in sorted(std::mem::take(&mut self.reads)) {
             self.fail(p.to, code, msg);
         }
         self.deadlines.clear();

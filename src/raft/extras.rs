@@ -117,8 +117,9 @@ impl<S: LogStore> RawNode<S> {
         (self.transferee != 0).then_some(self.transferee)
     }
 
-    /// The follower received and verified a complete snapshot. Returns true if the core
-    /// accepts it: the shell must then reset the log store to it and restore the state machine.
+    /// The follower received, verified and made durable a complete snapshot. Returns true if
+    /// the core accepts it: the next Ready carries it in `Ready::snapshot`, and the shell then
+    /// resets the log store to it and restores the state machine from it.
     /// False: stale (at or below commit), ignore it. If the log already holds the snapshot's
     /// last entry, commit just moves up to it and false is returned.
     pub fn restore_snapshot(&mut self, meta: SnapshotMeta) -> bool {
@@ -140,9 +141,10 @@ impl<S: LogStore> RawNode<S> {
         self.applied = meta.index;
         self.handed = meta.index;
         self.persisted = meta.index;
-        if let Some(conf) = meta.conf {
-            self.conf = conf;
+        if let Some(conf) = &meta.conf {
+            self.conf = conf.clone();
         }
+        self.pending_snapshot = Some(meta);
         true
     }
 

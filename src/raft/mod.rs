@@ -258,6 +258,12 @@ pub struct Ready {
     /// InstallSnapshot chunks (follower) and InstallSnapshotResponses (leader) that passed the
     /// core's term checks; the shell's snapshot transfer handles them.
     pub snapshot_msgs: Vec<Message>,
+    /// A received snapshot the core took (`restore_snapshot` returned true). Before anything
+    /// else in this Ready the shell resets its log store to start right after it and makes
+    /// it the state machine's state. It is already durable: the shell's receiver made it so
+    /// before offering it to the core (etcd-io/raft and raft-rs hand the snapshot over in the
+    /// Ready the same way, to be applied before the entries).
+    pub snapshot: Option<SnapshotMeta>,
 }
 
 impl Ready {

@@ -8,7 +8,7 @@ use super::read_only::ReadOnly;
 use super::tracker::{ProgressMap, Votes};
 use super::{
     ConfState, Config, HardState, InitialState, LogError, LogStore, Message, ReadState, Ready,
-    Role, Status,
+    Role, SnapshotMeta, Status,
 };
 use crate::pb::raftpb::message::Body;
 use crate::pb::raftpb::{HeartbeatResponse, RequestVoteResponse};
@@ -73,6 +73,8 @@ pub struct RawNode<S: LogStore> {
     pub(super) failed_reads: Vec<u64>,
     pub(super) snapshot_sends: Vec<u64>,
     pub(super) snapshot_msgs: Vec<Message>,
+    /// A snapshot taken by `restore_snapshot`, for the next `Ready::snapshot`.
+    pub(super) pending_snapshot: Option<SnapshotMeta>,
 }
 
 impl<S: LogStore> RawNode<S> {
@@ -133,6 +135,7 @@ impl<S: LogStore> RawNode<S> {
             failed_reads: Vec::new(),
             snapshot_sends: Vec::new(),
             snapshot_msgs: Vec::new(),
+            pending_snapshot: None,
             cfg,
             log,
             rng,
@@ -453,6 +456,7 @@ impl<S: LogStore> RawNode<S> {
             || !self.failed_reads.is_empty()
             || !self.snapshot_sends.is_empty()
             || !self.snapshot_msgs.is_empty()
+            || self.pending_snapshot.is_some()
             || (self.role == Role::Leader
                 && (self.pending_bcast || self.pending_commit_bcast || self.pending_read_hb))
     }
@@ -472,7 +476,10 @@ impl<S: LogStore> RawNode<S> {
                 self.bcast_heartbeat(seq);
             }
         }
-        let mut rd = Ready::default();
+        let mut rd = Ready {
+            snapshot: self.pending_snapshot.take(),
+            ..Ready::default()
+        };
         let hs = self.hard_state();
         let keeps_term_vote = hs.term == self.prev_hs.term && hs.vote == self.prev_hs.vote;
         if hs != self.prev_hs {

@@ -252,7 +252,7 @@ impl Server {
         for t in tokens {
             self.flush_client(t);
         }
-        self.snaps.receiver.abort();
+        self.snaps.transfers.receiver().abort();
         self.replica
             .core_mut()
             .store_mut()

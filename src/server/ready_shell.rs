@@ -7,7 +7,7 @@
 
 use super::Server;
 use crate::node::{ReadyShell, SyncStatus};
-use crate::raft::{Entry, HardState, Message, RawNode, ReadState, Ready};
+use crate::raft::{Entry, HardState, Message, RawNode, ReadState, Ready, SnapshotMeta};
 use crate::storage::Log;
 
 impl Server {
@@ -26,7 +26,7 @@ impl Server {
             }
         }
         if any && self.replica.check_leadership().role_changed {
-            self.snaps.drop_senders();
+            self.snaps.transfers.drop_senders();
         }
         Ok(())
     }
@@ -117,6 +117,10 @@ impl ReadyShell for Server {
         // The snapshot policy counts command bytes applied since the newest snapshot.
         self.snaps.bytes_since += self.replica.applied_bytes() - bytes;
         Ok(())
+    }
+
+    fn install_snapshot(&mut self, meta: SnapshotMeta) -> Result<(), String> {
+        Server::install_snapshot(self, meta)
     }
 
     fn snapshot_sends(&mut self, peers: Vec<u64>) {

@@ -4,14 +4,14 @@
 //! `crate::snapshot`.
 
 use super::Server;
+use crate::node::{install_received, install_staged, Installed, Transfers};
 use crate::pb::raftpb::message::Body;
 use crate::raft::{LogStore, Message, SnapshotMeta};
 use crate::snapshot::{
-    BackgroundSnapshot, InstallError, LogStats, Received, SendStatus, SenderConfig, SnapshotMode,
-    SnapshotPolicy, SnapshotReceiver, SnapshotSender, WritePacing,
+    BackgroundSnapshot, LogStats, Received, SenderConfig, SnapshotMode, SnapshotPolicy,
+    SnapshotSource, WritePacing,
 };
-use crate::storage::SnapshotStore;
-use std::collections::HashMap;
+use crate::storage::{SnapshotStore, SnapshotWriter};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -48,8 +48,8 @@ pub(super) struct Snapshots {
     /// The child's pipe fired since the last look (see [`Server::snapshot_progress`]).
     pub child_event: bool,
     not_before: Option<Instant>,
-    senders: HashMap<u64, SnapshotSender>,
-    pub receiver: SnapshotReceiver,
+    /// Streams to and from peers (the node layer's).
+    pub transfers: Transfers<SnapshotWriter>,
 }
 
 impl Snapshots {
@@ -68,14 +68,8 @@ impl Snapshots {
             bg: None,
             child_event: false,
             not_before: None,
-            senders: HashMap::new(),
-            receiver: SnapshotReceiver::new(),
+            transfers: Transfers::new(SenderConfig::default()),
         }
-    }
-
-    /// Drops every outbound transfer (leadership lost or term changed).
-    pub fn drop_senders(&mut self) {
-        self.senders.clear();
     }
 
     fn latest_index(&self) -> u64 {
@@ -134,22 +128,13 @@ impl Server {
         // A leader receives no snapshots: free a partial transfer (and its temp file) left
         // from when this node was a follower.
         if self.replica.leader_term().is_some() {
-            self.snaps.receiver.abort();
+            self.snaps.transfers.receiver().abort();
         }
 
         let mut out = Vec::new();
-        let mut finished = Vec::new();
-        for (peer, s) in self.snaps.senders.iter_mut() {
-            let st = s.tick(&mut out);
-            if st != SendStatus::InProgress {
-                finished.push((*peer, st));
-            }
-        }
+        self.snaps.transfers.tick(self.replica.core_mut(), &mut out);
         for m in out {
             self.send_peer(m);
-        }
-        for (peer, st) in finished {
-            self.finish_send(peer, st);
         }
         Ok(())
     }
@@ -331,51 +316,20 @@ impl Server {
         Ok(())
     }
 
-    fn finish_send(&mut self, peer: u64, st: SendStatus) {
-        self.snaps.senders.remove(&peer);
-        match st {
-            SendStatus::Done => {
-                log::info!("snapshot sent to node {peer}");
-                self.replica.core_mut().report_snapshot(peer, true);
-            }
-            SendStatus::Failed(e) => {
-                log::warn!("snapshot transfer to node {peer} failed: {e}");
-                self.replica.core_mut().report_snapshot(peer, false);
-            }
-            SendStatus::InProgress => {}
-        }
-    }
-
     /// Ready step 5 (leader): start streaming the newest snapshot to each peer that needs it.
     pub(super) fn on_snapshot_sends(&mut self, peers: Vec<u64>) {
-        for peer in peers {
-            if self.snaps.senders.contains_key(&peer) {
-                continue;
-            }
-            let Some((_, path)) = &self.snaps.latest else {
-                log::warn!("node {peer} needs a snapshot but none exists");
-                self.replica.core_mut().report_snapshot(peer, false);
-                continue;
-            };
-            let term = self.replica.core().term();
-            match SnapshotSender::new(SenderConfig::default(), self.cfg.id, peer, term, path) {
-                Ok(mut s) => {
-                    log::info!("sending snapshot {} to node {peer}", s.meta().index);
-                    let mut out = Vec::new();
-                    let st = s.start(&mut out);
-                    self.snaps.senders.insert(peer, s);
-                    for m in out {
-                        self.send_peer(m);
-                    }
-                    if st != SendStatus::InProgress {
-                        self.finish_send(peer, st);
-                    }
-                }
-                Err(e) => {
-                    log::warn!("cannot send snapshot to node {peer}: {e}");
-                    self.replica.core_mut().report_snapshot(peer, false);
-                }
-            }
+        let latest = self.snaps.latest.as_ref().map(|(_, p)| p.clone());
+        let source = || {
+            latest
+                .clone()
+                .map(|p| Box::new(p) as Box<dyn SnapshotSource>)
+        };
+        let mut out = Vec::new();
+        self.snaps
+            .transfers
+            .start(self.replica.core_mut(), peers, source, &mut out);
+        for m in out {
+            self.send_peer(m);
         }
     }
 
@@ -383,17 +337,13 @@ impl Server {
     pub(super) fn on_snapshot_msgs(&mut self, msgs: Vec<Message>) -> Result<(), String> {
         for msg in msgs {
             match &msg.body {
-                Some(Body::InstallSnapshotResponse(r)) => {
-                    let Some(s) = self.snaps.senders.get_mut(&msg.from) else {
-                        continue;
-                    };
+                Some(Body::InstallSnapshotResponse(_)) => {
                     let mut out = Vec::new();
-                    let st = s.on_response(r, &mut out);
+                    self.snaps
+                        .transfers
+                        .on_response(self.replica.core_mut(), &msg, &mut out);
                     for m in out {
                         self.send_peer(m);
-                    }
-                    if st != SendStatus::InProgress {
-                        self.finish_send(msg.from, st);
                     }
                 }
                 Some(Body::InstallSnapshot(_)) => self.on_install_snapshot(&msg)?,
@@ -403,70 +353,72 @@ impl Server {
         Ok(())
     }
 
+    /// Ready phase "-": the received snapshot the core took becomes the log's start and the
+    /// state machine's state; then its `done` answer leaves.
+    pub(super) fn install_snapshot(&mut self, meta: SnapshotMeta) -> Result<(), String> {
+        let reply = install_staged(&mut self.replica, &meta)?;
+        self.send_peer(reply);
+        self.flush_peers();
+        self.commit_hint = self.commit_hint.max(meta.index);
+        self.snaps.bytes_since = 0;
+        log::info!(
+            "installed snapshot at index {} term {}",
+            meta.index,
+            meta.term
+        );
+        Ok(())
+    }
+
     fn on_install_snapshot(&mut self, msg: &Message) -> Result<(), String> {
         let applied = self.replica.kv().applied();
-        match self
-            .snaps
-            .receiver
-            .on_message(&mut self.snaps.store, applied, msg)
+        let snaps = &mut self.snaps;
+        let rs = match snaps
+            .transfers
+            .receiver()
+            .on_message(&mut snaps.store, applied, msg)
         {
-            Received::Ignored => {}
-            Received::Reply(m) => self.send_peer(m),
-            Received::Complete(rs) => {
-                // Every byte is here: say so before the validation below (which decodes the
-                // whole payload, seconds per GiB), so the leader waits for the `done`.
-                self.send_peer(rs.progress_reply());
-                self.flush_peers();
-                // Validated completely, then durable; only then the core and the log move
-                // (crash-safe order). An invalid snapshot is never published: the node keeps
-                // its state, log and snapshots, and the leader hears of the failure.
-                let inst = match rs.install() {
-                    Ok(inst) => inst,
-                    Err(InstallError::Invalid { why, reply }) => {
-                        log::error!(
-                            "snapshot received from node {} discarded (node keeps its current \
-                             state): {why}",
-                            msg.from
-                        );
-                        self.send_peer(*reply);
-                        return Ok(());
-                    }
-                    Err(InstallError::Fatal(e)) => {
-                        return Err(format!("installing a received snapshot: {e}"))
-                    }
-                };
-                let meta = inst.meta.clone();
-                let reply = inst.reply;
-                if self.replica.core_mut().restore_snapshot(meta.clone()) {
-                    self.replica
-                        .core_mut()
-                        .store_mut()
-                        .reset(meta.index, meta.term)
-                        .map_err(|e| {
-                            format!("resetting the log to snapshot {}: {e}", meta.index)
-                        })?;
-                    self.send_peer(reply);
-                    self.flush_peers();
-                    self.replica.installed_snapshot(meta.index, inst.kv);
-                    self.commit_hint = self.commit_hint.max(meta.index);
-                    self.snaps.bytes_since = 0;
-                    self.snaps.latest = Some((meta.clone(), inst.path.clone()));
-                    if let Err(e) = self.snaps.store.prune() {
-                        log::warn!("pruning old snapshots: {e}");
-                    }
-                    log::info!(
-                        "installed snapshot at index {} term {} from node {}",
-                        meta.index,
-                        meta.term,
-                        msg.from
-                    );
-                } else {
-                    log::info!(
-                        "received snapshot {} is stale; kept on disk only",
-                        meta.index
-                    );
-                    self.send_peer(reply);
+            Received::Ignored => return Ok(()),
+            Received::Reply(m) => {
+                self.send_peer(m);
+                return Ok(());
+            }
+            Received::Complete(rs) => rs,
+        };
+        // Every byte is here: say so before the validation (which decodes the whole payload,
+        // seconds per GiB), so the leader waits for the `done`.
+        self.send_peer(rs.progress_reply());
+        self.flush_peers();
+        match install_received(&mut self.replica, &mut self.snaps.store, *rs)? {
+            Installed::Staged { meta, published } => {
+                // Durable: it is the newest snapshot file now. The core's next Ready installs
+                // it (`install_snapshot` below).
+                self.snaps.latest = Some((meta.clone(), published));
+                if let Err(e) = self.snaps.store.prune() {
+                    log::warn!("pruning old snapshots: {e}");
                 }
+                log::info!(
+                    "received snapshot at index {} term {} from node {}",
+                    meta.index,
+                    meta.term,
+                    msg.from
+                );
+            }
+            Installed::Stale { meta, reply, .. } => {
+                log::info!(
+                    "received snapshot {} is stale; kept on disk only",
+                    meta.index
+                );
+                self.send_peer(reply);
+            }
+            Installed::Invalid { why, reply } => {
+                // Never published: the node keeps its state, log and snapshots, and the leader
+                // hears of the failure.
+                log::error!(
+                    "snapshot received from node {} discarded (node keeps its current state): \
+                     {why}",
+                    msg.from
+                );
+                self.send_peer(reply);
             }
         }
         Ok(())

@@ -7,10 +7,12 @@
 //! which a real disk can do and which is harmless because nothing depending on those writes
 //! left the node. A restart rebuilds the node from [`Durable`] only.
 
+use crate::kv::KvStore;
 use crate::raft::{Entry, HardState, LogStore, MemLog, SnapshotMeta};
-
 use crate::rng::Rng;
+use crate::snapshot::{PartialSnapshot, SinkError, SnapshotError, SnapshotSink, SnapshotSource};
 use bytes::Bytes;
+use std::io::Read;
 
 /// A snapshot as stored: its metadata and the state machine bytes.
 #[derive(Debug, Clone, Default)]
@@ -33,7 +35,8 @@ enum Write {
     Append(Vec<Entry>),
     HardState(HardState),
     /// A received snapshot's file queued like any write (only the `SnapshotBeforeDurable`
-    /// planted bug does this: a correct shell saves it before it moves the log or uses it).
+    /// planted bug does this: a correct sink makes it durable before the log moves or its
+    /// state is used).
     SnapshotFile(SnapFile),
 }
 
@@ -77,54 +80,59 @@ impl Disk {
         Ok(())
     }
 
-    /// Atomically (write to a temp file, fsync, rename) stores a snapshot and compacts the
-    /// durable log up to it. `installed`: a snapshot received from the leader, which replaces
-    /// the whole log instead.
-    pub fn save_snapshot(&mut self, snap: SnapFile, installed: bool) -> Result<(), String> {
+    /// Atomically (write to a temp file, fsync, rename) stores a snapshot of this node's own
+    /// state and compacts the durable log up to it.
+    pub fn save_snapshot(&mut self, snap: SnapFile) -> Result<(), String> {
         let index = snap.meta.index;
-        if installed {
-            // Queued writes were for the old log: a real shell would have synced them first.
-            self.sync()?;
-            self.install(snap);
-            return Ok(());
-        }
-        if self.durable.log.last_index() >= index {
-            let term = self
-                .durable
-                .log
-                .term(index)
-                .map_err(|e| format!("compact to {index}: {e}"))?;
-            self.durable.log.compact(index, term)?;
-        } else {
+        if self.durable.log.last_index() < index {
             return Err(format!(
                 "local snapshot at {index} above durable last index {}",
                 self.durable.log.last_index()
             ));
         }
+        let term = self
+            .durable
+            .log
+            .term(index)
+            .map_err(|e| format!("compact to {index}: {e}"))?;
+        self.durable.log.compact(index, term)?;
         self.durable.snapshot = Some(snap);
         Ok(())
     }
 
-    /// A received snapshot replaces the durable log and becomes the durable snapshot.
-    fn install(&mut self, snap: SnapFile) {
-        let (index, term) = (snap.meta.index, snap.meta.term);
+    /// A received snapshot becomes the durable snapshot (the log is reset separately, after
+    /// the core took it: [`Disk::reset_log`]).
+    fn publish_received(&mut self, snap: SnapFile) -> Result<(), String> {
+        // Queued writes were for the old log: a real shell would have synced them first.
+        self.sync()?;
+        self.durable.snapshot = Some(snap);
+        Ok(())
+    }
+
+    /// The durable log restarts right after an installed snapshot (index, term).
+    pub fn reset_log(&mut self, index: u64, term: u64) {
         self.durable.log.reset(index, term);
         if self.durable.hard_state.commit < index {
             self.durable.hard_state.commit = index;
         }
-        self.durable.snapshot = Some(snap);
     }
 
-    /// PLANTED BUG `SnapshotBeforeDurable`: the log is reset to a received snapshot at once,
-    /// but the snapshot file is only queued (durable at the next sync, lost by a crash before
-    /// it): the crash-unsafe order a correct shell avoids.
-    pub fn install_before_durable(&mut self, snap: SnapFile) -> Result<(), String> {
-        self.sync()?;
-        let old = self.durable.snapshot.clone();
-        self.install(snap.clone());
-        self.durable.snapshot = old;
-        self.queued.push(Write::SnapshotFile(snap));
-        Ok(())
+    /// At restart, as the server's recovery does: a durable snapshot newer than the log's
+    /// start (a crash between publishing a received snapshot and resetting the log) compacts
+    /// the log to it if the log holds its entry, else resets the log to it.
+    pub fn reconcile_log(&mut self) {
+        let Some(s) = &self.durable.snapshot else {
+            return;
+        };
+        let (index, term) = (s.meta.index, s.meta.term);
+        let log = &mut self.durable.log;
+        if log.snapshot_index_term().0 >= index {
+            return;
+        }
+        if log.term(index) == Ok(term) && log.compact(index, term).is_ok() {
+            return;
+        }
+        self.reset_log(index, term);
     }
 
     /// Power loss: queued writes are lost, except that with `torn` a random prefix of queued
@@ -251,17 +259,101 @@ mod tests {
             },
             data: Bytes::from_static(b"x"),
         };
-        d.save_snapshot(snap(2, 1), false).unwrap();
+        d.save_snapshot(snap(2, 1)).unwrap();
         assert_eq!(
             (d.durable.log.first_index(), d.durable.log.last_index()),
             (3, 3)
         );
-        assert!(d.save_snapshot(snap(9, 1), false).is_err());
-        d.save_snapshot(snap(20, 4), true).unwrap();
+        assert!(d.save_snapshot(snap(9, 1)).is_err());
+        d.publish_received(snap(20, 4)).unwrap();
+        // Published, log not yet reset: a restart reconciles like the server's recovery.
+        assert_eq!(d.durable.log.last_index(), 3);
+        d.reconcile_log();
         assert_eq!(
             (d.durable.log.first_index(), d.durable.log.last_index()),
             (21, 20)
         );
         assert_eq!(d.durable.hard_state.commit, 20);
+    }
+}
+
+/// A snapshot being received into memory.
+#[derive(Debug, Default)]
+pub struct MemPartial {
+    data: Vec<u8>,
+    crc: crc32fast::Hasher,
+}
+
+impl PartialSnapshot for MemPartial {
+    fn append(&mut self, data: &[u8]) -> std::io::Result<()> {
+        self.crc.update(data);
+        self.data.extend_from_slice(data);
+        Ok(())
+    }
+
+    fn payload_crc(&self) -> u32 {
+        self.crc.clone().finalize()
+    }
+
+    fn bytes_written(&self) -> u64 {
+        self.data.len() as u64
+    }
+
+    fn abort(self) {}
+}
+
+/// The simulated disk as the receiver's sink: a complete snapshot is validated by restoring
+/// its state, then made durable. With `before_durable` (the planted `SnapshotBeforeDurable`
+/// bug) it is only queued, so a crash before the next sync loses it after the log was reset.
+pub struct DiskSink<'a> {
+    pub disk: &'a mut Disk,
+    pub before_durable: bool,
+}
+
+impl SnapshotSink for DiskSink<'_> {
+    type Partial = MemPartial;
+    type Published = ();
+
+    fn create(&mut self, _meta: &SnapshotMeta) -> Result<MemPartial, SnapshotError> {
+        Ok(MemPartial::default())
+    }
+
+    fn install(&mut self, p: MemPartial, meta: &SnapshotMeta) -> Result<(KvStore, ()), SinkError> {
+        let kv = KvStore::restore_snapshot(&mut &p.data[..])
+            .map_err(|e| SinkError::Invalid(format!("restoring the KV state: {e}")))?;
+        if kv.applied() != meta.index {
+            return Err(SinkError::Invalid(format!(
+                "KV state is at index {} but the snapshot claims index {}",
+                kv.applied(),
+                meta.index
+            )));
+        }
+        let snap = SnapFile {
+            meta: meta.clone(),
+            data: p.data.into(),
+        };
+        if self.before_durable {
+            // PLANTED BUG: the state is used at once, the file durable only at the next sync.
+            self.disk.queued.push(Write::SnapshotFile(snap));
+        } else {
+            self.disk
+                .publish_received(snap)
+                .map_err(|e| SinkError::Fatal(SnapshotError::Other(e)))?;
+        }
+        Ok((kv, ()))
+    }
+}
+
+/// A snapshot on the simulated disk, streamed by the leader's sender.
+impl SnapshotSource for SnapFile {
+    fn open(&self) -> Result<(SnapshotMeta, Box<dyn Read>), SnapshotError> {
+        Ok((
+            self.meta.clone(),
+            Box::new(std::io::Cursor::new(self.data.clone())),
+        ))
+    }
+
+    fn name(&self) -> String {
+        format!("simulated snapshot {}/t{}", self.meta.index, self.meta.term)
     }
 }

@@ -14,11 +14,11 @@
 
 use crate::kv::{ApplyResult, KvStore};
 use crate::node::{
-    self, AfterSync, NodeBug, ReadOp, ReadyShell, Replica, ReplicaConfig, SyncStatus,
+    self, install_received, install_staged, AfterSync, Installed, NodeBug, ReadOp, ReadyShell,
+    Replica, ReplicaConfig, SyncStatus, Transfers,
 };
 use crate::pb::kvpb::{self, ErrorCode};
 use crate::pb::raftpb::message::Body;
-use crate::pb::raftpb::{InstallSnapshot, InstallSnapshotResponse};
 use crate::raft::MemLog;
 use crate::raft::{
     ConfState, Config, Entry, EntryType, HardState, InitialState, LogStore, Message, RawNode,
@@ -27,9 +27,10 @@ use crate::raft::{
 use crate::rng::Rng;
 use crate::sim::checker::Checker;
 use crate::sim::client::{ClientReq, Reply, ReqOp};
-use crate::sim::disk::{Disk, SnapFile};
+use crate::sim::disk::{Disk, DiskSink, MemPartial, SnapFile};
+use crate::snapshot::{Received, SenderConfig, SnapshotSource};
 use prost::Message as _;
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{HashMap, VecDeque};
 
 /// An input waiting for the node.
 #[derive(Debug, Clone)]
@@ -101,10 +102,8 @@ pub struct SimNode {
     /// The part of a Ready waiting for its sync (the node is blocked meanwhile).
     busy: Option<AfterSync>,
     deferred: VecDeque<Input>,
-    /// Snapshot being received: (meta, bytes so far).
-    snap_in: Option<(SnapshotMeta, Vec<u8>)>,
-    /// Snapshot streams to peers: peer -> (snapshot being sent, time of the last chunk).
-    snap_out: BTreeMap<u64, (SnapFile, u64)>,
+    /// Snapshot streams to and from peers: the production sender and receiver (node layer).
+    transfers: Transfers<MemPartial>,
     /// (role, term) after the last drive, to notice elections.
     last_role: (Role, u64),
     last_commit: u64,
@@ -172,6 +171,14 @@ pub fn describe_msg(m: &Message) -> String {
     format!("{}->{} t{} {}", m.from, m.to, m.term, body)
 }
 
+/// The production sender's tuning with this seed's chunk size.
+fn sender_config(chunk: usize) -> SenderConfig {
+    SenderConfig {
+        chunk_size: chunk.max(1),
+        ..SenderConfig::default()
+    }
+}
+
 /// What a simulated client makes of an answer. Every error that leaves the outcome open or
 /// says "not now" (UNAVAILABLE, TIMEOUT, UNCERTAIN, SHUTTING_DOWN) is a retry: a write retried
 /// with its session seq applies at most once, so the retry settles it.
@@ -200,6 +207,7 @@ fn reply_of(r: ApplyResult) -> Reply {
 impl SimNode {
     /// A fresh node of a cluster of `voters` (not started: call [`SimNode::restart`]).
     pub fn new(cfg: Config, voters: Vec<u64>, params: NodeParams) -> SimNode {
+        let chunk = params.chunk;
         SimNode {
             id: cfg.id,
             up: false,
@@ -211,8 +219,7 @@ impl SimNode {
             params,
             busy: None,
             deferred: VecDeque::new(),
-            snap_in: None,
-            snap_out: BTreeMap::new(),
+            transfers: Transfers::new(sender_config(chunk)),
             last_role: (Role::Follower, 0),
             last_commit: 0,
             proposals: 0,
@@ -236,13 +243,13 @@ impl SimNode {
         self.busy = None;
         self.deferred.clear();
         self.disk.crash(self.params.torn, rng);
-        self.snap_in = None;
-        self.snap_out.clear();
+        self.transfers = Transfers::new(sender_config(self.params.chunk));
     }
 
     /// Boots from durable state only.
     pub fn restart(&mut self, checker: &mut Checker) -> Result<(), String> {
         self.incarnation += 1;
+        self.disk.reconcile_log();
         let d = &self.disk.durable;
         let store = d.log.clone();
         let (kv, applied, conf) = match &d.snapshot {
@@ -322,7 +329,7 @@ impl SimNode {
             return Ok(());
         }
         self.feed(inp, now, out);
-        let r = self.drive(now, rng, checker, out);
+        let r = self.drive(rng, checker, out);
         self.deliver_answers(out);
         r
     }
@@ -336,17 +343,10 @@ impl SimNode {
             Input::Tick => {
                 rep.core_mut().tick();
                 rep.expire(now);
-                // Snapshot streams that got no answer count as failed.
-                let stale: Vec<u64> = self
-                    .snap_out
-                    .iter()
-                    .filter(|(_, (_, t))| now.saturating_sub(*t) > 300)
-                    .map(|(&p, _)| p)
-                    .collect();
-                for p in stale {
-                    self.snap_out.remove(&p);
-                    rep.core_mut().report_snapshot(p, false);
-                }
+                // Retransmission timers of the snapshot streams (the server's tick does this).
+                let mut msgs = Vec::new();
+                self.transfers.tick(rep.core_mut(), &mut msgs);
+                out.extend(msgs.into_iter().map(Action::Send));
             }
             Input::Msg(m) => rep.core_mut().step(m),
             Input::Transfer(to) => {
@@ -409,14 +409,14 @@ impl SimNode {
         self.disk
             .sync()
             .map_err(|e| format!("node {}: disk sync: {e}", self.id))?;
-        node::after_sync(&mut self.shell(now, rng, checker, out), held)?;
-        self.drive(now, rng, checker, out)?;
+        node::after_sync(&mut self.shell(rng, checker, out), held)?;
+        self.drive(rng, checker, out)?;
         while self.busy.is_none() && self.up {
             let Some(inp) = self.deferred.pop_front() else {
                 break;
             };
             self.feed(inp, now, out);
-            self.drive(now, rng, checker, out)?;
+            self.drive(rng, checker, out)?;
         }
         self.deliver_answers(out);
         Ok(())
@@ -425,7 +425,6 @@ impl SimNode {
     /// Handles `Ready`s until the core is quiet or a sync is in progress.
     fn drive(
         &mut self,
-        now: u64,
         rng: &mut Rng,
         checker: &mut Checker,
         out: &mut Vec<Action>,
@@ -443,13 +442,13 @@ impl SimNode {
                 // As the server after a pass's Readies: a lost leadership answers its
                 // pending writes UNCERTAIN; outbound snapshot streams end with the role.
                 if rep.check_leadership().role_changed {
-                    self.snap_out.clear();
+                    self.transfers.drop_senders();
                 }
                 return self.observe(checker, out);
             }
             let rd = rep.core_mut().ready();
             // The production Ready phases (src/node/ready.rs); a pending sync blocks the node.
-            if let Some(rest) = node::handle_ready(&mut self.shell(now, rng, checker, out), rd)? {
+            if let Some(rest) = node::handle_ready(&mut self.shell(rng, checker, out), rd)? {
                 self.busy = Some(rest);
                 return self.observe(checker, out);
             }
@@ -568,7 +567,7 @@ impl SimNode {
             data: data.into(),
         };
         self.disk
-            .save_snapshot(snap, false)
+            .save_snapshot(snap)
             .map_err(|e| format!("node {}: save snapshot: {e}", self.id))?;
         rep.core_mut()
             .store_mut()
@@ -581,154 +580,67 @@ impl SimNode {
         Ok(())
     }
 
-    /// Starts streaming the current snapshot to `peer`: one chunk now, the next one each time
-    /// the peer acknowledges (like a TCP stream: chunks never overtake each other).
-    fn send_snapshot(&mut self, peer: u64, now: u64, out: &mut Vec<Action>) {
-        let Some(snap) = self.disk.durable.snapshot.clone() else {
+    /// Ready step 5 (leader): stream the durable snapshot to each peer that needs it.
+    fn send_snapshots(&mut self, peers: Vec<u64>, out: &mut Vec<Action>) {
+        let Some(rep) = self.rep.as_mut() else {
             return;
         };
-        self.send_chunk(peer, &snap, 0, out);
-        self.snap_out.insert(peer, (snap, now));
+        let snap = self.disk.durable.snapshot.clone();
+        let source = || snap.clone().map(|s| Box::new(s) as Box<dyn SnapshotSource>);
+        let mut msgs = Vec::new();
+        self.transfers
+            .start(rep.core_mut(), peers, source, &mut msgs);
+        out.extend(msgs.into_iter().map(Action::Send));
     }
 
-    fn send_chunk(&self, peer: u64, snap: &SnapFile, off: usize, out: &mut Vec<Action>) {
-        let Some(rep) = self.rep.as_ref() else {
-            return;
+    /// Ready step 5: InstallSnapshotResponses (leader) and InstallSnapshot chunks (follower),
+    /// through the production sender, receiver and install order (`node/transfer.rs`).
+    fn snapshot_msg(&mut self, m: Message, out: &mut Vec<Action>) -> Result<(), String> {
+        let Some(rep) = self.rep.as_mut() else {
+            return Ok(());
         };
-        let len = snap.data.len();
-        let end = (off + self.params.chunk.max(1)).min(len);
-        let done = end == len;
-        out.push(Action::Send(Message {
-            from: self.id,
-            to: peer,
-            term: rep.core().term(),
-            body: Some(Body::InstallSnapshot(InstallSnapshot {
-                meta: Some(snap.meta.clone()),
-                offset: off as u64,
-                data: snap.data.slice(off.min(len)..end),
-                done,
-                crc: if done { crc32fast::hash(&snap.data) } else { 0 },
-            })),
-        }));
-    }
-
-    fn snapshot_msg(
-        &mut self,
-        m: Message,
-        now: u64,
-        checker: &mut Checker,
-        out: &mut Vec<Action>,
-    ) -> Result<(), String> {
-        let from = m.from;
-        match m.body {
-            Some(Body::InstallSnapshotResponse(r)) => {
-                let Some((snap, _)) = self.snap_out.get(&from) else {
-                    return Ok(());
-                };
-                if r.index != snap.meta.index {
-                    return Ok(()); // an answer about an older stream
-                }
-                if r.success && !r.done {
-                    // Next chunk, unless this ack is a duplicate of an older one.
-                    let off = r.next_offset as usize;
-                    if off > 0 && off < snap.data.len() {
-                        let snap = snap.clone();
-                        self.send_chunk(from, &snap, off, out);
-                        self.snap_out.insert(from, (snap, now));
-                    }
-                    return Ok(());
-                }
-                self.snap_out.remove(&from);
-                if let Some(rep) = self.rep.as_mut() {
-                    rep.core_mut().report_snapshot(from, r.success && r.done);
-                }
+        if let Some(Body::InstallSnapshotResponse(_)) = &m.body {
+            let mut msgs = Vec::new();
+            self.transfers.on_response(rep.core_mut(), &m, &mut msgs);
+            out.extend(msgs.into_iter().map(Action::Send));
+            return Ok(());
+        }
+        let mut sink = DiskSink {
+            disk: &mut self.disk,
+            before_durable: self.params.bug == NodeBug::SnapshotBeforeDurable,
+        };
+        let applied = rep.kv().applied();
+        let rs = match self.transfers.receiver().on_message(&mut sink, applied, &m) {
+            Received::Ignored => return Ok(()),
+            Received::Reply(r) => {
+                out.push(Action::Send(r));
+                return Ok(());
             }
-            Some(Body::InstallSnapshot(s)) => {
-                let Some(meta) = s.meta.clone() else {
-                    return Ok(());
-                };
-                if s.offset == 0 {
-                    self.snap_in = Some((meta.clone(), Vec::new()));
-                }
-                let ok = match self.snap_in.as_mut() {
-                    Some((mm, buf)) if mm.index == meta.index && buf.len() as u64 == s.offset => {
-                        buf.extend_from_slice(&s.data);
-                        true
-                    }
-                    // A duplicated chunk already received: ignore it.
-                    Some((mm, buf)) if mm.index == meta.index && (buf.len() as u64) > s.offset => {
-                        return Ok(());
-                    }
-                    _ => false,
-                };
-                let respond =
-                    |success: bool, done: bool, next: u64, out: &mut Vec<Action>, term| {
-                        out.push(Action::Send(Message {
-                            from: m.to,
-                            to: from,
-                            term,
-                            body: Some(Body::InstallSnapshotResponse(InstallSnapshotResponse {
-                                index: meta.index,
-                                next_offset: next,
-                                success,
-                                done,
-                            })),
-                        }));
-                    };
-                let term = self.rep.as_ref().map_or(0, |r| r.core().term());
-                if !ok {
-                    self.snap_in = None;
-                    respond(false, false, 0, out, term);
-                    return Ok(());
-                }
-                if !s.done {
-                    let got = self.snap_in.as_ref().map_or(0, |(_, b)| b.len() as u64);
-                    respond(true, false, got, out, term);
-                    return Ok(());
-                }
-                let Some((meta, buf)) = self.snap_in.take() else {
-                    return Ok(());
-                };
-                if crc32fast::hash(&buf) != s.crc {
-                    respond(false, false, 0, out, term);
-                    return Ok(());
-                }
-                let Some(rep) = self.rep.as_mut() else {
-                    return Ok(());
-                };
-                if rep.core_mut().restore_snapshot(meta.clone()) {
-                    let kv = KvStore::restore_snapshot(&mut &buf[..]).map_err(|e| {
-                        format!("node {}: restore snapshot {}: {e}", self.id, meta.index)
-                    })?;
-                    rep.core_mut().store_mut().reset(meta.index, meta.term);
-                    let snap = SnapFile {
-                        meta: meta.clone(),
-                        data: buf.into(),
-                    };
-                    if self.params.bug == NodeBug::SnapshotBeforeDurable {
-                        // PLANTED BUG: state restored and answered, the file saved only later.
-                        self.disk.install_before_durable(snap)?;
-                    } else {
-                        self.disk.save_snapshot(snap, true).map_err(|e| {
-                            format!("node {}: save installed snapshot: {e}", self.id)
-                        })?;
-                    }
-                    checker.on_snapshot(self.id, meta.index, meta.term)?;
-                    rep.installed_snapshot(meta.index, kv);
-                    out.push(Action::Trace(format!(
-                        "node {} installed snapshot {}/t{}",
-                        self.id, meta.index, meta.term
-                    )));
-                } else {
-                    out.push(Action::Trace(format!(
-                        "node {} refused stale snapshot {}/t{}",
-                        self.id, meta.index, meta.term
-                    )));
-                }
-                let term = self.rep.as_ref().map_or(0, |r| r.core().term());
-                respond(true, true, 0, out, term);
+            Received::Complete(rs) => rs,
+        };
+        out.push(Action::Send(rs.progress_reply()));
+        match install_received(rep, &mut sink, *rs)? {
+            Installed::Staged { meta, .. } => {
+                out.push(Action::Trace(format!(
+                    "node {} received snapshot {}/t{}, durable; the core took it",
+                    self.id, meta.index, meta.term
+                )));
             }
-            _ => {}
+            Installed::Stale { meta, reply, .. } => {
+                out.push(Action::Trace(format!(
+                    "node {} refused stale snapshot {}/t{}",
+                    self.id, meta.index, meta.term
+                )));
+                out.push(Action::Send(reply));
+            }
+            Installed::Invalid { why, .. } => {
+                // Every simulated snapshot is made by a correct node and sent intact (the
+                // CRC guards the transfer): an invalid one is a bug.
+                return Err(format!(
+                    "node {}: a snapshot from node {} failed validation: {why}",
+                    self.id, m.from
+                ));
+            }
         }
         Ok(())
     }
@@ -753,7 +665,6 @@ impl SimNode {
 /// is `Pending` until the world delivers `SyncDone`.
 struct SimShell<'a> {
     node: &'a mut SimNode,
-    now: u64,
     rng: &'a mut Rng,
     checker: &'a mut Checker,
     out: &'a mut Vec<Action>,
@@ -763,14 +674,12 @@ impl SimNode {
     /// This node as the node layer's `ReadyShell` for one call.
     fn shell<'a>(
         &'a mut self,
-        now: u64,
         rng: &'a mut Rng,
         checker: &'a mut Checker,
         out: &'a mut Vec<Action>,
     ) -> SimShell<'a> {
         SimShell {
             node: self,
-            now,
             rng,
             checker,
             out,
@@ -884,16 +793,26 @@ impl ReadyShell for SimShell<'_> {
         }
     }
 
+    fn install_snapshot(&mut self, meta: SnapshotMeta) -> Result<(), String> {
+        let reply = install_staged(self.rep(), &meta)?;
+        let n = &mut *self.node;
+        n.disk.reset_log(meta.index, meta.term);
+        self.checker.on_snapshot(n.id, meta.index, meta.term)?;
+        self.out.push(Action::Trace(format!(
+            "node {} installed snapshot {}/t{}",
+            n.id, meta.index, meta.term
+        )));
+        self.out.push(Action::Send(reply));
+        Ok(())
+    }
+
     fn snapshot_sends(&mut self, peers: Vec<u64>) {
-        for peer in peers {
-            self.node.send_snapshot(peer, self.now, self.out);
-        }
+        self.node.send_snapshots(peers, self.out);
     }
 
     fn snapshot_msgs(&mut self, msgs: Vec<Message>) -> Result<(), String> {
         for m in msgs {
-            self.node
-                .snapshot_msg(m, self.now, self.checker, self.out)?;
+            self.node.snapshot_msg(m, self.out)?;
         }
         Ok(())
     }

@@ -29,8 +29,11 @@ mod send;
 pub use background::{BackgroundSnapshot, SnapshotDone, SnapshotMode};
 pub use pacing::{RateLimiter, WritePacing, DEFAULT_WRITE_RATE};
 pub use policy::{LogStats, SnapshotPolicy};
-pub use recv::{InstallError, InstalledSnapshot, Received, ReceivedSnapshot, SnapshotReceiver};
-pub use send::{SendStatus, SenderConfig, SnapshotSender};
+pub use recv::{
+    InstallError, InstalledSnapshot, PartialSnapshot, Received, ReceivedSnapshot, SinkError,
+    SnapshotReceiver, SnapshotSink,
+};
+pub use send::{SendStatus, SenderConfig, SnapshotSender, SnapshotSource};
 
 use crate::kv::KvStore;
 use crate::raft::SnapshotMeta;

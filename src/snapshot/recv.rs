@@ -1,9 +1,10 @@
 //! Follower side of InstallSnapshot: [`SnapshotReceiver`].
 //!
-//! A pure state machine apart from the file it writes: chunks from `Ready::snapshot_msgs` go
-//! in, response messages (and, at the end, a verified snapshot) come out. Chunks are written in
-//! order, as they arrive, through the storage layer's [`SnapshotWriter`] (a temp file in the
-//! snapshot directory; nothing is buffered beyond one storage chunk). Rules:
+//! A pure state machine apart from the snapshot it writes: chunks from `Ready::snapshot_msgs`
+//! go in, response messages (and, at the end, a verified snapshot) come out. Chunks are
+//! written in order, as they arrive, into a [`SnapshotSink`]: the server's is the snapshot
+//! directory (the storage layer's [`SnapshotWriter`], a temp file; nothing is buffered beyond
+//! one storage chunk), the simulator's its simulated disk. Rules:
 //! - A transfer is identified by (leader term, leader id, snapshot index, snapshot term). A
 //!   chunk of a newer transfer (higher term, or same term and a different snapshot) discards the
 //!   partial one; a late chunk of an older one (lower term or lower index) is answered and
@@ -27,30 +28,124 @@ use crate::storage::{SnapshotStore, SnapshotWriter};
 use std::io::Write;
 use std::path::PathBuf;
 
+/// A snapshot being received, as its sink holds it.
+pub trait PartialSnapshot {
+    /// Appends payload bytes.
+    fn append(&mut self, data: &[u8]) -> std::io::Result<()>;
+    /// CRC32 of the payload written so far.
+    fn payload_crc(&self) -> u32;
+    /// Payload bytes written so far.
+    fn bytes_written(&self) -> u64;
+    /// Drops it (and whatever it wrote).
+    fn abort(self);
+}
+
+/// Why a sink did not install a complete snapshot.
+#[derive(Debug)]
+pub enum SinkError {
+    /// The snapshot is invalid: discarded, the node keeps its state.
+    Invalid(String),
+    /// The disk failed: fatal for the node.
+    Fatal(SnapshotError),
+}
+
+/// Where a receiver puts snapshots arriving in chunks.
+pub trait SnapshotSink {
+    type Partial: PartialSnapshot;
+    /// What a published snapshot is known by (the server: its file).
+    type Published;
+    /// Starts receiving the snapshot `meta`.
+    fn create(&mut self, meta: &SnapshotMeta) -> Result<Self::Partial, SnapshotError>;
+    /// Validates a complete snapshot in full (its KV state restored, its applied index and
+    /// metadata equal to `meta`'s), then makes it durable and returns its state. An invalid
+    /// one is deleted and never published.
+    fn install(
+        &mut self,
+        p: Self::Partial,
+        meta: &SnapshotMeta,
+    ) -> Result<(KvStore, Self::Published), SinkError>;
+}
+
+impl PartialSnapshot for SnapshotWriter {
+    fn append(&mut self, data: &[u8]) -> std::io::Result<()> {
+        Write::write_all(self, data)
+    }
+
+    fn payload_crc(&self) -> u32 {
+        SnapshotWriter::payload_crc(self)
+    }
+
+    fn bytes_written(&self) -> u64 {
+        SnapshotWriter::bytes_written(self)
+    }
+
+    fn abort(self) {
+        SnapshotWriter::abort(self)
+    }
+}
+
+/// The snapshot directory: a temp file sealed and fsynced, validated by restoring it, then
+/// renamed into place.
+impl SnapshotSink for SnapshotStore {
+    type Partial = SnapshotWriter;
+    type Published = PathBuf;
+
+    fn create(&mut self, meta: &SnapshotMeta) -> Result<SnapshotWriter, SnapshotError> {
+        Ok(SnapshotStore::create(self, meta)?)
+    }
+
+    fn install(
+        &mut self,
+        w: SnapshotWriter,
+        want: &SnapshotMeta,
+    ) -> Result<(KvStore, PathBuf), SinkError> {
+        let sealed = w.seal().map_err(|e| SinkError::Fatal(e.into()))?;
+        let (meta, kv) = match restore_kv(sealed.path()) {
+            Ok(r) => r,
+            Err(SnapshotError::Storage(crate::storage::StorageError::Io { path, err }))
+                if err.kind() != std::io::ErrorKind::InvalidData =>
+            {
+                return Err(SinkError::Fatal(SnapshotError::Storage(
+                    crate::storage::StorageError::Io { path, err },
+                )))
+            }
+            Err(e) => return Err(SinkError::Invalid(e.to_string())),
+        };
+        if &meta != want {
+            return Err(SinkError::Invalid(format!(
+                "the file's metadata (index {}, term {}) is not the transfer's (index {}, term {})",
+                meta.index, meta.term, want.index, want.term
+            )));
+        }
+        let path = sealed.publish().map_err(|e| SinkError::Fatal(e.into()))?;
+        Ok((kv, path))
+    }
+}
+
 /// (leader term, leader id, snapshot index, snapshot term)
 type Key = (u64, u64, u64, u64);
 
-struct Transfer {
+struct Transfer<P> {
     key: Key,
     meta: SnapshotMeta,
-    writer: SnapshotWriter,
+    writer: P,
     next_offset: u64,
 }
 
 /// What to do with an incoming message.
-pub enum Received {
+pub enum Received<P = SnapshotWriter> {
     /// Not an InstallSnapshot message: nothing to do.
     Ignored,
     /// Send this answer to the leader.
     Reply(Message),
     /// All chunks arrived and the CRC matched: install it, then send its `done` answer.
-    Complete(Box<ReceivedSnapshot>),
+    Complete(Box<ReceivedSnapshot<P>>),
 }
 
-/// A complete, CRC-verified snapshot not yet published in the snapshot directory.
-pub struct ReceivedSnapshot {
+/// A complete, CRC-verified snapshot not yet published in its sink.
+pub struct ReceivedSnapshot<P = SnapshotWriter> {
     meta: SnapshotMeta,
-    writer: SnapshotWriter,
+    writer: P,
     reply: Message,
     /// "All bytes here, not installed yet" (sent before the validation, which may take a while).
     progress: Message,
@@ -77,19 +172,18 @@ impl std::fmt::Display for InstallError {
     }
 }
 
-/// A received snapshot made durable in the snapshot directory.
-pub struct InstalledSnapshot {
+/// A received snapshot made durable in its sink.
+pub struct InstalledSnapshot<H = PathBuf> {
     pub meta: SnapshotMeta,
-    /// The published snapshot file: restore the KV state from it with
-    /// [`super::restore_kv`].
-    pub path: PathBuf,
+    /// The published snapshot (the server: its file).
+    pub path: H,
     /// The `done` answer for the leader; send it once the snapshot is installed.
     pub reply: Message,
     /// The state restored from it (validated before it was published).
     pub kv: KvStore,
 }
 
-impl ReceivedSnapshot {
+impl<P: PartialSnapshot> ReceivedSnapshot<P> {
     /// What the snapshot covers: pass it to `RawNode::restore_snapshot`.
     pub fn meta(&self) -> &SnapshotMeta {
         &self.meta
@@ -118,41 +212,23 @@ impl ReceivedSnapshot {
     /// only then renames it into the snapshot directory. An invalid snapshot is deleted and
     /// never published ([`InstallError::Invalid`]); the node's state, log and snapshots stay
     /// as they were.
-    pub fn install(self) -> Result<InstalledSnapshot, InstallError> {
-        let sealed = self
-            .writer
-            .seal()
-            .map_err(|e| InstallError::Fatal(e.into()))?;
-        let invalid = |why: String| InstallError::Invalid {
-            why,
-            reply: Box::new(self.failure.clone()),
-        };
-        let (meta, kv) = match restore_kv(sealed.path()) {
-            Ok(r) => r,
-            Err(SnapshotError::Storage(crate::storage::StorageError::Io { path, err }))
-                if err.kind() != std::io::ErrorKind::InvalidData =>
-            {
-                return Err(InstallError::Fatal(SnapshotError::Storage(
-                    crate::storage::StorageError::Io { path, err },
-                )))
-            }
-            Err(e) => return Err(invalid(e.to_string())),
-        };
-        if meta != self.meta {
-            return Err(invalid(format!(
-                "the file's metadata (index {}, term {}) is not the transfer's (index {}, term {})",
-                meta.index, meta.term, self.meta.index, self.meta.term
-            )));
+    pub fn install<S: SnapshotSink<Partial = P>>(
+        self,
+        sink: &mut S,
+    ) -> Result<InstalledSnapshot<S::Published>, InstallError> {
+        match sink.install(self.writer, &self.meta) {
+            Ok((kv, path)) => Ok(InstalledSnapshot {
+                meta: self.meta,
+                path,
+                reply: self.reply,
+                kv,
+            }),
+            Err(SinkError::Invalid(why)) => Err(InstallError::Invalid {
+                why,
+                reply: Box::new(self.failure),
+            }),
+            Err(SinkError::Fatal(e)) => Err(InstallError::Fatal(e)),
         }
-        let path = sealed
-            .publish()
-            .map_err(|e| InstallError::Fatal(e.into()))?;
-        Ok(InstalledSnapshot {
-            meta: self.meta,
-            path,
-            reply: self.reply,
-            kv,
-        })
     }
 
     /// Drops the snapshot (the core found it stale: the log already covers it) and returns the
@@ -164,9 +240,8 @@ impl ReceivedSnapshot {
 }
 
 /// Receives InstallSnapshot streams on a follower. One per node.
-#[derive(Default)]
-pub struct SnapshotReceiver {
-    cur: Option<Transfer>,
+pub struct SnapshotReceiver<P = SnapshotWriter> {
+    cur: Option<Transfer<P>>,
     /// The last completed transfer and its payload size.
     completed: Option<(Key, u64)>,
 }
@@ -185,9 +260,18 @@ fn reply(msg: &Message, index: u64, next_offset: u64, success: bool, done: bool)
     }
 }
 
-impl SnapshotReceiver {
-    pub fn new() -> SnapshotReceiver {
-        SnapshotReceiver::default()
+impl<P> Default for SnapshotReceiver<P> {
+    fn default() -> Self {
+        SnapshotReceiver {
+            cur: None,
+            completed: None,
+        }
+    }
+}
+
+impl<P: PartialSnapshot> SnapshotReceiver<P> {
+    pub fn new() -> Self {
+        Self::default()
     }
 
     /// True while a partial transfer is held.
@@ -221,12 +305,12 @@ impl SnapshotReceiver {
     /// to `applied` matches the leader's; the core would refuse it as stale anyway). This also
     /// keeps a transfer from ever writing the same file as a snapshot the node is taking of
     /// its own state at `applied`.
-    pub fn on_message(
+    pub fn on_message<S: SnapshotSink<Partial = P>>(
         &mut self,
-        store: &mut SnapshotStore,
+        store: &mut S,
         applied: u64,
         msg: &Message,
-    ) -> Received {
+    ) -> Received<P> {
         let is = match &msg.body {
             Some(Body::InstallSnapshot(is)) => is,
             _ => return Received::Ignored,
@@ -299,7 +383,7 @@ impl SnapshotReceiver {
         self.chunk(msg, is)
     }
 
-    fn chunk(&mut self, msg: &Message, is: &InstallSnapshot) -> Received {
+    fn chunk(&mut self, msg: &Message, is: &InstallSnapshot) -> Received<P> {
         let Some(t) = self.cur.as_mut() else {
             return Received::Ignored;
         };
@@ -307,7 +391,7 @@ impl SnapshotReceiver {
         if is.offset != t.next_offset {
             return Received::Reply(reply(msg, index, t.next_offset, true, false));
         }
-        if let Err(e) = t.writer.write_all(&is.data) {
+        if let Err(e) = t.writer.append(&is.data) {
             log::error!(
                 "writing received snapshot {index} at byte {}: {e}",
                 is.offset

@@ -158,7 +158,7 @@ fn run(
                 Received::Reply(r) => to_tx.push_back(r),
                 Received::Complete(rs) => {
                     assert!(installed.is_none(), "completed twice");
-                    let inst = rs.install().map_err(|e| e.to_string())?;
+                    let inst = rs.install(rx_store).map_err(|e| e.to_string())?;
                     to_tx.push_back(inst.reply.clone());
                     installed = Some(inst);
                 }
@@ -380,7 +380,7 @@ fn crc_mismatch_is_detected_and_the_sender_restarts_from_zero() {
     let mut done = None;
     for m in &again {
         if let Received::Complete(rs) = rx.on_message(&mut rx_store, 0, m) {
-            done = Some(rs.install().unwrap());
+            done = Some(rs.install(&mut rx_store).unwrap());
         }
     }
     let inst = done.expect("clean retry installs");
@@ -538,7 +538,8 @@ fn sender_gives_up_after_retries_without_progress() {
 
 /// The receiver validates the whole payload before it installs (and answers `done`), so after
 /// acknowledging every byte the sender waits `finish_ticks` for the `done` (not `retry_ticks`),
-/// without resending; a `done` in that time ends the transfer.
+/// without resending data (only empty "finished?" probes); a `done` in that time ends the
+/// transfer.
 #[test]
 fn sender_waits_for_done_while_the_peer_validates() {
     let kv = kv_with(30);
@@ -568,9 +569,15 @@ fn sender_waits_for_done_while_the_peer_validates() {
     for t in 1..cfg.finish_ticks {
         out.clear();
         assert_eq!(sender.tick(&mut out), SendStatus::InProgress, "tick {t}");
-        assert!(out.is_empty(), "tick {t}: resent while the peer validates");
+        for m in &out {
+            let c = chunk(m);
+            assert!(
+                c.data.is_empty() && c.done,
+                "tick {t}: data resent while the peer validates: {m:?}"
+            );
+        }
     }
-    let inst = rs.install().unwrap();
+    let inst = rs.install(&mut rx_store).unwrap();
     assert_eq!(inst.kv.digest(), kv.digest());
     assert_eq!(
         sender.on_response(response(&inst.reply), &mut out),
@@ -850,7 +857,7 @@ fn sender_skips_ahead_to_a_peer_that_kept_its_partial_file() {
         let reply = match rx.on_message(&mut rx_store, 0, &m) {
             Received::Reply(r) => r,
             Received::Complete(rs) => {
-                let inst = rs.install().unwrap();
+                let inst = rs.install(&mut rx_store).unwrap();
                 let r = inst.reply.clone();
                 installed = Some(inst);
                 r
@@ -908,4 +915,52 @@ fn fork_snapshot_with_explicit_pacing_is_complete() {
     assert_eq!(m, meta(5000, 1));
     assert_eq!(restored.digest(), kv.digest());
     assert!(tmp_files(dir.path()).is_empty());
+}
+
+/// A lost `done` answer costs one retry interval, not `finish_ticks`: the sender's probe
+/// (an empty last chunk) is answered `done` again by a receiver that finished.
+#[test]
+fn a_lost_done_answer_is_recovered_by_the_next_probe() {
+    let kv = kv_with(30);
+    let (_d, _s, path) = snapshot_of(&kv, 1);
+    let cfg = SenderConfig {
+        chunk_size: 1 << 20,
+        ..small_cfg()
+    };
+    let mut sender = SnapshotSender::new(cfg.clone(), 1, 2, 4, &path).unwrap();
+    let rx_dir = tempfile::tempdir().unwrap();
+    let mut rx_store = SnapshotStore::open(rx_dir.path()).unwrap();
+    let mut rx = SnapshotReceiver::new();
+    let mut out = Vec::new();
+    sender.start(&mut out);
+    let Received::Complete(rs) = rx.on_message(&mut rx_store, 0, &out[0]) else {
+        panic!("expected the whole snapshot");
+    };
+    out.clear();
+    let progress = rs.progress_reply();
+    assert_eq!(
+        sender.on_response(response(&progress), &mut out),
+        SendStatus::InProgress
+    );
+    let inst = rs.install(&mut rx_store).unwrap();
+    drop(inst.reply); // the `done` answer is lost
+    let mut ticks = 0;
+    let probe = loop {
+        out.clear();
+        ticks += 1;
+        assert_eq!(sender.tick(&mut out), SendStatus::InProgress);
+        if let Some(m) = out.pop() {
+            break m;
+        }
+        assert!(ticks <= cfg.retry_ticks, "no probe within {ticks} ticks");
+    };
+    // The node installed it (applied = its index): the receiver answers `done` at once.
+    let Received::Reply(again) = rx.on_message(&mut rx_store, inst.meta.index, &probe) else {
+        panic!("the probe must be answered");
+    };
+    assert_eq!(
+        sender.on_response(response(&again), &mut out),
+        SendStatus::Done,
+        "after {ticks} ticks"
+    );
 }

@@ -294,6 +294,11 @@ impl Net {
             return;
         }
         let rd = p.raw.ready();
+        if let Some(m) = &rd.snapshot {
+            // Installed before anything else of the Ready.
+            p.raw.store_mut().reset(m.index, m.term);
+            p.snap_index = m.index;
+        }
         if let Some(hs) = rd.hard_state {
             assert!(hs.term >= p.hs.term, "term went back on {id}");
             if hs.term == p.hs.term && p.hs.vote != 0 && p.cfg.planted_bug == PlantedBug::None {
@@ -486,15 +491,13 @@ impl Net {
             .collect()
     }
 
-    /// Installs a snapshot on `id` as the shell would (core first, then the store).
+    /// Offers a received snapshot to `id`'s core as the shell would; the store is reset when
+    /// the next Ready carries it (`process`).
     pub(crate) fn install_snapshot(&mut self, id: u64, meta: SnapshotMeta) -> bool {
         let p = self.peers.get_mut(&id).unwrap();
-        let (i, t) = (meta.index, meta.term);
         if !p.raw.restore_snapshot(meta) {
             return false;
         }
-        p.raw.store_mut().reset(i, t);
-        p.snap_index = i;
         self.snapshots_installed += 1;
         true
     }

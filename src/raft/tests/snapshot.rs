@@ -18,8 +18,15 @@ fn s1_newer_snapshot_resets_log() {
     assert_eq!(n.log.last_index(), 11);
     assert_eq!(n.log.term(11), Ok(11));
     assert_eq!(n.conf.voters, vec![1, 2, 3]);
-    // The shell resets the store right after.
+    // The next Ready carries it: the shell resets the store to it first.
+    let rd = n.ready();
+    assert_eq!(
+        rd.snapshot.as_ref().map(|m| (m.index, m.term)),
+        Some((11, 11))
+    );
+    assert!(rd.committed.is_empty(), "{:?}", rd.committed);
     n.store_mut().reset(11, 11);
+    assert!(n.ready().snapshot.is_none(), "handed over once");
     assert_eq!((n.log.first_index(), n.log.last_index()), (12, 11));
     assert!(!n.restore_snapshot(meta(11, 11, &[1, 2, 3])));
     // Nothing at or below the snapshot is handed out for applying.
