@@ -1,12 +1,11 @@
 //! Read-only inspection of a data directory (for `raftkv-log`): never modifies a file.
 
+use super::fsutil::{map_ro, release_map};
 use super::log::{list_segments, read_meta, META_FILE};
 use super::record;
-use super::segment::{self, io_err, release_map};
+use super::segment;
 use super::StorageError;
 use crate::raft::Entry;
-use memmap2::Mmap;
-use std::fs::File;
 use std::path::{Path, PathBuf};
 
 /// The parts of a node data directory.
@@ -161,12 +160,6 @@ impl LogInfo {
         }
         Ok(())
     }
-}
-
-fn map_ro(path: &Path) -> Result<Mmap, StorageError> {
-    let f = File::open(path).map_err(|e| io_err(path, e))?;
-    // SAFETY: read-only map; all access is bounds-checked slicing.
-    unsafe { Mmap::map(&f) }.map_err(|e| io_err(path, e))
 }
 
 /// How hard `inspect_log` looks and what it forgives.

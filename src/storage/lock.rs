@@ -11,7 +11,7 @@
 //! closes, so it cannot drop the parent's lock. The descriptor is close-on-exec (std's default),
 //! so exec'd processes do not inherit it.
 
-use super::segment::io_err;
+use super::fsutil::io_err;
 use super::StorageError;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};

@@ -8,14 +8,17 @@
 //!   logically gone;
 //! - the last segment is the active one; earlier segments were flushed before it was created.
 
+/// Where the server finds it (`storage::log::create_dir_durable`); it lives in `fsutil`.
+pub use super::fsutil::create_dir_durable;
+use super::fsutil::{io_err, release_map, sync_dir};
 use super::lock::DirLock;
 use super::record::{self, SEG_HEADER_LEN};
-use super::segment::{self, io_err, release_map, Scan, Segment, RELEASE_EVERY};
+use super::segment::{self, Scan, Segment, RELEASE_EVERY};
 use super::trash::Trash;
 use super::{LogOptions, StorageError};
 use crate::raft::{Entry, LogError, LogStore};
 use prost::Message;
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -43,41 +46,6 @@ fn invalid(dir: &Path, msg: String) -> StorageError {
         path: dir.to_path_buf(),
         err: std::io::Error::new(std::io::ErrorKind::InvalidInput, msg),
     }
-}
-
-/// fsyncs a directory so renames, creations and deletions in it are durable.
-pub fn sync_dir(dir: &Path) -> Result<(), StorageError> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| io_err(dir, e))
-}
-
-/// Creates `dir` (and missing parents) and makes the new directory entries durable: each
-/// created directory's parent is fsynced (a directory entry is only durable once its parent
-/// is), and so is `dir` itself. Without it a crash soon after a node's first start could lose
-/// `log/` or `snap/` with the files already synced inside them.
-pub fn create_dir_durable(dir: &Path) -> Result<(), StorageError> {
-    let mut missing = Vec::new();
-    let mut p = Some(dir);
-    while let Some(d) = p {
-        if d.as_os_str().is_empty() || d.is_dir() {
-            break;
-        }
-        missing.push(d.to_path_buf());
-        p = d.parent();
-    }
-    fs::create_dir_all(dir).map_err(|e| io_err(dir, e))?;
-    for d in missing.iter().rev() {
-        let parent = match d.parent() {
-            Some(pp) if !pp.as_os_str().is_empty() => pp,
-            _ => Path::new("."),
-        };
-        sync_dir(parent)?;
-    }
-    if !missing.is_empty() {
-        sync_dir(dir)?;
-    }
-    Ok(())
 }
 
 /// Encodes the meta file: magic, snapshot index, snapshot term, CRC32 of bytes 0..24, 4 zero bytes.

@@ -22,6 +22,7 @@
 //! - taking a snapshot: `SnapshotStore::create` + write + `finish`, *then* `log.compact`;
 //! - receiving one: `create(meta)`, write chunks, `finish` (or `abort`), then `log.reset`/`compact`.
 
+pub mod fsutil;
 pub mod hardstate;
 pub mod inspect;
 pub mod lock;

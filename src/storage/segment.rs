@@ -1,6 +1,7 @@
 //! One segment file: a preallocated, memory-mapped file holding a header and a run of records
 //! with contiguous indexes. Also the validating scanner used on open and by `raftkv-log`.
 
+use super::fsutil::{io_err, release_map, sync_dir};
 use super::record::{self, Probe, RecHeader, REC_HEADER_LEN, SEG_HEADER_LEN};
 use super::StorageError;
 use crate::raft::Entry;
@@ -24,13 +25,6 @@ pub fn parse_name(name: &str) -> Option<u64> {
         return None;
     }
     stem.parse().ok()
-}
-
-pub fn io_err(path: &Path, err: std::io::Error) -> StorageError {
-    StorageError::Io {
-        path: path.to_path_buf(),
-        err,
-    }
 }
 
 /// Result of validating one segment's bytes.
@@ -325,7 +319,7 @@ impl Segment {
         file.sync_all().map_err(|e| io_err(&path, e))?;
         // The directory entry too, right away: if segment k's entry could be lost while a later
         // segment k+1's survived, a crash would leave an index gap that looks like corruption.
-        super::log::sync_dir(dir)?;
+        sync_dir(dir)?;
         let seg = Segment {
             path,
             file,
@@ -514,25 +508,5 @@ impl Segment {
                 libc::MADV_NORMAL,
             );
         }
-    }
-}
-
-/// See [`Segment::release`]. Only whole pages inside the range are dropped.
-pub fn release_map(map: &[u8], lo: usize, hi: usize) {
-    const PAGE: usize = 4096;
-    let lo = lo.div_ceil(PAGE) * PAGE;
-    let hi = hi.min(map.len()) / PAGE * PAGE;
-    if hi <= lo {
-        return;
-    }
-    // SAFETY: MADV_DONTNEED on a shared file mapping only drops this process's page table
-    // entries; the next access reads the (page-cache / file) contents again. Writes made through
-    // the shared map live in the page cache and are not discarded.
-    unsafe {
-        let _ = libc::madvise(
-            map.as_ptr().add(lo) as *mut libc::c_void,
-            hi - lo,
-            libc::MADV_DONTNEED,
-        );
     }
 }
