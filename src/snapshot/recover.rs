@@ -120,7 +120,7 @@ pub fn check_data_dir(dirs: &DataDirs, check: Check) -> Result<Recovery, Snapsho
             p.display()
         ));
     }
-    let meta_path = dirs.log.join(crate::storage::log::META_FILE);
+    let meta_path = dirs.log.join(crate::storage::meta::META_FILE);
     let (mi, mt) = (log.snap_index, log.snap_term);
     // As Log::open: a log that does not continue from log/meta (an interrupted reset) is
     // dropped. Entries in it were not committed (the reset target is above the commit index).

@@ -1,7 +1,8 @@
 //! Read-only inspection of a data directory (for `raftkv-log`): never modifies a file.
 
 use super::fsutil::{map_ro, release_map};
-use super::log::{list_segments, read_meta, META_FILE};
+use super::log::list_segments;
+use super::meta::{read_meta, META_FILE};
 use super::record;
 use super::segment;
 use super::StorageError;

@@ -12,20 +12,15 @@
 pub use super::fsutil::create_dir_durable;
 use super::fsutil::{io_err, release_map, sync_dir};
 use super::lock::DirLock;
+use super::meta::{read_meta, write_meta};
 use super::record::{self, SEG_HEADER_LEN};
 use super::segment::{self, Scan, Segment, RELEASE_EVERY};
 use super::trash::Trash;
 use super::{LogOptions, StorageError};
 use crate::raft::{Entry, LogError, LogStore};
 use prost::Message;
-use std::fs::{self, OpenOptions};
-use std::io::Write;
+use std::fs;
 use std::path::{Path, PathBuf};
-
-pub const META_FILE: &str = "meta";
-const META_TMP: &str = "meta.tmp";
-const META_MAGIC: &[u8; 8] = b"RKVMETA1";
-const META_LEN: usize = 32;
 
 /// The segmented append-only log.
 pub struct Log {
@@ -46,66 +41,6 @@ fn invalid(dir: &Path, msg: String) -> StorageError {
         path: dir.to_path_buf(),
         err: std::io::Error::new(std::io::ErrorKind::InvalidInput, msg),
     }
-}
-
-/// Encodes the meta file: magic, snapshot index, snapshot term, CRC32 of bytes 0..24, 4 zero bytes.
-fn encode_meta(index: u64, term: u64) -> [u8; META_LEN] {
-    let mut b = [0u8; META_LEN];
-    b[0..8].copy_from_slice(META_MAGIC);
-    b[8..16].copy_from_slice(&index.to_le_bytes());
-    b[16..24].copy_from_slice(&term.to_le_bytes());
-    let crc = crc32fast::hash(&b[0..24]);
-    b[24..28].copy_from_slice(&crc.to_le_bytes());
-    b
-}
-
-/// Reads the snapshot boundary from `dir/meta`; (0, 0) when the file does not exist.
-pub fn read_meta(dir: &Path) -> Result<(u64, u64), StorageError> {
-    let path = dir.join(META_FILE);
-    let b = match fs::read(&path) {
-        Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((0, 0)),
-        Err(e) => return Err(io_err(&path, e)),
-    };
-    let corrupt = |offset: u64, what: &str| StorageError::Corrupt {
-        path: path.clone(),
-        offset,
-        what: what.to_string(),
-    };
-    if b.len() != META_LEN {
-        return Err(corrupt(
-            0,
-            &format!("meta file is {} bytes, expected {META_LEN}", b.len()),
-        ));
-    }
-    if &b[0..8] != META_MAGIC {
-        return Err(corrupt(0, "bad meta magic"));
-    }
-    if crc32fast::hash(&b[0..24]) != record::le_u32(&b, 24) {
-        return Err(corrupt(24, "meta CRC mismatch"));
-    }
-    let index = record::le_u64(&b, 8);
-    if index > record::MAX_INDEX {
-        return Err(corrupt(8, &format!("implausible snapshot index {index}")));
-    }
-    Ok((index, record::le_u64(&b, 16)))
-}
-
-/// Durably replaces `dir/meta` (temp file + fsync + rename + fsync dir).
-fn write_meta(dir: &Path, index: u64, term: u64) -> Result<(), StorageError> {
-    let tmp = dir.join(META_TMP);
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(&tmp)
-        .map_err(|e| io_err(&tmp, e))?;
-    f.write_all(&encode_meta(index, term))
-        .and_then(|_| f.sync_all())
-        .map_err(|e| io_err(&tmp, e))?;
-    let path = dir.join(META_FILE);
-    fs::rename(&tmp, &path).map_err(|e| io_err(&path, e))?;
-    sync_dir(dir)
 }
 
 /// Segment files in `dir`, sorted by first index.
@@ -157,7 +92,7 @@ pub fn check_durable_end(
 
 /// Unmaps and closes `s`, then moves its file into `trash` (freed later by `trash_step`).
 fn discard_segment(trash: &mut Trash, s: Segment) -> Result<(), StorageError> {
-    let path = s.path.clone();
+    let path = s.path().to_path_buf();
     drop(s);
     trash.add(&path).map_err(|e| io_err(&path, e))
 }
@@ -265,7 +200,7 @@ impl Log {
         if segs.is_empty() {
             check_durable_end(dir, 0, snap_index, snap_index, durable)?;
         } else if let Some(s) = segs.last() {
-            check_durable_end(&s.path, s.end, s.last_index(), snap_index, durable)?;
+            check_durable_end(&s.path(), s.end(), s.last_index(), snap_index, durable)?;
         }
         let mut log = Log {
             dir: dir.to_path_buf(),
@@ -287,7 +222,7 @@ impl Log {
         let term_at = self
             .segs
             .iter()
-            .find(|s| s.first_index <= si && si <= s.last_index())
+            .find(|s| s.first_index() <= si && si <= s.last_index())
             .map(|s| s.header(si).term);
         let stale = is_stale(si, st, self.segs.last().map(|s| s.last_index()), term_at);
         if stale {
@@ -304,13 +239,13 @@ impl Log {
                 let seg = Segment::create(&self.dir, self.opts.segment_size, si + 1)?;
                 self.segs.push(seg);
             }
-            Some(s) if s.first_index > si + 1 => {
+            Some(s) if s.first_index() > si + 1 => {
                 return Err(StorageError::Corrupt {
-                    path: s.path.clone(),
+                    path: s.path().to_path_buf(),
                     offset: 24,
                     what: format!(
                         "log starts at index {} but the snapshot only covers up to {si}: entries are missing",
-                        s.first_index
+                        s.first_index()
                     ),
                 });
             }
@@ -375,7 +310,7 @@ impl Log {
 
     /// Paths of the segment files, oldest first.
     pub fn segment_paths(&self) -> Vec<PathBuf> {
-        self.segs.iter().map(|s| s.path.clone()).collect()
+        self.segs.iter().map(|s| s.path().to_path_buf()).collect()
     }
 
     /// Appends entries. If `entries[0].index <= last_index()`, the suffix from that index is
@@ -431,7 +366,7 @@ impl Log {
                 // segment can ever have a torn tail.
                 active.flush()?;
                 // Its pages are on disk: drop them from our resident set.
-                active.release(0, active.map.len());
+                active.release(0, active.file_len());
                 active.sealed();
                 let mut seg = Segment::create(&self.dir, self.opts.segment_size, e.index)?;
                 let ok = seg.append(e);
@@ -467,7 +402,7 @@ impl Log {
         }
         // Whole segments starting at or after `from` go (durably, so they cannot reappear
         // after a crash next to a shorter predecessor); segment 0 always stays.
-        let k = self.segs.partition_point(|s| s.first_index < from).max(1);
+        let k = self.segs.partition_point(|s| s.first_index() < from).max(1);
         if k < self.segs.len() {
             self.remove_segments(k)?;
         }
@@ -508,22 +443,22 @@ impl Log {
         let mut prev_term = 0;
         for (k, seg) in self.segs.iter().enumerate() {
             if let Some(next) = self.segs.get(k + 1) {
-                if next.first_index != seg.last_index() + 1 {
+                if next.first_index() != seg.last_index() + 1 {
                     return Err(format!(
                         "segment {} starts at {} after segment ending at {}",
-                        next.path.display(),
-                        next.first_index,
+                        next.path().display(),
+                        next.first_index(),
                         seg.last_index()
                     ));
                 }
             }
             let mut prev_off = None;
-            for (i, &off) in seg.offsets.iter().enumerate() {
-                let index = seg.first_index + i as u64;
-                if prev_off.is_some_and(|p| off <= p) || off as usize >= seg.end {
+            for (i, &off) in seg.offsets().iter().enumerate() {
+                let index = seg.first_index() + i as u64;
+                if prev_off.is_some_and(|p| off <= p) || off as usize >= seg.end() {
                     return Err(format!(
                         "{}: bad offset {off} of index {index}",
-                        seg.path.display()
+                        seg.path().display()
                     ));
                 }
                 prev_off = Some(off);
@@ -531,7 +466,7 @@ impl Log {
                 if h.index != index || h.term < prev_term {
                     return Err(format!(
                         "{}: record at offset {off} is ({}, {}), expected index {index} with term >= {prev_term}",
-                        seg.path.display(),
+                        seg.path().display(),
                         h.index,
                         h.term
                     ));
@@ -540,14 +475,15 @@ impl Log {
             }
         }
         if let Some(first) = self.segs.first() {
-            if first.first_index > self.snap_index + 1 {
+            if first.first_index() > self.snap_index + 1 {
                 return Err(format!(
                     "log starts at {} above the snapshot boundary {}",
-                    first.first_index, self.snap_index
+                    first.first_index(),
+                    self.snap_index
                 ));
             }
             let (lo, hi) = (
-                first.first_index,
+                first.first_index(),
                 self.segs[self.segs.len() - 1].last_index(),
             );
             if (lo..=hi).contains(&self.snap_index)
@@ -580,7 +516,7 @@ impl Log {
     }
 
     fn seg_for(&self, index: u64) -> &Segment {
-        let k = self.segs.partition_point(|s| s.first_index <= index);
+        let k = self.segs.partition_point(|s| s.first_index() <= index);
         &self.segs[k.saturating_sub(1)]
     }
 
@@ -599,11 +535,11 @@ impl Log {
         while i <= to {
             let seg = self.seg_for(i);
             let end = to.min(seg.last_index());
-            let start_off = seg.offsets[(i - seg.first_index) as usize] as usize;
+            let start_off = seg.offsets()[(i - seg.first_index()) as usize] as usize;
             let mut released = start_off;
             while i <= end {
                 let e = seg.entry(i);
-                let off = seg.offsets[(i - seg.first_index) as usize] as usize;
+                let off = seg.offsets()[(i - seg.first_index()) as usize] as usize;
                 if off - released >= RELEASE_EVERY {
                     seg.release(released, off);
                     released = off;
@@ -611,7 +547,7 @@ impl Log {
                 f(e)?;
                 i += 1;
             }
-            seg.release(released, seg.end);
+            seg.release(released, seg.end());
         }
         Ok(())
     }
@@ -620,7 +556,7 @@ impl Log {
     pub fn bytes(&self) -> u64 {
         self.segs
             .iter()
-            .map(|s| (s.end - SEG_HEADER_LEN) as u64)
+            .map(|s| (s.end() - SEG_HEADER_LEN) as u64)
             .sum()
     }
 }

@@ -265,17 +265,20 @@ fn find_valid_after(b: &[u8], from: usize, min_index: u64) -> Option<usize> {
 }
 
 /// An open, mapped segment.
+/// Fields are private: the offsets, `end` and the dirty range must move together (`append`,
+/// `truncate_from`, `flush`), so only this module changes them; others read them through the
+/// accessors below.
 pub struct Segment {
-    pub path: PathBuf,
-    pub file: File,
-    pub map: MmapMut,
-    pub first_index: u64,
+    path: PathBuf,
+    file: File,
+    map: MmapMut,
+    first_index: u64,
     /// Offset of every record (compact index: 4 bytes per entry).
-    pub offsets: Vec<u32>,
+    offsets: Vec<u32>,
     /// End of the valid records: the next record goes here.
-    pub end: usize,
+    end: usize,
     /// Byte range written since the last sync.
-    pub dirty: Option<(usize, usize)>,
+    dirty: Option<(usize, usize)>,
 }
 
 /// Reserves disk blocks for the whole file so writes through the map never hit ENOSPC
@@ -369,6 +372,31 @@ impl Segment {
             end: scan.end,
             dirty: None,
         })
+    }
+
+    /// The segment file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Index of the first entry (the one in the header and the file name).
+    pub fn first_index(&self) -> u64 {
+        self.first_index
+    }
+
+    /// Offset of every record, in index order.
+    pub fn offsets(&self) -> &[u32] {
+        &self.offsets
+    }
+
+    /// End of the valid records (where the next one goes).
+    pub fn end(&self) -> usize {
+        self.end
+    }
+
+    /// Size of the file (and of the map).
+    pub fn file_len(&self) -> usize {
+        self.map.len()
     }
 
     /// Number of entries.
