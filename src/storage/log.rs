@@ -10,11 +10,12 @@
 
 /// Where the server finds it (`storage::log::create_dir_durable`); it lives in `fsutil`.
 pub use super::fsutil::create_dir_durable;
-use super::fsutil::{io_err, release_map, sync_dir};
+use super::fsutil::{io_err, sync_dir};
 use super::lock::DirLock;
-use super::meta::{read_meta, write_meta};
+use super::logscan;
+use super::meta::write_meta;
 use super::record::{self, SEG_HEADER_LEN};
-use super::segment::{self, Scan, Segment, RELEASE_EVERY};
+use super::segment::{Segment, RELEASE_EVERY};
 use super::trash::Trash;
 use super::{LogOptions, StorageError};
 use crate::raft::{Entry, LogError, LogStore};
@@ -41,53 +42,6 @@ fn invalid(dir: &Path, msg: String) -> StorageError {
         path: dir.to_path_buf(),
         err: std::io::Error::new(std::io::ErrorKind::InvalidInput, msg),
     }
-}
-
-/// Segment files in `dir`, sorted by first index.
-pub fn list_segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>, StorageError> {
-    let mut v = Vec::new();
-    for ent in fs::read_dir(dir).map_err(|e| io_err(dir, e))? {
-        let ent = ent.map_err(|e| io_err(dir, e))?;
-        let name = ent.file_name();
-        if let Some(first) = name.to_str().and_then(segment::parse_name) {
-            v.push((first, ent.path()));
-        }
-    }
-    v.sort();
-    Ok(v)
-}
-
-/// True when the segments do not continue from the snapshot boundary `(si, st)` of `meta`:
-/// they hold another term at `si`, or the last segment ends before it (an interrupted
-/// `reset`). `last`: the last segment's last index; `term_at`: the term of entry `si` on disk.
-/// Used by `Log::open` (which then drops the segments) and the offline check.
-pub fn is_stale(si: u64, st: u64, last: Option<u64>, term_at: Option<u64>) -> bool {
-    (si > 0 && term_at.is_some_and(|t| t != st)) || last.is_some_and(|l| l < si)
-}
-
-/// The log must reach the durable commit index: entries up to it were synced, so a log that
-/// ends before it (a lost or cut segment, or damage the scan stopped at) lost acknowledged
-/// entries. `path`/`end`: the last segment and where its records end (for the message).
-pub fn check_durable_end(
-    path: &Path,
-    end: usize,
-    last_index: u64,
-    snap_index: u64,
-    durable: u64,
-) -> Result<(), StorageError> {
-    if last_index.max(snap_index) >= durable {
-        return Ok(());
-    }
-    Err(StorageError::Corrupt {
-        path: path.to_path_buf(),
-        offset: end as u64,
-        what: format!(
-            "the log ends at index {} but the hard state's commit index {durable} says entries \
-             up to it were synced: entries {}..={durable} are missing",
-            last_index.max(snap_index),
-            last_index.max(snap_index) + 1
-        ),
-    })
 }
 
 /// Unmaps and closes `s`, then moves its file into `trash` (freed later by `trash_step`).
@@ -120,7 +74,6 @@ impl Log {
         create_dir_durable(dir)?;
         // Before reading or repairing anything: a second process must not touch the files.
         let lock = DirLock::acquire(dir)?;
-        let (snap_index, snap_term) = read_meta(dir)?;
         // Segments whose deletion a crash interrupted: finish it, a slice per tick.
         let mut trash = Trash::new();
         match trash.adopt_leftovers(dir) {
@@ -131,42 +84,41 @@ impl Log {
             ),
             Err(e) => return Err(io_err(dir, e)),
         }
-        let files = list_segments(dir)?;
-        let mut segs: Vec<Segment> = Vec::with_capacity(files.len());
-        let n = files.len();
-        let mut prev_term = 0;
-        for (i, (_, path)) in files.into_iter().enumerate() {
+        // The same scan and the same decisions as the offline check (`inspect`): every refusal
+        // happens in it, before anything below repairs a file.
+        let found = logscan::scan_log_dir(dir, durable, false, &mut |p| Segment::open_raw(p))?;
+        for tmp in &found.temp_segments {
+            // An allocation that a crash (or an error whose cleanup failed) interrupted before
+            // the rename: never part of the log.
+            ::log::warn!(
+                "{}: leftover segment allocation (interrupted before it was renamed into place); \
+                 removing it",
+                tmp.display()
+            );
+            fs::remove_file(tmp).map_err(|e| io_err(tmp, e))?;
+        }
+        if let Some(path) = &found.torn_creation {
+            ::log::warn!(
+                "{}: empty segment with an unwritten header (torn creation); removing it",
+                path.display()
+            );
+            fs::remove_file(path).map_err(|e| io_err(path, e))?;
+        }
+        if !found.temp_segments.is_empty() || found.torn_creation.is_some() {
+            sync_dir(dir)?;
+        }
+        let n = found.segments.len();
+        let mut segs: Vec<Segment> = Vec::with_capacity(n);
+        for (
+            i,
+            logscan::ScannedSegment {
+                path,
+                mut map,
+                scan,
+            },
+        ) in found.segments.into_iter().enumerate()
+        {
             let is_last = i + 1 == n;
-            let (file, map) = Segment::open_raw(&path)?;
-            if is_last && record::decode_seg_header(&map).is_err() && map.iter().all(|&b| b == 0) {
-                // A segment whose creation was cut short by a crash: it never held data.
-                ::log::warn!(
-                    "{}: empty segment with an unwritten header (torn creation); removing it",
-                    path.display()
-                );
-                drop(map);
-                fs::remove_file(&path).map_err(|e| io_err(&path, e))?;
-                sync_dir(dir)?;
-                continue;
-            }
-            let expect = segs.last().map(|s| s.last_index() + 1);
-            let mut released = 0;
-            let scan: Scan = segment::scan(
-                &path,
-                &map,
-                expect,
-                prev_term,
-                is_last,
-                durable,
-                &mut |upto| {
-                    release_map(&map, released, upto);
-                    released = upto;
-                },
-            )?;
-            if is_last {
-                check_durable_end(&path, scan.end, scan.last_index(), snap_index, durable)?;
-            }
-            let mut map = map;
             if scan.dirty_end > scan.end {
                 match &scan.tail {
                     Some((off, what)) => ::log::warn!(
@@ -180,55 +132,42 @@ impl Log {
                         scan.end
                     ),
                 }
-                map[scan.end..scan.dirty_end].fill(0);
-                map.flush_range(scan.end, scan.dirty_end - scan.end)
-                    .map_err(|e| io_err(&path, e))?;
-                release_map(&map, 0, map.len());
+                map.clear(&path, scan.end, scan.dirty_end)?;
             }
-            prev_term = scan.last_term;
             let extend = if is_last {
-                Some(opts.segment_size.max(map.len() as u64))
+                Some(opts.segment_size.max(map.as_ref().len() as u64))
             } else {
                 None
             };
-            let seg = Segment::from_scan(path, file, map, scan, extend)?;
+            let seg = Segment::from_scan(path, map, scan, extend)?;
             if is_last {
                 seg.prepare_tail_for_appends();
             }
             segs.push(seg);
         }
-        if segs.is_empty() {
-            check_durable_end(dir, 0, snap_index, snap_index, durable)?;
-        } else if let Some(s) = segs.last() {
-            check_durable_end(&s.path(), s.end(), s.last_index(), snap_index, durable)?;
-        }
         let mut log = Log {
             dir: dir.to_path_buf(),
             opts,
             segs,
-            snap_index,
-            snap_term,
+            snap_index: found.snap_index,
+            snap_term: found.snap_term,
             trash,
             _lock: lock,
         };
-        log.apply_snapshot_boundary()?;
+        log.apply_snapshot_boundary(found.stale)?;
         Ok(log)
     }
 
     /// Brings the segments in line with the snapshot boundary after open: finishes an
-    /// interrupted compaction or reset, and checks the log starts where the snapshot ends.
-    fn apply_snapshot_boundary(&mut self) -> Result<(), StorageError> {
-        let (si, st) = (self.snap_index, self.snap_term);
-        let term_at = self
-            .segs
-            .iter()
-            .find(|s| s.first_index() <= si && si <= s.last_index())
-            .map(|s| s.header(si).term);
-        let stale = is_stale(si, st, self.segs.last().map(|s| s.last_index()), term_at);
+    /// interrupted reset (`stale`, decided by the scan) or compaction, and checks the log
+    /// starts where the snapshot ends.
+    fn apply_snapshot_boundary(&mut self, stale: bool) -> Result<(), StorageError> {
+        let si = self.snap_index;
         if stale {
             ::log::warn!(
-                "{}: log does not match the snapshot at ({si}, {st}) (interrupted reset); dropping it",
-                self.dir.display()
+                "{}: log does not match the snapshot at ({si}, {}) (interrupted reset); dropping it",
+                self.dir.display(),
+                self.snap_term
             );
             self.remove_segments(0)?;
         }

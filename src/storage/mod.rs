@@ -27,6 +27,7 @@ pub mod hardstate;
 pub mod inspect;
 pub mod lock;
 pub mod log;
+pub mod logscan;
 pub mod meta;
 pub mod record;
 pub mod segment;

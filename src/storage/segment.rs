@@ -27,6 +27,20 @@ pub fn parse_name(name: &str) -> Option<u64> {
     stem.parse().ok()
 }
 
+/// Suffix of a segment being allocated: `<first index:020>.seg.tmp` until it is fully sized and
+/// its header is synced, then renamed to its segment name (see [`Segment::create`]).
+pub const TEMP_SUFFIX: &str = ".tmp";
+
+/// Name of the temp file a segment starting at `first` is allocated under.
+pub fn temp_name(first: u64) -> String {
+    format!("{}{TEMP_SUFFIX}", file_name(first))
+}
+
+/// Parses a segment allocation temp file name back into its first index.
+pub fn parse_temp_name(name: &str) -> Option<u64> {
+    parse_name(name.strip_suffix(TEMP_SUFFIX)?)
+}
+
 /// Result of validating one segment's bytes.
 #[derive(Debug, Default)]
 pub struct Scan {
@@ -264,6 +278,34 @@ fn find_valid_after(b: &[u8], from: usize, min_index: u64) -> Option<usize> {
     None
 }
 
+/// A segment file opened read/write and mapped, not validated yet (what `Log::open` hands
+/// the recovery scan, `logscan::scan_log_dir`).
+pub struct RawSegment {
+    file: File,
+    map: MmapMut,
+}
+
+impl AsRef<[u8]> for RawSegment {
+    fn as_ref(&self) -> &[u8] {
+        &self.map
+    }
+}
+
+impl RawSegment {
+    /// Zeroes `[lo, hi)` and flushes it: clears unsynced leftovers after the last record
+    /// before the segment is appended to again.
+    pub fn clear(&mut self, path: &Path, lo: usize, hi: usize) -> Result<(), StorageError> {
+        if hi > lo {
+            self.map[lo..hi].fill(0);
+            self.map
+                .flush_range(lo, hi - lo)
+                .map_err(|e| io_err(path, e))?;
+            release_map(&self.map, 0, self.map.len());
+        }
+        Ok(())
+    }
+}
+
 /// An open, mapped segment.
 /// Fields are private: the offsets, `end` and the dirty range must move together (`append`,
 /// `truncate_from`, `flush`), so only this module changes them; others read them through the
@@ -336,25 +378,25 @@ impl Segment {
         Ok(seg)
     }
 
-    /// Opens and maps an existing segment file without validating it.
-    pub fn open_raw(path: &Path) -> Result<(File, MmapMut), StorageError> {
+    /// Opens and maps an existing segment file read/write without validating it.
+    pub fn open_raw(path: &Path) -> Result<RawSegment, StorageError> {
         let file = OpenOptions::new()
             .read(true)
             .write(true)
             .open(path)
             .map_err(|e| io_err(path, e))?;
         let map = map_file(&file, path)?;
-        Ok((file, map))
+        Ok(RawSegment { file, map })
     }
 
-    /// Builds a segment from a scan; extends a short last file back to `size`.
+    /// Builds a segment from a scan of `raw`; extends a short last file back to `size`.
     pub fn from_scan(
         path: PathBuf,
-        file: File,
-        mut map: MmapMut,
+        raw: RawSegment,
         scan: Scan,
         extend_to: Option<u64>,
     ) -> Result<Segment, StorageError> {
+        let RawSegment { file, mut map } = raw;
         if let Some(size) = extend_to {
             if (map.len() as u64) < size {
                 drop(map);
