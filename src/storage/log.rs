@@ -32,9 +32,22 @@ pub struct Log {
     snap_term: u64,
     /// Compacted segments being deleted incrementally ([`Log::trash_step`]).
     trash: Trash,
-    /// Exclusive ownership of `dir` for this Log's lifetime (declared last: released after the
-    /// segments are unmapped).
+    /// Exclusive ownership of `dir` for this Log's lifetime: its own lock on `dir`
+    /// ([`Log::open`]) or a share of its owner's lock on a directory containing it
+    /// ([`Log::open_in`]). Declared last: released after the segments are unmapped.
     _lock: DirLock,
+}
+
+/// Refuses options the log cannot work with (before any directory is created or locked).
+fn check_options(dir: &Path, opts: &LogOptions) -> Result<(), StorageError> {
+    let min = (SEG_HEADER_LEN + record::REC_HEADER_LEN) as u64;
+    if opts.segment_size < min || opts.segment_size > u32::MAX as u64 {
+        return Err(invalid(
+            dir,
+            format!("segment size {} out of range", opts.segment_size),
+        ));
+    }
+    Ok(())
 }
 
 fn invalid(dir: &Path, msg: String) -> StorageError {
@@ -62,18 +75,47 @@ impl Log {
     /// Like [`Log::open`], knowing that every entry up to `durable` (the hard state's commit
     /// hint, written only after those entries were synced) reached the disk: damage at or below
     /// it is never taken for a torn tail, and a log ending below it is refused (checked before
-    /// anything is repaired).
+    /// anything is repaired). Locks `dir` itself (`dir/LOCK`), before reading anything.
     pub fn open_durable(dir: &Path, opts: LogOptions, durable: u64) -> Result<Log, StorageError> {
-        let min = (SEG_HEADER_LEN + record::REC_HEADER_LEN) as u64;
-        if opts.segment_size < min || opts.segment_size > u32::MAX as u64 {
-            return Err(invalid(
-                dir,
-                format!("segment size {} out of range", opts.segment_size),
-            ));
-        }
+        check_options(dir, &opts)?;
         create_dir_durable(dir)?;
         // Before reading or repairing anything: a second process must not touch the files.
         let lock = DirLock::acquire(dir)?;
+        Log::open_locked(dir, opts, durable, lock)
+    }
+
+    /// Like [`Log::open_durable`], in a directory covered by `lock`, a lock the caller took
+    /// on a directory containing `dir` (the server: its data directory's lock, which covers
+    /// `DIR/log`). Takes no lock of its own: the data directory is locked once, by its owner.
+    /// The log keeps a share of `lock`, so the directory stays locked while the log lives even
+    /// if the caller drops its handle first.
+    pub fn open_in(
+        dir: &Path,
+        opts: LogOptions,
+        durable: u64,
+        lock: &DirLock,
+    ) -> Result<Log, StorageError> {
+        if !lock.covers(dir) {
+            return Err(invalid(
+                dir,
+                format!(
+                    "the log directory is not inside the locked directory {}",
+                    lock.dir().display()
+                ),
+            ));
+        }
+        check_options(dir, &opts)?;
+        create_dir_durable(dir)?;
+        Log::open_locked(dir, opts, durable, lock.share())
+    }
+
+    /// Opens the log in `dir`, which `lock` covers.
+    fn open_locked(
+        dir: &Path,
+        opts: LogOptions,
+        durable: u64,
+        lock: DirLock,
+    ) -> Result<Log, StorageError> {
         // Segments whose deletion a crash interrupted: finish it, a slice per tick.
         let mut trash = Trash::new();
         match trash.adopt_leftovers(dir) {
