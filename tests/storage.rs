@@ -881,3 +881,158 @@ fn garbage_files_never_panic() {
         assert!(store.latest().is_err(), "{ctx}: garbage snapshot accepted");
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Segment allocation (issue 16): a failed allocation leaves nothing behind; what an interrupted
+// one leaves (`*.seg.tmp`) is never read as a segment and is removed on open.
+
+/// Segment and allocation temp file names in `dir`, sorted.
+fn seg_and_temp_names(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.ends_with(".seg") || n.ends_with(".seg.tmp"))
+        .collect();
+    v.sort();
+    v
+}
+
+/// What the server's startup check (`check_data_dir`, also `raftkv-log verify`) says about a
+/// log directory: `Ok((first, last, warnings))` or the refusal.
+fn startup_check(dir: &Path) -> Result<(u64, u64, Vec<String>), String> {
+    let dirs = raftkv::storage::inspect::resolve(dir).map_err(|e| e.to_string())?;
+    let rec = raftkv::snapshot::recover::check_data_dir(&dirs, Check::Lenient)
+        .map_err(|e| e.to_string())?;
+    Ok((
+        rec.recovered.first_index,
+        rec.recovered.last_index,
+        rec.warnings,
+    ))
+}
+
+#[test]
+fn failed_segment_allocation_leaves_nothing_behind() {
+    use raftkv::storage::segment::fault::{fail_next_allocation_at, AllocStep};
+    for step in [
+        AllocStep::Preallocate,
+        AllocStep::Header,
+        AllocStep::Rename,
+        AllocStep::SyncDir,
+    ] {
+        let tmp = tmpdir();
+        let dir = tmp.path();
+        let mut rng = Rng::new(16);
+        let mut log = Log::open(dir, opts(1024)).unwrap();
+        // Past one rollover first, so a sealed segment precedes the failing allocation.
+        let mut es = Vec::new();
+        while log.segment_count() < 2 {
+            let e = entry(&mut rng, es.len() as u64 + 1, 1, 100);
+            log.append(std::slice::from_ref(&e)).unwrap();
+            es.push(e);
+        }
+        log.sync().unwrap();
+        let segs_before = log.segment_count();
+        fail_next_allocation_at(Some(step));
+        let (failed, err) = loop {
+            let e = entry(&mut rng, es.len() as u64 + 1, 1, 100);
+            match log.append(std::slice::from_ref(&e)) {
+                Ok(()) => es.push(e),
+                Err(err) => break (e, err),
+            }
+            assert!(
+                es.len() < 1000,
+                "{step:?}: the armed allocation never failed"
+            );
+        };
+        fail_next_allocation_at(None);
+        let msg = err.to_string();
+        // Names the file (the directory, when its sync failed).
+        let named = match step {
+            AllocStep::SyncDir => dir.display().to_string(),
+            _ => format!("{:020}.seg", failed.index),
+        };
+        assert!(
+            msg.contains("No space left on device") && msg.contains(&named),
+            "{step:?}: {msg}"
+        );
+        log.sync().unwrap();
+        assert_eq!(log.segment_count(), segs_before, "{step:?}");
+        let expect_names: Vec<String> = log
+            .segment_paths()
+            .iter()
+            .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(
+            seg_and_temp_names(dir),
+            expect_names,
+            "{step:?}: the failed allocation left a file behind"
+        );
+        assert_eq!(log.last_index(), es.len() as u64, "{step:?}");
+        // The server's startup check and verify see a sound log, no warning; the log reopens
+        // with everything appended before the failure.
+        drop(log);
+        let strict = raftkv::storage::inspect::inspect_log(dir, Check::Strict)
+            .unwrap_or_else(|e| panic!("{step:?}: verify --strict: {e}"));
+        assert_eq!(strict.last_index(), es.len() as u64, "{step:?}");
+        assert_eq!(
+            startup_check(dir),
+            Ok((1, es.len() as u64, Vec::new())),
+            "{step:?}"
+        );
+        let mut log = Log::open(dir, opts(1024)).unwrap();
+        assert_eq!(all_entries(&log), es, "{step:?}");
+        // Space is back: the same append now allocates the segment and survives a reopen.
+        log.append(std::slice::from_ref(&failed)).unwrap();
+        log.sync().unwrap();
+        es.push(failed);
+        assert_eq!(log.segment_count(), segs_before + 1, "{step:?}");
+        drop(log);
+        assert_eq!(
+            all_entries(&Log::open(dir, opts(1024)).unwrap()),
+            es,
+            "{step:?}"
+        );
+    }
+}
+
+/// A crash during an allocation leaves `<first>.seg.tmp` (any length, any content: it was never
+/// renamed into place). verify and the startup check report it as a warning, not damage, with
+/// the same range the log opens with; `Log::open` removes it.
+#[test]
+fn leftover_allocation_temp_files_are_removed_on_open() {
+    let tmp = tmpdir();
+    let dir = tmp.path();
+    let es = build_log(dir, 1024, 40, 5);
+    let last = es.len() as u64;
+    let header = fs::read(last_seg(dir)).unwrap()[..64].to_vec();
+    let temps = [
+        (format!("{:020}.seg.tmp", last + 1), Vec::new()),
+        (format!("{:020}.seg.tmp", last + 2), vec![0u8; 1024]),
+        (format!("{:020}.seg.tmp", last + 3), header),
+    ];
+    for (name, b) in &temps {
+        fs::write(dir.join(name), b).unwrap();
+    }
+    let (first, l, warnings) = startup_check(dir).unwrap();
+    assert_eq!((first, l), (1, last));
+    assert_eq!(
+        warnings.len(),
+        temps.len(),
+        "one warning per temp file: {warnings:?}"
+    );
+    for (name, _) in &temps {
+        assert!(
+            warnings.iter().any(|w| w.contains(name.as_str())),
+            "{name}: {warnings:?}"
+        );
+    }
+    let log = Log::open(dir, opts(1024)).unwrap();
+    assert_eq!(all_entries(&log), es);
+    let left: Vec<String> = seg_and_temp_names(dir)
+        .into_iter()
+        .filter(|n| n.ends_with(".tmp"))
+        .collect();
+    assert!(left.is_empty(), "not removed: {left:?}");
+    drop(log);
+    assert_eq!(startup_check(dir), Ok((1, last, Vec::new())));
+}

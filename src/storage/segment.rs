@@ -1,5 +1,7 @@
 //! One segment file: a preallocated, memory-mapped file holding a header and a run of records
-//! with contiguous indexes. Also the validating scanner used on open and by `raftkv-log`.
+//! with contiguous indexes; its allocation protocol (temp name, size, header, sync, rename:
+//! [`Segment::create`]); and the validating scanner of one segment's bytes, which
+//! `logscan::scan_log_dir` runs for both `Log::open` and `raftkv-log`.
 
 use super::fsutil::{io_err, release_map, sync_dir};
 use super::record::{self, Probe, RecHeader, REC_HEADER_LEN, SEG_HEADER_LEN};
@@ -347,26 +349,73 @@ fn map_file(file: &File, path: &Path) -> Result<MmapMut, StorageError> {
 
 impl Segment {
     /// Creates a new, durable (file and directory entry), empty segment starting at `first`.
+    ///
+    /// Allocation protocol: the file is built under its temp name (`<first>.seg.tmp`, see
+    /// [`temp_name`]): created, fully sized (`posix_fallocate`), header written and the file
+    /// synced; only then is it renamed to its segment name and the directory synced. A
+    /// segment name therefore never points at a file that is short, unsized or without a
+    /// header. If any step fails (ENOSPC, EFBIG, EIO...) the temp file (or the renamed file, if
+    /// only the final directory sync failed) is removed before the error is returned, so a
+    /// failed allocation leaves nothing behind; what a crash mid-way leaves is a `*.seg.tmp`
+    /// file, which is never read as a segment and which `Log::open` removes.
     pub fn create(dir: &Path, size: u64, first: u64) -> Result<Segment, StorageError> {
+        let tmp = dir.join(temp_name(first));
         let path = dir.join(file_name(first));
+        let mut placed = false;
+        match Segment::allocate(dir, &tmp, &path, size, first, &mut placed) {
+            Ok(seg) => Ok(seg),
+            Err(e) => {
+                // Best effort: the error that stopped the allocation is the one to report. A
+                // temp file that cannot be removed here is removed by the next open.
+                let leftover = if placed { &path } else { &tmp };
+                match std::fs::remove_file(leftover) {
+                    Ok(()) => {
+                        let _ = sync_dir(dir);
+                    }
+                    Err(re) if re.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(re) => ::log::warn!(
+                        "{}: cannot remove the failed segment allocation: {re}",
+                        leftover.display()
+                    ),
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// The steps of [`Segment::create`]; sets `placed` once the file carries its final name.
+    fn allocate(
+        dir: &Path,
+        tmp: &Path,
+        path: &Path,
+        size: u64,
+        first: u64,
+        placed: &mut bool,
+    ) -> Result<Segment, StorageError> {
         let file = OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
             .truncate(true)
-            .open(&path)
-            .map_err(|e| io_err(&path, e))?;
-        preallocate(&file, &path, size)?;
-        let mut map = map_file(&file, &path)?;
+            .open(tmp)
+            .map_err(|e| io_err(tmp, e))?;
+        fault::check(fault::AllocStep::Preallocate).map_err(|e| io_err(tmp, e))?;
+        preallocate(&file, tmp, size)?;
+        let mut map = map_file(&file, tmp)?;
         map[..SEG_HEADER_LEN].copy_from_slice(&record::encode_seg_header(size, first));
+        fault::check(fault::AllocStep::Header).map_err(|e| io_err(tmp, e))?;
         map.flush_range(0, SEG_HEADER_LEN)
-            .map_err(|e| io_err(&path, e))?;
-        file.sync_all().map_err(|e| io_err(&path, e))?;
+            .map_err(|e| io_err(tmp, e))?;
+        file.sync_all().map_err(|e| io_err(tmp, e))?;
+        fault::check(fault::AllocStep::Rename).map_err(|e| io_err(path, e))?;
+        std::fs::rename(tmp, path).map_err(|e| io_err(path, e))?;
+        *placed = true;
         // The directory entry too, right away: if segment k's entry could be lost while a later
         // segment k+1's survived, a crash would leave an index gap that looks like corruption.
+        fault::check(fault::AllocStep::SyncDir).map_err(|e| io_err(dir, e))?;
         sync_dir(dir)?;
         let seg = Segment {
-            path,
+            path: path.to_path_buf(),
             file,
             map,
             first_index: first,
@@ -578,5 +627,43 @@ impl Segment {
                 libc::MADV_NORMAL,
             );
         }
+    }
+}
+
+/// Test hook: makes a step of the next segment allocation on the calling thread fail as a full
+/// disk would (ENOSPC), so tests can check that a failed allocation leaves nothing behind.
+/// Per thread (each test runs on its own), one shot, and a no-op unless armed.
+#[doc(hidden)]
+pub mod fault {
+    use std::cell::Cell;
+
+    /// Where [`Segment::create`](super::Segment::create) fails.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum AllocStep {
+        /// Reserving the blocks (`posix_fallocate`), the temp file just created.
+        Preallocate,
+        /// Writing the header (the file sized).
+        Header,
+        /// Renaming the synced temp file into place.
+        Rename,
+        /// Syncing the directory after the rename.
+        SyncDir,
+    }
+
+    thread_local! {
+        static FAIL_AT: Cell<Option<AllocStep>> = const { Cell::new(None) };
+    }
+
+    /// Arms (or with `None` disarms) the hook for the next allocation on this thread.
+    pub fn fail_next_allocation_at(step: Option<AllocStep>) {
+        FAIL_AT.with(|f| f.set(step));
+    }
+
+    pub(super) fn check(step: AllocStep) -> std::io::Result<()> {
+        if FAIL_AT.with(|f| f.get()) == Some(step) {
+            FAIL_AT.with(|f| f.set(None));
+            return Err(std::io::Error::from_raw_os_error(libc::ENOSPC));
+        }
+        Ok(())
     }
 }
