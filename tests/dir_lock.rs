@@ -248,9 +248,8 @@ fn server_locks_its_data_dir_before_touching_anything() {
         "expected DIR/LOCK only; DIR/log/LOCK exists: {}",
         log_lock.exists()
     );
-    let e = DirLock::acquire(d.path())
-        .err()
-        .expect("the data dir must be locked while the node lives");
+    let e =
+        DirLock::acquire(d.path()).expect_err("the data dir must be locked while the node lives");
     assert!(e.to_string().contains("locked by process"), "{e}");
     drop(server);
     drop(Server::open(cfg).unwrap());
@@ -283,9 +282,7 @@ fn log_opened_under_the_data_dir_lock_shares_it() {
     );
     // The owner's handle goes first: the log still holds the data directory.
     drop(lock);
-    let e = DirLock::acquire(d.path())
-        .err()
-        .expect("the log's share must keep the data dir locked");
+    let e = DirLock::acquire(d.path()).expect_err("the log's share must keep the data dir locked");
     assert!(
         e.to_string()
             .contains(&format!("locked by process {}", std::process::id())),
