@@ -10,7 +10,7 @@
 //!   tests make plus the new ones, on a real node's data directory: the server's open and
 //!   `verify` both refuse, or both accept with the same recovered range (including the storage
 //!   level stubs of issue 16: a zero-byte segment left by a failed allocation, a cut header,
-//!   leftover allocation temp files; tests/storage.rs runs the full storage-level set).
+//!   leftover allocation temp files; tests/storage_agree.rs runs the full storage-level set).
 
 mod common;
 

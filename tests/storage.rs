@@ -1,56 +1,22 @@
 //! Storage tests: the log against an in-memory model (proptest, with simulated crashes), torn
-//! tails at every byte, random bit flips, hard state torn writes, snapshot damage.
+//! tails at every byte, random bit flips, hard state torn writes, snapshot damage, failed segment
+//! allocations. Helpers shared with tests/storage_agree.rs are in tests/storage_util/.
+//!
+//! No test here may spawn a process: between fork and exec a child co-holds every descriptor of
+//! this process, including the locks of logs other test threads drop and reopen.
+
+mod storage_util;
 
 use bytes::Bytes;
 use proptest::prelude::*;
 use raftkv::raft::{ConfState, Entry, HardState, LogError, LogStore, SnapshotMeta};
 use raftkv::rng::Rng;
 use raftkv::storage::inspect::Check;
-use raftkv::storage::{
-    HardStateFile, Log, LogOptions, SnapshotReader, SnapshotStore, StorageError,
-};
-use std::collections::BTreeMap;
+use raftkv::storage::{HardStateFile, Log, SnapshotReader, SnapshotStore, StorageError};
 use std::fs;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-
-/// A scratch directory, on tmpfs when available: these tests simulate crashes by editing files,
-/// so they do not need a real disk, and fsync on a shared CI disk costs milliseconds each.
-fn tmpdir() -> tempfile::TempDir {
-    let shm = Path::new("/dev/shm");
-    if shm.is_dir() {
-        if let Ok(d) = tempfile::Builder::new()
-            .prefix("raftkv-storage-")
-            .tempdir_in(shm)
-        {
-            return d;
-        }
-    }
-    tempfile::tempdir().unwrap()
-}
-
-fn opts(segment_size: u64) -> LogOptions {
-    LogOptions { segment_size }
-}
-
-fn entry(rng: &mut Rng, index: u64, term: u64, max_len: u64) -> Entry {
-    let n = rng.range(0, max_len + 1) as usize;
-    let data: Vec<u8> = (0..n).map(|_| rng.next_u64() as u8).collect();
-    Entry {
-        index,
-        term,
-        entry_type: (rng.range(0, 10) == 0) as i32,
-        data: Bytes::from(data),
-    }
-}
-
-fn all_entries(log: &Log) -> Vec<Entry> {
-    let (f, l) = (log.first_index(), log.last_index());
-    if l < f {
-        return Vec::new();
-    }
-    log.entries(f, l + 1, u64::MAX).unwrap()
-}
+use storage_util::*;
 
 fn replayed(log: &Log) -> Vec<Entry> {
     let mut v = Vec::new();
@@ -200,21 +166,6 @@ fn conflicting_append_truncates_and_compaction_survives_restart() {
 
 // ---------------------------------------------------------------------------------------------
 // Model-based test with simulated crashes.
-
-/// Copies of every file in the log dir as of the last durable point.
-type Files = BTreeMap<String, Vec<u8>>;
-
-fn read_files(dir: &Path) -> Files {
-    let mut m = Files::new();
-    for e in fs::read_dir(dir).unwrap() {
-        let e = e.unwrap();
-        m.insert(
-            e.file_name().to_string_lossy().into_owned(),
-            fs::read(e.path()).unwrap(),
-        );
-    }
-    m
-}
 
 /// Simulates a crash: every 512-byte sector (except the header, fsynced at creation)
 /// of the active (last) segment independently keeps
@@ -444,48 +395,6 @@ proptest! {
 // ---------------------------------------------------------------------------------------------
 // Crash damage: torn tails at every byte, random bit flips.
 
-/// Builds a synced log in `dir` spanning several segments; returns its entries.
-fn build_log(dir: &Path, seg: u64, n: u64, seed: u64) -> Vec<Entry> {
-    let mut rng = Rng::new(seed);
-    let mut log = Log::open(dir, opts(seg)).unwrap();
-    // Non-empty random payloads (a run of zeros could pass for a lost write).
-    let es: Vec<Entry> = (1..=n)
-        .map(|i| {
-            let mut e = entry(&mut rng, i, 1 + i / 40, 120);
-            let mut d = e.data.to_vec();
-            d.push(1);
-            d.iter_mut().for_each(|b| *b |= 1);
-            e.data = Bytes::from(d);
-            e
-        })
-        .collect();
-    log.append(&es).unwrap();
-    log.sync().unwrap();
-    es
-}
-
-fn last_seg(dir: &Path) -> PathBuf {
-    let mut v: Vec<PathBuf> = fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|x| x == "seg"))
-        .collect();
-    v.sort();
-    v.pop().unwrap()
-}
-
-/// (offset of the last record, end of the last record) in the segment holding `es`'s tail.
-fn last_record_span(path: &Path, es: &[Entry]) -> (usize, usize) {
-    let first: u64 = path.file_stem().unwrap().to_str().unwrap().parse().unwrap();
-    let mut off = 64;
-    let mut last = off;
-    for e in &es[(first - 1) as usize..] {
-        last = off;
-        off += 32 + e.data.len();
-    }
-    (last, off)
-}
-
 #[test]
 fn torn_tail_at_every_byte_recovers_the_prefix() {
     let tmp = tmpdir();
@@ -516,15 +425,6 @@ fn torn_tail_at_every_byte_recovers_the_prefix() {
         }
     }
     fs::write(&seg, &orig).unwrap();
-}
-
-fn restore(dir: &Path, files: &Files) {
-    for e in fs::read_dir(dir).unwrap() {
-        fs::remove_file(e.unwrap().path()).unwrap();
-    }
-    for (name, b) in files {
-        fs::write(dir.join(name), b).unwrap();
-    }
 }
 
 #[test]
@@ -897,19 +797,6 @@ fn seg_and_temp_names(dir: &Path) -> Vec<String> {
     v
 }
 
-/// What the server's startup check (`check_data_dir`, also `raftkv-log verify`) says about a
-/// log directory: `Ok((first, last, warnings))` or the refusal.
-fn startup_check(dir: &Path) -> Result<(u64, u64, Vec<String>), String> {
-    let dirs = raftkv::storage::inspect::resolve(dir).map_err(|e| e.to_string())?;
-    let rec = raftkv::snapshot::recover::check_data_dir(&dirs, Check::Lenient)
-        .map_err(|e| e.to_string())?;
-    Ok((
-        rec.recovered.first_index,
-        rec.recovered.last_index,
-        rec.warnings,
-    ))
-}
-
 #[test]
 fn failed_segment_allocation_leaves_nothing_behind() {
     use raftkv::storage::segment::fault::{fail_next_allocation_at, AllocStep};
@@ -1035,225 +922,4 @@ fn leftover_allocation_temp_files_are_removed_on_open() {
     assert!(left.is_empty(), "not removed: {left:?}");
     drop(log);
     assert_eq!(startup_check(dir), Ok((1, last, Vec::new())));
-}
-
-// ---------------------------------------------------------------------------------------------
-// The server and `raftkv-log verify` agree about every damaged directory these tests make.
-
-/// `raftkv-log verify DIR`: exit code and output.
-fn verify_tool(dir: &Path) -> (Option<i32>, String) {
-    let o = std::process::Command::new(env!("CARGO_BIN_EXE_raftkv-log"))
-        .arg("verify")
-        .arg(dir)
-        .output()
-        .expect("run raftkv-log");
-    (
-        o.status.code(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
-        ),
-    )
-}
-
-/// A valid segment header for a segment of `size` bytes starting at `first`.
-fn seg_header(size: u64, first: u64) -> Vec<u8> {
-    let mut h = vec![0u8; 64];
-    h[0..8].copy_from_slice(b"RKVLOG01");
-    h[8..12].copy_from_slice(&1u32.to_le_bytes());
-    h[12..16].copy_from_slice(&64u32.to_le_bytes());
-    h[16..24].copy_from_slice(&size.to_le_bytes());
-    h[24..32].copy_from_slice(&first.to_le_bytes());
-    let c = crc32fast::hash(&h[0..60]);
-    h[60..64].copy_from_slice(&c.to_le_bytes());
-    h
-}
-
-fn edit(path: &Path, f: impl FnOnce(&mut Vec<u8>)) {
-    let mut b = fs::read(path).unwrap();
-    f(&mut b);
-    fs::write(path, b).unwrap();
-}
-
-/// Every kind of damage the storage tests make (torn tails at many bytes, stray bytes, bit
-/// flips, missing and foreign segments, zero-byte and all-zero segment stubs, truncated
-/// headers, leftover allocation temp files, damaged meta), on one log directory: the server's
-/// startup check (`check_data_dir`), `raftkv-log verify` (the binary) and the server's open of
-/// the log (`Log::open`) all refuse with the same error, or all accept with the same range;
-/// and once the open has repaired a directory, `verify --strict` finds nothing left to repair.
-#[test]
-fn damaged_dirs_server_check_verify_and_open_agree() {
-    let tmp = tmpdir();
-    let base = tmp.path().join("base");
-    let seg = 1024;
-    let es = build_log(&base, seg, 60, 11);
-    Log::open(&base, opts(seg))
-        .unwrap()
-        .compact(3, es[2].term)
-        .unwrap();
-    fs::remove_file(base.join("LOCK")).unwrap();
-    let files = read_files(&base);
-    let name_of = |p: &Path| p.file_name().unwrap().to_string_lossy().into_owned();
-    let segs: Vec<String> = files
-        .keys()
-        .filter(|n| n.ends_with(".seg"))
-        .cloned()
-        .collect();
-    assert!(segs.len() >= 4, "{segs:?}");
-    let last = name_of(&last_seg(&base));
-    let (lo, hi) = last_record_span(&base.join(&last), &es);
-    let next = es.len() as u64 + 1;
-
-    type Damage = Box<dyn Fn(&Path)>;
-    let mut cases: Vec<(String, Damage)> = vec![("sound".into(), Box::new(|_| {}))];
-    for cut in (lo..hi).step_by(7) {
-        let l = last.clone();
-        cases.push((
-            format!("last record cut at byte {cut}"),
-            Box::new(move |d| edit(&d.join(&l), |b| b.truncate(cut))),
-        ));
-        let l = last.clone();
-        cases.push((
-            format!("last record zeroed from byte {cut}"),
-            Box::new(move |d| edit(&d.join(&l), |b| b[cut..hi].fill(0))),
-        ));
-    }
-    let l = last.clone();
-    cases.push((
-        "stray bytes after the last record".into(),
-        Box::new(move |d| edit(&d.join(&l), |b| b[hi + 10] = 0x5a)),
-    ));
-    let sealed = segs[segs.len() - 2].clone();
-    cases.push((
-        "stray bytes after a sealed segment's last record".into(),
-        Box::new(move |d| {
-            edit(&d.join(&sealed), |b| {
-                let n = b.len();
-                b[n - 1] = 1
-            })
-        }),
-    ));
-    let stub = format!("{next:020}.seg");
-    for (what, bytes) in [
-        (
-            "zero-byte segment stub (a failed allocation, #16)",
-            Vec::new(),
-        ),
-        (
-            "all-zero new segment (torn creation)",
-            vec![0u8; seg as usize],
-        ),
-        ("header-only new segment", seg_header(seg, next)),
-        (
-            "new segment's header cut at 30 bytes",
-            seg_header(seg, next)[..30].to_vec(),
-        ),
-        ("new segment's header cut at 63 bytes", {
-            let mut h = seg_header(seg, next);
-            h.truncate(63);
-            h
-        }),
-        ("new segment with a zeroed header CRC", {
-            let mut h = seg_header(seg, next);
-            h[60..64].fill(0);
-            h.resize(seg as usize, 0);
-            h
-        }),
-    ] {
-        let s = stub.clone();
-        cases.push((
-            what.into(),
-            Box::new(move |d| fs::write(d.join(&s), &bytes).unwrap()),
-        ));
-    }
-    cases.push((
-        "leftover allocation temp files".into(),
-        Box::new(move |d| {
-            fs::write(d.join(format!("{next:020}.seg.tmp")), b"").unwrap();
-            let mut h = seg_header(seg, next + 1);
-            h.resize(seg as usize, 0);
-            fs::write(d.join(format!("{:020}.seg.tmp", next + 1)), h).unwrap();
-        }),
-    ));
-    let mid = segs[1].clone();
-    cases.push((
-        "middle segment deleted".into(),
-        Box::new(move |d| fs::remove_file(d.join(&mid)).unwrap()),
-    ));
-    let mid = segs[1].clone();
-    cases.push((
-        "foreign file in place of a segment".into(),
-        Box::new(move |d| fs::write(d.join(&mid), b"hello, I am not a segment").unwrap()),
-    ));
-    cases.push((
-        "damaged meta".into(),
-        Box::new(|d| edit(&d.join("meta"), |b| b[9] ^= 1)),
-    ));
-    cases.push((
-        "leftover trash".into(),
-        Box::new(|d| fs::write(d.join("00000000000000000001.seg.trash"), [7u8; 100]).unwrap()),
-    ));
-    // Random bit flips, as in random_bit_flips_are_detected_or_only_cost_the_tail.
-    let seed = 0xa9_2ee5;
-    let mut rng = Rng::new(seed);
-    let names: Vec<String> = files.keys().cloned().collect();
-    for trial in 0..60 {
-        let name = names[rng.range(0, names.len() as u64) as usize].clone();
-        let at = rng.range(0, files[&name].len() as u64) as usize;
-        let bit = rng.range(0, 8);
-        cases.push((
-            format!("seed {seed} trial {trial}: bit {bit} of byte {at} in {name} flipped"),
-            Box::new(move |d| edit(&d.join(&name), |b| b[at] ^= 1 << bit)),
-        ));
-    }
-
-    let (mut accepted, mut refused) = (0, 0);
-    for (i, (name, damage)) in cases.iter().enumerate() {
-        let d = tmp.path().join(format!("case{i}"));
-        restore_into(&d, &files);
-        damage(&d);
-        let check = startup_check(&d);
-        let (code, vt) = verify_tool(&d);
-        let open = Log::open(&d, opts(seg)).map(|l| (l.first_index(), l.last_index()));
-        let ctx = format!(
-            "case {i} ({name}):\n  startup check: {check:?}\n  verify exit {code:?}: {vt}\n  \
-             Log::open: {:?}",
-            open.as_ref().map_err(|e| e.to_string())
-        );
-        match (&check, &open) {
-            (Ok((f, l, _)), Ok(range)) => {
-                accepted += 1;
-                assert_eq!((*f, *l), *range, "{ctx}");
-                assert_eq!(code, Some(0), "{ctx}");
-                assert!(vt.contains(&format!("log {f}..={l},")), "{ctx}");
-                // Repaired by the open: nothing left for the strictest check.
-                if let Err(e) = raftkv::storage::inspect::inspect_log(&d, Check::Strict) {
-                    panic!("{ctx}\n  after the open, verify --strict: {e}");
-                }
-                assert_eq!(startup_check(&d), Ok((*f, *l, Vec::new())), "{ctx}");
-            }
-            (Err(_), Err(e)) => {
-                refused += 1;
-                assert_eq!(code, Some(1), "{ctx}");
-                assert!(matches!(e, StorageError::Corrupt { .. }), "{ctx}");
-                // The same refusal: file, offset and reason.
-                assert!(vt.contains(&e.to_string()), "{ctx}");
-            }
-            _ => panic!("the server's check and its open disagree: {ctx}"),
-        }
-    }
-    println!(
-        "{} cases: {accepted} accepted, {refused} refused",
-        cases.len()
-    );
-    assert!(
-        accepted > 10 && refused > 10,
-        "{accepted} accepted, {refused} refused"
-    );
-}
-
-fn restore_into(dir: &Path, files: &Files) {
-    fs::create_dir_all(dir).unwrap();
-    restore(dir, files);
 }
