@@ -1,21 +1,32 @@
 //! The node layer shared by the shells: what a node does with the core's output between
 //! "bytes came in" and "bytes go out" that is not a socket or a file.
 //!
-//! Today it holds the production [`Ready`](crate::raft::Ready) handling, in its phases
-//! (`ready.rs`): the leader's early sends before its own sync, apply-and-answer before the
-//! local sync, commit broadcasts after the answers, the sync, the messages that wait for it,
-//! followers applying after their acks are out, snapshot transfer, `on_persisted`. The mio
-//! server (`src/server/`) and the simulator (`src/sim/node.rs`) both run it, each implementing
-//! the small [`ReadyShell`] trait for what differs (the outbox, the durable log, the state
-//! machine and snapshot transfer), so every simulated seed exercises the ordering that ships.
+//! - `ready.rs`: the production [`Ready`](crate::raft::Ready) handling, in its phases: the
+//!   leader's early sends before its own sync, apply-and-answer before the local sync, commit
+//!   broadcasts after the answers, the sync, the messages that wait for it, followers applying
+//!   after their acks are out, snapshot transfer, `on_persisted`;
+//! - `replica.rs`: the core, the KV state machine and the pending requests of one node: how
+//!   writes are proposed and reads started (ReadIndex, lease, stale), how applying entries,
+//!   confirming reads, installing a snapshot and losing leadership answer them;
+//! - `requests.rs`: the pending request tables, their deadlines, and the one place an answer
+//!   is made.
+//!
+//! The mio server (`src/server/`) and the simulator (`src/sim/node.rs`) both hold a
+//! [`Replica`] and run the Ready phases over it, each implementing the small [`ReadyShell`]
+//! trait for what differs (the outbox, the durable log, snapshot transfer), so every
+//! simulated seed exercises the ordering and the request handling that ship.
 //! The simulator's disk loses unsynced writes on a crash, so a node-layer bug that
 //! acknowledges before the sync is caught (see `tools/mutation-check.sh`).
 //!
 //! [`NodeBug`]: planted node-layer bugs for the simulator's self-test (`sim-bugs` builds only).
 
 mod ready;
+mod replica;
+mod requests;
 
 pub use ready::{after_sync, handle_ready, AfterSync, ReadyShell, SyncStatus};
+pub use replica::{LeadershipChange, Replica, ReplicaConfig};
+pub use requests::{ReadOp, Requests};
 
 /// TEST ONLY: node-layer bugs the simulator can plant to prove its checks catch them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -563,6 +563,16 @@ impl<S: LogStore> RawNode<S> {
         self.role
     }
 
+    /// Current term (cheaper than [`status`](Self::status): no allocation).
+    pub fn term(&self) -> u64 {
+        self.term
+    }
+
+    /// The leader this node knows of in its term (cheaper than [`status`](Self::status)).
+    pub fn leader(&self) -> Option<u64> {
+        (self.leader != 0).then_some(self.leader)
+    }
+
     /// The log store.
     pub fn store(&self) -> &S {
         &self.log.store

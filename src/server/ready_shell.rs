@@ -1,19 +1,52 @@
 //! The server's side of the node layer's Ready phases (`crate::node::ReadyShell`): peer
 //! messages go to the peer links' queues and are flushed onto the sockets when the phases say
 //! so, term/vote changes go to the hard state file, entries to the mmap'd log and one
-//! `msync` per Ready. The ordering itself lives in `src/node/ready.rs`, shared with the
-//! simulator.
+//! `msync` per Ready, answers to the client connections. The ordering itself lives in
+//! `src/node/ready.rs`, and what applying does to requests in `src/node/replica.rs`, both
+//! shared with the simulator.
 
 use super::Server;
 use crate::node::{ReadyShell, SyncStatus};
-use crate::raft::{Entry, HardState, Message, RawNode, ReadState};
+use crate::raft::{Entry, HardState, Message, RawNode, ReadState, Ready};
 use crate::storage::Log;
+
+impl Server {
+    /// Handles every Ready the core has, then reports unreachable peers and notices
+    /// leadership changes.
+    pub(super) fn process_ready(&mut self) -> Result<(), String> {
+        let mut any = false;
+        while self.replica.core().has_ready() {
+            any = true;
+            let rd = self.replica.core_mut().ready();
+            self.handle_ready(rd)?;
+        }
+        if !self.unreachable.is_empty() {
+            for id in std::mem::take(&mut self.unreachable) {
+                self.replica.core_mut().report_unreachable(id);
+            }
+        }
+        if any && self.replica.check_leadership().role_changed {
+            self.snaps.drop_senders();
+        }
+        Ok(())
+    }
+
+    /// One Ready in the production order: the node layer's phases (`src/node/ready.rs`) over
+    /// this server's sockets, log and hard state file. The sync here is synchronous, so the
+    /// node layer never leaves part of it pending.
+    fn handle_ready(&mut self, rd: Ready) -> Result<(), String> {
+        self.appended_unsynced = false;
+        let pending = crate::node::handle_ready(self, rd)?;
+        debug_assert!(pending.is_none(), "the server's sync is synchronous");
+        Ok(())
+    }
+}
 
 impl ReadyShell for Server {
     type Store = Log;
 
     fn core(&mut self) -> &mut RawNode<Log> {
-        &mut self.node
+        self.replica.core_mut()
     }
 
     fn send(&mut self, m: Message) {
@@ -25,7 +58,7 @@ impl ReadyShell for Server {
     }
 
     fn flush_clients(&mut self) {
-        if !self.dirty_clients.is_empty() {
+        if !self.dirty_clients.is_empty() || self.replica.requests().has_answers() {
             Server::flush_clients(self);
         }
     }
@@ -52,11 +85,10 @@ impl ReadyShell for Server {
     }
 
     fn append(&mut self, entries: &[Entry]) -> Result<(), String> {
-        self.node
-            .store_mut()
-            .append(entries)
+        let log = self.replica.core_mut().store_mut();
+        log.append(entries)
             .map_err(|e| format!("appending to the log: {e}"))?;
-        debug_assert_eq!(self.node.store().check_invariants(), Ok(()));
+        debug_assert_eq!(log.check_invariants(), Ok(()));
         self.appended_unsynced = true;
         Ok(())
     }
@@ -65,7 +97,8 @@ impl ReadyShell for Server {
     /// vote change alone was made durable by the hard state file's own write.)
     fn sync(&mut self) -> Result<SyncStatus, String> {
         if std::mem::take(&mut self.appended_unsynced) {
-            self.node
+            self.replica
+                .core_mut()
                 .store_mut()
                 .sync()
                 .map_err(|e| format!("syncing the log: {e}"))?;
@@ -79,7 +112,10 @@ impl ReadyShell for Server {
         reads: Vec<ReadState>,
         failed_reads: Vec<u64>,
     ) -> Result<(), String> {
-        Server::apply_and_serve(self, committed, reads, failed_reads);
+        let bytes = self.replica.applied_bytes();
+        self.replica.apply_and_serve(committed, reads, failed_reads);
+        // The snapshot policy counts command bytes applied since the newest snapshot.
+        self.snaps.bytes_since += self.replica.applied_bytes() - bytes;
         Ok(())
     }
 

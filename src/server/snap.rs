@@ -4,7 +4,6 @@
 //! `crate::snapshot`.
 
 use super::Server;
-use crate::pb::kvpb::ErrorCode;
 use crate::pb::raftpb::message::Body;
 use crate::raft::{LogStore, Message, SnapshotMeta};
 use crate::snapshot::{
@@ -111,9 +110,9 @@ impl Server {
     fn log_stats(&self) -> LogStats {
         LogStats {
             snapshot_index: self.snaps.latest_index(),
-            applied: self.kv.applied(),
+            applied: self.replica.kv().applied(),
             bytes_since_snapshot: self.snaps.bytes_since,
-            first_index: self.node.store().first_index(),
+            first_index: self.replica.core().store().first_index(),
         }
     }
 
@@ -122,7 +121,10 @@ impl Server {
     pub(super) fn snapshot_tick(&mut self) -> Result<(), String> {
         // Free compacted log segments a slice at a time (storage::trash): deleting them whole
         // stalled the loop for up to ~0.9 s after a snapshot of a large log.
-        self.node.store_mut().trash_step(TRASH_BUDGET_PER_TICK);
+        self.replica
+            .core_mut()
+            .store_mut()
+            .trash_step(TRASH_BUDGET_PER_TICK);
         // ... and pruned snapshot files (normally the snapshot child deletes those itself).
         self.snaps.store.trash_step(TRASH_BUDGET_PER_TICK);
         // The tick also polls in case a wake-up from the child's pipe was missed.
@@ -131,7 +133,7 @@ impl Server {
 
         // A leader receives no snapshots: free a partial transfer (and its temp file) left
         // from when this node was a follower.
-        if self.leader_term.is_some() {
+        if self.replica.leader_term().is_some() {
             self.snaps.receiver.abort();
         }
 
@@ -188,7 +190,7 @@ impl Server {
             }
         }
         if super::signal::take_snapshot_request() {
-            if self.kv.applied() > self.snaps.latest_index() {
+            if self.replica.kv().applied() > self.snaps.latest_index() {
                 log::info!("snapshot requested (SIGUSR1)");
                 self.start_snapshot();
             } else {
@@ -224,15 +226,15 @@ impl Server {
             "snapshot at index {} written: {} ({} entries applied past its due index {})",
             done.meta.index,
             done.path.display(),
-            self.kv.applied().saturating_sub(due),
+            self.replica.kv().applied().saturating_sub(due),
             due
         );
         Ok(())
     }
 
     fn start_snapshot(&mut self) {
-        let index = self.kv.applied();
-        let term = match self.node.store().term(index) {
+        let index = self.replica.kv().applied();
+        let term = match self.replica.core().store().term(index) {
             Ok(t) => t,
             Err(e) => {
                 log::warn!("cannot snapshot at index {index}: {e}");
@@ -243,7 +245,7 @@ impl Server {
         let meta = SnapshotMeta {
             index,
             term,
-            conf: Some(self.node.status().conf),
+            conf: Some(self.replica.core().status().conf),
         };
         let due = u64::try_from(self.snaps.policy.due_index(self.snaps.latest_index()))
             .unwrap_or(u64::MAX)
@@ -253,7 +255,7 @@ impl Server {
             SnapshotMode::Fork,
             &mut self.snaps.store,
             meta,
-            &self.kv,
+            self.replica.kv(),
             self.snaps.pacing,
         ) {
             Ok(bg) => {
@@ -311,11 +313,11 @@ impl Server {
                 return Ok(());
             }
         }
-        if c < self.node.store().first_index() {
+        if c < self.replica.core().store().first_index() {
             return Ok(());
         }
         let t0 = Instant::now();
-        let store = self.node.store_mut();
+        let store = self.replica.core_mut().store_mut();
         let term = store
             .term(c)
             .map_err(|e| format!("compacting the log to {c}: {e}"))?;
@@ -334,11 +336,11 @@ impl Server {
         match st {
             SendStatus::Done => {
                 log::info!("snapshot sent to node {peer}");
-                self.node.report_snapshot(peer, true);
+                self.replica.core_mut().report_snapshot(peer, true);
             }
             SendStatus::Failed(e) => {
                 log::warn!("snapshot transfer to node {peer} failed: {e}");
-                self.node.report_snapshot(peer, false);
+                self.replica.core_mut().report_snapshot(peer, false);
             }
             SendStatus::InProgress => {}
         }
@@ -352,10 +354,10 @@ impl Server {
             }
             let Some((_, path)) = &self.snaps.latest else {
                 log::warn!("node {peer} needs a snapshot but none exists");
-                self.node.report_snapshot(peer, false);
+                self.replica.core_mut().report_snapshot(peer, false);
                 continue;
             };
-            let term = self.node.status().term;
+            let term = self.replica.core().term();
             match SnapshotSender::new(SenderConfig::default(), self.cfg.id, peer, term, path) {
                 Ok(mut s) => {
                     log::info!("sending snapshot {} to node {peer}", s.meta().index);
@@ -371,7 +373,7 @@ impl Server {
                 }
                 Err(e) => {
                     log::warn!("cannot send snapshot to node {peer}: {e}");
-                    self.node.report_snapshot(peer, false);
+                    self.replica.core_mut().report_snapshot(peer, false);
                 }
             }
         }
@@ -402,7 +404,7 @@ impl Server {
     }
 
     fn on_install_snapshot(&mut self, msg: &Message) -> Result<(), String> {
-        let applied = self.kv.applied();
+        let applied = self.replica.kv().applied();
         match self
             .snaps
             .receiver
@@ -435,8 +437,9 @@ impl Server {
                 };
                 let meta = inst.meta.clone();
                 let reply = inst.reply;
-                if self.node.restore_snapshot(meta.clone()) {
-                    self.node
+                if self.replica.core_mut().restore_snapshot(meta.clone()) {
+                    self.replica
+                        .core_mut()
                         .store_mut()
                         .reset(meta.index, meta.term)
                         .map_err(|e| {
@@ -444,24 +447,7 @@ impl Server {
                         })?;
                     self.send_peer(reply);
                     self.flush_peers();
-                    let kv = inst.kv;
-                    self.kv = kv;
-                    self.applied = meta.index;
-                    // Only a follower receives snapshots: writes still pending here are from a
-                    // lost leadership, and their entries may have been replaced by the snapshot
-                    // (never applied here one by one). Reads stay: confirmed ones are served
-                    // below from the newer state, unconfirmed ones wait for their confirmation.
-                    for (_, p) in std::mem::take(&mut self.pending_writes) {
-                        self.timers.cancel(p.timer);
-                        self.send_response(
-                            p.token,
-                            p.req_id,
-                            super::error_result(
-                                ErrorCode::Uncertain,
-                                "leadership lost; the write may or may not apply",
-                            ),
-                        );
-                    }
+                    self.replica.installed_snapshot(meta.index, inst.kv);
                     self.commit_hint = self.commit_hint.max(meta.index);
                     self.snaps.bytes_since = 0;
                     self.snaps.latest = Some((meta.clone(), inst.path.clone()));
@@ -474,7 +460,6 @@ impl Server {
                         meta.term,
                         msg.from
                     );
-                    self.serve_waiting_reads();
                 } else {
                     log::info!(
                         "received snapshot {} is stale; kept on disk only",

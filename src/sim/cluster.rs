@@ -703,6 +703,9 @@ pub fn run_seed(seed: u64, opts: &SimOptions) -> SeedResult {
             torn: rng.chance(0.5),
             check_commit_rule: opts.check_commit_rule,
             bug: opts.node_bug,
+            // Around the clients' own timeout, so the node layer's TIMEOUT answers (the
+            // server's request deadline) race the clients' retries in some runs.
+            request_timeout: rng.range(CLIENT_TIMEOUT / 2, CLIENT_TIMEOUT * 3),
         };
         nodes.push(SimNode::new(cfg, voters.clone(), params));
         // Clocks run at different rates: 8..13 ms per tick.

@@ -12,9 +12,11 @@
 //! the queue, the unsynced writes and all volatile state; a restart rebuilds the node from the
 //! durable hard state, log and snapshot only.
 
-use crate::kv::KvStore;
-use crate::node::{self, AfterSync, NodeBug, ReadyShell, SyncStatus};
-use crate::pb::kvpb;
+use crate::kv::{ApplyResult, KvStore};
+use crate::node::{
+    self, AfterSync, NodeBug, ReadOp, ReadyShell, Replica, ReplicaConfig, SyncStatus,
+};
+use crate::pb::kvpb::{self, ErrorCode};
 use crate::pb::raftpb::message::Body;
 use crate::pb::raftpb::{InstallSnapshot, InstallSnapshotResponse};
 use crate::raft::MemLog;
@@ -27,7 +29,7 @@ use crate::sim::checker::Checker;
 use crate::sim::client::{ClientReq, Reply, ReqOp};
 use crate::sim::disk::{Disk, SnapFile};
 use prost::Message as _;
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 
 /// An input waiting for the node.
 #[derive(Debug, Clone)]
@@ -73,6 +75,16 @@ pub struct NodeParams {
     pub check_commit_rule: bool,
     /// Planted node-layer bug (simulator self-test).
     pub bug: NodeBug,
+    /// The node answers TIMEOUT to a request still pending this long (ms).
+    pub request_timeout: u64,
+}
+
+/// Where a simulated client's answer goes: the node layer's reply address.
+#[derive(Debug, Clone, Copy)]
+pub struct SimRef {
+    client: usize,
+    attempt: u64,
+    seq: u64,
 }
 
 /// One simulated node.
@@ -82,21 +94,13 @@ pub struct SimNode {
     pub incarnation: u64,
     cfg: Config,
     voters: Vec<u64>,
-    pub raw: Option<RawNode<MemLog>>,
-    pub kv: KvStore,
+    /// The node layer (core, state machine, pending requests), while up.
+    rep: Option<Replica<MemLog, SimRef>>,
     pub disk: Disk,
     pub params: NodeParams,
     /// The part of a Ready waiting for its sync (the node is blocked meanwhile).
     busy: Option<AfterSync>,
     deferred: VecDeque<Input>,
-    applied: u64,
-    /// Writes proposed here, by (client_id, seq): the client to answer.
-    writes: BTreeMap<(u64, u64), (usize, u64)>,
-    /// Reads started here, by ctx: (client, attempt, key).
-    reads: BTreeMap<u64, (usize, u64, Vec<u8>)>,
-    /// Confirmed reads waiting for the apply index.
-    ready_reads: Vec<ReadState>,
-    next_ctx: u64,
     /// Snapshot being received: (meta, bytes so far).
     snap_in: Option<(SnapshotMeta, Vec<u8>)>,
     /// Snapshot streams to peers: peer -> (snapshot being sent, time of the last chunk).
@@ -168,6 +172,31 @@ pub fn describe_msg(m: &Message) -> String {
     format!("{}->{} t{} {}", m.from, m.to, m.term, body)
 }
 
+/// What a simulated client makes of an answer. Every error that leaves the outcome open or
+/// says "not now" (UNAVAILABLE, TIMEOUT, UNCERTAIN, SHUTTING_DOWN) is a retry: a write retried
+/// with its session seq applies at most once, so the retry settles it.
+fn reply_of(r: ApplyResult) -> Reply {
+    match r {
+        ApplyResult::Get(g) => Reply::Read(g),
+        ApplyResult::Error(e) if e.code == ErrorCode::NotLeader as i32 => {
+            Reply::NotLeader((e.leader_id != 0).then_some(e.leader_id))
+        }
+        ApplyResult::Error(e)
+            if [
+                ErrorCode::Unavailable,
+                ErrorCode::Timeout,
+                ErrorCode::Uncertain,
+                ErrorCode::ShuttingDown,
+            ]
+            .iter()
+            .any(|&c| c as i32 == e.code) =>
+        {
+            Reply::Unavailable
+        }
+        other => Reply::Write(other),
+    }
+}
+
 impl SimNode {
     /// A fresh node of a cluster of `voters` (not started: call [`SimNode::restart`]).
     pub fn new(cfg: Config, voters: Vec<u64>, params: NodeParams) -> SimNode {
@@ -177,17 +206,11 @@ impl SimNode {
             incarnation: 0,
             cfg,
             voters,
-            raw: None,
-            kv: KvStore::new(),
+            rep: None,
             disk: Disk::default(),
             params,
             busy: None,
             deferred: VecDeque::new(),
-            applied: 0,
-            writes: BTreeMap::new(),
-            reads: BTreeMap::new(),
-            ready_reads: Vec::new(),
-            next_ctx: 0,
             snap_in: None,
             snap_out: BTreeMap::new(),
             last_role: (Role::Follower, 0),
@@ -203,22 +226,18 @@ impl SimNode {
 
     /// Applied index of this incarnation.
     pub fn applied(&self) -> u64 {
-        self.applied
+        self.rep.as_ref().map_or(0, |r| r.applied())
     }
 
     /// Power loss: everything not durable is gone.
     pub fn crash(&mut self, rng: &mut Rng) {
         self.up = false;
-        self.raw = None;
+        self.rep = None;
         self.busy = None;
         self.deferred.clear();
         self.disk.crash(self.params.torn, rng);
-        self.writes.clear();
-        self.reads.clear();
-        self.ready_reads.clear();
         self.snap_in = None;
         self.snap_out.clear();
-        self.kv = KvStore::new();
     }
 
     /// Boots from durable state only.
@@ -264,9 +283,12 @@ impl SimNode {
             },
         )
         .map_err(|e| format!("node {}: RawNode::new failed: {e}", self.id))?;
-        self.raw = Some(raw);
-        self.kv = kv;
-        self.applied = applied;
+        let rep_cfg = ReplicaConfig {
+            request_timeout_ms: self.params.request_timeout,
+            lease_read: false,
+            client_addrs: HashMap::new(),
+        };
+        self.rep = Some(Replica::new(raw, kv, applied, rep_cfg));
         self.up = true;
         self.busy = None;
         self.deferred.clear();
@@ -300,16 +322,20 @@ impl SimNode {
             return Ok(());
         }
         self.feed(inp, now, out);
-        self.drive(now, rng, checker, out)
+        let r = self.drive(now, rng, checker, out);
+        self.deliver_answers(out);
+        r
     }
 
     fn feed(&mut self, inp: Input, now: u64, out: &mut Vec<Action>) {
-        let Some(raw) = self.raw.as_mut() else {
+        let id = self.id;
+        let Some(rep) = self.rep.as_mut() else {
             return;
         };
         match inp {
             Input::Tick => {
-                raw.tick();
+                rep.core_mut().tick();
+                rep.expire(now);
                 // Snapshot streams that got no answer count as failed.
                 let stale: Vec<u64> = self
                     .snap_out
@@ -319,63 +345,53 @@ impl SimNode {
                     .collect();
                 for p in stale {
                     self.snap_out.remove(&p);
-                    raw.report_snapshot(p, false);
+                    rep.core_mut().report_snapshot(p, false);
                 }
             }
-            Input::Msg(m) => raw.step(m),
+            Input::Msg(m) => rep.core_mut().step(m),
             Input::Transfer(to) => {
                 out.push(Action::Trace(format!(
-                    "node {} transfer leadership to {to}",
-                    self.id
+                    "node {id} transfer leadership to {to}"
                 )));
-                raw.transfer_leader(to);
+                rep.core_mut().transfer_leader(to);
             }
             Input::Client(req) => {
-                let reply = match &req.op {
+                let to = SimRef {
+                    client: req.client,
+                    attempt: req.attempt,
+                    seq: req.seq,
+                };
+                match req.op {
                     ReqOp::Write(cmd) => {
-                        let data = crate::kv::encode_command(cmd);
-                        match raw.propose(data) {
-                            Ok(index) => {
-                                out.push(Action::Trace(format!(
-                                    "node {} propose client {} seq {} at index {index}",
-                                    self.id, cmd.client_id, cmd.seq
-                                )));
-                                self.writes
-                                    .insert((cmd.client_id, cmd.seq), (req.client, req.attempt));
-                                self.proposals += 1;
-                                None
-                            }
-                            Err(crate::raft::ProposeError::NotLeader { leader }) => {
-                                Some(Reply::NotLeader(leader))
-                            }
-                            Err(_) => Some(Reply::Unavailable),
+                        if let Some(index) = rep.write(to, &cmd, now) {
+                            out.push(Action::Trace(format!(
+                                "node {id} propose client {} seq {} at index {index}",
+                                cmd.client_id, cmd.seq
+                            )));
+                            self.proposals += 1;
                         }
                     }
                     ReqOp::Read { key } => {
-                        self.next_ctx += 1;
-                        let ctx = self.next_ctx;
-                        match raw.read_index(ctx) {
-                            Ok(()) => {
-                                self.reads
-                                    .insert(ctx, (req.client, req.attempt, key.clone()));
-                                None
-                            }
-                            Err(crate::raft::ProposeError::NotLeader { leader }) => {
-                                Some(Reply::NotLeader(leader))
-                            }
-                            Err(_) => Some(Reply::Unavailable),
-                        }
+                        let op = ReadOp::Get(kvpb::Get { key: key.into() });
+                        rep.read(to, kvpb::Consistency::Linearizable, op, now, false);
                     }
-                };
-                if let Some(reply) = reply {
-                    out.push(Action::Reply {
-                        client: req.client,
-                        attempt: req.attempt,
-                        seq: req.seq,
-                        reply,
-                    });
                 }
             }
+        }
+    }
+
+    /// Turns the node layer's answers into replies to the simulated clients.
+    fn deliver_answers(&mut self, out: &mut Vec<Action>) {
+        let Some(rep) = self.rep.as_mut() else {
+            return;
+        };
+        for (to, r) in rep.requests().take_answers() {
+            out.push(Action::Reply {
+                client: to.client,
+                attempt: to.attempt,
+                seq: to.seq,
+                reply: reply_of(r),
+            });
         }
     }
 
@@ -402,6 +418,7 @@ impl SimNode {
             self.feed(inp, now, out);
             self.drive(now, rng, checker, out)?;
         }
+        self.deliver_answers(out);
         Ok(())
     }
 
@@ -419,13 +436,18 @@ impl SimNode {
             if self.busy.is_some() || !self.up {
                 return self.observe(checker, out);
             }
-            let Some(raw) = self.raw.as_mut() else {
+            let Some(rep) = self.rep.as_mut() else {
                 return Ok(());
             };
-            if !raw.has_ready() {
+            if !rep.core().has_ready() {
+                // As the server after a pass's Readies: a lost leadership answers its
+                // pending writes UNCERTAIN; outbound snapshot streams end with the role.
+                if rep.check_leadership().role_changed {
+                    self.snap_out.clear();
+                }
                 return self.observe(checker, out);
             }
-            let rd = raw.ready();
+            let rd = rep.core_mut().ready();
             // The production Ready phases (src/node/ready.rs); a pending sync blocks the node.
             if let Some(rest) = node::handle_ready(&mut self.shell(now, rng, checker, out), rd)? {
                 self.busy = Some(rest);
@@ -436,7 +458,7 @@ impl SimNode {
 
     /// Records role changes and commit progress with the checker.
     fn observe(&mut self, checker: &mut Checker, out: &mut Vec<Action>) -> Result<(), String> {
-        let Some(raw) = self.raw.as_ref() else {
+        let Some(raw) = self.rep.as_ref().map(|r| r.core()) else {
             return Ok(());
         };
         let st = raw.status();
@@ -497,86 +519,46 @@ impl SimNode {
         Ok(())
     }
 
-    fn apply(
-        &mut self,
+    /// Checks and traces an entry about to be applied (the replica applies it).
+    fn check_apply(
+        &self,
         e: &Entry,
         checker: &mut Checker,
         out: &mut Vec<Action>,
     ) -> Result<(), String> {
         checker.on_apply(self.id, e)?;
-        self.applied = e.index;
-        let data: &[u8] = if e.entry_type == EntryType::EntryNormal as i32 {
-            &e.data
-        } else {
-            &[]
-        };
-        let res = self.kv.apply(e.index, data);
-        if data.is_empty() {
+        if e.entry_type != EntryType::EntryNormal as i32 || e.data.is_empty() {
             return Ok(());
         }
-        let Ok(cmd) = kvpb::Command::decode(data) else {
-            return Ok(());
-        };
-        out.push(Action::Trace(format!(
-            "node {} apply {}/t{} client {} seq {}",
-            self.id, e.index, e.term, cmd.client_id, cmd.seq
-        )));
-        if let Some((client, attempt)) = self.writes.remove(&(cmd.client_id, cmd.seq)) {
-            if let Some(r) = res {
-                out.push(Action::Reply {
-                    client,
-                    attempt,
-                    seq: cmd.seq,
-                    reply: Reply::Write(r),
-                });
-            }
+        if let Ok(cmd) = kvpb::Command::decode(&e.data[..]) {
+            out.push(Action::Trace(format!(
+                "node {} apply {}/t{} client {} seq {}",
+                self.id, e.index, e.term, cmd.client_id, cmd.seq
+            )));
         }
         Ok(())
     }
 
-    fn serve_reads(&mut self, out: &mut Vec<Action>) {
-        let applied = self.applied;
-        let mut keep = Vec::new();
-        for rs in std::mem::take(&mut self.ready_reads) {
-            if rs.index > applied {
-                keep.push(rs);
-                continue;
-            }
-            if let Some((client, attempt, key)) = self.reads.remove(&rs.ctx) {
-                out.push(Action::Trace(format!(
-                    "node {} read ctx {} at index {} (applied {applied})",
-                    self.id, rs.ctx, rs.index
-                )));
-                out.push(Action::Reply {
-                    client,
-                    attempt,
-                    seq: 0,
-                    reply: Reply::Read(self.kv.get(&key)),
-                });
-            }
-        }
-        self.ready_reads = keep;
-    }
-
     /// Takes a local snapshot and compacts the log when enough has been applied.
     fn maybe_snapshot(&mut self, out: &mut Vec<Action>) -> Result<(), String> {
-        let Some(raw) = self.raw.as_mut() else {
+        let Some(rep) = self.rep.as_mut() else {
             return Ok(());
         };
-        let (snap_index, _) = raw.store().snapshot_index_term();
-        if self.applied < snap_index + self.params.snapshot_every {
+        let (snap_index, _) = rep.core().store().snapshot_index_term();
+        if rep.applied() < snap_index + self.params.snapshot_every {
             return Ok(());
         }
-        let index = self.applied;
-        let term = raw
+        let index = rep.applied();
+        let term = rep
+            .core()
             .store()
             .term(index)
             .map_err(|e| format!("node {}: term of applied index {index}: {e}", self.id))?;
         let mut data = Vec::new();
-        self.kv
+        rep.kv()
             .write_snapshot(&mut data)
             .map_err(|e| format!("node {}: write_snapshot: {e}", self.id))?;
-        let conf = raw.status().conf;
+        let conf = rep.core().status().conf;
         let snap = SnapFile {
             meta: SnapshotMeta {
                 index,
@@ -588,7 +570,8 @@ impl SimNode {
         self.disk
             .save_snapshot(snap, false)
             .map_err(|e| format!("node {}: save snapshot: {e}", self.id))?;
-        raw.store_mut()
+        rep.core_mut()
+            .store_mut()
             .compact(index, term)
             .map_err(|e| format!("node {}: compact: {e}", self.id))?;
         out.push(Action::Trace(format!(
@@ -609,7 +592,7 @@ impl SimNode {
     }
 
     fn send_chunk(&self, peer: u64, snap: &SnapFile, off: usize, out: &mut Vec<Action>) {
-        let Some(raw) = self.raw.as_ref() else {
+        let Some(rep) = self.rep.as_ref() else {
             return;
         };
         let len = snap.data.len();
@@ -618,7 +601,7 @@ impl SimNode {
         out.push(Action::Send(Message {
             from: self.id,
             to: peer,
-            term: raw.status().term,
+            term: rep.core().term(),
             body: Some(Body::InstallSnapshot(InstallSnapshot {
                 meta: Some(snap.meta.clone()),
                 offset: off as u64,
@@ -656,8 +639,8 @@ impl SimNode {
                     return Ok(());
                 }
                 self.snap_out.remove(&from);
-                if let Some(raw) = self.raw.as_mut() {
-                    raw.report_snapshot(from, r.success && r.done);
+                if let Some(rep) = self.rep.as_mut() {
+                    rep.core_mut().report_snapshot(from, r.success && r.done);
                 }
             }
             Some(Body::InstallSnapshot(s)) => {
@@ -692,7 +675,7 @@ impl SimNode {
                             })),
                         }));
                     };
-                let term = self.raw.as_ref().map_or(0, |r| r.status().term);
+                let term = self.rep.as_ref().map_or(0, |r| r.core().term());
                 if !ok {
                     self.snap_in = None;
                     respond(false, false, 0, out, term);
@@ -710,14 +693,14 @@ impl SimNode {
                     respond(false, false, 0, out, term);
                     return Ok(());
                 }
-                let Some(raw) = self.raw.as_mut() else {
+                let Some(rep) = self.rep.as_mut() else {
                     return Ok(());
                 };
-                if raw.restore_snapshot(meta.clone()) {
+                if rep.core_mut().restore_snapshot(meta.clone()) {
                     let kv = KvStore::restore_snapshot(&mut &buf[..]).map_err(|e| {
                         format!("node {}: restore snapshot {}: {e}", self.id, meta.index)
                     })?;
-                    raw.store_mut().reset(meta.index, meta.term);
+                    rep.core_mut().store_mut().reset(meta.index, meta.term);
                     let snap = SnapFile {
                         meta: meta.clone(),
                         data: buf.into(),
@@ -731,20 +714,18 @@ impl SimNode {
                         })?;
                     }
                     checker.on_snapshot(self.id, meta.index, meta.term)?;
-                    self.kv = kv;
-                    self.applied = meta.index;
+                    rep.installed_snapshot(meta.index, kv);
                     out.push(Action::Trace(format!(
                         "node {} installed snapshot {}/t{}",
                         self.id, meta.index, meta.term
                     )));
-                    self.serve_reads(out);
                 } else {
                     out.push(Action::Trace(format!(
                         "node {} refused stale snapshot {}/t{}",
                         self.id, meta.index, meta.term
                     )));
                 }
-                let term = self.raw.as_ref().map_or(0, |r| r.status().term);
+                let term = self.rep.as_ref().map_or(0, |r| r.core().term());
                 respond(true, true, 0, out, term);
             }
             _ => {}
@@ -759,8 +740,8 @@ impl SimNode {
 
     /// Role and term, if up.
     pub fn role(&self) -> Option<(Role, u64, Option<u64>, u64)> {
-        self.raw.as_ref().map(|r| {
-            let s = r.status();
+        self.rep.as_ref().map(|r| {
+            let s = r.core().status();
             (s.role, s.term, s.leader, s.commit)
         })
     }
@@ -798,8 +779,11 @@ impl SimNode {
 }
 
 impl SimShell<'_> {
-    fn raw(&mut self) -> &mut RawNode<MemLog> {
-        self.node.raw.as_mut().expect("a running node has a core")
+    fn rep(&mut self) -> &mut Replica<MemLog, SimRef> {
+        self.node
+            .rep
+            .as_mut()
+            .expect("a running node has a replica")
     }
 }
 
@@ -807,7 +791,7 @@ impl ReadyShell for SimShell<'_> {
     type Store = MemLog;
 
     fn core(&mut self) -> &mut RawNode<MemLog> {
-        self.raw()
+        self.rep().core_mut()
     }
 
     fn bug(&self) -> NodeBug {
@@ -830,7 +814,12 @@ impl ReadyShell for SimShell<'_> {
     fn append(&mut self, entries: &[Entry]) -> Result<(), String> {
         let id = self.node.id;
         let last_commit = self.node.last_commit;
-        let raw = self.node.raw.as_mut().expect("a running node has a core");
+        let raw = self
+            .node
+            .rep
+            .as_mut()
+            .expect("a running node has a replica")
+            .core_mut();
         let prev_term = raw.store().term(entries[0].index - 1).ok();
         self.checker.on_append(id, prev_term, entries)?;
         // Never rewrite an entry at or below the commit index this node knew.
@@ -867,33 +856,25 @@ impl ReadyShell for SimShell<'_> {
         Ok(SyncStatus::Pending)
     }
 
+    fn flush_clients(&mut self) {
+        self.node.deliver_answers(self.out);
+    }
+
     fn apply_and_serve(
         &mut self,
         committed: Vec<Entry>,
         reads: Vec<ReadState>,
         failed_reads: Vec<u64>,
     ) -> Result<(), String> {
-        let n = &mut *self.node;
-        if let Some(last) = committed.last().map(|e| e.index) {
-            for e in &committed {
-                n.apply(e, self.checker, self.out)?;
-            }
-            self.raw().on_applied(last);
+        let applied = self.rep().applied();
+        for e in committed.iter().filter(|e| e.index > applied) {
+            self.node.check_apply(e, self.checker, self.out)?;
+        }
+        let any = committed.last().is_some_and(|e| e.index > applied);
+        self.rep().apply_and_serve(committed, reads, failed_reads);
+        if any {
             self.node.maybe_snapshot(self.out)?;
         }
-        let n = &mut *self.node;
-        n.ready_reads.extend(reads);
-        for ctx in failed_reads {
-            if let Some((client, attempt, _)) = n.reads.remove(&ctx) {
-                self.out.push(Action::Reply {
-                    client,
-                    attempt,
-                    seq: 0,
-                    reply: Reply::Unavailable,
-                });
-            }
-        }
-        n.serve_reads(self.out);
         Ok(())
     }
 
@@ -928,7 +909,11 @@ impl SimNode {
             let Ok(cmd) = kvpb::Command::decode(&e.data[..]) else {
                 continue;
             };
-            let Some((client, attempt)) = self.writes.remove(&(cmd.client_id, cmd.seq)) else {
+            let Some(&to) = self
+                .rep
+                .as_mut()
+                .and_then(|r| r.requests().pending_write(e.index))
+            else {
                 continue;
             };
             let r = match cmd.op {
@@ -941,9 +926,9 @@ impl SimNode {
                 None => continue,
             };
             out.push(Action::Reply {
-                client,
-                attempt,
-                seq: cmd.seq,
+                client: to.client,
+                attempt: to.attempt,
+                seq: to.seq,
                 reply: Reply::Write(r),
             });
         }

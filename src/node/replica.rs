@@ -1,0 +1,309 @@
+//! One replica's state between the core and the shell: the Raft core, the KV state machine,
+//! the pending client requests, and what happens to them when entries apply, reads are
+//! confirmed, a snapshot is installed or leadership changes. The server and the simulator
+//! both hold one and drive it the same way, so the simulator checks the request handling
+//! that ships.
+//!
+//! Nothing here touches a socket, a file or a clock: the shell passes the time (milliseconds
+//! on its own clock) with each request and to [`Replica::expire`], and takes the answers
+//! from [`Replica::requests`] (see `requests.rs`).
+
+use super::requests::{ReadOp, Requests};
+use crate::kv::{error_result, ApplyResult, KvStore};
+use crate::pb::kvpb::{self, ErrorCode};
+use crate::raft::{Entry, EntryType, LogStore, ProposeError, RawNode, ReadState, Role};
+use std::collections::HashMap;
+
+/// What a replica needs to know beyond its core.
+#[derive(Debug, Clone, Default)]
+pub struct ReplicaConfig {
+    /// Milliseconds after which a request not yet answered gets TIMEOUT.
+    pub request_timeout_ms: u64,
+    /// Serve LEASE reads from the leader lease (else they take the ReadIndex path).
+    pub lease_read: bool,
+    /// Client addresses of the members, for NOT_LEADER redirects.
+    pub client_addrs: HashMap<u64, String>,
+}
+
+/// A leadership change seen by [`Replica::check_leadership`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LeadershipChange {
+    /// `Some(term)` while this node leads in `term`.
+    pub leading: Option<u64>,
+    /// Whether this node stopped or started leading (outbound snapshot streams are dropped).
+    pub role_changed: bool,
+}
+
+/// The core, the state machine and the requests of one node.
+pub struct Replica<L: LogStore, A> {
+    id: u64,
+    core: RawNode<L>,
+    kv: KvStore,
+    /// Index of the last entry applied (configuration entries included; the KV store's own
+    /// applied index counts only the entries it executed).
+    applied: u64,
+    /// Command bytes applied over this replica's life (the snapshot policy's byte count).
+    applied_bytes: u64,
+    requests: Requests<A>,
+    cfg: ReplicaConfig,
+    /// Some(term) while this node is leader in `term`.
+    leader_term: Option<u64>,
+    last_leader: Option<u64>,
+}
+
+/// Serves a read from the state machine.
+fn serve(kv: &KvStore, op: &ReadOp) -> ApplyResult {
+    match op {
+        ReadOp::Get(g) => ApplyResult::Get(kv.get(&g.key)),
+        ReadOp::Scan(s) => ApplyResult::Scan(kv.scan(s)),
+    }
+}
+
+impl<L: LogStore, A> Replica<L, A> {
+    /// A replica over `core`, whose state machine `kv` has applied through `applied`.
+    pub fn new(core: RawNode<L>, kv: KvStore, applied: u64, cfg: ReplicaConfig) -> Self {
+        Replica {
+            id: core.status().id,
+            core,
+            kv,
+            applied,
+            applied_bytes: 0,
+            requests: Requests::new(cfg.request_timeout_ms),
+            cfg,
+            leader_term: None,
+            last_leader: None,
+        }
+    }
+
+    pub fn core(&self) -> &RawNode<L> {
+        &self.core
+    }
+
+    pub fn core_mut(&mut self) -> &mut RawNode<L> {
+        &mut self.core
+    }
+
+    pub fn kv(&self) -> &KvStore {
+        &self.kv
+    }
+
+    /// Index of the last entry applied.
+    pub fn applied(&self) -> u64 {
+        self.applied
+    }
+
+    /// Command bytes applied over this replica's life.
+    pub fn applied_bytes(&self) -> u64 {
+        self.applied_bytes
+    }
+
+    /// The pending requests (the shell takes their answers and expires their deadlines).
+    pub fn requests(&mut self) -> &mut Requests<A> {
+        &mut self.requests
+    }
+
+    /// Answers TIMEOUT to requests whose deadline passed (`now` on the shell's clock).
+    pub fn expire(&mut self, now: u64) {
+        self.requests.expire(now);
+    }
+
+    /// The earliest deadline of a pending request (milliseconds on the shell's clock).
+    pub fn next_deadline(&self) -> Option<u64> {
+        self.requests.next_deadline()
+    }
+
+    /// The NOT_LEADER / UNAVAILABLE error for a refused proposal or read.
+    pub fn refusal(&self, e: ProposeError) -> ApplyResult {
+        match e {
+            ProposeError::NotLeader { leader } => {
+                let leader_id = leader.filter(|&l| l != self.id).unwrap_or(0);
+                ApplyResult::Error(kvpb::Error {
+                    code: ErrorCode::NotLeader as i32,
+                    message: match leader_id {
+                        0 => "not the leader; leader unknown".into(),
+                        l => format!("not the leader; try node {l}"),
+                    },
+                    leader_id,
+                    leader_addr: self
+                        .cfg
+                        .client_addrs
+                        .get(&leader_id)
+                        .cloned()
+                        .unwrap_or_default(),
+                })
+            }
+            ProposeError::TransferInProgress => error_result(
+                ErrorCode::Unavailable,
+                "leadership transfer in progress".into(),
+            ),
+            ProposeError::NoLease => error_result(ErrorCode::Unavailable, "no leader lease".into()),
+            ProposeError::Overloaded => error_result(
+                ErrorCode::Unavailable,
+                "too many uncommitted writes; retry later".into(),
+            ),
+        }
+    }
+
+    /// Proposes a write for `to`, arrived at `now`. Returns its log index if the core took it
+    /// (it is answered when it applies); a refusal is answered at once.
+    pub fn write(&mut self, to: A, cmd: &kvpb::Command, now: u64) -> Option<u64> {
+        match self.core.propose(crate::kv::encode_command(cmd)) {
+            Ok(index) => {
+                let term = self.core.term();
+                self.requests.add_write(index, term, to, now);
+                Some(index)
+            }
+            Err(e) => {
+                let r = self.refusal(e);
+                self.requests.answer(to, r);
+                None
+            }
+        }
+    }
+
+    /// Starts a read for `to` at consistency `c`, arrived at `now`. `tick_overdue`: a Raft
+    /// tick is due but not yet applied, so the lease clock lags real time and a lease read
+    /// takes the ReadIndex path (always safe) instead.
+    pub fn read(&mut self, to: A, c: kvpb::Consistency, op: ReadOp, now: u64, tick_overdue: bool) {
+        use kvpb::Consistency;
+        match c {
+            Consistency::Stale => {
+                let r = serve(&self.kv, &op);
+                self.requests.answer(to, r);
+            }
+            Consistency::Lease if self.cfg.lease_read && !tick_overdue => {
+                match self.core.lease_read() {
+                    Ok(index) => {
+                        let ctx = self.requests.add_read(to, op, now);
+                        self.requests.confirm_read(ctx, index);
+                        self.requests
+                            .serve_confirmed(self.applied, |op| serve(&self.kv, op));
+                    }
+                    // No valid lease right now: fall back to ReadIndex.
+                    Err(ProposeError::NoLease) => self.read_index(to, op, now),
+                    Err(e) => {
+                        let r = self.refusal(e);
+                        self.requests.answer(to, r);
+                    }
+                }
+            }
+            // LINEARIZABLE, and LEASE when lease reads are off or the lease clock lags.
+            _ => self.read_index(to, op, now),
+        }
+    }
+
+    fn read_index(&mut self, to: A, op: ReadOp, now: u64) {
+        // `add_read` registers the read under exactly this context.
+        match self.core.read_index(self.requests.next_read_ctx()) {
+            Ok(()) => {
+                self.requests.add_read(to, op, now);
+            }
+            Err(e) => {
+                let r = self.refusal(e);
+                self.requests.answer(to, r);
+            }
+        }
+    }
+
+    /// Applies committed entries (answering their writes), then serves the reads they
+    /// unblock and fails `failed_reads`. Entries at or below the applied index are skipped.
+    pub fn apply_and_serve(
+        &mut self,
+        committed: Vec<Entry>,
+        reads: Vec<ReadState>,
+        failed_reads: Vec<u64>,
+    ) {
+        let before = self.applied;
+        for e in committed {
+            if e.index <= self.applied {
+                continue;
+            }
+            self.applied_bytes += e.data.len() as u64;
+            let result = if e.entry_type == EntryType::EntryNormal as i32 {
+                self.kv.apply(e.index, &e.data)
+            } else {
+                log::info!("config change entry at index {} ignored", e.index);
+                None
+            };
+            self.applied = e.index;
+            self.requests.applied_write(e.index, e.term, result);
+        }
+        if self.applied > before {
+            self.core.on_applied(self.applied);
+        }
+        for rs in reads {
+            self.requests.confirm_read(rs.ctx, rs.index);
+        }
+        self.requests
+            .serve_confirmed(self.applied, |op| serve(&self.kv, op));
+        for ctx in failed_reads {
+            self.requests.read_failed(ctx);
+        }
+    }
+
+    /// A received snapshot at `index` is durable and the core took it: its state replaces
+    /// the state machine. Only a follower receives snapshots, so writes still pending here
+    /// are from a lost leadership and their entries may have been replaced by the snapshot
+    /// (never applied here one by one): they are answered UNCERTAIN. Reads stay: confirmed
+    /// ones are served from the newer state, unconfirmed ones wait for their confirmation.
+    pub fn installed_snapshot(&mut self, index: u64, kv: KvStore) {
+        self.kv = kv;
+        self.applied = index;
+        self.requests.fail_writes(
+            ErrorCode::Uncertain,
+            "leadership lost; the write may or may not apply",
+        );
+        self.requests
+            .serve_confirmed(self.applied, |op| serve(&self.kv, op));
+    }
+
+    /// Notices leadership changes after a Ready; a lost leadership answers its pending
+    /// writes UNCERTAIN (they may still commit: a retry with the same session seq is
+    /// exactly-once) and its unconfirmed reads UNAVAILABLE.
+    pub fn check_leadership(&mut self) -> LeadershipChange {
+        let leading = (self.core.role() == Role::Leader).then_some(self.core.term());
+        let role_changed = leading != self.leader_term;
+        if role_changed {
+            if let Some(t) = self.leader_term {
+                log::info!("node {} lost leadership of term {t}", self.id);
+                self.requests.fail_writes_and_unconfirmed_reads(
+                    ErrorCode::Uncertain,
+                    "leadership lost; the write may or may not apply",
+                );
+            }
+            if let Some(t) = leading {
+                log::info!("node {} became leader in term {t}", self.id);
+            }
+            self.leader_term = leading;
+        }
+        let leader = self.core.leader();
+        if leader != self.last_leader {
+            if let Some(l) = leader.filter(|&l| l != self.id) {
+                log::info!(
+                    "node {} following leader {l} in term {}",
+                    self.id,
+                    self.core.term()
+                );
+            }
+            self.last_leader = leader;
+        }
+        LeadershipChange {
+            leading,
+            role_changed,
+        }
+    }
+
+    /// Some(term) while this node leads in `term` (as of the last `check_leadership`).
+    pub fn leader_term(&self) -> Option<u64> {
+        self.leader_term
+    }
+
+    /// Answers everything pending with SHUTTING_DOWN. A write may still commit after this
+    /// node stops (it may already be on a majority), so the message says so.
+    pub fn shutdown(&mut self) {
+        self.requests.fail_all(
+            ErrorCode::ShuttingDown,
+            "the server is shutting down; a write may or may not apply",
+        );
+    }
+}

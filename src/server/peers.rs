@@ -1,0 +1,114 @@
+//! The links to the other members: dialling them (with a connect timeout and back-off),
+//! taking Raft messages off inbound peer connections into the core (after the sender, the
+//! receiver and the message's bounds are checked), and queueing and flushing outbound ones.
+
+use super::timers::TimerEvent;
+use super::Server;
+use crate::net::framing;
+use crate::net::peer::{PeerEvent, PeerState};
+use crate::raft::Message;
+use mio::{event::Event, Token};
+use std::time::{Duration, Instant};
+
+/// How long a peer connect attempt may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+impl Server {
+    pub(super) fn on_peer_event(&mut self, id: u64, ev: &Event) {
+        let Some(peer) = self.peers.get_mut(&id) else {
+            return;
+        };
+        match peer.on_event(self.poll.registry(), ev) {
+            PeerEvent::Nothing | PeerEvent::Connected => {}
+            PeerEvent::Failed(delay) => {
+                self.peer_by_token.remove(&ev.token());
+                self.unreachable.insert(id);
+                self.timers
+                    .insert(Instant::now() + delay, TimerEvent::Reconnect(id));
+            }
+        }
+    }
+
+    pub(super) fn connect_peer(&mut self, id: u64) {
+        let token = self.tokens.next_token();
+        let Some(peer) = self.peers.get_mut(&id) else {
+            return;
+        };
+        if peer.state() != PeerState::Idle {
+            return; // a stale reconnect timer: the link is already up or coming up
+        }
+        match peer.connect(self.poll.registry(), token) {
+            Ok(()) => {
+                if peer.token() == Some(token) {
+                    self.peer_by_token.insert(token, id);
+                    // A SYN to a dead host can hang for minutes: bound the attempt.
+                    self.timers.insert(
+                        Instant::now() + CONNECT_TIMEOUT,
+                        TimerEvent::ConnectTimeout(id, token),
+                    );
+                }
+            }
+            Err(delay) => {
+                self.timers
+                    .insert(Instant::now() + delay, TimerEvent::Reconnect(id));
+            }
+        }
+    }
+
+    pub(super) fn on_peer_frame(&mut self, token: Token, frame: bytes::Bytes) {
+        let msg: Message = match framing::decode(frame) {
+            Ok(m) => m,
+            Err(e) => {
+                log::warn!("dropping peer connection {}: {e}", token.0);
+                self.close(token, "undecodable peer frame");
+                return;
+            }
+        };
+        if msg.to != self.cfg.id || !self.peers.contains_key(&msg.from) {
+            log::warn!(
+                "ignoring raft message from {} to {} (this is node {})",
+                msg.from,
+                msg.to,
+                self.cfg.id
+            );
+            return;
+        }
+        if let Err(e) = crate::net::bounds::check_message(&msg) {
+            // Never let an out-of-range index or term reach the core (overflow, panic).
+            log::warn!("dropping raft message from node {}: {e}", msg.from);
+            return;
+        }
+        self.replica.core_mut().step(msg);
+    }
+
+    pub(super) fn send_peer(&mut self, msg: Message) {
+        let to = msg.to;
+        let Some(peer) = self.peers.get_mut(&to) else {
+            log::warn!("raft message for unknown node {to} dropped");
+            return;
+        };
+        if peer.send(framing::frame_bytes(&msg)) {
+            self.dirty_peers.insert(to);
+        } else {
+            self.unreachable.insert(to);
+        }
+    }
+
+    /// Writes every peer queue that has new messages.
+    pub(super) fn flush_peers(&mut self) {
+        for id in std::mem::take(&mut self.dirty_peers) {
+            let Some(peer) = self.peers.get_mut(&id) else {
+                continue;
+            };
+            let token = peer.token();
+            if let Err(delay) = peer.flush(self.poll.registry()) {
+                if let Some(t) = token {
+                    self.peer_by_token.remove(&t);
+                }
+                self.unreachable.insert(id);
+                self.timers
+                    .insert(Instant::now() + delay, TimerEvent::Reconnect(id));
+            }
+        }
+    }
+}
