@@ -1,4 +1,6 @@
-//! Read-only inspection of a data directory (for `raftkv-log`): never modifies a file.
+//! Read-only inspection of a data directory, for `raftkv-log` and the server's startup check
+//! (`snapshot::recover::check_data_dir`): never modifies a file. The log is scanned by the same
+//! `logscan::scan_log_dir` that `Log::open` uses, on read-only maps.
 
 use super::fsutil::{map_ro, release_map};
 use super::logscan;
