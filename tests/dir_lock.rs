@@ -1,6 +1,7 @@
-//! The directory lock (src/storage/lock.rs: `DIR/LOCK`, taken by the server first, and
-//! `DIR/log/LOCK`, taken by `Log::open`): one owner per directory, across threads and processes,
-//! released by a crash; a second `raftkv serve` is refused.
+//! The directory lock (src/storage/lock.rs): one owner per directory, across threads and
+//! processes, released by a crash; a second `raftkv serve` is refused. The server takes it once,
+//! on its data directory (`DIR/LOCK`), and opens the log under it (`Log::open_in`: no
+//! `DIR/log/LOCK`); a standalone `Log::open` locks its own directory.
 //!
 //! Separate from tests/storage.rs on purpose: these tests spawn processes, and between fork and
 //! exec a child shares every descriptor of this process (close-on-exec acts only at exec), so
@@ -198,7 +199,7 @@ fn second_server_on_the_same_data_dir_is_refused() {
         .unwrap();
     assert!(!status.success(), "{err}");
     // The server locks the data directory itself (DIR/LOCK, before it opens anything in it;
-    // the log takes DIR/log/LOCK too).
+    // the log is opened under that lock and takes none of its own).
     assert!(
         err.contains(dir.path().to_str().unwrap())
             && err.contains(&format!("locked by process {}", first.0.id())),
@@ -235,11 +236,58 @@ fn server_locks_its_data_dir_before_touching_anything() {
     // Unlocked: the node opens (and cleans up the leftover temp file)...
     let server = Server::open(cfg.clone()).unwrap();
     assert!(!tmp.exists());
-    // ...and holds the lock itself while it lives.
+    // ...and holds the lock itself while it lives: one lock, on the data directory (the log
+    // is opened under it and takes none of its own).
     let err = Server::open(cfg.clone())
         .err()
         .expect("a second node must be refused");
     assert!(err.contains("locked by process"), "{err}");
+    let log_lock = d.path().join("log").join("LOCK");
+    assert!(
+        d.path().join("LOCK").exists() && !log_lock.exists(),
+        "expected DIR/LOCK only; DIR/log/LOCK exists: {}",
+        log_lock.exists()
+    );
+    let e =
+        DirLock::acquire(d.path()).expect_err("the data dir must be locked while the node lives");
+    assert!(e.to_string().contains("locked by process"), "{e}");
     drop(server);
     drop(Server::open(cfg).unwrap());
+}
+
+/// `Log::open_in`: a log opened under its owner's lock on a containing directory takes no lock
+/// of its own, keeps the owner's lock alive for as long as it lives (even when the owner drops
+/// its handle first), and refuses a lock that does not cover its directory.
+#[test]
+fn log_opened_under_the_data_dir_lock_shares_it() {
+    use raftkv::storage::DirLock;
+    let _serial = LOCK_TESTS.lock().unwrap_or_else(|e| e.into_inner());
+    let d = tmpdir();
+    let other = tmpdir();
+    let log_dir = d.path().join("log");
+    let lock = DirLock::acquire(d.path()).unwrap();
+    let foreign = DirLock::acquire(other.path()).unwrap();
+    let e = Log::open_in(&log_dir, opts(4096), 0, &foreign)
+        .err()
+        .expect("a lock on another directory must be refused");
+    assert!(
+        e.to_string().contains("not inside the locked directory"),
+        "{e}"
+    );
+    assert!(!log_dir.exists(), "refused, yet the log dir was created");
+    let log = Log::open_in(&log_dir, opts(4096), 0, &lock).unwrap();
+    assert!(
+        !log_dir.join("LOCK").exists(),
+        "the log took a lock of its own"
+    );
+    // The owner's handle goes first: the log still holds the data directory.
+    drop(lock);
+    let e = DirLock::acquire(d.path()).expect_err("the log's share must keep the data dir locked");
+    assert!(
+        e.to_string()
+            .contains(&format!("locked by process {}", std::process::id())),
+        "{e}"
+    );
+    drop(log);
+    DirLock::acquire(d.path()).expect("released with the last handle");
 }

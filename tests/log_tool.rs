@@ -230,6 +230,19 @@ fn damaged_dirs() {
     let o = run(&["stats", ds]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     assert!(text(&o).contains("tail damage"), "{}", text(&o));
+    std::fs::write(last, &orig).unwrap();
+
+    // A segment allocation a crash interrupted (`*.seg.tmp`): never read as a segment; verify
+    // and stats name it, exit 0 (the server removes it on open).
+    let alloc_tmp = d.join("log").join(format!("{:020}.seg.tmp", 101));
+    std::fs::write(&alloc_tmp, [0u8; 100]).unwrap();
+    let tmp_name = alloc_tmp.file_name().unwrap().to_str().unwrap();
+    for cmd in ["verify", "stats"] {
+        let o = run(&[cmd, ds]);
+        assert_eq!(o.status.code(), Some(0), "{cmd}: {}", text(&o));
+        assert!(text(&o).contains(tmp_name), "{cmd}: {}", text(&o));
+    }
+    std::fs::remove_file(&alloc_tmp).unwrap();
 
     // Unsynced leftovers after the last record (non-zero bytes where the log has ended): also
     // repaired on open, so a warning; damage with --strict.

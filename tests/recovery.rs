@@ -8,7 +8,9 @@
 //!   as it describes (real nodes, damaged files, raw peer frames).
 //! - `damage_matrix_server_and_verify_agree`: every kind of damage the storage and log-tool
 //!   tests make plus the new ones, on a real node's data directory: the server's open and
-//!   `verify` both refuse, or both accept with the same recovered range.
+//!   `verify` both refuse, or both accept with the same recovered range (including the storage
+//!   level stubs of issue 16: a zero-byte segment left by a failed allocation, a cut header,
+//!   leftover allocation temp files; tests/storage_agree.rs runs the full storage-level set).
 
 mod common;
 
@@ -641,6 +643,35 @@ fn damage_matrix_server_and_verify_agree() {
                 })
             },
         ),
+        (
+            "zero-byte segment stub of a failed allocation (#16)",
+            Expect::Accept,
+            {
+                Box::new(move |d| {
+                    let name = format!("log/{:020}.seg", last_index + 1);
+                    std::fs::write(d.join(name), b"").unwrap();
+                })
+            },
+        ),
+        ("new segment with its header cut short", Expect::Refuse, {
+            let p = last_rel.clone();
+            Box::new(move |d| {
+                // A non-zero partial header: not a torn creation (the allocation writes the
+                // header before the file gets its segment name), so damage.
+                let h = std::fs::read(d.join(&p)).unwrap()[..30].to_vec();
+                let name = format!("log/{:020}.seg", last_index + 1);
+                std::fs::write(d.join(name), h).unwrap();
+            })
+        }),
+        ("leftover segment allocation temp files", Expect::Accept, {
+            let p = last_rel.clone();
+            Box::new(move |d| {
+                let mut h = std::fs::read(d.join(&p)).unwrap();
+                h[64..].fill(0);
+                std::fs::write(d.join(format!("log/{:020}.seg.tmp", last_index + 1)), h).unwrap();
+                std::fs::write(d.join(format!("log/{:020}.seg.tmp", last_index + 2)), b"").unwrap();
+            })
+        }),
         ("damaged log/meta", Expect::Refuse, {
             Box::new(|d| flip(&d.join("log/meta"), 9))
         }),

@@ -1,56 +1,22 @@
 //! Storage tests: the log against an in-memory model (proptest, with simulated crashes), torn
-//! tails at every byte, random bit flips, hard state torn writes, snapshot damage.
+//! tails at every byte, random bit flips, hard state torn writes, snapshot damage, failed segment
+//! allocations. Helpers shared with tests/storage_agree.rs are in tests/storage_util/.
+//!
+//! No test here may spawn a process: between fork and exec a child co-holds every descriptor of
+//! this process, including the locks of logs other test threads drop and reopen.
+
+mod storage_util;
 
 use bytes::Bytes;
 use proptest::prelude::*;
 use raftkv::raft::{ConfState, Entry, HardState, LogError, LogStore, SnapshotMeta};
 use raftkv::rng::Rng;
 use raftkv::storage::inspect::Check;
-use raftkv::storage::{
-    HardStateFile, Log, LogOptions, SnapshotReader, SnapshotStore, StorageError,
-};
-use std::collections::BTreeMap;
+use raftkv::storage::{HardStateFile, Log, SnapshotReader, SnapshotStore, StorageError};
 use std::fs;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-
-/// A scratch directory, on tmpfs when available: these tests simulate crashes by editing files,
-/// so they do not need a real disk, and fsync on a shared CI disk costs milliseconds each.
-fn tmpdir() -> tempfile::TempDir {
-    let shm = Path::new("/dev/shm");
-    if shm.is_dir() {
-        if let Ok(d) = tempfile::Builder::new()
-            .prefix("raftkv-storage-")
-            .tempdir_in(shm)
-        {
-            return d;
-        }
-    }
-    tempfile::tempdir().unwrap()
-}
-
-fn opts(segment_size: u64) -> LogOptions {
-    LogOptions { segment_size }
-}
-
-fn entry(rng: &mut Rng, index: u64, term: u64, max_len: u64) -> Entry {
-    let n = rng.range(0, max_len + 1) as usize;
-    let data: Vec<u8> = (0..n).map(|_| rng.next_u64() as u8).collect();
-    Entry {
-        index,
-        term,
-        entry_type: (rng.range(0, 10) == 0) as i32,
-        data: Bytes::from(data),
-    }
-}
-
-fn all_entries(log: &Log) -> Vec<Entry> {
-    let (f, l) = (log.first_index(), log.last_index());
-    if l < f {
-        return Vec::new();
-    }
-    log.entries(f, l + 1, u64::MAX).unwrap()
-}
+use storage_util::*;
 
 fn replayed(log: &Log) -> Vec<Entry> {
     let mut v = Vec::new();
@@ -200,21 +166,6 @@ fn conflicting_append_truncates_and_compaction_survives_restart() {
 
 // ---------------------------------------------------------------------------------------------
 // Model-based test with simulated crashes.
-
-/// Copies of every file in the log dir as of the last durable point.
-type Files = BTreeMap<String, Vec<u8>>;
-
-fn read_files(dir: &Path) -> Files {
-    let mut m = Files::new();
-    for e in fs::read_dir(dir).unwrap() {
-        let e = e.unwrap();
-        m.insert(
-            e.file_name().to_string_lossy().into_owned(),
-            fs::read(e.path()).unwrap(),
-        );
-    }
-    m
-}
 
 /// Simulates a crash: every 512-byte sector (except the header, fsynced at creation)
 /// of the active (last) segment independently keeps
@@ -444,48 +395,6 @@ proptest! {
 // ---------------------------------------------------------------------------------------------
 // Crash damage: torn tails at every byte, random bit flips.
 
-/// Builds a synced log in `dir` spanning several segments; returns its entries.
-fn build_log(dir: &Path, seg: u64, n: u64, seed: u64) -> Vec<Entry> {
-    let mut rng = Rng::new(seed);
-    let mut log = Log::open(dir, opts(seg)).unwrap();
-    // Non-empty random payloads (a run of zeros could pass for a lost write).
-    let es: Vec<Entry> = (1..=n)
-        .map(|i| {
-            let mut e = entry(&mut rng, i, 1 + i / 40, 120);
-            let mut d = e.data.to_vec();
-            d.push(1);
-            d.iter_mut().for_each(|b| *b |= 1);
-            e.data = Bytes::from(d);
-            e
-        })
-        .collect();
-    log.append(&es).unwrap();
-    log.sync().unwrap();
-    es
-}
-
-fn last_seg(dir: &Path) -> PathBuf {
-    let mut v: Vec<PathBuf> = fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|x| x == "seg"))
-        .collect();
-    v.sort();
-    v.pop().unwrap()
-}
-
-/// (offset of the last record, end of the last record) in the segment holding `es`'s tail.
-fn last_record_span(path: &Path, es: &[Entry]) -> (usize, usize) {
-    let first: u64 = path.file_stem().unwrap().to_str().unwrap().parse().unwrap();
-    let mut off = 64;
-    let mut last = off;
-    for e in &es[(first - 1) as usize..] {
-        last = off;
-        off += 32 + e.data.len();
-    }
-    (last, off)
-}
-
 #[test]
 fn torn_tail_at_every_byte_recovers_the_prefix() {
     let tmp = tmpdir();
@@ -516,15 +425,6 @@ fn torn_tail_at_every_byte_recovers_the_prefix() {
         }
     }
     fs::write(&seg, &orig).unwrap();
-}
-
-fn restore(dir: &Path, files: &Files) {
-    for e in fs::read_dir(dir).unwrap() {
-        fs::remove_file(e.unwrap().path()).unwrap();
-    }
-    for (name, b) in files {
-        fs::write(dir.join(name), b).unwrap();
-    }
 }
 
 #[test]
@@ -880,4 +780,146 @@ fn garbage_files_never_panic() {
         let store = SnapshotStore::open(&dir.join("snap")).unwrap();
         assert!(store.latest().is_err(), "{ctx}: garbage snapshot accepted");
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Segment allocation (issue 16): a failed allocation leaves nothing behind; what an interrupted
+// one leaves (`*.seg.tmp`) is never read as a segment and is removed on open.
+
+/// Segment and allocation temp file names in `dir`, sorted.
+fn seg_and_temp_names(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.ends_with(".seg") || n.ends_with(".seg.tmp"))
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn failed_segment_allocation_leaves_nothing_behind() {
+    use raftkv::storage::segment::fault::{fail_next_allocation_at, AllocStep};
+    for step in [
+        AllocStep::Preallocate,
+        AllocStep::Header,
+        AllocStep::Rename,
+        AllocStep::SyncDir,
+    ] {
+        let tmp = tmpdir();
+        let dir = tmp.path();
+        let mut rng = Rng::new(16);
+        let mut log = Log::open(dir, opts(1024)).unwrap();
+        // Past one rollover first, so a sealed segment precedes the failing allocation.
+        let mut es = Vec::new();
+        while log.segment_count() < 2 {
+            let e = entry(&mut rng, es.len() as u64 + 1, 1, 100);
+            log.append(std::slice::from_ref(&e)).unwrap();
+            es.push(e);
+        }
+        log.sync().unwrap();
+        let segs_before = log.segment_count();
+        fail_next_allocation_at(Some(step));
+        let (failed, err) = loop {
+            let e = entry(&mut rng, es.len() as u64 + 1, 1, 100);
+            match log.append(std::slice::from_ref(&e)) {
+                Ok(()) => es.push(e),
+                Err(err) => break (e, err),
+            }
+            assert!(
+                es.len() < 1000,
+                "{step:?}: the armed allocation never failed"
+            );
+        };
+        fail_next_allocation_at(None);
+        let msg = err.to_string();
+        // Names the file (the directory, when its sync failed).
+        let named = match step {
+            AllocStep::SyncDir => dir.display().to_string(),
+            _ => format!("{:020}.seg", failed.index),
+        };
+        assert!(
+            msg.contains("No space left on device") && msg.contains(&named),
+            "{step:?}: {msg}"
+        );
+        log.sync().unwrap();
+        assert_eq!(log.segment_count(), segs_before, "{step:?}");
+        let expect_names: Vec<String> = log
+            .segment_paths()
+            .iter()
+            .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(
+            seg_and_temp_names(dir),
+            expect_names,
+            "{step:?}: the failed allocation left a file behind"
+        );
+        assert_eq!(log.last_index(), es.len() as u64, "{step:?}");
+        // The server's startup check and verify see a sound log, no warning; the log reopens
+        // with everything appended before the failure.
+        drop(log);
+        let strict = raftkv::storage::inspect::inspect_log(dir, Check::Strict)
+            .unwrap_or_else(|e| panic!("{step:?}: verify --strict: {e}"));
+        assert_eq!(strict.last_index(), es.len() as u64, "{step:?}");
+        assert_eq!(
+            startup_check(dir),
+            Ok((1, es.len() as u64, Vec::new())),
+            "{step:?}"
+        );
+        let mut log = Log::open(dir, opts(1024)).unwrap();
+        assert_eq!(all_entries(&log), es, "{step:?}");
+        // Space is back: the same append now allocates the segment and survives a reopen.
+        log.append(std::slice::from_ref(&failed)).unwrap();
+        log.sync().unwrap();
+        es.push(failed);
+        assert_eq!(log.segment_count(), segs_before + 1, "{step:?}");
+        drop(log);
+        assert_eq!(
+            all_entries(&Log::open(dir, opts(1024)).unwrap()),
+            es,
+            "{step:?}"
+        );
+    }
+}
+
+/// A crash during an allocation leaves `<first>.seg.tmp` (any length, any content: it was never
+/// renamed into place). verify and the startup check report it as a warning, not damage, with
+/// the same range the log opens with; `Log::open` removes it.
+#[test]
+fn leftover_allocation_temp_files_are_removed_on_open() {
+    let tmp = tmpdir();
+    let dir = tmp.path();
+    let es = build_log(dir, 1024, 40, 5);
+    let last = es.len() as u64;
+    let header = fs::read(last_seg(dir)).unwrap()[..64].to_vec();
+    let temps = [
+        (format!("{:020}.seg.tmp", last + 1), Vec::new()),
+        (format!("{:020}.seg.tmp", last + 2), vec![0u8; 1024]),
+        (format!("{:020}.seg.tmp", last + 3), header),
+    ];
+    for (name, b) in &temps {
+        fs::write(dir.join(name), b).unwrap();
+    }
+    let (first, l, warnings) = startup_check(dir).unwrap();
+    assert_eq!((first, l), (1, last));
+    assert_eq!(
+        warnings.len(),
+        temps.len(),
+        "one warning per temp file: {warnings:?}"
+    );
+    for (name, _) in &temps {
+        assert!(
+            warnings.iter().any(|w| w.contains(name.as_str())),
+            "{name}: {warnings:?}"
+        );
+    }
+    let log = Log::open(dir, opts(1024)).unwrap();
+    assert_eq!(all_entries(&log), es);
+    let left: Vec<String> = seg_and_temp_names(dir)
+        .into_iter()
+        .filter(|n| n.ends_with(".tmp"))
+        .collect();
+    assert!(left.is_empty(), "not removed: {left:?}");
+    drop(log);
+    assert_eq!(startup_check(dir), Ok((1, last, Vec::new())));
 }

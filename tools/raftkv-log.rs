@@ -279,6 +279,13 @@ fn stats(dir: &Path) -> Result<(), Fail> {
             p.display()
         );
     }
+    for t in &info.temp_segments {
+        println!(
+            "interrupted:    {} (a segment allocation that never got its name; removed when \
+             the node opens the log)",
+            t.display()
+        );
+    }
     if let Some(h) = &dirs.hardstate {
         match hardstate::read(h.parent().unwrap_or(Path::new(".")))? {
             Some(hs) => println!(

@@ -40,7 +40,7 @@ impl Server {
             .map_err(|e| format!("cannot create data dir {}: {e}", dir.display()))?;
         // The lock comes first: nothing below may touch a directory another node owns
         // (SnapshotStore::open deletes leftover *.tmp files, the hard state may be rewritten).
-        // `Log::open` takes the same kind of lock again on DIR/log.
+        // It covers DIR/log too: the log is opened under it (`Log::open_in`) and locks nothing.
         let dir_lock = DirLock::acquire(dir).map_err(|e| format!("data dir: {e}"))?;
         let (mut hs_file, disk_hs) = HardStateFile::open(dir).map_err(|e| e.to_string())?;
         let mut hs = disk_hs;
@@ -60,12 +60,13 @@ impl Server {
         }
         // The commit index in the hard state is written only once its entries are synced:
         // the log may not be cut below it.
-        let mut log = Log::open_durable(
+        let mut log = Log::open_in(
             &dirs.log,
             LogOptions {
                 segment_size: cfg.segment_size,
             },
             disk_hs.commit,
+            &dir_lock,
         )
         .map_err(|e| e.to_string())?;
         if let Some((index, term)) = rec.reset_log {

@@ -120,13 +120,19 @@ pub fn check_data_dir(dirs: &DataDirs, check: Check) -> Result<Recovery, Snapsho
             p.display()
         ));
     }
-    let meta_path = dirs.log.join(crate::storage::log::META_FILE);
+    for t in &log.temp_segments {
+        warnings.push(format!(
+            "{}: leftover segment allocation (interrupted before it was renamed into place): \
+             the server removes it when it opens the log",
+            t.display()
+        ));
+    }
+    let meta_path = dirs.log.join(crate::storage::meta::META_FILE);
     let (mi, mt) = (log.snap_index, log.snap_term);
     // As Log::open: a log that does not continue from log/meta (an interrupted reset) is
     // dropped. Entries in it were not committed (the reset target is above the commit index).
     let mut last = log.last_index();
-    let last_seg = log.segments.last().map(|s| s.last_index());
-    if crate::storage::log::is_stale(mi, mt, last_seg, log.term_at(mi)?) {
+    if log.stale {
         if durable > mi {
             return Err(refuse(
                 &meta_path,

@@ -15,9 +15,8 @@
 //! The current state is the valid slot with the highest sequence number; no valid slot and an
 //! all-zero file means the default state.
 
-use super::log::sync_dir;
+use super::fsutil::{create_dir_durable, io_err, sync_dir};
 use super::record::{le_u32, le_u64};
-use super::segment::io_err;
 use super::StorageError;
 use crate::raft::HardState;
 use std::fs::{File, OpenOptions};
@@ -104,7 +103,7 @@ pub fn read(dir: &Path) -> Result<Option<HardState>, StorageError> {
 impl HardStateFile {
     /// Opens the file in `dir`, returning the stored state (default if none yet).
     pub fn open(dir: &Path) -> Result<(HardStateFile, HardState), StorageError> {
-        super::log::create_dir_durable(dir)?;
+        create_dir_durable(dir)?;
         let path = dir.join(HARDSTATE_FILE);
         let existed = path.exists();
         let file = OpenOptions::new()

@@ -1,12 +1,14 @@
-//! Read-only inspection of a data directory (for `raftkv-log`): never modifies a file.
+//! Read-only inspection of a data directory, for `raftkv-log` and the server's startup check
+//! (`snapshot::recover::check_data_dir`): never modifies a file. The log is scanned by the same
+//! `logscan::scan_log_dir` that `Log::open` uses, on read-only maps.
 
-use super::log::{list_segments, read_meta, META_FILE};
+use super::fsutil::{map_ro, release_map};
+use super::logscan;
+use super::meta::META_FILE;
 use super::record;
-use super::segment::{self, io_err, release_map};
+use super::segment;
 use super::StorageError;
 use crate::raft::Entry;
-use memmap2::Mmap;
-use std::fs::File;
 use std::path::{Path, PathBuf};
 
 /// The parts of a node data directory.
@@ -89,6 +91,11 @@ pub struct LogInfo {
     pub segments: Vec<SegmentInfo>,
     /// Damage at the tail of the last segment that `Log::open` would truncate (non-strict only).
     pub tail_damage: Option<(PathBuf, u64, String)>,
+    /// Segment allocation temp files (`*.seg.tmp`, an interrupted allocation): never part of
+    /// the log; `Log::open` removes them.
+    pub temp_segments: Vec<PathBuf>,
+    /// The segments do not continue from `meta` (an interrupted reset): `Log::open` drops them.
+    pub stale: bool,
 }
 
 impl LogInfo {
@@ -163,12 +170,6 @@ impl LogInfo {
     }
 }
 
-fn map_ro(path: &Path) -> Result<Mmap, StorageError> {
-    let f = File::open(path).map_err(|e| io_err(path, e))?;
-    // SAFETY: read-only map; all access is bounds-checked slicing.
-    unsafe { Mmap::map(&f) }.map_err(|e| io_err(path, e))
-}
-
 /// How hard `inspect_log` looks and what it forgives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Check {
@@ -189,114 +190,44 @@ pub fn inspect_log(log_dir: &Path, check: Check) -> Result<LogInfo, StorageError
 }
 
 /// [`inspect_log`] knowing that entries up to `durable` were synced (see `Log::open_durable`):
-/// the same scan and the same decisions as the server's open.
+/// the same scan and the same decisions as the server's open (`logscan::scan_log_dir`).
 pub fn inspect_log_durable(
     log_dir: &Path,
     check: Check,
     durable: u64,
 ) -> Result<LogInfo, StorageError> {
     let strict = check == Check::Strict;
-    let (snap_index, snap_term) = read_meta(log_dir)?;
-    let files = list_segments(log_dir)?;
-    let n = files.len();
-    let mut info = LogInfo {
-        dir: log_dir.to_path_buf(),
-        snap_index,
-        snap_term,
-        segments: Vec::new(),
-        tail_damage: None,
-    };
-    let mut prev_term = 0;
-    for (i, (_, path)) in files.into_iter().enumerate() {
-        let is_last = i + 1 == n;
-        let map = map_ro(&path)?;
-        if is_last
-            && !strict
-            && record::decode_seg_header(&map).is_err()
-            && map.iter().all(|&b| b == 0)
-        {
-            // As Log::open: a segment whose creation a crash cut short; it is removed.
-            info.tail_damage = Some((
-                path.clone(),
-                0,
-                "empty segment with an unwritten header (torn creation): removed on open".into(),
-            ));
-            if let Some(s) = info.segments.last() {
-                super::log::check_durable_end(
-                    &s.path,
-                    (s.bytes as usize) + record::SEG_HEADER_LEN,
-                    s.last_index(),
-                    snap_index,
-                    durable,
-                )?;
-            } else {
-                super::log::check_durable_end(log_dir, 0, snap_index, snap_index, durable)?;
+    let found = logscan::scan_log_dir(log_dir, durable, strict, &mut |p| map_ro(p))?;
+    let segments = found
+        .segments
+        .into_iter()
+        .map(|s| {
+            let (map, scan) = (s.map, s.scan);
+            let terms = match (scan.offsets.first(), scan.offsets.last()) {
+                (Some(&a), Some(&b)) => {
+                    let t = |pos: u32| record::le_u64(&map, pos as usize + 24);
+                    (t(a), t(b))
+                }
+                _ => (0, 0),
+            };
+            SegmentInfo {
+                path: s.path,
+                file_len: map.len() as u64,
+                first_index: scan.first_index,
+                entries: scan.offsets.len() as u64,
+                bytes: (scan.end - record::SEG_HEADER_LEN) as u64,
+                terms,
+                offsets: scan.offsets,
             }
-            continue;
-        }
-        let expect = info
-            .segments
-            .last()
-            .map(|s: &SegmentInfo| s.last_index() + 1);
-        let mut released = 0;
-        let scan = segment::scan(
-            &path,
-            &map,
-            expect,
-            prev_term,
-            is_last && !strict,
-            durable,
-            &mut |u| {
-                release_map(&map, released, u);
-                released = u;
-            },
-        )?;
-        if let Some((off, what)) = &scan.tail {
-            info.tail_damage = Some((path.clone(), *off as u64, what.clone()));
-        } else if scan.dirty_end > scan.end {
-            info.tail_damage = Some((
-                path.clone(),
-                scan.end as u64,
-                format!(
-                    "non-zero bytes after the last record (up to byte {}): unsynced leftovers",
-                    scan.dirty_end
-                ),
-            ));
-        }
-        if is_last && !strict {
-            super::log::check_durable_end(&path, scan.end, scan.last_index(), snap_index, durable)?;
-        }
-        let terms = if scan.offsets.is_empty() {
-            (0, 0)
-        } else {
-            let t = |pos: u32| record::le_u64(&map, pos as usize + 24);
-            (t(scan.offsets[0]), t(scan.offsets[scan.offsets.len() - 1]))
-        };
-        prev_term = scan.last_term;
-        info.segments.push(SegmentInfo {
-            path,
-            file_len: map.len() as u64,
-            first_index: scan.first_index,
-            entries: scan.offsets.len() as u64,
-            bytes: (scan.end - record::SEG_HEADER_LEN) as u64,
-            terms,
-            offsets: scan.offsets,
-        });
-    }
-    if n == 0 {
-        super::log::check_durable_end(log_dir, 0, snap_index, snap_index, durable)?;
-    }
-    if let Some(s) = info.segments.first() {
-        if s.first_index > snap_index + 1 {
-            return Err(StorageError::Corrupt {
-                path: s.path.clone(),
-                offset: 24,
-                what: format!(
-                    "log starts at index {} but the snapshot only covers up to {snap_index}",
-                    s.first_index
-                ),
-            });
-        }
-    }
-    Ok(info)
+        })
+        .collect();
+    Ok(LogInfo {
+        dir: log_dir.to_path_buf(),
+        snap_index: found.snap_index,
+        snap_term: found.snap_term,
+        segments,
+        tail_damage: found.tail_damage.map(|t| (t.path, t.offset, t.what)),
+        temp_segments: found.temp_segments,
+        stale: found.stale,
+    })
 }

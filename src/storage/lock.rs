@@ -1,9 +1,12 @@
 //! Exclusive ownership of a directory: `flock(LOCK_EX | LOCK_NB)` on a `LOCK` file in it.
 //!
 //! Two processes appending to the same memory-mapped segments would silently destroy each
-//! other's data, so `Log::open` takes this lock first and `Log` holds it for its lifetime. A
-//! second opener (another process, or the same process opening the directory twice) gets an
-//! error naming the directory and the pid recorded by the holder.
+//! other's data, so every directory a process writes is covered by exactly one lock, taken
+//! once, before anything in it is read: the server locks its data directory (`DIR/LOCK`) and
+//! opens the log in `DIR/log` under that lock ([`crate::storage::Log::open_in`], which keeps a
+//! [`DirLock::share`] of it); a standalone log (`Log::open`: tests, benchmarks) locks its own
+//! directory. A second opener (another process, or the same process opening the directory
+//! twice) gets an error naming the directory and the pid recorded by the holder.
 //!
 //! `flock` locks belong to the open file description: the lock is released when the last
 //! descriptor for it is closed — when the holder exits or crashes, never left stale. A forked
@@ -11,21 +14,25 @@
 //! closes, so it cannot drop the parent's lock. The descriptor is close-on-exec (std's default),
 //! so exec'd processes do not inherit it.
 
-use super::segment::io_err;
+use super::fsutil::io_err;
 use super::StorageError;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// Name of the lock file inside the locked directory.
 pub const LOCK_FILE: &str = "LOCK";
 
-/// A held directory lock; released when dropped (by closing the file).
+/// A held directory lock; released when the last handle to it ([`DirLock::share`]) is
+/// dropped (by closing the file).
 #[derive(Debug)]
 pub struct DirLock {
+    dir: PathBuf,
     path: PathBuf,
-    _file: File,
+    /// One descriptor for all shares: the flock belongs to its open file description.
+    _file: Arc<File>,
 }
 
 impl DirLock {
@@ -73,7 +80,32 @@ impl DirLock {
             .set_len(0)
             .and_then(|_| file.seek(SeekFrom::Start(0)))
             .and_then(|_| file.write_all(pid.as_bytes()));
-        Ok(DirLock { path, _file: file })
+        Ok(DirLock {
+            dir: dir.to_path_buf(),
+            path,
+            _file: Arc::new(file),
+        })
+    }
+
+    /// Another handle to the same held lock: the directory stays locked until every handle is
+    /// dropped. How a `Log` opened under its owner's lock keeps it for as long as it lives.
+    pub fn share(&self) -> DirLock {
+        DirLock {
+            dir: self.dir.clone(),
+            path: self.path.clone(),
+            _file: Arc::clone(&self._file),
+        }
+    }
+
+    /// True when `path` is the locked directory or inside it (compared as given: callers pass
+    /// paths built from the locked directory's path).
+    pub fn covers(&self, path: &Path) -> bool {
+        path.starts_with(&self.dir)
+    }
+
+    /// The locked directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 
     /// The lock file.

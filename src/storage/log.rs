@@ -8,21 +8,20 @@
 //!   logically gone;
 //! - the last segment is the active one; earlier segments were flushed before it was created.
 
+/// Where the server finds it (`storage::log::create_dir_durable`); it lives in `fsutil`.
+pub use super::fsutil::create_dir_durable;
+use super::fsutil::{io_err, sync_dir};
 use super::lock::DirLock;
+use super::logscan;
+use super::meta::write_meta;
 use super::record::{self, SEG_HEADER_LEN};
-use super::segment::{self, io_err, release_map, Scan, Segment, RELEASE_EVERY};
+use super::segment::{Segment, RELEASE_EVERY};
 use super::trash::Trash;
 use super::{LogOptions, StorageError};
 use crate::raft::{Entry, LogError, LogStore};
 use prost::Message;
-use std::fs::{self, File, OpenOptions};
-use std::io::Write;
+use std::fs;
 use std::path::{Path, PathBuf};
-
-pub const META_FILE: &str = "meta";
-const META_TMP: &str = "meta.tmp";
-const META_MAGIC: &[u8; 8] = b"RKVMETA1";
-const META_LEN: usize = 32;
 
 /// The segmented append-only log.
 pub struct Log {
@@ -33,9 +32,22 @@ pub struct Log {
     snap_term: u64,
     /// Compacted segments being deleted incrementally ([`Log::trash_step`]).
     trash: Trash,
-    /// Exclusive ownership of `dir` for this Log's lifetime (declared last: released after the
-    /// segments are unmapped).
+    /// Exclusive ownership of `dir` for this Log's lifetime: its own lock on `dir`
+    /// ([`Log::open`]) or a share of its owner's lock on a directory containing it
+    /// ([`Log::open_in`]). Declared last: released after the segments are unmapped.
     _lock: DirLock,
+}
+
+/// Refuses options the log cannot work with (before any directory is created or locked).
+fn check_options(dir: &Path, opts: &LogOptions) -> Result<(), StorageError> {
+    let min = (SEG_HEADER_LEN + record::REC_HEADER_LEN) as u64;
+    if opts.segment_size < min || opts.segment_size > u32::MAX as u64 {
+        return Err(invalid(
+            dir,
+            format!("segment size {} out of range", opts.segment_size),
+        ));
+    }
+    Ok(())
 }
 
 fn invalid(dir: &Path, msg: String) -> StorageError {
@@ -45,151 +57,9 @@ fn invalid(dir: &Path, msg: String) -> StorageError {
     }
 }
 
-/// fsyncs a directory so renames, creations and deletions in it are durable.
-pub fn sync_dir(dir: &Path) -> Result<(), StorageError> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| io_err(dir, e))
-}
-
-/// Creates `dir` (and missing parents) and makes the new directory entries durable: each
-/// created directory's parent is fsynced (a directory entry is only durable once its parent
-/// is), and so is `dir` itself. Without it a crash soon after a node's first start could lose
-/// `log/` or `snap/` with the files already synced inside them.
-pub fn create_dir_durable(dir: &Path) -> Result<(), StorageError> {
-    let mut missing = Vec::new();
-    let mut p = Some(dir);
-    while let Some(d) = p {
-        if d.as_os_str().is_empty() || d.is_dir() {
-            break;
-        }
-        missing.push(d.to_path_buf());
-        p = d.parent();
-    }
-    fs::create_dir_all(dir).map_err(|e| io_err(dir, e))?;
-    for d in missing.iter().rev() {
-        let parent = match d.parent() {
-            Some(pp) if !pp.as_os_str().is_empty() => pp,
-            _ => Path::new("."),
-        };
-        sync_dir(parent)?;
-    }
-    if !missing.is_empty() {
-        sync_dir(dir)?;
-    }
-    Ok(())
-}
-
-/// Encodes the meta file: magic, snapshot index, snapshot term, CRC32 of bytes 0..24, 4 zero bytes.
-fn encode_meta(index: u64, term: u64) -> [u8; META_LEN] {
-    let mut b = [0u8; META_LEN];
-    b[0..8].copy_from_slice(META_MAGIC);
-    b[8..16].copy_from_slice(&index.to_le_bytes());
-    b[16..24].copy_from_slice(&term.to_le_bytes());
-    let crc = crc32fast::hash(&b[0..24]);
-    b[24..28].copy_from_slice(&crc.to_le_bytes());
-    b
-}
-
-/// Reads the snapshot boundary from `dir/meta`; (0, 0) when the file does not exist.
-pub fn read_meta(dir: &Path) -> Result<(u64, u64), StorageError> {
-    let path = dir.join(META_FILE);
-    let b = match fs::read(&path) {
-        Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((0, 0)),
-        Err(e) => return Err(io_err(&path, e)),
-    };
-    let corrupt = |offset: u64, what: &str| StorageError::Corrupt {
-        path: path.clone(),
-        offset,
-        what: what.to_string(),
-    };
-    if b.len() != META_LEN {
-        return Err(corrupt(
-            0,
-            &format!("meta file is {} bytes, expected {META_LEN}", b.len()),
-        ));
-    }
-    if &b[0..8] != META_MAGIC {
-        return Err(corrupt(0, "bad meta magic"));
-    }
-    if crc32fast::hash(&b[0..24]) != record::le_u32(&b, 24) {
-        return Err(corrupt(24, "meta CRC mismatch"));
-    }
-    let index = record::le_u64(&b, 8);
-    if index > record::MAX_INDEX {
-        return Err(corrupt(8, &format!("implausible snapshot index {index}")));
-    }
-    Ok((index, record::le_u64(&b, 16)))
-}
-
-/// Durably replaces `dir/meta` (temp file + fsync + rename + fsync dir).
-fn write_meta(dir: &Path, index: u64, term: u64) -> Result<(), StorageError> {
-    let tmp = dir.join(META_TMP);
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(&tmp)
-        .map_err(|e| io_err(&tmp, e))?;
-    f.write_all(&encode_meta(index, term))
-        .and_then(|_| f.sync_all())
-        .map_err(|e| io_err(&tmp, e))?;
-    let path = dir.join(META_FILE);
-    fs::rename(&tmp, &path).map_err(|e| io_err(&path, e))?;
-    sync_dir(dir)
-}
-
-/// Segment files in `dir`, sorted by first index.
-pub fn list_segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>, StorageError> {
-    let mut v = Vec::new();
-    for ent in fs::read_dir(dir).map_err(|e| io_err(dir, e))? {
-        let ent = ent.map_err(|e| io_err(dir, e))?;
-        let name = ent.file_name();
-        if let Some(first) = name.to_str().and_then(segment::parse_name) {
-            v.push((first, ent.path()));
-        }
-    }
-    v.sort();
-    Ok(v)
-}
-
-/// True when the segments do not continue from the snapshot boundary `(si, st)` of `meta`:
-/// they hold another term at `si`, or the last segment ends before it (an interrupted
-/// `reset`). `last`: the last segment's last index; `term_at`: the term of entry `si` on disk.
-/// Used by `Log::open` (which then drops the segments) and the offline check.
-pub fn is_stale(si: u64, st: u64, last: Option<u64>, term_at: Option<u64>) -> bool {
-    (si > 0 && term_at.is_some_and(|t| t != st)) || last.is_some_and(|l| l < si)
-}
-
-/// The log must reach the durable commit index: entries up to it were synced, so a log that
-/// ends before it (a lost or cut segment, or damage the scan stopped at) lost acknowledged
-/// entries. `path`/`end`: the last segment and where its records end (for the message).
-pub fn check_durable_end(
-    path: &Path,
-    end: usize,
-    last_index: u64,
-    snap_index: u64,
-    durable: u64,
-) -> Result<(), StorageError> {
-    if last_index.max(snap_index) >= durable {
-        return Ok(());
-    }
-    Err(StorageError::Corrupt {
-        path: path.to_path_buf(),
-        offset: end as u64,
-        what: format!(
-            "the log ends at index {} but the hard state's commit index {durable} says entries \
-             up to it were synced: entries {}..={durable} are missing",
-            last_index.max(snap_index),
-            last_index.max(snap_index) + 1
-        ),
-    })
-}
-
 /// Unmaps and closes `s`, then moves its file into `trash` (freed later by `trash_step`).
 fn discard_segment(trash: &mut Trash, s: Segment) -> Result<(), StorageError> {
-    let path = s.path.clone();
+    let path = s.path().to_path_buf();
     drop(s);
     trash.add(&path).map_err(|e| io_err(&path, e))
 }
@@ -205,19 +75,47 @@ impl Log {
     /// Like [`Log::open`], knowing that every entry up to `durable` (the hard state's commit
     /// hint, written only after those entries were synced) reached the disk: damage at or below
     /// it is never taken for a torn tail, and a log ending below it is refused (checked before
-    /// anything is repaired).
+    /// anything is repaired). Locks `dir` itself (`dir/LOCK`), before reading anything.
     pub fn open_durable(dir: &Path, opts: LogOptions, durable: u64) -> Result<Log, StorageError> {
-        let min = (SEG_HEADER_LEN + record::REC_HEADER_LEN) as u64;
-        if opts.segment_size < min || opts.segment_size > u32::MAX as u64 {
-            return Err(invalid(
-                dir,
-                format!("segment size {} out of range", opts.segment_size),
-            ));
-        }
+        check_options(dir, &opts)?;
         create_dir_durable(dir)?;
         // Before reading or repairing anything: a second process must not touch the files.
         let lock = DirLock::acquire(dir)?;
-        let (snap_index, snap_term) = read_meta(dir)?;
+        Log::open_locked(dir, opts, durable, lock)
+    }
+
+    /// Like [`Log::open_durable`], in a directory covered by `lock`, a lock the caller took
+    /// on a directory containing `dir` (the server: its data directory's lock, which covers
+    /// `DIR/log`). Takes no lock of its own: the data directory is locked once, by its owner.
+    /// The log keeps a share of `lock`, so the directory stays locked while the log lives even
+    /// if the caller drops its handle first.
+    pub fn open_in(
+        dir: &Path,
+        opts: LogOptions,
+        durable: u64,
+        lock: &DirLock,
+    ) -> Result<Log, StorageError> {
+        if !lock.covers(dir) {
+            return Err(invalid(
+                dir,
+                format!(
+                    "the log directory is not inside the locked directory {}",
+                    lock.dir().display()
+                ),
+            ));
+        }
+        check_options(dir, &opts)?;
+        create_dir_durable(dir)?;
+        Log::open_locked(dir, opts, durable, lock.share())
+    }
+
+    /// Opens the log in `dir`, which `lock` covers.
+    fn open_locked(
+        dir: &Path,
+        opts: LogOptions,
+        durable: u64,
+        lock: DirLock,
+    ) -> Result<Log, StorageError> {
         // Segments whose deletion a crash interrupted: finish it, a slice per tick.
         let mut trash = Trash::new();
         match trash.adopt_leftovers(dir) {
@@ -228,42 +126,41 @@ impl Log {
             ),
             Err(e) => return Err(io_err(dir, e)),
         }
-        let files = list_segments(dir)?;
-        let mut segs: Vec<Segment> = Vec::with_capacity(files.len());
-        let n = files.len();
-        let mut prev_term = 0;
-        for (i, (_, path)) in files.into_iter().enumerate() {
+        // The same scan and the same decisions as the offline check (`inspect`): every refusal
+        // happens in it, before anything below repairs a file.
+        let found = logscan::scan_log_dir(dir, durable, false, &mut |p| Segment::open_raw(p))?;
+        for tmp in &found.temp_segments {
+            // An allocation that a crash (or an error whose cleanup failed) interrupted before
+            // the rename: never part of the log.
+            ::log::warn!(
+                "{}: leftover segment allocation (interrupted before it was renamed into place); \
+                 removing it",
+                tmp.display()
+            );
+            fs::remove_file(tmp).map_err(|e| io_err(tmp, e))?;
+        }
+        if let Some(path) = &found.torn_creation {
+            ::log::warn!(
+                "{}: empty segment with an unwritten header (torn creation); removing it",
+                path.display()
+            );
+            fs::remove_file(path).map_err(|e| io_err(path, e))?;
+        }
+        if !found.temp_segments.is_empty() || found.torn_creation.is_some() {
+            sync_dir(dir)?;
+        }
+        let n = found.segments.len();
+        let mut segs: Vec<Segment> = Vec::with_capacity(n);
+        for (
+            i,
+            logscan::ScannedSegment {
+                path,
+                mut map,
+                scan,
+            },
+        ) in found.segments.into_iter().enumerate()
+        {
             let is_last = i + 1 == n;
-            let (file, map) = Segment::open_raw(&path)?;
-            if is_last && record::decode_seg_header(&map).is_err() && map.iter().all(|&b| b == 0) {
-                // A segment whose creation was cut short by a crash: it never held data.
-                ::log::warn!(
-                    "{}: empty segment with an unwritten header (torn creation); removing it",
-                    path.display()
-                );
-                drop(map);
-                fs::remove_file(&path).map_err(|e| io_err(&path, e))?;
-                sync_dir(dir)?;
-                continue;
-            }
-            let expect = segs.last().map(|s| s.last_index() + 1);
-            let mut released = 0;
-            let scan: Scan = segment::scan(
-                &path,
-                &map,
-                expect,
-                prev_term,
-                is_last,
-                durable,
-                &mut |upto| {
-                    release_map(&map, released, upto);
-                    released = upto;
-                },
-            )?;
-            if is_last {
-                check_durable_end(&path, scan.end, scan.last_index(), snap_index, durable)?;
-            }
-            let mut map = map;
             if scan.dirty_end > scan.end {
                 match &scan.tail {
                     Some((off, what)) => ::log::warn!(
@@ -277,55 +174,42 @@ impl Log {
                         scan.end
                     ),
                 }
-                map[scan.end..scan.dirty_end].fill(0);
-                map.flush_range(scan.end, scan.dirty_end - scan.end)
-                    .map_err(|e| io_err(&path, e))?;
-                release_map(&map, 0, map.len());
+                map.clear(&path, scan.end, scan.dirty_end)?;
             }
-            prev_term = scan.last_term;
             let extend = if is_last {
-                Some(opts.segment_size.max(map.len() as u64))
+                Some(opts.segment_size.max(map.as_ref().len() as u64))
             } else {
                 None
             };
-            let seg = Segment::from_scan(path, file, map, scan, extend)?;
+            let seg = Segment::from_scan(path, map, scan, extend)?;
             if is_last {
                 seg.prepare_tail_for_appends();
             }
             segs.push(seg);
         }
-        if segs.is_empty() {
-            check_durable_end(dir, 0, snap_index, snap_index, durable)?;
-        } else if let Some(s) = segs.last() {
-            check_durable_end(&s.path, s.end, s.last_index(), snap_index, durable)?;
-        }
         let mut log = Log {
             dir: dir.to_path_buf(),
             opts,
             segs,
-            snap_index,
-            snap_term,
+            snap_index: found.snap_index,
+            snap_term: found.snap_term,
             trash,
             _lock: lock,
         };
-        log.apply_snapshot_boundary()?;
+        log.apply_snapshot_boundary(found.stale)?;
         Ok(log)
     }
 
     /// Brings the segments in line with the snapshot boundary after open: finishes an
-    /// interrupted compaction or reset, and checks the log starts where the snapshot ends.
-    fn apply_snapshot_boundary(&mut self) -> Result<(), StorageError> {
-        let (si, st) = (self.snap_index, self.snap_term);
-        let term_at = self
-            .segs
-            .iter()
-            .find(|s| s.first_index <= si && si <= s.last_index())
-            .map(|s| s.header(si).term);
-        let stale = is_stale(si, st, self.segs.last().map(|s| s.last_index()), term_at);
+    /// interrupted reset (`stale`, decided by the scan) or compaction, and checks the log
+    /// starts where the snapshot ends.
+    fn apply_snapshot_boundary(&mut self, stale: bool) -> Result<(), StorageError> {
+        let si = self.snap_index;
         if stale {
             ::log::warn!(
-                "{}: log does not match the snapshot at ({si}, {st}) (interrupted reset); dropping it",
-                self.dir.display()
+                "{}: log does not match the snapshot at ({si}, {}) (interrupted reset); dropping it",
+                self.dir.display(),
+                self.snap_term
             );
             self.remove_segments(0)?;
         }
@@ -336,13 +220,13 @@ impl Log {
                 let seg = Segment::create(&self.dir, self.opts.segment_size, si + 1)?;
                 self.segs.push(seg);
             }
-            Some(s) if s.first_index > si + 1 => {
+            Some(s) if s.first_index() > si + 1 => {
                 return Err(StorageError::Corrupt {
-                    path: s.path.clone(),
+                    path: s.path().to_path_buf(),
                     offset: 24,
                     what: format!(
                         "log starts at index {} but the snapshot only covers up to {si}: entries are missing",
-                        s.first_index
+                        s.first_index()
                     ),
                 });
             }
@@ -407,7 +291,7 @@ impl Log {
 
     /// Paths of the segment files, oldest first.
     pub fn segment_paths(&self) -> Vec<PathBuf> {
-        self.segs.iter().map(|s| s.path.clone()).collect()
+        self.segs.iter().map(|s| s.path().to_path_buf()).collect()
     }
 
     /// Appends entries. If `entries[0].index <= last_index()`, the suffix from that index is
@@ -463,7 +347,7 @@ impl Log {
                 // segment can ever have a torn tail.
                 active.flush()?;
                 // Its pages are on disk: drop them from our resident set.
-                active.release(0, active.map.len());
+                active.release(0, active.file_len());
                 active.sealed();
                 let mut seg = Segment::create(&self.dir, self.opts.segment_size, e.index)?;
                 let ok = seg.append(e);
@@ -499,7 +383,7 @@ impl Log {
         }
         // Whole segments starting at or after `from` go (durably, so they cannot reappear
         // after a crash next to a shorter predecessor); segment 0 always stays.
-        let k = self.segs.partition_point(|s| s.first_index < from).max(1);
+        let k = self.segs.partition_point(|s| s.first_index() < from).max(1);
         if k < self.segs.len() {
             self.remove_segments(k)?;
         }
@@ -540,22 +424,22 @@ impl Log {
         let mut prev_term = 0;
         for (k, seg) in self.segs.iter().enumerate() {
             if let Some(next) = self.segs.get(k + 1) {
-                if next.first_index != seg.last_index() + 1 {
+                if next.first_index() != seg.last_index() + 1 {
                     return Err(format!(
                         "segment {} starts at {} after segment ending at {}",
-                        next.path.display(),
-                        next.first_index,
+                        next.path().display(),
+                        next.first_index(),
                         seg.last_index()
                     ));
                 }
             }
             let mut prev_off = None;
-            for (i, &off) in seg.offsets.iter().enumerate() {
-                let index = seg.first_index + i as u64;
-                if prev_off.is_some_and(|p| off <= p) || off as usize >= seg.end {
+            for (i, &off) in seg.offsets().iter().enumerate() {
+                let index = seg.first_index() + i as u64;
+                if prev_off.is_some_and(|p| off <= p) || off as usize >= seg.end() {
                     return Err(format!(
                         "{}: bad offset {off} of index {index}",
-                        seg.path.display()
+                        seg.path().display()
                     ));
                 }
                 prev_off = Some(off);
@@ -563,7 +447,7 @@ impl Log {
                 if h.index != index || h.term < prev_term {
                     return Err(format!(
                         "{}: record at offset {off} is ({}, {}), expected index {index} with term >= {prev_term}",
-                        seg.path.display(),
+                        seg.path().display(),
                         h.index,
                         h.term
                     ));
@@ -572,14 +456,15 @@ impl Log {
             }
         }
         if let Some(first) = self.segs.first() {
-            if first.first_index > self.snap_index + 1 {
+            if first.first_index() > self.snap_index + 1 {
                 return Err(format!(
                     "log starts at {} above the snapshot boundary {}",
-                    first.first_index, self.snap_index
+                    first.first_index(),
+                    self.snap_index
                 ));
             }
             let (lo, hi) = (
-                first.first_index,
+                first.first_index(),
                 self.segs[self.segs.len() - 1].last_index(),
             );
             if (lo..=hi).contains(&self.snap_index)
@@ -612,7 +497,7 @@ impl Log {
     }
 
     fn seg_for(&self, index: u64) -> &Segment {
-        let k = self.segs.partition_point(|s| s.first_index <= index);
+        let k = self.segs.partition_point(|s| s.first_index() <= index);
         &self.segs[k.saturating_sub(1)]
     }
 
@@ -631,11 +516,11 @@ impl Log {
         while i <= to {
             let seg = self.seg_for(i);
             let end = to.min(seg.last_index());
-            let start_off = seg.offsets[(i - seg.first_index) as usize] as usize;
+            let start_off = seg.offsets()[(i - seg.first_index()) as usize] as usize;
             let mut released = start_off;
             while i <= end {
                 let e = seg.entry(i);
-                let off = seg.offsets[(i - seg.first_index) as usize] as usize;
+                let off = seg.offsets()[(i - seg.first_index()) as usize] as usize;
                 if off - released >= RELEASE_EVERY {
                     seg.release(released, off);
                     released = off;
@@ -643,7 +528,7 @@ impl Log {
                 f(e)?;
                 i += 1;
             }
-            seg.release(released, seg.end);
+            seg.release(released, seg.end());
         }
         Ok(())
     }
@@ -652,7 +537,7 @@ impl Log {
     pub fn bytes(&self) -> u64 {
         self.segs
             .iter()
-            .map(|s| (s.end - SEG_HEADER_LEN) as u64)
+            .map(|s| (s.end() - SEG_HEADER_LEN) as u64)
             .sum()
     }
 }

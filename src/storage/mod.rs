@@ -6,26 +6,40 @@
 //! Layout of a data directory (byte layouts in `docs/storage.md` and each submodule's docs):
 //! ```text
 //! DIR/
-//!   log/       segment files `<first index:020>.seg` + `meta` (snapshot boundary)  [log.rs]
+//!   LOCK       flock'd by the server, covering everything below             [lock.rs]
+//!   log/       segment files `<first index:020>.seg`                 [log.rs, segment.rs]
+//!              + `meta` (snapshot boundary)                                  [meta.rs]
+//!              + `*.seg.tmp`: a segment being allocated (renamed when ready) [segment.rs]
 //!              + `*.seg.trash`: compacted segments being deleted a slice per tick [trash.rs]
-//!              + `LOCK` (flock'd by the open Log: one process per directory)       [lock.rs]
-//!   hardstate  term, vote, commit (two CRC'd slots)                              [hardstate.rs]
-//!   snap/      snapshot files `snap-<index>-<term>.snap` (newest two kept)       [snapshot.rs]
+//!   hardstate  term, vote, commit (two CRC'd slots)                         [hardstate.rs]
+//!   snap/      snapshot files `snap-<index>-<term>.snap` (newest two kept)   [snapshot.rs]
 //! ```
 //!
+//! Modules, leaves first (each imports only those above it, no cycles): `fsutil` (typed I/O
+//! errors, directory fsync, maps) and `record` (byte encodings); `meta`, `lock`, `trash`,
+//! `hardstate`, `snapshot`; `segment` (one segment file, its allocation and its scanner);
+//! `logscan` (the one recovery scan of a log directory, classifying what it finds); `log` (the
+//! `Log`, which opens through `logscan` and repairs) and `inspect` (read-only, for `raftkv-log`
+//! and the startup check `snapshot::recover`, through the same `logscan`).
+//!
 //! How the server uses it:
-//! - startup: `HardStateFile::open(DIR)`, `SnapshotStore::open(DIR/snap)?.latest()`,
-//!   `Log::open(DIR/log)`; if the snapshot is newer than the log's snapshot boundary, call
-//!   `log.compact(meta.index, meta.term)` (which resets the log if it does not contain that entry);
+//! - startup: `DirLock::acquire(DIR)` first, then `HardStateFile::open(DIR)`,
+//!   `SnapshotStore::open(DIR/snap)?.latest()`, `Log::open_in(DIR/log, .., &lock)` (opened
+//!   under the data directory's lock, taking none of its own); if the snapshot is newer than
+//!   the log's snapshot boundary, call `log.compact(meta.index, meta.term)` (which resets the
+//!   log if it does not contain that entry);
 //!   then `log.replay(applied + 1, commit, ..)` to rebuild the state machine;
 //! - each Ready: `hardstate.save`, `log.append`, `log.sync` (one flush for the whole batch);
 //! - taking a snapshot: `SnapshotStore::create` + write + `finish`, *then* `log.compact`;
 //! - receiving one: `create(meta)`, write chunks, `finish` (or `abort`), then `log.reset`/`compact`.
 
+pub mod fsutil;
 pub mod hardstate;
 pub mod inspect;
 pub mod lock;
 pub mod log;
+pub mod logscan;
+pub mod meta;
 pub mod record;
 pub mod segment;
 pub mod snapshot;

@@ -1,6 +1,9 @@
 //! One segment file: a preallocated, memory-mapped file holding a header and a run of records
-//! with contiguous indexes. Also the validating scanner used on open and by `raftkv-log`.
+//! with contiguous indexes; its allocation protocol (temp name, size, header, sync, rename:
+//! [`Segment::create`]); and the validating scanner of one segment's bytes, which
+//! `logscan::scan_log_dir` runs for both `Log::open` and `raftkv-log`.
 
+use super::fsutil::{io_err, release_map, sync_dir};
 use super::record::{self, Probe, RecHeader, REC_HEADER_LEN, SEG_HEADER_LEN};
 use super::StorageError;
 use crate::raft::Entry;
@@ -26,11 +29,18 @@ pub fn parse_name(name: &str) -> Option<u64> {
     stem.parse().ok()
 }
 
-pub fn io_err(path: &Path, err: std::io::Error) -> StorageError {
-    StorageError::Io {
-        path: path.to_path_buf(),
-        err,
-    }
+/// Suffix of a segment being allocated: `<first index:020>.seg.tmp` until it is fully sized and
+/// its header is synced, then renamed to its segment name (see [`Segment::create`]).
+pub const TEMP_SUFFIX: &str = ".tmp";
+
+/// Name of the temp file a segment starting at `first` is allocated under.
+pub fn temp_name(first: u64) -> String {
+    format!("{}{TEMP_SUFFIX}", file_name(first))
+}
+
+/// Parses a segment allocation temp file name back into its first index.
+pub fn parse_temp_name(name: &str) -> Option<u64> {
+    parse_name(name.strip_suffix(TEMP_SUFFIX)?)
 }
 
 /// Result of validating one segment's bytes.
@@ -270,18 +280,49 @@ fn find_valid_after(b: &[u8], from: usize, min_index: u64) -> Option<usize> {
     None
 }
 
+/// A segment file opened read/write and mapped, not validated yet (what `Log::open` hands
+/// the recovery scan, `logscan::scan_log_dir`).
+pub struct RawSegment {
+    file: File,
+    map: MmapMut,
+}
+
+impl AsRef<[u8]> for RawSegment {
+    fn as_ref(&self) -> &[u8] {
+        &self.map
+    }
+}
+
+impl RawSegment {
+    /// Zeroes `[lo, hi)` and flushes it: clears unsynced leftovers after the last record
+    /// before the segment is appended to again.
+    pub fn clear(&mut self, path: &Path, lo: usize, hi: usize) -> Result<(), StorageError> {
+        if hi > lo {
+            self.map[lo..hi].fill(0);
+            self.map
+                .flush_range(lo, hi - lo)
+                .map_err(|e| io_err(path, e))?;
+            release_map(&self.map, 0, self.map.len());
+        }
+        Ok(())
+    }
+}
+
 /// An open, mapped segment.
+/// Fields are private: the offsets, `end` and the dirty range must move together (`append`,
+/// `truncate_from`, `flush`), so only this module changes them; others read them through the
+/// accessors below.
 pub struct Segment {
-    pub path: PathBuf,
-    pub file: File,
-    pub map: MmapMut,
-    pub first_index: u64,
+    path: PathBuf,
+    file: File,
+    map: MmapMut,
+    first_index: u64,
     /// Offset of every record (compact index: 4 bytes per entry).
-    pub offsets: Vec<u32>,
+    offsets: Vec<u32>,
     /// End of the valid records: the next record goes here.
-    pub end: usize,
+    end: usize,
     /// Byte range written since the last sync.
-    pub dirty: Option<(usize, usize)>,
+    dirty: Option<(usize, usize)>,
 }
 
 /// Reserves disk blocks for the whole file so writes through the map never hit ENOSPC
@@ -308,26 +349,73 @@ fn map_file(file: &File, path: &Path) -> Result<MmapMut, StorageError> {
 
 impl Segment {
     /// Creates a new, durable (file and directory entry), empty segment starting at `first`.
+    ///
+    /// Allocation protocol: the file is built under its temp name (`<first>.seg.tmp`, see
+    /// [`temp_name`]): created, fully sized (`posix_fallocate`), header written and the file
+    /// synced; only then is it renamed to its segment name and the directory synced. A
+    /// segment name therefore never points at a file that is short, unsized or without a
+    /// header. If any step fails (ENOSPC, EFBIG, EIO...) the temp file (or the renamed file, if
+    /// only the final directory sync failed) is removed before the error is returned, so a
+    /// failed allocation leaves nothing behind; what a crash mid-way leaves is a `*.seg.tmp`
+    /// file, which is never read as a segment and which `Log::open` removes.
     pub fn create(dir: &Path, size: u64, first: u64) -> Result<Segment, StorageError> {
+        let tmp = dir.join(temp_name(first));
         let path = dir.join(file_name(first));
+        let mut placed = false;
+        match Segment::allocate(dir, &tmp, &path, size, first, &mut placed) {
+            Ok(seg) => Ok(seg),
+            Err(e) => {
+                // Best effort: the error that stopped the allocation is the one to report. A
+                // temp file that cannot be removed here is removed by the next open.
+                let leftover = if placed { &path } else { &tmp };
+                match std::fs::remove_file(leftover) {
+                    Ok(()) => {
+                        let _ = sync_dir(dir);
+                    }
+                    Err(re) if re.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(re) => ::log::warn!(
+                        "{}: cannot remove the failed segment allocation: {re}",
+                        leftover.display()
+                    ),
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// The steps of [`Segment::create`]; sets `placed` once the file carries its final name.
+    fn allocate(
+        dir: &Path,
+        tmp: &Path,
+        path: &Path,
+        size: u64,
+        first: u64,
+        placed: &mut bool,
+    ) -> Result<Segment, StorageError> {
         let file = OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
             .truncate(true)
-            .open(&path)
-            .map_err(|e| io_err(&path, e))?;
-        preallocate(&file, &path, size)?;
-        let mut map = map_file(&file, &path)?;
+            .open(tmp)
+            .map_err(|e| io_err(tmp, e))?;
+        fault::check(fault::AllocStep::Preallocate).map_err(|e| io_err(tmp, e))?;
+        preallocate(&file, tmp, size)?;
+        let mut map = map_file(&file, tmp)?;
         map[..SEG_HEADER_LEN].copy_from_slice(&record::encode_seg_header(size, first));
+        fault::check(fault::AllocStep::Header).map_err(|e| io_err(tmp, e))?;
         map.flush_range(0, SEG_HEADER_LEN)
-            .map_err(|e| io_err(&path, e))?;
-        file.sync_all().map_err(|e| io_err(&path, e))?;
+            .map_err(|e| io_err(tmp, e))?;
+        file.sync_all().map_err(|e| io_err(tmp, e))?;
+        fault::check(fault::AllocStep::Rename).map_err(|e| io_err(path, e))?;
+        std::fs::rename(tmp, path).map_err(|e| io_err(path, e))?;
+        *placed = true;
         // The directory entry too, right away: if segment k's entry could be lost while a later
         // segment k+1's survived, a crash would leave an index gap that looks like corruption.
-        super::log::sync_dir(dir)?;
+        fault::check(fault::AllocStep::SyncDir).map_err(|e| io_err(dir, e))?;
+        sync_dir(dir)?;
         let seg = Segment {
-            path,
+            path: path.to_path_buf(),
             file,
             map,
             first_index: first,
@@ -339,25 +427,25 @@ impl Segment {
         Ok(seg)
     }
 
-    /// Opens and maps an existing segment file without validating it.
-    pub fn open_raw(path: &Path) -> Result<(File, MmapMut), StorageError> {
+    /// Opens and maps an existing segment file read/write without validating it.
+    pub fn open_raw(path: &Path) -> Result<RawSegment, StorageError> {
         let file = OpenOptions::new()
             .read(true)
             .write(true)
             .open(path)
             .map_err(|e| io_err(path, e))?;
         let map = map_file(&file, path)?;
-        Ok((file, map))
+        Ok(RawSegment { file, map })
     }
 
-    /// Builds a segment from a scan; extends a short last file back to `size`.
+    /// Builds a segment from a scan of `raw`; extends a short last file back to `size`.
     pub fn from_scan(
         path: PathBuf,
-        file: File,
-        mut map: MmapMut,
+        raw: RawSegment,
         scan: Scan,
         extend_to: Option<u64>,
     ) -> Result<Segment, StorageError> {
+        let RawSegment { file, mut map } = raw;
         if let Some(size) = extend_to {
             if (map.len() as u64) < size {
                 drop(map);
@@ -375,6 +463,31 @@ impl Segment {
             end: scan.end,
             dirty: None,
         })
+    }
+
+    /// The segment file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Index of the first entry (the one in the header and the file name).
+    pub fn first_index(&self) -> u64 {
+        self.first_index
+    }
+
+    /// Offset of every record, in index order.
+    pub fn offsets(&self) -> &[u32] {
+        &self.offsets
+    }
+
+    /// End of the valid records (where the next one goes).
+    pub fn end(&self) -> usize {
+        self.end
+    }
+
+    /// Size of the file (and of the map).
+    pub fn file_len(&self) -> usize {
+        self.map.len()
     }
 
     /// Number of entries.
@@ -517,22 +630,40 @@ impl Segment {
     }
 }
 
-/// See [`Segment::release`]. Only whole pages inside the range are dropped.
-pub fn release_map(map: &[u8], lo: usize, hi: usize) {
-    const PAGE: usize = 4096;
-    let lo = lo.div_ceil(PAGE) * PAGE;
-    let hi = hi.min(map.len()) / PAGE * PAGE;
-    if hi <= lo {
-        return;
+/// Test hook: makes a step of the next segment allocation on the calling thread fail as a full
+/// disk would (ENOSPC), so tests can check that a failed allocation leaves nothing behind.
+/// Per thread (each test runs on its own), one shot, and a no-op unless armed.
+#[doc(hidden)]
+pub mod fault {
+    use std::cell::Cell;
+
+    /// Where [`Segment::create`](super::Segment::create) fails.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum AllocStep {
+        /// Reserving the blocks (`posix_fallocate`), the temp file just created.
+        Preallocate,
+        /// Writing the header (the file sized).
+        Header,
+        /// Renaming the synced temp file into place.
+        Rename,
+        /// Syncing the directory after the rename.
+        SyncDir,
     }
-    // SAFETY: MADV_DONTNEED on a shared file mapping only drops this process's page table
-    // entries; the next access reads the (page-cache / file) contents again. Writes made through
-    // the shared map live in the page cache and are not discarded.
-    unsafe {
-        let _ = libc::madvise(
-            map.as_ptr().add(lo) as *mut libc::c_void,
-            hi - lo,
-            libc::MADV_DONTNEED,
-        );
+
+    thread_local! {
+        static FAIL_AT: Cell<Option<AllocStep>> = const { Cell::new(None) };
+    }
+
+    /// Arms (or with `None` disarms) the hook for the next allocation on this thread.
+    pub fn fail_next_allocation_at(step: Option<AllocStep>) {
+        FAIL_AT.with(|f| f.set(step));
+    }
+
+    pub(super) fn check(step: AllocStep) -> std::io::Result<()> {
+        if FAIL_AT.with(|f| f.get()) == Some(step) {
+            FAIL_AT.with(|f| f.set(None));
+            return Err(std::io::Error::from_raw_os_error(libc::ENOSPC));
+        }
+        Ok(())
     }
 }

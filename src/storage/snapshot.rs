@@ -13,9 +13,8 @@
 //! Nothing may follow the trailer. Files are named `snap-<index:020>-<term:020>.snap`; the
 //! newest two (by index, then term) are kept.
 
-use super::log::sync_dir;
+use super::fsutil::{create_dir_durable, io_err, sync_dir};
 use super::record::{le_u32, le_u64};
-use super::segment::io_err;
 use super::StorageError;
 use crate::raft::SnapshotMeta;
 use prost::Message;
@@ -548,7 +547,7 @@ fn prune_dir(dir: &Path) -> Result<(), StorageError> {
 impl SnapshotStore {
     /// Opens (or creates) the snapshot directory; removes temp files left by a crash.
     pub fn open(dir: &Path) -> Result<SnapshotStore, StorageError> {
-        super::log::create_dir_durable(dir)?;
+        create_dir_durable(dir)?;
         for ent in fs::read_dir(dir).map_err(|e| io_err(dir, e))? {
             let ent = ent.map_err(|e| io_err(dir, e))?;
             if ent
