@@ -1349,7 +1349,8 @@ impl Server {
         {
             let _ = self.poll.registry().deregister(&mut l);
         }
-        self.fail_pending(ErrorCode::ShuttingDown, "the server is shutting down");
+        let msg = "the server is shutting down; a write may or may not have been applied";
+        self.fail_pending(ErrorCode::ShuttingDown, msg);
         for (_, p) in std::mem::take(&mut self.pending_reads) {
             self.send_response(
                 p.token,

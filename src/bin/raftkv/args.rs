@@ -118,6 +118,19 @@ pub struct ClientArgs {
     /// Overall deadline per command in milliseconds, retries included.
     #[arg(long, default_value_t = 5000)]
     pub timeout_ms: u64,
+    /// How long one attempt waits for an answer before trying the next endpoint (a hung node
+    /// costs this much, not the whole --timeout-ms). Doubles after each attempt that runs out,
+    /// so a slow but live leader still gets the time left. Retried writes keep their session
+    /// seq: never applied twice.
+    #[arg(long, default_value_t = raftkv::client::DEFAULT_ATTEMPT_TIMEOUT.as_millis() as u64)]
+    pub attempt_timeout_ms: u64,
+    /// How long one TCP connect may take before trying the next endpoint.
+    #[arg(long, default_value_t = raftkv::client::DEFAULT_CONNECT_TIMEOUT.as_millis() as u64)]
+    pub connect_timeout_ms: u64,
+    /// Largest request or response frame in bytes; a larger request is refused with TOO_LARGE
+    /// (exit 4) without being sent. Match the servers' --max-frame.
+    #[arg(long, default_value_t = raftkv::net::framing::DEFAULT_MAX_FRAME)]
+    pub max_frame: usize,
 }
 
 #[derive(Clone, Copy, ValueEnum)]

@@ -76,6 +76,9 @@ fn connect(c: &ClientArgs, consistency: kvpb::Consistency) -> Result<(Client, Ve
         ClientOptions {
             timeout: Duration::from_millis(c.timeout_ms),
             consistency,
+            attempt_timeout: Duration::from_millis(c.attempt_timeout_ms),
+            connect_timeout: Duration::from_millis(c.connect_timeout_ms),
+            max_frame: c.max_frame,
         },
     );
     Ok((client, endpoints))
