@@ -17,6 +17,12 @@ use std::time::{Duration, Instant};
 /// Socket timeouts must be nonzero; never go below this.
 const MIN_IO_TIMEOUT: Duration = Duration::from_millis(1);
 
+/// The slowest rate at which a healthy cluster is assumed to commit a request's bytes (send
+/// them to the followers and sync them: a slow disk's sequential write rate): the wait for an
+/// answer grows by the request's size over this rate (+2 s for a 20 MiB value), so a large
+/// write is not abandoned and re-sent (another copy in the log) just for being large.
+const COMMIT_BYTES_PER_SEC: f64 = 10.0 * 1024.0 * 1024.0;
+
 /// The bounds of one attempt (see the module doc).
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
@@ -79,7 +85,9 @@ impl Conn {
     pub fn call(&mut self, req: &kvpb::Request, lim: &Limits) -> io::Result<kvpb::Response> {
         let frame = framing::frame_bytes(req);
         self.write_all_by(&frame, lim)?;
-        let answer_by = (Instant::now() + lim.attempt).min(lim.deadline);
+        // A large write is replicated and synced before it is answered: allow for its bytes.
+        let commit_time = Duration::from_secs_f64(frame.len() as f64 / COMMIT_BYTES_PER_SEC);
+        let answer_by = (Instant::now() + lim.attempt + commit_time).min(lim.deadline);
         loop {
             let mut header = [0u8; HEADER_LEN];
             self.read_exact_by(&mut header, answer_by, lim, "no answer")?;
