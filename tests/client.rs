@@ -381,6 +381,24 @@ fn request_over_max_frame_is_refused_without_sending() {
     // Just under the limit goes through.
     c.put(b"k", &[b'v'; 900]).unwrap();
     assert_eq!(s.requests().len(), 1);
+    // Refused before any connect: no reachable server needed to say so.
+    let mut c = Client::new(
+        vec!["127.0.0.1:1".into()],
+        ClientOptions {
+            max_frame: 1000,
+            ..opts(5000)
+        },
+    );
+    let start = Instant::now();
+    match c.put(b"k", &[b'v'; 1000]) {
+        Err(ClientError::Server(e)) => assert_eq!(e.code(), ErrorCode::TooLarge),
+        other => panic!("expected TOO_LARGE, got {other:?}"),
+    }
+    assert!(
+        start.elapsed() < Duration::from_millis(2500),
+        "{:?}",
+        start.elapsed()
+    );
 }
 
 #[test]

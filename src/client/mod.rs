@@ -285,6 +285,19 @@ impl Client {
                 "client has no endpoints",
             )));
         }
+        // Refused here, before any connect: the server would only refuse it after reading it.
+        let size = self.request(op.clone(), seq).encoded_len();
+        if size > self.opts.max_frame {
+            return Err(ClientError::Server(kvpb::Error {
+                code: kvpb::ErrorCode::TooLarge as i32,
+                message: format!(
+                    "request of {size} bytes exceeds the maximum frame of {} bytes \
+                     (not sent; the limit is the client's max_frame / --max-frame)",
+                    self.opts.max_frame
+                ),
+                ..Default::default()
+            }));
+        }
         let deadline = Instant::now() + self.opts.timeout;
         let mut backoff = Backoff::new();
         let mut attempt = self.opts.attempt_timeout.max(Duration::from_millis(1));
@@ -320,20 +333,6 @@ impl Client {
                 }
             };
             let req = self.request(op.clone(), seq);
-            let size = req.encoded_len();
-            if size > self.opts.max_frame {
-                // Refused here: the server would only refuse it after reading it.
-                self.conn = Some(conn);
-                return Err(ClientError::Server(kvpb::Error {
-                    code: kvpb::ErrorCode::TooLarge as i32,
-                    message: format!(
-                        "request of {size} bytes exceeds the maximum frame of {} bytes \
-                         (not sent; the limit is the client's max_frame / --max-frame)",
-                        self.opts.max_frame
-                    ),
-                    ..Default::default()
-                }));
-            }
             sent_write |= seq != 0;
             let lim = self.limits(attempt, deadline);
             let resp = match conn.call(&req, &lim) {
