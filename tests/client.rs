@@ -13,6 +13,8 @@ use std::time::{Duration, Instant};
 /// What the fake server does with request number `n` (counted over all connections).
 enum Action {
     Reply(R),
+    /// Answer with this response id instead of the request's.
+    ReplyWithId(u64, R),
     /// Close the connection without answering.
     Drop,
     /// Never answer (keep the connection open).
@@ -72,6 +74,15 @@ impl FakeServer {
                         Action::Reply(result) => {
                             let resp = kvpb::Response {
                                 id: req.id,
+                                result: Some(result),
+                            };
+                            if blocking::write_msg(&mut stream, &resp).is_err() {
+                                break;
+                            }
+                        }
+                        Action::ReplyWithId(id, result) => {
+                            let resp = kvpb::Response {
+                                id,
                                 result: Some(result),
                             };
                             if blocking::write_msg(&mut stream, &resp).is_err() {
@@ -319,4 +330,200 @@ fn redirect_loop_ends_in_timeout() {
         "{} requests",
         ra.len() + rb.len()
     );
+}
+
+fn opts_attempt(timeout_ms: u64, attempt_ms: u64) -> ClientOptions {
+    ClientOptions {
+        timeout: Duration::from_millis(timeout_ms),
+        attempt_timeout: Duration::from_millis(attempt_ms),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn too_large_with_request_id_zero_is_matched_not_retried() {
+    // A server that could not read the id of an oversized frame answers with id 0.
+    let s = FakeServer::start(|_, _| Action::ReplyWithId(0, error(ErrorCode::TooLarge, "")));
+    let other = FakeServer::start(|_, _| Action::Reply(put_ok(1)));
+    let mut c = Client::new(vec![s.addr.clone(), other.addr.clone()], opts(5000));
+    let start = Instant::now();
+    match c.put(b"k", b"v") {
+        Err(ClientError::Server(e)) => assert_eq!(e.code(), ErrorCode::TooLarge),
+        other => panic!("expected TOO_LARGE, got {other:?}"),
+    }
+    assert!(
+        start.elapsed() < Duration::from_millis(2500),
+        "TOO_LARGE took {:?} with a 5 s deadline",
+        start.elapsed()
+    );
+    assert_eq!(s.requests().len(), 1, "no retry");
+    assert!(other.requests().is_empty(), "not re-sent elsewhere");
+}
+
+#[test]
+fn request_over_max_frame_is_refused_without_sending() {
+    let s = FakeServer::start(|_, _| Action::Reply(put_ok(1)));
+    let mut c = Client::new(
+        vec![s.addr.clone()],
+        ClientOptions {
+            max_frame: 1000,
+            ..opts(5000)
+        },
+    );
+    match c.put(b"k", &[b'v'; 1000]) {
+        Err(ClientError::Server(e)) => {
+            assert_eq!(e.code(), ErrorCode::TooLarge);
+            assert!(e.message.contains("not sent"), "{}", e.message);
+        }
+        other => panic!("expected TOO_LARGE, got {other:?}"),
+    }
+    assert!(s.requests().is_empty());
+    // Just under the limit goes through.
+    c.put(b"k", &[b'v'; 900]).unwrap();
+    assert_eq!(s.requests().len(), 1);
+    // Refused before any connect: no reachable server needed to say so.
+    let mut c = Client::new(
+        vec!["127.0.0.1:1".into()],
+        ClientOptions {
+            max_frame: 1000,
+            ..opts(5000)
+        },
+    );
+    let start = Instant::now();
+    match c.put(b"k", &[b'v'; 1000]) {
+        Err(ClientError::Server(e)) => assert_eq!(e.code(), ErrorCode::TooLarge),
+        other => panic!("expected TOO_LARGE, got {other:?}"),
+    }
+    assert!(
+        start.elapsed() < Duration::from_millis(2500),
+        "{:?}",
+        start.elapsed()
+    );
+}
+
+#[test]
+fn response_over_max_frame_fails_at_once() {
+    let s = FakeServer::start(|_, _| {
+        Action::Reply(R::Get(kvpb::GetResponse {
+            found: true,
+            value: vec![b'x'; 5000].into(),
+            version: 1,
+        }))
+    });
+    let mut c = Client::new(
+        vec![s.addr.clone()],
+        ClientOptions {
+            max_frame: 1000,
+            ..opts(5000)
+        },
+    );
+    match c.get(b"k") {
+        Err(ClientError::Server(e)) => {
+            assert_eq!(e.code(), ErrorCode::TooLarge);
+            assert!(e.message.contains("response"), "{}", e.message);
+        }
+        other => panic!("expected TOO_LARGE, got {other:?}"),
+    }
+    assert_eq!(s.requests().len(), 1, "no retry");
+}
+
+/// A first endpoint that accepts but never answers costs one attempt timeout, not the
+/// deadline: the bound is the attempt timeout plus the scheduling slack, far below the 5 s
+/// deadline a client without per-attempt limits would spend.
+#[test]
+fn hung_first_endpoint_costs_one_attempt() {
+    let hung = FakeServer::start(|_, _| Action::Hang);
+    let live = FakeServer::start(|_, _| Action::Reply(put_ok(9)));
+    let attempt = Duration::from_millis(300);
+    let mut c = Client::new(
+        vec![hung.addr.clone(), live.addr.clone()],
+        opts_attempt(5000, attempt.as_millis() as u64),
+    );
+    let start = Instant::now();
+    assert_eq!(c.put(b"k", b"v").unwrap().version, 9);
+    let took = start.elapsed();
+    eprintln!("put with a hung first endpoint took {took:?} (attempt timeout {attempt:?})");
+    assert!(
+        took < attempt + SCHEDULING_SLACK,
+        "took {took:?}; allowed one attempt ({attempt:?}) + {SCHEDULING_SLACK:?}"
+    );
+    let (h, l) = (hung.requests(), live.requests());
+    assert_eq!((h.len(), l.len()), (1, 1));
+    assert_eq!((h[0].seq, l[0].seq), (1, 1), "the retry keeps the seq");
+    assert_eq!(l[0].acked_seq, 0, "the retried write is not acknowledged");
+}
+
+/// A server slower than the attempt timeout is abandoned, retried with the same seq and waited
+/// for longer each time, so it still answers within the deadline.
+#[test]
+fn slow_server_gets_longer_attempts_with_the_same_seq() {
+    let s = FakeServer::start(|_, _| {
+        std::thread::sleep(Duration::from_millis(300));
+        Action::Reply(put_ok(5))
+    });
+    let mut c = Client::new(vec![s.addr.clone()], opts_attempt(5000, 100));
+    let start = Instant::now();
+    let r = c.put(b"k", b"v");
+    let reqs = s.requests();
+    eprintln!(
+        "slow server: {} attempts in {:?}: {r:?}",
+        reqs.len(),
+        start.elapsed()
+    );
+    assert_eq!(r.unwrap().version, 5);
+    assert!(
+        reqs.len() >= 2,
+        "the first 100 ms attempt cannot have waited 300 ms"
+    );
+    assert!(
+        reqs.iter().all(|q| (q.seq, q.acked_seq) == (1, 0)),
+        "{reqs:?}"
+    );
+}
+
+/// The timeout names what went wrong (the hung node), not the redirect that followed it.
+#[test]
+fn timeout_names_the_real_problem_not_the_redirect() {
+    let hung = FakeServer::start(|_, _| Action::Hang);
+    let hung_addr = hung.addr.clone();
+    let follower =
+        FakeServer::start(move |_, _| Action::Reply(error(ErrorCode::NotLeader, &hung_addr)));
+    let mut c = Client::new(vec![follower.addr.clone()], opts_attempt(1000, 200));
+    match c.put(b"k", b"v") {
+        Err(ClientError::Timeout(msg)) => {
+            assert!(
+                msg.contains(&hung.addr) && msg.contains("no answer"),
+                "{msg}"
+            );
+            assert!(!msg.contains("NOT_LEADER"), "{msg}");
+            assert!(msg.contains("may or may not have been applied"), "{msg}");
+        }
+        other => panic!("expected a timeout, got {other:?}"),
+    }
+}
+
+/// SHUTTING_DOWN for a write means "may or may not have applied": the client retries it on
+/// the next endpoint with the same seq (safe: the session applies it once) and, if the deadline
+/// passes, says the outcome is unknown.
+#[test]
+fn shutting_down_write_is_retried_elsewhere_with_the_same_seq() {
+    let stopping = FakeServer::start(|_, _| Action::Reply(error(ErrorCode::ShuttingDown, "")));
+    let next = FakeServer::start(|_, _| Action::Reply(put_ok(11)));
+    let mut c = Client::new(vec![stopping.addr.clone(), next.addr.clone()], opts(5000));
+    assert_eq!(c.put(b"k", b"v").unwrap().version, 11);
+    let (a, b) = (stopping.requests(), next.requests());
+    assert_eq!((a.len(), b.len()), (1, 1));
+    assert_eq!(
+        (b[0].client_id, b[0].seq, b[0].acked_seq),
+        (a[0].client_id, a[0].seq, 0)
+    );
+
+    let mut c = Client::new(vec![stopping.addr.clone()], opts(300));
+    match c.put(b"k", b"v") {
+        Err(ClientError::Timeout(msg)) => {
+            assert!(msg.contains("SHUTTING_DOWN"), "{msg}");
+            assert!(msg.contains("may or may not have been applied"), "{msg}");
+        }
+        other => panic!("expected a timeout, got {other:?}"),
+    }
 }

@@ -76,6 +76,7 @@ fn operations_agree_with_a_model() {
         ClientOptions {
             timeout: Duration::from_secs(10),
             consistency: kvpb::Consistency::Lease,
+            ..Default::default()
         },
     );
     let mut rng = Rng::new(seed);
@@ -218,6 +219,7 @@ fn leader_crash_and_full_restart_lose_no_acknowledged_write() {
         ClientOptions {
             timeout: Duration::from_secs(5),
             consistency: kvpb::Consistency::Stale,
+            ..Default::default()
         },
     );
     let on_old = scan_all(&mut local, "w");
@@ -531,6 +533,7 @@ fn lagging_follower_catches_up_by_snapshot_transfer() {
         ClientOptions {
             timeout: Duration::from_secs(5),
             consistency: kvpb::Consistency::Stale,
+            ..Default::default()
         },
     );
     assert_eq!(

@@ -305,6 +305,7 @@ fn lagging_follower_installs_snapshot_and_disk_stays_bounded() {
         ClientOptions {
             timeout: Duration::from_secs(5),
             consistency: kvpb::Consistency::Stale,
+            ..Default::default()
         },
     );
     assert_eq!(scan_all(&mut local, "w"), model);
@@ -553,6 +554,7 @@ fn interrupted_snapshot_transfers_restart_cleanly() {
         ClientOptions {
             timeout: Duration::from_secs(5),
             consistency: kvpb::Consistency::Stale,
+            ..Default::default()
         },
     );
     wait_for(

@@ -1,14 +1,38 @@
 //! One blocking connection to one endpoint, and the retry backoff.
+//!
+//! Every wait has two bounds: the operation's `deadline` (retries included) and the attempt's
+//! own limits ([`Limits`]). The connect and the wait for an answer's first bytes end at the
+//! attempt timeout, so a node that accepts connections but never answers (SIGSTOPped, wedged)
+//! costs one attempt. Moving bytes — sending a large request, reading a large answer — is bounded
+//! by the deadline, with the attempt timeout as the longest silence allowed in between (a node
+//! that stops mid-frame also costs at most one attempt timeout more).
 
-use crate::net::framing::{blocking, DEFAULT_MAX_FRAME};
+use crate::net::framing::{self, FrameError, HEADER_LEN};
 use crate::pb::kvpb;
 use crate::rng::Rng;
-use std::io;
+use std::io::{self, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::time::{Duration, Instant};
 
 /// Socket timeouts must be nonzero; never go below this.
 const MIN_IO_TIMEOUT: Duration = Duration::from_millis(1);
+
+/// The slowest rate at which a healthy cluster is assumed to commit a request's bytes (send
+/// them to the followers and sync them: a slow disk's sequential write rate): the wait for an
+/// answer grows by the request's size over this rate (+2 s for a 20 MiB value), so a large
+/// write is not abandoned and re-sent (another copy in the log) just for being large.
+const COMMIT_BYTES_PER_SEC: f64 = 10.0 * 1024.0 * 1024.0;
+
+/// The bounds of one attempt (see the module doc).
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// End of the whole operation.
+    pub deadline: Instant,
+    /// Longest wait for an answer to start, and longest silence while bytes move.
+    pub attempt: Duration,
+    /// Largest response frame payload accepted.
+    pub max_frame: usize,
+}
 
 /// A connected endpoint.
 pub struct Conn {
@@ -17,14 +41,14 @@ pub struct Conn {
 }
 
 impl Conn {
-    /// Connects to `addr` (`HOST:PORT`), giving up at `deadline`.
-    pub fn connect(addr: &str, deadline: Instant) -> io::Result<Conn> {
+    /// Connects to `addr` (`HOST:PORT`), giving up after `timeout` per address or at `deadline`.
+    pub fn connect(addr: &str, timeout: Duration, deadline: Instant) -> io::Result<Conn> {
         let mut last_err = None;
         let addrs = addr.to_socket_addrs().map_err(|e| {
             io::Error::new(e.kind(), format!("cannot resolve endpoint {addr:?}: {e}"))
         })?;
         for sa in addrs {
-            let left = remaining(deadline)?;
+            let left = remaining(deadline)?.min(timeout.max(MIN_IO_TIMEOUT));
             match TcpStream::connect_timeout(&sa, left) {
                 Ok(stream) => {
                     // Best effort: requests are small and latency matters.
@@ -33,6 +57,12 @@ impl Conn {
                         addr: addr.to_string(),
                         stream,
                     });
+                }
+                Err(e) if e.kind() == io::ErrorKind::TimedOut => {
+                    last_err = Some(io::Error::new(
+                        e.kind(),
+                        format!("connect timed out after {left:?}"),
+                    ))
                 }
                 Err(e) => last_err = Some(e),
             }
@@ -45,15 +75,40 @@ impl Conn {
         }))
     }
 
-    /// Sends `req` and waits for the response with the same id, giving up at `deadline`.
-    /// Responses with other ids (left over from an abandoned request) are skipped.
-    pub fn call(&mut self, req: &kvpb::Request, deadline: Instant) -> io::Result<kvpb::Response> {
-        self.stream.set_write_timeout(Some(remaining(deadline)?))?;
-        blocking::write_msg(&mut self.stream, req)?;
+    /// Sends `req` and waits for the response with the same id (see [`Limits`]). Responses with
+    /// other ids (left over from an abandoned request) are skipped. An error answered with id
+    /// 0 is taken as this request's: a server that could not read a frame's id (a framing error)
+    /// answers so, and this connection carries one request at a time.
+    ///
+    /// A response header announcing more than `max_frame` bytes is an `InvalidData` error
+    /// wrapping [`FrameError::TooLarge`] (see [`response_too_large`]).
+    pub fn call(&mut self, req: &kvpb::Request, lim: &Limits) -> io::Result<kvpb::Response> {
+        let frame = framing::frame_bytes(req);
+        self.write_all_by(&frame, lim)?;
+        // A large write is replicated and synced before it is answered: allow for its bytes.
+        let commit_time = Duration::from_secs_f64(frame.len() as f64 / COMMIT_BYTES_PER_SEC);
+        let answer_by = (Instant::now() + lim.attempt + commit_time).min(lim.deadline);
         loop {
-            self.stream.set_read_timeout(Some(remaining(deadline)?))?;
-            let resp: kvpb::Response = blocking::read_msg(&mut self.stream, DEFAULT_MAX_FRAME)?;
-            if resp.id == req.id {
+            let mut header = [0u8; HEADER_LEN];
+            self.read_exact_by(&mut header, answer_by, lim, "no answer")?;
+            let len = u32::from_be_bytes(header) as usize;
+            if len > lim.max_frame {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    FrameError::TooLarge {
+                        len,
+                        max: lim.max_frame,
+                        id: 0,
+                    },
+                ));
+            }
+            let mut payload = vec![0u8; len];
+            self.read_exact_by(&mut payload, lim.deadline, lim, "answer stalled")?;
+            let resp: kvpb::Response = framing::decode(payload.into())
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+            let connection_error =
+                resp.id == 0 && matches!(resp.result, Some(kvpb::response::Result::Error(_)));
+            if resp.id == req.id || connection_error {
                 return Ok(resp);
             }
             log::debug!(
@@ -64,6 +119,76 @@ impl Conn {
             );
         }
     }
+
+    fn write_all_by(&mut self, mut buf: &[u8], lim: &Limits) -> io::Result<()> {
+        while !buf.is_empty() {
+            let left = remaining(lim.deadline)?;
+            self.stream.set_write_timeout(Some(left.min(lim.attempt)))?;
+            match self.stream.write(buf) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => buf = &buf[n..],
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if is_timeout(&e) => {
+                    return Err(timed_out(format!(
+                        "sending stalled for {:?}",
+                        left.min(lim.attempt)
+                    )))
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// Fills `buf`, giving up at `until` or after `lim.attempt` without a byte.
+    fn read_exact_by(
+        &mut self,
+        mut buf: &mut [u8],
+        until: Instant,
+        lim: &Limits,
+        what: &str,
+    ) -> io::Result<()> {
+        let started = Instant::now();
+        while !buf.is_empty() {
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(timed_out(format!("{what} within {:?}", started.elapsed())));
+            }
+            let wait = left.min(lim.attempt).max(MIN_IO_TIMEOUT);
+            self.stream.set_read_timeout(Some(wait))?;
+            match self.stream.read(buf) {
+                Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+                Ok(n) => buf = &mut buf[n..],
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                // Loop: the check above turns a passed `until` into the error.
+                Err(e) if is_timeout(&e) && wait < left => {
+                    return Err(timed_out(format!("{what}: silent for {wait:?}")))
+                }
+                Err(e) if is_timeout(&e) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A socket timeout: `WouldBlock` or `TimedOut` depending on the platform.
+fn is_timeout(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+    )
+}
+
+fn timed_out(msg: String) -> io::Error {
+    io::Error::new(io::ErrorKind::TimedOut, msg)
+}
+
+/// The [`FrameError::TooLarge`] inside an error from [`Conn::call`], if that is what it is.
+pub fn response_too_large(e: &io::Error) -> Option<&FrameError> {
+    e.get_ref()
+        .and_then(|inner| inner.downcast_ref::<FrameError>())
+        .filter(|fe| matches!(fe, FrameError::TooLarge { .. }))
 }
 
 /// Time left until `deadline`, or a `TimedOut` error when it has passed.

@@ -16,9 +16,10 @@ mod conn;
 
 use crate::pb::kvpb;
 use crate::rng::Rng;
-use conn::{Backoff, Conn};
+use conn::{response_too_large, Backoff, Conn, Limits};
 use kvpb::request::Op;
 use kvpb::response::Result as R;
+use prost::Message;
 use std::time::{Duration, Instant};
 
 /// Client errors.
@@ -36,7 +37,9 @@ impl std::fmt::Display for ClientError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             ClientError::Timeout(s) => write!(f, "timed out: {s}"),
-            ClientError::Server(e) => write!(f, "server error {:?}: {}", e.code(), e.message),
+            ClientError::Server(e) => {
+                write!(f, "server error {}: {}", e.code().as_str_name(), e.message)
+            }
             ClientError::Io(e) => write!(f, "I/O error: {e}"),
         }
     }
@@ -51,13 +54,51 @@ pub struct ClientOptions {
     pub timeout: Duration,
     /// Consistency for reads.
     pub consistency: kvpb::Consistency,
+    /// How long one attempt waits for its answer to start (and longest silence while a large
+    /// request or answer moves) before it is abandoned and retried on the next endpoint. Each
+    /// attempt that runs out doubles the next one's, up to what is left of `timeout`. See
+    /// [`DEFAULT_ATTEMPT_TIMEOUT`].
+    pub attempt_timeout: Duration,
+    /// How long one connect may take. See [`DEFAULT_CONNECT_TIMEOUT`].
+    pub connect_timeout: Duration,
+    /// Largest frame payload sent or read. A request over it is refused locally with
+    /// `TOO_LARGE`, never sent; a response over it fails the operation with `TOO_LARGE`.
+    /// Keep it equal to the servers' `--max-frame` (both default to
+    /// [`DEFAULT_MAX_FRAME`](crate::net::framing::DEFAULT_MAX_FRAME)).
+    pub max_frame: usize,
 }
+
+/// Default [`ClientOptions::attempt_timeout`]: 1 s, a fifth of the default 5 s deadline.
+///
+/// Why this value: a healthy cluster answers a write after one commit round (a few ms here;
+/// the slowest passes measured, a snapshot fork or a slow fsync on a loaded disk, take under
+/// 100 ms), so 1 s is ten times the worst normal answer, and a hung or blackholed first
+/// endpoint costs 1 s instead of the whole deadline, leaving four fifths of it for the others.
+/// A leader that is slow but live (a multi-second fsync) is not abandoned for good: each
+/// attempt that runs out doubles the next one's (1 s, 2 s, 4 s, ... capped by the deadline),
+/// so with the default deadline its last attempt still gets about 2 s of the remaining time.
+///
+/// Why abandoning is safe: a read has no effect, and a write is retried with the same session
+/// `seq` (module doc), so a retry that races the abandoned copy — both may commit — is applied
+/// once: the later copy finds the saved result in the session table and returns it (see
+/// `kv::session`). The server's own request timeout (5 s, `--request-timeout-ms`) is longer on
+/// purpose: the server only answers TIMEOUT when it gives up itself.
+pub const DEFAULT_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Default [`ClientOptions::connect_timeout`]: 500 ms. A TCP handshake takes one round trip
+/// (well under a millisecond on a LAN, a few hundred ms across continents); a handshake not done
+/// in 500 ms has lost its SYN (the kernel's first retransmission comes only after 1 s) or meets a
+/// host that is down or blackholed, and the next endpoint is the faster way on.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 
 impl Default for ClientOptions {
     fn default() -> Self {
         ClientOptions {
             timeout: Duration::from_secs(5),
             consistency: kvpb::Consistency::Linearizable,
+            attempt_timeout: DEFAULT_ATTEMPT_TIMEOUT,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            max_frame: crate::net::framing::DEFAULT_MAX_FRAME,
         }
     }
 }
@@ -171,12 +212,14 @@ impl Client {
         }
     }
 
-    /// Status of one specific endpoint (no redirect, no retry; own short-lived connection).
+    /// Status of one specific endpoint (no redirect, no retry; own short-lived connection): one
+    /// attempt, bounded by the connect and attempt timeouts and the deadline.
     pub fn status(&mut self, endpoint: &str) -> Result<kvpb::StatusResponse, ClientError> {
         let deadline = Instant::now() + self.opts.timeout;
         let req = self.request(Op::Status(kvpb::StatusRequest {}), 0);
-        let resp = Conn::connect(endpoint, deadline)
-            .and_then(|mut c| c.call(&req, deadline))
+        let lim = self.limits(self.opts.attempt_timeout, deadline);
+        let resp = Conn::connect(endpoint, self.opts.connect_timeout, deadline)
+            .and_then(|mut c| c.call(&req, &lim))
             .map_err(|e| io_error(endpoint, e))?;
         match resp.result {
             Some(R::Status(s)) => Ok(s),
@@ -221,8 +264,20 @@ impl Client {
         }
     }
 
+    fn limits(&self, attempt: Duration, deadline: Instant) -> Limits {
+        Limits {
+            deadline,
+            attempt,
+            max_frame: self.opts.max_frame,
+        }
+    }
+
     /// Sends `op` (with write seq `seq`, 0 for reads) until it gets a final answer or the
     /// deadline passes.
+    ///
+    /// Each attempt is bounded by the attempt timeout (see [`DEFAULT_ATTEMPT_TIMEOUT`]); the
+    /// error at the deadline names the last real problem (a redirect to a named leader is
+    /// routing, not a problem, so it never hides the timeout or refusal that came before it).
     fn call(&mut self, op: Op, seq: u64) -> Result<R, ClientError> {
         if self.endpoints.is_empty() {
             return Err(ClientError::Io(std::io::Error::new(
@@ -230,14 +285,35 @@ impl Client {
                 "client has no endpoints",
             )));
         }
+        // Refused here, before any connect: the server would only refuse it after reading it.
+        let size = self.request(op.clone(), seq).encoded_len();
+        if size > self.opts.max_frame {
+            return Err(ClientError::Server(kvpb::Error {
+                code: kvpb::ErrorCode::TooLarge as i32,
+                message: format!(
+                    "request of {size} bytes exceeds the maximum frame of {} bytes \
+                     (not sent; the limit is the client's max_frame / --max-frame)",
+                    self.opts.max_frame
+                ),
+                ..Default::default()
+            }));
+        }
         let deadline = Instant::now() + self.opts.timeout;
         let mut backoff = Backoff::new();
+        let mut attempt = self.opts.attempt_timeout.max(Duration::from_millis(1));
         let mut redirects = 0u32;
         let mut last_problem = String::from("no attempt made");
+        // A write that reached a server may have been applied, whatever came back after.
+        let mut sent_write = false;
         loop {
             if Instant::now() >= deadline {
+                let outcome = if sent_write {
+                    "; the write may or may not have been applied"
+                } else {
+                    ""
+                };
                 return Err(ClientError::Timeout(format!(
-                    "no answer within {:?}; last problem: {last_problem}",
+                    "no answer within {:?}; last problem: {last_problem}{outcome}",
                     self.opts.timeout
                 )));
             }
@@ -245,7 +321,7 @@ impl Client {
                 Some(c) => c,
                 None => {
                     let addr = self.pick_endpoint();
-                    match Conn::connect(&addr, deadline) {
+                    match Conn::connect(&addr, self.opts.connect_timeout, deadline) {
                         Ok(c) => c,
                         Err(e) => {
                             last_problem = format!("connect to {addr}: {e}");
@@ -257,9 +333,26 @@ impl Client {
                 }
             };
             let req = self.request(op.clone(), seq);
-            let resp = match conn.call(&req, deadline) {
+            sent_write |= seq != 0;
+            let lim = self.limits(attempt, deadline);
+            let resp = match conn.call(&req, &lim) {
                 Ok(r) => r,
                 Err(e) => {
+                    if let Some(fe) = response_too_large(&e) {
+                        // The same request would get the same answer elsewhere.
+                        return Err(ClientError::Server(kvpb::Error {
+                            code: kvpb::ErrorCode::TooLarge as i32,
+                            message: format!(
+                                "response from {}: {fe} (the client's max_frame / --max-frame)",
+                                conn.addr
+                            ),
+                            ..Default::default()
+                        }));
+                    }
+                    if e.kind() == std::io::ErrorKind::TimedOut {
+                        // This node may be hung, or just slow: the next attempt waits longer.
+                        attempt = attempt.saturating_mul(2);
+                    }
                     // The connection is in an unknown state: drop it, try the next endpoint.
                     last_problem = format!("request to {}: {e}", conn.addr);
                     log::debug!("client: {last_problem}");
@@ -279,14 +372,18 @@ impl Client {
                     continue;
                 }
             };
-            last_problem = format!(
+            let problem = format!(
                 "{} from {}: {}",
                 err.code().as_str_name(),
                 conn.addr,
                 err.message
             );
-            log::debug!("client: {last_problem}");
+            log::debug!("client: {problem}");
             use kvpb::ErrorCode as C;
+            let redirect = err.code() == C::NotLeader && !err.leader_addr.is_empty();
+            if !redirect || last_problem == "no attempt made" {
+                last_problem = problem;
+            }
             match err.code() {
                 C::NotLeader => {
                     // Drop the connection; go to the named leader, else the next endpoint.
@@ -303,8 +400,17 @@ impl Client {
                     self.conn = Some(conn);
                     backoff.sleep(&mut self.rng, deadline);
                 }
-                C::ShuttingDown => backoff.sleep(&mut self.rng, deadline),
-                C::BadRequest | C::TooLarge | C::Internal | C::ErrorUnknown => {
+                // The node is stopping (its listener is closed): a write it answered so may
+                // still commit (it was in the log) or not. Retry on the next endpoint with the
+                // same seq: the session applies it once, and a copy that did commit answers
+                // with its saved result. Drop any hint: it may name this node.
+                C::ShuttingDown => {
+                    self.leader_hint = None;
+                    backoff.sleep(&mut self.rng, deadline);
+                }
+                // A frame error closes the connection on the server side: drop it here too.
+                C::TooLarge => return Err(ClientError::Server(err)),
+                C::BadRequest | C::Internal | C::ErrorUnknown => {
                     self.conn = Some(conn);
                     return Err(ClientError::Server(err));
                 }

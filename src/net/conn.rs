@@ -298,7 +298,11 @@ mod tests {
         }
         assert!(matches!(
             conn.next_frame(),
-            Err(FrameError::TooLarge { len: 1000, max: 16 })
+            Err(FrameError::TooLarge {
+                len: 1000,
+                max: 16,
+                id: 0
+            })
         ));
     }
 

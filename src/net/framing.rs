@@ -15,21 +15,52 @@ pub const HEADER_LEN: usize = 4;
 pub const DEFAULT_MAX_FRAME: usize = 16 * 1024 * 1024;
 
 /// Why a byte stream could not be split into frames or a frame could not be decoded.
+///
+/// Both carry `id`: the message's leading field 1 if the bytes read so far begin with it (see
+/// [`leading_id`]; for a `kvpb::Request` that is the request id), else 0. A server answers a
+/// framing error with that id, so the client can match the error to its request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FrameError {
     /// The header announced `len` bytes, more than the maximum `max`.
-    TooLarge { len: usize, max: usize },
+    TooLarge { len: usize, max: usize, id: u64 },
     /// The payload is not a valid protobuf message of the expected type.
-    Decode(String),
+    Decode { reason: String, id: u64 },
+}
+
+impl FrameError {
+    /// The request id the failed frame carried, if it could be read (else 0).
+    pub fn request_id(&self) -> u64 {
+        match self {
+            FrameError::TooLarge { id, .. } | FrameError::Decode { id, .. } => *id,
+        }
+    }
+}
+
+/// The value of field 1 if `payload` (or the part of it read so far) starts with it as a
+/// varint (tag byte `0x08`), else 0. prost writes fields in field-number order, so a
+/// `kvpb::Request` or `kvpb::Response` with a nonzero `id` begins with it: the id of an
+/// oversized frame can be read from its first bytes, without buffering the rest.
+pub fn leading_id(payload: &[u8]) -> u64 {
+    let Some((&0x08, rest)) = payload.split_first() else {
+        return 0;
+    };
+    let mut v: u64 = 0;
+    for (i, &b) in rest.iter().take(10).enumerate() {
+        v |= u64::from(b & 0x7f) << (7 * i as u32);
+        if b & 0x80 == 0 {
+            return v;
+        }
+    }
+    0 // truncated or over-long varint
 }
 
 impl fmt::Display for FrameError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            FrameError::TooLarge { len, max } => {
+            FrameError::TooLarge { len, max, .. } => {
                 write!(f, "frame of {len} bytes exceeds the maximum of {max} bytes")
             }
-            FrameError::Decode(e) => write!(f, "undecodable frame: {e}"),
+            FrameError::Decode { reason, .. } => write!(f, "undecodable frame: {reason}"),
         }
     }
 }
@@ -63,7 +94,8 @@ pub fn split_frame(buf: &mut BytesMut, max: usize) -> Result<Option<Bytes>, Fram
     }
     let len = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
     if len > max {
-        return Err(FrameError::TooLarge { len, max });
+        let id = leading_id(&buf[HEADER_LEN..]);
+        return Err(FrameError::TooLarge { len, max, id });
     }
     if buf.len() < HEADER_LEN + len {
         // Make room for the rest of the frame in one go (bounded by `max`).
@@ -76,7 +108,14 @@ pub fn split_frame(buf: &mut BytesMut, max: usize) -> Result<Option<Bytes>, Fram
 
 /// Decodes a frame payload as `M`.
 pub fn decode<M: Message + Default>(payload: Bytes) -> Result<M, FrameError> {
-    M::decode(payload).map_err(|e| FrameError::Decode(e.to_string()))
+    // A `Bytes` clone is a reference count: decoding from it keeps `bytes` fields zero-copy.
+    match M::decode(payload.clone()) {
+        Ok(m) => Ok(m),
+        Err(e) => Err(FrameError::Decode {
+            reason: e.to_string(),
+            id: leading_id(&payload),
+        }),
+    }
 }
 
 /// Blocking helpers for std sockets (client library, bench, tests).
@@ -98,7 +137,7 @@ pub mod blocking {
         if len > max {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
-                FrameError::TooLarge { len, max },
+                FrameError::TooLarge { len, max, id: 0 },
             ));
         }
         let mut payload = vec![0u8; len];
@@ -149,7 +188,8 @@ mod tests {
             split_frame(&mut buf, 1024),
             Err(FrameError::TooLarge {
                 len: 1025,
-                max: 1024
+                max: 1024,
+                id: 0
             })
         );
     }
@@ -159,8 +199,37 @@ mod tests {
         let payload = Bytes::from_static(&[0xff, 0xff, 0xff, 0xff, 0xff]);
         assert!(matches!(
             decode::<kvpb::Request>(payload),
-            Err(FrameError::Decode(_))
+            Err(FrameError::Decode { .. })
         ));
+    }
+
+    #[test]
+    fn errors_carry_the_request_id_when_it_was_read() {
+        // An oversized request: only its first bytes have arrived.
+        let mut req = sample();
+        req.id = 300; // a two-byte varint
+        let wire = frame_bytes(&req);
+        let mut buf = BytesMut::from(&wire[..HEADER_LEN + 3]);
+        let e = split_frame(&mut buf, 2).unwrap_err();
+        assert_eq!(e.request_id(), 300, "{e:?}");
+        // The varint is cut short: unknown.
+        let mut buf = BytesMut::from(&wire[..HEADER_LEN + 2]);
+        assert_eq!(split_frame(&mut buf, 2).unwrap_err().request_id(), 0);
+        // No id field (id 0 is not encoded): unknown.
+        req.id = 0;
+        let wire = frame_bytes(&req);
+        let mut buf = BytesMut::from(&wire[..]);
+        assert_eq!(split_frame(&mut buf, 2).unwrap_err().request_id(), 0);
+        // A valid id followed by garbage.
+        let payload = Bytes::from_static(&[0x08, 0x07, 0xff, 0xff, 0xff]);
+        assert_eq!(
+            decode::<kvpb::Request>(payload).unwrap_err().request_id(),
+            7
+        );
+        assert_eq!(
+            leading_id(&[0x08, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01]),
+            0
+        );
     }
 
     #[test]

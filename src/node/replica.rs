@@ -326,7 +326,7 @@ impl<L: LogStore, A> Replica<L, A> {
     pub fn shutdown(&mut self) {
         self.requests.fail_all(
             ErrorCode::ShuttingDown,
-            "the server is shutting down; a write may or may not apply",
+            "the server is shutting down; a write may or may not have been applied",
         );
     }
 }

@@ -167,10 +167,10 @@ impl Server {
         if is_client {
             let code = match e {
                 FrameError::TooLarge { .. } => ErrorCode::TooLarge,
-                FrameError::Decode(_) => ErrorCode::BadRequest,
+                FrameError::Decode { .. } => ErrorCode::BadRequest,
             };
-            // The request id is unknown (the payload was never read): answer with id 0.
-            self.send_response(token, 0, error_result(code, e.to_string()));
+            // With the request id if the frame's first bytes held it, else 0.
+            self.send_response(token, e.request_id(), error_result(code, e.to_string()));
             log::debug!("client connection {}: {e}; closing", token.0);
             if let Some(Endpoint::Client(c)) = self.endpoints.get_mut(&token) {
                 c.closing = true;

@@ -167,6 +167,7 @@ impl Cluster {
             ClientOptions {
                 timeout: Duration::from_secs(10),
                 consistency,
+                ..Default::default()
             },
         )
     }

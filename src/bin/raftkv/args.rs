@@ -5,6 +5,7 @@
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use raftkv::pb::kvpb;
+use std::ffi::OsString;
 use std::path::PathBuf;
 
 /// Default client endpoints: the client ports `raftkv cluster` uses by default.
@@ -31,30 +32,41 @@ pub enum Cmd {
     /// Run a local cluster of `serve` child processes on loopback (Ctrl-C stops them all).
     /// Re-running with the same --dir and --base-port restarts the same cluster, data intact.
     Cluster(ClusterArgs),
-    /// Set KEY to VALUE.
+    /// Set KEY to VALUE; without VALUE (or with `-`) the value is read from standard input,
+    /// byte for byte (e.g. `raftkv put photo < photo.jpg`), up to --max-frame.
     Put {
-        /// The key (UTF-8 text).
-        key: String,
-        /// The value to store.
-        value: String,
+        /// The key (bytes as given; see --hex and --escaped).
+        key: OsString,
+        /// The value to store; omitted or `-`: read standard input.
+        value: Option<OsString>,
+        #[command(flatten)]
+        input: InputArgs,
         #[command(flatten)]
         c: ClientArgs,
     },
-    /// Print the value of KEY (exit 1 if absent).
+    /// Print the value of KEY (exit 1 if absent): its bytes unchanged, then a newline (none
+    /// with --out).
     Get {
         /// The key to read.
-        key: String,
+        key: OsString,
         /// Read consistency: linearizable (ReadIndex via the leader), lease (leader lease,
         /// needs `serve --lease-reads`), stale (any node's local state).
         #[arg(long, value_enum, default_value_t = ConsistencyArg::Linearizable)]
         consistency: ConsistencyArg,
+        /// Write exactly the value's bytes to FILE (`-`: standard output), no newline added.
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+        #[command(flatten)]
+        input: InputArgs,
         #[command(flatten)]
         c: ClientArgs,
     },
     /// Delete KEY (exit 1 if it was absent).
     Del {
         /// The key to delete.
-        key: String,
+        key: OsString,
+        #[command(flatten)]
+        input: InputArgs,
         #[command(flatten)]
         c: ClientArgs,
     },
@@ -62,9 +74,9 @@ pub enum Cmd {
     /// version is --expect-version (0 = must be absent). Exit 1 if the comparison failed.
     Cas {
         /// The key to compare and set.
-        key: String,
-        /// New value (omit with --delete).
-        value: Option<String>,
+        key: OsString,
+        /// New value (omit with --delete; `-`: read standard input).
+        value: Option<OsString>,
         /// Version the key must have now (the `version` printed by get/put; 0 = absent).
         #[arg(long)]
         expect_version: u64,
@@ -72,19 +84,24 @@ pub enum Cmd {
         #[arg(long)]
         delete: bool,
         #[command(flatten)]
+        input: InputArgs,
+        #[command(flatten)]
         c: ClientArgs,
     },
-    /// List keys in [--start, --end) or with --prefix, in key order.
+    /// List keys in [--start, --end) or with --prefix, in key order. Text output: one
+    /// `KEY = VALUE` line per pair (just `KEY` with --keys-only), both in the escape syntax
+    /// (see --escaped): plain text prints as itself, and `raftkv put --escaped KEY VALUE` with a
+    /// line's two halves (split at the first ` = `) writes the pair back.
     Scan {
         /// Only keys starting with this prefix.
         #[arg(long, default_value = "")]
-        prefix: String,
+        prefix: OsString,
         /// First key (inclusive); also resumes a scan from a printed continuation key.
         #[arg(long, default_value = "")]
-        start: String,
+        start: OsString,
         /// End key (exclusive; empty = unbounded).
         #[arg(long, default_value = "")]
-        end: String,
+        end: OsString,
         /// Max pairs per request (0 = server default).
         #[arg(long, default_value_t = 0)]
         limit: u32,
@@ -97,6 +114,8 @@ pub enum Cmd {
         #[arg(long, value_enum, default_value_t = ConsistencyArg::Linearizable)]
         consistency: ConsistencyArg,
         #[command(flatten)]
+        input: InputArgs,
+        #[command(flatten)]
         c: ClientArgs,
     },
     /// Show every endpoint's Raft status (role, term, leader, commit/applied, log range,
@@ -107,17 +126,43 @@ pub enum Cmd {
     },
 }
 
+/// How keys and values given on the command line are read (standard input is always raw).
+#[derive(Args, Clone, Copy)]
+pub struct InputArgs {
+    /// KEY, VALUE, --prefix, --start and --end are hex, two digits per byte (e.g. 00ff41).
+    #[arg(long, conflicts_with = "escaped")]
+    pub hex: bool,
+    /// KEY, VALUE, --prefix, --start and --end use the escape syntax `scan` prints: \\ \n \r
+    /// \t \0 \= and \xHH for any byte; everything else stands for itself.
+    #[arg(long, short = 'e')]
+    pub escaped: bool,
+}
+
 #[derive(Args)]
 pub struct ClientArgs {
     /// Comma-separated client endpoints HOST:PORT (any node; requests follow the leader).
     #[arg(long, default_value = DEFAULT_ENDPOINTS)]
     pub endpoints: String,
-    /// Print machine-readable JSON instead of text.
+    /// Print machine-readable JSON instead of text. Keys and values are JSON strings when
+    /// they are valid UTF-8 (`"key"`, `"value"`), else hex (`"key_hex"`, `"value_hex"`).
     #[arg(long)]
     pub json: bool,
     /// Overall deadline per command in milliseconds, retries included.
     #[arg(long, default_value_t = 5000)]
     pub timeout_ms: u64,
+    /// How long one attempt waits for an answer before trying the next endpoint (a hung node
+    /// costs this much, not the whole --timeout-ms). Doubles after each attempt that runs out,
+    /// so a slow but live leader still gets the time left. Retried writes keep their session
+    /// seq: never applied twice.
+    #[arg(long, default_value_t = raftkv::client::DEFAULT_ATTEMPT_TIMEOUT.as_millis() as u64)]
+    pub attempt_timeout_ms: u64,
+    /// How long one TCP connect may take before trying the next endpoint.
+    #[arg(long, default_value_t = raftkv::client::DEFAULT_CONNECT_TIMEOUT.as_millis() as u64)]
+    pub connect_timeout_ms: u64,
+    /// Largest request or response frame in bytes; a larger request is refused with TOO_LARGE
+    /// (exit 4) without being sent. Match the servers' --max-frame.
+    #[arg(long, default_value_t = raftkv::net::framing::DEFAULT_MAX_FRAME)]
+    pub max_frame: usize,
 }
 
 #[derive(Clone, Copy, ValueEnum)]

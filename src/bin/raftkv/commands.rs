@@ -2,10 +2,14 @@
 //! request through `raftkv::client::Client` (which follows the leader and retries until
 //! --timeout-ms), hand the result to `output`, return the exit code.
 
-use crate::args::{ClientArgs, Cmd};
+use crate::args::{ClientArgs, Cmd, InputArgs};
+use crate::escape;
 use crate::output::{self, fail, EXIT_OK, EXIT_UNAVAILABLE, EXIT_USAGE};
 use raftkv::client::{Client, ClientError, ClientOptions};
 use raftkv::pb::kvpb;
+use std::ffi::{OsStr, OsString};
+use std::io::Read;
+use std::os::unix::ffi::OsStrExt;
 use std::time::Duration;
 
 /// Runs a client command (not `serve` or `cluster`) and returns its exit code.
@@ -25,17 +29,59 @@ pub fn run(cmd: Cmd) -> u8 {
         Err(code) => return code,
     };
     let client = &mut client;
+    let max_frame = c.max_frame;
     match cmd {
-        Cmd::Put { key, value, .. } => put(client, &key, &value, json),
-        Cmd::Get { key, .. } => get(client, &key, json),
-        Cmd::Del { key, .. } => del(client, &key, json),
+        Cmd::Put {
+            key, value, input, ..
+        } => {
+            let (key, value) = match (input.decode(&key), read_value(value, input, max_frame)) {
+                (Ok(k), Ok(v)) => (k, v),
+                (Err(e), _) | (_, Err(e)) => return e.report(json),
+            };
+            report(client.put(&key, &value), json, output::put)
+        }
+        Cmd::Get {
+            key, out, input, ..
+        } => match input.decode(&key) {
+            Ok(key) => report(client.get(&key), json, |r, json| {
+                output::get(&key, r, json, out.as_deref())
+            }),
+            Err(e) => e.report(json),
+        },
+        Cmd::Del { key, input, .. } => match input.decode(&key) {
+            Ok(key) => report(client.delete(&key), json, |r, json| {
+                output::del(&key, r, json)
+            }),
+            Err(e) => e.report(json),
+        },
         Cmd::Cas {
             key,
             value,
             expect_version,
             delete,
+            input,
             ..
-        } => cas(client, key, value, expect_version, delete, json),
+        } => {
+            if delete == value.is_some() {
+                eprintln!("raftkv cas: give either VALUE or --delete");
+                return EXIT_USAGE;
+            }
+            let value = match value {
+                Some(v) => read_value(Some(v), input, max_frame),
+                None => Ok(Vec::new()),
+            };
+            let (key, value) = match (input.decode(&key), value) {
+                (Ok(k), Ok(v)) => (k, v),
+                (Err(e), _) | (_, Err(e)) => return e.report(json),
+            };
+            let req = kvpb::Cas {
+                key: key.into(),
+                expected_version: expect_version,
+                value: value.into(),
+                delete,
+            };
+            report(client.cas(req), json, output::cas)
+        }
         Cmd::Scan {
             prefix,
             start,
@@ -43,12 +89,24 @@ pub fn run(cmd: Cmd) -> u8 {
             limit,
             keys_only,
             all,
+            input,
             ..
         } => {
+            let decoded = (|| -> Result<_, InputError> {
+                Ok((
+                    input.decode(&start)?,
+                    input.decode(&end)?,
+                    input.decode(&prefix)?,
+                ))
+            })();
+            let (start, end, prefix) = match decoded {
+                Ok(x) => x,
+                Err(e) => return e.report(json),
+            };
             let req = kvpb::Scan {
-                start: start.into_bytes().into(),
-                end: end.into_bytes().into(),
-                prefix: prefix.into_bytes().into(),
+                start: start.into(),
+                end: end.into(),
+                prefix: prefix.into(),
                 limit,
                 keys_only,
             };
@@ -56,6 +114,84 @@ pub fn run(cmd: Cmd) -> u8 {
         }
         Cmd::Status { .. } => status(client, &endpoints, json),
         Cmd::Serve(_) | Cmd::Cluster(_) => unreachable!("handled in main"),
+    }
+}
+
+/// A key or value that could not be read: a usage error (exit 2), or standard input over the
+/// frame limit (TOO_LARGE, exit 4, as the server would answer).
+enum InputError {
+    Usage(String),
+    TooLarge(String),
+}
+
+impl InputError {
+    fn report(self, json: bool) -> u8 {
+        match self {
+            InputError::Usage(m) => {
+                eprintln!("raftkv: {m}");
+                EXIT_USAGE
+            }
+            InputError::TooLarge(m) => fail(
+                ClientError::Server(kvpb::Error {
+                    code: kvpb::ErrorCode::TooLarge as i32,
+                    message: m,
+                    ..Default::default()
+                }),
+                json,
+            ),
+        }
+    }
+}
+
+impl InputArgs {
+    /// The bytes a command-line KEY/VALUE/--prefix/... stands for: as given (any bytes, not
+    /// only UTF-8), or decoded from hex / the escape syntax.
+    fn decode(&self, arg: &OsStr) -> Result<Vec<u8>, InputError> {
+        let raw = arg.as_bytes();
+        let r = if self.hex {
+            escape::unhex(raw)
+        } else if self.escaped {
+            escape::unescape(raw)
+        } else {
+            Ok(raw.to_vec())
+        };
+        r.map_err(|e| {
+            let how = if self.hex { "--hex" } else { "--escaped" };
+            InputError::Usage(format!(
+                "{how} argument {:?}: {e}",
+                String::from_utf8_lossy(raw)
+            ))
+        })
+    }
+}
+
+/// A put/cas VALUE: from the command line, or (omitted or `-`) standard input read raw, at most
+/// `max_frame` bytes (a longer value could never fit in a request frame).
+fn read_value(
+    value: Option<OsString>,
+    input: InputArgs,
+    max_frame: usize,
+) -> Result<Vec<u8>, InputError> {
+    match value {
+        Some(v) if v != "-" => input.decode(&v),
+        _ => {
+            let mut buf = Vec::new();
+            let limit = max_frame as u64 + 1;
+            std::io::stdin()
+                .lock()
+                .take(limit)
+                .read_to_end(&mut buf)
+                .map_err(|e| {
+                    InputError::Usage(format!("reading the value from standard input: {e}"))
+                })?;
+            if buf.len() as u64 == limit {
+                return Err(InputError::TooLarge(format!(
+                    "the value on standard input is over {max_frame} bytes, the maximum frame \
+                     (not sent; raise --max-frame here and on the servers for larger values)"
+                )));
+            }
+            Ok(buf)
+        }
     }
 }
 
@@ -76,6 +212,9 @@ fn connect(c: &ClientArgs, consistency: kvpb::Consistency) -> Result<(Client, Ve
         ClientOptions {
             timeout: Duration::from_millis(c.timeout_ms),
             consistency,
+            attempt_timeout: Duration::from_millis(c.attempt_timeout_ms),
+            connect_timeout: Duration::from_millis(c.connect_timeout_ms),
+            max_frame: c.max_frame,
         },
     );
     Ok((client, endpoints))
@@ -87,47 +226,6 @@ fn report<R>(r: Result<R, ClientError>, json: bool, show: impl FnOnce(&R, bool) 
         Ok(r) => show(&r, json),
         Err(e) => fail(e, json),
     }
-}
-
-fn put(client: &mut Client, key: &str, value: &str, json: bool) -> u8 {
-    report(
-        client.put(key.as_bytes(), value.as_bytes()),
-        json,
-        output::put,
-    )
-}
-
-fn get(client: &mut Client, key: &str, json: bool) -> u8 {
-    report(client.get(key.as_bytes()), json, |r, json| {
-        output::get(key, r, json)
-    })
-}
-
-fn del(client: &mut Client, key: &str, json: bool) -> u8 {
-    report(client.delete(key.as_bytes()), json, |r, json| {
-        output::del(key, r, json)
-    })
-}
-
-fn cas(
-    client: &mut Client,
-    key: String,
-    value: Option<String>,
-    expect_version: u64,
-    delete: bool,
-    json: bool,
-) -> u8 {
-    if delete == value.is_some() {
-        eprintln!("raftkv cas: give either VALUE or --delete");
-        return EXIT_USAGE;
-    }
-    let req = kvpb::Cas {
-        key: key.into_bytes().into(),
-        expected_version: expect_version,
-        value: value.unwrap_or_default().into_bytes().into(),
-        delete,
-    };
-    report(client.cas(req), json, output::cas)
 }
 
 /// One page of `req`'s range, or with `all` every page, then the continuation key.

@@ -13,6 +13,7 @@
 mod args;
 mod cluster;
 mod commands;
+mod escape;
 mod output;
 mod serve;
 

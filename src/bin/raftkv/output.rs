@@ -4,8 +4,11 @@
 //! Text results go to stdout; "not found", "CAS failed" and errors go to stderr (in JSON
 //! mode everything goes to stdout).
 
+use crate::escape;
 use raftkv::client::ClientError;
 use raftkv::pb::kvpb::{self, ErrorCode};
+use std::io::Write;
+use std::path::Path;
 
 pub const EXIT_OK: u8 = 0;
 pub const EXIT_NOT_FOUND: u8 = 1;
@@ -13,7 +16,16 @@ pub const EXIT_USAGE: u8 = 2;
 pub const EXIT_UNAVAILABLE: u8 = 3;
 pub const EXIT_REJECTED: u8 = 4;
 
-/// Minimal JSON string escaping.
+/// `"name":"text"` if `b` is valid UTF-8, else `"name_hex":"hex digits"`: binary keys and
+/// values in JSON output (exactly one of the two fields is present).
+pub fn json_bytes(name: &str, b: &[u8]) -> String {
+    match std::str::from_utf8(b) {
+        Ok(s) => format!("\"{name}\":{}", json_str(s.as_bytes())),
+        Err(_) => format!("\"{name}_hex\":\"{}\"", escape::hex(b)),
+    }
+}
+
+/// Minimal JSON string escaping (invalid UTF-8 is replaced: use [`json_bytes`] for data).
 pub fn json_str(b: &[u8]) -> String {
     let s = String::from_utf8_lossy(b);
     let mut out = String::with_capacity(s.len() + 2);
@@ -25,7 +37,9 @@ pub fn json_str(b: &[u8]) -> String {
             '\n' => out.push_str("\\n"),
             '\r' => out.push_str("\\r"),
             '\t' => out.push_str("\\t"),
-            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c if (c as u32) < 0x20 || c as u32 == 0x7f => {
+                out.push_str(&format!("\\u{:04x}", c as u32))
+            }
             c => out.push(c),
         }
     }
@@ -66,8 +80,8 @@ fn found_or_not(found: bool) -> u8 {
     }
 }
 
-fn not_found(key: &str) {
-    eprintln!("raftkv: key {key:?} not found");
+fn not_found(key: &[u8]) {
+    eprintln!("raftkv: key \"{}\" not found", escape::escape(key, false));
 }
 
 /// Prints a put's new version; exit 0.
@@ -80,30 +94,62 @@ pub fn put(r: &kvpb::PutResponse, json: bool) -> u8 {
     EXIT_OK
 }
 
-/// Prints the value read (exit 0) or that the key is absent (exit 1).
-pub fn get(key: &str, r: &kvpb::GetResponse, json: bool) -> u8 {
+/// Prints the value read (exit 0) or that the key is absent (exit 1). Text: the value's
+/// bytes unchanged and a newline, or with `out` exactly the bytes to that file (`-`: stdout).
+pub fn get(key: &[u8], r: &kvpb::GetResponse, json: bool, out: Option<&Path>) -> u8 {
+    if !r.found {
+        if json {
+            println!(
+                "{{\"ok\":true,\"found\":false,{},\"value\":null,\"version\":{}}}",
+                json_bytes("key", key),
+                r.version
+            );
+        } else {
+            not_found(key);
+        }
+        return found_or_not(false);
+    }
+    let written = match (out, json) {
+        (Some(p), _) if p != Path::new("-") => std::fs::write(p, &r.value)
+            .map_err(|e| format!("writing the value to {}: {e}", p.display())),
+        (Some(_), _) => write_stdout(&[&r.value]),
+        (None, false) => write_stdout(&[&r.value, b"\n"]),
+        (None, true) => Ok(()),
+    };
+    if let Err(e) = written {
+        eprintln!("raftkv: {e}");
+        return EXIT_USAGE;
+    }
     if json {
+        let value = match out {
+            // The value went to the file; JSON reports where and how much.
+            Some(p) => format!(
+                "\"out\":{},\"value_bytes\":{}",
+                json_str(p.as_os_str().as_encoded_bytes()),
+                r.value.len()
+            ),
+            None => json_bytes("value", &r.value),
+        };
         println!(
-            "{{\"ok\":true,\"found\":{},\"key\":{},\"value\":{},\"version\":{}}}",
-            r.found,
-            json_str(key.as_bytes()),
-            if r.found {
-                json_str(&r.value)
-            } else {
-                "null".into()
-            },
+            "{{\"ok\":true,\"found\":true,{},{value},\"version\":{}}}",
+            json_bytes("key", key),
             r.version
         );
-    } else if r.found {
-        println!("{}", String::from_utf8_lossy(&r.value));
-    } else {
-        not_found(key);
     }
-    found_or_not(r.found)
+    EXIT_OK
+}
+
+fn write_stdout(parts: &[&[u8]]) -> Result<(), String> {
+    let mut out = std::io::stdout().lock();
+    parts
+        .iter()
+        .try_for_each(|p| out.write_all(p))
+        .and_then(|()| out.flush())
+        .map_err(|e| format!("writing to standard output: {e}"))
 }
 
 /// Prints that the key was deleted (exit 0) or was absent (exit 1).
-pub fn del(key: &str, r: &kvpb::DeleteResponse, json: bool) -> u8 {
+pub fn del(key: &[u8], r: &kvpb::DeleteResponse, json: bool) -> u8 {
     if json {
         println!("{{\"ok\":true,\"deleted\":{}}}", r.deleted);
     } else if r.deleted {
@@ -130,28 +176,30 @@ pub fn cas(r: &kvpb::CasResponse, json: bool) -> u8 {
 }
 
 /// Prints the pairs of a scan (all pages fetched) and its continuation key (empty: no more
-/// keys); exit 0.
+/// keys); exit 0. Text: `KEY = VALUE` lines in the escape syntax (see `escape`), which
+/// round-trip through `raftkv put --escaped`.
 pub fn scan(kvs: &[kvpb::KeyValue], next: &[u8], keys_only: bool, json: bool) -> u8 {
     if json {
         println!("{}", scan_json(kvs, next, keys_only));
         return EXIT_OK;
     }
+    let mut text = String::new();
     for kv in kvs {
-        if keys_only {
-            println!("{}", String::from_utf8_lossy(&kv.key));
-        } else {
-            println!(
-                "{} = {}",
-                String::from_utf8_lossy(&kv.key),
-                String::from_utf8_lossy(&kv.value)
-            );
+        text.push_str(&escape::escape(&kv.key, true));
+        if !keys_only {
+            text.push_str(" = ");
+            text.push_str(&escape::escape(&kv.value, false));
         }
+        text.push('\n');
+    }
+    if let Err(e) = write_stdout(&[text.as_bytes()]) {
+        eprintln!("raftkv: {e}");
+        return EXIT_USAGE;
     }
     if !next.is_empty() {
-        eprintln!(
-            "(more keys: continue with --start {:?}, or use --all)",
-            String::from_utf8_lossy(next)
-        );
+        // Escaped form in single quotes: safe to paste into a shell (`'` itself is `'\''`).
+        let start = escape::escape(next, false).replace('\'', "'\\''");
+        eprintln!("(more keys: continue with --escaped --start '{start}', or use --all)");
     }
     EXIT_OK
 }
@@ -161,21 +209,21 @@ fn scan_json(kvs: &[kvpb::KeyValue], next: &[u8], keys_only: bool) -> String {
         .iter()
         .map(|kv| {
             if keys_only {
-                format!("{{\"key\":{}}}", json_str(&kv.key))
+                format!("{{{}}}", json_bytes("key", &kv.key))
             } else {
                 format!(
-                    "{{\"key\":{},\"value\":{},\"version\":{}}}",
-                    json_str(&kv.key),
-                    json_str(&kv.value),
+                    "{{{},{},\"version\":{}}}",
+                    json_bytes("key", &kv.key),
+                    json_bytes("value", &kv.value),
                     kv.version
                 )
             }
         })
         .collect();
     format!(
-        "{{\"ok\":true,\"kvs\":[{}],\"next_key\":{}}}",
+        "{{\"ok\":true,\"kvs\":[{}],{}}}",
         items.join(","),
-        json_str(next)
+        json_bytes("next_key", next)
     )
 }
 
@@ -263,6 +311,21 @@ mod tests {
     fn json_escapes() {
         assert_eq!(json_str(b"a\"b\\c\n"), "\"a\\\"b\\\\c\\n\"");
         assert_eq!(json_str(&[1]), "\"\\u0001\"");
+    }
+
+    #[test]
+    fn binary_json_fields_are_hex() {
+        assert_eq!(json_bytes("value", b"a\0"), r#""value":"a\u0000""#);
+        assert_eq!(json_bytes("value", b"\xff\x00"), r#""value_hex":"ff00""#);
+        let kvs = [kvpb::KeyValue {
+            key: b"\xfe".to_vec().into(),
+            value: "v".into(),
+            version: 1,
+        }];
+        assert_eq!(
+            scan_json(&kvs, b"", false),
+            r#"{"ok":true,"kvs":[{"key_hex":"fe","value":"v","version":1}],"next_key":""}"#
+        );
     }
 
     #[test]
