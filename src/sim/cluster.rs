@@ -20,6 +20,7 @@ use crate::sim::client::{ClientAction, ClientReq, Reply, SimClient};
 use crate::sim::linearize::{self, Operation, Verdict};
 use crate::sim::net::{Net, NetParams};
 use crate::sim::node::{describe_msg, Action, Input, NodeParams, SimNode};
+use crate::snapshot::SnapshotPolicy;
 use std::collections::BTreeMap;
 
 /// A Raft bug to plant in the core, to prove the checkers catch it.
@@ -673,6 +674,30 @@ fn plant(_cfg: &mut Config, bug: Bug) {
     );
 }
 
+/// A snapshot policy with small thresholds for node `id` of `n`: the server's
+/// `SnapshotPolicy` (the same due-index, byte-threshold, stagger and compaction arithmetic),
+/// so every seed exercises it. With `bias` (planted-bug runs) every member snapshots on the
+/// entry threshold alone and compacts fully, so followers that fall behind need snapshot
+/// transfers: the window snapshot bugs need.
+fn sim_policy(rng: &mut Rng, id: u64, n: u64, bias: bool) -> SnapshotPolicy {
+    SnapshotPolicy {
+        max_log_entries: rng.range(15, 80),
+        // Commands are ~30 bytes: a byte threshold of a few dozen entries in some runs.
+        max_log_bytes: if !bias && rng.chance(0.3) {
+            rng.range(500, 3000)
+        } else {
+            u64::MAX
+        },
+        // Entries kept below the snapshot: followers slightly behind catch up from the log.
+        trailing_entries: if bias || rng.chance(0.5) {
+            0
+        } else {
+            rng.range(1, 40)
+        },
+        stagger: (!bias && rng.chance(0.5)).then_some((id - 1, n)),
+    }
+}
+
 /// Runs one seeded schedule.
 pub fn run_seed(seed: u64, opts: &SimOptions) -> SeedResult {
     let mut rng = Rng::new(seed);
@@ -698,7 +723,7 @@ pub fn run_seed(seed: u64, opts: &SimOptions) -> SeedResult {
         let params = NodeParams {
             sync_min: 0,
             sync_max: rng.range(1, 10),
-            snapshot_every: rng.range(15, 80),
+            policy: sim_policy(&mut rng, id, n as u64, bias),
             chunk: if rng.chance(0.3) { 64 } else { 1 << 20 },
             torn: rng.chance(0.5),
             check_commit_rule: opts.check_commit_rule,

@@ -81,7 +81,7 @@ impl Disk {
     }
 
     /// Atomically (write to a temp file, fsync, rename) stores a snapshot of this node's own
-    /// state and compacts the durable log up to it.
+    /// state (the log is compacted separately, as far as the policy allows: [`Disk::compact`]).
     pub fn save_snapshot(&mut self, snap: SnapFile) -> Result<(), String> {
         let index = snap.meta.index;
         if self.durable.log.last_index() < index {
@@ -90,14 +90,19 @@ impl Disk {
                 self.durable.log.last_index()
             ));
         }
-        let term = self
-            .durable
-            .log
-            .term(index)
-            .map_err(|e| format!("compact to {index}: {e}"))?;
-        self.durable.log.compact(index, term)?;
         self.durable.snapshot = Some(snap);
         Ok(())
+    }
+
+    /// Drops the durable log through `index` (of `term`), never past the durable snapshot.
+    pub fn compact(&mut self, index: u64, term: u64) -> Result<(), String> {
+        let snap = self.durable.snapshot.as_ref().map_or(0, |s| s.meta.index);
+        if index > snap {
+            return Err(format!(
+                "compact to {index} past the durable snapshot {snap}"
+            ));
+        }
+        self.durable.log.compact(index, term)
     }
 
     /// A received snapshot becomes the durable snapshot (the log is reset separately, after
@@ -118,18 +123,19 @@ impl Disk {
     }
 
     /// At restart, as the server's recovery does: a durable snapshot newer than the log's
-    /// start (a crash between publishing a received snapshot and resetting the log) compacts
-    /// the log to it if the log holds its entry, else resets the log to it.
+    /// start that the log does not continue (a crash between publishing a received snapshot
+    /// and resetting the log) resets the log to it; a log that holds the snapshot's entry is
+    /// kept as it is.
     pub fn reconcile_log(&mut self) {
         let Some(s) = &self.durable.snapshot else {
             return;
         };
         let (index, term) = (s.meta.index, s.meta.term);
-        let log = &mut self.durable.log;
-        if log.snapshot_index_term().0 >= index {
-            return;
-        }
-        if log.term(index) == Ok(term) && log.compact(index, term).is_ok() {
+        // Holding the snapshot's own entry (or starting right after it), the log continues
+        // it. A log that starts past it (compacted or reset beyond the snapshot: entries in
+        // between are lost) is left for the restart to refuse, as the server's recovery check
+        // refuses it; only a snapshot newer than the log's start resets the log.
+        if self.durable.log.term(index) == Ok(term) || self.durable.log.first_index() > index + 1 {
             return;
         }
         self.reset_log(index, term);
@@ -260,6 +266,8 @@ mod tests {
             data: Bytes::from_static(b"x"),
         };
         d.save_snapshot(snap(2, 1)).unwrap();
+        assert!(d.compact(3, 2).is_err(), "never past the snapshot");
+        d.compact(2, 1).unwrap();
         assert_eq!(
             (d.durable.log.first_index(), d.durable.log.last_index()),
             (3, 3)

@@ -28,7 +28,7 @@ use crate::rng::Rng;
 use crate::sim::checker::Checker;
 use crate::sim::client::{ClientReq, Reply, ReqOp};
 use crate::sim::disk::{Disk, DiskSink, MemPartial, SnapFile};
-use crate::snapshot::{Received, SenderConfig, SnapshotSource};
+use crate::snapshot::{LogStats, Received, SenderConfig, SnapshotPolicy, SnapshotSource};
 use prost::Message as _;
 use std::collections::{HashMap, VecDeque};
 
@@ -66,8 +66,9 @@ pub struct NodeParams {
     /// Sync latency range in ms.
     pub sync_min: u64,
     pub sync_max: u64,
-    /// Take a local snapshot every this many applied entries.
-    pub snapshot_every: u64,
+    /// When to take a local snapshot and how far to compact: the server's policy (entry and
+    /// byte thresholds, trailing entries kept, the members' stagger), with small thresholds.
+    pub policy: SnapshotPolicy,
     /// Max bytes per InstallSnapshot chunk.
     pub chunk: usize,
     /// Torn writes on crash.
@@ -104,6 +105,8 @@ pub struct SimNode {
     deferred: VecDeque<Input>,
     /// Snapshot streams to and from peers: the production sender and receiver (node layer).
     transfers: Transfers<MemPartial>,
+    /// The replica's applied bytes when the newest snapshot was taken or installed.
+    bytes_at_snapshot: u64,
     /// (role, term) after the last drive, to notice elections.
     last_role: (Role, u64),
     last_commit: u64,
@@ -220,6 +223,7 @@ impl SimNode {
             busy: None,
             deferred: VecDeque::new(),
             transfers: Transfers::new(sender_config(chunk)),
+            bytes_at_snapshot: 0,
             last_role: (Role::Follower, 0),
             last_commit: 0,
             proposals: 0,
@@ -265,14 +269,16 @@ impl SimNode {
             }
             None => (KvStore::new(), 0, self.bootstrap_conf()),
         };
-        // The durable log never starts below the snapshot (the shell guarantees it).
-        if store.snapshot_index_term().0 < applied {
+        // The durable log continues the snapshot without a gap (it may hold the policy's
+        // trailing entries below it).
+        if store.first_index() > applied + 1 {
             return Err(format!(
-                "node {}: durable log starts at {} below snapshot {applied}",
+                "node {}: durable log starts at {}, above snapshot {applied} + 1",
                 self.id,
                 store.first_index()
             ));
         }
+        self.bytes_at_snapshot = 0;
         let mut hs: HardState = d.hard_state;
         hs.commit = hs.commit.max(applied);
         let mut cfg = self.cfg.clone();
@@ -543,11 +549,23 @@ impl SimNode {
         let Some(rep) = self.rep.as_mut() else {
             return Ok(());
         };
-        let (snap_index, _) = rep.core().store().snapshot_index_term();
-        if rep.applied() < snap_index + self.params.snapshot_every {
+        let policy = &self.params.policy;
+        let stats = |rep: &Replica<MemLog, SimRef>, snapshot_index| LogStats {
+            snapshot_index,
+            applied: rep.kv().applied(),
+            bytes_since_snapshot: rep.applied_bytes() - self.bytes_at_snapshot,
+            first_index: rep.core().store().first_index(),
+        };
+        let snap_index = self
+            .disk
+            .durable
+            .snapshot
+            .as_ref()
+            .map_or(0, |s| s.meta.index);
+        if !policy.should_snapshot(&stats(rep, snap_index)) {
             return Ok(());
         }
-        let index = rep.applied();
+        let index = rep.kv().applied();
         let term = rep
             .core()
             .store()
@@ -569,15 +587,24 @@ impl SimNode {
         self.disk
             .save_snapshot(snap)
             .map_err(|e| format!("node {}: save snapshot: {e}", self.id))?;
-        rep.core_mut()
-            .store_mut()
-            .compact(index, term)
-            .map_err(|e| format!("node {}: compact: {e}", self.id))?;
+        let compact_to = policy.compact_index(&stats(rep, index));
+        self.bytes_at_snapshot = rep.applied_bytes();
         out.push(Action::Trace(format!(
-            "node {} snapshot at {index}/t{term}, log compacted",
+            "node {} snapshot at {index}/t{term}, log compacted to {compact_to:?}",
             self.id
         )));
-        Ok(())
+        let Some(c) = compact_to else {
+            return Ok(());
+        };
+        let log = rep.core_mut().store_mut();
+        let term_c = log
+            .term(c)
+            .map_err(|e| format!("node {}: term of compaction index {c}: {e}", self.id))?;
+        self.disk
+            .compact(c, term_c)
+            .map_err(|e| format!("node {}: compact the durable log to {c}: {e}", self.id))?;
+        log.compact(c, term_c)
+            .map_err(|e| format!("node {}: compact to {c}: {e}", self.id))
     }
 
     /// Ready step 5 (leader): stream the durable snapshot to each peer that needs it.
@@ -795,7 +822,9 @@ impl ReadyShell for SimShell<'_> {
 
     fn install_snapshot(&mut self, meta: SnapshotMeta) -> Result<(), String> {
         let reply = install_staged(self.rep(), &meta)?;
+        let bytes = self.rep().applied_bytes();
         let n = &mut *self.node;
+        n.bytes_at_snapshot = bytes;
         n.disk.reset_log(meta.index, meta.term);
         self.checker.on_snapshot(n.id, meta.index, meta.term)?;
         self.out.push(Action::Trace(format!(
