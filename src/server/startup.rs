@@ -5,20 +5,23 @@
 
 use super::snap::{self, Snapshots};
 use super::timers::TimerEvent;
-use super::{ClientRef, Server, ServerConfig};
+use super::{Server, ServerConfig};
 use crate::kv::KvStore;
 use crate::net::peer::Peer;
 use crate::net::reactor::{Tokens, CLIENT_LISTENER, PEER_LISTENER};
 use crate::net::timer::TimerWheel;
 use crate::node::{Replica, ReplicaConfig};
-use crate::raft::{ConfState, Config, EntryType, InitialState, LogStore, RawNode};
-use crate::snapshot::recover::check_data_dir;
+use crate::raft::{
+    ConfState, Config, EntryType, HardState, InitialState, LogStore, RawNode, SnapshotMeta,
+};
+use crate::snapshot::recover::{check_data_dir, Recovery};
 use crate::storage::inspect::{Check, DataDirs};
 use crate::storage::{DirLock, HardStateFile, Log, LogOptions, SnapshotStore};
 use mio::net::TcpListener;
 use mio::{Interest, Poll};
 use std::collections::{HashMap, HashSet};
 use std::net::ToSocketAddrs;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 /// Binds a listener on `addr` (the `what` names it in errors).
@@ -31,190 +34,292 @@ fn bind(addr: &str, what: &str) -> Result<TcpListener, String> {
     TcpListener::bind(sa).map_err(|e| format!("cannot listen on {what} address {addr}: {e}"))
 }
 
+/// What a node recovers from its data directory.
+struct Recovered {
+    dir_lock: DirLock,
+    hs_file: HardStateFile,
+    /// The hard state to start from (the snapshot's commit and term folded in; saved).
+    hs: HardState,
+    log: Log,
+    snapshots: SnapshotStore,
+    /// The newest usable snapshot and its file.
+    latest: Option<(SnapshotMeta, PathBuf)>,
+    kv: KvStore,
+    /// Index of the last entry applied to `kv` (snapshot, then replayed committed entries).
+    applied: u64,
+    conf: ConfState,
+    /// Command bytes replayed above the snapshot (they count toward the next one).
+    replayed_bytes: u64,
+}
+
+/// The data directory opened and checked, before the state machine is restored.
+struct Storage {
+    dir_lock: DirLock,
+    hs_file: HardStateFile,
+    /// The hard state as found on disk.
+    disk_hs: HardState,
+    snapshots: SnapshotStore,
+    log: Log,
+    rec: Recovery,
+}
+
+/// Locks the data directory, runs the recovery check (the same `raftkv-log verify` runs:
+/// `snapshot::recover`) and opens the log as the check found it. Refuses with a reason.
+fn open_storage(cfg: &ServerConfig) -> Result<Storage, String> {
+    let dir = &cfg.data_dir;
+    crate::storage::log::create_dir_durable(dir)
+        .map_err(|e| format!("cannot create data dir {}: {e}", dir.display()))?;
+    // The lock comes first: nothing below may touch a directory another node owns
+    // (SnapshotStore::open deletes leftover *.tmp files, the hard state may be rewritten).
+    // It covers DIR/log too: the log is opened under it (`Log::open_in`) and locks nothing.
+    let dir_lock = DirLock::acquire(dir).map_err(|e| format!("data dir: {e}"))?;
+    let (hs_file, disk_hs) = HardStateFile::open(dir).map_err(|e| e.to_string())?;
+    let snapshots = SnapshotStore::open(&dir.join("snap")).map_err(|e| e.to_string())?;
+    let dirs = DataDirs {
+        log: dir.join("log"),
+        hardstate: Some(dir.join(crate::storage::hardstate::HARDSTATE_FILE)),
+        snap: Some(dir.join("snap")),
+    };
+    crate::storage::log::create_dir_durable(&dirs.log).map_err(|e| e.to_string())?;
+    // What this node recovers, or a refusal. The newest usable snapshot comes back restored.
+    let rec = check_data_dir(&dirs, Check::Lenient)
+        .map_err(|e| format!("refusing to start from {}: {e}", dir.display()))?;
+    for w in &rec.warnings {
+        log::warn!("{w}");
+    }
+    // The commit index in the hard state is written only once its entries are synced: the
+    // log may not be cut below it.
+    let opts = LogOptions {
+        segment_size: cfg.segment_size,
+    };
+    let mut log =
+        Log::open_in(&dirs.log, opts, disk_hs.commit, &dir_lock).map_err(|e| e.to_string())?;
+    if let Some((index, term)) = rec.reset_log {
+        log.reset(index, term)
+            .map_err(|e| format!("resetting the log to the snapshot: {e}"))?;
+    }
+    let want = (rec.recovered.first_index, rec.recovered.last_index);
+    if (log.first_index(), log.last_index()) != want {
+        return Err(format!(
+            "internal error: the log opened as {}..={} but the recovery check expected \
+             {}..={}; not starting",
+            log.first_index(),
+            log.last_index(),
+            want.0,
+            want.1
+        ));
+    }
+    log::info!("recovered: {}", rec.recovered);
+    Ok(Storage {
+        dir_lock,
+        hs_file,
+        disk_hs,
+        snapshots,
+        log,
+        rec,
+    })
+}
+
+/// Recovers everything: storage, then the state machine from the newest usable snapshot
+/// (damaged newer ones are moved aside) and the committed entries above it.
+fn recover(cfg: &ServerConfig) -> Result<Recovered, String> {
+    let Storage {
+        dir_lock,
+        mut hs_file,
+        disk_hs,
+        snapshots,
+        log,
+        rec,
+    } = open_storage(cfg)?;
+    let mut hs = disk_hs;
+    let mut conf = ConfState {
+        voters: cfg.peers.iter().map(|p| p.id).collect(),
+        learners: vec![],
+    };
+    let mut latest = None;
+    let kv = match rec.snapshot {
+        Some(l) => {
+            snap::quarantine_newer(&snapshots, &l.path)?;
+            let meta = l.meta;
+            log::info!(
+                "restored snapshot {} (index {} term {}, {} keys)",
+                l.path.display(),
+                meta.index,
+                meta.term,
+                l.kv.len()
+            );
+            if let Some(c) = meta.conf.clone() {
+                conf = c;
+            }
+            // Everything in the snapshot is committed, and whoever made it saw its term.
+            hs.commit = hs.commit.max(meta.index);
+            if meta.term > hs.term {
+                hs.term = meta.term;
+                hs.vote = 0;
+            }
+            latest = Some((meta, l.path));
+            l.kv
+        }
+        None => KvStore::new(),
+    };
+    if hs != disk_hs {
+        hs_file
+            .save(&hs)
+            .map_err(|e| format!("saving hard state: {e}"))?;
+    }
+    let mut r = Recovered {
+        dir_lock,
+        hs_file,
+        hs,
+        log,
+        snapshots,
+        latest,
+        applied: kv.applied(),
+        kv,
+        conf,
+        replayed_bytes: 0,
+    };
+    replay(&mut r)?;
+    Ok(r)
+}
+
+/// Applies the committed entries above the snapshot to the state machine, streamed.
+fn replay(r: &mut Recovered) -> Result<(), String> {
+    let replay_to = r.hs.commit.min(r.log.last_index());
+    if replay_to <= r.applied {
+        return Ok(());
+    }
+    let from = r.applied + 1;
+    if from < r.log.first_index() {
+        // Never skip entries silently (the recovery check refuses this case first).
+        return Err(format!(
+            "refusing to start: the state machine is at index {} but the log starts at {}: \
+             entries {from}..{} are missing",
+            r.applied,
+            r.log.first_index(),
+            r.log.first_index()
+        ));
+    }
+    let (kv, applied, bytes) = (&mut r.kv, &mut r.applied, &mut r.replayed_bytes);
+    r.log
+        .replay(from, replay_to, &mut |e| {
+            if e.entry_type == EntryType::EntryNormal as i32 {
+                kv.apply(e.index, &e.data);
+            }
+            *bytes += e.data.len() as u64;
+            *applied = e.index;
+            Ok(())
+        })
+        .map_err(|e| format!("replaying log {from}..={replay_to}: {e}"))?;
+    log::info!(
+        "replayed log entries {from}..={replay_to} ({} keys)",
+        r.kv.len()
+    );
+    Ok(())
+}
+
+/// The core's configuration from the server's.
+fn raft_config(cfg: &ServerConfig) -> Config {
+    // Election jitter must differ between nodes and runs; logged so a run can be studied.
+    let seed = cfg.id
+        ^ (std::process::id() as u64) << 20
+        ^ std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+    Config {
+        election_tick: cfg.election_ticks,
+        heartbeat_tick: cfg.heartbeat_ticks,
+        pre_vote: cfg.pre_vote,
+        check_quorum: cfg.check_quorum,
+        lease_read: cfg.lease_read,
+        seed,
+        // Bounds the work one loop pass spends on a follower catching up from the log:
+        // with only the 256-message cap, a follower 280k entries behind made the leader
+        // read and encode ~85 MB of entries in one pass (stalls of 400-635 ms for every
+        // client). 2 MiB in flight per follower still streams far faster than it applies.
+        max_inflight_bytes: 2 << 20,
+        max_msg_bytes: 256 << 10,
+        ..Config::new(cfg.id)
+    }
+}
+
+/// The node layer's settings from the server's.
+fn replica_config(cfg: &ServerConfig) -> ReplicaConfig {
+    ReplicaConfig {
+        request_timeout_ms: u64::try_from(cfg.request_timeout.as_millis()).unwrap_or(u64::MAX),
+        lease_read: cfg.lease_read,
+        client_addrs: cfg
+            .peers
+            .iter()
+            .filter_map(|p| Some((p.id, cfg.client_addr_of(p.id)?.to_string())))
+            .collect(),
+    }
+}
+
+/// The poll and both listeners, registered.
+fn listen(cfg: &ServerConfig) -> Result<(Poll, TcpListener, TcpListener), String> {
+    let poll = Poll::new().map_err(|e| format!("creating poll: {e}"))?;
+    let mut peer_listener = bind(&cfg.peer_listen, "peer")?;
+    let mut client_listener = bind(&cfg.client_listen, "client")?;
+    poll.registry()
+        .register(&mut peer_listener, PEER_LISTENER, Interest::READABLE)
+        .map_err(|e| e.to_string())?;
+    poll.registry()
+        .register(&mut client_listener, CLIENT_LISTENER, Interest::READABLE)
+        .map_err(|e| e.to_string())?;
+    Ok((poll, peer_listener, client_listener))
+}
+
+/// The timer wheel with its first timers, and one link per other member (connected at once).
+fn timers_and_peers(
+    cfg: &ServerConfig,
+    now: Instant,
+) -> (TimerWheel<TimerEvent>, HashMap<u64, Peer>) {
+    let mut timers = TimerWheel::new(Duration::from_millis(1), 4096, now);
+    timers.insert(now + cfg.commit_persist_interval, TimerEvent::PersistCommit);
+    let mut peers = HashMap::new();
+    for p in cfg.peers.iter().filter(|p| p.id != cfg.id) {
+        peers.insert(p.id, Peer::new(p.id, p.peer_addr.clone(), cfg.peer.clone()));
+        timers.insert(now, TimerEvent::Reconnect(p.id));
+    }
+    (timers, peers)
+}
+
+/// The snapshot policy with this member's stagger slot (the rank of its id among the
+/// members, see `SnapshotPolicy::stagger`) unless one was configured.
+fn snapshot_policy(cfg: &ServerConfig) -> crate::snapshot::SnapshotPolicy {
+    let mut policy = cfg.snapshot_policy.clone();
+    if policy.stagger.is_none() {
+        let mut ids: Vec<u64> = cfg.peers.iter().map(|p| p.id).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        if let Some(slot) = ids.iter().position(|&i| i == cfg.id) {
+            policy.stagger = Some((slot as u64, ids.len() as u64));
+        }
+    }
+    policy
+}
+
 impl Server {
     /// Opens the data directory, restores the state machine (snapshot + committed log
     /// entries), builds the Raft node and binds both listeners.
     pub fn open(cfg: ServerConfig) -> Result<Server, String> {
-        let dir = &cfg.data_dir;
-        crate::storage::log::create_dir_durable(dir)
-            .map_err(|e| format!("cannot create data dir {}: {e}", dir.display()))?;
-        // The lock comes first: nothing below may touch a directory another node owns
-        // (SnapshotStore::open deletes leftover *.tmp files, the hard state may be rewritten).
-        // It covers DIR/log too: the log is opened under it (`Log::open_in`) and locks nothing.
-        let dir_lock = DirLock::acquire(dir).map_err(|e| format!("data dir: {e}"))?;
-        let (mut hs_file, disk_hs) = HardStateFile::open(dir).map_err(|e| e.to_string())?;
-        let mut hs = disk_hs;
-        let snapshots = SnapshotStore::open(&dir.join("snap")).map_err(|e| e.to_string())?;
-        let dirs = DataDirs {
-            log: dir.join("log"),
-            hardstate: Some(dir.join(crate::storage::hardstate::HARDSTATE_FILE)),
-            snap: Some(dir.join("snap")),
-        };
-        crate::storage::log::create_dir_durable(&dirs.log).map_err(|e| e.to_string())?;
-        // What this node recovers, or a refusal: the same checks `raftkv-log verify` runs
-        // (snapshot::recover). The newest usable snapshot comes back restored.
-        let rec = check_data_dir(&dirs, Check::Lenient)
-            .map_err(|e| format!("refusing to start from {}: {e}", dir.display()))?;
-        for w in &rec.warnings {
-            log::warn!("{w}");
-        }
-        // The commit index in the hard state is written only once its entries are synced:
-        // the log may not be cut below it.
-        let mut log = Log::open_in(
-            &dirs.log,
-            LogOptions {
-                segment_size: cfg.segment_size,
-            },
-            disk_hs.commit,
-            &dir_lock,
-        )
-        .map_err(|e| e.to_string())?;
-        if let Some((index, term)) = rec.reset_log {
-            log.reset(index, term)
-                .map_err(|e| format!("resetting the log to the snapshot: {e}"))?;
-        }
-        let want = (rec.recovered.first_index, rec.recovered.last_index);
-        if (log.first_index(), log.last_index()) != want {
-            return Err(format!(
-                "internal error: the log opened as {}..={} but the recovery check expected \
-                 {}..={}; not starting",
-                log.first_index(),
-                log.last_index(),
-                want.0,
-                want.1
-            ));
-        }
-        log::info!("recovered: {}", rec.recovered);
-
-        // State machine: the newest usable snapshot (damaged ones are skipped with a warning;
-        // files present but none usable is fatal), then committed entries above it, streamed.
-        let mut conf = ConfState {
-            voters: cfg.peers.iter().map(|p| p.id).collect(),
-            learners: vec![],
-        };
-        let loaded = rec.snapshot;
-        if let Some(l) = &loaded {
-            snap::quarantine_newer(&snapshots, &l.path)?;
-        }
-        let mut latest_snapshot = None;
-        let mut kv = match loaded {
-            Some(l) => {
-                let meta = l.meta;
-                log::info!(
-                    "restored snapshot {} (index {} term {}, {} keys)",
-                    l.path.display(),
-                    meta.index,
-                    meta.term,
-                    l.kv.len()
-                );
-                if let Some(c) = meta.conf.clone() {
-                    conf = c;
-                }
-                // Everything in the snapshot is committed, and whoever made it saw its term.
-                hs.commit = hs.commit.max(meta.index);
-                if meta.term > hs.term {
-                    hs.term = meta.term;
-                    hs.vote = 0;
-                }
-                latest_snapshot = Some((meta, l.path));
-                l.kv
-            }
-            None => KvStore::new(),
-        };
-        if hs != disk_hs {
-            hs_file
-                .save(&hs)
-                .map_err(|e| format!("saving hard state: {e}"))?;
-        }
-        let mut applied = kv.applied();
-        // Command bytes above the snapshot count toward the next one (snapshot policy).
-        let mut replayed_bytes = 0u64;
-        let replay_to = hs.commit.min(log.last_index());
-        if replay_to > applied {
-            let from = applied + 1;
-            if from < log.first_index() {
-                // Never skip entries silently (the recovery check refuses this case first).
-                return Err(format!(
-                    "refusing to start: the state machine is at index {applied} but the log \
-                     starts at {}: entries {from}..{} are missing",
-                    log.first_index(),
-                    log.first_index()
-                ));
-            }
-            log.replay(from, replay_to, &mut |e| {
-                if e.entry_type == EntryType::EntryNormal as i32 {
-                    kv.apply(e.index, &e.data);
-                }
-                replayed_bytes += e.data.len() as u64;
-                applied = e.index;
-                Ok(())
-            })
-            .map_err(|e| format!("replaying log {from}..={replay_to}: {e}"))?;
-            log::info!(
-                "replayed log entries {from}..={replay_to} ({} keys)",
-                kv.len()
-            );
-        }
-
-        // Election jitter must differ between nodes and runs; logged so a run can be studied.
-        let raft_seed = cfg.id
-            ^ (std::process::id() as u64) << 20
-            ^ std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_nanos() as u64);
-        let rcfg = Config {
-            election_tick: cfg.election_ticks,
-            heartbeat_tick: cfg.heartbeat_ticks,
-            pre_vote: cfg.pre_vote,
-            check_quorum: cfg.check_quorum,
-            lease_read: cfg.lease_read,
-            seed: raft_seed,
-            // Bounds the work one loop pass spends on a follower catching up from the log:
-            // with only the 256-message cap, a follower 280k entries behind made the leader
-            // read and encode ~85 MB of entries in one pass (stalls of 400-635 ms for every
-            // client). 2 MiB in flight per follower still streams far faster than it applies.
-            max_inflight_bytes: 2 << 20,
-            max_msg_bytes: 256 << 10,
-            ..Config::new(cfg.id)
-        };
+        let r = recover(&cfg)?;
+        let (hs, applied) = (r.hs, r.applied);
+        let raft_cfg = raft_config(&cfg);
+        let raft_seed = raft_cfg.seed;
         let init = InitialState {
             hard_state: hs,
-            conf,
+            conf: r.conf,
             applied,
         };
-        let core = RawNode::new(rcfg, log, init).map_err(|e| format!("raft config: {e}"))?;
-        let client_addrs = cfg
-            .peers
-            .iter()
-            .filter_map(|p| Some((p.id, cfg.client_addr_of(p.id)?.to_string())))
-            .collect();
-        let rep_cfg = ReplicaConfig {
-            request_timeout_ms: u64::try_from(cfg.request_timeout.as_millis()).unwrap_or(u64::MAX),
-            lease_read: cfg.lease_read,
-            client_addrs,
-        };
-        let replica: Replica<Log, ClientRef> = Replica::new(core, kv, applied, rep_cfg);
-
-        let poll = Poll::new().map_err(|e| format!("creating poll: {e}"))?;
-        let mut peer_listener = bind(&cfg.peer_listen, "peer")?;
-        let mut client_listener = bind(&cfg.client_listen, "client")?;
+        let core = RawNode::new(raft_cfg, r.log, init).map_err(|e| format!("raft config: {e}"))?;
+        let replica = Replica::new(core, r.kv, applied, replica_config(&cfg));
+        let (poll, peer_listener, client_listener) = listen(&cfg)?;
         let peer_local_addr = peer_listener.local_addr().map_err(|e| e.to_string())?;
         let client_local_addr = client_listener.local_addr().map_err(|e| e.to_string())?;
-        poll.registry()
-            .register(&mut peer_listener, PEER_LISTENER, Interest::READABLE)
-            .map_err(|e| e.to_string())?;
-        poll.registry()
-            .register(&mut client_listener, CLIENT_LISTENER, Interest::READABLE)
-            .map_err(|e| e.to_string())?;
-
         let now = Instant::now();
-        let mut timers = TimerWheel::new(Duration::from_millis(1), 4096, now);
-        timers.insert(now + cfg.commit_persist_interval, TimerEvent::PersistCommit);
-        let mut peers = HashMap::new();
-        for p in cfg.peers.iter().filter(|p| p.id != cfg.id) {
-            peers.insert(p.id, Peer::new(p.id, p.peer_addr.clone(), cfg.peer.clone()));
-            timers.insert(now, TimerEvent::Reconnect(p.id));
-        }
+        let (timers, peers) = timers_and_peers(&cfg, now);
         log::info!(
             "node {} serving peers on {peer_local_addr}, clients on {client_local_addr}; \
              term {} vote {} commit {} applied {applied}; raft seed {raft_seed}",
@@ -223,22 +328,13 @@ impl Server {
             hs.vote,
             hs.commit
         );
-        let mut policy = cfg.snapshot_policy.clone();
-        if policy.stagger.is_none() {
-            // Spread the members' snapshots (see SnapshotPolicy::stagger): rank of our id.
-            let mut ids: Vec<u64> = cfg.peers.iter().map(|p| p.id).collect();
-            ids.sort_unstable();
-            ids.dedup();
-            if let Some(slot) = ids.iter().position(|&i| i == cfg.id) {
-                policy.stagger = Some((slot as u64, ids.len() as u64));
-            }
-        }
-        let mut snaps = Snapshots::new(snapshots, latest_snapshot, policy, cfg.snapshot_pacing);
-        snaps.bytes_since = replayed_bytes;
-        let next_tick = now + cfg.tick;
+        let policy = snapshot_policy(&cfg);
+        let mut snaps = Snapshots::new(r.snapshots, r.latest, policy, cfg.snapshot_pacing);
+        snaps.bytes_since = r.replayed_bytes;
         Ok(Server {
             commit_hint: hs.commit,
             saved_hs: hs,
+            next_tick: now + cfg.tick,
             cfg,
             poll,
             peer_listener: Some(peer_listener),
@@ -248,13 +344,12 @@ impl Server {
             peers,
             peer_by_token: HashMap::new(),
             timers,
-            next_tick,
             replica,
             clock_start: now,
             answer_buf: Vec::new(),
-            hs_file,
+            hs_file: r.hs_file,
             snaps,
-            _dir_lock: dir_lock,
+            _dir_lock: r.dir_lock,
             dirty_clients: HashSet::new(),
             appended_unsynced: false,
             dirty_peers: HashSet::new(),
