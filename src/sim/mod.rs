@@ -17,5 +17,8 @@ pub mod disk;
 pub mod linearize;
 pub mod net;
 pub mod node;
+mod shell;
+mod snapshots;
+mod trace;
 
 pub use cluster::{run_seed, Bug, SeedResult, SimOptions};

@@ -1,11 +1,14 @@
-//! The simulated, fault-injecting shell around one `RawNode`: what the server does, minus
-//! sockets and files.
+//! The simulated, fault-injecting shell around one node: the same node layer the server runs
+//! (`crate::node`: the replica with its request tables, the Ready phases, snapshot transfer
+//! and install), over simulated storage, network and time.
 //!
-//! Each `Ready` goes through the node layer's production phases (`crate::node::handle_ready`,
-//! the code the server runs): `SimShell` (end of this file) is the simulator's side of
-//! `ReadyShell`, over the simulated `Disk` (unsynced writes lost on a crash, torn writes) and
-//! the simulated network (`Action::Send`). A sync is `Pending` until the world delivers
-//! `SyncDone`. Client requests, local snapshots and snapshot transfer are handled here.
+//! - this file: inputs (ticks, messages, client requests), crash and restart from durable
+//!   state, driving Readies, and the checks made after each step;
+//! - `shell.rs`: `SimShell`, the simulator's side of `ReadyShell`, over the simulated `Disk`
+//!   (unsynced writes lost on a crash, torn writes) and network (`Action::Send`); a sync is
+//!   `Pending` until the world delivers `SyncDone`;
+//! - `snapshots.rs`: local snapshots by the server's `SnapshotPolicy`, and the production
+//!   snapshot sender/receiver over the simulated disk.
 //!
 //! The node is single-threaded like the real server: while a sync is in progress it is blocked,
 //! and inputs that arrive (messages, ticks, client requests) wait in a queue. A crash discards
@@ -13,22 +16,18 @@
 //! durable hard state, log and snapshot only.
 
 use crate::kv::{ApplyResult, KvStore};
-use crate::node::{
-    self, install_received, install_staged, AfterSync, Installed, NodeBug, ReadOp, ReadyShell,
-    Replica, ReplicaConfig, SyncStatus, Transfers,
-};
+use crate::node::{self, AfterSync, NodeBug, ReadOp, Replica, ReplicaConfig, Transfers};
 use crate::pb::kvpb::{self, ErrorCode};
-use crate::pb::raftpb::message::Body;
 use crate::raft::MemLog;
 use crate::raft::{
-    ConfState, Config, Entry, EntryType, HardState, InitialState, LogStore, Message, RawNode,
-    ReadState, Role, SnapshotMeta,
+    ConfState, Config, Entry, EntryType, HardState, InitialState, LogStore, Message, RawNode, Role,
 };
 use crate::rng::Rng;
 use crate::sim::checker::Checker;
 use crate::sim::client::{ClientReq, Reply, ReqOp};
-use crate::sim::disk::{Disk, DiskSink, MemPartial, SnapFile};
-use crate::snapshot::{LogStats, Received, SenderConfig, SnapshotPolicy, SnapshotSource};
+use crate::sim::disk::{Disk, MemPartial};
+pub use crate::sim::trace::describe_msg;
+use crate::snapshot::{SenderConfig, SnapshotPolicy};
 use prost::Message as _;
 use std::collections::{HashMap, VecDeque};
 
@@ -84,9 +83,9 @@ pub struct NodeParams {
 /// Where a simulated client's answer goes: the node layer's reply address.
 #[derive(Debug, Clone, Copy)]
 pub struct SimRef {
-    client: usize,
-    attempt: u64,
-    seq: u64,
+    pub(super) client: usize,
+    pub(super) attempt: u64,
+    pub(super) seq: u64,
 }
 
 /// One simulated node.
@@ -94,84 +93,24 @@ pub struct SimNode {
     pub id: u64,
     pub up: bool,
     pub incarnation: u64,
-    cfg: Config,
-    voters: Vec<u64>,
+    pub(super) cfg: Config,
+    pub(super) voters: Vec<u64>,
     /// The node layer (core, state machine, pending requests), while up.
-    rep: Option<Replica<MemLog, SimRef>>,
+    pub(super) rep: Option<Replica<MemLog, SimRef>>,
     pub disk: Disk,
     pub params: NodeParams,
     /// The part of a Ready waiting for its sync (the node is blocked meanwhile).
-    busy: Option<AfterSync>,
-    deferred: VecDeque<Input>,
+    pub(super) busy: Option<AfterSync>,
+    pub(super) deferred: VecDeque<Input>,
     /// Snapshot streams to and from peers: the production sender and receiver (node layer).
-    transfers: Transfers<MemPartial>,
+    pub(super) transfers: Transfers<MemPartial>,
     /// The replica's applied bytes when the newest snapshot was taken or installed.
-    bytes_at_snapshot: u64,
+    pub(super) bytes_at_snapshot: u64,
     /// (role, term) after the last drive, to notice elections.
-    last_role: (Role, u64),
-    last_commit: u64,
+    pub(super) last_role: (Role, u64),
+    pub(super) last_commit: u64,
     /// Proposals this node accepted as leader (over all incarnations).
     pub proposals: u64,
-}
-
-fn trace_entries(ents: &[Entry]) -> String {
-    match (ents.first(), ents.last()) {
-        (Some(a), Some(b)) if a.index == b.index => format!("[{}/t{}]", a.index, a.term),
-        (Some(a), Some(b)) => format!("[{}/t{}..{}/t{}]", a.index, a.term, b.index, b.term),
-        _ => "[]".to_string(),
-    }
-}
-
-/// A compact one-line description of a message for the trace.
-pub fn describe_msg(m: &Message) -> String {
-    let body = match &m.body {
-        Some(Body::RequestVote(v)) => format!(
-            "{}Vote(last {}/t{}{})",
-            if v.pre_vote { "Pre" } else { "" },
-            v.last_log_index,
-            v.last_log_term,
-            if v.transfer { ", transfer" } else { "" }
-        ),
-        Some(Body::RequestVoteResponse(v)) => format!(
-            "{}VoteResp({})",
-            if v.pre_vote { "Pre" } else { "" },
-            if v.granted { "grant" } else { "reject" }
-        ),
-        Some(Body::AppendEntries(a)) => format!(
-            "App(prev {}/t{}, {}, commit {})",
-            a.prev_log_index,
-            a.prev_log_term,
-            trace_entries(&a.entries),
-            a.commit
-        ),
-        Some(Body::AppendEntriesResponse(a)) => {
-            if a.success {
-                format!("AppResp(ok, match {})", a.match_index)
-            } else {
-                format!(
-                    "AppResp(reject {}, hint {}/t{})",
-                    a.reject_index, a.hint_index, a.hint_term
-                )
-            }
-        }
-        Some(Body::Heartbeat(h)) => format!("Heartbeat(commit {}, ctx {})", h.commit, h.context),
-        Some(Body::HeartbeatResponse(h)) => format!("HeartbeatResp(ctx {})", h.context),
-        Some(Body::InstallSnapshot(s)) => format!(
-            "InstallSnapshot({}/t{}, off {}, {} bytes{})",
-            s.meta.as_ref().map_or(0, |x| x.index),
-            s.meta.as_ref().map_or(0, |x| x.term),
-            s.offset,
-            s.data.len(),
-            if s.done { ", done" } else { "" }
-        ),
-        Some(Body::InstallSnapshotResponse(s)) => format!(
-            "InstallSnapshotResp({}, ok {}, done {})",
-            s.index, s.success, s.done
-        ),
-        Some(Body::TimeoutNow(_)) => "TimeoutNow".to_string(),
-        None => "Empty".to_string(),
-    };
-    format!("{}->{} t{} {}", m.from, m.to, m.term, body)
 }
 
 /// The production sender's tuning with this seed's chunk size.
@@ -387,7 +326,7 @@ impl SimNode {
     }
 
     /// Turns the node layer's answers into replies to the simulated clients.
-    fn deliver_answers(&mut self, out: &mut Vec<Action>) {
+    pub(super) fn deliver_answers(&mut self, out: &mut Vec<Action>) {
         let Some(rep) = self.rep.as_mut() else {
             return;
         };
@@ -525,7 +464,7 @@ impl SimNode {
     }
 
     /// Checks and traces an entry about to be applied (the replica applies it).
-    fn check_apply(
+    pub(super) fn check_apply(
         &self,
         e: &Entry,
         checker: &mut Checker,
@@ -544,134 +483,6 @@ impl SimNode {
         Ok(())
     }
 
-    /// Takes a local snapshot and compacts the log when enough has been applied.
-    fn maybe_snapshot(&mut self, out: &mut Vec<Action>) -> Result<(), String> {
-        let Some(rep) = self.rep.as_mut() else {
-            return Ok(());
-        };
-        let policy = &self.params.policy;
-        let stats = |rep: &Replica<MemLog, SimRef>, snapshot_index| LogStats {
-            snapshot_index,
-            applied: rep.kv().applied(),
-            bytes_since_snapshot: rep.applied_bytes() - self.bytes_at_snapshot,
-            first_index: rep.core().store().first_index(),
-        };
-        let snap_index = self
-            .disk
-            .durable
-            .snapshot
-            .as_ref()
-            .map_or(0, |s| s.meta.index);
-        if !policy.should_snapshot(&stats(rep, snap_index)) {
-            return Ok(());
-        }
-        let index = rep.kv().applied();
-        let term = rep
-            .core()
-            .store()
-            .term(index)
-            .map_err(|e| format!("node {}: term of applied index {index}: {e}", self.id))?;
-        let mut data = Vec::new();
-        rep.kv()
-            .write_snapshot(&mut data)
-            .map_err(|e| format!("node {}: write_snapshot: {e}", self.id))?;
-        let conf = rep.core().status().conf;
-        let snap = SnapFile {
-            meta: SnapshotMeta {
-                index,
-                term,
-                conf: Some(conf),
-            },
-            data: data.into(),
-        };
-        self.disk
-            .save_snapshot(snap)
-            .map_err(|e| format!("node {}: save snapshot: {e}", self.id))?;
-        let compact_to = policy.compact_index(&stats(rep, index));
-        self.bytes_at_snapshot = rep.applied_bytes();
-        out.push(Action::Trace(format!(
-            "node {} snapshot at {index}/t{term}, log compacted to {compact_to:?}",
-            self.id
-        )));
-        let Some(c) = compact_to else {
-            return Ok(());
-        };
-        let log = rep.core_mut().store_mut();
-        let term_c = log
-            .term(c)
-            .map_err(|e| format!("node {}: term of compaction index {c}: {e}", self.id))?;
-        self.disk
-            .compact(c, term_c)
-            .map_err(|e| format!("node {}: compact the durable log to {c}: {e}", self.id))?;
-        log.compact(c, term_c)
-            .map_err(|e| format!("node {}: compact to {c}: {e}", self.id))
-    }
-
-    /// Ready step 5 (leader): stream the durable snapshot to each peer that needs it.
-    fn send_snapshots(&mut self, peers: Vec<u64>, out: &mut Vec<Action>) {
-        let Some(rep) = self.rep.as_mut() else {
-            return;
-        };
-        let snap = self.disk.durable.snapshot.clone();
-        let source = || snap.clone().map(|s| Box::new(s) as Box<dyn SnapshotSource>);
-        let mut msgs = Vec::new();
-        self.transfers
-            .start(rep.core_mut(), peers, source, &mut msgs);
-        out.extend(msgs.into_iter().map(Action::Send));
-    }
-
-    /// Ready step 5: InstallSnapshotResponses (leader) and InstallSnapshot chunks (follower),
-    /// through the production sender, receiver and install order (`node/transfer.rs`).
-    fn snapshot_msg(&mut self, m: Message, out: &mut Vec<Action>) -> Result<(), String> {
-        let Some(rep) = self.rep.as_mut() else {
-            return Ok(());
-        };
-        if let Some(Body::InstallSnapshotResponse(_)) = &m.body {
-            let mut msgs = Vec::new();
-            self.transfers.on_response(rep.core_mut(), &m, &mut msgs);
-            out.extend(msgs.into_iter().map(Action::Send));
-            return Ok(());
-        }
-        let mut sink = DiskSink {
-            disk: &mut self.disk,
-            before_durable: self.params.bug == NodeBug::SnapshotBeforeDurable,
-        };
-        let applied = rep.kv().applied();
-        let rs = match self.transfers.receiver().on_message(&mut sink, applied, &m) {
-            Received::Ignored => return Ok(()),
-            Received::Reply(r) => {
-                out.push(Action::Send(r));
-                return Ok(());
-            }
-            Received::Complete(rs) => rs,
-        };
-        out.push(Action::Send(rs.progress_reply()));
-        match install_received(rep, &mut sink, *rs)? {
-            Installed::Staged { meta, .. } => {
-                out.push(Action::Trace(format!(
-                    "node {} received snapshot {}/t{}, durable; the core took it",
-                    self.id, meta.index, meta.term
-                )));
-            }
-            Installed::Stale { meta, reply, .. } => {
-                out.push(Action::Trace(format!(
-                    "node {} refused stale snapshot {}/t{}",
-                    self.id, meta.index, meta.term
-                )));
-                out.push(Action::Send(reply));
-            }
-            Installed::Invalid { why, .. } => {
-                // Every simulated snapshot is made by a correct node and sent intact (the
-                // CRC guards the transfer): an invalid one is a bug.
-                return Err(format!(
-                    "node {}: a snapshot from node {} failed validation: {why}",
-                    self.id, m.from
-                ));
-            }
-        }
-        Ok(())
-    }
-
     /// (role, term, commit) as last observed after handling input.
     pub fn observed(&self) -> (Role, u64, u64) {
         (self.last_role.0, self.last_role.1, self.last_commit)
@@ -683,202 +494,5 @@ impl SimNode {
             let s = r.core().status();
             (s.role, s.term, s.leader, s.commit)
         })
-    }
-}
-
-/// The simulator's side of the node layer's Ready phases: messages become `Action::Send`
-/// (the network delays, drops and reorders them), the log and hard state go to the simulated
-/// `Disk` (durable only once a simulated sync completes; a crash loses the rest), and a sync
-/// is `Pending` until the world delivers `SyncDone`.
-struct SimShell<'a> {
-    node: &'a mut SimNode,
-    rng: &'a mut Rng,
-    checker: &'a mut Checker,
-    out: &'a mut Vec<Action>,
-}
-
-impl SimNode {
-    /// This node as the node layer's `ReadyShell` for one call.
-    fn shell<'a>(
-        &'a mut self,
-        rng: &'a mut Rng,
-        checker: &'a mut Checker,
-        out: &'a mut Vec<Action>,
-    ) -> SimShell<'a> {
-        SimShell {
-            node: self,
-            rng,
-            checker,
-            out,
-        }
-    }
-}
-
-impl SimShell<'_> {
-    fn rep(&mut self) -> &mut Replica<MemLog, SimRef> {
-        self.node
-            .rep
-            .as_mut()
-            .expect("a running node has a replica")
-    }
-}
-
-impl ReadyShell for SimShell<'_> {
-    type Store = MemLog;
-
-    fn core(&mut self) -> &mut RawNode<MemLog> {
-        self.rep().core_mut()
-    }
-
-    fn bug(&self) -> NodeBug {
-        self.node.params.bug
-    }
-
-    fn send(&mut self, m: Message) {
-        self.out.push(Action::Send(m));
-    }
-
-    fn save_term_vote(&mut self, hs: HardState) -> Result<(), String> {
-        self.out.push(Action::Trace(format!(
-            "node {} write hardstate term {} vote {} commit {}",
-            self.node.id, hs.term, hs.vote, hs.commit
-        )));
-        self.node.disk.set_hard_state(hs);
-        Ok(())
-    }
-
-    fn append(&mut self, entries: &[Entry]) -> Result<(), String> {
-        let id = self.node.id;
-        let last_commit = self.node.last_commit;
-        let raw = self
-            .node
-            .rep
-            .as_mut()
-            .expect("a running node has a replica")
-            .core_mut();
-        let prev_term = raw.store().term(entries[0].index - 1).ok();
-        self.checker.on_append(id, prev_term, entries)?;
-        // Never rewrite an entry at or below the commit index this node knew.
-        for e in entries.iter().take_while(|e| e.index <= last_commit) {
-            match raw.store().term(e.index) {
-                Ok(t) if t != e.term => {
-                    return Err(format!(
-                        "node {id}: overwrites index {} (term {t}) with term {} at or below \
-                         its commit {last_commit}",
-                        e.index, e.term
-                    ))
-                }
-                _ => {}
-            }
-        }
-        raw.store_mut()
-            .append(entries)
-            .map_err(|e| format!("node {id}: log append: {e}"))?;
-        self.node.disk.append(entries);
-        self.out.push(Action::Trace(format!(
-            "node {id} append {}",
-            trace_entries(entries)
-        )));
-        Ok(())
-    }
-
-    fn sync(&mut self) -> Result<SyncStatus, String> {
-        if !self.node.disk.dirty() {
-            return Ok(SyncStatus::Done);
-        }
-        let p = &self.node.params;
-        let latency = self.rng.range(p.sync_min, p.sync_max + 1);
-        self.out.push(Action::Sync { latency });
-        Ok(SyncStatus::Pending)
-    }
-
-    fn flush_clients(&mut self) {
-        self.node.deliver_answers(self.out);
-    }
-
-    fn apply_and_serve(
-        &mut self,
-        committed: Vec<Entry>,
-        reads: Vec<ReadState>,
-        failed_reads: Vec<u64>,
-    ) -> Result<(), String> {
-        let applied = self.rep().applied();
-        for e in committed.iter().filter(|e| e.index > applied) {
-            self.node.check_apply(e, self.checker, self.out)?;
-        }
-        let any = committed.last().is_some_and(|e| e.index > applied);
-        self.rep().apply_and_serve(committed, reads, failed_reads);
-        if any {
-            self.node.maybe_snapshot(self.out)?;
-        }
-        Ok(())
-    }
-
-    fn on_appended_as_leader(&mut self, entries: &[Entry]) {
-        if self.node.params.bug == NodeBug::AnswerBeforeCommit {
-            self.node.answer_before_commit(entries, self.out);
-        }
-    }
-
-    fn install_snapshot(&mut self, meta: SnapshotMeta) -> Result<(), String> {
-        let reply = install_staged(self.rep(), &meta)?;
-        let bytes = self.rep().applied_bytes();
-        let n = &mut *self.node;
-        n.bytes_at_snapshot = bytes;
-        n.disk.reset_log(meta.index, meta.term);
-        self.checker.on_snapshot(n.id, meta.index, meta.term)?;
-        self.out.push(Action::Trace(format!(
-            "node {} installed snapshot {}/t{}",
-            n.id, meta.index, meta.term
-        )));
-        self.out.push(Action::Send(reply));
-        Ok(())
-    }
-
-    fn snapshot_sends(&mut self, peers: Vec<u64>) {
-        self.node.send_snapshots(peers, self.out);
-    }
-
-    fn snapshot_msgs(&mut self, msgs: Vec<Message>) -> Result<(), String> {
-        for m in msgs {
-            self.node.snapshot_msg(m, self.out)?;
-        }
-        Ok(())
-    }
-}
-
-impl SimNode {
-    /// PLANTED BUG (`NodeBug::AnswerBeforeCommit`): a leader answers each write as soon as it
-    /// is appended, as if it had applied at its index.
-    fn answer_before_commit(&mut self, entries: &[Entry], out: &mut Vec<Action>) {
-        use kvpb::command::Op;
-        use kvpb::response::Result as R;
-        for e in entries {
-            let Ok(cmd) = kvpb::Command::decode(&e.data[..]) else {
-                continue;
-            };
-            let Some(&to) = self
-                .rep
-                .as_mut()
-                .and_then(|r| r.requests().pending_write(e.index))
-            else {
-                continue;
-            };
-            let r = match cmd.op {
-                Some(Op::Put(_)) => R::Put(kvpb::PutResponse { version: e.index }),
-                Some(Op::Delete(_)) => R::Delete(kvpb::DeleteResponse { deleted: true }),
-                Some(Op::Cas(_)) => R::Cas(kvpb::CasResponse {
-                    succeeded: true,
-                    version: e.index,
-                }),
-                None => continue,
-            };
-            out.push(Action::Reply {
-                client: to.client,
-                attempt: to.attempt,
-                seq: to.seq,
-                reply: Reply::Write(r),
-            });
-        }
     }
 }

@@ -1,0 +1,209 @@
+//! The simulator's side of the node layer's Ready phases (`ReadyShell`), and the planted
+//! node-layer bug that needs the shell.
+
+use super::checker::Checker;
+use super::node::{Action, SimNode, SimRef};
+use super::trace::trace_entries;
+use crate::node::{install_staged, NodeBug, ReadyShell, Replica, SyncStatus};
+use crate::pb::kvpb;
+use crate::raft::{Entry, HardState, LogStore, MemLog, Message, RawNode, ReadState, SnapshotMeta};
+use crate::rng::Rng;
+use crate::sim::client::Reply;
+use prost::Message as _;
+
+/// The simulator's side of the node layer's Ready phases: messages become `Action::Send`
+/// (the network delays, drops and reorders them), the log and hard state go to the simulated
+/// `Disk` (durable only once a simulated sync completes; a crash loses the rest), and a sync
+/// is `Pending` until the world delivers `SyncDone`.
+pub(super) struct SimShell<'a> {
+    node: &'a mut SimNode,
+    rng: &'a mut Rng,
+    checker: &'a mut Checker,
+    out: &'a mut Vec<Action>,
+}
+
+impl SimNode {
+    /// This node as the node layer's `ReadyShell` for one call.
+    pub(super) fn shell<'a>(
+        &'a mut self,
+        rng: &'a mut Rng,
+        checker: &'a mut Checker,
+        out: &'a mut Vec<Action>,
+    ) -> SimShell<'a> {
+        SimShell {
+            node: self,
+            rng,
+            checker,
+            out,
+        }
+    }
+}
+
+impl SimShell<'_> {
+    fn rep(&mut self) -> &mut Replica<MemLog, SimRef> {
+        self.node
+            .rep
+            .as_mut()
+            .expect("a running node has a replica")
+    }
+}
+
+impl ReadyShell for SimShell<'_> {
+    type Store = MemLog;
+
+    fn core(&mut self) -> &mut RawNode<MemLog> {
+        self.rep().core_mut()
+    }
+
+    fn bug(&self) -> NodeBug {
+        self.node.params.bug
+    }
+
+    fn send(&mut self, m: Message) {
+        self.out.push(Action::Send(m));
+    }
+
+    fn save_term_vote(&mut self, hs: HardState) -> Result<(), String> {
+        self.out.push(Action::Trace(format!(
+            "node {} write hardstate term {} vote {} commit {}",
+            self.node.id, hs.term, hs.vote, hs.commit
+        )));
+        self.node.disk.set_hard_state(hs);
+        Ok(())
+    }
+
+    fn append(&mut self, entries: &[Entry]) -> Result<(), String> {
+        let id = self.node.id;
+        let last_commit = self.node.last_commit;
+        let raw = self
+            .node
+            .rep
+            .as_mut()
+            .expect("a running node has a replica")
+            .core_mut();
+        let prev_term = raw.store().term(entries[0].index - 1).ok();
+        self.checker.on_append(id, prev_term, entries)?;
+        // Never rewrite an entry at or below the commit index this node knew.
+        for e in entries.iter().take_while(|e| e.index <= last_commit) {
+            match raw.store().term(e.index) {
+                Ok(t) if t != e.term => {
+                    return Err(format!(
+                        "node {id}: overwrites index {} (term {t}) with term {} at or below \
+                         its commit {last_commit}",
+                        e.index, e.term
+                    ))
+                }
+                _ => {}
+            }
+        }
+        raw.store_mut()
+            .append(entries)
+            .map_err(|e| format!("node {id}: log append: {e}"))?;
+        self.node.disk.append(entries);
+        self.out.push(Action::Trace(format!(
+            "node {id} append {}",
+            trace_entries(entries)
+        )));
+        Ok(())
+    }
+
+    fn sync(&mut self) -> Result<SyncStatus, String> {
+        if !self.node.disk.dirty() {
+            return Ok(SyncStatus::Done);
+        }
+        let p = &self.node.params;
+        let latency = self.rng.range(p.sync_min, p.sync_max + 1);
+        self.out.push(Action::Sync { latency });
+        Ok(SyncStatus::Pending)
+    }
+
+    fn flush_clients(&mut self) {
+        self.node.deliver_answers(self.out);
+    }
+
+    fn apply_and_serve(
+        &mut self,
+        committed: Vec<Entry>,
+        reads: Vec<ReadState>,
+        failed_reads: Vec<u64>,
+    ) -> Result<(), String> {
+        let applied = self.rep().applied();
+        for e in committed.iter().filter(|e| e.index > applied) {
+            self.node.check_apply(e, self.checker, self.out)?;
+        }
+        let any = committed.last().is_some_and(|e| e.index > applied);
+        self.rep().apply_and_serve(committed, reads, failed_reads);
+        if any {
+            self.node.maybe_snapshot(self.out)?;
+        }
+        Ok(())
+    }
+
+    fn on_appended_as_leader(&mut self, entries: &[Entry]) {
+        if self.node.params.bug == NodeBug::AnswerBeforeCommit {
+            self.node.answer_before_commit(entries, self.out);
+        }
+    }
+
+    fn install_snapshot(&mut self, meta: SnapshotMeta) -> Result<(), String> {
+        let reply = install_staged(self.rep(), &meta)?;
+        let bytes = self.rep().applied_bytes();
+        let n = &mut *self.node;
+        n.bytes_at_snapshot = bytes;
+        n.disk.reset_log(meta.index, meta.term);
+        self.checker.on_snapshot(n.id, meta.index, meta.term)?;
+        self.out.push(Action::Trace(format!(
+            "node {} installed snapshot {}/t{}",
+            n.id, meta.index, meta.term
+        )));
+        self.out.push(Action::Send(reply));
+        Ok(())
+    }
+
+    fn snapshot_sends(&mut self, peers: Vec<u64>) {
+        self.node.send_snapshots(peers, self.out);
+    }
+
+    fn snapshot_msgs(&mut self, msgs: Vec<Message>) -> Result<(), String> {
+        for m in msgs {
+            self.node.snapshot_msg(m, self.out)?;
+        }
+        Ok(())
+    }
+}
+
+impl SimNode {
+    /// PLANTED BUG (`NodeBug::AnswerBeforeCommit`): a leader answers each write as soon as it
+    /// is appended, as if it had applied at its index.
+    fn answer_before_commit(&mut self, entries: &[Entry], out: &mut Vec<Action>) {
+        use kvpb::command::Op;
+        use kvpb::response::Result as R;
+        for e in entries {
+            let Ok(cmd) = kvpb::Command::decode(&e.data[..]) else {
+                continue;
+            };
+            let Some(&to) = self
+                .rep
+                .as_mut()
+                .and_then(|r| r.requests().pending_write(e.index))
+            else {
+                continue;
+            };
+            let r = match cmd.op {
+                Some(Op::Put(_)) => R::Put(kvpb::PutResponse { version: e.index }),
+                Some(Op::Delete(_)) => R::Delete(kvpb::DeleteResponse { deleted: true }),
+                Some(Op::Cas(_)) => R::Cas(kvpb::CasResponse {
+                    succeeded: true,
+                    version: e.index,
+                }),
+                None => continue,
+            };
+            out.push(Action::Reply {
+                client: to.client,
+                attempt: to.attempt,
+                seq: to.seq,
+                reply: Reply::Write(r),
+            });
+        }
+    }
+}
