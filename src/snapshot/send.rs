@@ -334,20 +334,25 @@ impl SnapshotSender {
         self.status.clone()
     }
 
-    /// An empty last chunk at the end offset: "have you finished?"
-    fn probe(&self, out: &mut Vec<Message>) {
-        out.push(Message {
+    /// An InstallSnapshot message of this transfer; the last chunk carries the payload CRC.
+    fn chunk_msg(&self, offset: u64, data: Bytes, last: bool) -> Message {
+        Message {
             from: self.from,
             to: self.to,
             term: self.term,
             body: Some(Body::InstallSnapshot(InstallSnapshot {
                 meta: Some(self.meta.clone()),
-                offset: self.read_offset,
-                data: Bytes::new(),
-                done: true,
-                crc: self.crc.clone().finalize(),
+                offset,
+                data,
+                done: last,
+                crc: if last { self.crc.clone().finalize() } else { 0 },
             })),
-        });
+        }
+    }
+
+    /// An empty last chunk at the end offset: "have you finished?"
+    fn probe(&self, out: &mut Vec<Message>) {
+        out.push(self.chunk_msg(self.read_offset, Bytes::new(), true));
     }
 
     /// Starts over from offset 0 with a fresh reader.
@@ -461,21 +466,9 @@ impl SnapshotSender {
         if self.status != SendStatus::InProgress {
             return;
         }
-        let crc = self.crc.clone().finalize();
         while self.next_send < self.unacked.len() {
             let c = &self.unacked[self.next_send];
-            out.push(Message {
-                from: self.from,
-                to: self.to,
-                term: self.term,
-                body: Some(Body::InstallSnapshot(InstallSnapshot {
-                    meta: Some(self.meta.clone()),
-                    offset: c.offset,
-                    data: c.data.clone(),
-                    done: c.last,
-                    crc: if c.last { crc } else { 0 },
-                })),
-            });
+            out.push(self.chunk_msg(c.offset, c.data.clone(), c.last));
             self.next_send += 1;
         }
     }
