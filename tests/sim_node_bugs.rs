@@ -13,6 +13,7 @@ fn bug_flag(b: NodeBug) -> &'static str {
         NodeBug::AckBeforeSync => "ack-before-sync",
         NodeBug::AnswerBeforeCommit => "answer-before-commit",
         NodeBug::SnapshotBeforeDurable => "snapshot-before-durable",
+        NodeBug::IgnoreSyncFailure => "ignore-sync-failure",
     }
 }
 
@@ -57,6 +58,14 @@ fn planted_leader_answer_before_commit_is_caught() {
 #[test]
 fn planted_snapshot_state_before_durable_is_caught() {
     caught(NodeBug::SnapshotBeforeDurable, 5, 400);
+}
+
+/// A node that carries on after a failed sync acknowledges what its disk dropped; the correct
+/// node fail-stops (the server exits on a failed sync; docs/server.md).
+#[test]
+fn planted_ignored_sync_failure_is_caught() {
+    caught(NodeBug::IgnoreSyncFailure, 3, 400);
+    caught(NodeBug::IgnoreSyncFailure, 5, 400);
 }
 
 /// The same seeds pass without the bug (the violations above are the bugs', not the harness').

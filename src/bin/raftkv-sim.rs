@@ -98,6 +98,7 @@ fn main() -> ExitCode {
         Some("ack-before-sync") => (Bug::None, NodeBug::AckBeforeSync),
         Some("answer-before-commit") => (Bug::None, NodeBug::AnswerBeforeCommit),
         Some("snapshot-before-durable") => (Bug::None, NodeBug::SnapshotBeforeDurable),
+        Some("ignore-sync-failure") => (Bug::None, NodeBug::IgnoreSyncFailure),
         Some(other) => {
             eprintln!(
                 "raftkv-sim: unknown --bug {other:?} (vote-twice | commit-old-term | \

@@ -46,4 +46,7 @@ pub enum NodeBug {
     /// A follower installs a received snapshot's state and answers it before the snapshot is
     /// durable.
     SnapshotBeforeDurable,
+    /// A failed sync (EIO, ENOSPC) is treated as done: the node acknowledges writes the disk
+    /// dropped (PostgreSQL's "fsyncgate": a retried fsync may succeed with the data gone).
+    IgnoreSyncFailure,
 }

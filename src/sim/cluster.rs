@@ -271,11 +271,12 @@ impl World {
         let now = self.now;
         let n = &mut self.nodes[(id - 1) as usize];
         let before = n.applied();
-        let proposals = n.proposals;
+        let (proposals, installs) = (n.proposals, n.installs);
         n.input(inp, now, &mut self.rng, &mut self.checker, &mut out)?;
         let proposed = n.proposals > proposals;
         self.actions(id, out);
         self.after_commit(id, before);
+        self.after_install(id, installs);
         // Fault trigger: a leader sometimes crashes right after appending a proposal, so the
         // entry may exist on it alone (a conflicting tail for later leaders to overwrite).
         let p = if self.opts.planted() { 0.15 } else { 0.01 };
@@ -284,6 +285,20 @@ impl World {
             self.at(d, Event::Crash(id));
         }
         Ok(())
+    }
+
+    /// Fault trigger: a follower that just installed a received snapshot sometimes crashes a
+    /// moment later, before its next sync: the window in which a snapshot whose state was used
+    /// before it was durable would be lost.
+    fn after_install(&mut self, id: u64, before: u64) {
+        if self.quiet || self.nodes[(id - 1) as usize].installs <= before {
+            return;
+        }
+        let p = if self.opts.planted() { 0.3 } else { 0.03 };
+        if self.rng.chance(p) {
+            let d = self.rng.range(0, 3);
+            self.at(d, Event::Crash(id));
+        }
     }
 
     /// Fault trigger: a leader that just applied (and answered clients for) newly committed
@@ -470,12 +485,20 @@ impl World {
                 if live {
                     self.log(format!("node {node} sync done"));
                     let n = &mut self.nodes[(node - 1) as usize];
-                    let before = n.applied();
+                    let (before, installs) = (n.applied(), n.installs);
                     let mut out = Vec::new();
                     let now = self.now;
                     n.sync_done(now, &mut self.rng, &mut self.checker, &mut out)?;
+                    let failed_stop = !n.up;
                     self.actions(node, out);
                     self.after_commit(node, before);
+                    self.after_install(node, installs);
+                    if failed_stop {
+                        // The node fail-stopped on a failed sync: an operator (here the world)
+                        // restarts it, from what its disk holds.
+                        let d = self.rng.range(20, 300);
+                        self.at(d, Event::Restart(node));
+                    }
                 }
             }
             Event::ClientArrive { node, req } => {
@@ -556,6 +579,7 @@ impl World {
                     let p = &mut self.node(id).params;
                     p.sync_min = 0;
                     p.sync_max = 3;
+                    p.sync_fail = 0.0;
                 }
                 self.log("QUIET: network healed and calm, all nodes up".to_string());
             }
@@ -681,7 +705,12 @@ fn plant(_cfg: &mut Config, bug: Bug) {
 /// transfers: the window snapshot bugs need.
 fn sim_policy(rng: &mut Rng, id: u64, n: u64, bias: bool) -> SnapshotPolicy {
     SnapshotPolicy {
-        max_log_entries: rng.range(15, 80),
+        // Planted-bug runs snapshot more often, so lagging followers need transfers.
+        max_log_entries: if bias {
+            rng.range(5, 20)
+        } else {
+            rng.range(15, 80)
+        },
         // Commands are ~30 bytes: a byte threshold of a few dozen entries in some runs.
         max_log_bytes: if !bias && rng.chance(0.3) {
             rng.range(500, 3000)
@@ -726,6 +755,11 @@ pub fn run_seed(seed: u64, opts: &SimOptions) -> SeedResult {
             policy: sim_policy(&mut rng, id, n as u64, bias),
             chunk: if rng.chance(0.3) { 64 } else { 1 << 20 },
             torn: rng.chance(0.5),
+            sync_fail: if opts.node_bug == NodeBug::IgnoreSyncFailure || rng.chance(0.2) {
+                rng.range(1, 6) as f64 / 100.0
+            } else {
+                0.0
+            },
             check_commit_rule: opts.check_commit_rule,
             bug: opts.node_bug,
             // Around the clients' own timeout, so the node layer's TIMEOUT answers (the

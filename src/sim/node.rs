@@ -76,6 +76,9 @@ pub struct NodeParams {
     pub check_commit_rule: bool,
     /// Planted node-layer bug (simulator self-test).
     pub bug: NodeBug,
+    /// Probability that a sync fails (EIO or ENOSPC: a write the disk could not make surfaces
+    /// at the next sync, as writeback errors do on Linux).
+    pub sync_fail: f64,
     /// The node answers TIMEOUT to a request still pending this long (ms).
     pub request_timeout: u64,
 }
@@ -111,6 +114,8 @@ pub struct SimNode {
     pub(super) last_commit: u64,
     /// Proposals this node accepted as leader (over all incarnations).
     pub proposals: u64,
+    /// Received snapshots installed (over all incarnations).
+    pub installs: u64,
 }
 
 /// The production sender's tuning with this seed's chunk size.
@@ -166,6 +171,7 @@ impl SimNode {
             last_role: (Role::Follower, 0),
             last_commit: 0,
             proposals: 0,
+            installs: 0,
         }
     }
 
@@ -351,9 +357,33 @@ impl SimNode {
         let Some(held) = self.busy.take() else {
             return Ok(());
         };
-        self.disk
-            .sync()
-            .map_err(|e| format!("node {}: disk sync: {e}", self.id))?;
+        if self.params.sync_fail > 0.0 && rng.chance(self.params.sync_fail) {
+            let err = if rng.chance(0.5) { "EIO" } else { "ENOSPC" };
+            // What the failed writeback did not write is gone (a torn prefix may be there).
+            self.disk.crash(self.params.torn, rng);
+            if self.params.bug != NodeBug::IgnoreSyncFailure {
+                // Fail-stop, as the server does: it exits on a failed sync, never retries it
+                // as if nothing happened. Volatile state is gone; the world restarts it.
+                out.push(Action::Trace(format!(
+                    "node {}: sync failed ({err}): fail-stop",
+                    self.id
+                )));
+                self.crash(rng);
+                return Ok(());
+            }
+            // PLANTED BUG: carries on as if the sync had succeeded.
+            out.push(Action::Trace(format!(
+                "node {}: sync failed ({err}), ignored (planted bug)",
+                self.id
+            )));
+        }
+        self.disk.sync().map_err(|e| {
+            format!(
+                "node {}: durability: its log does not hold what it wrote (writes a failed sync \
+                 dropped?): {e}",
+                self.id
+            )
+        })?;
         node::after_sync(&mut self.shell(rng, checker, out), held)?;
         self.drive(rng, checker, out)?;
         while self.busy.is_none() && self.up {

@@ -150,6 +150,7 @@ impl ReadyShell for SimShell<'_> {
         let bytes = self.rep().applied_bytes();
         let n = &mut *self.node;
         n.bytes_at_snapshot = bytes;
+        n.installs += 1;
         n.disk.reset_log(meta.index, meta.term);
         self.checker.on_snapshot(n.id, meta.index, meta.term)?;
         self.out.push(Action::Trace(format!(
