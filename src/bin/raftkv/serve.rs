@@ -86,3 +86,31 @@ fn serve_config(a: &ServeArgs) -> Result<ServerConfig, String> {
     cfg.request_timeout = Duration::from_millis(t.request_timeout_ms);
     Ok(cfg)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::args::{Cli, Cmd};
+    use clap::Parser;
+
+    /// The CLI's defaults and the library's are the same constants; this catches a flag whose
+    /// default is written out again (or a setting `serve_config` forgets to copy).
+    #[test]
+    fn serve_without_tuning_flags_is_the_library_default() {
+        let peers = "1=127.0.0.1:1/127.0.0.1:2,2=127.0.0.1:3/127.0.0.1:4";
+        let argv = [
+            "raftkv",
+            "serve",
+            "--id=1",
+            "--data-dir=d",
+            "--peers",
+            peers,
+        ];
+        let Cmd::Serve(a) = Cli::try_parse_from(argv).unwrap().cmd else {
+            panic!("not a serve command")
+        };
+        let from_flags = serve_config(&a).unwrap();
+        let library = ServerConfig::new(1, "d".into(), parse_peers(peers).unwrap()).unwrap();
+        assert_eq!(format!("{from_flags:#?}"), format!("{library:#?}"));
+    }
+}
