@@ -81,6 +81,7 @@ fn serve_config(a: &ServeArgs) -> Result<ServerConfig, String> {
         bytes_per_sec: t.snapshot_write_rate,
         ..Default::default()
     };
+    raftkv::limits::check_max_frame(t.max_frame)?;
     cfg.max_frame = t.max_frame;
     cfg.segment_size = t.segment_size;
     cfg.request_timeout = Duration::from_millis(t.request_timeout_ms);
