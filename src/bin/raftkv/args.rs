@@ -211,7 +211,9 @@ pub struct Tuning {
     /// (backpressure against clients that do not read).
     #[arg(long, default_value_t = config::DEFAULT_CLIENT_OUTPUT_LIMIT)]
     pub client_output_limit: usize,
-    /// Maximum frame (request or Raft message) size in bytes.
+    /// Maximum frame (request or Raft message) size in bytes, at most 1 GiB. A write must also
+    /// fit one log segment (--segment-size); a larger one is refused with TOO_LARGE. Give every
+    /// node the same value.
     #[arg(long, default_value_t = raftkv::net::framing::DEFAULT_MAX_FRAME)]
     pub max_frame: usize,
     /// Log segment file size in bytes (preallocated).
