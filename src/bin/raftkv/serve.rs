@@ -114,4 +114,23 @@ mod tests {
         let library = ServerConfig::new(1, "d".into(), parse_peers(peers).unwrap()).unwrap();
         assert_eq!(format!("{from_flags:#?}"), format!("{library:#?}"));
     }
+
+    /// --max-frame outside 1..=1 GiB is refused at startup with the bound in the message.
+    #[test]
+    fn max_frame_out_of_range_is_refused() {
+        let peers = "--peers=1=127.0.0.1:1/127.0.0.1:2";
+        for (frame, ok) in [("0", false), ("1073741824", true), ("1073741825", false)] {
+            let mf = format!("--max-frame={frame}");
+            let argv = ["raftkv", "serve", "--id=1", "--data-dir=d", peers, &mf];
+            let Cmd::Serve(a) = Cli::try_parse_from(argv).unwrap().cmd else {
+                panic!("not a serve command")
+            };
+            match serve_config(&a) {
+                Ok(_) => assert!(ok, "--max-frame={frame} accepted"),
+                Err(e) => {
+                    assert!(!ok && e.contains("1073741824"), "--max-frame={frame}: {e}")
+                }
+            }
+        }
+    }
 }
