@@ -11,10 +11,12 @@
 //! - [`snapshot`]: background snapshot creation, compaction policy, InstallSnapshot streaming.
 //! - [`client`]: blocking client library used by the CLI, the bench tool and tests.
 //! - [`pb`]: protobuf types generated from `proto/`.
+//! - [`limits`]: the size limits (frame, entry, snapshot fields) every reader and writer shares.
 //! - [`rng`]: seeded PRNG (no global randomness anywhere).
 
 pub mod client;
 pub mod kv;
+pub mod limits;
 pub mod logger;
 pub mod net;
 pub mod node;

@@ -91,10 +91,14 @@ pub const DEFAULT_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(1);
 /// host that is down or blackholed, and the next endpoint is the faster way on.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 
+/// Default [`ClientOptions::timeout`]: 5 s, long enough to ride out a leader election (about
+/// 1 s with the server defaults) and a few retries, short enough for an interactive command.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
+
 impl Default for ClientOptions {
     fn default() -> Self {
         ClientOptions {
-            timeout: Duration::from_secs(5),
+            timeout: DEFAULT_TIMEOUT,
             consistency: kvpb::Consistency::Linearizable,
             attempt_timeout: DEFAULT_ATTEMPT_TIMEOUT,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,

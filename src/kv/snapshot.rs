@@ -30,9 +30,10 @@ use std::io::{self, Read, Write};
 
 const MAGIC: &[u8; 8] = b"RAFTKVSS";
 const FORMAT_VERSION: u32 = 1;
-/// Largest key, value or saved result accepted in a snapshot (same as the frame limit: nothing
-/// bigger can have entered through the client protocol).
-const MAX_FIELD_LEN: usize = crate::net::framing::DEFAULT_MAX_FRAME;
+/// Largest key, value or saved result accepted in a snapshot: the largest `--max-frame` any
+/// node accepts, never the reading node's own (which may be smaller than the writer's); see
+/// `crate::limits` for why that is safe and needs no header field.
+const MAX_FIELD_LEN: usize = crate::limits::MAX_SNAPSHOT_FIELD;
 
 fn invalid(msg: String) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, format!("kv snapshot: {msg}"))

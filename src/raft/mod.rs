@@ -131,14 +131,21 @@ pub enum PlantedBug {
     CommitOldTerm,
 }
 
+/// Default base election timeout in ticks: with the default 50 ms tick, a leader silent for
+/// 0.5-1 s is replaced, well above a loaded loop pass or an fsync, yet quick to notice a crash.
+pub const DEFAULT_ELECTION_TICKS: u32 = 10;
+/// Default heartbeat interval in ticks: every tick, so a follower hears from its leader about
+/// ten times per election timeout and one or two lost heartbeats never cause an election.
+pub const DEFAULT_HEARTBEAT_TICKS: u32 = 1;
+
 impl Config {
     /// The defaults for node `id` (the one place they are written: the server's config and
     /// the CLI start from these).
     pub fn new(id: u64) -> Config {
         Config {
             id,
-            election_tick: 10,
-            heartbeat_tick: 1,
+            election_tick: DEFAULT_ELECTION_TICKS,
+            heartbeat_tick: DEFAULT_HEARTBEAT_TICKS,
             pre_vote: true,
             check_quorum: true,
             lease_read: false,

@@ -68,15 +68,9 @@ impl Server {
                 let s = self.status_response();
                 self.send_response(token, to.req_id, ApplyResult::Status(s));
             }
-            Some(Op::Put(p)) if !p.key.is_empty() => {
-                self.replica.write(to, &cmd(Cmd::Put(p)), now);
-            }
-            Some(Op::Delete(d)) if !d.key.is_empty() => {
-                self.replica.write(to, &cmd(Cmd::Delete(d)), now);
-            }
-            Some(Op::Cas(c)) if !c.key.is_empty() => {
-                self.replica.write(to, &cmd(Cmd::Cas(c)), now);
-            }
+            Some(Op::Put(p)) if !p.key.is_empty() => self.write(to, &cmd(Cmd::Put(p)), now),
+            Some(Op::Delete(d)) if !d.key.is_empty() => self.write(to, &cmd(Cmd::Delete(d)), now),
+            Some(Op::Cas(c)) if !c.key.is_empty() => self.write(to, &cmd(Cmd::Cas(c)), now),
             Some(Op::Get(g)) if !g.key.is_empty() => {
                 let overdue = self.tick_overdue();
                 self.replica
@@ -93,6 +87,29 @@ impl Server {
                 error_result(ErrorCode::BadRequest, "empty key".into()),
             ),
         }
+    }
+
+    /// Proposes a write, or refuses it with TOO_LARGE when its log entry would be larger than
+    /// this node can log (`limits::max_entry`: a frame, and what one segment holds). Checked
+    /// here, before the core sees it: once proposed, an entry that does not fit would be a
+    /// fatal storage error on every node that tries to append it.
+    fn write(&mut self, to: ClientRef, cmd: &kvpb::Command, now: u64) {
+        use prost::Message;
+        let len = cmd.encoded_len();
+        let max = crate::limits::max_entry(self.cfg.max_frame, self.cfg.segment_size);
+        if len > max {
+            let msg = format!(
+                "write of {len} bytes (as a log entry) exceeds this node's maximum of {max} bytes \
+                 (--max-frame {} less {} bytes for the answer, and at most what one \
+                 --segment-size {} segment holds)",
+                self.cfg.max_frame,
+                crate::limits::RESPONSE_ROOM,
+                self.cfg.segment_size
+            );
+            self.send_response(to.token, to.req_id, error_result(ErrorCode::TooLarge, msg));
+            return;
+        }
+        self.replica.write(to, cmd, now);
     }
 
     /// Queues the replica's answers on their connections.

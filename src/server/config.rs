@@ -17,6 +17,24 @@ use crate::snapshot::{SnapshotPolicy, WritePacing};
 use std::path::PathBuf;
 use std::time::Duration;
 
+/// Default length of one Raft tick: 50 ms. With the default 10-tick election timeout a dead
+/// leader is replaced within 0.5-1 s; shorter ticks make elections flap when a loop pass or an
+/// fsync of a large entry takes tens of milliseconds.
+pub const DEFAULT_TICK: Duration = Duration::from_millis(50);
+/// Default server-side deadline of a client request: the client's default overall deadline
+/// (`raftkv --timeout-ms`), so the server gives up about when the client stops waiting.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = crate::client::DEFAULT_TIMEOUT;
+/// Default backpressure limit on a client's unsent responses: 8 MiB, half a default frame; a
+/// client that does not read costs the node at most about this much (plus one response).
+pub const DEFAULT_CLIENT_OUTPUT_LIMIT: usize = 8 << 20;
+/// Default cap on one client connection's requests in flight: 4096, far above what a
+/// pipelining client needs for throughput, low enough to bound the pending-request tables.
+pub const DEFAULT_MAX_CLIENT_INFLIGHT: usize = 4096;
+/// Default interval for writing a changed commit index to the hard state file: 500 ms. The
+/// commit index is only an optimisation at restart (it is re-learned from the leader), so it
+/// is written rarely rather than with every fsync.
+pub const DEFAULT_COMMIT_PERSIST_INTERVAL: Duration = Duration::from_millis(500);
+
 /// One cluster member as given in `--peers`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PeerSpec {
@@ -131,18 +149,18 @@ impl ServerConfig {
             peer_listen: me.peer_addr.clone(),
             client_listen: me.client_addr.clone().unwrap_or_default(),
             peers,
-            tick: Duration::from_millis(50),
+            tick: DEFAULT_TICK,
             election_ticks: core.election_tick,
             heartbeat_ticks: core.heartbeat_tick,
             pre_vote: core.pre_vote,
             check_quorum: core.check_quorum,
             lease_read: core.lease_read,
             max_frame: DEFAULT_MAX_FRAME,
-            segment_size: 64 << 20,
-            request_timeout: Duration::from_secs(5),
-            max_client_pending_bytes: 8 << 20,
-            max_client_inflight: 4096,
-            commit_persist_interval: Duration::from_millis(500),
+            segment_size: crate::storage::DEFAULT_SEGMENT_SIZE,
+            request_timeout: DEFAULT_REQUEST_TIMEOUT,
+            max_client_pending_bytes: DEFAULT_CLIENT_OUTPUT_LIMIT,
+            max_client_inflight: DEFAULT_MAX_CLIENT_INFLIGHT,
+            commit_persist_interval: DEFAULT_COMMIT_PERSIST_INTERVAL,
             peer: PeerOptions::default(),
             snapshot_policy: SnapshotPolicy::default(),
             snapshot_pacing: WritePacing::default(),

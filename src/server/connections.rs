@@ -16,8 +16,6 @@ use std::time::{Duration, Instant};
 const READ_BUDGET: usize = 16;
 /// How long a client connection closed for a framing error may linger to receive our error.
 const LINGER: Duration = Duration::from_secs(2);
-/// Extra room for peer frames above the client max frame.
-const PEER_FRAME_SLACK: usize = 2 << 20;
 
 impl Server {
     pub(super) fn accept(&mut self, which: Token) {
@@ -39,10 +37,9 @@ impl Server {
                         log::warn!("cannot register connection from {addr}: {e}");
                         continue;
                     }
-                    // Peer frames carry whole client commands plus batching overhead
-                    // (AppendEntries up to Config::max_msg_bytes, 1 MiB, beyond one entry).
+                    // Peer frames carry whole client commands plus batching overhead.
                     let max_frame = if which == PEER_LISTENER {
-                        self.cfg.max_frame.saturating_add(PEER_FRAME_SLACK)
+                        crate::limits::peer_max_frame(self.cfg.max_frame)
                     } else {
                         self.cfg.max_frame
                     };

@@ -28,7 +28,10 @@ mod send;
 
 pub use background::{BackgroundSnapshot, SnapshotDone, SnapshotMode};
 pub use pacing::{RateLimiter, WritePacing, DEFAULT_WRITE_RATE};
-pub use policy::{LogStats, SnapshotPolicy};
+pub use policy::{
+    LogStats, SnapshotPolicy, DEFAULT_SNAPSHOT_BYTES, DEFAULT_SNAPSHOT_ENTRIES,
+    DEFAULT_TRAILING_ENTRIES,
+};
 pub use recv::{
     InstallError, InstalledSnapshot, PartialSnapshot, Received, ReceivedSnapshot, SinkError,
     SnapshotReceiver, SnapshotSink,

@@ -32,12 +32,19 @@ pub struct SnapshotPolicy {
     pub stagger: Option<(u64, u64)>,
 }
 
+/// Default [`SnapshotPolicy::max_log_bytes`] (64 MiB; the reasons are on the field).
+pub const DEFAULT_SNAPSHOT_BYTES: u64 = 64 << 20;
+/// Default [`SnapshotPolicy::max_log_entries`] (100 000; the reasons are on the field).
+pub const DEFAULT_SNAPSHOT_ENTRIES: u64 = 100_000;
+/// Default [`SnapshotPolicy::trailing_entries`] (10 000; the reasons are on the field).
+pub const DEFAULT_TRAILING_ENTRIES: u64 = 10_000;
+
 impl Default for SnapshotPolicy {
     fn default() -> Self {
         SnapshotPolicy {
-            max_log_bytes: 64 << 20,
-            max_log_entries: 100_000,
-            trailing_entries: 10_000,
+            max_log_bytes: DEFAULT_SNAPSHOT_BYTES,
+            max_log_entries: DEFAULT_SNAPSHOT_ENTRIES,
+            trailing_entries: DEFAULT_TRAILING_ENTRIES,
             stagger: None,
         }
     }

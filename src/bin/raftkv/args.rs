@@ -5,6 +5,7 @@
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use raftkv::pb::kvpb;
+use raftkv::server::config;
 use std::ffi::OsString;
 use std::path::PathBuf;
 
@@ -148,7 +149,7 @@ pub struct ClientArgs {
     #[arg(long)]
     pub json: bool,
     /// Overall deadline per command in milliseconds, retries included.
-    #[arg(long, default_value_t = 5000)]
+    #[arg(long, default_value_t = raftkv::client::DEFAULT_TIMEOUT.as_millis() as u64)]
     pub timeout_ms: u64,
     /// How long one attempt waits for an answer before trying the next endpoint (a hung node
     /// costs this much, not the whole --timeout-ms). Doubles after each attempt that runs out,
@@ -187,13 +188,13 @@ impl From<ConsistencyArg> for kvpb::Consistency {
 pub struct Tuning {
     /// Length of one Raft tick in milliseconds (heartbeats and election timeouts are counted
     /// in ticks).
-    #[arg(long, default_value_t = 50)]
+    #[arg(long, default_value_t = config::DEFAULT_TICK.as_millis() as u64)]
     pub tick_ms: u64,
     /// Base election timeout in ticks (each timeout is random in [N, 2N) ticks).
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = raftkv::raft::DEFAULT_ELECTION_TICKS)]
     pub election_ticks: u32,
     /// Leader heartbeat interval in ticks (must be less than --election-ticks).
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = raftkv::raft::DEFAULT_HEARTBEAT_TICKS)]
     pub heartbeat_ticks: u32,
     /// Serve LEASE-consistency reads from the leader lease (no quorum round trip). Relies on
     /// bounded clock drift; off by default (LEASE reads then use ReadIndex).
@@ -208,27 +209,29 @@ pub struct Tuning {
     pub no_check_quorum: bool,
     /// Stop reading a client's requests while this many bytes of its responses are unsent
     /// (backpressure against clients that do not read).
-    #[arg(long, default_value_t = 8 << 20)]
+    #[arg(long, default_value_t = config::DEFAULT_CLIENT_OUTPUT_LIMIT)]
     pub client_output_limit: usize,
-    /// Maximum frame (request or Raft message) size in bytes.
+    /// Maximum frame (request or Raft message) size in bytes, at most 1 GiB. A write must also
+    /// fit one log segment (--segment-size); a larger one is refused with TOO_LARGE. Give every
+    /// node the same value.
     #[arg(long, default_value_t = raftkv::net::framing::DEFAULT_MAX_FRAME)]
     pub max_frame: usize,
     /// Log segment file size in bytes (preallocated).
-    #[arg(long, default_value_t = 64 << 20)]
+    #[arg(long, default_value_t = raftkv::storage::DEFAULT_SEGMENT_SIZE)]
     pub segment_size: u64,
     /// Server-side deadline of a client request in milliseconds (then TIMEOUT).
-    #[arg(long, default_value_t = 5000)]
+    #[arg(long, default_value_t = config::DEFAULT_REQUEST_TIMEOUT.as_millis() as u64)]
     pub request_timeout_ms: u64,
     /// Take a snapshot (in a forked child) after this many entries were applied since the
     /// last one...
-    #[arg(long, default_value_t = 100_000)]
+    #[arg(long, default_value_t = raftkv::snapshot::DEFAULT_SNAPSHOT_ENTRIES)]
     pub snapshot_entries: u64,
     /// ...or after this many bytes of commands.
-    #[arg(long, default_value_t = 64 << 20)]
+    #[arg(long, default_value_t = raftkv::snapshot::DEFAULT_SNAPSHOT_BYTES)]
     pub snapshot_bytes: u64,
     /// Entries kept in the log below the applied index when compacting after a snapshot (a
     /// follower this close behind catches up from the log, not a snapshot transfer).
-    #[arg(long, default_value_t = 10_000)]
+    #[arg(long, default_value_t = raftkv::snapshot::DEFAULT_TRAILING_ENTRIES)]
     pub snapshot_trailing: u64,
     /// Disk bandwidth in bytes/s the background snapshot writer may use (0 = unlimited). Pacing
     /// keeps the log's fsyncs, and so write latency, fast while a snapshot is written; leave

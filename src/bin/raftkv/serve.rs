@@ -81,8 +81,56 @@ fn serve_config(a: &ServeArgs) -> Result<ServerConfig, String> {
         bytes_per_sec: t.snapshot_write_rate,
         ..Default::default()
     };
+    raftkv::limits::check_max_frame(t.max_frame)?;
     cfg.max_frame = t.max_frame;
     cfg.segment_size = t.segment_size;
     cfg.request_timeout = Duration::from_millis(t.request_timeout_ms);
     Ok(cfg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::args::{Cli, Cmd};
+    use clap::Parser;
+
+    /// The CLI's defaults and the library's are the same constants; this catches a flag whose
+    /// default is written out again (or a setting `serve_config` forgets to copy).
+    #[test]
+    fn serve_without_tuning_flags_is_the_library_default() {
+        let peers = "1=127.0.0.1:1/127.0.0.1:2,2=127.0.0.1:3/127.0.0.1:4";
+        let argv = [
+            "raftkv",
+            "serve",
+            "--id=1",
+            "--data-dir=d",
+            "--peers",
+            peers,
+        ];
+        let Cmd::Serve(a) = Cli::try_parse_from(argv).unwrap().cmd else {
+            panic!("not a serve command")
+        };
+        let from_flags = serve_config(&a).unwrap();
+        let library = ServerConfig::new(1, "d".into(), parse_peers(peers).unwrap()).unwrap();
+        assert_eq!(format!("{from_flags:#?}"), format!("{library:#?}"));
+    }
+
+    /// --max-frame outside 1..=1 GiB is refused at startup with the bound in the message.
+    #[test]
+    fn max_frame_out_of_range_is_refused() {
+        let peers = "--peers=1=127.0.0.1:1/127.0.0.1:2";
+        for (frame, ok) in [("0", false), ("1073741824", true), ("1073741825", false)] {
+            let mf = format!("--max-frame={frame}");
+            let argv = ["raftkv", "serve", "--id=1", "--data-dir=d", peers, &mf];
+            let Cmd::Serve(a) = Cli::try_parse_from(argv).unwrap().cmd else {
+                panic!("not a serve command")
+            };
+            match serve_config(&a) {
+                Ok(_) => assert!(ok, "--max-frame={frame} accepted"),
+                Err(e) => {
+                    assert!(!ok && e.contains("1073741824"), "--max-frame={frame}: {e}")
+                }
+            }
+        }
+    }
 }
