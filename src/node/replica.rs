@@ -14,6 +14,7 @@ use crate::pb::kvpb::{self, ErrorCode};
 use crate::raft::{
     Entry, EntryType, LogStore, Message, ProposeError, RawNode, ReadState, Role, SnapshotMeta,
 };
+use crate::snapshot::LogStats;
 use std::collections::HashMap;
 
 /// What a replica needs to know beyond its core.
@@ -251,6 +252,34 @@ impl<L: LogStore, A> Replica<L, A> {
         for ctx in failed_reads {
             self.requests.read_failed(ctx);
         }
+    }
+
+    /// What the snapshot policy looks at (`SnapshotPolicy::should_snapshot`, `compact_index`),
+    /// given the newest durable snapshot's index and the command bytes applied since it.
+    pub fn log_stats(&self, snapshot_index: u64, bytes_since_snapshot: u64) -> LogStats {
+        LogStats {
+            snapshot_index,
+            applied: self.kv.applied(),
+            bytes_since_snapshot,
+            first_index: self.core.store().first_index(),
+        }
+    }
+
+    /// The metadata of a snapshot of the state machine as it is now: its applied index, that
+    /// entry's term, and the configuration in force. Both shells take snapshots with it (the
+    /// server in a fork()ed child, the simulator inline).
+    pub fn snapshot_meta(&self) -> Result<SnapshotMeta, String> {
+        let index = self.kv.applied();
+        let term = self
+            .core
+            .store()
+            .term(index)
+            .map_err(|e| format!("cannot snapshot at index {index}: {e}"))?;
+        Ok(SnapshotMeta {
+            index,
+            term,
+            conf: Some(self.core.status().conf),
+        })
     }
 
     /// Holds a durable received snapshot the core took until its Ready installs it.

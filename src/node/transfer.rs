@@ -35,7 +35,9 @@ pub trait ResetLog {
 impl ResetLog for crate::storage::Log {
     fn reset_log(&mut self, index: u64, term: u64) -> Result<(), String> {
         self.reset(index, term)
-            .map_err(|e| format!("resetting the log to snapshot {index}: {e}"))
+            .map_err(|e| format!("resetting the log to snapshot {index}: {e}"))?;
+        debug_assert_eq!(self.check_invariants(), Ok(()));
+        Ok(())
     }
 }
 

@@ -102,12 +102,8 @@ pub(super) fn quarantine_newer(
 
 impl Server {
     fn log_stats(&self) -> LogStats {
-        LogStats {
-            snapshot_index: self.snaps.latest_index(),
-            applied: self.replica.kv().applied(),
-            bytes_since_snapshot: self.snaps.bytes_since,
-            first_index: self.replica.core().store().first_index(),
-        }
+        self.replica
+            .log_stats(self.snaps.latest_index(), self.snaps.bytes_since)
     }
 
     /// Once per tick: free a slice of the trash, collect or start a snapshot, and advance the
@@ -218,20 +214,15 @@ impl Server {
     }
 
     fn start_snapshot(&mut self) {
-        let index = self.replica.kv().applied();
-        let term = match self.replica.core().store().term(index) {
-            Ok(t) => t,
+        let meta = match self.replica.snapshot_meta() {
+            Ok(m) => m,
             Err(e) => {
-                log::warn!("cannot snapshot at index {index}: {e}");
+                log::warn!("{e}");
                 self.snaps.not_before = Some(Instant::now() + RETRY_AFTER_FAILURE);
                 return;
             }
         };
-        let meta = SnapshotMeta {
-            index,
-            term,
-            conf: Some(self.replica.core().status().conf),
-        };
+        let (index, term) = (meta.index, meta.term);
         let due = u64::try_from(self.snaps.policy.due_index(self.snaps.latest_index()))
             .unwrap_or(u64::MAX)
             .min(index);
@@ -309,6 +300,7 @@ impl Server {
         store
             .compact(c, term)
             .map_err(|e| format!("compacting the log to {c}: {e}"))?;
+        debug_assert_eq!(store.check_invariants(), Ok(()));
         // Free what that dropped now rather than at the next tick (at least one slice: all of
         // it when segments are small), so compacted segments rarely outlive the pass.
         store.trash_step(TRASH_BUDGET_PER_TICK);

@@ -109,6 +109,7 @@ fn open_storage(cfg: &ServerConfig) -> Result<Storage, String> {
             want.1
         ));
     }
+    debug_assert_eq!(log.check_invariants(), Ok(()));
     log::info!("recovered: {}", rec.recovered);
     Ok(Storage {
         dir_lock,

@@ -2,11 +2,11 @@
 //! forks), and the production snapshot transfer (`node/transfer.rs`) over the simulated disk.
 
 use super::disk::{DiskSink, SnapFile};
-use super::node::{Action, SimNode, SimRef};
-use crate::node::{install_received, Installed, NodeBug, Replica};
+use super::node::{Action, SimNode};
+use crate::node::{install_received, Installed, NodeBug};
 use crate::pb::raftpb::message::Body;
-use crate::raft::{LogStore, MemLog, Message, SnapshotMeta};
-use crate::snapshot::{LogStats, Received, SnapshotSource};
+use crate::raft::{LogStore, Message};
+use crate::snapshot::{Received, SnapshotSource};
 
 impl SimNode {
     /// Takes a local snapshot and compacts the log when enough has been applied.
@@ -15,44 +15,32 @@ impl SimNode {
             return Ok(());
         };
         let policy = &self.params.policy;
-        let stats = |rep: &Replica<MemLog, SimRef>, snapshot_index| LogStats {
-            snapshot_index,
-            applied: rep.kv().applied(),
-            bytes_since_snapshot: rep.applied_bytes() - self.bytes_at_snapshot,
-            first_index: rep.core().store().first_index(),
-        };
+        let bytes_since = rep.applied_bytes() - self.bytes_at_snapshot;
         let snap_index = self
             .disk
             .durable
             .snapshot
             .as_ref()
             .map_or(0, |s| s.meta.index);
-        if !policy.should_snapshot(&stats(rep, snap_index)) {
+        if !policy.should_snapshot(&rep.log_stats(snap_index, bytes_since)) {
             return Ok(());
         }
-        let index = rep.kv().applied();
-        let term = rep
-            .core()
-            .store()
-            .term(index)
-            .map_err(|e| format!("node {}: term of applied index {index}: {e}", self.id))?;
+        let meta = rep
+            .snapshot_meta()
+            .map_err(|e| format!("node {}: {e}", self.id))?;
+        let (index, term) = (meta.index, meta.term);
         let mut data = Vec::new();
         rep.kv()
             .write_snapshot(&mut data)
             .map_err(|e| format!("node {}: write_snapshot: {e}", self.id))?;
-        let conf = rep.core().status().conf;
         let snap = SnapFile {
-            meta: SnapshotMeta {
-                index,
-                term,
-                conf: Some(conf),
-            },
+            meta,
             data: data.into(),
         };
         self.disk
             .save_snapshot(snap)
             .map_err(|e| format!("node {}: save snapshot: {e}", self.id))?;
-        let compact_to = policy.compact_index(&stats(rep, index));
+        let compact_to = policy.compact_index(&rep.log_stats(index, bytes_since));
         self.bytes_at_snapshot = rep.applied_bytes();
         out.push(Action::Trace(format!(
             "node {} snapshot at {index}/t{term}, log compacted to {compact_to:?}",
