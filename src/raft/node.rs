@@ -301,7 +301,14 @@ impl<S: LogStore> RawNode<S> {
                         return;
                     }
                     if !rv.pre_vote {
+                        // Adopt the term but keep the election timer running: only a granted
+                        // vote restarts it (Raft Figure 2; the grant below does). Restarting it
+                        // for every request, granted or not, let a candidate with a stale log
+                        // and a faster clock keep every other voter from ever timing out while
+                        // PreVote is off (simulator seed 5266, 5 nodes: no leader for 4 s).
+                        let elapsed = self.election_elapsed;
                         self.become_follower(mterm, 0);
+                        self.election_elapsed = elapsed;
                     }
                 }
                 Body::RequestVoteResponse(r) if r.pre_vote && r.granted => {

@@ -530,3 +530,47 @@ fn q3_stale_leader_learns_higher_term_and_election_follows() {
     }
     assert!(net.leader().is_some());
 }
+
+/// A voter that refuses a higher-term vote request (the candidate's log is behind) adopts
+/// the term but keeps its election timer: only a granted vote restarts it (Raft Figure 2).
+/// Otherwise a stale candidate with a faster clock starves every election (PreVote off).
+#[test]
+fn e_refused_vote_request_keeps_the_election_timer() {
+    let mut n = node_with(cfg(1), &[1, 2, 3], &[1, 1, 1], 1, 0, 0);
+    let timeout = n.randomized_timeout;
+    for _ in 0..timeout - 1 {
+        n.tick();
+    }
+    let elapsed = n.election_elapsed;
+    assert_eq!(elapsed, timeout - 1);
+    // Node 3 asks at term 5 with an empty log: refused, term adopted.
+    n.step(vote_req(3, 1, 5, 0, 0, false));
+    assert_eq!(n.term, 5);
+    assert_eq!(vote_answer(&n.ready(), 3), Some((5, false)));
+    assert_eq!(
+        n.election_elapsed, elapsed,
+        "a refused vote request restarted the election timer"
+    );
+    // Still within the (redrawn) timeout window: the node campaigns once it expires.
+    let mut ticks = 0;
+    while n.role == Role::Follower {
+        n.tick();
+        ticks += 1;
+        assert!(
+            ticks <= 2 * cfg(1).election_tick,
+            "never campaigned ({ticks} ticks)"
+        );
+    }
+    assert_eq!(n.term, 6, "campaigns in the next term");
+}
+
+/// A granted vote does restart the timer.
+#[test]
+fn e_granted_vote_restarts_the_election_timer() {
+    let mut n = node_with(cfg(1), &[1, 2, 3], &[1], 1, 0, 0);
+    n.tick();
+    n.tick();
+    n.step(vote_req(3, 1, 5, 5, 1, false));
+    assert_eq!(vote_answer(&n.ready(), 3), Some((5, true)));
+    assert_eq!(n.election_elapsed, 0);
+}
