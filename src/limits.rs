@@ -7,6 +7,7 @@
 //! | request / response frame | `--max-frame` (default [`DEFAULT_MAX_FRAME`]), at most [`MAX_FRAME_CEILING`] | framing (`net::framing`), client and server |
 //! | peer frame | [`peer_max_frame`]: `--max-frame` + [`PEER_FRAME_SLACK`] | server's peer listener |
 //! | one write (its log entry) | [`max_entry`]: `--max-frame` - [`RESPONSE_ROOM`], and no more than one log segment holds | server, before proposing (`TOO_LARGE`) |
+//! | scan page (keys + values) | [`max_scan_page`]: (`--max-frame` - [`RESPONSE_ROOM`]) / 2, at least one pair | `node::Replica` serving scans |
 //! | key, value, saved result in a KV snapshot | [`MAX_SNAPSHOT_FIELD`] (= [`MAX_FRAME_CEILING`]) | `kv::snapshot::read` |
 //!
 //! Why the KV snapshot reader does not use the node's `--max-frame`: a snapshot outlives the
@@ -60,6 +61,14 @@ pub fn max_entry(max_frame: usize, segment_size: u64) -> usize {
 /// version are varints of up to 10 bytes each, while a command may carry a 1-byte key and no
 /// session). 64 leaves room to spare.
 pub const RESPONSE_ROOM: usize = 64;
+
+/// Keys and values per scan page for a node with this `--max-frame`: half the frame (less the
+/// response room), so a page of small pairs and its `next_key` fit a response frame. A page
+/// always holds at least one pair; a single pair is at most [`max_entry`], which fits too
+/// unless its key is itself near half a frame (then the page may not fit: not guarded).
+pub fn max_scan_page(max_frame: usize) -> usize {
+    (max_frame.saturating_sub(RESPONSE_ROOM) / 2).max(1)
+}
 
 /// Checks `--max-frame` against its bounds (the segment size is checked by `storage::Log`).
 pub fn check_max_frame(max_frame: usize) -> Result<(), String> {

@@ -237,3 +237,53 @@ fn twenty_mib_value_from_stdin_up_to_the_frame_limit() {
         value.len()
     );
 }
+
+/// Scan responses are bounded by bytes, not only by count (issue #16): 20 values of 1 MiB
+/// would be one 20 MiB response, more than the 16 MiB default frame, which the client could
+/// not read. Each page holds at most half a frame of keys and values
+/// (`limits::max_scan_page`), so `scan --all` reads every pair in several pages.
+#[test]
+fn scan_over_large_values_pages_by_bytes() {
+    // 4 MiB segments: a 1 MiB value must fit one (the harness' default is 1 MiB segments).
+    let cluster = Cluster::start(3, &["--segment-size=4194304"]);
+    cluster.wait_leader();
+    let mut c = cluster.client();
+    let value = vec![b'v'; 1 << 20];
+    for i in 0..20 {
+        c.put(format!("k{i:02}").as_bytes(), &value).unwrap();
+    }
+    let ep = format!("--endpoints={}", cluster.endpoints().join(","));
+    let o = raftkv(
+        &["scan", ep.as_str(), "--prefix", "k", "--all", "--keys-only"],
+        b"",
+    );
+    let listed = ok(&o)
+        .split(|&b| b == b'\n')
+        .filter(|l| !l.is_empty())
+        .count();
+    assert_eq!(listed, 20, "stdout: {}", String::from_utf8_lossy(&o.stdout));
+    // With values: one page is at most half a 16 MiB frame, so at least 3 pages for 20 MiB.
+    let mut req = raftkv::pb::kvpb::Scan {
+        prefix: bytes::Bytes::from_static(b"k"),
+        ..Default::default()
+    };
+    let mut pages = 0;
+    let mut pairs = 0;
+    loop {
+        let r = c.scan(req.clone()).unwrap();
+        let bytes: usize = r.kvs.iter().map(|kv| kv.key.len() + kv.value.len()).sum();
+        let half = raftkv::limits::max_scan_page(raftkv::limits::DEFAULT_MAX_FRAME);
+        assert!(
+            bytes <= half,
+            "page {pages}: {bytes} bytes of pairs, more than half a frame ({half})"
+        );
+        pages += 1;
+        pairs += r.kvs.len();
+        if r.next_key.is_empty() {
+            break;
+        }
+        req.start = r.next_key;
+    }
+    assert_eq!(pairs, 20);
+    assert!(pages >= 3, "{pages} pages for 20 MiB of values");
+}

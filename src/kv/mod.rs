@@ -117,9 +117,17 @@ impl KvStore {
 
     /// Scans as described in `kvpb::Scan`: limit 0 means [`store::DEFAULT_SCAN_LIMIT`], larger
     /// limits are capped at [`store::MAX_SCAN_LIMIT`]; a non-empty `next_key` is the first key
-    /// not returned (pass it as `start` to continue).
+    /// not returned (pass it as `start` to continue). Unbounded in bytes: see
+    /// [`KvStore::scan_page`].
     pub fn scan(&self, req: &kvpb::Scan) -> kvpb::ScanResponse {
-        self.keys.scan(req)
+        self.keys.scan(req, usize::MAX)
+    }
+
+    /// Like [`KvStore::scan`], but the page also ends before its pairs would exceed
+    /// `max_bytes` (keys plus values; at least one pair is returned), so that a response fits
+    /// a frame however large the values are.
+    pub fn scan_page(&self, req: &kvpb::Scan, max_bytes: usize) -> kvpb::ScanResponse {
+        self.keys.scan(req, max_bytes)
     }
 
     /// Index of the last applied entry.

@@ -102,7 +102,9 @@ impl KeyMap {
     }
 
     /// Range or prefix scan, as documented on `kvpb::Scan`.
-    pub fn scan(&self, req: &kvpb::Scan) -> kvpb::ScanResponse {
+    /// The page also ends before its keys and values would exceed `max_bytes` (at least one
+    /// pair is returned).
+    pub fn scan(&self, req: &kvpb::Scan, max_bytes: usize) -> kvpb::ScanResponse {
         let limit = match req.limit as usize {
             0 => DEFAULT_SCAN_LIMIT,
             n => n.min(MAX_SCAN_LIMIT),
@@ -120,6 +122,7 @@ impl KeyMap {
             (&req.start[..], upper)
         };
         let mut resp = kvpb::ScanResponse::default();
+        let mut bytes = 0usize;
         if upper.is_some_and(|u| lower >= u) {
             return resp;
         }
@@ -132,17 +135,22 @@ impl KeyMap {
             {
                 break;
             }
-            if resp.kvs.len() == limit {
+            let value = if req.keys_only {
+                Bytes::new()
+            } else {
+                e.value.clone()
+            };
+            let size = k.len() + value.len();
+            if resp.kvs.len() == limit
+                || (!resp.kvs.is_empty() && bytes.saturating_add(size) > max_bytes)
+            {
                 resp.next_key = k.clone();
                 break;
             }
+            bytes += size;
             resp.kvs.push(kvpb::KeyValue {
                 key: k.clone(),
-                value: if req.keys_only {
-                    Bytes::new()
-                } else {
-                    e.value.clone()
-                },
+                value,
                 version: e.version,
             });
         }

@@ -682,3 +682,24 @@ proptest! {
         run_model(ops)?;
     }
 }
+
+#[test]
+fn scan_page_ends_before_the_byte_budget_but_returns_at_least_one_pair() {
+    let mut s = KvStore::new();
+    for i in 0..10u64 {
+        let k = format!("k{i}");
+        s.apply(i + 1, &cmd(0, 0, 0, put(k.as_bytes(), &[b'x'; 100])));
+    }
+    // Each pair is 2 + 100 bytes: 350 bytes hold three.
+    let r = s.scan_page(&kvpb::Scan::default(), 350);
+    assert_eq!(
+        r.kvs.len(),
+        3,
+        "{:?}",
+        r.kvs.iter().map(|kv| &kv.key).collect::<Vec<_>>()
+    );
+    assert_eq!(&r.next_key[..], b"k3");
+    // A budget below one pair still returns one (a page always makes progress).
+    let r = s.scan_page(&kvpb::Scan::default(), 10);
+    assert_eq!((r.kvs.len(), &r.next_key[..]), (1, &b"k1"[..]));
+}

@@ -26,6 +26,9 @@ pub struct ReplicaConfig {
     pub lease_read: bool,
     /// Client addresses of the members, for NOT_LEADER redirects.
     pub client_addrs: HashMap<u64, String>,
+    /// Keys and values per scan page (`limits::max_scan_page`: the page and its framing fit
+    /// the response frame); 0 = unbounded.
+    pub max_scan_bytes: usize,
 }
 
 /// A leadership change seen by [`Replica::check_leadership`].
@@ -63,11 +66,12 @@ pub struct Replica<L: LogStore, A> {
     staged: Option<StagedSnapshot>,
 }
 
-/// Serves a read from the state machine.
-fn serve(kv: &KvStore, op: &ReadOp) -> ApplyResult {
+/// Serves a read from the state machine; a scan page holds at most `max_scan_bytes` of keys
+/// and values.
+fn serve(kv: &KvStore, op: &ReadOp, max_scan_bytes: usize) -> ApplyResult {
     match op {
         ReadOp::Get(g) => ApplyResult::Get(kv.get(&g.key)),
-        ReadOp::Scan(s) => ApplyResult::Scan(kv.scan(s)),
+        ReadOp::Scan(s) => ApplyResult::Scan(kv.scan_page(s, max_scan_bytes)),
     }
 }
 
@@ -118,6 +122,14 @@ impl<L: LogStore, A> Replica<L, A> {
     /// Answers TIMEOUT to requests whose deadline passed (`now` on the shell's clock).
     pub fn expire(&mut self, now: u64) {
         self.requests.expire(now);
+    }
+
+    /// Bytes of keys and values per scan page.
+    fn scan_budget(&self) -> usize {
+        match self.cfg.max_scan_bytes {
+            0 => usize::MAX,
+            n => n,
+        }
     }
 
     /// The earliest deadline of a pending request (milliseconds on the shell's clock).
@@ -181,7 +193,7 @@ impl<L: LogStore, A> Replica<L, A> {
         use kvpb::Consistency;
         match c {
             Consistency::Stale => {
-                let r = serve(&self.kv, &op);
+                let r = serve(&self.kv, &op, self.scan_budget());
                 self.requests.answer(to, r);
             }
             Consistency::Lease if self.cfg.lease_read && !tick_overdue => {
@@ -189,8 +201,9 @@ impl<L: LogStore, A> Replica<L, A> {
                     Ok(index) => {
                         let ctx = self.requests.add_read(to, op, now);
                         self.requests.confirm_read(ctx, index);
+                        let budget = self.scan_budget();
                         self.requests
-                            .serve_confirmed(self.applied, |op| serve(&self.kv, op));
+                            .serve_confirmed(self.applied, |op| serve(&self.kv, op, budget));
                     }
                     // No valid lease right now: fall back to ReadIndex.
                     Err(ProposeError::NoLease) => self.read_index(to, op, now),
@@ -247,8 +260,9 @@ impl<L: LogStore, A> Replica<L, A> {
         for rs in reads {
             self.requests.confirm_read(rs.ctx, rs.index);
         }
+        let budget = self.scan_budget();
         self.requests
-            .serve_confirmed(self.applied, |op| serve(&self.kv, op));
+            .serve_confirmed(self.applied, |op| serve(&self.kv, op, budget));
         for ctx in failed_reads {
             self.requests.read_failed(ctx);
         }
@@ -305,8 +319,9 @@ impl<L: LogStore, A> Replica<L, A> {
             ErrorCode::Uncertain,
             "leadership lost; the write may or may not apply",
         );
+        let budget = self.scan_budget();
         self.requests
-            .serve_confirmed(self.applied, |op| serve(&self.kv, op));
+            .serve_confirmed(self.applied, |op| serve(&self.kv, op, budget));
     }
 
     /// Notices leadership changes after a Ready; a lost leadership answers its pending

@@ -249,6 +249,7 @@ fn replica_config(cfg: &ServerConfig) -> ReplicaConfig {
     ReplicaConfig {
         request_timeout_ms: u64::try_from(cfg.request_timeout.as_millis()).unwrap_or(u64::MAX),
         lease_read: cfg.lease_read,
+        max_scan_bytes: crate::limits::max_scan_page(cfg.max_frame),
         client_addrs: cfg
             .peers
             .iter()

@@ -245,6 +245,7 @@ impl SimNode {
             request_timeout_ms: self.params.request_timeout,
             lease_read: false,
             client_addrs: HashMap::new(),
+            max_scan_bytes: 0,
         };
         self.rep = Some(Replica::new(raw, kv, applied, rep_cfg));
         self.up = true;
