@@ -85,7 +85,7 @@ impl Server {
             let Some(ep) = self.endpoints.get_mut(&token) else {
                 return;
             };
-            let is_client = match ep {
+            let (is_client, buffered) = match ep {
                 Endpoint::Client(c) if c.closing => {
                     // Discard input until the client closes its side.
                     let status = c.conn.read_some();
@@ -108,13 +108,13 @@ impl Server {
                         c.paused = true;
                         return;
                     }
-                    true
+                    (true, c.conn.buffered_in() > 0)
                 }
-                Endpoint::PeerIn(_) => false,
+                Endpoint::PeerIn(c) => (false, c.buffered_in() > 0),
             };
             // Frames left in the buffer by a pause come first: reading on before they are
             // served would let the buffer grow by a read per resume.
-            if !self.handle_buffered(token, is_client) {
+            if buffered && !self.handle_buffered(token, is_client) {
                 return;
             }
             if budget == 0 {
