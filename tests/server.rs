@@ -866,3 +866,57 @@ fn a_client_that_never_reads_keeps_its_queued_output_near_its_limit() {
         assert_eq!(r.id, id);
     }
 }
+
+/// `--max-clients`: a client beyond the limit is answered UNAVAILABLE ("too many clients")
+/// and closed; once a client leaves, a new one is served (issue 16: a flood of clients slows
+/// the node down instead of killing it).
+#[test]
+fn clients_beyond_max_clients_are_refused_with_a_clear_error() {
+    let cluster = Cluster::start(1, &["--max-clients=2"]);
+    cluster.wait_leader();
+    let addr = cluster.addr(1);
+    let status_req = kvpb::Request {
+        id: 7,
+        op: Some(kvpb::request::Op::Status(kvpb::StatusRequest {})),
+        ..Default::default()
+    };
+    // Two clients are served (a status round trip each proves it accepted them).
+    let mut a = connect(&addr).unwrap();
+    assert!(matches!(
+        call(&mut a, &status_req).result,
+        Some(R::Status(_))
+    ));
+    let mut b = connect(&addr).unwrap();
+    assert!(matches!(
+        call(&mut b, &status_req).result,
+        Some(R::Status(_))
+    ));
+    // The third is refused at once, with id 0 (it asked nothing yet), then closed.
+    let mut c = connect(&addr).unwrap();
+    let r: kvpb::Response = blocking::read_msg(&mut c, 1 << 20).unwrap();
+    assert_eq!(
+        (r.id, err_code(&r)),
+        (0, Some(ErrorCode::Unavailable)),
+        "{r:?}"
+    );
+    match &r.result {
+        Some(R::Error(e)) => assert!(e.message.contains("too many clients"), "{e:?}"),
+        other => panic!("{other:?}"),
+    }
+    let mut rest = Vec::new();
+    assert_eq!(
+        c.read_to_end(&mut rest).unwrap_or(0),
+        0,
+        "closed after the refusal"
+    );
+    // The first two are still served; when one leaves, a new client gets in.
+    assert!(matches!(
+        call(&mut a, &status_req).result,
+        Some(R::Status(_))
+    ));
+    drop(b);
+    wait_for("a new client to be served", Duration::from_secs(5), || {
+        let mut d = connect(&addr)?;
+        matches!(call(&mut d, &status_req).result, Some(R::Status(_))).then_some(())
+    });
+}

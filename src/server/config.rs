@@ -27,6 +27,11 @@ pub const DEFAULT_REQUEST_TIMEOUT: Duration = crate::client::DEFAULT_TIMEOUT;
 /// Default backpressure limit on a client's unsent responses: 8 MiB, half a default frame; a
 /// client that does not read costs the node at most about this much (plus one response).
 pub const DEFAULT_CLIENT_OUTPUT_LIMIT: usize = 8 << 20;
+/// Default bound on client connections: 1024, the usual soft limit on open files per process
+/// (`ulimit -n`), so the node refuses clients with a clear answer before `accept` starts
+/// failing with EMFILE. What clients can make the node hold is about this many times the
+/// output limit plus one response and one 64 KiB read buffer.
+pub const DEFAULT_MAX_CLIENTS: usize = 1024;
 /// Default cap on one client connection's requests in flight: 4096, far above what a
 /// pipelining client needs for throughput, low enough to bound the pending-request tables.
 pub const DEFAULT_MAX_CLIENT_INFLIGHT: usize = 4096;
@@ -124,6 +129,8 @@ pub struct ServerConfig {
     pub max_client_pending_bytes: usize,
     /// ...or that has this many requests in flight.
     pub max_client_inflight: usize,
+    /// Client connections served at once; more are answered UNAVAILABLE and closed.
+    pub max_clients: usize,
     /// How often a changed commit index is written to the hard state file.
     pub commit_persist_interval: Duration,
     pub peer: PeerOptions,
@@ -160,6 +167,7 @@ impl ServerConfig {
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
             max_client_pending_bytes: DEFAULT_CLIENT_OUTPUT_LIMIT,
             max_client_inflight: DEFAULT_MAX_CLIENT_INFLIGHT,
+            max_clients: DEFAULT_MAX_CLIENTS,
             commit_persist_interval: DEFAULT_COMMIT_PERSIST_INTERVAL,
             peer: PeerOptions::default(),
             snapshot_policy: SnapshotPolicy::default(),

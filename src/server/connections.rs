@@ -49,6 +49,7 @@ impl Server {
                         Endpoint::PeerIn(conn)
                     } else {
                         log::debug!("client connection from {addr}");
+                        self.clients += 1;
                         Endpoint::Client(ClientConn {
                             conn,
                             inflight: 0,
@@ -57,6 +58,9 @@ impl Server {
                         })
                     };
                     self.endpoints.insert(token, ep);
+                    if which != PEER_LISTENER && self.clients > self.cfg.max_clients {
+                        self.refuse_client(token, &addr);
+                    }
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
@@ -67,6 +71,17 @@ impl Server {
                 }
             }
         }
+    }
+
+    /// More clients than `--max-clients`: this one is told so (UNAVAILABLE, request id 0) and
+    /// closed, so that a flood of connections slows the node down instead of exhausting its
+    /// memory or file descriptors. The limit bounds what clients can make the node hold: per
+    /// client at most the output limit plus one response and one read buffer.
+    fn refuse_client(&mut self, token: Token, addr: &std::net::SocketAddr) {
+        let max = self.cfg.max_clients;
+        log::warn!("refusing client {addr}: {max} clients connected (--max-clients)");
+        let msg = format!("too many clients: this node serves at most {max} (--max-clients)");
+        self.answer_and_close(token, 0, error_result(ErrorCode::Unavailable, msg));
     }
 
     pub(super) fn on_writable(&mut self, token: Token) {
@@ -190,22 +205,28 @@ impl Server {
         }
     }
 
+    /// Sends one last answer to a client and closes the connection once it is out (lingering
+    /// while the client reads it, at most [`LINGER`]).
+    fn answer_and_close(&mut self, token: Token, id: u64, result: crate::kv::ApplyResult) {
+        self.send_response(token, id, result);
+        if let Some(Endpoint::Client(c)) = self.endpoints.get_mut(&token) {
+            c.closing = true;
+            c.conn.discard_input();
+        }
+        self.timers
+            .insert(Instant::now() + LINGER, TimerEvent::ForceClose(token));
+        self.flush_client(token);
+    }
+
     pub(super) fn on_frame_error(&mut self, token: Token, is_client: bool, e: FrameError) {
         if is_client {
             let code = match e {
                 FrameError::TooLarge { .. } => ErrorCode::TooLarge,
                 FrameError::Decode { .. } => ErrorCode::BadRequest,
             };
-            // With the request id if the frame's first bytes held it, else 0.
-            self.send_response(token, e.request_id(), error_result(code, e.to_string()));
             log::debug!("client connection {}: {e}; closing", token.0);
-            if let Some(Endpoint::Client(c)) = self.endpoints.get_mut(&token) {
-                c.closing = true;
-                c.conn.discard_input();
-            }
-            self.timers
-                .insert(Instant::now() + LINGER, TimerEvent::ForceClose(token));
-            self.flush_client(token);
+            // With the request id if the frame's first bytes held it, else 0.
+            self.answer_and_close(token, e.request_id(), error_result(code, e.to_string()));
         } else {
             log::warn!("peer connection {}: {e}; closing it", token.0);
             self.close(token, &e.to_string());
@@ -215,7 +236,10 @@ impl Server {
     pub(super) fn close(&mut self, token: Token, why: &str) {
         if let Some(ep) = self.endpoints.remove(&token) {
             let (mut conn, kind) = match ep {
-                Endpoint::Client(c) => (c.conn, "client"),
+                Endpoint::Client(c) => {
+                    self.clients -= 1;
+                    (c.conn, "client")
+                }
                 Endpoint::PeerIn(c) => (c, "peer"),
             };
             log::debug!("closing {kind} connection {}: {why}", token.0);

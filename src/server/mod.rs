@@ -116,6 +116,8 @@ pub struct Server {
     /// Held for the node's life: the data directory's lock (`DIR/LOCK`).
     _dir_lock: DirLock,
     dirty_clients: HashSet<Token>,
+    /// Client connections open (lingering ones included), against `--max-clients`.
+    clients: usize,
     /// Entries appended to the log in the Ready being handled and not yet synced.
     appended_unsynced: bool,
     dirty_peers: HashSet<u64>,

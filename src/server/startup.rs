@@ -353,6 +353,7 @@ impl Server {
             snaps,
             _dir_lock: r.dir_lock,
             dirty_clients: HashSet::new(),
+            clients: 0,
             appended_unsynced: false,
             dirty_peers: HashSet::new(),
             read_again: Vec::new(),

@@ -211,6 +211,10 @@ pub struct Tuning {
     /// (backpressure against clients that do not read).
     #[arg(long, default_value_t = config::DEFAULT_CLIENT_OUTPUT_LIMIT)]
     pub client_output_limit: usize,
+    /// Client connections served at once; a client beyond it is answered UNAVAILABLE ("too
+    /// many clients") and closed. Keep it below the open-files limit (`ulimit -n`).
+    #[arg(long, default_value_t = config::DEFAULT_MAX_CLIENTS)]
+    pub max_clients: usize,
     /// Maximum frame (request or Raft message) size in bytes, at most 1 GiB. A write must also
     /// fit one log segment (--segment-size); a larger one is refused with TOO_LARGE. Give every
     /// node the same value.
@@ -271,6 +275,7 @@ impl Tuning {
             "--client-output-limit={}",
             self.client_output_limit
         ));
+        v.push(format!("--max-clients={}", self.max_clients));
         if let Some(l) = &self.log_level {
             v.push(format!("--log-level={l}"));
         }

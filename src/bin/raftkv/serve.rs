@@ -70,6 +70,10 @@ fn serve_config(a: &ServeArgs) -> Result<ServerConfig, String> {
         return Err("--lease-reads needs CheckQuorum (drop --no-check-quorum)".into());
     }
     cfg.max_client_pending_bytes = t.client_output_limit;
+    if t.max_clients == 0 {
+        return Err("--max-clients must be at least 1".into());
+    }
+    cfg.max_clients = t.max_clients;
     cfg.snapshot_policy = raftkv::snapshot::SnapshotPolicy {
         max_log_entries: t.snapshot_entries,
         max_log_bytes: t.snapshot_bytes,
