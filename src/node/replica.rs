@@ -29,6 +29,10 @@ pub struct ReplicaConfig {
     /// Keys and values per scan page (`limits::max_scan_page`: the page and its framing fit
     /// the response frame); 0 = unbounded.
     pub max_scan_bytes: usize,
+    /// Answers to confirmed reads made per call (one shell pass), in bytes; 0 = unbounded.
+    /// The rest wait for the next pass, so many pipelined large reads cannot make one pass
+    /// long enough to cost a leader its quorum.
+    pub max_read_bytes_per_pass: usize,
 }
 
 /// A leadership change seen by [`Replica::check_leadership`].
@@ -64,6 +68,8 @@ pub struct Replica<L: LogStore, A> {
     leader_term: Option<u64>,
     last_leader: Option<u64>,
     staged: Option<StagedSnapshot>,
+    /// Confirmed, applied reads wait for the next pass (the answer budget ran out).
+    more_reads: bool,
 }
 
 /// Serves a read from the state machine; a scan page holds at most `max_scan_bytes` of keys
@@ -89,6 +95,7 @@ impl<L: LogStore, A> Replica<L, A> {
             leader_term: None,
             last_leader: None,
             staged: None,
+            more_reads: false,
         }
     }
 
@@ -122,6 +129,28 @@ impl<L: LogStore, A> Replica<L, A> {
     /// Answers TIMEOUT to requests whose deadline passed (`now` on the shell's clock).
     pub fn expire(&mut self, now: u64) {
         self.requests.expire(now);
+    }
+
+    /// Serves confirmed reads that are applied, within the per-pass answer budget; notes
+    /// whether more wait ([`Replica::has_more_reads`]).
+    fn serve_reads(&mut self) {
+        let (kv, page) = (&self.kv, self.scan_budget());
+        self.more_reads =
+            self.requests
+                .serve_confirmed(self.applied, self.cfg.max_read_bytes_per_pass, |op| {
+                    serve(kv, op, page)
+                });
+    }
+
+    /// True if confirmed, applied reads wait because a pass's answer budget ran out: the shell
+    /// calls [`Replica::serve_more_reads`] in its next pass (and does not sleep before it).
+    pub fn has_more_reads(&self) -> bool {
+        self.more_reads
+    }
+
+    /// Serves the next budget of confirmed reads (see [`Replica::has_more_reads`]).
+    pub fn serve_more_reads(&mut self) {
+        self.serve_reads();
     }
 
     /// Bytes of keys and values per scan page.
@@ -201,9 +230,7 @@ impl<L: LogStore, A> Replica<L, A> {
                     Ok(index) => {
                         let ctx = self.requests.add_read(to, op, now);
                         self.requests.confirm_read(ctx, index);
-                        let budget = self.scan_budget();
-                        self.requests
-                            .serve_confirmed(self.applied, |op| serve(&self.kv, op, budget));
+                        self.serve_reads();
                     }
                     // No valid lease right now: fall back to ReadIndex.
                     Err(ProposeError::NoLease) => self.read_index(to, op, now),
@@ -260,9 +287,7 @@ impl<L: LogStore, A> Replica<L, A> {
         for rs in reads {
             self.requests.confirm_read(rs.ctx, rs.index);
         }
-        let budget = self.scan_budget();
-        self.requests
-            .serve_confirmed(self.applied, |op| serve(&self.kv, op, budget));
+        self.serve_reads();
         for ctx in failed_reads {
             self.requests.read_failed(ctx);
         }
@@ -319,9 +344,7 @@ impl<L: LogStore, A> Replica<L, A> {
             ErrorCode::Uncertain,
             "leadership lost; the write may or may not apply",
         );
-        let budget = self.scan_budget();
-        self.requests
-            .serve_confirmed(self.applied, |op| serve(&self.kv, op, budget));
+        self.serve_reads();
     }
 
     /// Notices leadership changes after a Ready; a lost leadership answers its pending

@@ -183,19 +183,37 @@ impl<A> Requests<A> {
         self.confirmed.entry(index).or_default().push(ctx);
     }
 
-    /// Serves every confirmed read whose index is at or below `applied`, with `serve`.
-    pub fn serve_confirmed(&mut self, applied: u64, serve: impl Fn(&ReadOp) -> ApplyResult) {
+    /// Serves confirmed reads whose index is at or below `applied`, in order, with `serve`,
+    /// until the answers made total `max_bytes` (0 = no bound; at least one read is served).
+    /// Returns true if servable reads remain: the shell serves them in its next pass, after
+    /// the answers made so far are on their way.
+    pub fn serve_confirmed(
+        &mut self,
+        applied: u64,
+        max_bytes: usize,
+        serve: impl Fn(&ReadOp) -> ApplyResult,
+    ) -> bool {
+        let mut bytes = 0usize;
         while let Some(entry) = self.confirmed.first_entry() {
             if *entry.key() > applied {
-                break;
+                return false;
             }
-            for ctx in entry.remove() {
+            let index = *entry.key();
+            let mut ctxs = entry.remove().into_iter();
+            while let Some(ctx) = ctxs.next() {
+                if max_bytes != 0 && bytes >= max_bytes {
+                    let rest: Vec<u64> = std::iter::once(ctx).chain(ctxs).collect();
+                    self.confirmed.insert(index, rest);
+                    return true;
+                }
                 if let Some(p) = self.reads.remove(&ctx) {
                     let r = serve(&p.op);
+                    bytes = bytes.saturating_add(r.encoded_len());
                     self.answer(p.to, r);
                 }
             }
         }
+        false
     }
 
     /// The core gave up on the read `ctx` (leadership lost before it was confirmed).
@@ -364,9 +382,33 @@ mod tests {
         let mut who: Vec<u32> = r.take_answers().map(|(a, _)| a).collect();
         who.sort_unstable();
         assert_eq!(who, vec![2, 3]);
-        r.serve_confirmed(9, |_| ApplyResult::Get(kvpb::GetResponse::default()));
+        r.serve_confirmed(9, 0, |_| ApplyResult::Get(kvpb::GetResponse::default()));
         let a: Vec<_> = r.take_answers().collect();
         assert_eq!(a.len(), 1);
         assert_eq!(a[0].0, 1);
+    }
+
+    #[test]
+    fn confirmed_reads_are_served_within_a_byte_budget_in_order() {
+        let mut r: Requests<u32> = Requests::new(1000);
+        for who in 0..5 {
+            let ctx = r.add_read(who, ReadOp::Get(kvpb::Get::default()), 0);
+            r.confirm_read(ctx, 3);
+        }
+        let big = || {
+            ApplyResult::Get(kvpb::GetResponse {
+                found: true,
+                value: vec![0u8; 100].into(),
+                version: 1,
+            })
+        };
+        // Each answer is ~105 bytes: a 150-byte budget serves two, then says more remain.
+        assert!(r.serve_confirmed(3, 150, |_| big()));
+        let who: Vec<u32> = r.take_answers().map(|(a, _)| a).collect();
+        assert_eq!(who, vec![0, 1]);
+        assert!(r.serve_confirmed(3, 150, |_| big()));
+        assert!(!r.serve_confirmed(3, 150, |_| big()), "all served");
+        let who: Vec<u32> = r.take_answers().map(|(a, _)| a).collect();
+        assert_eq!(who, vec![2, 3, 4]);
     }
 }

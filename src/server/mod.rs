@@ -137,13 +137,14 @@ impl Server {
                 return self.shutdown();
             }
             let now = Instant::now();
-            let timeout = if self.read_again.is_empty() {
+            let timeout = if self.read_again.is_empty() && !self.replica.has_more_reads() {
                 self.timers
                     .next_timeout(now)
                     .map_or(MAX_POLL, |d| d.min(MAX_POLL))
                     .min(self.next_tick.saturating_duration_since(now))
                     .min(self.until_next_deadline())
             } else {
+                // Sockets to read on, or confirmed reads left by the last pass's budget.
                 Duration::ZERO
             };
             if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
@@ -171,6 +172,9 @@ impl Server {
             let now_ms = self.now_ms();
             self.replica.expire(now_ms);
             let t3 = Instant::now();
+            if self.replica.has_more_reads() {
+                self.replica.serve_more_reads();
+            }
             let applied = self.replica.applied();
             self.process_ready()?;
             // After apply: a snapshot due now starts now, a finished one is collected now.

@@ -755,6 +755,11 @@ pub fn run_seed(seed: u64, opts: &SimOptions) -> SeedResult {
             policy: sim_policy(&mut rng, id, n as u64, bias),
             chunk: if rng.chance(0.3) { 64 } else { 1 << 20 },
             torn: rng.chance(0.5),
+            read_bytes_per_pass: if rng.chance(0.3) {
+                rng.range(1, 60) as usize
+            } else {
+                0
+            },
             sync_fail: if opts.node_bug == NodeBug::IgnoreSyncFailure || rng.chance(0.2) {
                 rng.range(1, 6) as f64 / 100.0
             } else {

@@ -76,6 +76,9 @@ pub struct NodeParams {
     pub check_commit_rule: bool,
     /// Planted node-layer bug (simulator self-test).
     pub bug: NodeBug,
+    /// Answers to confirmed reads per input (the server's per-pass budget; 0 = none): small
+    /// in some seeds, so reads wait across inputs as they wait across server passes.
+    pub read_bytes_per_pass: usize,
     /// Probability that a sync fails (EIO or ENOSPC: a write the disk could not make surfaces
     /// at the next sync, as writeback errors do on Linux).
     pub sync_fail: f64,
@@ -246,6 +249,7 @@ impl SimNode {
             lease_read: false,
             client_addrs: HashMap::new(),
             max_scan_bytes: 0,
+            max_read_bytes_per_pass: self.params.read_bytes_per_pass,
         };
         self.rep = Some(Replica::new(raw, kv, applied, rep_cfg));
         self.up = true;
@@ -279,6 +283,10 @@ impl SimNode {
         if self.busy.is_some() {
             self.deferred.push_back(inp);
             return Ok(());
+        }
+        if let Some(rep) = self.rep.as_mut().filter(|r| r.has_more_reads()) {
+            // As the server does at the start of its next pass.
+            rep.serve_more_reads();
         }
         self.feed(inp, now, out);
         let r = self.drive(rng, checker, out);
