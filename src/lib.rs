@@ -14,6 +14,7 @@
 //! - [`rng`]: seeded PRNG (no global randomness anywhere).
 
 pub mod client;
+pub mod json;
 pub mod kv;
 pub mod logger;
 pub mod net;
