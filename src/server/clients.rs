@@ -10,7 +10,7 @@ use crate::pb::kvpb::{self, ErrorCode};
 use crate::raft::{LogStore, Role};
 use mio::Token;
 
-fn role_name(r: Role) -> &'static str {
+pub(super) fn role_name(r: Role) -> &'static str {
     match r {
         Role::Leader => "leader",
         Role::Follower => "follower",
@@ -58,6 +58,15 @@ impl Server {
             op: Some(op),
         };
         let now = self.now_ms();
+        self.metrics.requests[match &req.op {
+            Some(Op::Put(_)) => super::metrics::OP_PUT,
+            Some(Op::Delete(_)) => super::metrics::OP_DELETE,
+            Some(Op::Cas(_)) => super::metrics::OP_CAS,
+            Some(Op::Get(_)) => super::metrics::OP_GET,
+            Some(Op::Scan(_)) => super::metrics::OP_SCAN,
+            Some(Op::Status(_)) => super::metrics::OP_STATUS,
+            _ => super::metrics::OP_INVALID,
+        }] += 1;
         match req.op {
             None => self.send_response(
                 token,
@@ -69,13 +78,16 @@ impl Server {
                 self.send_response(token, to.req_id, ApplyResult::Status(s));
             }
             Some(Op::Put(p)) if !p.key.is_empty() => {
-                self.replica.write(to, &cmd(Cmd::Put(p)), now);
+                let taken = self.replica.write(to, &cmd(Cmd::Put(p)), now);
+                self.count_proposal(taken);
             }
             Some(Op::Delete(d)) if !d.key.is_empty() => {
-                self.replica.write(to, &cmd(Cmd::Delete(d)), now);
+                let taken = self.replica.write(to, &cmd(Cmd::Delete(d)), now);
+                self.count_proposal(taken);
             }
             Some(Op::Cas(c)) if !c.key.is_empty() => {
-                self.replica.write(to, &cmd(Cmd::Cas(c)), now);
+                let taken = self.replica.write(to, &cmd(Cmd::Cas(c)), now);
+                self.count_proposal(taken);
             }
             Some(Op::Get(g)) if !g.key.is_empty() => {
                 let overdue = self.tick_overdue();
@@ -92,6 +104,14 @@ impl Server {
                 to.req_id,
                 error_result(ErrorCode::BadRequest, "empty key".into()),
             ),
+        }
+    }
+
+    fn count_proposal(&mut self, taken: Option<u64>) {
+        if taken.is_some() {
+            self.metrics.proposals += 1;
+        } else {
+            self.metrics.proposals_refused += 1;
         }
     }
 
@@ -149,6 +169,7 @@ impl Server {
 
     /// Queues a response on a client connection (dropped if the client is gone).
     pub(super) fn send_response(&mut self, token: Token, id: u64, result: ApplyResult) {
+        self.metrics.response(&result);
         let Some(Endpoint::Client(c)) = self.endpoints.get_mut(&token) else {
             return;
         };

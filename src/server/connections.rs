@@ -52,6 +52,7 @@ impl Server {
                         Endpoint::PeerIn(conn)
                     } else {
                         log::debug!("client connection from {addr}");
+                        self.metrics.client_accepted += 1;
                         Endpoint::Client(ClientConn {
                             conn,
                             inflight: 0,
