@@ -326,6 +326,19 @@ fn keep_alive_and_pipelining() {
     write!(s, "GET /livez HTTP/1.1\r\nConnection: close\r\n\r\n").unwrap();
     assert_eq!(read_resp(&mut s).unwrap().status, 200);
     assert!(error_or_close(&mut s).is_ok());
+    // 100 pipelined metrics pages (more than MAX_OUT of answers), then a half-close before
+    // reading any: every answer still arrives.
+    let mut c2 = Conn {
+        s: connect(&c.http_addr(1)).unwrap(),
+        buf: Vec::new(),
+    };
+    c2.s.write_all("GET /metrics HTTP/1.1\r\n\r\n".repeat(100).as_bytes())
+        .unwrap();
+    c2.s.shutdown(std::net::Shutdown::Write).unwrap();
+    for i in 0..100 {
+        let r = c2.read_resp(false);
+        assert_eq!(r.map(|r| r.status), Some(200), "answer {i} of 100");
+    }
 }
 
 #[test]

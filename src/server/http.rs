@@ -17,7 +17,8 @@
 //!
 //! Keep-alive: HTTP/1.1 connections stay open unless the request says `Connection: close`;
 //! HTTP/1.0 ones close unless it says `Connection: keep-alive`. Pipelined requests are
-//! answered in order. Only GET and HEAD are served (others: 405).
+//! answered in order, also after the client half-closes its side. Only GET and HEAD are
+//! served (others: 405).
 
 use super::timers::TimerEvent;
 use super::Server;
@@ -55,6 +56,8 @@ pub(super) struct HttpConn {
     close_after: bool,
     /// The write side is shut down: input is discarded until the client closes.
     draining: bool,
+    /// The client closed its side: close once its complete requests are answered and written.
+    eof: bool,
     /// When the connection is closed unless a request completes first.
     deadline: Instant,
 }
@@ -245,6 +248,7 @@ impl Server {
                             sent: 0,
                             close_after: false,
                             draining: false,
+                            eof: false,
                             deadline,
                         },
                     );
@@ -274,6 +278,14 @@ impl Server {
             let Some(c) = self.http_conns.get_mut(&token) else {
                 return;
             };
+            if c.eof {
+                // `http_answer` left output backed up (resumed when writable) or has answered
+                // every complete request.
+                if c.pending_out() == 0 {
+                    self.http_close(token, "closed by client");
+                }
+                return;
+            }
             if c.close_after && !c.draining {
                 if c.pending_out() > 0 {
                     return; // Resumed when writable.
@@ -309,6 +321,10 @@ impl Server {
                 return;
             }
             match c.stream.read(&mut buf[..want]) {
+                Ok(0) if !c.draining => {
+                    // Half-closed after its requests: the complete ones are still answered.
+                    c.eof = true;
+                }
                 Ok(0) => {
                     self.http_close(token, "closed by client");
                     return;
@@ -328,9 +344,18 @@ impl Server {
         }
     }
 
-    /// Answers every complete request at the start of the connection's input.
+    /// Answers every complete request at the start of the connection's input, unless more
+    /// than [`MAX_OUT`] of answers stay unsent (then it stops until the socket is writable).
     fn http_answer(&mut self, token: Token) {
         loop {
+            if self
+                .http_conns
+                .get(&token)
+                .is_some_and(|c| c.pending_out() > MAX_OUT)
+                && !self.http_flush(token)
+            {
+                return;
+            }
             let Some(c) = self.http_conns.get_mut(&token) else {
                 return;
             };
