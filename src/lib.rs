@@ -15,6 +15,7 @@
 //! - [`rng`]: seeded PRNG (no global randomness anywhere).
 
 pub mod client;
+pub mod json;
 pub mod kv;
 pub mod limits;
 pub mod logger;

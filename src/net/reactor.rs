@@ -14,6 +14,8 @@ pub const PEER_LISTENER: Token = Token(0);
 pub const CLIENT_LISTENER: Token = Token(1);
 /// The running snapshot child's pipe (readable when the child reports and when it exits).
 pub const SNAPSHOT_CHILD: Token = Token(2);
+/// The HTTP listener (`--http-addr`: health, status and metrics pages).
+pub const HTTP_LISTENER: Token = Token(3);
 const FIRST_DYNAMIC: usize = 16;
 
 /// Hands out unique connection tokens.
@@ -53,6 +55,7 @@ mod tests {
             assert_ne!(x, PEER_LISTENER);
             assert_ne!(x, CLIENT_LISTENER);
             assert_ne!(x, SNAPSHOT_CHILD);
+            assert_ne!(x, HTTP_LISTENER);
         }
     }
 }

@@ -10,7 +10,7 @@ use crate::pb::kvpb::{self, ErrorCode};
 use crate::raft::{LogStore, Role};
 use mio::Token;
 
-fn role_name(r: Role) -> &'static str {
+pub(super) fn role_name(r: Role) -> &'static str {
     match r {
         Role::Leader => "leader",
         Role::Follower => "follower",
@@ -58,6 +58,15 @@ impl Server {
             op: Some(op),
         };
         let now = self.now_ms();
+        self.metrics.requests[match &req.op {
+            Some(Op::Put(_)) => super::metrics::OP_PUT,
+            Some(Op::Delete(_)) => super::metrics::OP_DELETE,
+            Some(Op::Cas(_)) => super::metrics::OP_CAS,
+            Some(Op::Get(_)) => super::metrics::OP_GET,
+            Some(Op::Scan(_)) => super::metrics::OP_SCAN,
+            Some(Op::Status(_)) => super::metrics::OP_STATUS,
+            _ => super::metrics::OP_INVALID,
+        }] += 1;
         match req.op {
             None => self.send_response(
                 token,
@@ -107,9 +116,15 @@ impl Server {
                 self.cfg.segment_size
             );
             self.send_response(to.token, to.req_id, error_result(ErrorCode::TooLarge, msg));
+            self.metrics.proposals_refused += 1;
             return;
         }
-        self.replica.write(to, cmd, now);
+        let taken = self.replica.write(to, cmd, now);
+        if taken.is_some() {
+            self.metrics.proposals += 1;
+        } else {
+            self.metrics.proposals_refused += 1;
+        }
     }
 
     /// Queues the replica's answers on their connections.
@@ -166,6 +181,7 @@ impl Server {
 
     /// Queues a response on a client connection (dropped if the client is gone).
     pub(super) fn send_response(&mut self, token: Token, id: u64, result: ApplyResult) {
+        self.metrics.response(&result);
         let Some(Endpoint::Client(c)) = self.endpoints.get_mut(&token) else {
             return;
         };

@@ -114,6 +114,8 @@ pub struct ServerConfig {
     pub peer_listen: String,
     /// Address the client listener binds.
     pub client_listen: String,
+    /// Address the HTTP listener (health, status, metrics) binds; none if not given.
+    pub http_listen: Option<String>,
     /// All members, this node included.
     pub peers: Vec<PeerSpec>,
     /// Length of one Raft tick.
@@ -160,6 +162,7 @@ impl ServerConfig {
             data_dir,
             peer_listen: me.peer_addr.clone(),
             client_listen: me.client_addr.clone().unwrap_or_default(),
+            http_listen: None,
             peers,
             tick: DEFAULT_TICK,
             election_ticks: core.election_tick,

@@ -50,6 +50,7 @@ impl Server {
                     } else {
                         log::debug!("client connection from {addr}");
                         self.clients += 1;
+                        self.metrics.client_accepted += 1;
                         Endpoint::Client(ClientConn {
                             conn,
                             inflight: 0,

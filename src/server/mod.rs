@@ -26,11 +26,15 @@
 //! - `peers.rs`: the links to the other members;
 //! - `timers.rs`: Raft ticks from real time and the timer wheel's events;
 //! - `ready_shell.rs`: the server's side of the Ready phases (log, hard state, sync);
-//! - `snap.rs`: taking, compacting, sending and installing snapshots.
+//! - `snap.rs`: taking, compacting, sending and installing snapshots;
+//! - `http.rs`: the HTTP listener (`/livez`, `/readyz`, `/status`, `/metrics`);
+//! - `metrics.rs`: the counters and histograms, and the `/metrics` page.
 
 mod clients;
 pub mod config;
 mod connections;
+pub mod http;
+mod metrics;
 mod peers;
 mod ready_shell;
 pub mod signal;
@@ -43,7 +47,7 @@ pub use config::{parse_peers, PeerSpec, ServerConfig};
 use crate::kv::ApplyResult;
 use crate::net::conn::Conn;
 use crate::net::peer::Peer;
-use crate::net::reactor::{Tokens, CLIENT_LISTENER, PEER_LISTENER, SNAPSHOT_CHILD};
+use crate::net::reactor::{Tokens, CLIENT_LISTENER, HTTP_LISTENER, PEER_LISTENER, SNAPSHOT_CHILD};
 use crate::net::timer::TimerWheel;
 use crate::node::Replica;
 use crate::raft::HardState;
@@ -94,6 +98,10 @@ pub struct Server {
     poll: Poll,
     peer_listener: Option<TcpListener>,
     client_listener: Option<TcpListener>,
+    /// The HTTP listener, if `--http-addr` was given.
+    http_listener: Option<TcpListener>,
+    http_conns: HashMap<Token, http::HttpConn>,
+    metrics: metrics::Metrics,
     tokens: Tokens,
     endpoints: HashMap<Token, Endpoint>,
     peers: HashMap<u64, Peer>,
@@ -126,6 +134,7 @@ pub struct Server {
     /// Local listening addresses (resolved, e.g. after binding port 0).
     pub peer_local_addr: std::net::SocketAddr,
     pub client_local_addr: std::net::SocketAddr,
+    pub http_local_addr: Option<std::net::SocketAddr>,
 }
 
 impl Server {
@@ -162,7 +171,11 @@ impl Server {
                 self.dispatch(ev);
             }
             for token in std::mem::take(&mut self.read_again) {
-                self.on_readable(token, false);
+                if self.http_conns.contains_key(&token) {
+                    self.on_http_event(token);
+                } else {
+                    self.on_readable(token, false);
+                }
             }
             let t2 = Instant::now();
             self.timers.advance(t2, &mut fired);
@@ -186,6 +199,14 @@ impl Server {
             let t4 = Instant::now();
             self.flush_all();
             let t5 = Instant::now();
+            self.metrics.loop_pass.observe(t5 - t0);
+            let leader = self.replica.core().leader();
+            if leader != self.metrics.last_leader {
+                if leader.is_some() {
+                    self.metrics.leader_changes += 1;
+                }
+                self.metrics.last_leader = leader;
+            }
             if t5 - t0 >= SLOW_PASS {
                 // Every client of this node waited this long: say where the time went.
                 log::warn!(
@@ -212,7 +233,12 @@ impl Server {
         match token {
             PEER_LISTENER | CLIENT_LISTENER => self.accept(token),
             SNAPSHOT_CHILD => self.snaps.child_event = true,
+            HTTP_LISTENER => self.accept_http(),
             _ => {
+                if self.http_conns.contains_key(&token) {
+                    self.on_http_event(token);
+                    return;
+                }
                 if let Some(&id) = self.peer_by_token.get(&token) {
                     self.on_peer_event(id, ev);
                     return;
@@ -245,9 +271,13 @@ impl Server {
 
     fn shutdown(&mut self) -> Result<(), String> {
         log::info!("node {} shutting down", self.cfg.id);
-        for mut l in [self.peer_listener.take(), self.client_listener.take()]
-            .into_iter()
-            .flatten()
+        for mut l in [
+            self.peer_listener.take(),
+            self.client_listener.take(),
+            self.http_listener.take(),
+        ]
+        .into_iter()
+        .flatten()
         {
             let _ = self.poll.registry().deregister(&mut l);
         }

@@ -85,9 +85,11 @@ impl ReadyShell for Server {
     }
 
     fn append(&mut self, entries: &[Entry]) -> Result<(), String> {
+        let t0 = std::time::Instant::now();
         let log = self.replica.core_mut().store_mut();
         log.append(entries)
             .map_err(|e| format!("appending to the log: {e}"))?;
+        self.metrics.log_append.observe(t0.elapsed());
         debug_assert_eq!(log.check_invariants(), Ok(()));
         self.appended_unsynced = true;
         Ok(())
@@ -97,11 +99,13 @@ impl ReadyShell for Server {
     /// vote change alone was made durable by the hard state file's own write.)
     fn sync(&mut self) -> Result<SyncStatus, String> {
         if std::mem::take(&mut self.appended_unsynced) {
+            let t0 = std::time::Instant::now();
             self.replica
                 .core_mut()
                 .store_mut()
                 .sync()
                 .map_err(|e| format!("syncing the log: {e}"))?;
+            self.metrics.log_sync.observe(t0.elapsed());
         }
         Ok(SyncStatus::Done)
     }
@@ -113,6 +117,7 @@ impl ReadyShell for Server {
         failed_reads: Vec<u64>,
     ) -> Result<(), String> {
         let bytes = self.replica.applied_bytes();
+        self.metrics.read_index_rounds += reads.len() as u64;
         self.replica.apply_and_serve(committed, reads, failed_reads);
         // The snapshot policy counts command bytes applied since the newest snapshot.
         self.snaps.bytes_since += self.replica.applied_bytes() - bytes;

@@ -202,6 +202,7 @@ impl Server {
             log::warn!("pruning old snapshots: {e}");
         }
         self.compact_log()?;
+        self.metrics.snapshots_taken += 1;
         // The phrase "entries applied past its due index" is read by tests/snapshot.rs.
         log::info!(
             "snapshot at index {} written: {} ({} entries applied past its due index {})",
@@ -316,6 +317,7 @@ impl Server {
                 .clone()
                 .map(|p| Box::new(p) as Box<dyn SnapshotSource>)
         };
+        self.metrics.snapshots_sent += peers.len() as u64;
         let mut out = Vec::new();
         self.snaps
             .transfers
@@ -385,6 +387,7 @@ impl Server {
                 // Durable: it is the newest snapshot file now. The core's next Ready installs
                 // it (`install_snapshot` below).
                 self.snaps.latest = Some((meta.clone(), published));
+                self.metrics.snapshots_received += 1;
                 if let Err(e) = self.snaps.store.prune() {
                     log::warn!("pruning old snapshots: {e}");
                 }

@@ -8,7 +8,7 @@ use super::timers::TimerEvent;
 use super::{Server, ServerConfig};
 use crate::kv::KvStore;
 use crate::net::peer::Peer;
-use crate::net::reactor::{Tokens, CLIENT_LISTENER, PEER_LISTENER};
+use crate::net::reactor::{Tokens, CLIENT_LISTENER, HTTP_LISTENER, PEER_LISTENER};
 use crate::net::timer::TimerWheel;
 use crate::node::{Replica, ReplicaConfig};
 use crate::raft::{
@@ -273,6 +273,18 @@ fn listen(cfg: &ServerConfig) -> Result<(Poll, TcpListener, TcpListener), String
     Ok((poll, peer_listener, client_listener))
 }
 
+/// The HTTP listener, registered, if `--http-addr` was given.
+fn listen_http(cfg: &ServerConfig, poll: &Poll) -> Result<Option<TcpListener>, String> {
+    let Some(addr) = cfg.http_listen.as_deref() else {
+        return Ok(None);
+    };
+    let mut l = bind(addr, "HTTP")?;
+    poll.registry()
+        .register(&mut l, HTTP_LISTENER, Interest::READABLE)
+        .map_err(|e| e.to_string())?;
+    Ok(Some(l))
+}
+
 /// The timer wheel with its first timers, and one link per other member (connected at once).
 fn timers_and_peers(
     cfg: &ServerConfig,
@@ -321,6 +333,17 @@ impl Server {
         let (poll, peer_listener, client_listener) = listen(&cfg)?;
         let peer_local_addr = peer_listener.local_addr().map_err(|e| e.to_string())?;
         let client_local_addr = client_listener.local_addr().map_err(|e| e.to_string())?;
+        let http_listener = listen_http(&cfg, &poll)?;
+        let http_local_addr = match &http_listener {
+            Some(l) => Some(l.local_addr().map_err(|e| e.to_string())?),
+            None => None,
+        };
+        if let Some(a) = http_local_addr {
+            log::info!(
+                "node {} serving HTTP on http://{a}/ (livez, readyz, status, metrics)",
+                cfg.id
+            );
+        }
         let now = Instant::now();
         let (timers, peers) = timers_and_peers(&cfg, now);
         log::info!(
@@ -342,6 +365,9 @@ impl Server {
             poll,
             peer_listener: Some(peer_listener),
             client_listener: Some(client_listener),
+            http_listener,
+            http_conns: HashMap::new(),
+            metrics: Default::default(),
             tokens: Tokens::default(),
             endpoints: HashMap::new(),
             peers,
@@ -361,6 +387,7 @@ impl Server {
             unreachable: HashSet::new(),
             peer_local_addr,
             client_local_addr,
+            http_local_addr,
         })
     }
 }

@@ -19,6 +19,8 @@ pub(super) enum TimerEvent {
     ForceClose(Token),
     /// Give up on a peer connect attempt that has not completed.
     ConnectTimeout(u64, Token),
+    /// An HTTP connection's idle / partial-request / linger deadline (see `http.rs`).
+    HttpDeadline(Token),
 }
 
 /// The Raft ticks owed at `now` when the next one was due at `next_tick`: `(n, new_next)`
@@ -68,6 +70,7 @@ impl Server {
         match ev {
             TimerEvent::Reconnect(id) => self.connect_peer(id),
             TimerEvent::ForceClose(token) => self.close(token, "linger timeout"),
+            TimerEvent::HttpDeadline(token) => self.on_http_deadline(token),
             TimerEvent::ConnectTimeout(id, token) => {
                 if let Some(peer) = self.peers.get_mut(&id) {
                     if peer.token() == Some(token) && peer.state() == PeerState::Connecting {

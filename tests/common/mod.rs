@@ -47,6 +47,8 @@ pub fn wait_for<T>(what: &str, within: Duration, mut f: impl FnMut() -> Option<T
 pub struct Node {
     pub id: u64,
     pub client_addr: String,
+    /// `--http-addr`, for clusters started by `start_http`.
+    pub http_addr: Option<String>,
     pub child: Option<Child>,
 }
 
@@ -63,13 +65,23 @@ impl Cluster {
         Cluster::start_with(n, args, |_| {})
     }
 
+    /// Like `start`, every node also serving HTTP (`--http-addr`, see `http_addr`).
+    pub fn start_http(n: u64, args: &[&str]) -> Cluster {
+        Cluster::start_inner(n, args, true, |_| {})
+    }
+
     /// Like `start`, after `setup(data_root)` prepared the nodes' data dirs (`<root>/n<i>`).
     pub fn start_with(n: u64, args: &[&str], setup: impl FnOnce(&Path)) -> Cluster {
-        let ports = free_ports(2 * n as usize);
+        Cluster::start_inner(n, args, false, setup)
+    }
+
+    fn start_inner(n: u64, args: &[&str], http: bool, setup: impl FnOnce(&Path)) -> Cluster {
+        let ports = free_ports(if http { 3 } else { 2 } * n as usize);
         let nodes: Vec<Node> = (0..n)
             .map(|i| Node {
                 id: i + 1,
                 client_addr: format!("127.0.0.1:{}", ports[i as usize]),
+                http_addr: http.then(|| format!("127.0.0.1:{}", ports[(2 * n + i) as usize])),
                 child: None,
             })
             .collect();
@@ -117,6 +129,14 @@ impl Cluster {
             .append(true)
             .open(self.log_path(id))
             .unwrap();
+        let http: Vec<String> = self
+            .nodes
+            .iter()
+            .find(|n| n.id == id)
+            .and_then(|n| n.http_addr.clone())
+            .map(|a| format!("--http-addr={a}"))
+            .into_iter()
+            .collect();
         let child = Command::new(EXE)
             .arg("serve")
             .arg(format!("--id={id}"))
@@ -131,6 +151,7 @@ impl Cluster {
                 "--segment-size=1048576",
             ])
             .args(&self.args)
+            .args(&http)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -150,6 +171,15 @@ impl Cluster {
             .unwrap()
             .client_addr
             .clone()
+    }
+
+    /// Node `id`'s HTTP address (clusters from `start_http`).
+    pub fn http_addr(&self, id: u64) -> String {
+        self.nodes
+            .iter()
+            .find(|n| n.id == id)
+            .and_then(|n| n.http_addr.clone())
+            .expect("cluster started with start_http")
     }
 
     pub fn endpoints(&self) -> Vec<String> {

@@ -303,6 +303,10 @@ pub struct ServeArgs {
     /// Address to listen on for clients (default: this node's CLIENT_ADDR in --peers).
     #[arg(long)]
     pub client_addr: Option<String>,
+    /// Address to serve HTTP on: /livez, /readyz, /status (JSON), /metrics (Prometheus).
+    /// Off unless given.
+    #[arg(long)]
+    pub http_addr: Option<String>,
     #[command(flatten)]
     pub tuning: Tuning,
 }
@@ -315,7 +319,8 @@ pub struct ClusterArgs {
     /// Data directory; node i keeps its data in DIR/n<i>.
     #[arg(long, default_value = "./raftkv-data")]
     pub dir: PathBuf,
-    /// First port. Node i (1-based) serves clients on BASE+i-1 and peers on BASE+N+i-1.
+    /// First port. Node i (1-based) serves clients on BASE+i-1, peers on BASE+N+i-1 and HTTP
+    /// on BASE+2N+i-1.
     #[arg(long, default_value_t = 7001)]
     pub base_port: u16,
     #[command(flatten)]

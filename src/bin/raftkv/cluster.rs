@@ -1,5 +1,5 @@
 //! `raftkv cluster`: the local cluster supervisor. It spawns one `raftkv serve` child per
-//! node on loopback (ports and data directories derived from --base-port and --dir, the
+//! node on loopback (ports, HTTP ports included, and data directories derived from --base-port and --dir, the
 //! tuning flags passed on), copies every child's output to stderr prefixed with `[n<id>]`,
 //! watches for children that exit, and on SIGINT/SIGTERM stops them all (SIGTERM, then
 //! SIGKILL after 10 s).
@@ -63,7 +63,8 @@ fn spawn_all(exe: &Path, a: &ClusterArgs, members: &[PeerSpec]) -> Option<Childr
     let peers = format_peers(members);
     let mut children: Children = Vec::new();
     for m in members {
-        match spawn_node(exe, m.id, &a.dir, &peers, &a.tuning) {
+        let http = http_addr(a.base_port, a.nodes, m.id);
+        match spawn_node(exe, m.id, &a.dir, &peers, &http, &a.tuning) {
             Ok(mut child) => {
                 if let Some(out) = child.stdout.take() {
                     stream_lines(m.id, out);
@@ -96,6 +97,13 @@ fn print_banner(a: &ClusterArgs, members: &[PeerSpec]) {
         a.dir.display()
     );
     println!("client endpoints: {endpoints}");
+    for m in members {
+        let h = http_addr(a.base_port, a.nodes, m.id);
+        println!(
+            "node {} HTTP: http://{h}/livez /readyz /status /metrics",
+            m.id
+        );
+    }
     println!("try: raftkv put --endpoints {endpoints} greeting hello");
     println!("Ctrl-C stops the cluster; re-run the same command to restart it with its data.");
     let _ = std::io::stdout().flush();
@@ -134,7 +142,7 @@ fn cluster_members(nodes: u64, base: u16) -> Result<Vec<PeerSpec>, String> {
     if nodes == 0 {
         return Err("--nodes must be at least 1".into());
     }
-    if base as u64 + 2 * nodes > 65536 {
+    if base as u64 + 3 * nodes > 65536 {
         return Err(format!(
             "--base-port {base} leaves no room for {nodes} nodes"
         ));
@@ -148,12 +156,18 @@ fn cluster_members(nodes: u64, base: u16) -> Result<Vec<PeerSpec>, String> {
         .collect())
 }
 
+/// Node `id`'s HTTP address: after the client and peer ports, on BASE+2N+id-1.
+fn http_addr(base: u16, nodes: u64, id: u64) -> String {
+    format!("127.0.0.1:{}", base as u64 + 2 * nodes + id - 1)
+}
+
 /// Starts `raftkv serve` for node `id` (data in DIR/n<id>), its stdout and stderr piped.
 fn spawn_node(
     exe: &Path,
     id: u64,
     dir: &Path,
     peers: &str,
+    http: &str,
     tuning: &Tuning,
 ) -> std::io::Result<Child> {
     let mut cmd = Command::new(exe);
@@ -162,6 +176,7 @@ fn spawn_node(
         .arg("--data-dir")
         .arg(dir.join(format!("n{id}")))
         .arg(format!("--peers={peers}"))
+        .arg(format!("--http-addr={http}"))
         .args(tuning.to_args())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -241,5 +256,11 @@ mod tests {
         assert_eq!(eps.join(","), DEFAULT_ENDPOINTS);
         assert!(cluster_members(0, 7001).is_err());
         assert!(cluster_members(3, 65533).is_err());
+        assert_eq!(http_addr(7001, 3, 1), "127.0.0.1:7007");
+        assert_eq!(http_addr(7001, 3, 3), "127.0.0.1:7009");
+        assert!(
+            cluster_members(3, 65528).is_err(),
+            "HTTP ports need room too"
+        );
     }
 }

@@ -25,27 +25,7 @@ pub fn json_bytes(name: &str, b: &[u8]) -> String {
     }
 }
 
-/// Minimal JSON string escaping (invalid UTF-8 is replaced: use [`json_bytes`] for data).
-pub fn json_str(b: &[u8]) -> String {
-    let s = String::from_utf8_lossy(b);
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for ch in s.chars() {
-        match ch {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if (c as u32) < 0x20 || c as u32 == 0x7f => {
-                out.push_str(&format!("\\u{:04x}", c as u32))
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
-}
+pub use raftkv::json::json_str;
 
 /// Prints a client error and maps it to an exit code.
 pub fn fail(e: ClientError, json: bool) -> u8 {
@@ -272,35 +252,7 @@ pub fn status_json(ep: &str, r: &Result<kvpb::StatusResponse, ClientError>) -> S
             )
         }
     };
-    let peers: Vec<String> = s
-        .peers
-        .iter()
-        .map(|p| {
-            format!(
-                "{{\"id\":{},\"peer_addr\":{},\"match\":{},\"next\":{}}}",
-                p.id,
-                json_str(p.peer_addr.as_bytes()),
-                p.match_index,
-                p.next_index
-            )
-        })
-        .collect();
-    format!(
-        "{{\"endpoint\":{},\"node_id\":{},\"role\":{},\"term\":{},\"leader_id\":{},\"leader_addr\":{},\
-         \"commit\":{},\"applied\":{},\"first_log_index\":{},\"last_log_index\":{},\"snapshot_index\":{},\"peers\":[{}]}}",
-        json_str(ep.as_bytes()),
-        s.node_id,
-        json_str(s.role.as_bytes()),
-        s.term,
-        s.leader_id,
-        json_str(s.leader_addr.as_bytes()),
-        s.commit_index,
-        s.applied_index,
-        s.first_log_index,
-        s.last_log_index,
-        s.snapshot_index,
-        peers.join(",")
-    )
+    raftkv::json::status_json(Some(ep), s)
 }
 
 #[cfg(test)]

@@ -53,6 +53,7 @@ fn serve_config(a: &ServeArgs) -> Result<ServerConfig, String> {
     if let Some(c) = &a.client_addr {
         cfg.client_listen = c.clone();
     }
+    cfg.http_listen = a.http_addr.clone();
     if cfg.client_listen.is_empty() {
         return Err("no client address: give --client-addr or ID=PEER/CLIENT in --peers".into());
     }
