@@ -2,7 +2,6 @@
 //! once, a hung (SIGSTOPped) first endpoint costs one attempt, and a write answered
 //! SHUTTING_DOWN is uncertain but safe to retry with its session seq.
 
-use bytes::Bytes;
 use raftkv::client::{ClientOptions, DEFAULT_ATTEMPT_TIMEOUT};
 use raftkv::net::framing::blocking;
 use raftkv::pb::kvpb::{self, response::Result as R, ErrorCode};
@@ -29,17 +28,6 @@ fn raftkv(args: &[String]) -> (i32, String, String, Duration) {
         String::from_utf8_lossy(&out.stderr).into_owned(),
         start.elapsed(),
     )
-}
-
-fn put_req(id: u64, k: &str, v: &str) -> kvpb::Request {
-    kvpb::Request {
-        id,
-        op: Some(kvpb::request::Op::Put(kvpb::Put {
-            key: Bytes::copy_from_slice(k.as_bytes()),
-            value: Bytes::copy_from_slice(v.as_bytes()),
-        })),
-        ..Default::default()
-    }
 }
 
 fn connect(addr: &str) -> TcpStream {

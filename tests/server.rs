@@ -33,17 +33,6 @@ fn call(s: &mut TcpStream, req: &kvpb::Request) -> kvpb::Response {
     blocking::read_msg(s, 1 << 20).unwrap()
 }
 
-fn put_req(id: u64, k: &str, v: &str) -> kvpb::Request {
-    kvpb::Request {
-        id,
-        op: Some(kvpb::request::Op::Put(kvpb::Put {
-            key: Bytes::copy_from_slice(k.as_bytes()),
-            value: Bytes::copy_from_slice(v.as_bytes()),
-        })),
-        ..Default::default()
-    }
-}
-
 fn err_code(r: &kvpb::Response) -> Option<ErrorCode> {
     match &r.result {
         Some(R::Error(e)) => Some(e.code()),
@@ -786,6 +775,24 @@ fn cluster_command_and_cli() {
     assert_eq!(got, "hello\n");
 }
 
+/// `n` scans of the prefix `p` (ids 1..=n), framed back to back for one pipelined write.
+fn scan_batch(n: u64, consistency: kvpb::Consistency) -> Vec<u8> {
+    let mut batch = Vec::new();
+    for id in 1..=n {
+        let req = kvpb::Request {
+            id,
+            consistency: consistency as i32,
+            op: Some(kvpb::request::Op::Scan(kvpb::Scan {
+                prefix: Bytes::from_static(b"p"),
+                ..Default::default()
+            })),
+            ..Default::default()
+        };
+        blocking::write_msg(&mut batch, &req).unwrap();
+    }
+    batch
+}
+
 /// Resident memory of a process, from /proc/PID/statm (pages of 4 KiB on this platform).
 fn rss_bytes(pid: u32) -> u64 {
     let s = std::fs::read_to_string(format!("/proc/{pid}/statm")).unwrap();
@@ -826,20 +833,8 @@ fn a_client_that_never_reads_keeps_its_queued_output_near_its_limit() {
     let before = rss_bytes(pid);
     let mut s = connect(&cluster.addr(follower)).unwrap();
     let scans = 40u64;
-    let mut batch = Vec::new();
-    for id in 1..=scans {
-        let req = kvpb::Request {
-            id,
-            consistency: kvpb::Consistency::Stale as i32,
-            op: Some(kvpb::request::Op::Scan(kvpb::Scan {
-                prefix: Bytes::from_static(b"p"),
-                ..Default::default()
-            })),
-            ..Default::default()
-        };
-        blocking::write_msg(&mut batch, &req).unwrap();
-    }
-    s.write_all(&batch).unwrap();
+    s.write_all(&scan_batch(scans, kvpb::Consistency::Stale))
+        .unwrap();
     // Three status round trips on another connection: each answer means the node's loop has
     // turned again after the batch arrived (and it still serves everyone else).
     let mut peak = before;
@@ -938,19 +933,8 @@ fn many_pipelined_large_reads_are_answered_over_several_passes_without_an_electi
     let term = status(&cluster.addr(leader)).unwrap().term;
     let mut s = connect(&cluster.addr(leader)).unwrap();
     let scans = 60u64;
-    let mut batch = Vec::new();
-    for id in 1..=scans {
-        let req = kvpb::Request {
-            id,
-            op: Some(kvpb::request::Op::Scan(kvpb::Scan {
-                prefix: Bytes::from_static(b"p"),
-                ..Default::default()
-            })),
-            ..Default::default()
-        };
-        blocking::write_msg(&mut batch, &req).unwrap();
-    }
-    s.write_all(&batch).unwrap();
+    s.write_all(&scan_batch(scans, kvpb::Consistency::Linearizable))
+        .unwrap();
     s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     for id in 1..=scans {
         let r: kvpb::Response = blocking::read_msg(&mut s, 64 << 20).unwrap();

@@ -338,3 +338,15 @@ pub fn scan_all(c: &mut Client, prefix: &str) -> BTreeMap<String, String> {
         req.start = r.next_key;
     }
 }
+
+/// A PUT request of `k` = `v` with request id `id` (no session).
+pub fn put_req(id: u64, k: &str, v: &str) -> kvpb::Request {
+    kvpb::Request {
+        id,
+        op: Some(kvpb::request::Op::Put(kvpb::Put {
+            key: Bytes::copy_from_slice(k.as_bytes()),
+            value: Bytes::copy_from_slice(v.as_bytes()),
+        })),
+        ..Default::default()
+    }
+}
