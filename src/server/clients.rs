@@ -206,7 +206,7 @@ impl Server {
                 let _ = c.conn.stream.shutdown(std::net::Shutdown::Write);
             }
             Ok(_) => {
-                if c.paused && c.conn.pending_out() <= max_out && c.inflight < max_inflight {
+                if c.paused && !c.over_limit(max_out, max_inflight) {
                     c.paused = false;
                     self.read_again.push(token);
                 }

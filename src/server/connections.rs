@@ -120,7 +120,7 @@ impl Server {
                     return;
                 }
                 Endpoint::Client(c) => {
-                    if c.conn.pending_out() > max_out || c.inflight >= max_inflight {
+                    if c.over_limit(max_out, max_inflight) {
                         c.paused = true;
                         return;
                     }
@@ -186,7 +186,7 @@ impl Server {
                     if c.closing {
                         return false;
                     }
-                    if c.conn.pending_out() > max_out || c.inflight >= max_inflight {
+                    if c.over_limit(max_out, max_inflight) {
                         c.paused = true;
                         return false;
                     }

@@ -79,6 +79,14 @@ struct ClientConn {
     closing: bool,
 }
 
+impl ClientConn {
+    /// Backpressure: too many unsent response bytes or requests in flight to take more from
+    /// this client (`--client-output-limit`, the in-flight cap).
+    fn over_limit(&self, max_out: usize, max_inflight: usize) -> bool {
+        self.conn.pending_out() > max_out || self.inflight >= max_inflight
+    }
+}
+
 enum Endpoint {
     Client(ClientConn),
     /// A connection another node dialled to send us Raft messages.
