@@ -536,6 +536,42 @@ fn sender_gives_up_after_retries_without_progress() {
     panic!("never failed");
 }
 
+/// A one-chunk transfer whose every byte the receiver holds and the sender has seen
+/// acknowledged: the receiver now validates it (`rs.install`) before it answers `done`.
+struct Validating {
+    sender: SnapshotSender,
+    rx: SnapshotReceiver,
+    rx_store: SnapshotStore,
+    rs: Box<ReceivedSnapshot>,
+    /// Holds the receiver's directory: bind it (not `..`) or it is deleted at once.
+    _rx_dir: tempfile::TempDir,
+}
+
+fn all_bytes_acknowledged(cfg: &SenderConfig, path: &std::path::Path) -> Validating {
+    let mut sender = SnapshotSender::new(cfg.clone(), 1, 2, 4, path).unwrap();
+    let rx_dir = tempfile::tempdir().unwrap();
+    let mut rx_store = SnapshotStore::open(rx_dir.path()).unwrap();
+    let mut rx = SnapshotReceiver::new();
+    let mut out = Vec::new();
+    sender.start(&mut out);
+    assert_eq!(out.len(), 1, "one chunk");
+    let Received::Complete(rs) = rx.on_message(&mut rx_store, 0, &out[0]) else {
+        panic!("expected the whole snapshot");
+    };
+    let progress = rs.progress_reply();
+    let r = response(&progress);
+    assert!(r.success && !r.done, "{r:?}");
+    out.clear();
+    assert_eq!(sender.on_response(r, &mut out), SendStatus::InProgress);
+    Validating {
+        sender,
+        rx,
+        rx_store,
+        rs,
+        _rx_dir: rx_dir,
+    }
+}
+
 /// The receiver validates the whole payload before it installs (and answers `done`), so after
 /// acknowledging every byte the sender waits `finish_ticks` for the `done` (not `retry_ticks`),
 /// without resending data (only empty "finished?" probes); a `done` in that time ends the
@@ -551,21 +587,14 @@ fn sender_waits_for_done_while_the_peer_validates() {
     };
     // Longer than the sender would wait for progress while chunks are in flight.
     assert!(cfg.finish_ticks > cfg.retry_ticks * (cfg.max_retries + 1));
-    let mut sender = SnapshotSender::new(cfg.clone(), 1, 2, 4, &path).unwrap();
-    let rx_dir = tempfile::tempdir().unwrap();
-    let mut rx_store = SnapshotStore::open(rx_dir.path()).unwrap();
-    let mut rx = SnapshotReceiver::new();
+    let Validating {
+        mut sender,
+        mut rx_store,
+        rs,
+        _rx_dir,
+        ..
+    } = all_bytes_acknowledged(&cfg, &path);
     let mut out = Vec::new();
-    sender.start(&mut out);
-    assert_eq!(out.len(), 1, "one chunk");
-    let Received::Complete(rs) = rx.on_message(&mut rx_store, 0, &out[0]) else {
-        panic!("expected the whole snapshot");
-    };
-    let progress = rs.progress_reply();
-    let r = response(&progress);
-    assert!(r.success && !r.done, "{r:?}");
-    out.clear();
-    assert_eq!(sender.on_response(r, &mut out), SendStatus::InProgress);
     for t in 1..cfg.finish_ticks {
         out.clear();
         assert_eq!(sender.tick(&mut out), SendStatus::InProgress, "tick {t}");
@@ -927,21 +956,15 @@ fn a_lost_done_answer_is_recovered_by_the_next_probe() {
         chunk_size: 1 << 20,
         ..small_cfg()
     };
-    let mut sender = SnapshotSender::new(cfg.clone(), 1, 2, 4, &path).unwrap();
-    let rx_dir = tempfile::tempdir().unwrap();
-    let mut rx_store = SnapshotStore::open(rx_dir.path()).unwrap();
-    let mut rx = SnapshotReceiver::new();
+    let Validating {
+        mut sender,
+        mut rx,
+        mut rx_store,
+        rs,
+        _rx_dir,
+        ..
+    } = all_bytes_acknowledged(&cfg, &path);
     let mut out = Vec::new();
-    sender.start(&mut out);
-    let Received::Complete(rs) = rx.on_message(&mut rx_store, 0, &out[0]) else {
-        panic!("expected the whole snapshot");
-    };
-    out.clear();
-    let progress = rs.progress_reply();
-    assert_eq!(
-        sender.on_response(response(&progress), &mut out),
-        SendStatus::InProgress
-    );
     let inst = rs.install(&mut rx_store).unwrap();
     drop(inst.reply); // the `done` answer is lost
     let mut ticks = 0;
