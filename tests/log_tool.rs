@@ -54,6 +54,7 @@ fn build(dir: &Path) -> PathBuf {
         data: Bytes::from(prost::Message::encode_to_vec(&ConfState {
             voters: vec![1, 2, 3],
             learners: vec![],
+            ..Default::default()
         })),
     });
     for i in 3..=100 {
@@ -72,6 +73,7 @@ fn build(dir: &Path) -> PathBuf {
         conf: Some(ConfState {
             voters: vec![1, 2, 3],
             learners: vec![],
+            ..Default::default()
         }),
     };
     // A real KV snapshot of entries 1..=10 (the tool validates the payload, as the server).
@@ -376,6 +378,7 @@ fn snapshot_shows_key_count() {
             conf: Some(ConfState {
                 voters: vec![1, 2, 3],
                 learners: vec![],
+                ..Default::default()
             }),
         })
         .unwrap();

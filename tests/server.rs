@@ -439,6 +439,7 @@ fn node_starts_from_a_snapshot_and_continues_its_log() {
             conf: Some(ConfState {
                 voters: vec![1],
                 learners: vec![],
+                ..Default::default()
             }),
         };
         let mut store = SnapshotStore::open(&root.join("n1").join("snap")).unwrap();

@@ -607,6 +607,7 @@ fn meta(index: u64, term: u64) -> SnapshotMeta {
         conf: Some(ConfState {
             voters: vec![1, 2, 3],
             learners: vec![4],
+            ..Default::default()
         }),
     }
 }

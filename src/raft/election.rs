@@ -1,5 +1,6 @@
 //! Leader election (Raft §5.2, §5.4.1) with PreVote (dissertation §9.6).
 
+use super::membership::others;
 use super::node::RawNode;
 use super::quorum::VoteResult;
 use super::tracker::Progress;
@@ -37,13 +38,11 @@ impl<S: LogStore> RawNode<S> {
             transfer,
         };
         let me = self.id();
-        let voters: Vec<u64> = self
-            .conf
-            .voters
-            .iter()
-            .copied()
-            .filter(|&v| v != me)
-            .collect();
+        let c = self.conf();
+        let mut voters: Vec<u64> = c.voters.iter().chain(&c.voters_outgoing).copied().collect();
+        voters.sort_unstable();
+        voters.dedup();
+        voters.retain(|&v| v != me);
         for v in voters {
             self.send_at(v, term, Body::RequestVote(rv));
         }
@@ -74,15 +73,7 @@ impl<S: LogStore> RawNode<S> {
         let me = self.id();
         self.leader = me;
         let last = self.log.last_index();
-        let members: Vec<u64> = self
-            .conf
-            .voters
-            .iter()
-            .chain(self.conf.learners.iter())
-            .copied()
-            .filter(|&id| id != me)
-            .collect();
-        for id in members {
+        for id in others(self.conf(), me) {
             self.prs.insert(id, Progress::new(last + 1));
         }
         // Only acks for heartbeats of this term count towards a lease.
@@ -102,7 +93,7 @@ impl<S: LogStore> RawNode<S> {
     /// Appends an empty entry of the current term.
     pub(super) fn append_noop(&mut self) {
         let index = self.log.last_index() + 1;
-        self.log.append(vec![Entry {
+        self.append_log(vec![Entry {
             index,
             term: self.term,
             entry_type: EntryType::EntryNormal as i32,
@@ -113,7 +104,7 @@ impl<S: LogStore> RawNode<S> {
 
     /// Counts votes. Returns true if the campaign ended (won or lost).
     fn tally(&mut self) -> bool {
-        match self.votes.tally(&self.conf.voters) {
+        match self.votes.tally(self.quorum()) {
             VoteResult::Won if self.role == Role::PreCandidate => {
                 self.become_candidate();
                 // Re-run the real election (may win at once as a single voter).

@@ -37,7 +37,7 @@ impl<S: LogStore> RawNode<S> {
     /// Records commit for `ctx` and arranges a tagged heartbeat round to confirm it.
     pub(super) fn start_read(&mut self, ctx: u64) {
         let me = self.id();
-        if self.conf.voters.len() == 1 && self.is_voter(me) {
+        if self.quorum().has_quorum(|v| v == me) {
             self.reads.push(ReadState {
                 ctx,
                 index: self.commit,
@@ -78,7 +78,7 @@ impl<S: LogStore> RawNode<S> {
                         .is_some_and(|t| t >= fence && now.saturating_sub(t) < window)
                 })
         };
-        if self.majority().has_quorum(fresh) {
+        if self.quorum().has_quorum(fresh) {
             Ok(self.commit)
         } else {
             Err(ProposeError::NoLease)
@@ -142,7 +142,8 @@ impl<S: LogStore> RawNode<S> {
         self.handed = meta.index;
         self.persisted = meta.index;
         if let Some(conf) = &meta.conf {
-            self.conf = conf.clone();
+            self.members.reset(meta.index, conf.clone());
+            self.on_conf_changed();
         }
         self.pending_snapshot = Some(meta);
         true

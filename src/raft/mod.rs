@@ -6,7 +6,7 @@
 //! Inputs: [`RawNode::tick`], [`RawNode::step`] (a peer message), [`RawNode::propose`],
 //! [`RawNode::read_index`], [`RawNode::on_persisted`], [`RawNode::on_applied`],
 //! [`RawNode::restore_snapshot`], [`RawNode::report_unreachable`], [`RawNode::report_snapshot`],
-//! [`RawNode::transfer_leader`].
+//! [`RawNode::transfer_leader`], [`RawNode::propose_conf_change`].
 //!
 //! Outputs: [`RawNode::ready`] returns a [`Ready`]. The shell must handle it **in this order**:
 //! 1. send the first `early_messages` of `messages` (they may leave before the sync: see
@@ -129,6 +129,14 @@ pub enum PlantedBug {
     /// also holds back its start-of-term no-op until the first read (as in the paper's
     /// Figure 8, where leaders have no such entry).
     CommitOldTerm,
+    /// Accepts a membership change while another is still uncommitted (or joint).
+    TwoConfChanges,
+    /// Switches the voter set of a multi-voter change directly, without the joint phase.
+    SkipJoint,
+    /// A new leader accepts a membership change before committing an entry of its own term.
+    ConfChangeBeforeCommit,
+    /// Counts learners' acknowledgements towards commit.
+    LearnerVotes,
 }
 
 /// Default base election timeout in ticks: with the default 50 ms tick, a leader silent for
@@ -199,8 +207,8 @@ impl Config {
 pub struct InitialState {
     /// Last persisted hard state (term, vote, commit).
     pub hard_state: HardState,
-    /// Membership in force (from the newest snapshot or the bootstrap configuration, updated
-    /// by any committed config entries the shell replayed).
+    /// Membership of the newest snapshot, or the bootstrap configuration if there is none.
+    /// Configuration entries in the log above it are read back by `RawNode::new` itself.
     pub conf: ConfState,
     /// Index the state machine has applied (>= snapshot index). Committed entries above it are
     /// handed out again through `Ready::committed`.
@@ -271,6 +279,10 @@ pub struct Ready {
     /// before offering it to the core (etcd-io/raft and raft-rs hand the snapshot over in the
     /// Ready the same way, to be applied before the entries).
     pub snapshot: Option<SnapshotMeta>,
+    /// The configuration in force changed (a configuration entry was appended or truncated
+    /// away, or a snapshot was restored): the new one, for the shell's peer directory. It
+    /// takes effect now, not when applied (see `membership.rs`).
+    pub conf: Option<ConfState>,
 }
 
 impl Ready {
@@ -307,6 +319,7 @@ pub struct Status {
 mod election;
 mod extras;
 mod log;
+mod membership;
 mod memlog;
 mod node;
 mod quorum;
@@ -316,6 +329,9 @@ mod replication;
 mod tests;
 mod tracker;
 
+pub use membership::{
+    apply_changes, is_member, member_context, ConfChangeError, ConfChangeOp, ConfChangeRequest,
+};
 pub use memlog::MemLog;
 pub use node::RawNode;
 pub use tracker::ProgressState;

@@ -3,15 +3,15 @@
 //! extras.rs.
 
 use super::log::RaftLog;
-use super::quorum::MajorityConfig;
+use super::membership::{votes_in, Membership};
 use super::read_only::ReadOnly;
 use super::tracker::{ProgressMap, Votes};
 use super::{
-    ConfState, Config, HardState, InitialState, LogError, LogStore, Message, ReadState, Ready,
-    Role, SnapshotMeta, Status,
+    Config, Entry, EntryType, HardState, InitialState, LogError, LogStore, Message, ReadState,
+    Ready, Role, SnapshotMeta, Status,
 };
 use crate::pb::raftpb::message::Body;
-use crate::pb::raftpb::{HeartbeatResponse, RequestVoteResponse};
+use crate::pb::raftpb::{HeartbeatResponse, Removed, RequestVoteResponse};
 use crate::rng::Rng;
 use std::collections::VecDeque;
 
@@ -29,7 +29,12 @@ pub struct RawNode<S: LogStore> {
     pub(super) role: Role,
     /// Known leader of `term` (0 = none).
     pub(super) leader: u64,
-    pub(super) conf: ConfState,
+    /// The configuration in force and the uncommitted configuration entries (membership.rs).
+    pub(super) members: Membership,
+    /// The configuration in force changed since the last `Ready` (it carries the new one).
+    pub(super) conf_changed: bool,
+    /// Index of the configuration that removed this node, once a member told us (`Removed`).
+    pub(super) removed_at: Option<u64>,
     /// Highest index known durable in the local store and matching the current log.
     pub(super) persisted: u64,
     /// Highest index the state machine applied.
@@ -100,7 +105,8 @@ impl<S: LogStore> RawNode<S> {
         let randomized_timeout =
             rng.range(cfg.election_tick as u64, 2 * cfg.election_tick as u64) as u32;
         let quiet_boot = cfg.lease_read;
-        Ok(RawNode {
+        let members = Membership::new(snap_index, init.conf);
+        let mut node = RawNode {
             prev_hs: HardState {
                 term: hs.term,
                 vote: hs.vote,
@@ -111,7 +117,9 @@ impl<S: LogStore> RawNode<S> {
             commit,
             role: Role::Follower,
             leader: 0,
-            conf: init.conf,
+            members,
+            conf_changed: false,
+            removed_at: None,
             persisted: last,
             applied,
             handed: applied,
@@ -139,7 +147,35 @@ impl<S: LogStore> RawNode<S> {
             cfg,
             log,
             rng,
-        })
+        };
+        node.load_log_configurations()?;
+        Ok(node)
+    }
+
+    /// Configurations take effect when appended, so those in the log above the snapshot (or
+    /// the bootstrap configuration) are in force after a restart too: read them back. This
+    /// reads the log once more at startup (the shell's replay reads the committed part too).
+    fn load_log_configurations(&mut self) -> Result<(), String> {
+        let (mut next, last) = (self.log.first_index(), self.log.last_index());
+        while next <= last {
+            let ents = self
+                .log
+                .entries(next, last + 1, 8 << 20)
+                .map_err(|e| format!("reading configurations from the log at {next}: {e}"))?;
+            let Some(end) = ents.last().map(|e| e.index) else {
+                break;
+            };
+            let confs: Vec<Entry> = ents
+                .into_iter()
+                .filter(|e| e.entry_type == EntryType::EntryConfChange as i32)
+                .collect();
+            for e in &confs {
+                self.members.on_append(std::slice::from_ref(e));
+            }
+            next = end + 1;
+        }
+        self.members.on_commit(self.commit);
+        Ok(())
     }
 
     // ----- small helpers -----
@@ -148,13 +184,9 @@ impl<S: LogStore> RawNode<S> {
         self.cfg.id
     }
 
+    /// True if `id` votes in the configuration in force (either half while joint).
     pub(super) fn is_voter(&self, id: u64) -> bool {
-        self.conf.voters.contains(&id)
-    }
-
-    /// The voter set's quorum arithmetic (all of it lives in `quorum.rs`).
-    pub(super) fn majority(&self) -> MajorityConfig<'_> {
-        MajorityConfig::new(&self.conf.voters)
+        votes_in(self.members.current(), id)
     }
 
     pub(super) fn send(&mut self, to: u64, body: Body) {
@@ -235,7 +267,7 @@ impl<S: LogStore> RawNode<S> {
         if self.election_elapsed >= self.randomized_timeout {
             self.election_elapsed = 0;
             self.reset_randomized_timeout();
-            if self.is_voter(self.id()) {
+            if self.is_voter(self.id()) && self.removed_at.is_none() {
                 self.campaign(false);
             }
         }
@@ -248,7 +280,7 @@ impl<S: LogStore> RawNode<S> {
             self.election_elapsed = 0;
             if self.cfg.check_quorum {
                 let me = self.id();
-                if !self.prs.quorum_recently_active(&self.conf.voters, me) {
+                if !self.prs.quorum_recently_active(self.quorum(), me) {
                     log::info!(
                         "node {} steps down: no quorum heard in term {}",
                         me,
@@ -263,6 +295,10 @@ impl<S: LogStore> RawNode<S> {
             }
             // A transfer that did not finish within an election timeout is abandoned.
             self.transferee = 0;
+            if !self.is_voter(self.id()) && !self.members.has_uncommitted(self.commit) {
+                // Removed or demoted, and the handoff did not finish yet: try again.
+                self.hand_off_leadership();
+            }
         }
         if self.heartbeat_elapsed >= self.cfg.heartbeat_tick {
             self.heartbeat_elapsed = 0;
@@ -279,6 +315,19 @@ impl<S: LogStore> RawNode<S> {
         }
         let Some(body) = m.body else { return };
         let (from, mterm) = (m.from, m.term);
+        if let Body::Removed(r) = &body {
+            self.handle_removed(from, r.conf_index);
+            return;
+        }
+        if self.is_removed_peer(from) && !(mterm == self.term && self.leader == from) {
+            // A node the cluster removed (it was down, or partitioned, when that happened):
+            // nothing it says counts; tell it so it stops. The exception is a removed leader
+            // in its own term: until a successor takes over it still leads (it hands
+            // leadership over with TimeoutNow, `hand_off_leadership`).
+            let conf_index = self.members.index();
+            self.send(from, Body::Removed(Removed { conf_index }));
+            return;
+        }
         if mterm > u64::MAX / 2 {
             // No real cluster gets here; refusing keeps term + 1 arithmetic safe.
             log::warn!(
@@ -390,7 +439,29 @@ impl<S: LogStore> RawNode<S> {
                     self.handle_timeout_now();
                 }
             }
+            Body::Removed(_) => {}
         }
+    }
+
+    /// `id` is listed as removed and is no member any more.
+    fn is_removed_peer(&self, id: u64) -> bool {
+        let c = self.members.current();
+        c.removed.contains(&id) && !super::membership::is_member(c, id)
+    }
+
+    /// A member says the cluster removed us. Believed only from a voter of our configuration
+    /// (peers are authenticated below the core); we stop taking part for good.
+    fn handle_removed(&mut self, from: u64, conf_index: u64) {
+        if self.removed_at.is_some() || !self.is_voter(from) {
+            return;
+        }
+        log::warn!(
+            "node {}: node {from} says this node was removed from the cluster (configuration {conf_index})",
+            self.id()
+        );
+        self.removed_at = Some(conf_index);
+        let term = self.term;
+        self.become_follower(term, 0);
     }
 
     /// A leader-only message at our term from `from`: follow it. False if we are the leader
@@ -464,6 +535,7 @@ impl<S: LogStore> RawNode<S> {
             || !self.snapshot_sends.is_empty()
             || !self.snapshot_msgs.is_empty()
             || self.pending_snapshot.is_some()
+            || self.conf_changed
             || (self.role == Role::Leader
                 && (self.pending_bcast || self.pending_commit_bcast || self.pending_read_hb))
     }
@@ -483,8 +555,11 @@ impl<S: LogStore> RawNode<S> {
                 self.bcast_heartbeat(seq);
             }
         }
+        self.members.on_commit(self.commit);
+        let conf = std::mem::take(&mut self.conf_changed).then(|| self.members.current().clone());
         let mut rd = Ready {
             snapshot: self.pending_snapshot.take(),
+            conf,
             ..Ready::default()
         };
         let hs = self.hard_state();
@@ -563,7 +638,7 @@ impl<S: LogStore> RawNode<S> {
             leader: (self.leader != 0).then_some(self.leader),
             commit: self.commit,
             applied: self.applied,
-            conf: self.conf.clone(),
+            conf: self.members.current().clone(),
             progress: self
                 .prs
                 .iter()

@@ -3,7 +3,7 @@
 
 use super::log::entry_size;
 use super::node::RawNode;
-use super::quorum::MajorityConfig;
+use super::quorum::JointConfig;
 use super::tracker::ProgressState;
 use super::{Entry, EntryType, LogError, LogStore, PlantedBug, ProposeError, Role};
 use crate::pb::raftpb::message::Body;
@@ -34,7 +34,7 @@ impl<S: LogStore> RawNode<S> {
             return Err(ProposeError::Overloaded);
         }
         let index = self.log.last_index() + 1;
-        self.log.append(vec![Entry {
+        self.append_log(vec![Entry {
             index,
             term: self.term,
             entry_type: EntryType::EntryNormal as i32,
@@ -143,9 +143,16 @@ impl<S: LogStore> RawNode<S> {
     /// entry of the current term is committed by counting (Raft §5.4.2). True if it moved.
     pub(super) fn maybe_commit(&mut self) -> bool {
         let me = self.id();
+        let c = self.members.current();
+        let counted: Vec<u64> = if self.cfg.planted_bug() == PlantedBug::LearnerVotes {
+            c.voters.iter().chain(&c.learners).copied().collect()
+        } else {
+            c.voters.clone()
+        };
+        let quorum = JointConfig::new(&counted, &c.voters_outgoing);
         let n = self
             .prs
-            .committed_index(&self.conf.voters, me, self.persisted)
+            .committed_index(quorum, me, self.persisted)
             .min(self.log.last_index());
         if n <= self.commit {
             return false;
@@ -157,6 +164,7 @@ impl<S: LogStore> RawNode<S> {
         }
         self.commit = n;
         self.on_leader_commit();
+        self.after_commit_membership();
         true
     }
 
@@ -257,7 +265,7 @@ impl<S: LogStore> RawNode<S> {
         if let Some(i) = conflict {
             let at = ents[i].index;
             self.persisted = self.persisted.min(at - 1);
-            self.log.append(ents.split_off(i));
+            self.append_log(ents.split_off(i));
         }
         let new_commit = ae.commit.min(vouched);
         if new_commit > self.commit {
@@ -390,6 +398,12 @@ impl<S: LogStore> RawNode<S> {
             // The target may campaign (past voters' leases) whenever TimeoutNow arrives, even
             // after we abandon the transfer: no lease reads for the rest of this term.
             self.lease_fence = u64::MAX;
+            if !self.is_voter(self.id()) {
+                // Removed (or demoted) and handed over: stop leading now rather than wait for
+                // the successor's first message.
+                let term = self.term;
+                self.become_follower(term, 0);
+            }
         }
     }
 
@@ -422,9 +436,10 @@ impl<S: LogStore> RawNode<S> {
             }
         }
         if r.context != 0 {
-            let majority = MajorityConfig::new(&self.conf.voters);
+            let c = self.members.current();
+            let quorum = JointConfig::new(&c.voters, &c.voters_outgoing);
             let confirmed = self.read_only.ack(from, r.context, |acks| {
-                majority.has_quorum(|v| acks.contains(&v))
+                quorum.has_quorum(|v| acks.contains(&v))
             });
             self.reads.extend(confirmed);
         }

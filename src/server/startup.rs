@@ -135,7 +135,7 @@ fn recover(cfg: &ServerConfig) -> Result<Recovered, String> {
     let mut hs = disk_hs;
     let mut conf = ConfState {
         voters: cfg.peers.iter().map(|p| p.id).collect(),
-        learners: vec![],
+        ..ConfState::default()
     };
     let mut latest = None;
     let kv = match rec.snapshot {

@@ -264,7 +264,7 @@ impl SimNode {
     fn bootstrap_conf(&self) -> ConfState {
         ConfState {
             voters: self.voters.clone(),
-            learners: Vec::new(),
+            ..ConfState::default()
         }
     }
 

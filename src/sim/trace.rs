@@ -59,6 +59,7 @@ pub fn describe_msg(m: &Message) -> String {
             s.index, s.success, s.done
         ),
         Some(Body::TimeoutNow(_)) => "TimeoutNow".to_string(),
+        Some(Body::Removed(r)) => format!("Removed(conf {})", r.conf_index),
         None => "Empty".to_string(),
     };
     format!("{}->{} t{} {}", m.from, m.to, m.term, body)

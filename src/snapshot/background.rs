@@ -54,7 +54,7 @@ pub enum SnapshotMode {
 }
 
 /// A finished snapshot: durable and published in the snapshot directory.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct SnapshotDone {
     pub meta: SnapshotMeta,
     pub path: PathBuf,

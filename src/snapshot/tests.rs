@@ -45,6 +45,7 @@ fn meta(index: u64, term: u64) -> SnapshotMeta {
         conf: Some(ConfState {
             voters: vec![1, 2, 3],
             learners: vec![],
+            ..ConfState::default()
         }),
     }
 }

@@ -3,6 +3,7 @@
 //! checks the safety invariants (I1, I2) on every step.
 
 mod election;
+mod membership;
 mod misc;
 mod reads;
 mod replication;
@@ -26,6 +27,7 @@ pub(crate) fn conf(voters: &[u64]) -> ConfState {
     ConfState {
         voters: voters.to_vec(),
         learners: vec![],
+        ..ConfState::default()
     }
 }
 
@@ -202,6 +204,27 @@ pub(crate) struct Peer {
     pub(crate) cfg: Config,
 }
 
+impl Peer {
+    /// A fresh node (empty log) starting from configuration `conf`.
+    pub(crate) fn new(c: Config, conf: ConfState) -> Peer {
+        let init = InitialState {
+            hard_state: HardState::default(),
+            conf,
+            applied: 0,
+        };
+        Peer {
+            raw: RawNode::new(c.clone(), MemLog::new(), init).unwrap(),
+            hs: HardState::default(),
+            applied: vec![],
+            reads: vec![],
+            failed_reads: vec![],
+            snapshot_sends: vec![],
+            snap_index: 0,
+            cfg: c,
+        }
+    }
+}
+
 /// Sees (and may rewrite) each message before delivery; returns false to drop it.
 pub(crate) type MsgFilter = Box<dyn FnMut(&mut Message) -> bool>;
 
@@ -233,25 +256,7 @@ impl Net {
         for &id in &ids {
             let mut c = cfg(id);
             tweak(&mut c);
-            let init = InitialState {
-                hard_state: HardState::default(),
-                conf: conf(&ids),
-                applied: 0,
-            };
-            let raw = RawNode::new(c.clone(), MemLog::new(), init).unwrap();
-            peers.insert(
-                id,
-                Peer {
-                    raw,
-                    hs: HardState::default(),
-                    applied: vec![],
-                    reads: vec![],
-                    failed_reads: vec![],
-                    snapshot_sends: vec![],
-                    snap_index: 0,
-                    cfg: c,
-                },
-            );
+            peers.insert(id, Peer::new(c, conf(&ids)));
         }
         Net {
             peers,
@@ -264,6 +269,13 @@ impl Net {
             leaders: HashMap::new(),
             committed: HashMap::new(),
         }
+    }
+
+    /// Adds a new, empty node `id` that knows no configuration (a joining node: it learns
+    /// the configuration from the leader's log).
+    pub(crate) fn add_node(&mut self, id: u64) {
+        self.peers
+            .insert(id, Peer::new(cfg(id), ConfState::default()));
     }
 
     pub(crate) fn node(&mut self, id: u64) -> &mut RawNode<MemLog> {
@@ -352,7 +364,7 @@ impl Net {
                         meta: Some(SnapshotMeta {
                             index: si,
                             term: st,
-                            conf: Some(p.raw.conf.clone()),
+                            conf: Some(p.raw.conf().clone()),
                         }),
                         offset: 0,
                         data: Bytes::new(),
@@ -514,7 +526,7 @@ impl Net {
             .max(p.snap_index);
         let init = InitialState {
             hard_state: p.hs,
-            conf: p.raw.conf.clone(),
+            conf: p.raw.conf().clone(),
             applied,
         };
         p.raw = RawNode::new(p.cfg.clone(), store, init).unwrap();

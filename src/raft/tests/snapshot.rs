@@ -17,7 +17,7 @@ fn s1_newer_snapshot_resets_log() {
     assert_eq!((n.commit, n.applied), (11, 11));
     assert_eq!(n.log.last_index(), 11);
     assert_eq!(n.log.term(11), Ok(11));
-    assert_eq!(n.conf.voters, vec![1, 2, 3]);
+    assert_eq!(n.conf().voters, vec![1, 2, 3]);
     // The next Ready carries it: the shell resets the store to it first.
     let rd = n.ready();
     assert_eq!(
@@ -216,6 +216,7 @@ fn s9_snapshot_can_demote_to_learner_which_never_campaigns() {
         conf: Some(ConfState {
             voters: vec![1, 2],
             learners: vec![3],
+            ..ConfState::default()
         }),
     };
     assert!(n.restore_snapshot(m));

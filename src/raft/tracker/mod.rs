@@ -9,7 +9,7 @@ mod progress;
 pub(crate) use progress::Progress;
 pub use progress::ProgressState;
 
-use super::quorum::{MajorityConfig, VoteResult};
+use super::quorum::{JointConfig, VoteResult};
 use std::collections::{BTreeMap, HashMap};
 use std::ops::{Deref, DerefMut};
 
@@ -31,10 +31,10 @@ impl DerefMut for ProgressMap {
 }
 
 impl ProgressMap {
-    /// The highest index acknowledged by a quorum of `voters`; `me` counts with `persisted`
-    /// (the leader's own log counts only once durable).
-    pub(crate) fn committed_index(&self, voters: &[u64], me: u64, persisted: u64) -> u64 {
-        MajorityConfig::new(voters).committed_index(|v| {
+    /// The highest index acknowledged by `quorum`; `me` counts with `persisted` (the leader's
+    /// own log counts only once durable, and only if it is a voter).
+    pub(crate) fn committed_index(&self, quorum: JointConfig, me: u64, persisted: u64) -> u64 {
+        quorum.committed_index(|v| {
             if v == me {
                 persisted
             } else {
@@ -43,10 +43,9 @@ impl ProgressMap {
         })
     }
 
-    /// CheckQuorum: a quorum of `voters` (self included) was heard from since the last round.
-    pub(crate) fn quorum_recently_active(&self, voters: &[u64], me: u64) -> bool {
-        MajorityConfig::new(voters)
-            .has_quorum(|v| v == me || self.0.get(&v).is_some_and(|p| p.recent_active))
+    /// CheckQuorum: `quorum` (self included) was heard from since the last round.
+    pub(crate) fn quorum_recently_active(&self, quorum: JointConfig, me: u64) -> bool {
+        quorum.has_quorum(|v| v == me || self.0.get(&v).is_some_and(|p| p.recent_active))
     }
 }
 
@@ -69,8 +68,8 @@ impl Votes {
         self.0.is_empty()
     }
 
-    /// The campaign's outcome so far among `voters`.
-    pub(crate) fn tally(&self, voters: &[u64]) -> VoteResult {
-        MajorityConfig::new(voters).vote_result(|v| self.0.get(&v).copied())
+    /// The campaign's outcome so far in `quorum`.
+    pub(crate) fn tally(&self, quorum: JointConfig) -> VoteResult {
+        quorum.vote_result(|v| self.0.get(&v).copied())
     }
 }
