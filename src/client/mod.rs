@@ -216,6 +216,38 @@ impl Client {
         }
     }
 
+    /// Changes the membership (sent to the leader, retried like a read while the cluster has
+    /// no leader or another change is in flight). Answered once the configuration entry is
+    /// applied. A retry after an uncertain outcome may find the change made already and be
+    /// refused as such (BAD_REQUEST "already a ..."); with `expected_conf_index` it is
+    /// refused with CONFLICT instead.
+    pub fn member_change(
+        &mut self,
+        change: kvpb::MemberChange,
+    ) -> Result<kvpb::MemberChangeResponse, ClientError> {
+        match self.call(Op::MemberChange(change), 0)? {
+            R::MemberChange(r) => Ok(r),
+            other => Err(unexpected("member change", other)),
+        }
+    }
+
+    /// The configuration as the leader sees it (with each member's progress).
+    pub fn member_list(&mut self) -> Result<kvpb::MemberListResponse, ClientError> {
+        match self.call(Op::MemberList(kvpb::MemberListRequest {}), 0)? {
+            R::MemberList(r) => Ok(r),
+            other => Err(unexpected("member list", other)),
+        }
+    }
+
+    /// Asks the leader to hand leadership to `to` (0 = the most up-to-date other voter).
+    /// Returns the target; the transfer completes within an election timeout or is dropped.
+    pub fn leader_transfer(&mut self, to: u64) -> Result<u64, ClientError> {
+        match self.call(Op::LeaderTransfer(kvpb::LeaderTransfer { to }), 0)? {
+            R::LeaderTransfer(r) => Ok(r.to),
+            other => Err(unexpected("leader transfer", other)),
+        }
+    }
+
     /// Status of one specific endpoint (no redirect, no retry; own short-lived connection): one
     /// attempt, bounded by the connect and attempt timeouts and the deadline.
     pub fn status(&mut self, endpoint: &str) -> Result<kvpb::StatusResponse, ClientError> {
@@ -414,7 +446,7 @@ impl Client {
                 }
                 // A frame error closes the connection on the server side: drop it here too.
                 C::TooLarge => return Err(ClientError::Server(err)),
-                C::BadRequest | C::Internal | C::ErrorUnknown => {
+                C::BadRequest | C::Conflict | C::Internal | C::ErrorUnknown => {
                     self.conn = Some(conn);
                     return Err(ClientError::Server(err));
                 }

@@ -10,6 +10,8 @@
 //!   confirming reads, installing a snapshot and losing leadership answer them;
 //! - `requests.rs`: the pending request tables, their deadlines, and the one place an answer
 //!   is made;
+//! - `membership.rs`: member contexts (addresses), `member add/promote/remove/list`, and the
+//!   automatic promotion of caught-up learners;
 //! - `transfer.rs`: snapshot streams to followers, the receiver, and the order in which a
 //!   received snapshot is installed (durable, core, log, state machine, answer).
 //!
@@ -22,6 +24,7 @@
 //!
 //! [`NodeBug`]: planted node-layer bugs for the simulator's self-test (`sim-bugs` builds only).
 
+pub mod membership;
 mod ready;
 mod replica;
 mod requests;

@@ -25,7 +25,7 @@
 use super::NodeBug;
 use crate::pb::raftpb::message::Body;
 use crate::raft::{
-    Entry, HardState, LogStore, Message, RawNode, ReadState, Ready, Role, SnapshotMeta,
+    ConfState, Entry, HardState, LogStore, Message, RawNode, ReadState, Ready, Role, SnapshotMeta,
 };
 
 /// Whether the sync the node layer asked for is complete.
@@ -74,6 +74,9 @@ pub trait ReadyShell {
     /// Installs the received snapshot the core took (`Ready::snapshot`): resets the log to
     /// it, makes it the state machine's state, sends its `done` answer.
     fn install_snapshot(&mut self, meta: SnapshotMeta) -> Result<(), String>;
+    /// The configuration in force changed (`Ready::conf`): the shell updates its peer
+    /// directory before any message of this Ready leaves (a new member's first append).
+    fn conf_changed(&mut self, _conf: &ConfState) {}
     /// Starts streaming the snapshot to these peers.
     fn snapshot_sends(&mut self, peers: Vec<u64>);
     /// InstallSnapshot chunks (follower) and their answers (leader).
@@ -130,6 +133,9 @@ fn before_sync<S: ReadyShell>(shell: &mut S, mut rd: Ready) -> Result<AfterSync,
         // Nothing at or below a snapshot is handed out for applying.
         debug_assert!(rd.committed.iter().all(|e| e.index > meta.index));
         shell.install_snapshot(meta)?;
+    }
+    if let Some(conf) = rd.conf.take() {
+        shell.conf_changed(&conf);
     }
     let (early, mut late) = rd.take_messages();
     if planted(shell) == NodeBug::AckBeforeSync {

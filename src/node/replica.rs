@@ -8,11 +8,13 @@
 //! on its own clock) with each request and to [`Replica::expire`], and takes the answers
 //! from [`Replica::requests`] (see `requests.rs`).
 
+use super::membership::{self as members, Promoter, PromotionPolicy};
 use super::requests::{ReadOp, Requests};
 use crate::kv::{error_result, ApplyResult, KvStore};
 use crate::pb::kvpb::{self, ErrorCode};
 use crate::raft::{
-    Entry, EntryType, LogStore, Message, ProposeError, RawNode, ReadState, Role, SnapshotMeta,
+    ConfState, Entry, EntryType, LogStore, Message, ProposeError, RawNode, ReadState, Role,
+    SnapshotMeta,
 };
 use crate::snapshot::LogStats;
 use std::collections::HashMap;
@@ -33,6 +35,8 @@ pub struct ReplicaConfig {
     /// The rest wait for the next pass, so many pipelined large reads cannot make one pass
     /// long enough to cost a leader its quorum.
     pub max_read_bytes_per_pass: usize,
+    /// When a learner marked `promote` is made a voter.
+    pub promotion: PromotionPolicy,
 }
 
 /// A leadership change seen by [`Replica::check_leadership`].
@@ -70,6 +74,11 @@ pub struct Replica<L: LogStore, A> {
     staged: Option<StagedSnapshot>,
     /// Confirmed, applied reads wait for the next pass (the answer budget ran out).
     more_reads: bool,
+    /// (index, configuration) of the newest configuration entry applied (or snapshot):
+    /// what a snapshot of the state machine records. The core's configuration in force may
+    /// be newer (it takes effect when appended).
+    applied_conf: (u64, ConfState),
+    promoter: Promoter,
 }
 
 /// Serves a read from the state machine; a scan page holds at most `max_scan_bytes` of keys
@@ -83,8 +92,18 @@ fn serve(kv: &KvStore, op: &ReadOp, max_scan_bytes: usize) -> ApplyResult {
 
 impl<L: LogStore, A> Replica<L, A> {
     /// A replica over `core`, whose state machine `kv` has applied through `applied`.
-    pub fn new(core: RawNode<L>, kv: KvStore, applied: u64, cfg: ReplicaConfig) -> Self {
+    /// `applied_conf`: the configuration of the newest snapshot or configuration entry at or
+    /// below `applied` (the shell's recovery replayed the entries up to it).
+    pub fn new(
+        core: RawNode<L>,
+        kv: KvStore,
+        applied: u64,
+        applied_conf: (u64, ConfState),
+        cfg: ReplicaConfig,
+    ) -> Self {
         Replica {
+            applied_conf,
+            promoter: Promoter::default(),
             id: core.status().id,
             core,
             kv,
@@ -166,6 +185,16 @@ impl<L: LogStore, A> Replica<L, A> {
         self.requests.next_deadline()
     }
 
+    /// Client address of member `id`: from the configuration (members added at run time),
+    /// else from the shell's bootstrap list.
+    pub fn client_addr(&self, id: u64) -> String {
+        let c = members::context_of(self.core.conf_state().1, id);
+        if !c.client_addr.is_empty() {
+            return c.client_addr;
+        }
+        self.cfg.client_addrs.get(&id).cloned().unwrap_or_default()
+    }
+
     /// The NOT_LEADER / UNAVAILABLE error for a refused proposal or read.
     pub fn refusal(&self, e: ProposeError) -> ApplyResult {
         match e {
@@ -178,12 +207,7 @@ impl<L: LogStore, A> Replica<L, A> {
                         l => format!("not the leader; try node {l}"),
                     },
                     leader_id,
-                    leader_addr: self
-                        .cfg
-                        .client_addrs
-                        .get(&leader_id)
-                        .cloned()
-                        .unwrap_or_default(),
+                    leader_addr: self.client_addr(leader_id),
                 })
             }
             ProposeError::TransferInProgress => error_result(
@@ -213,6 +237,106 @@ impl<L: LogStore, A> Replica<L, A> {
                 None
             }
         }
+    }
+
+    /// Proposes a membership change for `to`, arrived at `now`: answered with the index of
+    /// its configuration entry once that applies; a refusal is answered at once.
+    pub fn change_members(&mut self, to: A, req: &kvpb::MemberChange, now: u64) -> Option<u64> {
+        let ops = match members::change_ops(self.core.conf_state().1, req) {
+            Ok(ops) => ops,
+            Err(why) => {
+                self.requests
+                    .answer(to, error_result(ErrorCode::BadRequest, why));
+                return None;
+            }
+        };
+        let req = members::change_request(ops, req.expected_conf_index);
+        match self.core.propose_conf_change(&req) {
+            Ok(index) => {
+                let term = self.core.term();
+                self.requests.add_write(index, term, to, now);
+                Some(index)
+            }
+            Err(e) => {
+                let r = members::change_refusal(e, |l| self.client_addr(l));
+                self.requests.answer(to, r);
+                None
+            }
+        }
+    }
+
+    /// The configuration as `member list` shows it: answered by the leader, whose view of
+    /// each member's progress it includes (a follower redirects).
+    pub fn member_list(&self) -> ApplyResult {
+        if self.core.role() != Role::Leader {
+            return self.refusal(ProposeError::NotLeader {
+                leader: self.core.leader(),
+            });
+        }
+        ApplyResult::MemberList(members::member_list(&self.core, self.cfg.promotion))
+    }
+
+    /// Hands leadership to `to` (0 = the most up-to-date other voter); answered at once
+    /// with the target (the client watches the leader change).
+    pub fn transfer_leader(&mut self, to: u64) -> ApplyResult {
+        if self.core.role() != Role::Leader {
+            return self.refusal(ProposeError::NotLeader {
+                leader: self.core.leader(),
+            });
+        }
+        let target = match to {
+            0 => members::transfer_target(&self.core),
+            id => Some(id),
+        };
+        let Some(target) = target.filter(|&t| t != self.id) else {
+            return error_result(
+                ErrorCode::BadRequest,
+                "no other voter to hand leadership to".into(),
+            );
+        };
+        if !self.core.conf_state().1.voters.contains(&target) {
+            return error_result(
+                ErrorCode::BadRequest,
+                format!("node {target} is not a voter"),
+            );
+        }
+        self.core.transfer_leader(target);
+        ApplyResult::LeaderTransfer(kvpb::LeaderTransferResponse { to: target })
+    }
+
+    /// Once per Raft tick (after the core's): the leader promotes a learner that has been
+    /// caught up long enough. A refused promotion (another change in flight) is retried on a
+    /// later tick.
+    pub fn tick_membership(&mut self) {
+        let Some(id) = self.promoter.tick(&self.core, self.cfg.promotion) else {
+            return;
+        };
+        let req = kvpb::MemberChange {
+            ops: vec![kvpb::MemberOp {
+                kind: kvpb::member_op::Kind::Promote as i32,
+                id,
+                ..Default::default()
+            }],
+            expected_conf_index: 0,
+        };
+        let Ok(ops) = members::change_ops(self.core.conf_state().1, &req) else {
+            return;
+        };
+        match self
+            .core
+            .propose_conf_change(&members::change_request(ops, 0))
+        {
+            Ok(index) => log::info!(
+                "node {}: promoting caught-up learner {id} (entry {index})",
+                self.id
+            ),
+            Err(e) => log::debug!("node {}: promotion of {id} deferred: {e}", self.id),
+        }
+    }
+
+    /// (index, configuration) of the newest configuration applied.
+    pub fn applied_conf(&self) -> &(u64, ConfState) {
+        &self.applied_conf
     }
 
     /// Starts a read for `to` at consistency `c`, arrived at `now`. `tick_overdue`: a Raft
@@ -275,8 +399,7 @@ impl<L: LogStore, A> Replica<L, A> {
             let result = if e.entry_type == EntryType::EntryNormal as i32 {
                 self.kv.apply(e.index, &e.data)
             } else {
-                log::info!("config change entry at index {} ignored", e.index);
-                None
+                self.apply_conf(&e)
             };
             self.applied = e.index;
             self.requests.applied_write(e.index, e.term, result);
@@ -290,6 +413,33 @@ impl<L: LogStore, A> Replica<L, A> {
         self.serve_reads();
         for ctx in failed_reads {
             self.requests.read_failed(ctx);
+        }
+    }
+
+    /// A configuration entry applied: it is what snapshots from now on record, and the
+    /// change request that proposed it (if here) is answered.
+    fn apply_conf(&mut self, e: &Entry) -> Option<ApplyResult> {
+        use prost::Message as _;
+        match ConfState::decode(&e.data[..]) {
+            Ok(conf) => {
+                log::info!(
+                    "node {}: configuration {} applied: voters {:?} outgoing {:?} learners {:?}",
+                    self.id,
+                    e.index,
+                    conf.voters,
+                    conf.voters_outgoing,
+                    conf.learners
+                );
+                self.applied_conf = (e.index, conf);
+                Some(ApplyResult::MemberChange(kvpb::MemberChangeResponse {
+                    conf_index: e.index,
+                }))
+            }
+            Err(err) => {
+                // The core ignored it the same way: the previous configuration stays.
+                log::error!("configuration entry {} does not decode: {err}", e.index);
+                None
+            }
         }
     }
 
@@ -317,8 +467,15 @@ impl<L: LogStore, A> Replica<L, A> {
         Ok(SnapshotMeta {
             index,
             term,
-            conf: Some(self.core.status().conf),
+            conf: Some(self.conf_at(index)),
         })
+    }
+
+    /// The configuration in force at `index` (>= the newest applied configuration entry):
+    /// the applied one. Snapshots are taken at the state machine's applied index.
+    fn conf_at(&self, index: u64) -> ConfState {
+        debug_assert!(index >= self.applied_conf.0);
+        self.applied_conf.1.clone()
     }
 
     /// Holds a durable received snapshot the core took until its Ready installs it.
@@ -337,9 +494,12 @@ impl<L: LogStore, A> Replica<L, A> {
     /// are from a lost leadership and their entries may have been replaced by the snapshot
     /// (never applied here one by one): they are answered UNCERTAIN. Reads stay: confirmed
     /// ones are served from the newer state, unconfirmed ones wait for their confirmation.
-    pub fn installed_snapshot(&mut self, index: u64, kv: KvStore) {
+    pub fn installed_snapshot(&mut self, index: u64, conf: Option<ConfState>, kv: KvStore) {
         self.kv = kv;
         self.applied = index;
+        if let Some(conf) = conf {
+            self.applied_conf = (index, conf);
+        }
         self.requests.fail_writes(
             ErrorCode::Uncertain,
             "leadership lost; the write may or may not apply",

@@ -231,7 +231,7 @@ where
         .core_mut()
         .store_mut()
         .reset_log(meta.index, meta.term)?;
-    replica.installed_snapshot(meta.index, s.kv);
+    replica.installed_snapshot(meta.index, meta.conf.clone(), s.kv);
     assert_eq!(
         replica.applied(),
         meta.index,

@@ -38,7 +38,7 @@
 use crate::pb::raftpb;
 use std::fmt;
 
-pub use raftpb::{ConfState, Entry, EntryType, HardState, Message, SnapshotMeta};
+pub use raftpb::{ConfState, Entry, EntryType, HardState, Member, Message, SnapshotMeta};
 
 /// Errors reading the log.
 #[derive(Debug, Clone, PartialEq, Eq)]

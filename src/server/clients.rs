@@ -65,6 +65,9 @@ impl Server {
             Some(Op::Get(_)) => super::metrics::OP_GET,
             Some(Op::Scan(_)) => super::metrics::OP_SCAN,
             Some(Op::Status(_)) => super::metrics::OP_STATUS,
+            Some(Op::MemberChange(_) | Op::MemberList(_) | Op::LeaderTransfer(_)) => {
+                super::metrics::OP_MEMBER
+            }
             _ => super::metrics::OP_INVALID,
         }] += 1;
         match req.op {
@@ -89,6 +92,17 @@ impl Server {
                 let overdue = self.tick_overdue();
                 self.replica
                     .read(to, consistency, ReadOp::Scan(s), now, overdue);
+            }
+            Some(Op::MemberChange(mc)) => {
+                self.replica.change_members(to, &mc, now);
+            }
+            Some(Op::MemberList(_)) => {
+                let list = self.replica.member_list();
+                self.send_response(token, to.req_id, list);
+            }
+            Some(Op::LeaderTransfer(lt)) => {
+                let r = self.replica.transfer_leader(lt.to);
+                self.send_response(token, to.req_id, r);
             }
             Some(_) => self.send_response(
                 token,
@@ -145,6 +159,7 @@ impl Server {
         let st = self.replica.core().status();
         let store = self.replica.core().store();
         let leader_id = st.leader.unwrap_or(0);
+        let (conf_index, conf) = self.replica.core().conf_state();
         kvpb::StatusResponse {
             node_id: self.cfg.id,
             role: role_name(st.role).into(),
@@ -161,21 +176,19 @@ impl Server {
                 .map(|&(id, m, n)| kvpb::PeerStatus {
                     id,
                     peer_addr: self
-                        .cfg
                         .peers
-                        .iter()
-                        .find(|p| p.id == id)
-                        .map(|p| p.peer_addr.clone())
+                        .get(&id)
+                        .map(|p| p.addr.clone())
                         .unwrap_or_default(),
                     match_index: m,
                     next_index: n,
                 })
                 .collect(),
-            leader_addr: self
-                .cfg
-                .client_addr_of(leader_id)
-                .unwrap_or_default()
-                .into(),
+            leader_addr: self.replica.client_addr(leader_id),
+            voters: conf.voters.clone(),
+            learners: conf.learners.clone(),
+            voters_outgoing: conf.voters_outgoing.clone(),
+            conf_index,
         }
     }
 

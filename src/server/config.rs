@@ -145,6 +145,8 @@ pub struct ServerConfig {
     pub snapshot_policy: SnapshotPolicy,
     /// Disk bandwidth the forked snapshot writer may use (keeps log fsyncs fast meanwhile).
     pub snapshot_pacing: WritePacing,
+    /// When a caught-up learner is promoted to voter (`--promote-lag`, `--promote-ticks`).
+    pub promotion: crate::node::membership::PromotionPolicy,
 }
 
 impl ServerConfig {
@@ -180,6 +182,7 @@ impl ServerConfig {
             peer: PeerOptions::default(),
             snapshot_policy: SnapshotPolicy::default(),
             snapshot_pacing: WritePacing::default(),
+            promotion: Default::default(),
         })
     }
 

@@ -5,8 +5,9 @@
 use super::timers::TimerEvent;
 use super::Server;
 use crate::net::framing;
-use crate::net::peer::{PeerEvent, PeerState};
-use crate::raft::Message;
+use crate::net::peer::{Peer, PeerEvent, PeerState};
+use crate::node::membership;
+use crate::raft::{ConfState, Message};
 use mio::{event::Event, Token};
 use std::time::{Duration, Instant};
 
@@ -79,6 +80,48 @@ impl Server {
             return;
         }
         self.replica.core_mut().step(msg);
+    }
+
+    /// The configuration in force changed: a link to every new member (at the peer address
+    /// of its member context), none to removed ones. Members already linked keep their link
+    /// (`--peers` and `--join` give the first addresses; the configuration adds to them).
+    pub(super) fn update_peer_links(&mut self, conf: &ConfState) {
+        let me = self.cfg.id;
+        let members = conf
+            .voters
+            .iter()
+            .chain(&conf.voters_outgoing)
+            .chain(&conf.learners)
+            .copied()
+            .filter(|&id| id != me);
+        let mut new = Vec::new();
+        for id in members {
+            if self.peers.contains_key(&id) {
+                continue;
+            }
+            let addr = membership::context_of(conf, id).peer_addr;
+            if addr.is_empty() {
+                log::warn!("member {id} has no peer address in the configuration; not linked");
+                continue;
+            }
+            log::info!("linking to new member {id} at {addr}");
+            self.peers
+                .insert(id, Peer::new(id, addr, self.cfg.peer.clone()));
+            new.push(id);
+        }
+        for id in new {
+            self.connect_peer(id);
+        }
+        for id in &conf.removed {
+            if let Some(mut peer) = self.peers.remove(id) {
+                log::info!("member {id} was removed: closing its link");
+                if let Some(t) = peer.token() {
+                    self.peer_by_token.remove(&t);
+                }
+                peer.teardown(self.poll.registry());
+                self.dirty_peers.remove(id);
+            }
+        }
     }
 
     pub(super) fn send_peer(&mut self, msg: Message) {

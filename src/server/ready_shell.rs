@@ -7,7 +7,7 @@
 
 use super::Server;
 use crate::node::{ReadyShell, SyncStatus};
-use crate::raft::{Entry, HardState, Message, RawNode, ReadState, Ready, SnapshotMeta};
+use crate::raft::{ConfState, Entry, HardState, Message, RawNode, ReadState, Ready, SnapshotMeta};
 use crate::storage::Log;
 
 impl Server {
@@ -27,6 +27,14 @@ impl Server {
         }
         if any && self.replica.check_leadership().role_changed {
             self.snaps.transfers.drop_senders();
+        }
+        if self.replica.core().is_removed() {
+            return Err(format!(
+                "node {} was removed from the cluster: it cannot rejoin under this id (ids are \
+                 never reused). To bring this machine back, wipe its data directory and join \
+                 with a new id: raftkv serve --join ENDPOINTS --id NEW_ID ...",
+                self.cfg.id
+            ));
         }
         Ok(())
     }
@@ -51,6 +59,10 @@ impl ReadyShell for Server {
 
     fn send(&mut self, m: Message) {
         self.send_peer(m);
+    }
+
+    fn conf_changed(&mut self, conf: &ConfState) {
+        self.update_peer_links(conf);
     }
 
     fn flush_peers(&mut self) {

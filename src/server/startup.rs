@@ -47,7 +47,12 @@ struct Recovered {
     kv: KvStore,
     /// Index of the last entry applied to `kv` (snapshot, then replayed committed entries).
     applied: u64,
+    /// The snapshot's configuration, or the bootstrap one from `--peers` (the core reads the
+    /// configuration entries above it from the log itself).
     conf: ConfState,
+    /// The newest configuration applied: the snapshot's, or the last configuration entry
+    /// replayed (what the next snapshot records).
+    applied_conf: (u64, ConfState),
     /// Command bytes replayed above the snapshot (they count toward the next one).
     replayed_bytes: u64,
 }
@@ -133,10 +138,7 @@ fn recover(cfg: &ServerConfig) -> Result<Recovered, String> {
         rec,
     } = open_storage(cfg)?;
     let mut hs = disk_hs;
-    let mut conf = ConfState {
-        voters: cfg.peers.iter().map(|p| p.id).collect(),
-        ..ConfState::default()
-    };
+    let mut conf = bootstrap_conf(cfg);
     let mut latest = None;
     let kv = match rec.snapshot {
         Some(l) => {
@@ -176,12 +178,31 @@ fn recover(cfg: &ServerConfig) -> Result<Recovered, String> {
         snapshots,
         latest,
         applied: kv.applied(),
+        applied_conf: (kv.applied(), conf.clone()),
         kv,
         conf,
         replayed_bytes: 0,
     };
     replay(&mut r)?;
     Ok(r)
+}
+
+/// The configuration a brand-new cluster starts from: every `--peers` entry a voter, with
+/// its addresses as its member context. Once a node has a snapshot or a configuration entry,
+/// that wins over `--peers` (docs/membership.md).
+fn bootstrap_conf(cfg: &ServerConfig) -> ConfState {
+    let mut conf = ConfState {
+        voters: cfg.peers.iter().map(|p| p.id).collect(),
+        ..ConfState::default()
+    };
+    for p in &cfg.peers {
+        let client = p.client_addr.as_deref().unwrap_or_default();
+        conf.members.push(crate::raft::Member {
+            id: p.id,
+            context: crate::node::membership::encode_context(&p.peer_addr, client, false),
+        });
+    }
+    conf
 }
 
 /// Applies the committed entries above the snapshot to the state machine, streamed.
@@ -202,10 +223,13 @@ fn replay(r: &mut Recovered) -> Result<(), String> {
         ));
     }
     let (kv, applied, bytes) = (&mut r.kv, &mut r.applied, &mut r.replayed_bytes);
+    let applied_conf = &mut r.applied_conf;
     r.log
         .replay(from, replay_to, &mut |e| {
             if e.entry_type == EntryType::EntryNormal as i32 {
                 kv.apply(e.index, &e.data);
+            } else if let Ok(c) = <ConfState as prost::Message>::decode(&e.data[..]) {
+                *applied_conf = (e.index, c);
             }
             *bytes += e.data.len() as u64;
             *applied = e.index;
@@ -251,6 +275,7 @@ fn replica_config(cfg: &ServerConfig) -> ReplicaConfig {
         lease_read: cfg.lease_read,
         max_scan_bytes: crate::limits::max_scan_page(cfg.max_frame),
         max_read_bytes_per_pass: super::config::READ_BYTES_PER_PASS,
+        promotion: cfg.promotion,
         client_addrs: cfg
             .peers
             .iter()
@@ -329,7 +354,7 @@ impl Server {
             applied,
         };
         let core = RawNode::new(raft_cfg, r.log, init).map_err(|e| format!("raft config: {e}"))?;
-        let replica = Replica::new(core, r.kv, applied, replica_config(&cfg));
+        let replica = Replica::new(core, r.kv, applied, r.applied_conf, replica_config(&cfg));
         let (poll, peer_listener, client_listener) = listen(&cfg)?;
         let peer_local_addr = peer_listener.local_addr().map_err(|e| e.to_string())?;
         let client_local_addr = client_listener.local_addr().map_err(|e| e.to_string())?;
@@ -357,7 +382,7 @@ impl Server {
         let policy = snapshot_policy(&cfg);
         let mut snaps = Snapshots::new(r.snapshots, r.latest, policy, cfg.snapshot_pacing);
         snaps.bytes_since = r.replayed_bytes;
-        Ok(Server {
+        let mut server = Server {
             commit_hint: hs.commit,
             saved_hs: hs,
             next_tick: now + cfg.tick,
@@ -388,6 +413,10 @@ impl Server {
             peer_local_addr,
             client_local_addr,
             http_local_addr,
-        })
+        };
+        // Members added (or removed) by configuration entries since `--peers` was written.
+        let conf = server.replica.core().conf_state().1.clone();
+        server.update_peer_links(&conf);
+        Ok(server)
     }
 }

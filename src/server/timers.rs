@@ -55,6 +55,7 @@ impl Server {
         }
         for _ in 0..n {
             self.replica.core_mut().tick();
+            self.replica.tick_membership();
         }
         self.next_tick = next;
         self.snapshot_tick()

@@ -770,6 +770,10 @@ pub fn run_seed(seed: u64, opts: &SimOptions) -> SeedResult {
             // Around the clients' own timeout, so the node layer's TIMEOUT answers (the
             // server's request deadline) race the clients' retries in some runs.
             request_timeout: rng.range(CLIENT_TIMEOUT / 2, CLIENT_TIMEOUT * 3),
+            promotion: crate::node::membership::PromotionPolicy {
+                max_lag: rng.range(0, 50),
+                ticks: rng.range(1, 20) as u32,
+            },
         };
         nodes.push(SimNode::new(cfg, voters.clone(), params));
         // Clocks run at different rates: 8..13 ms per tick.

@@ -84,6 +84,8 @@ pub struct NodeParams {
     pub sync_fail: f64,
     /// The node answers TIMEOUT to a request still pending this long (ms).
     pub request_timeout: u64,
+    /// When caught-up learners are promoted (drawn per seed).
+    pub promotion: crate::node::membership::PromotionPolicy,
 }
 
 /// Where a simulated client's answer goes: the node layer's reply address.
@@ -234,6 +236,7 @@ impl SimNode {
             .seed
             .wrapping_mul(1_000_003)
             .wrapping_add(self.incarnation);
+        let conf_at_applied = conf.clone();
         let raw = RawNode::new(
             cfg,
             store,
@@ -250,8 +253,15 @@ impl SimNode {
             client_addrs: HashMap::new(),
             max_scan_bytes: 0,
             max_read_bytes_per_pass: self.params.read_bytes_per_pass,
+            promotion: self.params.promotion,
         };
-        self.rep = Some(Replica::new(raw, kv, applied, rep_cfg));
+        self.rep = Some(Replica::new(
+            raw,
+            kv,
+            applied,
+            (applied, conf_at_applied),
+            rep_cfg,
+        ));
         self.up = true;
         self.busy = None;
         self.deferred.clear();
