@@ -71,10 +71,16 @@ struct Args {
     /// Simulated clients.
     #[arg(long, default_value_t = 4)]
     clients: usize,
-    /// Plant a bug in the core (vote-twice | commit-old-term) or in the node layer
-    /// (ack-before-sync | answer-before-commit | snapshot-before-durable).
+    /// Plant a bug in the core (vote-twice | commit-old-term; with --membership:
+    /// two-conf-changes | skip-joint | conf-change-before-commit | learner-votes) or in the node
+    /// layer (ack-before-sync | answer-before-commit | snapshot-before-durable |
+    /// ignore-sync-failure).
     #[arg(long)]
     bug: Option<String>,
+    /// Change the membership while faults run: add learners with new ids, promote them (two at
+    /// once through joint consensus), replace and remove voters, the leader too.
+    #[arg(long)]
+    membership: bool,
     /// Print the event trace (with --seed).
     #[arg(short, long)]
     verbose: bool,
@@ -99,14 +105,24 @@ fn main() -> ExitCode {
         Some("answer-before-commit") => (Bug::None, NodeBug::AnswerBeforeCommit),
         Some("snapshot-before-durable") => (Bug::None, NodeBug::SnapshotBeforeDurable),
         Some("ignore-sync-failure") => (Bug::None, NodeBug::IgnoreSyncFailure),
+        Some("two-conf-changes") => (Bug::TwoConfChanges, NodeBug::None),
+        Some("skip-joint") => (Bug::SkipJoint, NodeBug::None),
+        Some("conf-change-before-commit") => (Bug::ConfChangeBeforeCommit, NodeBug::None),
+        Some("learner-votes") => (Bug::LearnerVotes, NodeBug::None),
         Some(other) => {
             eprintln!(
                 "raftkv-sim: unknown --bug {other:?} (vote-twice | commit-old-term | \
-                 ack-before-sync | answer-before-commit | snapshot-before-durable)"
+                 ack-before-sync | answer-before-commit | snapshot-before-durable | \
+                 ignore-sync-failure | two-conf-changes | skip-joint | \
+                 conf-change-before-commit | learner-votes)"
             );
             return ExitCode::from(2);
         }
     };
+    if bug.is_membership() && !args.membership {
+        eprintln!("raftkv-sim: --bug {bug:?} needs --membership (it shows in membership changes)");
+        return ExitCode::from(2);
+    }
     if args.nodes == 0 || args.nodes > 9 {
         eprintln!("raftkv-sim: --nodes must be 1..=9");
         return ExitCode::from(2);
@@ -120,6 +136,7 @@ fn main() -> ExitCode {
         node_bug,
         trace: args.verbose,
         check_commit_rule: !args.no_commit_rule,
+        membership: args.membership,
         ..SimOptions::default()
     };
     let seeds: Vec<u64> = match args.seed {
@@ -156,6 +173,9 @@ fn main() -> ExitCode {
             }
             if args.no_commit_rule {
                 extra += " --no-commit-rule";
+            }
+            if args.membership {
+                extra += " --membership";
             }
             println!(
                 "  replay: cargo run --release --bin raftkv-sim -- --seed {seed} --nodes {} --ticks {}{extra} -v",

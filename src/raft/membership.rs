@@ -284,6 +284,12 @@ impl Membership {
         self.pending.last().map_or(&self.base.1, |(_, c)| c)
     }
 
+    /// (index, configuration) of the newest committed configuration (as of the last
+    /// `on_commit`).
+    pub(crate) fn committed(&self) -> (u64, &ConfState) {
+        (self.base.0, &self.base.1)
+    }
+
     /// Index of the entry (or snapshot) that holds the configuration in force.
     pub(crate) fn index(&self) -> u64 {
         self.pending.last().map_or(self.base.0, |(i, _)| *i)

@@ -320,11 +320,13 @@ impl<S: LogStore> RawNode<S> {
             return;
         }
         if self.is_removed_peer(from) && !(mterm == self.term && self.leader == from) {
-            // A node the cluster removed (it was down, or partitioned, when that happened):
-            // nothing it says counts; tell it so it stops. The exception is a removed leader
-            // in its own term: until a successor takes over it still leads (it hands
-            // leadership over with TimeoutNow, `hand_off_leadership`).
-            let conf_index = self.members.index();
+            // A node whose removal is committed (it was down, or partitioned, when that
+            // happened): nothing it says counts; tell it so it stops. Only a committed removal
+            // counts here: an uncommitted one may be truncated away by a new leader, and that
+            // leader may be the node it removes. The exception is a removed leader in its own
+            // term: until a successor takes over it still leads (it hands leadership over with
+            // TimeoutNow, `hand_off_leadership`).
+            let conf_index = self.members.committed().0;
             self.send(from, Body::Removed(Removed { conf_index }));
             return;
         }
@@ -443,10 +445,10 @@ impl<S: LogStore> RawNode<S> {
         }
     }
 
-    /// `id` is listed as removed and is no member any more.
+    /// `id`'s removal is committed and it is no member of the configuration in force.
     fn is_removed_peer(&self, id: u64) -> bool {
-        let c = self.members.current();
-        c.removed.contains(&id) && !super::membership::is_member(c, id)
+        self.members.committed().1.removed.contains(&id)
+            && !super::membership::is_member(self.members.current(), id)
     }
 
     /// A member says the cluster removed us. Believed only from a voter of our configuration

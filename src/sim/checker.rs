@@ -6,14 +6,20 @@
 //! - **Leader completeness**: a node that becomes leader holds every entry known committed.
 //! - **State machine safety**: every node applies the same entry at an index; each node
 //!   incarnation applies indexes exactly once, in order, with jumps only through snapshots.
-//! - **Durability**: the highest committed entry is on the durable disk of a majority at all
-//!   times, so no crash pattern can lose it.
+//! - **Durability**: the highest committed entry is on the durable disks of a majority of the
+//!   voters (of each half, while joint) of the newest committed configuration, or of one
+//!   appended after it, at all times, so no crash pattern can lose it. Learners never count.
+//! - **Configuration changes** (every configuration entry a leader appends): the previous
+//!   configuration in its log is committed (one change in flight), the leader has committed
+//!   an entry of its own term (the 2015 single-server bug), and a change of more than one
+//!   voter goes through the joint configuration and leaves it unchanged.
 //!
 //! Hash maps are only used for lookups, never iterated, so the run stays deterministic.
 
 use crate::raft::MemLog;
-use crate::raft::{Entry, LogStore};
+use crate::raft::{ConfState, Entry, EntryType, LogStore};
 use crate::sim::disk::Durable;
+use prost::Message as _;
 use std::collections::{BTreeMap, HashMap};
 
 /// FNV-1a over an entry's type and payload.
@@ -49,11 +55,105 @@ pub struct Checker {
     pub elections: u64,
     /// The most recently elected (node, term).
     pub last_leader: Option<(u64, u64)>,
+    /// Configuration entries ever appended anywhere: (index, term) -> configuration.
+    confs: BTreeMap<(u64, u64), ConfState>,
+    /// The newest configuration known committed: (index, configuration); index 0 = the
+    /// bootstrap one.
+    committed_conf: (u64, ConfState),
+    /// Every configuration known committed, by index (the bootstrap one at 0).
+    committed_confs: BTreeMap<u64, ConfState>,
+    /// A violation found where it could not be returned (reported by `check_durable`).
+    noted: Option<String>,
 }
 
 impl Checker {
     pub fn new() -> Checker {
         Checker::default()
+    }
+
+    /// A checker for a cluster bootstrapped with `voters`.
+    pub fn with_voters(voters: &[u64]) -> Checker {
+        let conf = ConfState {
+            voters: voters.to_vec(),
+            ..ConfState::default()
+        };
+        Checker {
+            committed_conf: (0, conf.clone()),
+            committed_confs: BTreeMap::from([(0, conf)]),
+            ..Checker::default()
+        }
+    }
+
+    /// Records a violation found inside a hook that cannot fail; the next `check_durable`
+    /// (after every event) reports it.
+    pub fn note_violation(&mut self, v: String) {
+        self.noted.get_or_insert(v);
+    }
+
+    /// Configuration entries known committed (the bootstrap configuration not counted).
+    pub fn conf_changes_committed(&self) -> u64 {
+        self.committed_confs.keys().filter(|&&i| i > 0).count() as u64
+    }
+
+    /// The newest configuration known committed.
+    pub fn committed_conf(&self) -> &ConfState {
+        &self.committed_conf.1
+    }
+
+    /// The leader of `term` appended configuration entry `e`; `log` is its log (holding `e`),
+    /// `commit` its commit index. Judges the change against the rules that keep two
+    /// configurations from deciding independently.
+    pub fn on_conf_appended(
+        &mut self,
+        leader: u64,
+        term: u64,
+        e: &Entry,
+        log: &MemLog,
+        commit: u64,
+    ) -> Result<(), String> {
+        let Ok(next) = ConfState::decode(&e.data[..]) else {
+            return Err(format!(
+                "leader {leader} appended an undecodable configuration at {}",
+                e.index
+            ));
+        };
+        // The previous configuration in the leader's log: its newest configuration entry
+        // below `e`, else the one its log starts from (the newest committed configuration at
+        // or below its snapshot, or the bootstrap one).
+        let (snap, _) = log.snapshot_index_term();
+        let prev = self
+            .confs
+            .range(..(e.index, 0))
+            .rev()
+            .find(|((i, t), _)| log.get(*i).is_some_and(|x| x.term == *t))
+            .map(|((i, _), c)| (*i, c.clone()))
+            .or_else(|| {
+                self.committed_confs
+                    .range(..=snap)
+                    .next_back()
+                    .map(|(i, c)| (*i, c.clone()))
+            })
+            .unwrap_or_else(|| self.committed_conf.clone());
+        let at = e.index;
+        if prev.0 > commit {
+            return Err(format!(
+                "membership: leader {leader} (term {term}) appended configuration {at} while \
+                 configuration {} was not committed (commit {commit}): two changes in flight",
+                prev.0
+            ));
+        }
+        if !log.term(commit).is_ok_and(|t| t == term) {
+            return Err(format!(
+                "membership: leader {leader} (term {term}) appended configuration {at} before \
+                 committing an entry of its own term (commit {commit})"
+            ));
+        }
+        check_transition(&prev.1, &next).map_err(|why| {
+            format!(
+                "membership: leader {leader} (term {term}) changed configuration {} -> {at}: {why}",
+                prev.0
+            )
+        })
     }
 
     /// Highest index known committed.
@@ -129,6 +229,11 @@ impl Checker {
     ) -> Result<(), String> {
         let mut prev = prev_term;
         for e in ents {
+            if e.entry_type == EntryType::EntryConfChange as i32 {
+                if let Ok(c) = ConfState::decode(&e.data[..]) {
+                    self.confs.insert((e.index, e.term), c);
+                }
+            }
             let h = entry_hash(e);
             match self.seen.get(&(e.index, e.term)) {
                 None => {
@@ -195,6 +300,14 @@ impl Checker {
                 }
                 self.committed.insert(e.index, (e.term, Some(h)));
                 self.committed_by.insert(e.index, self.max_led);
+                if e.entry_type == EntryType::EntryConfChange as i32 {
+                    if let Ok(c) = ConfState::decode(&e.data[..]) {
+                        if e.index > self.committed_conf.0 {
+                            self.committed_conf = (e.index, c.clone());
+                        }
+                        self.committed_confs.insert(e.index, c);
+                    }
+                }
                 Ok(())
             }
         }
@@ -232,24 +345,70 @@ impl Checker {
 
     /// The highest committed entry must be durable on a majority of `disks`.
     pub fn check_durable(&self, disks: &[(u64, &Durable)]) -> Result<(), String> {
+        if let Some(v) = &self.noted {
+            return Err(v.clone());
+        }
         let Some((&index, &(term, _))) = self.committed.last_key_value() else {
             return Ok(());
         };
-        let holders = disks
+        let holders: Vec<u64> = disks
             .iter()
             .filter(|(_, d)| {
                 d.snapshot.as_ref().is_some_and(|s| s.meta.index >= index)
                     || d.log.get(index).is_some_and(|e| e.term == term)
             })
-            .count();
-        if holders * 2 <= disks.len() {
+            .map(|(id, _)| *id)
+            .collect();
+        // The configurations that may decide what is committed from now on: the newest
+        // committed one, and any appended after it (each in force on some node).
+        let base = self.committed_conf.0;
+        let mut candidates = vec![&self.committed_conf.1];
+        candidates.extend(self.confs.range((base + 1, 0)..).map(|(_, c)| c));
+        let durable_in = |c: &ConfState| {
+            let majority = |set: &[u64]| {
+                set.is_empty() || 2 * set.iter().filter(|v| holders.contains(v)).count() > set.len()
+            };
+            majority(&c.voters) && majority(&c.voters_outgoing)
+        };
+        if !candidates.iter().any(|c| durable_in(c)) {
+            let c = &self.committed_conf.1;
             return Err(format!(
-                "durability: committed index {index} (term {term}) is durable on only {holders} \
-                 of {} nodes; a crash could lose it",
-                disks.len()
+                "durability: committed index {index} (term {term}) is durable only on nodes \
+                 {holders:?}, not on a majority of the voters {:?} (outgoing {:?}) of the \
+                 committed configuration {base} or of any configuration appended after it; a \
+                 crash could lose it",
+                c.voters, c.voters_outgoing
             ));
         }
         Ok(())
+    }
+}
+
+/// A configuration may follow `prev` only as one voter changed, or by entering the joint
+/// configuration (outgoing = `prev`'s voters) from a simple one, or by leaving it (voters
+/// unchanged, outgoing dropped).
+fn check_transition(prev: &ConfState, next: &ConfState) -> Result<(), String> {
+    let diff = |a: &[u64], b: &[u64]| {
+        a.iter().filter(|v| !b.contains(v)).count() + b.iter().filter(|v| !a.contains(v)).count()
+    };
+    match (
+        prev.voters_outgoing.is_empty(),
+        next.voters_outgoing.is_empty(),
+    ) {
+        (true, true) if diff(&prev.voters, &next.voters) > 1 => Err(format!(
+            "voters {:?} -> {:?} without the joint configuration",
+            prev.voters, next.voters
+        )),
+        (true, false) if next.voters_outgoing != prev.voters => Err(format!(
+            "joint configuration's outgoing half {:?} is not the previous voters {:?}",
+            next.voters_outgoing, prev.voters
+        )),
+        (false, false) => Err("a joint configuration followed by another joint one".into()),
+        (false, true) if next.voters != prev.voters => Err(format!(
+            "leaving the joint configuration changed the voters {:?} -> {:?}",
+            prev.voters, next.voters
+        )),
+        _ => Ok(()),
     }
 }
 
@@ -330,7 +489,7 @@ mod tests {
 
     #[test]
     fn committed_entry_must_be_durable_on_a_majority() {
-        let mut c = Checker::new();
+        let mut c = Checker::with_voters(&[1, 2, 3]);
         c.on_apply(1, &ent(1, 1, b"a")).unwrap();
         let mut has = Durable::default();
         has.log.append(&[ent(1, 1, b"a")]).unwrap();
@@ -340,5 +499,72 @@ mod tests {
         assert!(c
             .check_durable(&[(1, &has), (2, &empty), (3, &empty)])
             .is_err());
+        // A learner's copy never counts: 1 and learner 4 hold it, voters 2 and 3 do not.
+        let conf = |voters: &[u64], outgoing: &[u64], learners: &[u64]| ConfState {
+            voters: voters.to_vec(),
+            voters_outgoing: outgoing.to_vec(),
+            learners: learners.to_vec(),
+            ..ConfState::default()
+        };
+        let conf_entry = |index, c: &ConfState| Entry {
+            index,
+            term: 1,
+            entry_type: EntryType::EntryConfChange as i32,
+            data: c.encode_to_vec().into(),
+        };
+        let mut c = Checker::with_voters(&[1, 2, 3]);
+        let learner = conf_entry(1, &conf(&[1, 2, 3], &[], &[4]));
+        c.on_append(1, Some(0), std::slice::from_ref(&learner))
+            .unwrap();
+        c.on_apply(1, &learner).unwrap();
+        let mut has = Durable::default();
+        has.log.append(&[learner]).unwrap();
+        assert!(c
+            .check_durable(&[(1, &has), (2, &empty), (3, &empty), (4, &has)])
+            .is_err());
+    }
+
+    #[test]
+    fn configuration_changes_are_judged() {
+        let conf = |voters: &[u64], outgoing: &[u64]| ConfState {
+            voters: voters.to_vec(),
+            voters_outgoing: outgoing.to_vec(),
+            ..ConfState::default()
+        };
+        let (c3, c4, c5) = (
+            conf(&[1, 2, 3], &[]),
+            conf(&[1, 2, 3, 4], &[]),
+            conf(&[1, 2, 3, 4, 5], &[]),
+        );
+        assert!(check_transition(&c3, &c4).is_ok());
+        assert!(check_transition(&c3, &c5)
+            .unwrap_err()
+            .contains("without the joint"));
+        let joint = conf(&[1, 2, 3, 4, 5], &[1, 2, 3]);
+        assert!(check_transition(&c3, &joint).is_ok());
+        assert!(check_transition(&joint, &c5).is_ok());
+        assert!(check_transition(&joint, &c4).is_err());
+        assert!(
+            check_transition(&c4, &joint).is_err(),
+            "outgoing half must be the old voters"
+        );
+        // Two changes in flight and a change before the leader's first commit are refused.
+        let entry = |index, term, c: &ConfState| Entry {
+            index,
+            term,
+            entry_type: EntryType::EntryConfChange as i32,
+            data: c.encode_to_vec().into(),
+        };
+        let mut chk = Checker::with_voters(&[1, 2, 3]);
+        let mut log = MemLog::new();
+        let (noop, a, b) = (ent(1, 1, b""), entry(2, 1, &c4), entry(3, 1, &c5));
+        log.append(&[noop.clone(), a.clone(), b.clone()]).unwrap();
+        chk.on_append(1, Some(0), &[noop, a.clone(), b.clone()])
+            .unwrap();
+        chk.on_conf_appended(1, 1, &a, &log, 1).unwrap();
+        let e = chk.on_conf_appended(1, 1, &b, &log, 1).unwrap_err();
+        assert!(e.contains("two changes in flight"), "{e}");
+        let e = chk.on_conf_appended(1, 2, &a, &log, 1).unwrap_err();
+        assert!(e.contains("own term"), "{e}");
     }
 }

@@ -100,6 +100,11 @@ pub struct SimClient {
 }
 
 impl SimClient {
+    /// The cluster grew to `nodes` node ids (1..=nodes): new members can be asked too.
+    pub fn set_nodes(&mut self, nodes: u64) {
+        self.nodes = nodes;
+    }
+
     pub fn new(idx: usize, nodes: u64, keys: u64, rng: Rng) -> SimClient {
         SimClient {
             idx,

@@ -23,6 +23,8 @@ use crate::sim::node::{describe_msg, Action, Input, NodeParams, SimNode};
 use crate::snapshot::SnapshotPolicy;
 use std::collections::BTreeMap;
 
+mod membership;
+
 /// A Raft bug to plant in the core, to prove the checkers catch it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Bug {
@@ -31,7 +33,30 @@ pub enum Bug {
     VoteTwice,
     /// Commit old-term entries by counting replicas (Figure 8).
     CommitOldTerm,
+    /// Accept a membership change while another is in flight.
+    TwoConfChanges,
+    /// Switch a multi-voter change directly, without the joint configuration.
+    SkipJoint,
+    /// A new leader changes membership before committing an entry of its own term.
+    ConfChangeBeforeCommit,
+    /// Count learners towards the commit quorum.
+    LearnerVotes,
 }
+
+impl Bug {
+    /// The bug needs membership changes to show.
+    pub fn is_membership(self) -> bool {
+        matches!(
+            self,
+            Bug::TwoConfChanges | Bug::SkipJoint | Bug::ConfChangeBeforeCommit | Bug::LearnerVotes
+        )
+    }
+}
+
+/// Most members (voters and learners) the membership schedule grows a cluster to.
+const MAX_MEMBERS: usize = 7;
+/// Fewest voters it shrinks one to (fewer leave no fault tolerance for the other faults).
+const MIN_VOTERS: usize = 3;
 
 /// Options for one run.
 #[derive(Debug, Clone)]
@@ -50,6 +75,10 @@ pub struct SimOptions {
     pub trace: bool,
     /// Check the leader commit rule (L4) directly; off, only its consequences are checked.
     pub check_commit_rule: bool,
+    /// Change the membership during the chaos phase: add learners (new ids), promote them
+    /// (alone, or two at once through the joint configuration), replace a voter, remove
+    /// voters (the leader too), interleaved with every other fault.
+    pub membership: bool,
 }
 
 impl Default for SimOptions {
@@ -64,6 +93,7 @@ impl Default for SimOptions {
             node_bug: NodeBug::None,
             trace: false,
             check_commit_rule: true,
+            membership: false,
         }
     }
 }
@@ -82,6 +112,8 @@ pub struct SeedResult {
     pub violation: Option<String>,
     /// Entries committed (highest committed index).
     pub commits: u64,
+    /// Configuration entries committed (membership changes, joint ones counted twice).
+    pub conf_changes: u64,
     pub elections: u64,
     pub events: u64,
     /// Client operations that completed / stayed unknown.
@@ -151,6 +183,9 @@ struct World {
     events: u64,
     /// Elections already seen by the fault schedule.
     elections_seen: u64,
+    /// Cluster-wide core settings drawn per seed (new members get them too).
+    pre_vote: bool,
+    check_quorum: bool,
 }
 
 fn fnv(h: &mut u64, s: &str) {
@@ -275,6 +310,7 @@ impl World {
         n.input(inp, now, &mut self.rng, &mut self.checker, &mut out)?;
         let proposed = n.proposals > proposals;
         self.actions(id, out);
+        self.retire_if_removed(id);
         self.after_commit(id, before);
         self.after_install(id, installs);
         // Fault trigger: a leader sometimes crashes right after appending a proposal, so the
@@ -337,7 +373,7 @@ impl World {
 
     fn restart(&mut self, id: u64) -> Result<(), String> {
         let n = &mut self.nodes[(id - 1) as usize];
-        if !n.up {
+        if !n.up && !n.retired {
             n.restart(&mut self.checker)?;
             let (hs, last) = (n.disk.durable.hard_state, n.disk.durable.log.last_index());
             self.log(format!(
@@ -350,6 +386,17 @@ impl World {
 
     /// One random fault.
     fn fault(&mut self) -> Result<(), String> {
+        if self.opts.membership {
+            // Planted membership bugs need changes often, with the other faults between them.
+            let p = if self.opts.bug.is_membership() {
+                0.6
+            } else {
+                0.4
+            };
+            if self.rng.chance(p) {
+                return self.membership_fault();
+            }
+        }
         let ids = self.ids();
         let n = ids.len() as u64;
         let bias = self.opts.planted();
@@ -491,6 +538,7 @@ impl World {
                     n.sync_done(now, &mut self.rng, &mut self.checker, &mut out)?;
                     let failed_stop = !n.up;
                     self.actions(node, out);
+                    self.retire_if_removed(node);
                     self.after_commit(node, before);
                     self.after_install(node, installs);
                     if failed_stop {
@@ -622,7 +670,10 @@ impl World {
         let Some((lid, term)) = leader else {
             return Err("liveness: no leader at the end of the quiet period".into());
         };
-        for n in &self.nodes {
+        // Every member of the leader's configuration (nodes removed or never admitted are
+        // not judged; one told it was removed has stopped).
+        let members = self.members_of(lid);
+        for n in self.nodes.iter().filter(|n| members.contains(&n.id)) {
             let Some((_, t, l, _)) = n.role() else {
                 return Err(format!("liveness: node {} down in the quiet period", n.id));
             };
@@ -687,6 +738,10 @@ fn plant(cfg: &mut Config, bug: Bug) {
         Bug::None => PlantedBug::None,
         Bug::VoteTwice => PlantedBug::VoteTwice,
         Bug::CommitOldTerm => PlantedBug::CommitOldTerm,
+        Bug::TwoConfChanges => PlantedBug::TwoConfChanges,
+        Bug::SkipJoint => PlantedBug::SkipJoint,
+        Bug::ConfChangeBeforeCommit => PlantedBug::ConfChangeBeforeCommit,
+        Bug::LearnerVotes => PlantedBug::LearnerVotes,
     };
 }
 
@@ -727,57 +782,74 @@ fn sim_policy(rng: &mut Rng, id: u64, n: u64, bias: bool) -> SnapshotPolicy {
     }
 }
 
+/// Node `id` of a cluster bootstrapped with `voters` (empty for a node that joins later),
+/// with its per-seed tunables, and its tick length (clocks run at different rates: 8..13 ms
+/// per tick).
+fn new_node(
+    rng: &mut Rng,
+    id: u64,
+    voters: Vec<u64>,
+    opts: &SimOptions,
+    (pre_vote, check_quorum): (bool, bool),
+) -> (SimNode, u64) {
+    let bias = opts.planted();
+    let n = voters.len().max(1) as u64;
+    let mut cfg = Config::new(id);
+    cfg.election_tick = 10;
+    cfg.heartbeat_tick = 2;
+    cfg.pre_vote = pre_vote;
+    cfg.check_quorum = check_quorum;
+    cfg.max_inflight_msgs = 8;
+    // One entry per append in some runs (and in planted-bug runs): followers then hold a
+    // new leader's old-term entries before its own-term ones, the Figure 8 window.
+    cfg.max_msg_bytes = if bias || rng.chance(0.3) { 1 } else { 4096 };
+    cfg.seed = rng.next_u64();
+    plant(&mut cfg, opts.bug);
+    let params = NodeParams {
+        sync_min: 0,
+        sync_max: rng.range(1, 10),
+        policy: sim_policy(rng, id, n, bias),
+        chunk: if rng.chance(0.3) { 64 } else { 1 << 20 },
+        torn: rng.chance(0.5),
+        read_bytes_per_pass: if rng.chance(0.3) {
+            rng.range(1, 60) as usize
+        } else {
+            0
+        },
+        sync_fail: if opts.node_bug == NodeBug::IgnoreSyncFailure || rng.chance(0.2) {
+            rng.range(1, 6) as f64 / 100.0
+        } else {
+            0.0
+        },
+        check_commit_rule: opts.check_commit_rule,
+        bug: opts.node_bug,
+        // Around the clients' own timeout, so the node layer's TIMEOUT answers (the
+        // server's request deadline) race the clients' retries in some runs.
+        request_timeout: rng.range(CLIENT_TIMEOUT / 2, CLIENT_TIMEOUT * 3),
+        promotion: crate::node::membership::PromotionPolicy {
+            max_lag: rng.range(0, 50),
+            ticks: rng.range(1, 20) as u32,
+        },
+    };
+    (
+        SimNode::new(cfg, voters, params),
+        TICK_MS - 2 + rng.range(0, 5),
+    )
+}
+
 /// Runs one seeded schedule.
 pub fn run_seed(seed: u64, opts: &SimOptions) -> SeedResult {
     let mut rng = Rng::new(seed);
     let n = opts.nodes.max(1);
     let voters: Vec<u64> = (1..=n as u64).collect();
-    let bias = opts.planted();
     let pre_vote = rng.chance(0.7);
     let check_quorum = rng.chance(0.7);
     let mut nodes = Vec::new();
     let mut tick_ms = Vec::new();
     for &id in &voters {
-        let mut cfg = Config::new(id);
-        cfg.election_tick = 10;
-        cfg.heartbeat_tick = 2;
-        cfg.pre_vote = pre_vote;
-        cfg.check_quorum = check_quorum;
-        cfg.max_inflight_msgs = 8;
-        // One entry per append in some runs (and in planted-bug runs): followers then hold a
-        // new leader's old-term entries before its own-term ones, the Figure 8 window.
-        cfg.max_msg_bytes = if bias || rng.chance(0.3) { 1 } else { 4096 };
-        cfg.seed = rng.next_u64();
-        plant(&mut cfg, opts.bug);
-        let params = NodeParams {
-            sync_min: 0,
-            sync_max: rng.range(1, 10),
-            policy: sim_policy(&mut rng, id, n as u64, bias),
-            chunk: if rng.chance(0.3) { 64 } else { 1 << 20 },
-            torn: rng.chance(0.5),
-            read_bytes_per_pass: if rng.chance(0.3) {
-                rng.range(1, 60) as usize
-            } else {
-                0
-            },
-            sync_fail: if opts.node_bug == NodeBug::IgnoreSyncFailure || rng.chance(0.2) {
-                rng.range(1, 6) as f64 / 100.0
-            } else {
-                0.0
-            },
-            check_commit_rule: opts.check_commit_rule,
-            bug: opts.node_bug,
-            // Around the clients' own timeout, so the node layer's TIMEOUT answers (the
-            // server's request deadline) race the clients' retries in some runs.
-            request_timeout: rng.range(CLIENT_TIMEOUT / 2, CLIENT_TIMEOUT * 3),
-            promotion: crate::node::membership::PromotionPolicy {
-                max_lag: rng.range(0, 50),
-                ticks: rng.range(1, 20) as u32,
-            },
-        };
-        nodes.push(SimNode::new(cfg, voters.clone(), params));
-        // Clocks run at different rates: 8..13 ms per tick.
-        tick_ms.push(TICK_MS - 2 + rng.range(0, 5));
+        let (node, tick) = new_node(&mut rng, id, voters.clone(), opts, (pre_vote, check_quorum));
+        nodes.push(node);
+        tick_ms.push(tick);
     }
     let clients = (0..opts.clients)
         .map(|i| SimClient::new(i, n as u64, opts.keys, rng.fork()))
@@ -801,13 +873,15 @@ pub fn run_seed(seed: u64, opts: &SimOptions) -> SeedResult {
         clients,
         history: Vec::new(),
         clock: 0,
-        checker: Checker::new(),
+        checker: Checker::with_voters(&voters),
         quiet: false,
         stop_at: chaos + quiet_len / 3,
         trace: Vec::new(),
         trace_hash: 0xcbf2_9ce4_8422_2325,
         events: 0,
         elections_seen: 0,
+        pre_vote,
+        check_quorum,
     };
     w.log(format!(
         "seed {seed}: {n} nodes, pre_vote {pre_vote}, check_quorum {check_quorum}, bug {:?}",
@@ -867,6 +941,7 @@ pub fn run_seed(seed: u64, opts: &SimOptions) -> SeedResult {
         seed,
         violation,
         commits: w.checker.max_committed(),
+        conf_changes: w.checker.conf_changes_committed(),
         elections: w.checker.elections,
         events: w.events,
         ops_done,

@@ -39,7 +39,12 @@ pub enum Input {
     Client(ClientReq),
     /// An operator asks this node (if leader) to hand leadership to the given peer.
     Transfer(u64),
+    /// An operator asks this node (if leader) for a membership change.
+    Member(kvpb::MemberChange),
 }
+
+/// The reply address of the simulated operator's membership changes (not a client).
+pub const OPERATOR: usize = usize::MAX;
 
 /// What the node asks the world to do.
 #[derive(Debug)]
@@ -121,6 +126,8 @@ pub struct SimNode {
     pub proposals: u64,
     /// Received snapshots installed (over all incarnations).
     pub installs: u64,
+    /// Told it was removed from the cluster: stopped for good (the server exits).
+    pub retired: bool,
 }
 
 /// The production sender's tuning with this seed's chunk size.
@@ -177,6 +184,7 @@ impl SimNode {
             last_commit: 0,
             proposals: 0,
             installs: 0,
+            retired: false,
         }
     }
 
@@ -312,6 +320,7 @@ impl SimNode {
         match inp {
             Input::Tick => {
                 rep.core_mut().tick();
+                rep.tick_membership();
                 rep.expire(now);
                 // Retransmission timers of the snapshot streams (the server's tick does this).
                 let mut msgs = Vec::new();
@@ -324,6 +333,22 @@ impl SimNode {
                     "node {id} transfer leadership to {to}"
                 )));
                 rep.core_mut().transfer_leader(to);
+            }
+            Input::Member(mc) => {
+                let to = SimRef {
+                    client: OPERATOR,
+                    attempt: 0,
+                    seq: 0,
+                };
+                let index = rep.change_members(to, &mc, now);
+                out.push(Action::Trace(format!(
+                    "node {id} membership change {:?}: {}",
+                    mc.ops
+                        .iter()
+                        .map(|o| format!("{:?} {}", o.kind(), o.id))
+                        .collect::<Vec<_>>(),
+                    index.map_or("refused".to_string(), |i| format!("entry {i}"))
+                )));
             }
             Input::Client(req) => {
                 let to = SimRef {
@@ -356,6 +381,10 @@ impl SimNode {
             return;
         };
         for (to, r) in rep.requests().take_answers() {
+            if to.client == OPERATOR {
+                out.push(Action::Trace(format!("operator <- {r:?}")));
+                continue;
+            }
             out.push(Action::Reply {
                 client: to.client,
                 attempt: to.attempt,

@@ -6,7 +6,9 @@ use super::node::{Action, SimNode, SimRef};
 use super::trace::trace_entries;
 use crate::node::{install_staged, NodeBug, ReadyShell, Replica, SyncStatus};
 use crate::pb::kvpb;
-use crate::raft::{Entry, HardState, LogStore, MemLog, Message, RawNode, ReadState, SnapshotMeta};
+use crate::raft::{
+    Entry, EntryType, HardState, LogStore, MemLog, Message, RawNode, ReadState, SnapshotMeta,
+};
 use crate::rng::Rng;
 use crate::sim::client::Reply;
 use prost::Message as _;
@@ -142,6 +144,23 @@ impl ReadyShell for SimShell<'_> {
     fn on_appended_as_leader(&mut self, entries: &[Entry]) {
         if self.node.params.bug == NodeBug::AnswerBeforeCommit {
             self.node.answer_before_commit(entries, self.out);
+        }
+        let id = self.node.id;
+        let Some(raw) = self.node.rep.as_ref().map(|r| r.core()) else {
+            return;
+        };
+        let (term, commit) = (raw.term(), raw.status().commit);
+        for e in entries
+            .iter()
+            .filter(|e| e.entry_type == EntryType::EntryConfChange as i32)
+        {
+            // Reported after this event (`check_durable`): this hook cannot fail the Ready.
+            if let Err(v) = self
+                .checker
+                .on_conf_appended(id, term, e, raw.store(), commit)
+            {
+                self.checker.note_violation(v);
+            }
         }
     }
 
