@@ -306,3 +306,47 @@ fn lease_void_after_timeout_now_and_quiet_boot_refuses_votes() {
     n.step(vote_req(3, 2, 2, 0, 0, false));
     assert_eq!((n.term, n.vote), (2, 3));
 }
+
+/// Reads across a leadership transfer (stale reads after a transfer were found in TiKV and
+/// openraft): a ReadIndex started on the old leader is either confirmed at an index holding
+/// every write acknowledged before it, or failed; the old leader, cut off after handing over,
+/// serves no lease read; the new leader's first read sees the write acknowledged before the
+/// transfer.
+#[test]
+fn t6_reads_across_a_transfer_stay_linearizable() {
+    let mut net = Net::new(3, |c| {
+        c.check_quorum = true;
+        c.lease_read = true;
+    });
+    for p in net.peers.values_mut() {
+        p.raw.quiet_boot = false;
+    }
+    net.elect(1);
+    let acked = net.propose(1, "before-transfer");
+    assert!(net.n(1).commit >= acked);
+    // A read in flight on 1 while it hands leadership to 2.
+    net.node(1).read_index(7).unwrap();
+    net.node(1).transfer_leader(2);
+    net.settle();
+    assert_eq!(net.leader(), Some(2));
+    let p1 = &net.peers[&1];
+    let served = p1.reads.iter().find(|r| r.ctx == 7);
+    let failed = p1.failed_reads.contains(&7);
+    assert!(
+        served.is_some_and(|r| r.index >= acked) || (served.is_none() && failed),
+        "read 7 on the old leader: served {served:?}, failed {failed}, write acked at {acked}"
+    );
+    // 1 is a follower now: no lease, no ReadIndex of its own.
+    assert!(net.node(1).lease_read().is_err());
+    assert!(net.node(1).read_index(8).is_err());
+    // The new leader's read is confirmed at an index holding the acknowledged write.
+    net.node(2).read_index(9).unwrap();
+    net.settle();
+    net.tick(2);
+    net.settle();
+    let r = net.peers[&2].reads.iter().find(|r| r.ctx == 9).cloned();
+    assert!(
+        r.as_ref().is_some_and(|r| r.index >= acked),
+        "new leader's read {r:?}, write acked at {acked}"
+    );
+}
