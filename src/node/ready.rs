@@ -58,7 +58,15 @@ pub trait ReadyShell {
     /// Notes the commit index of a Ready's hard state (it may be persisted lazily).
     fn note_commit(&mut self, _commit: u64) {}
     /// Appends entries to the durable log (truncating a conflicting suffix); not yet synced.
+    /// A shell that cannot (a full disk) may keep them to retry and say so with
+    /// [`ReadyShell::withholding_acks`].
     fn append(&mut self, entries: &[Entry]) -> Result<(), String>;
+    /// True while entries the core handed out are not in the log (the server's full disk):
+    /// acks that would promise them are withheld and `on_persisted` is not called; the shell
+    /// calls it itself once they are written.
+    fn withholding_acks(&self) -> bool {
+        false
+    }
     /// Makes everything appended and saved so far durable, or starts doing so.
     fn sync(&mut self) -> Result<SyncStatus, String>;
     /// Applies committed entries (answering their clients), then serves the reads they unblock
@@ -110,6 +118,11 @@ fn is_commit_or_heartbeat_only(m: &Message) -> bool {
         Some(Body::Heartbeat(_)) => true,
         _ => false,
     }
+}
+
+/// A successful AppendEntries answer: it promises the entries up to its match index.
+fn is_append_ack(m: &Message) -> bool {
+    matches!(&m.body, Some(Body::AppendEntriesResponse(r)) if r.success)
 }
 
 /// Handles one Ready in the production order. `Ok(Some(rest))`: the sync is pending; call
@@ -190,6 +203,12 @@ fn before_sync<S: ReadyShell>(shell: &mut S, mut rd: Ready) -> Result<AfterSync,
         persisted.is_none() || rd.must_sync,
         "entries appended without a sync"
     );
+    if shell.withholding_acks() {
+        // Nothing may say these entries are durable here: no successful append answers (a
+        // follower simply does not ack; the leader re-sends) and no `on_persisted`.
+        persisted = None;
+        late.retain(|m| !is_append_ack(m));
+    }
     Ok(AfterSync {
         late,
         follower_apply,

@@ -198,9 +198,36 @@ impl<L: LogStore, A> Replica<L, A> {
         }
     }
 
+    /// Proposes raising or clearing the NO_SPACE alarm (a `kvpb::Alarm` command; nobody waits
+    /// for its answer). Returns its log index.
+    pub fn propose_alarm(&mut self, raise: bool) -> Result<u64, ProposeError> {
+        let cmd = kvpb::Command {
+            op: Some(kvpb::command::Op::Alarm(kvpb::Alarm {
+                raise,
+                node_id: if raise { self.id } else { 0 },
+            })),
+            ..Default::default()
+        };
+        let index = self.core.propose(crate::kv::encode_command(&cmd))?;
+        log::warn!(
+            "node {} proposed {} the NO_SPACE alarm at index {index}",
+            self.id,
+            if raise { "raising" } else { "clearing" }
+        );
+        Ok(index)
+    }
+
     /// Proposes a write for `to`, arrived at `now`. Returns its log index if the core took it
-    /// (it is answered when it applies); a refusal is answered at once.
+    /// (it is answered when it applies); a refusal is answered at once. While the NO_SPACE
+    /// alarm is raised, a write that adds data is refused up front (every replica would refuse
+    /// it at apply time anyway: `KvStore::apply`).
     pub fn write(&mut self, to: A, cmd: &kvpb::Command, now: u64) -> Option<u64> {
+        if let Some(by) = self.kv.alarm() {
+            if crate::kv::grows_state(cmd.op.as_ref()) {
+                self.requests.answer(to, crate::kv::no_space_result(by));
+                return None;
+            }
+        }
         match self.core.propose(crate::kv::encode_command(cmd)) {
             Ok(index) => {
                 let term = self.core.term();

@@ -39,6 +39,7 @@ mod peers;
 mod ready_shell;
 pub mod signal;
 mod snap;
+mod space;
 mod startup;
 mod timers;
 
@@ -129,6 +130,8 @@ pub struct Server {
     /// Newest commit index whose entries are durable here (persisted lazily as a hint).
     commit_hint: u64,
     snaps: Snapshots,
+    /// The space quota, the alarm's driver and entries a full disk deferred (`space.rs`).
+    space: space::Space,
     /// Held for the node's life: the data directory's lock (`DIR/LOCK`).
     _dir_lock: DirLock,
     dirty_clients: HashSet<Token>,

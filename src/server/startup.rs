@@ -292,6 +292,7 @@ fn timers_and_peers(
 ) -> (TimerWheel<TimerEvent>, HashMap<u64, Peer>) {
     let mut timers = TimerWheel::new(Duration::from_millis(1), 4096, now);
     timers.insert(now + cfg.commit_persist_interval, TimerEvent::PersistCommit);
+    timers.insert(now, TimerEvent::SpaceCheck);
     let mut peers = HashMap::new();
     for p in cfg.peers.iter().filter(|p| p.id != cfg.id) {
         peers.insert(p.id, Peer::new(p.id, p.peer_addr.clone(), cfg.peer.clone()));
@@ -378,6 +379,7 @@ impl Server {
             answer_buf: Vec::new(),
             hs_file: r.hs_file,
             snaps,
+            space: Default::default(),
             _dir_lock: r.dir_lock,
             dirty_clients: HashSet::new(),
             clients: 0,

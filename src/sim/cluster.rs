@@ -674,6 +674,7 @@ fn short_op(req: &ClientReq) -> String {
                     decode_val(&x.value).to_string()
                 }
             ),
+            Some(Op::Alarm(a)) => format!("alarm raise={}", a.raise),
             None => "empty".to_string(),
         },
     }

@@ -197,7 +197,7 @@ impl SimNode {
                     succeeded: true,
                     version: e.index,
                 }),
-                None => continue,
+                Some(Op::Alarm(_)) | None => continue,
             };
             out.push(Action::Reply {
                 client: to.client,
