@@ -8,7 +8,7 @@
 //! on its own clock) with each request and to [`Replica::expire`], and takes the answers
 //! from [`Replica::requests`] (see `requests.rs`).
 
-use super::requests::{ReadOp, Requests};
+use super::requests::{ReadOp, ReplyAddr, Requests};
 use crate::kv::{error_result, ApplyResult, KvStore};
 use crate::pb::kvpb::{self, ErrorCode};
 use crate::raft::{
@@ -33,6 +33,9 @@ pub struct ReplicaConfig {
     /// The rest wait for the next pass, so many pipelined large reads cannot make one pass
     /// long enough to cost a leader its quorum.
     pub max_read_bytes_per_pass: usize,
+    /// A client connection's queued output bound (`--client-output-limit`; 0 = none): while
+    /// a connection is at it, its confirmed reads stay queued ([`Replica::client_output`]).
+    pub max_client_output: usize,
 }
 
 /// A leadership change seen by [`Replica::check_leadership`].
@@ -81,16 +84,18 @@ fn serve(kv: &KvStore, op: &ReadOp, max_scan_bytes: usize) -> ApplyResult {
     }
 }
 
-impl<L: LogStore, A> Replica<L, A> {
+impl<L: LogStore, A: ReplyAddr> Replica<L, A> {
     /// A replica over `core`, whose state machine `kv` has applied through `applied`.
     pub fn new(core: RawNode<L>, kv: KvStore, applied: u64, cfg: ReplicaConfig) -> Self {
+        let mut requests = Requests::new(cfg.request_timeout_ms);
+        requests.set_max_output(cfg.max_client_output);
         Replica {
             id: core.status().id,
             core,
             kv,
             applied,
             applied_bytes: 0,
-            requests: Requests::new(cfg.request_timeout_ms),
+            requests,
             cfg,
             leader_term: None,
             last_leader: None,
@@ -140,6 +145,15 @@ impl<L: LogStore, A> Replica<L, A> {
                 .serve_confirmed(self.applied, self.cfg.max_read_bytes_per_pass, |op| {
                     serve(kv, op, page)
                 });
+    }
+
+    /// The shell's count of a client connection's queued output bytes (after queueing or
+    /// flushing; 0 when it closed): its reads wait while it is at the bound, and are served
+    /// again (from the next pass) once it drained below it.
+    pub fn client_output(&mut self, conn: u64, bytes: usize) {
+        if self.requests.set_output(conn, bytes) {
+            self.more_reads = true;
+        }
     }
 
     /// True if confirmed, applied reads wait because a pass's answer budget ran out: the shell

@@ -209,7 +209,9 @@ impl Server {
             result: Some(result),
         };
         c.conn.queue(framing::frame_bytes(&resp));
+        let queued = c.conn.pending_out();
         self.dirty_clients.insert(token);
+        self.replica.client_output(token.0 as u64, queued);
     }
 
     pub(super) fn flush_client(&mut self, token: Token) {
@@ -224,10 +226,13 @@ impl Server {
                 let _ = c.conn.stream.shutdown(std::net::Shutdown::Write);
             }
             Ok(_) => {
+                let queued = c.conn.pending_out();
                 if c.paused && !c.over_limit(max_out, max_inflight) {
                     c.paused = false;
                     self.read_again.push(token);
                 }
+                // Its waiting reads are served again once it drained below the limit.
+                self.replica.client_output(token.0 as u64, queued);
             }
             Err(e) => self.close(token, &format!("write error: {e}")),
         }

@@ -101,6 +101,12 @@ pub(crate) struct ClientRef {
     req_id: u64,
 }
 
+impl crate::node::ReplyAddr for ClientRef {
+    fn conn(&self) -> u64 {
+        self.token.0 as u64
+    }
+}
+
 /// A running node.
 pub struct Server {
     cfg: ServerConfig,

@@ -251,6 +251,7 @@ fn replica_config(cfg: &ServerConfig) -> ReplicaConfig {
         lease_read: cfg.lease_read,
         max_scan_bytes: crate::limits::max_scan_page(cfg.max_frame),
         max_read_bytes_per_pass: super::config::READ_BYTES_PER_PASS,
+        max_client_output: cfg.max_client_pending_bytes,
         client_addrs: cfg
             .peers
             .iter()

@@ -94,6 +94,12 @@ pub struct SimRef {
     pub(super) seq: u64,
 }
 
+impl crate::node::ReplyAddr for SimRef {
+    fn conn(&self) -> u64 {
+        self.client as u64
+    }
+}
+
 /// One simulated node.
 pub struct SimNode {
     pub id: u64,
@@ -250,6 +256,8 @@ impl SimNode {
             client_addrs: HashMap::new(),
             max_scan_bytes: 0,
             max_read_bytes_per_pass: self.params.read_bytes_per_pass,
+            // Simulated clients take every answer at once: nothing queues.
+            max_client_output: 0,
         };
         self.rep = Some(Replica::new(raw, kv, applied, rep_cfg));
         self.up = true;
