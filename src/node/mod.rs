@@ -27,7 +27,7 @@ mod replica;
 mod requests;
 mod transfer;
 
-pub use ready::{after_sync, handle_ready, AfterSync, ReadyShell, SyncStatus};
+pub use ready::{after_sync, handle_ready, merge_deferred, AfterSync, ReadyShell, SyncStatus};
 pub use replica::{LeadershipChange, Replica, ReplicaConfig, StagedSnapshot};
 pub use requests::{ReadOp, ReplyAddr, Requests};
 pub use transfer::{install_received, install_staged, Installed, ResetLog, Transfers};

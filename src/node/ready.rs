@@ -101,6 +101,21 @@ pub struct AfterSync {
     commit: Option<u64>,
 }
 
+impl AfterSync {
+    /// Only `on_persisted` of (index, term): for entries a shell deferred (a full disk) and
+    /// wrote later, once their sync completes.
+    pub fn persisted_only(index: u64, term: u64) -> AfterSync {
+        AfterSync {
+            late: Vec::new(),
+            follower_apply: None,
+            snapshot_sends: Vec::new(),
+            snapshot_msgs: Vec::new(),
+            persisted: Some((index, term)),
+            commit: None,
+        }
+    }
+}
+
 /// The shell's planted bug; a constant `None` in builds without `sim-bugs` (the shipped
 /// binary), so no bug branch is compiled into it.
 #[inline]
@@ -118,6 +133,19 @@ fn is_commit_or_heartbeat_only(m: &Message) -> bool {
         Some(Body::Heartbeat(_)) => true,
         _ => false,
     }
+}
+
+/// The deferred entries with `entries` laid over them (a later append replaces the suffix
+/// from its first index, as `Log::append` does).
+pub fn merge_deferred(mut deferred: Vec<Entry>, entries: &[Entry]) -> Vec<Entry> {
+    let (Some(d0), Some(e0)) = (deferred.first(), entries.first()) else {
+        deferred.extend_from_slice(entries);
+        return deferred;
+    };
+    let keep = e0.index.saturating_sub(d0.index) as usize;
+    deferred.truncate(keep);
+    deferred.extend_from_slice(entries);
+    deferred
 }
 
 /// A successful AppendEntries answer: it promises the entries up to its match index.

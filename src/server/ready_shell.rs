@@ -80,10 +80,16 @@ impl ReadyShell for Server {
         Ok(())
     }
 
-    /// Capped at the log's end: entries a full disk deferred (`space.rs`) may be committed by
-    /// the others, but a commit hint beyond what this log holds would make a restart refuse it.
+    /// Capped at what the log holds as the core does: entries a full disk deferred
+    /// (`space.rs`) may be committed by the others, but a hint beyond the log would make a
+    /// restart refuse it, and one over a stale suffix (the deferred entries replace it) would
+    /// make a restart apply the wrong entries.
     fn note_commit(&mut self, commit: u64) {
-        let held = self.replica.core().store().last_index();
+        let mut held = self.replica.core().store().last_index();
+        if let Some(first) = self.space.deferred.first() {
+            // From there on the log may hold a stale suffix the core already replaced.
+            held = held.min(first.index - 1);
+        }
         self.commit_hint = self.commit_hint.max(commit.min(held));
     }
 

@@ -219,6 +219,12 @@ impl Server {
     }
 
     fn start_snapshot(&mut self) {
+        if self.withholding_acks() {
+            // A full disk keeps entries out of the log, some perhaps applied already: the log
+            // does not know their terms, and the snapshot could not be written anyway.
+            self.snaps.not_before = Some(Instant::now() + RETRY_AFTER_FAILURE);
+            return;
+        }
         let meta = match self.replica.snapshot_meta() {
             Ok(m) => m,
             Err(e) => {

@@ -137,7 +137,7 @@ impl Server {
     /// Appends `entries` (after any deferred ones), or defers them all if the disk is full.
     /// Returns whether anything reached the log (it then needs the Ready's sync).
     pub(super) fn append_or_defer(&mut self, entries: &[Entry]) -> Result<bool, String> {
-        let batch = merge_deferred(std::mem::take(&mut self.space.deferred), entries);
+        let batch = crate::node::merge_deferred(std::mem::take(&mut self.space.deferred), entries);
         let log = self.replica.core_mut().store_mut();
         match log.append(&batch) {
             Ok(()) => {
@@ -241,22 +241,10 @@ impl Server {
     }
 }
 
-/// The deferred entries with `entries` laid over them (a later append replaces the suffix
-/// from its first index, as `Log::append` does).
-fn merge_deferred(mut deferred: Vec<Entry>, entries: &[Entry]) -> Vec<Entry> {
-    let (Some(d0), Some(e0)) = (deferred.first(), entries.first()) else {
-        deferred.extend_from_slice(entries);
-        return deferred;
-    };
-    let keep = e0.index.saturating_sub(d0.index) as usize;
-    deferred.truncate(keep);
-    deferred.extend_from_slice(entries);
-    deferred
-}
-
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use crate::node::merge_deferred;
+    use crate::raft::Entry;
 
     fn e(index: u64, term: u64) -> Entry {
         Entry {

@@ -580,6 +580,7 @@ impl World {
                     p.sync_min = 0;
                     p.sync_max = 3;
                     p.sync_fail = 0.0;
+                    p.append_full = 0.0;
                 }
                 self.log("QUIET: network healed and calm, all nodes up".to_string());
             }
@@ -771,6 +772,12 @@ pub fn run_seed(seed: u64, opts: &SimOptions) -> SeedResult {
             // Around the clients' own timeout, so the node layer's TIMEOUT answers (the
             // server's request deadline) race the clients' retries in some runs.
             request_timeout: rng.range(CLIENT_TIMEOUT / 2, CLIENT_TIMEOUT * 3),
+            // A disk that is full now and then (appends deferred, acks withheld).
+            append_full: if rng.chance(0.2) {
+                rng.range(1, 20) as f64 / 100.0
+            } else {
+                0.0
+            },
         };
         nodes.push(SimNode::new(cfg, voters.clone(), params));
         // Clocks run at different rates: 8..13 ms per tick.
