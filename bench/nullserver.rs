@@ -90,7 +90,7 @@ fn answer(req: kvpb::Request, addr: SocketAddr, version: &mut u64) -> kvpb::Resp
             version: *version,
         }),
         Some(P::Scan(_)) => R::Scan(kvpb::ScanResponse::default()),
-        Some(P::Status(_)) => R::Status(kvpb::StatusResponse {
+        Some(P::Status(_)) | Some(P::Alarm(_)) => R::Status(kvpb::StatusResponse {
             node_id: 1,
             role: "leader".into(),
             leader_id: 1,

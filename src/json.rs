@@ -46,7 +46,8 @@ pub fn status_json(endpoint: Option<&str>, s: &kvpb::StatusResponse) -> String {
     });
     format!(
         "{{{ep}\"node_id\":{},\"role\":{},\"term\":{},\"leader_id\":{},\"leader_addr\":{},\
-         \"commit\":{},\"applied\":{},\"first_log_index\":{},\"last_log_index\":{},\"snapshot_index\":{},\"peers\":[{}]}}",
+         \"commit\":{},\"applied\":{},\"first_log_index\":{},\"last_log_index\":{},\"snapshot_index\":{},\"no_space_alarm\":{},\"alarm_raised_by\":{},\"space_problem\":{},\
+         \"state_bytes\":{},\"data_dir_bytes\":{},\"quota_bytes\":{},\"peers\":[{}]}}",
         s.node_id,
         json_str(s.role.as_bytes()),
         s.term,
@@ -57,6 +58,12 @@ pub fn status_json(endpoint: Option<&str>, s: &kvpb::StatusResponse) -> String {
         s.first_log_index,
         s.last_log_index,
         s.snapshot_index,
+        s.no_space_alarm,
+        s.alarm_raised_by,
+        json_str(s.space_problem.as_bytes()),
+        s.state_bytes,
+        s.data_dir_bytes,
+        s.quota_bytes,
         peers.join(",")
     )
 }

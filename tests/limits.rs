@@ -5,14 +5,12 @@
 mod common;
 
 use bytes::Bytes;
-use common::{status, wait_for, Cluster};
+use common::{status, verify_dir, wait_for, Cluster};
 use prost::Message;
 use raftkv::client::{Client, ClientOptions};
 use raftkv::net::framing::blocking;
 use raftkv::pb::kvpb::{self, response::Result as R, ErrorCode};
 use std::net::TcpStream;
-use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 /// Snapshots after every few entries and compaction down to the applied index, so the written
@@ -101,22 +99,6 @@ fn local_value(cluster: &Cluster, id: u64, key: &[u8], max_frame: usize) -> Opti
         Duration::from_secs(2),
     );
     c.get(key).ok().filter(|g| g.found).map(|g| g.value)
-}
-
-/// `raftkv-log verify` over a stopped node's data dir: exit 0, or the test fails with its output.
-fn verify_dir(dir: &Path) {
-    let o = Command::new(env!("CARGO_BIN_EXE_raftkv-log"))
-        .arg("verify")
-        .arg(dir)
-        .output()
-        .expect("run raftkv-log");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    eprintln!("raftkv-log verify {}: {}", dir.display(), text.trim());
-    assert_eq!(o.status.code(), Some(0), "{}: {text}", dir.display());
 }
 
 /// Waits until every node's snapshot covers `index` and its log was compacted past it (the

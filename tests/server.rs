@@ -952,3 +952,65 @@ fn many_pipelined_large_reads_are_answered_over_several_passes_without_an_electi
         "an election happened while the reads were answered"
     );
 }
+
+/// A client's confirmed reads wait while its queued output is at `--client-output-limit`
+/// (issue 16: stopping only the *reading* of its requests was not enough: linearizable reads
+/// already taken in were all answered once confirmed, 40 × 7 MiB queued for a client that
+/// never reads). Its reads stay queued and are served, in order, as it drains; meanwhile other
+/// clients are answered. Bound on the leader's growth: the limit plus one response (a response
+/// is queued whole) and the input buffer, times two for allocator slack, plus 32 MiB.
+#[test]
+fn a_client_over_its_output_limit_gets_no_more_read_answers_until_it_drains() {
+    let limit: u64 = 4 << 20;
+    let cluster = Cluster::start(
+        3,
+        &[
+            "--segment-size=4194304",
+            &format!("--client-output-limit={limit}"),
+        ],
+    );
+    let leader = cluster.wait_leader();
+    let mut c = cluster.client();
+    let value = vec![b'v'; 1 << 20];
+    for i in 0..7 {
+        c.put(format!("p{i}").as_bytes(), &value).unwrap();
+    }
+    let pid = cluster.nodes[(leader - 1) as usize]
+        .child
+        .as_ref()
+        .unwrap()
+        .id();
+    let before = rss_bytes(pid);
+    let mut s = connect(&cluster.addr(leader)).unwrap();
+    let scans = 40u64;
+    // Small frames: all are taken in before the first answer exists (a ReadIndex round).
+    s.write_all(&scan_batch(scans, kvpb::Consistency::Linearizable))
+        .unwrap();
+    // Another client is served meanwhile (reads and writes), and the leader stays bounded.
+    let mut peak = before;
+    for i in 0..20 {
+        c.put(format!("other{i}").as_bytes(), b"x")
+            .expect("another client's write");
+        assert!(c.get(b"p0").expect("another client's read").found);
+        peak = peak.max(rss_bytes(pid));
+    }
+    let page = 8u64 << 20;
+    let bound = 2 * (limit + page + (64 << 10)) + (32 << 20);
+    assert!(
+        peak - before <= bound,
+        "leader RSS grew by {} MiB (from {} MiB) for a client that never reads; bound {} MiB",
+        (peak - before) >> 20,
+        before >> 20,
+        bound >> 20
+    );
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    for id in 1..=scans {
+        let r: kvpb::Response = blocking::read_msg(&mut s, 64 << 20).unwrap();
+        assert_eq!(r.id, id);
+        assert!(
+            matches!(&r.result, Some(R::Scan(p)) if p.kvs.len() == 7),
+            "scan {id}: {:?}",
+            err_code(&r)
+        );
+    }
+}

@@ -924,3 +924,63 @@ fn leftover_allocation_temp_files_are_removed_on_open() {
     drop(log);
     assert_eq!(startup_check(dir), Ok((1, last, Vec::new())));
 }
+
+/// The next segment is preallocated ahead of need (`Log::ensure_spare`, under the temp name
+/// `00000000000000000000.seg.tmp`): a full disk fails that, leaving nothing behind, while
+/// appends go on in the active segment; a later rollover uses the spare; a clean close removes
+/// it. An append whose batch needs a segment the disk cannot give is all-or-nothing: none of its
+/// entries are logged (a follower must not ack part of it), and it succeeds once there is room.
+#[test]
+fn spare_segment_and_all_or_nothing_append_on_a_full_disk() {
+    use raftkv::storage::segment::fault::{fail_next_allocation_at, AllocStep};
+    let tmp = tmpdir();
+    let dir = tmp.path();
+    let mut rng = Rng::new(17);
+    let mut log = Log::open(dir, opts(1024)).unwrap();
+    let spare = raftkv::storage::segment::spare_name();
+    fail_next_allocation_at(Some(AllocStep::Preallocate));
+    let err = log.ensure_spare().unwrap_err();
+    assert!(err.is_no_space(), "{err}");
+    assert!(
+        !log.has_spare() && names_with(dir, ".tmp").is_empty(),
+        "a stub was left"
+    );
+    log.ensure_spare().unwrap();
+    assert_eq!(names_with(dir, ".tmp"), vec![spare.clone()]);
+    // A rollover takes the spare: renamed into place, no temp file left.
+    let mut es = Vec::new();
+    while log.segment_count() < 2 {
+        let e = entry(&mut rng, es.len() as u64 + 1, 1, 100);
+        log.append(std::slice::from_ref(&e)).unwrap();
+        es.push(e);
+    }
+    assert!(!log.has_spare() && names_with(dir, ".tmp").is_empty());
+    // No spare and a full disk: a batch that crosses into a new segment logs nothing.
+    let batch: Vec<Entry> = (0..20)
+        .map(|i| entry(&mut rng, es.len() as u64 + 1 + i, 1, 100))
+        .collect();
+    fail_next_allocation_at(Some(AllocStep::Preallocate));
+    let err = log.append(&batch).unwrap_err();
+    fail_next_allocation_at(None);
+    assert!(err.is_no_space(), "{err}");
+    assert_eq!(
+        log.last_index(),
+        es.len() as u64,
+        "part of the batch was logged"
+    );
+    assert_eq!(log.check_invariants(), Ok(()));
+    assert!(names_with(dir, ".tmp").is_empty());
+    // Room again: the same batch goes in whole.
+    log.append(&batch).unwrap();
+    es.extend(batch);
+    log.sync().unwrap();
+    assert_eq!(all_entries(&log), es);
+    log.ensure_spare().unwrap();
+    drop(log);
+    assert!(
+        names_with(dir, ".tmp").is_empty(),
+        "a clean close removes the spare"
+    );
+    let log = Log::open(dir, opts(1024)).unwrap();
+    assert_eq!(all_entries(&log), es);
+}

@@ -167,6 +167,10 @@ fn summary(e: &Entry) -> String {
                             format!("({} B)", c.value.len())
                         }
                     ),
+                    Some(kvpb::command::Op::Alarm(a)) if a.raise => {
+                        format!("ALARM NO_SPACE raised by node {}", a.node_id)
+                    }
+                    Some(kvpb::command::Op::Alarm(_)) => "ALARM NO_SPACE cleared".into(),
                     None => "command without op".into(),
                 };
                 op + &session

@@ -264,6 +264,16 @@ impl Client {
         }
     }
 
+    /// Asks the leader to clear the NO_SPACE alarm (`raftkv alarm disarm`); answered once the
+    /// clear applied, with the alarm's state then. A node still over its quota or out of disk
+    /// makes the leader raise it again.
+    pub fn disarm_alarm(&mut self) -> Result<kvpb::StatusResponse, ClientError> {
+        match self.write(Op::Alarm(kvpb::AlarmRequest { disarm: true }))? {
+            R::Status(s) => Ok(s),
+            other => Err(unexpected("alarm disarm", other)),
+        }
+    }
+
     /// Status of the leader: asks the cluster (with the usual retries), then follows the
     /// answering node's `leader_addr` once if that node is not the leader.
     pub fn leader_status(&mut self) -> Result<kvpb::StatusResponse, ClientError> {
@@ -446,6 +456,11 @@ impl Client {
                 }
                 // A frame error closes the connection on the server side: drop it here too.
                 C::TooLarge => return Err(ClientError::Server(err)),
+                // Refused and not applied: a retry would be refused too until space is freed.
+                C::NoSpace => {
+                    self.conn = Some(conn);
+                    return Err(ClientError::Server(err));
+                }
                 C::BadRequest | C::Conflict | C::Internal | C::ErrorUnknown => {
                     self.conn = Some(conn);
                     return Err(ClientError::Server(err));

@@ -32,6 +32,31 @@ pub struct KvStore {
     keys: KeyMap,
     sessions: Sessions,
     applied: u64,
+    /// The NO_SPACE alarm: the id of the node that raised it, 0 while it is clear (replicated
+    /// state: applied from `kvpb::Alarm` commands, saved in snapshots).
+    alarm: u64,
+}
+
+/// True for a write that can grow the state (a put, a value-setting CAS): what the NO_SPACE
+/// alarm refuses. Deletes (and delete-CAS) shrink it and stay allowed, so space can be freed.
+pub fn grows_state(op: Option<&kvpb::command::Op>) -> bool {
+    use kvpb::command::Op;
+    match op {
+        Some(Op::Put(_)) => true,
+        Some(Op::Cas(c)) => !c.delete,
+        _ => false,
+    }
+}
+
+/// The NO_SPACE error answered to a write refused while the alarm is raised.
+pub fn no_space_result(raised_by: u64) -> ApplyResult {
+    error_result(
+        kvpb::ErrorCode::NoSpace,
+        format!(
+            "NO_SPACE alarm raised by node {raised_by}: writes that add data are refused (not \
+             applied) until space is freed; reads and deletes work"
+        ),
+    )
 }
 
 /// An error result with the given code.
@@ -94,8 +119,11 @@ impl KvStore {
                 )))
             }
         };
+        if let Some(kvpb::command::Op::Alarm(a)) = &cmd.op {
+            return Some(self.apply_alarm(a));
+        }
         if cmd.client_id == 0 {
-            return Some(self.keys.execute(index, cmd.op.as_ref()));
+            return Some(self.execute(index, &cmd));
         }
         match self
             .sessions
@@ -103,11 +131,51 @@ impl KvStore {
         {
             Check::Duplicate(r) | Check::Reject(r) => Some(r),
             Check::Fresh => {
-                let r = self.keys.execute(index, cmd.op.as_ref());
+                // A refused write is recorded like any result: a retry of the same seq gets
+                // the same NO_SPACE, so a refused write never applies later by surprise.
+                let r = self.execute(index, &cmd);
                 self.sessions.record(cmd.client_id, cmd.seq, r.clone());
                 Some(r)
             }
         }
+    }
+
+    /// Executes a key operation, or refuses it with NO_SPACE while the alarm is raised
+    /// (decided here, at apply time, so every replica refuses the same writes).
+    fn execute(&mut self, index: u64, cmd: &kvpb::Command) -> ApplyResult {
+        if self.alarm != 0 && grows_state(cmd.op.as_ref()) {
+            return no_space_result(self.alarm);
+        }
+        self.keys.execute(index, cmd.op.as_ref())
+    }
+
+    /// Raises or clears the alarm; answered with the alarm state (in a status response).
+    fn apply_alarm(&mut self, a: &kvpb::Alarm) -> ApplyResult {
+        let before = self.alarm;
+        self.alarm = if a.raise { a.node_id.max(1) } else { 0 };
+        if before != self.alarm {
+            match self.alarm {
+                0 => log::warn!("NO_SPACE alarm cleared: writes are accepted again"),
+                n => log::warn!(
+                    "NO_SPACE alarm raised by node {n}: writes that add data are refused"
+                ),
+            }
+        }
+        ApplyResult::Status(kvpb::StatusResponse {
+            no_space_alarm: self.alarm != 0,
+            alarm_raised_by: self.alarm,
+            ..Default::default()
+        })
+    }
+
+    /// The NO_SPACE alarm: `Some(node that raised it)` while raised.
+    pub fn alarm(&self) -> Option<u64> {
+        (self.alarm != 0).then_some(self.alarm)
+    }
+
+    /// Bytes of keys and values held (the state's size against `--quota-bytes`).
+    pub fn state_bytes(&self) -> u64 {
+        self.keys.bytes()
     }
 
     /// Reads one key (no side effects).
@@ -171,7 +239,7 @@ impl KvStore {
 
     /// Streams the whole state (keys, sessions, applied index) to `w` (format: [`snapshot`]).
     pub fn write_snapshot(&self, w: &mut dyn std::io::Write) -> std::io::Result<()> {
-        snapshot::write(w, self.applied, &self.keys, &self.sessions)
+        snapshot::write(w, self.applied, self.alarm, &self.keys, &self.sessions)
     }
 
     /// Replaces the state with one read from a snapshot stream. Bad magic, truncation, a bad
@@ -182,11 +250,12 @@ impl KvStore {
         let summary = snapshot::read(
             r,
             |k, e| {
-                store.keys.map.insert(k, e);
+                store.keys.insert(k, e);
             },
             |id, s| store.sessions.insert_restored(id, s),
         )?;
         store.applied = summary.applied;
+        store.alarm = summary.alarm;
         Ok(store)
     }
 }
@@ -203,6 +272,8 @@ pub struct SnapshotSummary {
     pub keys: u64,
     pub sessions: u64,
     pub applied: u64,
+    /// The NO_SPACE alarm's raiser (0 = clear).
+    pub alarm: u64,
 }
 
 /// Reads a snapshot payload stream and summarizes it. The whole stream is validated (records and

@@ -4,8 +4,9 @@
 //!
 //! ```text
 //! magic    8 bytes  "RAFTKVSS"
-//! version  u32      1
+//! version  u32      2 (version 1, read too, has no alarm field)
 //! applied  u64      index of the last applied entry
+//! alarm    u64      the NO_SPACE alarm: id of the node that raised it, 0 = clear (version 2)
 //! keys     u64      number of key records
 //! sessions u64      number of session records
 //! key record     * keys:     u32 key_len, key, u32 value_len, value, u64 version
@@ -29,7 +30,9 @@ use std::collections::BTreeMap;
 use std::io::{self, Read, Write};
 
 const MAGIC: &[u8; 8] = b"RAFTKVSS";
-const FORMAT_VERSION: u32 = 1;
+const FORMAT_VERSION: u32 = 2;
+/// The first format, without the alarm field: still read (a node upgraded in place).
+const FORMAT_VERSION_NO_ALARM: u32 = 1;
 /// Largest key, value or saved result accepted in a snapshot: the largest `--max-frame` any
 /// node accepts, never the reading node's own (which may be smaller than the writer's); see
 /// `crate::limits` for why that is safe and needs no header field.
@@ -68,6 +71,7 @@ impl CrcWriter<'_> {
 pub fn write(
     w: &mut dyn Write,
     applied: u64,
+    alarm: u64,
     keys: &KeyMap,
     sessions: &Sessions,
 ) -> io::Result<()> {
@@ -78,6 +82,7 @@ pub fn write(
     w.put(MAGIC)?;
     w.u32(FORMAT_VERSION)?;
     w.u64(applied)?;
+    w.u64(alarm)?;
     w.u64(keys.map.len() as u64)?;
     w.u64(sessions.by_client.len() as u64)?;
     for (k, e) in &keys.map {
@@ -169,13 +174,19 @@ pub fn read(
         return Err(invalid(format!("bad magic {magic:02x?}")));
     }
     let version = r.u32("format version")?;
-    if version != FORMAT_VERSION {
+    if version != FORMAT_VERSION && version != FORMAT_VERSION_NO_ALARM {
         return Err(invalid(format!(
             "unsupported format version {version} (expected {FORMAT_VERSION})"
         )));
     }
+    let applied = r.u64("applied index")?;
+    let alarm = match version {
+        FORMAT_VERSION_NO_ALARM => 0,
+        _ => r.u64("alarm")?,
+    };
     let summary = SnapshotSummary {
-        applied: r.u64("applied index")?,
+        applied,
+        alarm,
         keys: r.u64("key count")?,
         sessions: r.u64("session count")?,
     };

@@ -24,9 +24,39 @@ pub struct Entry {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct KeyMap {
     pub(super) map: BTreeMap<Bytes, Entry>,
+    /// Bytes of keys and values held (what `--quota-bytes` measures as the state's size).
+    bytes: u64,
+}
+
+fn pair_len(key: &[u8], e: &Entry) -> u64 {
+    (key.len() + e.value.len()) as u64
 }
 
 impl KeyMap {
+    /// Sets `key` to `e`, keeping the byte count.
+    pub(super) fn insert(&mut self, key: Bytes, e: Entry) {
+        self.bytes += pair_len(&key, &e);
+        if let Some(old) = self.map.insert(key.clone(), e) {
+            self.bytes -= pair_len(&key, &old);
+        }
+    }
+
+    /// Removes `key`, keeping the byte count; true if it was there.
+    fn remove(&mut self, key: &[u8]) -> bool {
+        match self.map.remove(key) {
+            Some(old) => {
+                self.bytes -= pair_len(key, &old);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Bytes of keys and values held.
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
     /// Executes one write op at log index `index`.
     pub fn execute(&mut self, index: u64, op: Option<&kvpb::command::Op>) -> ApplyResult {
         use kvpb::command::Op;
@@ -38,13 +68,14 @@ impl KeyMap {
             Op::Put(p) => &p.key,
             Op::Delete(d) => &d.key,
             Op::Cas(c) => &c.key,
+            Op::Alarm(_) => return bad_request("an alarm is not a key operation".to_string()),
         };
         if key.is_empty() {
             return bad_request("empty key".to_string());
         }
         match op {
             Op::Put(p) => {
-                self.map.insert(
+                self.insert(
                     p.key.clone(),
                     Entry {
                         value: p.value.clone(),
@@ -54,9 +85,10 @@ impl KeyMap {
                 R::Put(kvpb::PutResponse { version: index })
             }
             Op::Delete(d) => R::Delete(kvpb::DeleteResponse {
-                deleted: self.map.remove(&d.key).is_some(),
+                deleted: self.remove(&d.key),
             }),
             Op::Cas(c) => R::Cas(self.cas(index, c)),
+            Op::Alarm(_) => bad_request("an alarm is not a key operation".to_string()),
         }
     }
 
@@ -69,13 +101,13 @@ impl KeyMap {
             };
         }
         if c.delete {
-            self.map.remove(&c.key);
+            self.remove(&c.key);
             kvpb::CasResponse {
                 succeeded: true,
                 version: 0,
             }
         } else {
-            self.map.insert(
+            self.insert(
                 c.key.clone(),
                 Entry {
                     value: c.value.clone(),

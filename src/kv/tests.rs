@@ -371,7 +371,8 @@ fn snapshot_round_trip_and_summary() {
         SnapshotSummary {
             keys: 4,
             sessions: 2,
-            applied: 7
+            applied: 7,
+            alarm: 0
         }
     );
     // The restored store keeps behaving identically, dedupe included.
@@ -432,7 +433,7 @@ fn huge_length_field_does_not_allocate() {
     // A valid header claiming one key whose length is 4 GiB - 1, then EOF.
     let mut buf = snapshot_bytes(&KvStore::new());
     buf.truncate(buf.len() - 4);
-    buf[20..28].copy_from_slice(&1u64.to_be_bytes()); // key count
+    buf[28..36].copy_from_slice(&1u64.to_be_bytes()); // key count
     buf.extend_from_slice(&u32::MAX.to_be_bytes());
     let err = KvStore::restore_snapshot(&mut &buf[..]).unwrap_err();
     assert_eq!(err.kind(), std::io::ErrorKind::InvalidData);
@@ -540,6 +541,7 @@ fn run_model(ops: Vec<ModelOp>) -> Result<(), TestCaseError> {
                 })
             }
         }
+        Op::Alarm(_) => unreachable!("the model makes no alarms"),
     };
     for op in ops {
         index += 1;
@@ -702,4 +704,72 @@ fn scan_page_ends_before_the_byte_budget_but_returns_at_least_one_pair() {
     // A budget below one pair still returns one (a page always makes progress).
     let r = s.scan_page(&kvpb::Scan::default(), 10);
     assert_eq!((r.kvs.len(), &r.next_key[..]), (1, &b"k1"[..]));
+}
+
+// ---- the NO_SPACE alarm ----------------------------------------------------------------------
+
+fn alarm(raise: bool, node_id: u64) -> Op {
+    Op::Alarm(kvpb::Alarm { raise, node_id })
+}
+
+#[test]
+fn alarm_refuses_growing_writes_at_apply_and_keeps_deletes_and_sessions_exact() {
+    let mut s = KvStore::new();
+    s.apply(1, &cmd(0, 0, 0, put(b"a", b"12345"))).unwrap();
+    s.apply(2, &cmd(0, 0, 0, put(b"b", b"xy"))).unwrap();
+    assert_eq!(s.state_bytes(), 2 + 7, "keys and values");
+    let r = s.apply(3, &cmd(0, 0, 0, alarm(true, 2)));
+    assert!(matches!(r, Some(R::Status(ref st)) if st.no_space_alarm && st.alarm_raised_by == 2));
+    assert_eq!(s.alarm(), Some(2));
+    // Puts and value-setting CAS are refused and change nothing; so is a session's write,
+    // and its retry gets the same refusal (never applied later by surprise).
+    let refused = s.apply(4, &cmd(7, 1, 0, put(b"c", b"v")));
+    assert_eq!(error_code(&refused), Some(kvpb::ErrorCode::NoSpace));
+    assert_eq!(
+        error_code(&s.apply(5, &cmd(0, 0, 0, cas(b"a", 1, b"z", false)))),
+        Some(kvpb::ErrorCode::NoSpace)
+    );
+    assert!(!s.get(b"c").found);
+    // Deletes work (and shrink the state).
+    assert!(matches!(
+        s.apply(6, &cmd(0, 0, 0, del(b"a"))),
+        Some(R::Delete(kvpb::DeleteResponse { deleted: true }))
+    ));
+    assert_eq!(s.state_bytes(), 3);
+    assert!(matches!(
+        s.apply(7, &cmd(0, 0, 0, cas(b"b", 2, b"", true))),
+        Some(R::Cas(kvpb::CasResponse {
+            succeeded: true,
+            ..
+        }))
+    ));
+    assert_eq!(s.state_bytes(), 0);
+    // The alarm survives a snapshot.
+    let restored = KvStore::restore_snapshot(&mut &snapshot_bytes(&s)[..]).unwrap();
+    assert_eq!(restored.alarm(), Some(2));
+    assert_eq!(restored, s);
+    // Cleared: writes apply again; the refused seq stays refused.
+    s.apply(8, &cmd(0, 0, 0, alarm(false, 0))).unwrap();
+    assert_eq!(s.alarm(), None);
+    assert_eq!(s.apply(9, &cmd(7, 1, 0, put(b"c", b"v"))), refused);
+    assert!(matches!(
+        s.apply(10, &cmd(7, 2, 1, put(b"c", b"v"))),
+        Some(R::Put(_))
+    ));
+    assert_eq!(s.state_bytes(), 2);
+}
+
+#[test]
+fn version_1_snapshots_without_the_alarm_field_are_still_read() {
+    let s = sample_store();
+    let v2 = snapshot_bytes(&s);
+    // Version 1: the same bytes without the 8-byte alarm after the applied index.
+    let mut v1 = v2[..8].to_vec();
+    v1.extend_from_slice(&1u32.to_be_bytes());
+    v1.extend_from_slice(&v2[12..20]);
+    v1.extend_from_slice(&v2[28..v2.len() - 4]);
+    let crc = crc32fast::hash(&v1);
+    v1.extend_from_slice(&crc.to_be_bytes());
+    let r = KvStore::restore_snapshot(&mut &v1[..]).unwrap();
+    assert_eq!(r, s);
 }

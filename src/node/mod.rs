@@ -30,9 +30,9 @@ mod replica;
 mod requests;
 mod transfer;
 
-pub use ready::{after_sync, handle_ready, AfterSync, ReadyShell, SyncStatus};
+pub use ready::{after_sync, handle_ready, merge_deferred, AfterSync, ReadyShell, SyncStatus};
 pub use replica::{LeadershipChange, Replica, ReplicaConfig, StagedSnapshot};
-pub use requests::{ReadOp, Requests};
+pub use requests::{ReadOp, ReplyAddr, Requests};
 pub use transfer::{install_received, install_staged, Installed, ResetLog, Transfers};
 
 /// TEST ONLY: node-layer bugs the simulator can plant to prove its checks catch them.

@@ -58,7 +58,15 @@ pub trait ReadyShell {
     /// Notes the commit index of a Ready's hard state (it may be persisted lazily).
     fn note_commit(&mut self, _commit: u64) {}
     /// Appends entries to the durable log (truncating a conflicting suffix); not yet synced.
+    /// A shell that cannot (a full disk) may keep them to retry and say so with
+    /// [`ReadyShell::withholding_acks`].
     fn append(&mut self, entries: &[Entry]) -> Result<(), String>;
+    /// True while entries the core handed out are not in the log (the server's full disk):
+    /// acks that would promise them are withheld and `on_persisted` is not called; the shell
+    /// calls it itself once they are written.
+    fn withholding_acks(&self) -> bool {
+        false
+    }
     /// Makes everything appended and saved so far durable, or starts doing so.
     fn sync(&mut self) -> Result<SyncStatus, String>;
     /// Applies committed entries (answering their clients), then serves the reads they unblock
@@ -96,6 +104,21 @@ pub struct AfterSync {
     commit: Option<u64>,
 }
 
+impl AfterSync {
+    /// Only `on_persisted` of (index, term): for entries a shell deferred (a full disk) and
+    /// wrote later, once their sync completes.
+    pub fn persisted_only(index: u64, term: u64) -> AfterSync {
+        AfterSync {
+            late: Vec::new(),
+            follower_apply: None,
+            snapshot_sends: Vec::new(),
+            snapshot_msgs: Vec::new(),
+            persisted: Some((index, term)),
+            commit: None,
+        }
+    }
+}
+
 /// The shell's planted bug; a constant `None` in builds without `sim-bugs` (the shipped
 /// binary), so no bug branch is compiled into it.
 #[inline]
@@ -113,6 +136,24 @@ fn is_commit_or_heartbeat_only(m: &Message) -> bool {
         Some(Body::Heartbeat(_)) => true,
         _ => false,
     }
+}
+
+/// The deferred entries with `entries` laid over them (a later append replaces the suffix
+/// from its first index, as `Log::append` does).
+pub fn merge_deferred(mut deferred: Vec<Entry>, entries: &[Entry]) -> Vec<Entry> {
+    let (Some(d0), Some(e0)) = (deferred.first(), entries.first()) else {
+        deferred.extend_from_slice(entries);
+        return deferred;
+    };
+    let keep = e0.index.saturating_sub(d0.index) as usize;
+    deferred.truncate(keep);
+    deferred.extend_from_slice(entries);
+    deferred
+}
+
+/// A successful AppendEntries answer: it promises the entries up to its match index.
+fn is_append_ack(m: &Message) -> bool {
+    matches!(&m.body, Some(Body::AppendEntriesResponse(r)) if r.success)
 }
 
 /// Handles one Ready in the production order. `Ok(Some(rest))`: the sync is pending; call
@@ -196,6 +237,12 @@ fn before_sync<S: ReadyShell>(shell: &mut S, mut rd: Ready) -> Result<AfterSync,
         persisted.is_none() || rd.must_sync,
         "entries appended without a sync"
     );
+    if shell.withholding_acks() {
+        // Nothing may say these entries are durable here: no successful append answers (a
+        // follower simply does not ack; the leader re-sends) and no `on_persisted`.
+        persisted = None;
+        late.retain(|m| !is_append_ack(m));
+    }
     Ok(AfterSync {
         late,
         follower_apply,

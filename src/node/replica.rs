@@ -9,7 +9,7 @@
 //! from [`Replica::requests`] (see `requests.rs`).
 
 use super::membership::{self as members, Promoter, PromotionPolicy};
-use super::requests::{ReadOp, Requests};
+use super::requests::{ReadOp, ReplyAddr, Requests};
 use crate::kv::{error_result, ApplyResult, KvStore};
 use crate::pb::kvpb::{self, ErrorCode};
 use crate::raft::{
@@ -37,6 +37,9 @@ pub struct ReplicaConfig {
     pub max_read_bytes_per_pass: usize,
     /// When a learner marked `promote` is made a voter.
     pub promotion: PromotionPolicy,
+    /// A client connection's queued output bound (`--client-output-limit`; 0 = none): while
+    /// a connection is at it, its confirmed reads stay queued ([`Replica::client_output`]).
+    pub max_client_output: usize,
 }
 
 /// A leadership change seen by [`Replica::check_leadership`].
@@ -90,7 +93,7 @@ fn serve(kv: &KvStore, op: &ReadOp, max_scan_bytes: usize) -> ApplyResult {
     }
 }
 
-impl<L: LogStore, A> Replica<L, A> {
+impl<L: LogStore, A: ReplyAddr> Replica<L, A> {
     /// A replica over `core`, whose state machine `kv` has applied through `applied`.
     /// `applied_conf`: the configuration of the newest snapshot or configuration entry at or
     /// below `applied` (the shell's recovery replayed the entries up to it).
@@ -101,6 +104,8 @@ impl<L: LogStore, A> Replica<L, A> {
         applied_conf: (u64, ConfState),
         cfg: ReplicaConfig,
     ) -> Self {
+        let mut requests = Requests::new(cfg.request_timeout_ms);
+        requests.set_max_output(cfg.max_client_output);
         Replica {
             applied_conf,
             promoter: Promoter::default(),
@@ -109,7 +114,7 @@ impl<L: LogStore, A> Replica<L, A> {
             kv,
             applied,
             applied_bytes: 0,
-            requests: Requests::new(cfg.request_timeout_ms),
+            requests,
             cfg,
             leader_term: None,
             last_leader: None,
@@ -159,6 +164,15 @@ impl<L: LogStore, A> Replica<L, A> {
                 .serve_confirmed(self.applied, self.cfg.max_read_bytes_per_pass, |op| {
                     serve(kv, op, page)
                 });
+    }
+
+    /// The shell's count of a client connection's queued output bytes (after queueing or
+    /// flushing; 0 when it closed): its reads wait while it is at the bound, and are served
+    /// again (from the next pass) once it drained below it.
+    pub fn client_output(&mut self, conn: u64, bytes: usize) {
+        if self.requests.set_output(conn, bytes) {
+            self.more_reads = true;
+        }
     }
 
     /// True if confirmed, applied reads wait because a pass's answer budget ran out: the shell
@@ -222,9 +236,36 @@ impl<L: LogStore, A> Replica<L, A> {
         }
     }
 
+    /// Proposes raising or clearing the NO_SPACE alarm (a `kvpb::Alarm` command; nobody waits
+    /// for its answer). Returns its log index.
+    pub fn propose_alarm(&mut self, raise: bool) -> Result<u64, ProposeError> {
+        let cmd = kvpb::Command {
+            op: Some(kvpb::command::Op::Alarm(kvpb::Alarm {
+                raise,
+                node_id: if raise { self.id } else { 0 },
+            })),
+            ..Default::default()
+        };
+        let index = self.core.propose(crate::kv::encode_command(&cmd))?;
+        log::warn!(
+            "node {} proposed {} the NO_SPACE alarm at index {index}",
+            self.id,
+            if raise { "raising" } else { "clearing" }
+        );
+        Ok(index)
+    }
+
     /// Proposes a write for `to`, arrived at `now`. Returns its log index if the core took it
-    /// (it is answered when it applies); a refusal is answered at once.
+    /// (it is answered when it applies); a refusal is answered at once. While the NO_SPACE
+    /// alarm is raised, a write that adds data is refused up front (every replica would refuse
+    /// it at apply time anyway: `KvStore::apply`).
     pub fn write(&mut self, to: A, cmd: &kvpb::Command, now: u64) -> Option<u64> {
+        if let Some(by) = self.kv.alarm() {
+            if crate::kv::grows_state(cmd.op.as_ref()) {
+                self.requests.answer(to, crate::kv::no_space_result(by));
+                return None;
+            }
+        }
         match self.core.propose(crate::kv::encode_command(cmd)) {
             Ok(index) => {
                 let term = self.core.term();

@@ -24,6 +24,18 @@ use crate::kv::{error_result, ApplyResult};
 use crate::pb::kvpb::{self, ErrorCode};
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 
+/// A reply address: which client connection it goes to (reads of a connection whose output is
+/// over its limit wait, [`Requests::set_output`]).
+pub trait ReplyAddr {
+    fn conn(&self) -> u64;
+}
+
+impl ReplyAddr for u32 {
+    fn conn(&self) -> u64 {
+        u64::from(*self)
+    }
+}
+
 /// A read served from the state machine.
 #[derive(Debug, Clone)]
 pub enum ReadOp {
@@ -74,9 +86,16 @@ pub struct Requests<A> {
     deadlines: VecDeque<(u64, Key)>,
     /// Answers not yet taken by the shell.
     answers: Vec<(A, ApplyResult)>,
+    /// Bound on a connection's queued output (0 = none): its confirmed reads wait while its
+    /// output (as the shell last reported it, plus the answers made since) reaches it.
+    max_output: usize,
+    /// Queued output bytes per connection, as the shell reports them (absent = 0).
+    outputs: HashMap<u64, usize>,
+    /// Connections whose confirmed reads wait for their output to drain.
+    starved: HashSet<u64>,
 }
 
-impl<A> Requests<A> {
+impl<A: ReplyAddr> Requests<A> {
     /// Empty tables; requests time out `timeout_ms` after they arrive.
     pub fn new(timeout_ms: u64) -> Requests<A> {
         Requests {
@@ -87,7 +106,15 @@ impl<A> Requests<A> {
             next_ctx: 1,
             deadlines: VecDeque::new(),
             answers: Vec::new(),
+            max_output: 0,
+            outputs: HashMap::new(),
+            starved: HashSet::new(),
         }
+    }
+
+    /// Bounds each connection's queued output (see [`Requests::set_output`]); 0 = unbounded.
+    pub fn set_max_output(&mut self, bytes: usize) {
+        self.max_output = bytes;
     }
 
     /// Answers `to` (the one place an answer is made).
@@ -183,10 +210,30 @@ impl<A> Requests<A> {
         self.confirmed.entry(index).or_default().push(ctx);
     }
 
+    /// The shell's count of `conn`'s queued output bytes (0 also when it closed). Returns true
+    /// if reads of `conn` were waiting for its output and may be served now.
+    pub fn set_output(&mut self, conn: u64, bytes: usize) -> bool {
+        if bytes == 0 {
+            self.outputs.remove(&conn);
+        } else {
+            self.outputs.insert(conn, bytes);
+        }
+        (self.max_output == 0 || bytes < self.max_output) && self.starved.remove(&conn)
+    }
+
+    /// True if `conn` may get another answer, having got `spent` bytes in this call: its
+    /// output stays within `max_output` plus one answer.
+    fn has_room(&self, conn: u64, spent: usize) -> bool {
+        let queued = self.outputs.get(&conn).copied().unwrap_or(0);
+        self.max_output == 0 || queued.saturating_add(spent) < self.max_output
+    }
+
     /// Serves confirmed reads whose index is at or below `applied`, in order, with `serve`,
     /// until the answers made total `max_bytes` (0 = no bound; at least one read is served).
-    /// Returns true if servable reads remain: the shell serves them in its next pass, after
-    /// the answers made so far are on their way.
+    /// A connection over its output bound (`set_max_output`) is skipped: its reads stay
+    /// queued, in order, until `set_output` says it drained, while other connections' reads
+    /// are served. Returns true if servable reads remain: the shell serves them in its next
+    /// pass, after the answers made so far are on their way.
     pub fn serve_confirmed(
         &mut self,
         applied: u64,
@@ -194,23 +241,40 @@ impl<A> Requests<A> {
         serve: impl Fn(&ReadOp) -> ApplyResult,
     ) -> bool {
         let mut bytes = 0usize;
-        while let Some(entry) = self.confirmed.first_entry() {
-            if *entry.key() > applied {
-                return false;
-            }
-            let index = *entry.key();
-            let mut ctxs = entry.remove().into_iter();
+        let mut spent: HashMap<u64, usize> = HashMap::new();
+        let due: Vec<u64> = self.confirmed.range(..=applied).map(|(&i, _)| i).collect();
+        for index in due {
+            let Some(ctxs) = self.confirmed.remove(&index) else {
+                continue;
+            };
+            let mut kept = Vec::new();
+            let mut ctxs = ctxs.into_iter();
             while let Some(ctx) = ctxs.next() {
                 if max_bytes != 0 && bytes >= max_bytes {
-                    let rest: Vec<u64> = std::iter::once(ctx).chain(ctxs).collect();
-                    self.confirmed.insert(index, rest);
+                    kept.push(ctx);
+                    kept.extend(ctxs);
+                    self.confirmed.insert(index, kept);
                     return true;
+                }
+                let Some(conn) = self.reads.get(&ctx).map(|p| p.to.conn()) else {
+                    continue; // answered already (timed out)
+                };
+                let got = spent.get(&conn).copied().unwrap_or(0);
+                if !self.has_room(conn, got) {
+                    self.starved.insert(conn);
+                    kept.push(ctx);
+                    continue;
                 }
                 if let Some(p) = self.reads.remove(&ctx) {
                     let r = serve(&p.op);
-                    bytes = bytes.saturating_add(r.encoded_len());
+                    let n = r.encoded_len();
+                    bytes = bytes.saturating_add(n);
+                    spent.insert(conn, got.saturating_add(n));
                     self.answer(p.to, r);
                 }
+            }
+            if !kept.is_empty() {
+                self.confirmed.insert(index, kept);
             }
         }
         false
@@ -257,6 +321,7 @@ impl<A> Requests<A> {
     pub fn fail_all(&mut self, code: ErrorCode, msg: &str) {
         self.fail_writes(code, msg);
         self.confirmed.clear();
+        self.starved.clear();
         for (_, p) in sorted(std::mem::take(&mut self.reads)) {
             self.fail(p.to, code, msg);
         }
@@ -410,5 +475,42 @@ mod tests {
         assert!(!r.serve_confirmed(3, 150, |_| big()), "all served");
         let who: Vec<u32> = r.take_answers().map(|(a, _)| a).collect();
         assert_eq!(who, vec![2, 3, 4]);
+    }
+
+    #[test]
+    fn a_connection_at_its_output_bound_keeps_its_reads_queued_while_others_are_served() {
+        let mut r: Requests<u32> = Requests::new(1000);
+        r.set_max_output(1000);
+        for who in [1u32, 2, 1, 2] {
+            let ctx = r.add_read(who, ReadOp::Get(kvpb::Get::default()), 0);
+            r.confirm_read(ctx, 3);
+        }
+        let ans = || {
+            ApplyResult::Get(kvpb::GetResponse {
+                found: true,
+                value: vec![0u8; 600].into(),
+                version: 1,
+            })
+        };
+        // Connection 1 already has 900 bytes queued: one more answer (a connection may exceed
+        // its bound by one answer), then its second read waits; connection 2 (nothing queued)
+        // gets both of its answers (605 bytes after the first: still room).
+        r.set_output(1, 900);
+        assert!(
+            !r.serve_confirmed(3, 0, |_| ans()),
+            "only waiting reads remain"
+        );
+        let who: Vec<u32> = r.take_answers().map(|(a, _)| a).collect();
+        assert_eq!(who, vec![1, 2, 2]);
+        // Still full (the shell reports 1500 queued): nothing.
+        assert!(!r.set_output(1, 1500), "still at its bound");
+        assert!(!r.serve_confirmed(3, 0, |_| ans()));
+        assert!(!r.has_answers());
+        // Connection 1 drains: its read is served.
+        assert!(r.set_output(1, 0), "its reads were waiting");
+        assert!(!r.serve_confirmed(3, 0, |_| ans()));
+        let who: Vec<u32> = r.take_answers().map(|(a, _)| a).collect();
+        assert_eq!(who, vec![1]);
+        assert_eq!(r.counts(), (0, 0));
     }
 }

@@ -183,6 +183,7 @@ pub fn install_received<L, A, S>(
 where
     L: LogStore,
     S: SnapshotSink,
+    A: super::ReplyAddr,
 {
     let inst = match rs.install(sink) {
         Ok(inst) => inst,
@@ -218,6 +219,7 @@ pub fn install_staged<L, A>(
 ) -> Result<Message, String>
 where
     L: LogStore + ResetLog,
+    A: super::ReplyAddr,
 {
     let staged = replica.take_staged();
     let Some(s) = staged.filter(|s| &s.meta == meta) else {

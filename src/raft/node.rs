@@ -380,6 +380,7 @@ impl<S: LogStore> RawNode<S> {
                         Body::HeartbeatResponse(HeartbeatResponse {
                             context: 0,
                             lease_tick: 0,
+                            no_space: false,
                         }),
                     );
                 }

@@ -317,6 +317,8 @@ impl<S: LogStore> RawNode<S> {
             Body::HeartbeatResponse(HeartbeatResponse {
                 context: hb.context,
                 lease_tick: hb.lease_tick,
+                // The shell's field (raftkv's space report); the core never sets it.
+                no_space: false,
             }),
         );
     }

@@ -64,7 +64,7 @@ impl Server {
             Some(Op::Cas(_)) => super::metrics::OP_CAS,
             Some(Op::Get(_)) => super::metrics::OP_GET,
             Some(Op::Scan(_)) => super::metrics::OP_SCAN,
-            Some(Op::Status(_)) => super::metrics::OP_STATUS,
+            Some(Op::Status(_)) | Some(Op::Alarm(_)) => super::metrics::OP_STATUS,
             Some(Op::MemberChange(_) | Op::MemberList(_) | Op::LeaderTransfer(_)) => {
                 super::metrics::OP_MEMBER
             }
@@ -76,9 +76,21 @@ impl Server {
                 to.req_id,
                 error_result(ErrorCode::BadRequest, "empty or unknown request".into()),
             ),
-            Some(Op::Status(_)) => {
+            Some(Op::Status(_)) | Some(Op::Alarm(kvpb::AlarmRequest { disarm: false })) => {
                 let s = self.status_response();
                 self.send_response(token, to.req_id, ApplyResult::Status(s));
+            }
+            // `raftkv alarm disarm`: a replicated clear, answered when it applies. A node that
+            // still has a space problem makes the leader raise it again.
+            Some(Op::Alarm(_)) => {
+                if self.replica.core().role() == Role::Leader {
+                    log::warn!("NO_SPACE alarm: disarm requested by a client");
+                }
+                let clear = kvpb::command::Op::Alarm(kvpb::Alarm {
+                    raise: false,
+                    node_id: 0,
+                });
+                self.write(to, &cmd(clear), now);
             }
             Some(Op::Put(p)) if !p.key.is_empty() => self.write(to, &cmd(Cmd::Put(p)), now),
             Some(Op::Delete(d)) if !d.key.is_empty() => self.write(to, &cmd(Cmd::Delete(d)), now),
@@ -189,6 +201,12 @@ impl Server {
             learners: conf.learners.clone(),
             voters_outgoing: conf.voters_outgoing.clone(),
             conf_index,
+            no_space_alarm: self.replica.kv().alarm().is_some(),
+            alarm_raised_by: self.replica.kv().alarm().unwrap_or(0),
+            space_problem: self.space_problem().unwrap_or_default(),
+            state_bytes: self.replica.kv().state_bytes(),
+            data_dir_bytes: self.space.data_dir_bytes,
+            quota_bytes: self.cfg.quota_bytes,
         }
     }
 
@@ -204,7 +222,9 @@ impl Server {
             result: Some(result),
         };
         c.conn.queue(framing::frame_bytes(&resp));
+        let queued = c.conn.pending_out();
         self.dirty_clients.insert(token);
+        self.replica.client_output(token.0 as u64, queued);
     }
 
     pub(super) fn flush_client(&mut self, token: Token) {
@@ -219,10 +239,13 @@ impl Server {
                 let _ = c.conn.stream.shutdown(std::net::Shutdown::Write);
             }
             Ok(_) => {
+                let queued = c.conn.pending_out();
                 if c.paused && !c.over_limit(max_out, max_inflight) {
                     c.paused = false;
                     self.read_again.push(token);
                 }
+                // Its waiting reads are served again once it drained below the limit.
+                self.replica.client_output(token.0 as u64, queued);
             }
             Err(e) => self.close(token, &format!("write error: {e}")),
         }

@@ -40,6 +40,16 @@ pub const READ_BYTES_PER_PASS: usize = 16 << 20;
 /// Default cap on one client connection's requests in flight: 4096, far above what a
 /// pipelining client needs for throughput, low enough to bound the pending-request tables.
 pub const DEFAULT_MAX_CLIENT_INFLIGHT: usize = 4096;
+/// Default space quota (`--quota-bytes`): 2 GiB, etcd's default. A fixed size rather than a
+/// fraction of the free space: every node of a cluster gets the same quota whatever else shares
+/// its disk, the limit does not move as other files come and go, and an operator can reason
+/// about it. A disk that fills before the quota is reached raises the same alarm (ENOSPC on
+/// the preallocated next segment or a snapshot).
+pub const DEFAULT_QUOTA_BYTES: u64 = 2 << 30;
+/// How often a node measures its data directory, retries a failed segment preallocation or
+/// deferred log entries, and re-decides the alarm: 500 ms, ten ticks. Between checks a write
+/// load can add about one segment (the preallocated spare is what absorbs it).
+pub const SPACE_CHECK_INTERVAL: Duration = Duration::from_millis(500);
 /// Default interval for writing a changed commit index to the hard state file: 500 ms. The
 /// commit index is only an optimisation at restart (it is re-learned from the leader), so it
 /// is written rarely rather than with every fsync.
@@ -140,6 +150,9 @@ pub struct ServerConfig {
     pub max_clients: usize,
     /// How often a changed commit index is written to the hard state file.
     pub commit_persist_interval: Duration,
+    /// Space quota on the state (keys + values) and on the data directory: beyond it the
+    /// NO_SPACE alarm is raised (`server/space.rs`).
+    pub quota_bytes: u64,
     pub peer: PeerOptions,
     /// When to snapshot and how far to compact the log.
     pub snapshot_policy: SnapshotPolicy,
@@ -179,6 +192,7 @@ impl ServerConfig {
             max_client_inflight: DEFAULT_MAX_CLIENT_INFLIGHT,
             max_clients: DEFAULT_MAX_CLIENTS,
             commit_persist_interval: DEFAULT_COMMIT_PERSIST_INTERVAL,
+            quota_bytes: DEFAULT_QUOTA_BYTES,
             peer: PeerOptions::default(),
             snapshot_policy: SnapshotPolicy::default(),
             snapshot_pacing: WritePacing::default(),

@@ -239,6 +239,8 @@ impl Server {
             let (mut conn, kind) = match ep {
                 Endpoint::Client(c) => {
                     self.clients -= 1;
+                    // Its waiting reads no longer wait (their answers go nowhere).
+                    self.replica.client_output(token.0 as u64, 0);
                     (c.conn, "client")
                 }
                 Endpoint::PeerIn(c) => (c, "peer"),

@@ -345,6 +345,41 @@ impl Server {
                 .is_some_and(|p| p.state() == PeerState::Connected);
             let _ = writeln!(o, "raftkv_peer_connected{{peer=\"{id}\"}} {}", u8::from(up));
         }
+        one(
+            &mut o,
+            "raftkv_server_no_space_alarm",
+            "gauge",
+            "1 while the replicated NO_SPACE alarm is raised (writes that add data refused).",
+            u8::from(self.replica.kv().alarm().is_some()),
+        );
+        one(
+            &mut o,
+            "raftkv_server_space_problem",
+            "gauge",
+            "1 while this node is over --quota-bytes or its disk refused an allocation.",
+            u8::from(self.space_problem().is_some()),
+        );
+        one(
+            &mut o,
+            "raftkv_server_state_bytes",
+            "gauge",
+            "Bytes of keys and values in the state machine.",
+            self.replica.kv().state_bytes(),
+        );
+        one(
+            &mut o,
+            "raftkv_disk_data_dir_bytes",
+            "gauge",
+            "Allocated bytes of the data directory, as of the last space check.",
+            self.space.data_dir_bytes,
+        );
+        one(
+            &mut o,
+            "raftkv_server_quota_bytes",
+            "gauge",
+            "The space quota (--quota-bytes).",
+            self.cfg.quota_bytes,
+        );
         m.log_append.render(
             &mut o,
             "raftkv_disk_log_append_duration_seconds",

@@ -39,6 +39,7 @@ mod peers;
 mod ready_shell;
 pub mod signal;
 mod snap;
+mod space;
 mod startup;
 mod timers;
 
@@ -100,6 +101,12 @@ pub(crate) struct ClientRef {
     req_id: u64,
 }
 
+impl crate::node::ReplyAddr for ClientRef {
+    fn conn(&self) -> u64 {
+        self.token.0 as u64
+    }
+}
+
 /// A running node.
 pub struct Server {
     cfg: ServerConfig,
@@ -129,6 +136,8 @@ pub struct Server {
     /// Newest commit index whose entries are durable here (persisted lazily as a hint).
     commit_hint: u64,
     snaps: Snapshots,
+    /// The space quota, the alarm's driver and entries a full disk deferred (`space.rs`).
+    space: space::Space,
     /// Held for the node's life: the data directory's lock (`DIR/LOCK`).
     _dir_lock: DirLock,
     dirty_clients: HashSet<Token>,

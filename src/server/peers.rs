@@ -79,6 +79,7 @@ impl Server {
             log::warn!("dropping raft message from node {}: {e}", msg.from);
             return;
         }
+        self.on_peer_space(&msg);
         self.replica.core_mut().step(msg);
     }
 
@@ -124,7 +125,8 @@ impl Server {
         }
     }
 
-    pub(super) fn send_peer(&mut self, msg: Message) {
+    pub(super) fn send_peer(&mut self, mut msg: Message) {
+        self.mark_space(&mut msg);
         let to = msg.to;
         let Some(peer) = self.peers.get_mut(&to) else {
             log::warn!("raft message for unknown node {to} dropped");

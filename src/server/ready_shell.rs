@@ -7,7 +7,9 @@
 
 use super::Server;
 use crate::node::{ReadyShell, SyncStatus};
-use crate::raft::{ConfState, Entry, HardState, Message, RawNode, ReadState, Ready, SnapshotMeta};
+use crate::raft::{
+    ConfState, Entry, HardState, LogStore, Message, RawNode, ReadState, Ready, SnapshotMeta,
+};
 use crate::storage::Log;
 
 impl Server {
@@ -92,19 +94,32 @@ impl ReadyShell for Server {
         Ok(())
     }
 
+    /// Capped at what the log holds as the core does: entries a full disk deferred
+    /// (`space.rs`) may be committed by the others, but a hint beyond the log would make a
+    /// restart refuse it, and one over a stale suffix (the deferred entries replace it) would
+    /// make a restart apply the wrong entries.
     fn note_commit(&mut self, commit: u64) {
-        self.commit_hint = self.commit_hint.max(commit);
+        let mut held = self.replica.core().store().last_index();
+        if let Some(first) = self.space.deferred.first() {
+            // From there on the log may hold a stale suffix the core already replaced.
+            held = held.min(first.index - 1);
+        }
+        self.commit_hint = self.commit_hint.max(commit.min(held));
     }
 
+    /// On a full disk the entries are deferred, not logged (`space.rs`): not fatal.
     fn append(&mut self, entries: &[Entry]) -> Result<(), String> {
         let t0 = std::time::Instant::now();
-        let log = self.replica.core_mut().store_mut();
-        log.append(entries)
-            .map_err(|e| format!("appending to the log: {e}"))?;
-        self.metrics.log_append.observe(t0.elapsed());
-        debug_assert_eq!(log.check_invariants(), Ok(()));
-        self.appended_unsynced = true;
+        if self.append_or_defer(entries)? {
+            self.metrics.log_append.observe(t0.elapsed());
+            self.appended_unsynced = true;
+        }
+        debug_assert_eq!(self.replica.core().store().check_invariants(), Ok(()));
         Ok(())
+    }
+
+    fn withholding_acks(&self) -> bool {
+        Server::withholding_acks(self)
     }
 
     /// Group commit: one sync for everything proposed or received in this Ready. (A term or

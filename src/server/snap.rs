@@ -165,6 +165,10 @@ impl Server {
                 Ok(d) => self.snapshot_written(d, done.bytes_at_start, done.due)?,
                 Err(e) => {
                     log::warn!("background snapshot failed (retrying later): {e}");
+                    if e.to_string().contains("os error 28") {
+                        // ENOSPC, as the child reports it.
+                        self.note_disk_full(format!("disk full: writing a snapshot: {e}"));
+                    }
                     self.snaps.not_before = Some(Instant::now() + RETRY_AFTER_FAILURE);
                     return Ok(());
                 }
@@ -215,6 +219,12 @@ impl Server {
     }
 
     fn start_snapshot(&mut self) {
+        if self.withholding_acks() {
+            // A full disk keeps entries out of the log, some perhaps applied already: the log
+            // does not know their terms, and the snapshot could not be written anyway.
+            self.snaps.not_before = Some(Instant::now() + RETRY_AFTER_FAILURE);
+            return;
+        }
         let meta = match self.replica.snapshot_meta() {
             Ok(m) => m,
             Err(e) => {
@@ -355,6 +365,8 @@ impl Server {
         self.flush_peers();
         self.commit_hint = self.commit_hint.max(meta.index);
         self.snaps.bytes_since = 0;
+        // The log restarts after the snapshot: entries a full disk deferred are covered.
+        self.space.deferred.clear();
         log::info!(
             "installed snapshot at index {} term {}",
             meta.index,

@@ -276,6 +276,7 @@ fn replica_config(cfg: &ServerConfig) -> ReplicaConfig {
         max_scan_bytes: crate::limits::max_scan_page(cfg.max_frame),
         max_read_bytes_per_pass: super::config::READ_BYTES_PER_PASS,
         promotion: cfg.promotion,
+        max_client_output: cfg.max_client_pending_bytes,
         client_addrs: cfg
             .peers
             .iter()
@@ -317,6 +318,7 @@ fn timers_and_peers(
 ) -> (TimerWheel<TimerEvent>, HashMap<u64, Peer>) {
     let mut timers = TimerWheel::new(Duration::from_millis(1), 4096, now);
     timers.insert(now + cfg.commit_persist_interval, TimerEvent::PersistCommit);
+    timers.insert(now, TimerEvent::SpaceCheck);
     let mut peers = HashMap::new();
     for p in cfg.peers.iter().filter(|p| p.id != cfg.id) {
         peers.insert(p.id, Peer::new(p.id, p.peer_addr.clone(), cfg.peer.clone()));
@@ -403,6 +405,7 @@ impl Server {
             answer_buf: Vec::new(),
             hs_file: r.hs_file,
             snaps,
+            space: Default::default(),
             _dir_lock: r.dir_lock,
             dirty_clients: HashSet::new(),
             clients: 0,

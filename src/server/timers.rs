@@ -15,6 +15,8 @@ use std::time::{Duration, Instant};
 pub(super) enum TimerEvent {
     Reconnect(u64),
     PersistCommit,
+    /// Measure the data directory, retry allocations, decide the NO_SPACE alarm (`space.rs`).
+    SpaceCheck,
     /// Close a lingering (closing) client connection.
     ForceClose(Token),
     /// Give up on a peer connect attempt that has not completed.
@@ -84,6 +86,7 @@ impl Server {
                     }
                 }
             }
+            TimerEvent::SpaceCheck => self.space_check()?,
             TimerEvent::PersistCommit => {
                 self.persist_commit_hint()?;
                 self.timers.insert(

@@ -36,8 +36,9 @@ pub enum ReqOp {
 /// A node's answer.
 #[derive(Debug, Clone)]
 pub enum Reply {
-    /// The write applied (or was found applied) with this result.
-    Write(ApplyResult),
+    /// The write applied (or was found applied) with this result (boxed: a status answer is
+    /// large, and replies queue in the event list).
+    Write(Box<ApplyResult>),
     Read(kvpb::GetResponse),
     /// Not the leader; maybe a hint.
     NotLeader(Option<u64>),
@@ -315,7 +316,7 @@ impl SimClient {
                     return ClientAction::Nothing;
                 }
                 use kvpb::response::Result as R;
-                match r {
+                match *r {
                     R::Put(p) => {
                         self.seen_version[c.key as usize] = p.version;
                         Some(Output::Put { version: p.version })

@@ -628,6 +628,7 @@ impl World {
                     p.sync_min = 0;
                     p.sync_max = 3;
                     p.sync_fail = 0.0;
+                    p.append_full = 0.0;
                 }
                 self.log("QUIET: network healed and calm, all nodes up".to_string());
             }
@@ -725,6 +726,7 @@ fn short_op(req: &ClientReq) -> String {
                     decode_val(&x.value).to_string()
                 }
             ),
+            Some(Op::Alarm(a)) => format!("alarm raise={}", a.raise),
             None => "empty".to_string(),
         },
     }
@@ -826,6 +828,12 @@ fn new_node(
         // Around the clients' own timeout, so the node layer's TIMEOUT answers (the
         // server's request deadline) race the clients' retries in some runs.
         request_timeout: rng.range(CLIENT_TIMEOUT / 2, CLIENT_TIMEOUT * 3),
+        // A disk that is full now and then (appends deferred, acks withheld).
+        append_full: if rng.chance(0.2) {
+            rng.range(1, 20) as f64 / 100.0
+        } else {
+            0.0
+        },
         promotion: crate::node::membership::PromotionPolicy {
             max_lag: rng.range(0, 50),
             ticks: rng.range(1, 20) as u32,

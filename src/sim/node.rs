@@ -16,7 +16,9 @@
 //! durable hard state, log and snapshot only.
 
 use crate::kv::{ApplyResult, KvStore};
-use crate::node::{self, AfterSync, NodeBug, ReadOp, Replica, ReplicaConfig, Transfers};
+use crate::node::{
+    self, AfterSync, NodeBug, ReadOp, ReadyShell, Replica, ReplicaConfig, Transfers,
+};
 use crate::pb::kvpb::{self, ErrorCode};
 use crate::raft::MemLog;
 use crate::raft::{
@@ -87,6 +89,10 @@ pub struct NodeParams {
     /// Probability that a sync fails (EIO or ENOSPC: a write the disk could not make surfaces
     /// at the next sync, as writeback errors do on Linux).
     pub sync_fail: f64,
+    /// Probability that an append finds the disk full (ENOSPC before anything is written):
+    /// the node defers the entries and withholds its acks, as the server does
+    /// (`server/space.rs`), and retries on its ticks.
+    pub append_full: f64,
     /// The node answers TIMEOUT to a request still pending this long (ms).
     pub request_timeout: u64,
     /// When caught-up learners are promoted (drawn per seed).
@@ -99,6 +105,12 @@ pub struct SimRef {
     pub(super) client: usize,
     pub(super) attempt: u64,
     pub(super) seq: u64,
+}
+
+impl crate::node::ReplyAddr for SimRef {
+    fn conn(&self) -> u64 {
+        self.client as u64
+    }
 }
 
 /// One simulated node.
@@ -115,6 +127,8 @@ pub struct SimNode {
     /// The part of a Ready waiting for its sync (the node is blocked meanwhile).
     pub(super) busy: Option<AfterSync>,
     pub(super) deferred: VecDeque<Input>,
+    /// Entries a full disk kept out of the log (see `NodeParams::append_full`).
+    pub(super) unlogged: Vec<Entry>,
     /// Snapshot streams to and from peers: the production sender and receiver (node layer).
     pub(super) transfers: Transfers<MemPartial>,
     /// The replica's applied bytes when the newest snapshot was taken or installed.
@@ -159,7 +173,7 @@ fn reply_of(r: ApplyResult) -> Reply {
         {
             Reply::Unavailable
         }
-        other => Reply::Write(other),
+        other => Reply::Write(Box::new(other)),
     }
 }
 
@@ -178,6 +192,7 @@ impl SimNode {
             params,
             busy: None,
             deferred: VecDeque::new(),
+            unlogged: Vec::new(),
             transfers: Transfers::new(sender_config(chunk)),
             bytes_at_snapshot: 0,
             last_role: (Role::Follower, 0),
@@ -204,6 +219,7 @@ impl SimNode {
         self.rep = None;
         self.busy = None;
         self.deferred.clear();
+        self.unlogged.clear();
         self.disk.crash(self.params.torn, rng);
         self.transfers = Transfers::new(sender_config(self.params.chunk));
     }
@@ -262,6 +278,8 @@ impl SimNode {
             max_scan_bytes: 0,
             max_read_bytes_per_pass: self.params.read_bytes_per_pass,
             promotion: self.params.promotion,
+            // Simulated clients take every answer at once: nothing queues.
+            max_client_output: 0,
         };
         self.rep = Some(Replica::new(
             raw,
@@ -273,6 +291,7 @@ impl SimNode {
         self.up = true;
         self.busy = None;
         self.deferred.clear();
+        self.unlogged.clear();
         self.last_role = (Role::Follower, 0);
         self.last_commit = 0;
         checker.on_restart(self.id, applied);
@@ -305,6 +324,14 @@ impl SimNode {
         if let Some(rep) = self.rep.as_mut().filter(|r| r.has_more_reads()) {
             // As the server does at the start of its next pass.
             rep.serve_more_reads();
+        }
+        if matches!(inp, Input::Tick) && !self.unlogged.is_empty() {
+            // As the server's space-check timer: write what a full disk deferred.
+            self.retry_unlogged(rng, checker, out)?;
+            if self.busy.is_some() {
+                self.deferred.push_back(inp);
+                return Ok(());
+            }
         }
         self.feed(inp, now, out);
         let r = self.drive(rng, checker, out);
@@ -445,6 +472,32 @@ impl SimNode {
         Ok(())
     }
 
+    /// Appends the entries a full disk deferred, if it has room now; their `on_persisted`
+    /// follows the sync (the node is busy meanwhile).
+    fn retry_unlogged(
+        &mut self,
+        rng: &mut Rng,
+        checker: &mut Checker,
+        out: &mut Vec<Action>,
+    ) -> Result<(), String> {
+        let mut shell = self.shell(rng, checker, out);
+        shell.append(&[])?;
+        if !shell.withholding_acks() {
+            let last = self.rep.as_ref().map(|r| {
+                let s = r.core().store();
+                (s.last_index(), s.term(s.last_index()).unwrap_or(0))
+            });
+            if let Some((index, term)) = last {
+                let p = &self.params;
+                out.push(Action::Sync {
+                    latency: rng.range(p.sync_min, p.sync_max + 1),
+                });
+                self.busy = Some(AfterSync::persisted_only(index, term));
+            }
+        }
+        Ok(())
+    }
+
     /// Handles `Ready`s until the core is quiet or a sync is in progress.
     fn drive(
         &mut self,
@@ -523,7 +576,13 @@ impl SimNode {
                 self.id, self.last_commit, st.commit
             ));
         }
-        if st.commit > raw.store().last_index() {
+        // Entries a full disk deferred may be committed by the others (the core holds them).
+        let held = self
+            .unlogged
+            .last()
+            .map_or(0, |e| e.index)
+            .max(raw.store().last_index());
+        if st.commit > held {
             return Err(format!(
                 "node {}: commit {} above its last index {}",
                 self.id,

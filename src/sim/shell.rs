@@ -42,41 +42,11 @@ impl SimNode {
 }
 
 impl SimShell<'_> {
-    fn rep(&mut self) -> &mut Replica<MemLog, SimRef> {
-        self.node
-            .rep
-            .as_mut()
-            .expect("a running node has a replica")
-    }
-}
-
-impl ReadyShell for SimShell<'_> {
-    type Store = MemLog;
-
-    fn core(&mut self) -> &mut RawNode<MemLog> {
-        self.rep().core_mut()
-    }
-
-    fn bug(&self) -> NodeBug {
-        self.node.params.bug
-    }
-
-    fn send(&mut self, m: Message) {
-        self.out.push(Action::Send(m));
-    }
-
-    fn save_term_vote(&mut self, hs: HardState) -> Result<(), String> {
-        self.out.push(Action::Trace(format!(
-            "node {} write hardstate term {} vote {} commit {}",
-            self.node.id, hs.term, hs.vote, hs.commit
-        )));
-        self.node.disk.set_hard_state(hs);
-        Ok(())
-    }
-
-    fn append(&mut self, entries: &[Entry]) -> Result<(), String> {
+    /// Appends to the simulated log and disk (the checker sees every append).
+    /// Appends to the simulated log and disk (the checker sees every append). Entries at or
+    /// below `last_commit` must not change.
+    fn append_to_disk(&mut self, entries: &[Entry], last_commit: u64) -> Result<(), String> {
         let id = self.node.id;
-        let last_commit = self.node.last_commit;
         let raw = self
             .node
             .rep
@@ -107,6 +77,82 @@ impl ReadyShell for SimShell<'_> {
             trace_entries(entries)
         )));
         Ok(())
+    }
+
+    /// The last index up to which the durable log holds what the core holds: all of it,
+    /// unless a full disk deferred entries (then up to just before the first of them).
+    fn log_agrees_through(&self) -> u64 {
+        let stored = self
+            .node
+            .rep
+            .as_ref()
+            .map_or(0, |r| r.core().store().last_index());
+        match self.node.unlogged.first() {
+            Some(e) => stored.min(e.index - 1),
+            None => stored,
+        }
+    }
+
+    fn rep(&mut self) -> &mut Replica<MemLog, SimRef> {
+        self.node
+            .rep
+            .as_mut()
+            .expect("a running node has a replica")
+    }
+}
+
+impl ReadyShell for SimShell<'_> {
+    type Store = MemLog;
+
+    fn core(&mut self) -> &mut RawNode<MemLog> {
+        self.rep().core_mut()
+    }
+
+    fn bug(&self) -> NodeBug {
+        self.node.params.bug
+    }
+
+    fn send(&mut self, m: Message) {
+        self.out.push(Action::Send(m));
+    }
+
+    fn save_term_vote(&mut self, mut hs: HardState) -> Result<(), String> {
+        // As the server's commit hint: never beyond what the durable log holds as the core
+        // does (a deferred append leaves a stale suffix there that a restart must not apply).
+        hs.commit = hs.commit.min(self.log_agrees_through());
+        self.out.push(Action::Trace(format!(
+            "node {} write hardstate term {} vote {} commit {}",
+            self.node.id, hs.term, hs.vote, hs.commit
+        )));
+        self.node.disk.set_hard_state(hs);
+        Ok(())
+    }
+
+    /// With probability `append_full` the disk is full: nothing is written, the entries
+    /// wait (with any waiting before them) and acks are withheld, as in the server.
+    fn append(&mut self, entries: &[Entry]) -> Result<(), String> {
+        // Stored entries from the first deferred one on may be a stale suffix the core has
+        // already replaced: rewriting them is no rewrite of a committed entry.
+        let guard = self.log_agrees_through().min(self.node.last_commit);
+        let batch = crate::node::merge_deferred(std::mem::take(&mut self.node.unlogged), entries);
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let full = self.node.params.append_full;
+        if full > 0.0 && self.rng.chance(full) {
+            self.out.push(Action::Trace(format!(
+                "node {} append {} deferred: disk full (ENOSPC)",
+                self.node.id,
+                trace_entries(&batch)
+            )));
+            self.node.unlogged = batch;
+            return Ok(());
+        }
+        self.append_to_disk(&batch, guard)
+    }
+
+    fn withholding_acks(&self) -> bool {
+        !self.node.unlogged.is_empty()
     }
 
     fn sync(&mut self) -> Result<SyncStatus, String> {
@@ -170,6 +216,8 @@ impl ReadyShell for SimShell<'_> {
         let n = &mut *self.node;
         n.bytes_at_snapshot = bytes;
         n.installs += 1;
+        // The log restarts after the snapshot: deferred entries are covered by it.
+        n.unlogged.clear();
         n.disk.reset_log(meta.index, meta.term);
         self.checker.on_snapshot(n.id, meta.index, meta.term)?;
         self.out.push(Action::Trace(format!(
@@ -216,13 +264,13 @@ impl SimNode {
                     succeeded: true,
                     version: e.index,
                 }),
-                None => continue,
+                Some(Op::Alarm(_)) | None => continue,
             };
             out.push(Action::Reply {
                 client: to.client,
                 attempt: to.attempt,
                 seq: to.seq,
-                reply: Reply::Write(r),
+                reply: Reply::Write(Box::new(r)),
             });
         }
     }

@@ -122,9 +122,9 @@ pub fn check_data_dir(dirs: &DataDirs, check: Check) -> Result<Recovery, Snapsho
     }
     for t in &log.temp_segments {
         warnings.push(format!(
-            "{}: leftover segment allocation (interrupted before it was renamed into place): \
-             the server removes it when it opens the log",
-            t.display()
+            "{}: {}: the server removes it when it opens the log",
+            t.display(),
+            crate::storage::segment::describe_temp(t)
         ));
     }
     let meta_path = dirs.log.join(crate::storage::meta::META_FILE);

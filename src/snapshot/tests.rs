@@ -787,16 +787,16 @@ fn snapshot_at_or_below_applied_is_answered_done_without_a_transfer() {
     assert!(rx.in_progress());
 }
 
-/// A KV snapshot payload at index 77 of exactly `len` bytes (at least 57: header 36, one key
-/// record of 1 + `len - 57` value bytes (4 + 1 + 4 + n + 8), checksum 4; or exactly 40: no key).
+/// A KV snapshot payload at index 77 of exactly `len` bytes (at least 65: header 44, one key
+/// record of 1 + `len - 65` value bytes (4 + 1 + 4 + n + 8), checksum 4; or exactly 48: no key).
 /// The transfer does not look inside it, but the receiver validates it before installing.
 fn kv_payload(len: usize) -> Vec<u8> {
     let mut kv = KvStore::new();
-    if len == 40 {
+    if len == 48 {
         kv.apply(77, b"");
     } else {
-        assert!(len >= 57, "no KV snapshot of {len} bytes");
-        let value: Vec<u8> = (0..len - 57).map(|i| (i * 7 % 251) as u8).collect();
+        assert!(len >= 65, "no KV snapshot of {len} bytes");
+        let value: Vec<u8> = (0..len - 65).map(|i| (i * 7 % 251) as u8).collect();
         kv.apply(77, &put_cmd(0, 0, b"k", &value));
     }
     let mut v = Vec::new();
@@ -827,8 +827,8 @@ fn received_payload(path: &std::path::Path) -> Vec<u8> {
 
 #[test]
 fn payload_sizes_at_chunk_boundaries() {
-    // The smallest KV snapshot (40 bytes), just below, at and above one chunk (1024), ...
-    for len in [40usize, 1023, 1024, 1025, 4096, 5000] {
+    // The smallest KV snapshot (48 bytes), just below, at and above one chunk (1024), ...
+    for len in [48usize, 1023, 1024, 1025, 4096, 5000] {
         let (_d, path, payload) = raw_snapshot(len);
         let mut sender = SnapshotSender::new(small_cfg(), 1, 2, 4, &path).unwrap();
         let rx_dir = tempfile::tempdir().unwrap();

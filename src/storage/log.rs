@@ -15,7 +15,7 @@ use super::lock::DirLock;
 use super::logscan;
 use super::meta::write_meta;
 use super::record::{self, SEG_HEADER_LEN};
-use super::segment::{Segment, RELEASE_EVERY};
+use super::segment::{Segment, Spare, RELEASE_EVERY};
 use super::trash::Trash;
 use super::{LogOptions, StorageError};
 use crate::raft::{Entry, LogError, LogStore};
@@ -32,6 +32,8 @@ pub struct Log {
     snap_term: u64,
     /// Compacted segments being deleted incrementally ([`Log::trash_step`]).
     trash: Trash,
+    /// The next segment, allocated ahead of need ([`Log::ensure_spare`]).
+    spare: Option<Spare>,
     /// Exclusive ownership of `dir` for this Log's lifetime: its own lock on `dir`
     /// ([`Log::open`]) or a share of its owner's lock on a directory containing it
     /// ([`Log::open_in`]). Declared last: released after the segments are unmapped.
@@ -133,9 +135,9 @@ impl Log {
             // An allocation that a crash (or an error whose cleanup failed) interrupted before
             // the rename: never part of the log.
             ::log::warn!(
-                "{}: leftover segment allocation (interrupted before it was renamed into place); \
-                 removing it",
-                tmp.display()
+                "{}: {}; removing it",
+                tmp.display(),
+                super::segment::describe_temp(tmp)
             );
             fs::remove_file(tmp).map_err(|e| io_err(tmp, e))?;
         }
@@ -194,6 +196,7 @@ impl Log {
             snap_index: found.snap_index,
             snap_term: found.snap_term,
             trash,
+            spare: None,
             _lock: lock,
         };
         log.apply_snapshot_boundary(found.stale)?;
@@ -340,6 +343,42 @@ impl Log {
         if first.index <= self.last_index() {
             self.truncate_suffix(first.index)?;
         }
+        if let Err(e) = self.append_contiguous(entries) {
+            if e.is_no_space() {
+                // All or nothing: a follower must not hold (and later ack) part of what it
+                // could not log. The cut is zeroed and synced in place (no new blocks needed).
+                self.truncate_suffix(first.index)?;
+            }
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Allocates the next segment now if none is waiting (see [`Spare`]), so the disk filling
+    /// up is noticed while the active segment still has room. An error leaves no file behind;
+    /// call again later (the server: after each append and from a timer).
+    pub fn ensure_spare(&mut self) -> Result<(), StorageError> {
+        if self.spare.is_none() {
+            self.spare = Some(Spare::allocate(&self.dir, self.opts.segment_size)?);
+        }
+        Ok(())
+    }
+
+    /// True when the next segment is allocated.
+    pub fn has_spare(&self) -> bool {
+        self.spare.is_some()
+    }
+
+    /// The next segment starting at `first`: the spare if one is waiting, else allocated now.
+    fn next_segment(&mut self, first: u64) -> Result<Segment, StorageError> {
+        match self.spare.take() {
+            Some(spare) => Segment::from_spare(&self.dir, spare, first),
+            None => Segment::create(&self.dir, self.opts.segment_size, first),
+        }
+    }
+
+    /// The append loop of [`Log::append`], its checks done.
+    fn append_contiguous(&mut self, entries: &[Entry]) -> Result<(), StorageError> {
         for e in entries {
             let active = self.segs.last_mut().expect("log has a segment");
             if !active.append(e) {
@@ -349,7 +388,7 @@ impl Log {
                 // Its pages are on disk: drop them from our resident set.
                 active.release(0, active.file_len());
                 active.sealed();
-                let mut seg = Segment::create(&self.dir, self.opts.segment_size, e.index)?;
+                let mut seg = self.next_segment(e.index)?;
                 let ok = seg.append(e);
                 debug_assert!(ok);
                 self.segs.push(seg);
@@ -539,6 +578,15 @@ impl Log {
             .iter()
             .map(|s| (s.end() - SEG_HEADER_LEN) as u64)
             .sum()
+    }
+}
+
+impl Drop for Log {
+    /// A clean close leaves no spare behind (what a crash leaves, `Log::open` removes).
+    fn drop(&mut self) {
+        if let Some(spare) = self.spare.take() {
+            spare.remove();
+        }
     }
 }
 

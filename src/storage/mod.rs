@@ -82,6 +82,15 @@ impl fmt::Display for StorageError {
 
 impl std::error::Error for StorageError {}
 
+impl StorageError {
+    /// True for a full disk or an exhausted quota (ENOSPC, EDQUOT): the node raises the
+    /// NO_SPACE alarm and waits for space instead of stopping.
+    pub fn is_no_space(&self) -> bool {
+        matches!(self, StorageError::Io { err, .. }
+            if matches!(err.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT)))
+    }
+}
+
 /// Default size of a log segment file: 64 MiB. Large enough that sealing and preallocating a
 /// segment (one fsync and one `posix_fallocate`) is rare even at high write rates and that a
 /// default-sized frame (16 MiB) fits with room to spare; small enough that compaction frees

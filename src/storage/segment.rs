@@ -38,6 +38,23 @@ pub fn temp_name(first: u64) -> String {
     format!("{}{TEMP_SUFFIX}", file_name(first))
 }
 
+/// Name of the next segment, preallocated ahead of need before its first index is known
+/// ([`Spare`]): a temp name with first index 0, which no segment has (indexes start at 1), so
+/// `Log::open` and `raftkv-log` treat it like any interrupted allocation.
+pub fn spare_name() -> String {
+    temp_name(0)
+}
+
+/// What a `*.seg.tmp` file left in a log directory is, for warnings: the spare (preallocated
+/// next segment, left by a crash; a clean stop removes it) or an interrupted allocation.
+pub fn describe_temp(path: &Path) -> &'static str {
+    if path.file_name().and_then(|n| n.to_str()) == Some(&spare_name()) {
+        "the preallocated next segment (never part of the log)"
+    } else {
+        "leftover segment allocation (interrupted before it was renamed into place)"
+    }
+}
+
 /// Parses a segment allocation temp file name back into its first index.
 pub fn parse_temp_name(name: &str) -> Option<u64> {
     parse_name(name.strip_suffix(TEMP_SUFFIX)?)
@@ -347,7 +364,95 @@ fn map_file(file: &File, path: &Path) -> Result<MmapMut, StorageError> {
     unsafe { MmapOptions::new().map_mut(file) }.map_err(|e| io_err(path, e))
 }
 
+/// The next segment's file, allocated ahead of need (`Log::ensure_spare`) under
+/// [`spare_name`]: created, fully sized and synced, so that a full disk shows up while the
+/// active segment still has room (the NO_SPACE alarm can still be logged) rather than when an
+/// append needs the next segment. [`Segment::from_spare`] gives it its header and name.
+pub struct Spare {
+    path: PathBuf,
+    file: File,
+    size: u64,
+}
+
+impl Spare {
+    /// Allocates the spare in `dir`; on failure removes what it made (best effort).
+    pub fn allocate(dir: &Path, size: u64) -> Result<Spare, StorageError> {
+        let path = dir.join(spare_name());
+        let made = (|| {
+            let file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(&path)
+                .map_err(|e| io_err(&path, e))?;
+            fault::check(fault::AllocStep::Preallocate).map_err(|e| io_err(&path, e))?;
+            preallocate(&file, &path, size)?;
+            file.sync_all().map_err(|e| io_err(&path, e))?;
+            Ok(file)
+        })();
+        match made {
+            Ok(file) => Ok(Spare { path, file, size }),
+            Err(e) => {
+                let _ = std::fs::remove_file(&path);
+                Err(e)
+            }
+        }
+    }
+}
+
+impl Spare {
+    /// Deletes the file (best effort: a leftover is removed by the next `Log::open`).
+    pub fn remove(self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
 impl Segment {
+    /// Turns the preallocated `spare` into the segment starting at `first`: header written
+    /// and synced, renamed into place, directory synced (the steps of [`Segment::create`]
+    /// after the allocation). On failure the file is removed, as there.
+    pub fn from_spare(dir: &Path, spare: Spare, first: u64) -> Result<Segment, StorageError> {
+        let path = dir.join(file_name(first));
+        let mut placed = false;
+        let Spare {
+            path: tmp,
+            file,
+            size,
+        } = spare;
+        let made = (|| {
+            let mut map = map_file(&file, &tmp)?;
+            map[..SEG_HEADER_LEN].copy_from_slice(&record::encode_seg_header(size, first));
+            map.flush_range(0, SEG_HEADER_LEN)
+                .map_err(|e| io_err(&tmp, e))?;
+            file.sync_all().map_err(|e| io_err(&tmp, e))?;
+            std::fs::rename(&tmp, &path).map_err(|e| io_err(&path, e))?;
+            placed = true;
+            sync_dir(dir)?;
+            Ok(map)
+        })();
+        match made {
+            Ok(map) => {
+                let seg = Segment {
+                    path,
+                    file,
+                    map,
+                    first_index: first,
+                    offsets: Vec::new(),
+                    end: SEG_HEADER_LEN,
+                    dirty: None,
+                };
+                seg.prepare_tail_for_appends();
+                Ok(seg)
+            }
+            Err(e) => {
+                let _ = std::fs::remove_file(if placed { &path } else { &tmp });
+                let _ = sync_dir(dir);
+                Err(e)
+            }
+        }
+    }
+
     /// Creates a new, durable (file and directory entry), empty segment starting at `first`.
     ///
     /// Allocation protocol: the file is built under its temp name (`<first>.seg.tmp`, see

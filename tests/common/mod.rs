@@ -350,3 +350,19 @@ pub fn put_req(id: u64, k: &str, v: &str) -> kvpb::Request {
         ..Default::default()
     }
 }
+
+/// `raftkv-log verify` over a stopped node's data dir: exit 0, or the test fails with its output.
+pub fn verify_dir(dir: &Path) {
+    let o = Command::new(env!("CARGO_BIN_EXE_raftkv-log"))
+        .arg("verify")
+        .arg(dir)
+        .output()
+        .expect("run raftkv-log");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    eprintln!("raftkv-log verify {}: {}", dir.display(), text.trim());
+    assert_eq!(o.status.code(), Some(0), "{}: {text}", dir.display());
+}

@@ -125,6 +125,21 @@ pub enum Cmd {
         #[command(flatten)]
         c: ClientArgs,
     },
+    /// The NO_SPACE alarm: `list` shows it (from the leader), `disarm` clears it (a
+    /// replicated command; the leader raises it again while a node is still over its
+    /// --quota-bytes or out of disk). It also clears by itself once space is back.
+    Alarm {
+        #[arg(value_enum)]
+        action: AlarmAction,
+        #[command(flatten)]
+        c: ClientArgs,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum AlarmAction {
+    List,
+    Disarm,
 }
 
 /// How keys and values given on the command line are read (standard input is always raw).
@@ -220,6 +235,11 @@ pub struct Tuning {
     /// node the same value.
     #[arg(long, default_value_t = raftkv::net::framing::DEFAULT_MAX_FRAME)]
     pub max_frame: usize,
+    /// Space quota in bytes, on the state (keys + values) and on the data directory (log,
+    /// snapshots): beyond it, or when the disk is full, the cluster raises its NO_SPACE alarm
+    /// and refuses writes that add data (deletes and reads go on) until space is freed.
+    #[arg(long, default_value_t = config::DEFAULT_QUOTA_BYTES)]
+    pub quota_bytes: u64,
     /// Log segment file size in bytes (preallocated).
     #[arg(long, default_value_t = raftkv::storage::DEFAULT_SEGMENT_SIZE)]
     pub segment_size: u64,
@@ -256,6 +276,7 @@ impl Tuning {
             format!("--heartbeat-ticks={}", self.heartbeat_ticks),
             format!("--max-frame={}", self.max_frame),
             format!("--segment-size={}", self.segment_size),
+            format!("--quota-bytes={}", self.quota_bytes),
             format!("--request-timeout-ms={}", self.request_timeout_ms),
             format!("--snapshot-entries={}", self.snapshot_entries),
             format!("--snapshot-bytes={}", self.snapshot_bytes),

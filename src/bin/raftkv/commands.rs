@@ -2,7 +2,7 @@
 //! request through `raftkv::client::Client` (which follows the leader and retries until
 //! --timeout-ms), hand the result to `output`, return the exit code.
 
-use crate::args::{ClientArgs, Cmd, InputArgs};
+use crate::args::{AlarmAction, ClientArgs, Cmd, InputArgs};
 use crate::escape;
 use crate::output::{self, fail, EXIT_OK, EXIT_UNAVAILABLE, EXIT_USAGE};
 use raftkv::client::{Client, ClientError, ClientOptions};
@@ -15,9 +15,11 @@ use std::time::Duration;
 /// Runs a client command (not `serve` or `cluster`) and returns its exit code.
 pub fn run(cmd: Cmd) -> u8 {
     let (c, consistency) = match &cmd {
-        Cmd::Put { c, .. } | Cmd::Del { c, .. } | Cmd::Cas { c, .. } | Cmd::Status { c } => {
-            (c, kvpb::Consistency::Linearizable)
-        }
+        Cmd::Put { c, .. }
+        | Cmd::Del { c, .. }
+        | Cmd::Cas { c, .. }
+        | Cmd::Status { c }
+        | Cmd::Alarm { c, .. } => (c, kvpb::Consistency::Linearizable),
         Cmd::Get { c, consistency, .. } | Cmd::Scan { c, consistency, .. } => {
             (c, (*consistency).into())
         }
@@ -113,6 +115,13 @@ pub fn run(cmd: Cmd) -> u8 {
             scan(client, req, all, json)
         }
         Cmd::Status { .. } => status(client, &endpoints, json),
+        Cmd::Alarm { action, .. } => {
+            let r = match action {
+                AlarmAction::List => client.leader_status(),
+                AlarmAction::Disarm => client.disarm_alarm(),
+            };
+            report(r, json, output::alarm)
+        }
         Cmd::Serve(_) | Cmd::Cluster(_) => unreachable!("handled in main"),
     }
 }

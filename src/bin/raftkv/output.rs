@@ -140,6 +140,21 @@ pub fn del(key: &[u8], r: &kvpb::DeleteResponse, json: bool) -> u8 {
     found_or_not(r.deleted)
 }
 
+/// The NO_SPACE alarm's state (`raftkv alarm list|disarm`); exit 0.
+pub fn alarm(s: &kvpb::StatusResponse, json: bool) -> u8 {
+    if json {
+        println!(
+            "{{\"ok\":true,\"no_space_alarm\":{},\"raised_by\":{}}}",
+            s.no_space_alarm, s.alarm_raised_by
+        );
+    } else if s.no_space_alarm {
+        println!("NO_SPACE alarm raised by node {}", s.alarm_raised_by);
+    } else {
+        println!("no alarm");
+    }
+    EXIT_OK
+}
+
 /// Prints the new version (exit 0) or, if the comparison failed, the current one (exit 1).
 pub fn cas(r: &kvpb::CasResponse, json: bool) -> u8 {
     if json {
@@ -232,6 +247,12 @@ pub fn print_status(ep: &str, r: &Result<kvpb::StatusResponse, ClientError>) {
         s.last_log_index,
         s.snapshot_index
     );
+    if s.no_space_alarm {
+        println!("    NO_SPACE alarm raised (by node {})", s.alarm_raised_by);
+    }
+    if !s.space_problem.is_empty() {
+        println!("    space problem: {}", s.space_problem);
+    }
     for p in &s.peers {
         println!(
             "    peer {} ({}) match {} next {}",
@@ -316,6 +337,12 @@ mod tests {
                 match_index: 7,
                 next_index: 8,
             }],
+            no_space_alarm: true,
+            alarm_raised_by: 3,
+            space_problem: "disk full".into(),
+            state_bytes: 11,
+            data_dir_bytes: 12,
+            quota_bytes: 13,
             ..Default::default()
         };
         assert_eq!(
@@ -323,8 +350,9 @@ mod tests {
             concat!(
                 r#"{"endpoint":"e:1","node_id":2,"role":"leader","term":5,"leader_id":2,"#,
                 r#""leader_addr":"h:1","commit":9,"applied":8,"first_log_index":1,"#,
-                r#""last_log_index":10,"snapshot_index":0,"#,
-                r#""peers":[{"id":1,"peer_addr":"h:4","match":7,"next":8}]}"#
+                r#""last_log_index":10,"snapshot_index":0,"no_space_alarm":true,"#,
+                r#""alarm_raised_by":3,"space_problem":"disk full","state_bytes":11,"#,
+                r#""data_dir_bytes":12,"quota_bytes":13,"peers":[{"id":1,"peer_addr":"h:4","match":7,"next":8}]}"#
             )
         );
         let down = Err(ClientError::Timeout("gone".into()));

@@ -89,6 +89,7 @@ fn serve_config(a: &ServeArgs) -> Result<ServerConfig, String> {
     raftkv::limits::check_max_frame(t.max_frame)?;
     cfg.max_frame = t.max_frame;
     cfg.segment_size = t.segment_size;
+    cfg.quota_bytes = t.quota_bytes;
     cfg.request_timeout = Duration::from_millis(t.request_timeout_ms);
     Ok(cfg)
 }

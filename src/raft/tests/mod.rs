@@ -159,6 +159,7 @@ pub(crate) fn hb_resp(from: u64, to: u64, term: u64, ctx: u64) -> Message {
         Body::HeartbeatResponse(HeartbeatResponse {
             context: ctx,
             lease_tick: 0,
+            no_space: false,
         }),
     )
 }
