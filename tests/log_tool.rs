@@ -396,5 +396,6 @@ fn snapshot_shows_key_count() {
     assert!(t.contains("keys:     36\n"), "{t}");
     assert!(t.contains("sessions: 3\n"), "{t}");
     assert!(t.contains("applied:  39\n"), "{t}");
+    assert!(t.contains("alarm:    none\n"), "{t}");
     assert!(!t.contains("unavailable"), "{t}");
 }

@@ -445,6 +445,10 @@ fn snapshot_cmd(file: &Path) -> Result<(), Fail> {
             println!("keys:     {}", s.keys);
             println!("sessions: {}", s.sessions);
             println!("applied:  {}", s.applied);
+            match s.alarm {
+                0 => println!("alarm:    none"),
+                n => println!("alarm:    NO_SPACE raised by node {n}"),
+            }
         }
         Ok(Err(e)) => println!("keys:     key count unavailable ({e})"),
         Err(_) => println!("keys:     key count unavailable (summary not implemented)"),

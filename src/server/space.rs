@@ -28,7 +28,12 @@ use crate::pb::raftpb::message::Body;
 use crate::raft::{Entry, LogStore, Message, Role};
 use std::collections::HashMap;
 use std::path::Path;
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+/// A follower's report counts this long after its last heartbeat answer (a hundred heartbeats
+/// at the default tick): a node that stopped answering (crashed, cut off) must not keep the
+/// alarm raised for ever; one that answers refreshes it on every heartbeat.
+const PEER_REPORT_TTL: Duration = Duration::from_secs(5);
 
 /// Percent of `--quota-bytes` the usage must fall below before a raised alarm clears.
 const CLEAR_BELOW: u64 = 90;
@@ -43,8 +48,9 @@ pub(super) struct Space {
     disk_full: Option<String>,
     /// Allocated bytes of the data directory, as of the last check.
     pub(super) data_dir_bytes: u64,
-    /// The followers' reported problems (leader: from their heartbeat answers).
-    peer_problem: HashMap<u64, bool>,
+    /// The followers' reported problems and when they were reported (leader: from their
+    /// heartbeat answers).
+    peer_problem: HashMap<u64, (bool, Instant)>,
     /// An alarm change this node proposed that has not applied yet: (raise, log index).
     proposed: Option<(bool, u64)>,
     /// The problem last logged, so each change is logged once.
@@ -191,7 +197,12 @@ impl Server {
         if self.replica.core().role() != Role::Leader {
             return;
         }
-        let mut any = own.is_some() || self.space.peer_problem.values().any(|&p| p);
+        let mut any = own.is_some()
+            || self
+                .space
+                .peer_problem
+                .values()
+                .any(|&(p, at)| p && at.elapsed() < PEER_REPORT_TTL);
         let raised = self.replica.kv().alarm().is_some();
         if raised && !any {
             // Clear only on a fresh measure (the timer's may be up to an interval old).
@@ -218,7 +229,11 @@ impl Server {
     /// Leader: a follower's heartbeat answer says whether it has a space problem.
     pub(super) fn on_peer_space(&mut self, msg: &Message) {
         if let Some(Body::HeartbeatResponse(r)) = &msg.body {
-            let was = self.space.peer_problem.insert(msg.from, r.no_space);
+            let was = self
+                .space
+                .peer_problem
+                .insert(msg.from, (r.no_space, Instant::now()))
+                .map(|(p, _)| p);
             if was != Some(r.no_space) {
                 if r.no_space {
                     log::warn!("node {} reports a space problem", msg.from);
