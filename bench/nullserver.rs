@@ -97,7 +97,7 @@ fn answer(req: kvpb::Request, addr: SocketAddr, version: &mut u64) -> kvpb::Resp
             leader_addr: addr.to_string(),
             ..Default::default()
         }),
-        None => R::Error(kvpb::Error {
+        None | Some(P::SnapshotBegin(_) | P::SnapshotChunk(_)) => R::Error(kvpb::Error {
             code: kvpb::ErrorCode::BadRequest as i32,
             message: "no op".into(),
             ..Default::default()

@@ -227,8 +227,8 @@ impl Codec for PbCodec {
                 redirect: (e.code() == kvpb::ErrorCode::NotLeader && !e.leader_addr.is_empty())
                     .then(|| e.leader_addr.clone()),
             },
-            None => Outcome::Error {
-                kind: "raftkv: empty response".into(),
+            None | Some(R::SnapshotBegin(_) | R::SnapshotChunk(_)) => Outcome::Error {
+                kind: "raftkv: empty or unexpected response".into(),
                 redirect: None,
             },
         };

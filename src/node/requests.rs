@@ -29,6 +29,10 @@ use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 pub enum ReadOp {
     Get(kvpb::Get),
     Scan(kvpb::Scan),
+    /// A backup's linearizable point (`kvpb::SnapshotBegin`): answered with a not-ready
+    /// `SnapshotBeginResponse` whose `read_index` is the applied index when served; the shell,
+    /// which owns the snapshot files, completes it.
+    SnapshotPoint,
 }
 
 #[derive(Debug)]

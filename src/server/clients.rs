@@ -65,6 +65,7 @@ impl Server {
             Some(Op::Get(_)) => super::metrics::OP_GET,
             Some(Op::Scan(_)) => super::metrics::OP_SCAN,
             Some(Op::Status(_)) => super::metrics::OP_STATUS,
+            Some(Op::SnapshotBegin(_) | Op::SnapshotChunk(_)) => super::metrics::OP_SNAPSHOT,
             _ => super::metrics::OP_INVALID,
         }] += 1;
         match req.op {
@@ -77,6 +78,8 @@ impl Server {
                 let s = self.status_response();
                 self.send_response(token, to.req_id, ApplyResult::Status(s));
             }
+            Some(Op::SnapshotBegin(b)) => self.on_snapshot_begin(to, b, now),
+            Some(Op::SnapshotChunk(c)) => self.on_snapshot_chunk(to, c),
             Some(Op::Put(p)) if !p.key.is_empty() => self.write(to, &cmd(Cmd::Put(p)), now),
             Some(Op::Delete(d)) if !d.key.is_empty() => self.write(to, &cmd(Cmd::Delete(d)), now),
             Some(Op::Cas(c)) if !c.key.is_empty() => self.write(to, &cmd(Cmd::Cas(c)), now),
@@ -136,6 +139,7 @@ impl Server {
         let mut answers = std::mem::take(&mut self.answer_buf);
         self.replica.requests().swap_answers(&mut answers);
         for (to, r) in answers.drain(..) {
+            let r = self.complete_answer(r);
             self.send_response(to.token, to.req_id, r);
         }
         self.answer_buf = answers;

@@ -13,7 +13,9 @@ use std::fmt::Write;
 use std::time::Duration;
 
 /// Client request kinds, the `op` label.
-pub(super) const OPS: [&str; 7] = ["put", "delete", "cas", "get", "scan", "status", "invalid"];
+pub(super) const OPS: [&str; 8] = [
+    "put", "delete", "cas", "get", "scan", "status", "invalid", "snapshot",
+];
 pub(super) const OP_PUT: usize = 0;
 pub(super) const OP_DELETE: usize = 1;
 pub(super) const OP_CAS: usize = 2;
@@ -21,6 +23,8 @@ pub(super) const OP_GET: usize = 3;
 pub(super) const OP_SCAN: usize = 4;
 pub(super) const OP_STATUS: usize = 5;
 pub(super) const OP_INVALID: usize = 6;
+/// Backup requests (`SnapshotBegin`, `SnapshotChunk`).
+pub(super) const OP_SNAPSHOT: usize = 7;
 
 /// Result labels of client responses: "ok", then one per error code (by its number).
 const RESULTS: [&str; 10] = [

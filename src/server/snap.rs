@@ -214,6 +214,27 @@ impl Server {
         Ok(())
     }
 
+    /// A backup needs a snapshot newer than the newest file (`backup.rs`): starts one now,
+    /// outside the policy, unless one is being written (the caller polls again once it is
+    /// done) or the last attempt failed less than [`RETRY_AFTER_FAILURE`] ago (then says so:
+    /// forking again on every poll would not fix a full disk).
+    pub(super) fn snapshot_for_backup(&mut self) -> Result<(), String> {
+        if self.snaps.bg.is_some() {
+            return Ok(());
+        }
+        if let Some(t) = self.snaps.not_before.filter(|&t| Instant::now() < t) {
+            return Err(format!(
+                "the last snapshot attempt failed (see the node's log); next attempt in {:?}",
+                t - Instant::now()
+            ));
+        }
+        if self.replica.kv().applied() > self.snaps.latest_index() {
+            log::info!("snapshot requested by a backup");
+            self.start_snapshot();
+        }
+        Ok(())
+    }
+
     fn start_snapshot(&mut self) {
         let meta = match self.replica.snapshot_meta() {
             Ok(m) => m,
