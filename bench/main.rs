@@ -292,10 +292,15 @@ pub fn run_workload(c: &Common, workload: Workload, label: Option<&str>) -> Resu
             duration: None,
             warmup: Duration::ZERO,
             progress: false,
+            bar: (!c.json).then(|| raftkv::progress::count(c.keys, "preloading keys")),
             drain_timeout: secs(30.0),
         };
         let gen = OpGen::new(Workload::Preload { n: c.keys }, KeyDist::uniform(c.keys), 0);
-        let r = driver.run(&cfg, c, gen)?;
+        let r = driver.run(&cfg, c, gen);
+        if let Some(b) = &cfg.bar {
+            b.finish_and_clear();
+        }
+        let r = r?;
         let errs: u64 = r.errors.values().sum();
         if errs > 0 || r.incomplete > 0 {
             return Err(format!(
@@ -319,6 +324,7 @@ pub fn run_workload(c: &Common, workload: Workload, label: Option<&str>) -> Resu
         duration: Some(secs(c.duration)),
         warmup: secs(c.warmup),
         progress,
+        bar: None,
         drain_timeout: secs(c.drain_timeout),
     };
     let gen = OpGen::new(workload.clone(), c.key_dist()?, c.seed);

@@ -365,6 +365,17 @@ fn dump(dir: &Path, from: Option<u64>, to: Option<u64>, json: bool) -> Result<()
 /// Runs exactly the checks and decisions of the server's startup
 /// (`raftkv::snapshot::recover::check_data_dir`): exit 0 when the server would start (with a
 /// `WARNING:` line for each repair or fallback it makes), 1 when it would refuse.
+/// Bytes of the files directly in `dir` (0 if it cannot be read): the progress bar's total.
+fn dir_bytes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir).map_or(0, |rd| {
+        rd.flatten()
+            .filter_map(|e| e.metadata().ok())
+            .filter(|m| m.is_file())
+            .map(|m| m.len())
+            .sum()
+    })
+}
+
 fn verify(dir: &Path, strict: bool) -> Result<(), Fail> {
     let check = if strict {
         Check::Strict
@@ -372,7 +383,15 @@ fn verify(dir: &Path, strict: bool) -> Result<(), Fail> {
         Check::Lenient
     };
     let dirs = inspect::resolve(dir)?;
-    let rec = recover::check_data_dir(&dirs, check)?;
+    let total = dir_bytes(&dirs.log) + dirs.snap.as_deref().map_or(0, dir_bytes);
+    let pb = raftkv::progress::bytes(total, "verifying");
+    let mut done = 0;
+    let rec = recover::check_data_dir_progress(&dirs, check, &mut |n| {
+        done += n;
+        pb.set_position(done);
+    });
+    pb.finish_and_clear();
+    let rec = rec?;
     let info = &rec.log;
     let hs = rec.hard_state;
     let hs_desc = match &dirs.hardstate {
