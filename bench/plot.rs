@@ -238,7 +238,8 @@ fn bars(
         .margin(15)
         .x_label_area_size(35)
         .y_label_area_size(80)
-        .build_cartesian_2d(0f64..n, 0f64..hi * 1.15)
+        // Headroom above the tallest bar for the legend.
+        .build_cartesian_2d(0f64..n, 0f64..hi * 1.5)
         .map_err(err)?;
     let label = move |x: &f64| {
         let i = x.floor() as usize;
