@@ -13,7 +13,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 /// Whole saves tried before giving up when the snapshot being fetched is pruned by a newer one
-/// meanwhile (the node keeps two: this takes two snapshot rounds during one download).
+/// meanwhile (the node keeps two: this takes two snapshot rounds during one download), or the
+/// node serving it stops answering.
 const SAVE_ATTEMPTS: u32 = 3;
 /// Pause between polls for a snapshot covering the point.
 const POLL_EVERY: Duration = Duration::from_millis(100);
@@ -35,7 +36,7 @@ pub fn run(cmd: SnapshotCmd) -> u8 {
 enum SaveError {
     /// From the cluster (exit 3 or 4 as for the other client commands).
     Client(ClientError),
-    /// The snapshot went away during the download (pruned): worth another attempt.
+    /// The snapshot or its node went away during the download: worth another attempt.
     Gone(String),
     /// Local I/O or a damaged download (exit 1).
     Local(String),
@@ -179,6 +180,11 @@ fn fetch(
             Ok(c) => c,
             Err(ClientError::Server(e)) if e.code() == kvpb::ErrorCode::BadRequest => {
                 return Err(SaveError::Gone(e.message))
+            }
+            // The node with the file stopped answering: another attempt starts from a new
+            // point at whichever node leads then.
+            Err(e @ (ClientError::Timeout(_) | ClientError::Io(_))) => {
+                return Err(SaveError::Gone(format!("fetching from {ep}: {e}")))
             }
             Err(e) => return Err(e.into()),
         };
