@@ -36,6 +36,8 @@ fn save(cluster: &Cluster, file: &Path) -> String {
     let f = file.to_str().unwrap();
     let out = run(EXE, &["snapshot", "save", f, "--endpoints", &eps]);
     assert!(out.status.success(), "save failed");
+    // stderr is not a terminal here: no progress bar, nothing else either.
+    assert!(out.stderr.is_empty(), "save wrote to stderr");
     String::from_utf8(out.stdout).unwrap()
 }
 
