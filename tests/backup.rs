@@ -301,3 +301,74 @@ fn restore_refuses_damaged_truncated_files_and_non_empty_dirs() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("not among the members"));
 }
+
+#[test]
+fn save_starts_over_at_the_new_leader_when_the_serving_node_hangs_mid_download() {
+    let mut src = Cluster::start(3, &[]);
+    let leader = src.wait_leader();
+    let expect = preload(&src);
+    let work = tempfile::tempdir().unwrap();
+    let file = work.path().join("failover.snap");
+    let tmp = work.path().join("failover.snap.tmp");
+    // A 256-byte frame limit makes the client ask for ~190-byte chunks: the ~1.6 MB file takes
+    // ~8,500 round trips (a second or more), so the download is still running when FILE.tmp
+    // appears (polled every millisecond) and the serving node is stopped. The serving node is
+    // the leader: the save's point and its snapshot are taken there.
+    let eps = src.endpoints().join(",");
+    let mut child = Command::new(EXE)
+        .args([
+            "snapshot",
+            "save",
+            file.to_str().unwrap(),
+            "--endpoints",
+            &eps,
+        ])
+        .args([
+            "--max-frame",
+            "256",
+            "--timeout-ms",
+            "3000",
+            "--attempt-timeout-ms",
+            "300",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !tmp.exists() {
+        assert!(Instant::now() < deadline, "the download never started");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    src.signal(leader, libc::SIGSTOP);
+    // Bounded by the client's 3 s deadline for the hung node, an election and a new snapshot.
+    wait_for("the save to finish", Duration::from_secs(60), || {
+        child.try_wait().unwrap()
+    });
+    let out = child.wait_with_output().unwrap();
+    src.signal(leader, libc::SIGCONT);
+    let err = String::from_utf8_lossy(&out.stderr);
+    println!("{}{err}", String::from_utf8_lossy(&out.stdout));
+    assert!(out.status.success(), "save failed: {err}");
+    assert!(err.contains("starting again"), "no second attempt: {err}");
+    let from: u64 = String::from_utf8_lossy(&out.stdout)
+        .split("from node ")
+        .nth(1)
+        .and_then(|s| s.split(';').next())
+        .and_then(|s| s.parse().ok())
+        .expect("node in the save's output");
+    assert_ne!(from, leader, "served by the stopped node");
+    src.kill(leader);
+
+    // The file is complete and holds every preloaded key.
+    let dst = Cluster::start_seeded(1, &[], |root, peers| {
+        assert!(restore(&file, &root.join("n1"), 1, peers).status.success());
+    });
+    dst.wait_leader();
+    let got = all_versions(&mut dst.client());
+    let missing = expect
+        .iter()
+        .filter(|(k, v)| got.get(*k) != Some(v))
+        .count();
+    assert_eq!(missing, 0, "of {} preloaded keys", expect.len());
+}
