@@ -62,7 +62,7 @@ impl Server {
                 Err(e) => log::warn!("backup: snapshot {}: {e}", path.display()),
             }
         }
-        match self.snapshot_for_backup() {
+        match self.snapshot_for_backup(point) {
             Ok(()) => ApplyResult::SnapshotBegin(resp),
             Err(why) => error_result(ErrorCode::Unavailable, why),
         }

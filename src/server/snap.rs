@@ -218,7 +218,9 @@ impl Server {
     /// outside the policy, unless one is being written (the caller polls again once it is
     /// done) or the last attempt failed less than [`RETRY_AFTER_FAILURE`] ago (then says so:
     /// forking again on every poll would not fix a full disk).
-    pub(super) fn snapshot_for_backup(&mut self) -> Result<(), String> {
+    /// Only once `point` is applied here: a snapshot below it would not do (a lagging
+    /// follower polled with the leader's point answers not ready until it caught up).
+    pub(super) fn snapshot_for_backup(&mut self, point: u64) -> Result<(), String> {
         if self.snaps.bg.is_some() {
             return Ok(());
         }
@@ -228,7 +230,8 @@ impl Server {
                 t - Instant::now()
             ));
         }
-        if self.replica.kv().applied() > self.snaps.latest_index() {
+        let applied = self.replica.kv().applied();
+        if applied >= point && applied > self.snaps.latest_index() {
             log::info!("snapshot requested by a backup");
             self.start_snapshot();
         }
