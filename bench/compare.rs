@@ -8,6 +8,7 @@
 //! group, so a terminal Ctrl-C reaches only this process, which then stops them in order.
 
 use crate::json::Json;
+use crate::plot;
 use crate::report::Report;
 use crate::stats::{fmt_ns, fmt_rate};
 use crate::workload::Workload;
@@ -55,6 +56,11 @@ pub struct CompareArgs {
     /// Keep the servers' logs (in the out dir) instead of deleting them.
     #[arg(long)]
     pub keep_logs: bool,
+    /// Also write SVG charts into --out-dir: compare.svg (ops/s and p99 side by side, per
+    /// workload and client count) and compare-<workload>-c<clients>-percentiles.svg (every
+    /// system's latency percentile curve).
+    #[arg(long)]
+    pub plot: bool,
 }
 
 fn default_systems() -> Vec<String> {
@@ -465,6 +471,9 @@ fn common(args: &CompareArgs, r: &Running, clients: usize, preload: bool) -> Com
         json: false,
         per_second: false,
         drain_timeout: 5.0,
+        plot_dir: None,
+        metrics_addrs: Vec::new(),
+        scrape_metrics_hz: 0.0,
     }
 }
 
@@ -558,6 +567,56 @@ pub fn run(args: &CompareArgs) -> Result<(), String> {
     std::fs::write(&md_path, md).map_err(|e| format!("{}: {e}", md_path.display()))?;
     std::fs::write(&js_path, js + "\n").map_err(|e| format!("{}: {e}", js_path.display()))?;
     eprintln!("wrote {} and {}", md_path.display(), js_path.display());
+    if args.plot {
+        plots(args, &peers, &cells)?;
+    }
+    Ok(())
+}
+
+/// `--plot`: the side-by-side chart and one percentile chart per workload and client count.
+fn plots(args: &CompareArgs, peers: &[Peer], cells: &[Cell]) -> Result<(), String> {
+    let systems: Vec<String> = peers.iter().map(|p| p.label.to_string()).collect();
+    let mut keys: Vec<(String, usize)> = Vec::new();
+    for c in cells {
+        if !keys.contains(&(c.workload.clone(), c.clients)) {
+            keys.push((c.workload.clone(), c.clients));
+        }
+    }
+    let find = |w: &str, n: usize, p: &Peer| {
+        cells
+            .iter()
+            .find(|c| c.workload == w && c.clients == n && c.peer.key == p.key)
+            .and_then(|c| c.result.as_ref().ok())
+    };
+    let group = |f: &dyn Fn(&Report) -> f64| -> Vec<plot::Group> {
+        keys.iter()
+            .map(|(w, n)| plot::Group {
+                name: format!("{w} x{n}"),
+                values: peers.iter().map(|p| find(w, *n, p).map(f)).collect(),
+            })
+            .collect()
+    };
+    let ops = group(&|r| r.overall.ops_per_sec);
+    let p99 = group(&|r| r.overall.p99_ns as f64 / 1e6);
+    let title = format!(
+        "{} keys, {}-byte values, {} in flight per connection, {} s per run",
+        args.keys, args.value_size, args.pipeline, args.duration
+    );
+    let path = args.out_dir.join("compare.svg");
+    plot::compare(&path, &title, &systems, &ops, &p99)?;
+    eprintln!("wrote {}", path.display());
+    for (w, n) in &keys {
+        let curves: Vec<plot::Curve> = peers
+            .iter()
+            .filter_map(|p| Some(plot::Curve::of(p.label, find(w, *n, p)?)))
+            .collect();
+        let path = args
+            .out_dir
+            .join(format!("compare-{w}-c{n}-percentiles.svg"));
+        let title = format!("{w}, {n} connections: latency by percentile");
+        plot::percentiles(&path, &title, &curves)?;
+        eprintln!("wrote {}", path.display());
+    }
     Ok(())
 }
 
@@ -725,6 +784,7 @@ mod tests {
             reconnects: 0,
             max_backlog: 0,
             interrupted: false,
+            percentiles: Vec::new(),
         }
     }
 
@@ -768,6 +828,7 @@ mod tests {
             out_dir: PathBuf::from("unused"),
             no_install: true,
             keep_logs: false,
+            plot: false,
         };
         let peers: Vec<Peer> = args.systems.iter().map(|s| peer(s).unwrap()).collect();
         let md = markdown(&args, &peers, &c);

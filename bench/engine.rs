@@ -32,6 +32,9 @@ pub struct EngineConfig {
     pub warmup: Duration,
     /// Print a progress line to stderr every second.
     pub progress: bool,
+    /// A progress bar moved to the count of completed operations every second (the preload's;
+    /// hidden when stderr is not a terminal).
+    pub bar: Option<indicatif::ProgressBar>,
     /// After the end, how long to wait for replies still in flight.
     pub drain_timeout: Duration,
 }
@@ -320,6 +323,9 @@ pub fn run(cfg: &EngineConfig, driver: &dyn Driver, gen: &mut OpGen) -> Result<R
 
         // Progress line, once a second.
         if now >= next_tick {
+            if let Some(b) = &cfg.bar {
+                b.set_position(rec.overall.len());
+            }
             if cfg.progress {
                 let elapsed = now.duration_since(t0).as_secs();
                 let phase = if now < measure_start { " warmup" } else { "" };
@@ -579,6 +585,7 @@ mod tests {
             duration,
             warmup: Duration::from_millis(100),
             progress: false,
+            bar: None,
             drain_timeout: Duration::from_secs(5),
         }
     }

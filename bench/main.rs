@@ -12,10 +12,12 @@ mod etcd_grpc;
 mod json;
 mod keys;
 mod nullserver;
+mod plot;
 mod raftkv_driver;
 mod redis;
 mod report;
 mod schedule;
+mod scrape;
 mod signals;
 mod stats;
 mod workload;
@@ -150,6 +152,19 @@ pub struct Common {
     /// Seconds to wait for replies still in flight at the end.
     #[arg(long, default_value_t = 5.0)]
     pub drain_timeout: f64,
+    /// Write SVG charts of the run into DIR: the latency percentile curve
+    /// (`<system>-<workload>-percentiles.svg`) and the per-second throughput / latency
+    /// timeline (`...-timeline.svg`).
+    #[arg(long, value_name = "DIR")]
+    pub plot_dir: Option<std::path::PathBuf>,
+    /// raftkv: the nodes' HTTP addresses (`serve --http-addr`), comma-separated: report each
+    /// node's event-loop pass p99 over the run (from /metrics read before and after).
+    #[arg(long, value_delimiter = ',')]
+    pub metrics_addrs: Vec<String>,
+    /// With --metrics-addrs: also fetch every node's /metrics this many times a second during
+    /// the run (a Prometheus scraper's load), to compare p99 with and without it.
+    #[arg(long, default_value_t = 0.0)]
+    pub scrape_metrics_hz: f64,
 }
 
 fn secs(x: f64) -> Duration {
@@ -292,10 +307,15 @@ pub fn run_workload(c: &Common, workload: Workload, label: Option<&str>) -> Resu
             duration: None,
             warmup: Duration::ZERO,
             progress: false,
+            bar: (!c.json).then(|| raftkv::progress::count(c.keys, "preloading keys")),
             drain_timeout: secs(30.0),
         };
         let gen = OpGen::new(Workload::Preload { n: c.keys }, KeyDist::uniform(c.keys), 0);
-        let r = driver.run(&cfg, c, gen)?;
+        let r = driver.run(&cfg, c, gen);
+        if let Some(b) = &cfg.bar {
+            b.finish_and_clear();
+        }
+        let r = r?;
         let errs: u64 = r.errors.values().sum();
         if errs > 0 || r.incomplete > 0 {
             return Err(format!(
@@ -319,10 +339,17 @@ pub fn run_workload(c: &Common, workload: Workload, label: Option<&str>) -> Resu
         duration: Some(secs(c.duration)),
         warmup: secs(c.warmup),
         progress,
+        bar: None,
         drain_timeout: secs(c.drain_timeout),
     };
     let gen = OpGen::new(workload.clone(), c.key_dist()?, c.seed);
-    let r = driver.run(&cfg, c, gen)?;
+    let scrape = (!c.metrics_addrs.is_empty())
+        .then(|| scrape::Scrape::start(&c.metrics_addrs, c.scrape_metrics_hz));
+    let r = driver.run(&cfg, c, gen);
+    if let Some(s) = scrape {
+        eprint!("{}", s.finish());
+    }
+    let r = r?;
     let info = RunInfo {
         system: label.map_or_else(|| driver.name(), str::to_string),
         workload: workload.name(),
@@ -340,6 +367,38 @@ pub fn run_workload(c: &Common, workload: Workload, label: Option<&str>) -> Resu
         warmup: secs(c.warmup),
     };
     Ok(Report::new(info, &r))
+}
+
+/// A file-name-safe form of `s`.
+pub fn slug(s: &str) -> String {
+    let s: String = s
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    s.split('-')
+        .filter(|p| !p.is_empty())
+        .collect::<Vec<_>>()
+        .join("-")
+}
+
+/// `--plot-dir`: the percentile curve and the timeline of one run.
+fn write_plots(dir: &std::path::Path, rep: &Report) -> Result<(), String> {
+    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let i = &rep.info;
+    let base = slug(&format!("{} {}", i.system, i.workload));
+    let title = format!("{} {}, {}", i.system, i.workload, i.load_model());
+    let pct = dir.join(format!("{base}-percentiles.svg"));
+    plot::percentiles(&pct, &title, &[plot::Curve::of(&i.system, rep)])?;
+    let tl = dir.join(format!("{base}-timeline.svg"));
+    plot::timeline(&tl, &title, rep)?;
+    eprintln!("wrote {} and {}", pct.display(), tl.display());
+    Ok(())
 }
 
 fn main() {
@@ -379,6 +438,12 @@ fn main() {
             } else {
                 write!(out, "{}", rep.text(common.per_second))
             };
+            if let Some(dir) = &common.plot_dir {
+                if let Err(e) = write_plots(dir, &rep) {
+                    eprintln!("raftkv-bench: {e}");
+                    std::process::exit(1);
+                }
+            }
             if rep.interrupted {
                 std::process::exit(130);
             }

@@ -97,13 +97,13 @@ fn answer(req: kvpb::Request, addr: SocketAddr, version: &mut u64) -> kvpb::Resp
             leader_addr: addr.to_string(),
             ..Default::default()
         }),
-        Some(P::MemberChange(_) | P::MemberList(_) | P::LeaderTransfer(_)) | None => {
-            R::Error(kvpb::Error {
-                code: kvpb::ErrorCode::BadRequest as i32,
-                message: "no op".into(),
-                ..Default::default()
-            })
-        }
+        Some(P::MemberChange(_) | P::MemberList(_) | P::LeaderTransfer(_))
+        | Some(P::SnapshotBegin(_) | P::SnapshotChunk(_))
+        | None => R::Error(kvpb::Error {
+            code: kvpb::ErrorCode::BadRequest as i32,
+            message: "no op".into(),
+            ..Default::default()
+        }),
     };
     kvpb::Response {
         id: req.id,

@@ -227,12 +227,12 @@ impl Codec for PbCodec {
                 redirect: (e.code() == kvpb::ErrorCode::NotLeader && !e.leader_addr.is_empty())
                     .then(|| e.leader_addr.clone()),
             },
-            Some(R::MemberChange(_) | R::MemberList(_) | R::LeaderTransfer(_)) | None => {
-                Outcome::Error {
-                    kind: "raftkv: empty or unexpected response".into(),
-                    redirect: None,
-                }
-            }
+            Some(R::MemberChange(_) | R::MemberList(_) | R::LeaderTransfer(_))
+            | Some(R::SnapshotBegin(_) | R::SnapshotChunk(_))
+            | None => Outcome::Error {
+                kind: "raftkv: empty or unexpected response".into(),
+                redirect: None,
+            },
         };
         Ok(Some(Reply {
             id: Some(resp.id),

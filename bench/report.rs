@@ -65,6 +65,26 @@ pub struct Report {
     pub reconnects: u64,
     pub max_backlog: usize,
     pub interrupted: bool,
+    /// Latency by percentile for the plots: (nines = -log10(1 - q), ns), see `plot.rs`.
+    pub percentiles: Vec<(f64, u64)>,
+}
+
+/// Points of the percentile curve: every 0.05 nines up to what the sample count resolves
+/// (n samples resolve q up to 1 - 1/n, i.e. log10(n) nines; at most 5 nines), then the max.
+fn percentile_points(h: &hdrhistogram::Histogram<u64>) -> Vec<(f64, u64)> {
+    if h.is_empty() {
+        return Vec::new();
+    }
+    let top = (h.len() as f64).log10().min(5.0);
+    let steps = (top / 0.05) as usize;
+    let mut v: Vec<(f64, u64)> = (0..=steps)
+        .map(|i| {
+            let x = i as f64 * 0.05;
+            (x, h.value_at_quantile(1.0 - 10f64.powf(-x)))
+        })
+        .collect();
+    v.push((top, h.max()));
+    v
 }
 
 impl Report {
@@ -85,6 +105,7 @@ impl Report {
             reconnects: r.reconnects,
             max_backlog: r.max_backlog,
             interrupted: r.interrupted,
+            percentiles: percentile_points(&r.overall),
             info,
         }
     }

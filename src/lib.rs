@@ -11,6 +11,7 @@
 //! - [`snapshot`]: background snapshot creation, compaction policy, InstallSnapshot streaming.
 //! - [`client`]: blocking client library used by the CLI, the bench tool and tests.
 //! - [`pb`]: protobuf types generated from `proto/`.
+//! - [`progress`]: progress bars for the CLI and tools (hidden when stderr is no terminal).
 //! - [`limits`]: the size limits (frame, entry, snapshot fields) every reader and writer shares.
 //! - [`rng`]: seeded PRNG (no global randomness anywhere).
 
@@ -22,6 +23,7 @@ pub mod logger;
 pub mod net;
 pub mod node;
 pub mod pb;
+pub mod progress;
 pub mod raft;
 pub mod rng;
 pub mod server;

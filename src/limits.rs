@@ -70,6 +70,11 @@ pub fn max_scan_page(max_frame: usize) -> usize {
     (max_frame.saturating_sub(RESPONSE_ROOM) / 2).max(1)
 }
 
+/// Largest chunk of a backup (`kvpb::SnapshotChunk`) a node sends: 1 MiB, so a chunk fits the
+/// default 16 MiB frame many times over, one answer costs the loop one 1 MiB read (normally from
+/// the page cache), and the backup client holds one chunk at a time.
+pub const SNAPSHOT_CHUNK: usize = 1 << 20;
+
 /// Checks `--max-frame` against its bounds (the segment size is checked by `storage::Log`).
 pub fn check_max_frame(max_frame: usize) -> Result<(), String> {
     if max_frame == 0 || max_frame > MAX_FRAME_CEILING {

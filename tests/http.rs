@@ -423,3 +423,32 @@ fn hostile_clients_get_an_error_or_a_close_and_the_node_serves_on() {
     assert!(metric(&m, "raftkv_http_timeouts_total", &[]) >= 1.0);
     assert!(metric(&m, "raftkv_http_connections_rejected_total", &[]) >= (200 - MAX_CONNS) as f64);
 }
+
+#[test]
+fn bench_scrapes_metrics_and_reports_each_nodes_loop_p99() {
+    let c = Cluster::start_http(3, &[]);
+    c.wait_leader();
+    let http: Vec<String> = (1..=3).map(|i| c.http_addr(i)).collect();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_raftkv-bench"))
+        .args(["put", "--duration", "1", "--warmup", "0", "--keys", "100"])
+        .arg(format!("--endpoints={}", c.endpoints().join(",")))
+        .arg(format!("--metrics-addrs={}", http.join(",")))
+        .args(["--scrape-metrics-hz", "10"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    // The scraper's first round (one scrape per node) starts with the run, whatever the
+    // machine's speed: at least 3, and none may fail.
+    let ok: u64 = err
+        .split(" scrapes ok")
+        .next()
+        .and_then(|s| s.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(ok >= 3 && err.contains(", 0 failed"), "{err}");
+    for a in &http {
+        let line = err.lines().find(|l| l.contains(a.as_str())).unwrap_or("");
+        assert!(line.contains("loop passes, p99 <="), "node {a}: {err}");
+    }
+}

@@ -15,9 +15,10 @@ use clap::{Parser, Subcommand};
 use prost::Message;
 use raftkv::pb::kvpb;
 use raftkv::raft::{ConfState, Entry, EntryType};
-use raftkv::snapshot::{recover, restore_kv, SnapshotError};
+use raftkv::snapshot::backup::verify_file;
+use raftkv::snapshot::{recover, SnapshotError};
 use raftkv::storage::inspect::{self, Check, DataDirs, LogInfo};
-use raftkv::storage::{hardstate, snapshot, SnapshotReader, StorageError};
+use raftkv::storage::{hardstate, snapshot, StorageError};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -368,6 +369,17 @@ fn dump(dir: &Path, from: Option<u64>, to: Option<u64>, json: bool) -> Result<()
 /// Runs exactly the checks and decisions of the server's startup
 /// (`raftkv::snapshot::recover::check_data_dir`): exit 0 when the server would start (with a
 /// `WARNING:` line for each repair or fallback it makes), 1 when it would refuse.
+/// Bytes of the files directly in `dir` (0 if it cannot be read): the progress bar's total.
+fn dir_bytes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir).map_or(0, |rd| {
+        rd.flatten()
+            .filter_map(|e| e.metadata().ok())
+            .filter(|m| m.is_file())
+            .map(|m| m.len())
+            .sum()
+    })
+}
+
 fn verify(dir: &Path, strict: bool) -> Result<(), Fail> {
     let check = if strict {
         Check::Strict
@@ -375,7 +387,15 @@ fn verify(dir: &Path, strict: bool) -> Result<(), Fail> {
         Check::Lenient
     };
     let dirs = inspect::resolve(dir)?;
-    let rec = recover::check_data_dir(&dirs, check)?;
+    let total = dir_bytes(&dirs.log) + dirs.snap.as_deref().map_or(0, dir_bytes);
+    let pb = raftkv::progress::bytes(total, "verifying");
+    let mut done = 0;
+    let rec = recover::check_data_dir_progress(&dirs, check, &mut |n| {
+        done += n;
+        pb.set_position(done);
+    });
+    pb.finish_and_clear();
+    let rec = rec?;
     let info = &rec.log;
     let hs = rec.hard_state;
     let hs_desc = match &dirs.hardstate {
@@ -415,43 +435,34 @@ fn snapshot_cmd(file: &Path) -> Result<(), Fail> {
     if !file.is_file() {
         return Err(Fail::Other(format!("{}: no such file", file.display())));
     }
+    let size = std::fs::metadata(file)?.len();
     // Everything the server checks before using a snapshot: every CRC, the KV payload decoded
-    // in full, its applied index equal to the metadata's.
-    let meta = match restore_kv(file) {
-        Ok((meta, _)) => meta,
+    // in full, its applied index equal to the metadata's; as a stream (a backup may be larger
+    // than memory), so the key count comes from the same pass.
+    let pb = raftkv::progress::bytes(size, "checking");
+    let res = verify_file(file, &mut |n| pb.set_position(n));
+    pb.finish_and_clear();
+    let info = match res {
+        Ok(i) => i,
         Err(SnapshotError::Storage(e)) => return Err(e.into()),
         Err(SnapshotError::Other(e)) => return Err(Fail::Damage(e)),
     };
-    let size = std::fs::metadata(file)?.len();
     println!(
         "file:     {} ({size} B, all CRCs and the KV payload ok)",
         file.display()
     );
-    println!("index:    {}", meta.index);
-    println!("term:     {}", meta.term);
-    let conf = meta.conf.unwrap_or_default();
+    println!("index:    {}", info.meta.index);
+    println!("term:     {}", info.meta.term);
+    let conf = info.meta.conf.unwrap_or_default();
     println!("voters:   {:?}", conf.voters);
     println!("learners: {:?}", conf.learners);
-    let mut r = SnapshotReader::open(file)?;
-    // The summary is another module's code: a panic there must not take the tool down.
-    let prev = std::panic::take_hook();
-    std::panic::set_hook(Box::new(|_| {}));
-    let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        raftkv::kv::snapshot_summary(&mut r)
-    }));
-    std::panic::set_hook(prev);
-    match res {
-        Ok(Ok(s)) => {
-            println!("keys:     {}", s.keys);
-            println!("sessions: {}", s.sessions);
-            println!("applied:  {}", s.applied);
-            match s.alarm {
-                0 => println!("alarm:    none"),
-                n => println!("alarm:    NO_SPACE raised by node {n}"),
-            }
-        }
-        Ok(Err(e)) => println!("keys:     key count unavailable ({e})"),
-        Err(_) => println!("keys:     key count unavailable (summary not implemented)"),
+    println!("keys:     {}", info.summary.keys);
+    println!("sessions: {}", info.summary.sessions);
+    println!("applied:  {}", info.summary.applied);
+    println!("payload:  {} B", info.payload_bytes);
+    match info.summary.alarm {
+        0 => println!("alarm:    none"),
+        n => println!("alarm:    NO_SPACE raised by node {n}"),
     }
     Ok(())
 }

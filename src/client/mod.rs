@@ -288,6 +288,78 @@ impl Client {
         self.status(&addr)
     }
 
+    /// Backup step 1 or 2 (proto/kv.proto, `SnapshotBegin`): asks for a snapshot covering
+    /// `min_index` (0: the leader takes a linearizable point first). Follows the leader like a
+    /// read. Returns the answer and the endpoint that gave it (fetch the chunks from there).
+    pub fn snapshot_begin(
+        &mut self,
+        min_index: u64,
+    ) -> Result<(kvpb::SnapshotBeginResponse, String), ClientError> {
+        let op = Op::SnapshotBegin(kvpb::SnapshotBegin { min_index });
+        match self.call(op, 0)? {
+            R::SnapshotBegin(r) => {
+                let addr = self
+                    .conn
+                    .as_ref()
+                    .map(|c| c.addr.clone())
+                    .unwrap_or_default();
+                Ok((r, addr))
+            }
+            other => Err(unexpected("snapshot begin", other)),
+        }
+    }
+
+    /// Backup step 3: one chunk of a snapshot file from `endpoint` (that node only: the file is
+    /// its own). Reuses the open connection to it; a transport failure reconnects to the same
+    /// endpoint until the deadline. Asks for at most what fits this client's frame limit.
+    pub fn snapshot_chunk(
+        &mut self,
+        endpoint: &str,
+        index: u64,
+        term: u64,
+        offset: u64,
+    ) -> Result<kvpb::SnapshotChunkResponse, ClientError> {
+        let room = self
+            .opts
+            .max_frame
+            .saturating_sub(crate::limits::RESPONSE_ROOM);
+        let max_bytes = room.clamp(1, crate::limits::SNAPSHOT_CHUNK) as u32;
+        let op = Op::SnapshotChunk(kvpb::SnapshotChunk {
+            index,
+            term,
+            offset,
+            max_bytes,
+        });
+        let deadline = Instant::now() + self.opts.timeout;
+        let mut backoff = Backoff::new();
+        loop {
+            let conn = match self.conn.take().filter(|c| c.addr == endpoint) {
+                Some(c) => Ok(c),
+                None => Conn::connect(endpoint, self.opts.connect_timeout, deadline),
+            };
+            let req = self.request(op.clone(), 0);
+            let lim = self.limits(self.opts.attempt_timeout, deadline);
+            let res = conn.and_then(|mut c| c.call(&req, &lim).map(|r| (c, r)));
+            match res {
+                Ok((c, resp)) => {
+                    self.conn = Some(c);
+                    return match resp.result {
+                        Some(R::SnapshotChunk(r)) => Ok(r),
+                        Some(R::Error(e)) => Err(ClientError::Server(e)),
+                        other => Err(unexpected_opt("snapshot chunk", other)),
+                    };
+                }
+                Err(e) if Instant::now() >= deadline || response_too_large(&e).is_some() => {
+                    return Err(io_error(endpoint, e));
+                }
+                Err(e) => {
+                    log::debug!("client: snapshot chunk from {endpoint}: {e}");
+                    backoff.sleep(&mut self.rng, deadline);
+                }
+            }
+        }
+    }
+
     /// A write: takes the next seq, runs it to a final outcome, then acknowledges it.
     fn write(&mut self, op: Op) -> Result<R, ClientError> {
         self.seq += 1;

@@ -90,6 +90,10 @@ fn serve(kv: &KvStore, op: &ReadOp, max_scan_bytes: usize) -> ApplyResult {
     match op {
         ReadOp::Get(g) => ApplyResult::Get(kv.get(&g.key)),
         ReadOp::Scan(s) => ApplyResult::Scan(kv.scan_page(s, max_scan_bytes)),
+        ReadOp::SnapshotPoint => ApplyResult::SnapshotBegin(kvpb::SnapshotBeginResponse {
+            read_index: kv.applied(),
+            ..Default::default()
+        }),
     }
 }
 

@@ -41,6 +41,10 @@ impl ReplyAddr for u32 {
 pub enum ReadOp {
     Get(kvpb::Get),
     Scan(kvpb::Scan),
+    /// A backup's linearizable point (`kvpb::SnapshotBegin`): answered with a not-ready
+    /// `SnapshotBeginResponse` whose `read_index` is the applied index when served; the shell,
+    /// which owns the snapshot files, completes it.
+    SnapshotPoint,
 }
 
 #[derive(Debug)]

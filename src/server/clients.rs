@@ -68,6 +68,7 @@ impl Server {
             Some(Op::MemberChange(_) | Op::MemberList(_) | Op::LeaderTransfer(_)) => {
                 super::metrics::OP_MEMBER
             }
+            Some(Op::SnapshotBegin(_) | Op::SnapshotChunk(_)) => super::metrics::OP_SNAPSHOT,
             _ => super::metrics::OP_INVALID,
         }] += 1;
         match req.op {
@@ -92,6 +93,8 @@ impl Server {
                 });
                 self.write(to, &cmd(clear), now);
             }
+            Some(Op::SnapshotBegin(b)) => self.on_snapshot_begin(to, b, now),
+            Some(Op::SnapshotChunk(c)) => self.on_snapshot_chunk(to, c),
             Some(Op::Put(p)) if !p.key.is_empty() => self.write(to, &cmd(Cmd::Put(p)), now),
             Some(Op::Delete(d)) if !d.key.is_empty() => self.write(to, &cmd(Cmd::Delete(d)), now),
             Some(Op::Cas(c)) if !c.key.is_empty() => self.write(to, &cmd(Cmd::Cas(c)), now),
@@ -162,6 +165,7 @@ impl Server {
         let mut answers = std::mem::take(&mut self.answer_buf);
         self.replica.requests().swap_answers(&mut answers);
         for (to, r) in answers.drain(..) {
+            let r = self.complete_answer(r);
             self.send_response(to.token, to.req_id, r);
         }
         self.answer_buf = answers;

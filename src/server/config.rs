@@ -115,6 +115,25 @@ pub fn format_peers(peers: &[PeerSpec]) -> String {
         .join(",")
 }
 
+/// The configuration a brand-new cluster starts from: every `--peers` entry a voter, with
+/// its addresses as its member context. Once a node has a snapshot or a configuration entry,
+/// that wins over `--peers` (docs/membership.md). `raftkv snapshot restore`
+/// seeds a new cluster's members with it too.
+pub fn bootstrap_conf(peers: &[PeerSpec]) -> crate::raft::ConfState {
+    let mut conf = crate::raft::ConfState {
+        voters: peers.iter().map(|p| p.id).collect(),
+        ..Default::default()
+    };
+    for p in peers {
+        let client = p.client_addr.as_deref().unwrap_or_default();
+        conf.members.push(crate::raft::Member {
+            id: p.id,
+            context: crate::node::membership::encode_context(&p.peer_addr, client, false),
+        });
+    }
+    conf
+}
+
 /// Everything a node needs to run.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {

@@ -13,8 +13,8 @@ use std::fmt::Write;
 use std::time::Duration;
 
 /// Client request kinds, the `op` label.
-pub(super) const OPS: [&str; 8] = [
-    "put", "delete", "cas", "get", "scan", "status", "invalid", "member",
+pub(super) const OPS: [&str; 9] = [
+    "put", "delete", "cas", "get", "scan", "status", "invalid", "member", "snapshot",
 ];
 pub(super) const OP_PUT: usize = 0;
 pub(super) const OP_DELETE: usize = 1;
@@ -25,6 +25,8 @@ pub(super) const OP_STATUS: usize = 5;
 pub(super) const OP_INVALID: usize = 6;
 /// Membership requests (change, list, leader transfer).
 pub(super) const OP_MEMBER: usize = 7;
+/// Backup requests (`SnapshotBegin`, `SnapshotChunk`).
+pub(super) const OP_SNAPSHOT: usize = 8;
 
 /// Result labels of client responses: "ok", then one per error code (by its number).
 const RESULTS: [&str; 10] = [

@@ -27,9 +27,11 @@
 //! - `timers.rs`: Raft ticks from real time and the timer wheel's events;
 //! - `ready_shell.rs`: the server's side of the Ready phases (log, hard state, sync);
 //! - `snap.rs`: taking, compacting, sending and installing snapshots;
+//! - `backup.rs`: serving backups (`SnapshotBegin`, `SnapshotChunk`);
 //! - `http.rs`: the HTTP listener (`/livez`, `/readyz`, `/status`, `/metrics`);
 //! - `metrics.rs`: the counters and histograms, and the `/metrics` page.
 
+mod backup;
 mod clients;
 pub mod config;
 mod connections;
@@ -43,7 +45,7 @@ mod space;
 mod startup;
 mod timers;
 
-pub use config::{parse_peers, PeerSpec, ServerConfig};
+pub use config::{bootstrap_conf, parse_peers, PeerSpec, ServerConfig};
 
 use crate::kv::ApplyResult;
 use crate::net::conn::Conn;

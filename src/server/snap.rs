@@ -218,6 +218,30 @@ impl Server {
         Ok(())
     }
 
+    /// A backup needs a snapshot newer than the newest file (`backup.rs`): starts one now,
+    /// outside the policy, unless one is being written (the caller polls again once it is
+    /// done) or the last attempt failed less than [`RETRY_AFTER_FAILURE`] ago (then says so:
+    /// forking again on every poll would not fix a full disk).
+    /// Only once `point` is applied here: a snapshot below it would not do (a lagging
+    /// follower polled with the leader's point answers not ready until it caught up).
+    pub(super) fn snapshot_for_backup(&mut self, point: u64) -> Result<(), String> {
+        if self.snaps.bg.is_some() {
+            return Ok(());
+        }
+        if let Some(t) = self.snaps.not_before.filter(|&t| Instant::now() < t) {
+            return Err(format!(
+                "the last snapshot attempt failed (see the node's log); next attempt in {:?}",
+                t - Instant::now()
+            ));
+        }
+        let applied = self.replica.kv().applied();
+        if applied >= point && applied > self.snaps.latest_index() {
+            log::info!("snapshot requested by a backup");
+            self.start_snapshot();
+        }
+        Ok(())
+    }
+
     fn start_snapshot(&mut self) {
         if self.withholding_acks() {
             // A full disk keeps entries out of the log, some perhaps applied already: the log

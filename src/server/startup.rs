@@ -138,7 +138,7 @@ fn recover(cfg: &ServerConfig) -> Result<Recovered, String> {
         rec,
     } = open_storage(cfg)?;
     let mut hs = disk_hs;
-    let mut conf = bootstrap_conf(cfg);
+    let mut conf = super::config::bootstrap_conf(&cfg.peers);
     let mut latest = None;
     let kv = match rec.snapshot {
         Some(l) => {
@@ -185,24 +185,6 @@ fn recover(cfg: &ServerConfig) -> Result<Recovered, String> {
     };
     replay(&mut r)?;
     Ok(r)
-}
-
-/// The configuration a brand-new cluster starts from: every `--peers` entry a voter, with
-/// its addresses as its member context. Once a node has a snapshot or a configuration entry,
-/// that wins over `--peers` (docs/membership.md).
-fn bootstrap_conf(cfg: &ServerConfig) -> ConfState {
-    let mut conf = ConfState {
-        voters: cfg.peers.iter().map(|p| p.id).collect(),
-        ..ConfState::default()
-    };
-    for p in &cfg.peers {
-        let client = p.client_addr.as_deref().unwrap_or_default();
-        conf.members.push(crate::raft::Member {
-            id: p.id,
-            context: crate::node::membership::encode_context(&p.peer_addr, client, false),
-        });
-    }
-    conf
 }
 
 /// Applies the committed entries above the snapshot to the state machine, streamed.

@@ -20,6 +20,7 @@
 //! file format and its checks.
 
 mod background;
+pub mod backup;
 mod pacing;
 mod policy;
 pub mod recover;
@@ -42,7 +43,6 @@ use crate::kv::KvStore;
 use crate::raft::SnapshotMeta;
 use crate::storage::{SnapshotReader, SnapshotStore, StorageError};
 use std::fmt;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
 /// A snapshot failure. Always says what failed and where.
@@ -119,26 +119,8 @@ pub fn restore_kv(path: &Path) -> Result<(SnapshotMeta, KvStore), SnapshotError>
         SnapshotError::Other(format!("{}: restoring the KV state: {e}", path.display()))
     })?;
     // The KV format is self-delimiting: read on to the storage trailer so its checks run too.
-    let mut rest = [0u8; 64];
-    loop {
-        match r.read(&mut rest) {
-            Ok(0) => break,
-            Ok(n) => {
-                return Err(SnapshotError::Other(format!(
-                    "{}: {n}+ unexpected bytes after the KV state (at payload byte {})",
-                    path.display(),
-                    r.bytes_read() - n as u64
-                )))
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => {
-                return Err(SnapshotError::Other(format!(
-                    "{}: verifying the snapshot file: {e}",
-                    path.display()
-                )))
-            }
-        }
-    }
+    let at = r.bytes_read();
+    backup::read_to_trailer(&mut r, path, at)?;
     if kv.applied() != r.meta.index {
         return Err(SnapshotError::Other(format!(
             "{}: KV state is at index {} but the snapshot claims index {}",

@@ -17,7 +17,7 @@ use super::{
     check_meta, fallback_warning, newest_usable, no_usable_snapshot, LoadedSnapshot, SnapshotError,
 };
 use crate::raft::HardState;
-use crate::storage::inspect::{inspect_log_durable, Check, DataDirs, LogInfo};
+use crate::storage::inspect::{inspect_log_progress, Check, DataDirs, LogInfo};
 use crate::storage::{hardstate, snapshot, StorageError};
 use std::fmt;
 
@@ -66,6 +66,10 @@ pub struct Recovery {
     pub recovered: Recovered,
 }
 
+fn file_len(p: &std::path::Path) -> u64 {
+    std::fs::metadata(p).map_or(0, |m| m.len())
+}
+
 fn refuse(path: &std::path::Path, offset: u64, what: String) -> SnapshotError {
     SnapshotError::Storage(StorageError::Corrupt {
         path: path.to_path_buf(),
@@ -78,6 +82,17 @@ fn refuse(path: &std::path::Path, offset: u64, what: String) -> SnapshotError {
 /// module docs). `check` is `Check::Lenient` for the server and `verify`, `Check::Strict` for
 /// `verify --strict` (which also refuses what the server would repair).
 pub fn check_data_dir(dirs: &DataDirs, check: Check) -> Result<Recovery, SnapshotError> {
+    check_data_dir_progress(dirs, check, &mut |_| {})
+}
+
+/// [`check_data_dir`], calling `progress(bytes)` with the snapshot files' total size once the
+/// newest usable one is restored, and with each log segment's size as its scan starts (what
+/// `raftkv-log verify` shows).
+pub fn check_data_dir_progress(
+    dirs: &DataDirs,
+    check: Check,
+    progress: &mut dyn FnMut(u64),
+) -> Result<Recovery, SnapshotError> {
     let hard_state = match &dirs.hardstate {
         Some(h) => {
             let dir = h.parent().unwrap_or(std::path::Path::new("."));
@@ -88,7 +103,10 @@ pub fn check_data_dir(dirs: &DataDirs, check: Check) -> Result<Recovery, Snapsho
     let mut warnings = Vec::new();
     let snapshot = match &dirs.snap {
         Some(sd) => {
-            let (loaded, failures) = newest_usable(snapshot::list(sd)?);
+            let files = snapshot::list(sd)?;
+            let tried = files.iter().map(|(_, _, p)| file_len(p)).sum();
+            let (loaded, failures) = newest_usable(files);
+            progress(tried);
             if loaded.is_none() && !failures.is_empty() {
                 return Err(no_usable_snapshot(sd, &failures));
             }
@@ -113,7 +131,7 @@ pub fn check_data_dir(dirs: &DataDirs, check: Check) -> Result<Recovery, Snapsho
             .map_err(|e| SnapshotError::Other(format!("{}: {e}", s.path.display())))?;
     }
     let durable = hard_state.commit;
-    let log = inspect_log_durable(&dirs.log, check, durable)?;
+    let log = inspect_log_progress(&dirs.log, check, durable, progress)?;
     if let Some((p, off, what)) = &log.tail_damage {
         warnings.push(format!(
             "{}: torn tail at byte {off}: {what}; the server cuts it away when it opens the log",

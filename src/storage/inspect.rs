@@ -196,8 +196,23 @@ pub fn inspect_log_durable(
     check: Check,
     durable: u64,
 ) -> Result<LogInfo, StorageError> {
+    inspect_log_progress(log_dir, check, durable, &mut |_| {})
+}
+
+/// [`inspect_log_durable`], calling `on_segment(file bytes)` as each segment is opened for its
+/// scan (progress for `raftkv-log verify` of a large directory).
+pub fn inspect_log_progress(
+    log_dir: &Path,
+    check: Check,
+    durable: u64,
+    on_segment: &mut dyn FnMut(u64),
+) -> Result<LogInfo, StorageError> {
     let strict = check == Check::Strict;
-    let found = logscan::scan_log_dir(log_dir, durable, strict, &mut |p| map_ro(p))?;
+    let found = logscan::scan_log_dir(log_dir, durable, strict, &mut |p| {
+        let map = map_ro(p)?;
+        on_segment(map.len() as u64);
+        Ok(map)
+    })?;
     let segments = found
         .segments
         .into_iter()

@@ -67,15 +67,21 @@ impl Cluster {
 
     /// Like `start`, every node also serving HTTP (`--http-addr`, see `http_addr`).
     pub fn start_http(n: u64, args: &[&str]) -> Cluster {
-        Cluster::start_inner(n, args, true, |_| {})
+        Cluster::start_inner(n, args, true, |_, _| {})
     }
 
     /// Like `start`, after `setup(data_root)` prepared the nodes' data dirs (`<root>/n<i>`).
     pub fn start_with(n: u64, args: &[&str], setup: impl FnOnce(&Path)) -> Cluster {
+        Cluster::start_inner(n, args, false, |root, _| setup(root))
+    }
+
+    /// Like `start_with`, `setup` also getting the cluster's `--peers` string (to seed the
+    /// data dirs for exactly these members).
+    pub fn start_seeded(n: u64, args: &[&str], setup: impl FnOnce(&Path, &str)) -> Cluster {
         Cluster::start_inner(n, args, false, setup)
     }
 
-    fn start_inner(n: u64, args: &[&str], http: bool, setup: impl FnOnce(&Path)) -> Cluster {
+    fn start_inner(n: u64, args: &[&str], http: bool, setup: impl FnOnce(&Path, &str)) -> Cluster {
         let ports = free_ports(if http { 3 } else { 2 } * n as usize);
         let nodes: Vec<Node> = (0..n)
             .map(|i| Node {
@@ -104,7 +110,7 @@ impl Cluster {
             nodes,
             args: args.iter().map(|s| s.to_string()).collect(),
         };
-        setup(c.dir.path());
+        setup(c.dir.path(), &c.peers);
         for id in 1..=n {
             c.start_node(id);
         }

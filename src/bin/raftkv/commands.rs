@@ -23,7 +23,7 @@ pub fn run(cmd: Cmd) -> u8 {
         Cmd::Get { c, consistency, .. } | Cmd::Scan { c, consistency, .. } => {
             (c, (*consistency).into())
         }
-        Cmd::Serve(_) | Cmd::Cluster(_) => unreachable!("handled in main"),
+        Cmd::Serve(_) | Cmd::Cluster(_) | Cmd::Snapshot(_) => unreachable!("handled in main"),
     };
     let json = c.json;
     let (mut client, endpoints) = match connect(c, consistency) {
@@ -122,7 +122,7 @@ pub fn run(cmd: Cmd) -> u8 {
             };
             report(r, json, output::alarm)
         }
-        Cmd::Serve(_) | Cmd::Cluster(_) => unreachable!("handled in main"),
+        Cmd::Serve(_) | Cmd::Cluster(_) | Cmd::Snapshot(_) => unreachable!("handled in main"),
     }
 }
 
@@ -205,7 +205,10 @@ fn read_value(
 }
 
 /// A client for --endpoints (connecting lazily) and the endpoints; exit 2 if there are none.
-fn connect(c: &ClientArgs, consistency: kvpb::Consistency) -> Result<(Client, Vec<String>), u8> {
+pub fn connect(
+    c: &ClientArgs,
+    consistency: kvpb::Consistency,
+) -> Result<(Client, Vec<String>), u8> {
     let endpoints: Vec<String> = c
         .endpoints
         .split(',')

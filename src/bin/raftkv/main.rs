@@ -1,7 +1,9 @@
 //! The `raftkv` binary: run a node (`serve`), a local cluster (`cluster`), or talk to a
-//! cluster (`put`, `get`, `del`, `cas`, `scan`, `status`). This file only dispatches:
+//! cluster (`put`, `get`, `del`, `cas`, `scan`, `status`, `snapshot save|restore`). This file
+//! only dispatches:
 //! `args` defines the command line, `serve` runs a node, `cluster` supervises a local
-//! cluster, `commands` holds the client commands and `output` what they print.
+//! cluster, `commands` holds the client commands, `backup` the snapshot save / restore
+//! commands and `output` what they print.
 //!
 //! Exit codes of the client commands (stable, for scripts):
 //! - 0: success
@@ -11,6 +13,7 @@
 //! - 4: request rejected by the server (bad request, too large, internal error)
 
 mod args;
+mod backup;
 mod cluster;
 mod commands;
 mod escape;
@@ -33,6 +36,10 @@ fn main() -> ExitCode {
     match cli.cmd {
         Cmd::Serve(a) => serve::serve(a),
         Cmd::Cluster(a) => cluster::cluster(a),
+        Cmd::Snapshot(s) => {
+            let _ = raftkv::logger::init(Some("warn"));
+            ExitCode::from(backup::run(s))
+        }
         cmd => {
             // A client command piped into `head` should end quietly, as Unix tools do, not panic
             // on EPIPE: restore the default SIGPIPE action (Rust's runtime ignores it). The

@@ -12,6 +12,9 @@ use std::path::Path;
 
 pub const EXIT_OK: u8 = 0;
 pub const EXIT_NOT_FOUND: u8 = 1;
+/// `snapshot save / restore`: the file is damaged or cannot be written, or the data directory
+/// is not empty (the same code as "not found": the command did not do what was asked).
+pub const EXIT_FAILED: u8 = 1;
 pub const EXIT_USAGE: u8 = 2;
 pub const EXIT_UNAVAILABLE: u8 = 3;
 pub const EXIT_REJECTED: u8 = 4;
