@@ -23,6 +23,7 @@ pub mod net;
 pub mod node;
 pub mod pb;
 pub mod raft;
+pub mod resp;
 pub mod rng;
 pub mod server;
 pub mod sim;

@@ -115,6 +115,11 @@ impl KvStore {
         self.keys.get(key)
     }
 
+    /// Reads several keys (no side effects).
+    pub fn multi_get(&self, keys: &[Bytes]) -> kvpb::MultiGetResponse {
+        self.keys.multi_get(keys)
+    }
+
     /// Scans as described in `kvpb::Scan`: limit 0 means [`store::DEFAULT_SCAN_LIMIT`], larger
     /// limits are capped at [`store::MAX_SCAN_LIMIT`]; a non-empty `next_key` is the first key
     /// not returned (pass it as `start` to continue). Unbounded in bytes: see

@@ -315,6 +315,7 @@ mod tests {
             op: Some(kvpb::request::Op::Put(kvpb::Put {
                 key: Bytes::from_static(b"k"),
                 value: Bytes::from(vec![7u8; 64 * 1024]),
+                ..Default::default()
             })),
             ..Default::default()
         });

@@ -78,6 +78,7 @@ fn serve(kv: &KvStore, op: &ReadOp, max_scan_bytes: usize) -> ApplyResult {
     match op {
         ReadOp::Get(g) => ApplyResult::Get(kv.get(&g.key)),
         ReadOp::Scan(s) => ApplyResult::Scan(kv.scan_page(s, max_scan_bytes)),
+        ReadOp::MultiGet(m) => ApplyResult::MultiGet(kv.multi_get(&m.keys)),
     }
 }
 

@@ -29,6 +29,7 @@ use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 pub enum ReadOp {
     Get(kvpb::Get),
     Scan(kvpb::Scan),
+    MultiGet(kvpb::MultiGet),
 }
 
 #[derive(Debug)]
@@ -347,7 +348,10 @@ mod tests {
         r.applied_write(
             1,
             1,
-            Some(ApplyResult::Put(kvpb::PutResponse { version: 1 })),
+            Some(ApplyResult::Put(kvpb::PutResponse {
+                version: 1,
+                ..Default::default()
+            })),
         );
         let _ = r.take_answers().count();
         // Deadlines 101 (answered), 111 and 121: a full 100 ms after each stamp, plus the

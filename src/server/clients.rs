@@ -62,6 +62,10 @@ impl Server {
             Some(Op::Put(_)) => super::metrics::OP_PUT,
             Some(Op::Delete(_)) => super::metrics::OP_DELETE,
             Some(Op::Cas(_)) => super::metrics::OP_CAS,
+            Some(Op::Incr(_) | Op::Append(_) | Op::MultiPut(_) | Op::DeleteKeys(_)) => {
+                super::metrics::OP_RMW
+            }
+            Some(Op::MultiGet(_)) => super::metrics::OP_GET,
             Some(Op::Get(_)) => super::metrics::OP_GET,
             Some(Op::Scan(_)) => super::metrics::OP_SCAN,
             Some(Op::Status(_)) => super::metrics::OP_STATUS,
@@ -80,6 +84,16 @@ impl Server {
             Some(Op::Put(p)) if !p.key.is_empty() => self.write(to, &cmd(Cmd::Put(p)), now),
             Some(Op::Delete(d)) if !d.key.is_empty() => self.write(to, &cmd(Cmd::Delete(d)), now),
             Some(Op::Cas(c)) if !c.key.is_empty() => self.write(to, &cmd(Cmd::Cas(c)), now),
+            // The state machine checks these keys (all of them, for the multi-key ops).
+            Some(Op::Incr(i)) => self.write(to, &cmd(Cmd::Incr(i)), now),
+            Some(Op::Append(a)) => self.write(to, &cmd(Cmd::Append(a)), now),
+            Some(Op::MultiPut(m)) => self.write(to, &cmd(Cmd::MultiPut(m)), now),
+            Some(Op::DeleteKeys(d)) => self.write(to, &cmd(Cmd::DeleteKeys(d)), now),
+            Some(Op::MultiGet(m)) => {
+                let overdue = self.tick_overdue();
+                self.replica
+                    .read(to, consistency, ReadOp::MultiGet(m), now, overdue);
+            }
             Some(Op::Get(g)) if !g.key.is_empty() => {
                 let overdue = self.tick_overdue();
                 self.replica
@@ -152,6 +166,7 @@ impl Server {
             leader_id,
             commit_index: st.commit,
             applied_index: self.replica.applied(),
+            keys: self.replica.kv().len() as u64,
             last_log_index: store.last_index(),
             first_log_index: store.first_index(),
             snapshot_index: self.snaps.latest.as_ref().map_or(0, |(m, _)| m.index),

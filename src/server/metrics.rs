@@ -13,7 +13,10 @@ use std::fmt::Write;
 use std::time::Duration;
 
 /// Client request kinds, the `op` label.
-pub(super) const OPS: [&str; 7] = ["put", "delete", "cas", "get", "scan", "status", "invalid"];
+/// "rmw": the read-modify-write ops (incr, append, multi-put, delete-keys).
+pub(super) const OPS: [&str; 8] = [
+    "put", "delete", "cas", "get", "scan", "status", "invalid", "rmw",
+];
 pub(super) const OP_PUT: usize = 0;
 pub(super) const OP_DELETE: usize = 1;
 pub(super) const OP_CAS: usize = 2;
@@ -21,6 +24,7 @@ pub(super) const OP_GET: usize = 3;
 pub(super) const OP_SCAN: usize = 4;
 pub(super) const OP_STATUS: usize = 5;
 pub(super) const OP_INVALID: usize = 6;
+pub(super) const OP_RMW: usize = 7;
 
 /// Result labels of client responses: "ok", then one per error code (by its number).
 const RESULTS: [&str; 10] = [
@@ -118,7 +122,11 @@ impl Metrics {
                 .map(|c| c + 1)
                 .filter(|&i| i < RESULTS.len())
                 .unwrap_or(1),
-            ApplyResult::Put(_) | ApplyResult::Delete(_) | ApplyResult::Cas(_) => {
+            ApplyResult::Put(_)
+            | ApplyResult::Delete(_)
+            | ApplyResult::Cas(_)
+            | ApplyResult::Incr(_)
+            | ApplyResult::Append(_) => {
                 self.proposals_applied += 1;
                 0
             }

@@ -674,6 +674,7 @@ fn short_op(req: &ClientReq) -> String {
                     decode_val(&x.value).to_string()
                 }
             ),
+            Some(other) => format!("{other:?}"),
             None => "empty".to_string(),
         },
     }

@@ -346,6 +346,7 @@ pub fn put_req(id: u64, k: &str, v: &str) -> kvpb::Request {
         op: Some(kvpb::request::Op::Put(kvpb::Put {
             key: Bytes::copy_from_slice(k.as_bytes()),
             value: Bytes::copy_from_slice(v.as_bytes()),
+            ..Default::default()
         })),
         ..Default::default()
     }

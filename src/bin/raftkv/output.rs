@@ -316,6 +316,7 @@ mod tests {
                 match_index: 7,
                 next_index: 8,
             }],
+            ..Default::default()
         };
         assert_eq!(
             status_json("e:1", &Ok(s)),
