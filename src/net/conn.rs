@@ -97,6 +97,12 @@ impl Conn {
         split_frame(&mut self.rbuf, self.max_frame)
     }
 
+    /// The bytes received and not yet consumed, for a connection that parses its own
+    /// protocol (RESP) instead of length-prefixed frames.
+    pub fn input_mut(&mut self) -> &mut BytesMut {
+        &mut self.rbuf
+    }
+
     /// Drops everything received and not yet consumed (a connection being closed).
     pub fn discard_input(&mut self) {
         self.rbuf.clear();

@@ -42,7 +42,7 @@ impl Server {
         u64::try_from(self.clock_start.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
-    fn on_request(&mut self, token: Token, req: kvpb::Request) {
+    pub(super) fn on_request(&mut self, token: Token, req: kvpb::Request) {
         use kvpb::command::Op as Cmd;
         use kvpb::request::Op;
         let to = ClientRef {
@@ -200,6 +200,9 @@ impl Server {
         let Some(Endpoint::Client(c)) = self.endpoints.get_mut(&token) else {
             return;
         };
+        if c.resp.is_some() {
+            return self.resp_answer(token, id, result);
+        }
         c.inflight = c.inflight.saturating_sub(1);
         let resp = kvpb::Response {
             id,
@@ -216,7 +219,8 @@ impl Server {
             return;
         };
         match c.conn.flush() {
-            Ok(true) if c.closing => {
+            // (A RESP connection waits for the replies still owed to the commands before.)
+            Ok(true) if c.closing && c.resp.as_ref().is_none_or(|r| r.unreleased() == 0) => {
                 // Response out: send FIN, keep reading (and discarding) until the client closes.
                 let _ = c.conn.stream.shutdown(std::net::Shutdown::Write);
             }

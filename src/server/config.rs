@@ -4,12 +4,14 @@
 //! the same string:
 //!
 //! ```text
-//! ID=PEER_HOST:PORT[/CLIENT_HOST:PORT],ID=...
+//! ID=PEER_HOST:PORT[/CLIENT_HOST:PORT[/REDIS_HOST:PORT]],ID=...
 //! 1=127.0.0.1:7004/127.0.0.1:7001,2=127.0.0.1:7005/127.0.0.1:7002,3=127.0.0.1:7006/127.0.0.1:7003
 //! ```
 //!
 //! The peer address is where Raft traffic goes; the optional client address is what a
-//! follower tells clients in a NOT_LEADER error (`leader_addr`).
+//! follower tells clients in a NOT_LEADER error (`leader_addr`); the optional RESP address is
+//! the node's Redis-protocol listener (`--redis-addr` defaults to it), which a follower names
+//! in its `-NOTLEADER` errors.
 
 use crate::net::framing::DEFAULT_MAX_FRAME;
 use crate::net::peer::PeerOptions;
@@ -51,6 +53,7 @@ pub struct PeerSpec {
     pub id: u64,
     pub peer_addr: String,
     pub client_addr: Option<String>,
+    pub redis_addr: Option<String>,
 }
 
 /// Parses `ID=PEER[/CLIENT],...`. Ids must be non-zero and unique.
@@ -67,11 +70,16 @@ pub fn parse_peers(s: &str) -> Result<Vec<PeerSpec>, String> {
         if id == 0 {
             return Err(format!("peer {item:?}: id 0 is reserved"));
         }
-        let (peer, client) = match addrs.split_once('/') {
-            Some((p, c)) => (p.trim(), Some(c.trim())),
-            None => (addrs.trim(), None),
-        };
-        for a in std::iter::once(peer).chain(client) {
+        let mut parts = addrs.split('/').map(str::trim);
+        let peer = parts.next().unwrap_or_default();
+        let client = parts.next();
+        let redis = parts.next();
+        if parts.next().is_some() {
+            return Err(format!(
+                "peer {item:?}: expected ID=PEER_ADDR[/CLIENT_ADDR[/REDIS_ADDR]]"
+            ));
+        }
+        for a in std::iter::once(peer).chain(client).chain(redis) {
             if a.rsplit_once(':')
                 .is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err())
             {
@@ -85,6 +93,7 @@ pub fn parse_peers(s: &str) -> Result<Vec<PeerSpec>, String> {
             id,
             peer_addr: peer.to_string(),
             client_addr: client.map(str::to_string),
+            redis_addr: redis.map(str::to_string),
         });
     }
     if out.is_empty() {
@@ -97,9 +106,17 @@ pub fn parse_peers(s: &str) -> Result<Vec<PeerSpec>, String> {
 pub fn format_peers(peers: &[PeerSpec]) -> String {
     peers
         .iter()
-        .map(|p| match &p.client_addr {
-            Some(c) => format!("{}={}/{}", p.id, p.peer_addr, c),
-            None => format!("{}={}", p.id, p.peer_addr),
+        .map(|p| {
+            // A RESP address needs a client address before it (the format is positional).
+            let mut s = format!("{}={}", p.id, p.peer_addr);
+            for a in [&p.client_addr, &p.redis_addr]
+                .into_iter()
+                .map_while(Option::as_ref)
+            {
+                s.push('/');
+                s.push_str(a);
+            }
+            s
         })
         .collect::<Vec<_>>()
         .join(",")
@@ -114,6 +131,8 @@ pub struct ServerConfig {
     pub peer_listen: String,
     /// Address the client listener binds.
     pub client_listen: String,
+    /// Address the RESP (Redis protocol) listener binds; none = no RESP listener.
+    pub redis_listen: Option<String>,
     /// Address the HTTP listener (health, status, metrics) binds; none if not given.
     pub http_listen: Option<String>,
     /// All members, this node included.
@@ -162,6 +181,7 @@ impl ServerConfig {
             data_dir,
             peer_listen: me.peer_addr.clone(),
             client_listen: me.client_addr.clone().unwrap_or_default(),
+            redis_listen: me.redis_addr.clone(),
             http_listen: None,
             peers,
             tick: DEFAULT_TICK,
@@ -183,6 +203,14 @@ impl ServerConfig {
         })
     }
 
+    /// The RESP address of member `id`, if known.
+    pub fn redis_addr_of(&self, id: u64) -> Option<&str> {
+        self.peers
+            .iter()
+            .find(|p| p.id == id)
+            .and_then(|p| p.redis_addr.as_deref())
+    }
+
     /// The client address of member `id`, if known.
     pub fn client_addr_of(&self, id: u64) -> Option<&str> {
         self.peers
@@ -198,9 +226,11 @@ mod tests {
 
     #[test]
     fn parses_and_formats_peers() {
-        let s = "1=127.0.0.1:7004/127.0.0.1:7001, 2=host:7005,3=[::1]:7006/[::1]:7003";
+        let s = "1=127.0.0.1:7004/127.0.0.1:7001, 2=host:7005,3=[::1]:7006/[::1]:7003/[::1]:6379";
         let p = parse_peers(s).unwrap();
         assert_eq!(p.len(), 3);
+        assert_eq!(p[2].redis_addr.as_deref(), Some("[::1]:6379"));
+        assert_eq!(p[0].redis_addr, None);
         assert_eq!(p[0].client_addr.as_deref(), Some("127.0.0.1:7001"));
         assert_eq!(p[1].client_addr, None);
         assert_eq!(p[2].peer_addr, "[::1]:7006");
@@ -218,6 +248,8 @@ mod tests {
             "1=1.2.3.4:99999",
             "1=a:1,1=b:2",
             "1=a:1/b",
+            "1=a:1/b:2/c",
+            "1=a:1/b:2/c:3/d:4",
         ] {
             assert!(parse_peers(bad).is_err(), "{bad:?} accepted");
         }

@@ -23,6 +23,8 @@
 //! - `startup.rs`: recovery and construction;
 //! - `connections.rs`: accepting, reading and closing inbound connections;
 //! - `clients.rs`: client requests into the replica, its answers onto the connections;
+//! - `resp_conn.rs`, `resp_commands.rs`: RESP (Redis protocol) connections: commands into the
+//!   same requests as the native protocol, replies released in request order;
 //! - `peers.rs`: the links to the other members;
 //! - `timers.rs`: Raft ticks from real time and the timer wheel's events;
 //! - `ready_shell.rs`: the server's side of the Ready phases (log, hard state, sync);
@@ -37,6 +39,8 @@ pub mod http;
 mod metrics;
 mod peers;
 mod ready_shell;
+mod resp_commands;
+mod resp_conn;
 pub mod signal;
 mod snap;
 mod startup;
@@ -47,7 +51,9 @@ pub use config::{parse_peers, PeerSpec, ServerConfig};
 use crate::kv::ApplyResult;
 use crate::net::conn::Conn;
 use crate::net::peer::Peer;
-use crate::net::reactor::{Tokens, CLIENT_LISTENER, HTTP_LISTENER, PEER_LISTENER, SNAPSHOT_CHILD};
+use crate::net::reactor::{
+    Tokens, CLIENT_LISTENER, HTTP_LISTENER, PEER_LISTENER, REDIS_LISTENER, SNAPSHOT_CHILD,
+};
 use crate::net::timer::TimerWheel;
 use crate::node::Replica;
 use crate::raft::HardState;
@@ -77,6 +83,8 @@ struct ClientConn {
     /// forces it). Closing at once with unread input would make the kernel send a RST that
     /// can destroy the error response before the client reads it.
     closing: bool,
+    /// Some for a RESP (Redis protocol) connection: its parser and in-order reply queue.
+    resp: Option<Box<resp_conn::RespState>>,
 }
 
 impl ClientConn {
@@ -108,6 +116,8 @@ pub struct Server {
     client_listener: Option<TcpListener>,
     /// The HTTP listener, if `--http-addr` was given.
     http_listener: Option<TcpListener>,
+    /// The RESP listener, if `--redis-addr` was given.
+    redis_listener: Option<TcpListener>,
     http_conns: HashMap<Token, http::HttpConn>,
     metrics: metrics::Metrics,
     tokens: Tokens,
@@ -143,6 +153,7 @@ pub struct Server {
     pub peer_local_addr: std::net::SocketAddr,
     pub client_local_addr: std::net::SocketAddr,
     pub http_local_addr: Option<std::net::SocketAddr>,
+    pub redis_local_addr: Option<std::net::SocketAddr>,
 }
 
 impl Server {
@@ -239,7 +250,7 @@ impl Server {
     fn dispatch(&mut self, ev: &Event) {
         let token = ev.token();
         match token {
-            PEER_LISTENER | CLIENT_LISTENER => self.accept(token),
+            PEER_LISTENER | CLIENT_LISTENER | REDIS_LISTENER => self.accept(token),
             SNAPSHOT_CHILD => self.snaps.child_event = true,
             HTTP_LISTENER => self.accept_http(),
             _ => {
@@ -283,6 +294,7 @@ impl Server {
             self.peer_listener.take(),
             self.client_listener.take(),
             self.http_listener.take(),
+            self.redis_listener.take(),
         ]
         .into_iter()
         .flatten()

@@ -54,6 +54,9 @@ fn serve_config(a: &ServeArgs) -> Result<ServerConfig, String> {
         cfg.client_listen = c.clone();
     }
     cfg.http_listen = a.http_addr.clone();
+    if let Some(r) = &a.redis_addr {
+        cfg.redis_listen = Some(r.clone());
+    }
     if cfg.client_listen.is_empty() {
         return Err("no client address: give --client-addr or ID=PEER/CLIENT in --peers".into());
     }
