@@ -65,6 +65,18 @@ impl Reply {
         }
     }
 
+    /// About the bytes [`Reply::encode`] makes (exact but for integers and lengths, counted
+    /// as 20 digits): for backpressure on replies held back for order.
+    pub fn size(&self) -> usize {
+        match self {
+            Reply::Simple(s) => s.len() + 3,
+            Reply::Error(s) => s.len() + 3,
+            Reply::Int(_) | Reply::Nil => 23,
+            Reply::Bulk(b) => b.len() + 25,
+            Reply::Array(items) => items.iter().map(Reply::size).sum::<usize>() + 23,
+        }
+    }
+
     /// The whole encoding in one buffer (tests, small replies).
     pub fn to_bytes(&self) -> Vec<u8> {
         let (mut buf, mut out) = (BytesMut::new(), Vec::new());
@@ -94,6 +106,7 @@ mod tests {
             Reply::Nil,
             Reply::Array(vec![]),
         ]);
+        assert!(r.size() >= r.to_bytes().len(), "size is an upper bound");
         assert_eq!(
             r.to_bytes(),
             b"*6\r\n+OK\r\n-ERR bad  thing\r\n:-3\r\n$2\r\nhi\r\n$-1\r\n*0\r\n".to_vec()

@@ -90,8 +90,10 @@ struct ClientConn {
 impl ClientConn {
     /// Backpressure: too many unsent response bytes or requests in flight to take more from
     /// this client (`--client-output-limit`, the in-flight cap).
+    /// A RESP connection's replies held back for order count as output.
     fn over_limit(&self, max_out: usize, max_inflight: usize) -> bool {
-        self.conn.pending_out() > max_out || self.inflight >= max_inflight
+        let held = self.resp.as_ref().map_or(0, |r| r.held_bytes());
+        self.conn.pending_out() + held > max_out || self.inflight >= max_inflight
     }
 }
 

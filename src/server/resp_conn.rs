@@ -54,6 +54,9 @@ pub(crate) struct RespState {
     /// the native continuation key stays here and the client gets its number).
     cursors: VecDeque<(u64, Bytes)>,
     next_cursor: u64,
+    /// Bytes of the replies made but held back behind one still waiting (they count against
+    /// the output limit like queued bytes).
+    held: usize,
     /// Requests in flight (waiting slots), all of `class`.
     requests: usize,
     class: Class,
@@ -72,6 +75,7 @@ impl RespState {
             name: Bytes::new(),
             cursors: VecDeque::new(),
             next_cursor: 1,
+            held: 0,
             requests: 0,
             class: Class::Read,
             deferred: VecDeque::new(),
@@ -81,6 +85,11 @@ impl RespState {
     /// Commands whose replies have not been queued on the socket yet (deferred ones too).
     pub(super) fn unreleased(&self) -> usize {
         self.slots.len() + self.deferred.len()
+    }
+
+    /// Bytes of replies held back for order.
+    pub(super) fn held_bytes(&self) -> usize {
+        self.held
     }
 
     /// Requests in flight.
@@ -95,6 +104,7 @@ impl RespState {
 
     /// Adds a command answered at once.
     pub(super) fn push_reply(&mut self, r: Reply) {
+        self.held += r.size();
         self.slots.push_back(Slot::Ready(r));
     }
 
@@ -127,6 +137,7 @@ impl RespState {
             Some(e) => e,
             None => expect.reply(result, &mut |k| self.remember_cursor(k)),
         };
+        self.held += reply.size();
         self.slots[i] = Slot::Ready(reply);
     }
 
@@ -135,6 +146,7 @@ impl RespState {
         let (mut buf, mut out) = (BytesMut::new(), Vec::new());
         while let Some(Slot::Ready(_)) = self.slots.front() {
             if let Some(Slot::Ready(r)) = self.slots.pop_front() {
+                self.held -= r.size();
                 r.encode(&mut buf, &mut out);
             }
             self.base += 1;
