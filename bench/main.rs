@@ -14,6 +14,7 @@ mod keys;
 mod nullserver;
 mod raftkv_driver;
 mod redis;
+mod redis_benchmark;
 mod report;
 mod schedule;
 mod signals;
