@@ -550,3 +550,93 @@ impl Server {
         out
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(words: &[&str]) -> Action {
+        let args: Vec<Bytes> = words.iter().map(|w| Bytes::from(w.to_string())).collect();
+        plan(&args, &mut RespState::new(1 << 20, 1024))
+    }
+
+    fn error(words: &[&str]) -> String {
+        match run(words) {
+            Action::Reply(Reply::Error(e)) => e,
+            _ => panic!("{words:?} is not an error"),
+        }
+    }
+
+    #[test]
+    fn argument_errors_use_redis_wording() {
+        assert_eq!(
+            error(&["get"]),
+            "ERR wrong number of arguments for 'get' command"
+        );
+        assert_eq!(
+            error(&["MSET", "a", "1", "b"]),
+            "ERR wrong number of arguments for 'mset' command"
+        );
+        assert_eq!(error(&["SET", "k", "v", "NX", "XX"]), "ERR syntax error");
+        assert_eq!(error(&["SET", "k", "v", "BOGUS"]), "ERR syntax error");
+        assert!(error(&["SET", "k", "v", "ex", "1"]).contains("no key expiry"));
+        assert_eq!(
+            error(&["INCRBY", "k", "1.5"]),
+            format!("ERR {NOT_AN_INTEGER}")
+        );
+        assert_eq!(
+            error(&["DECRBY", "k", &i64::MIN.to_string()]),
+            "ERR decrement would overflow"
+        );
+        assert!(error(&["RAFTKV.CAS", "k", "-1", "v"]).contains("expected version"));
+        assert_eq!(
+            error(&["NOPE", "a", "b"]),
+            "ERR unknown command 'NOPE', with args beginning with: 'a' 'b'"
+        );
+    }
+
+    #[test]
+    fn match_patterns_are_prefixes() {
+        assert_eq!(
+            match_prefix(b"user:*").ok(),
+            Some(Bytes::from_static(b"user:"))
+        );
+        assert_eq!(match_prefix(b"*").ok(), Some(Bytes::new()));
+        for bad in [&b"user"[..], b"u*r*", b"u?*", b"[ab]*"] {
+            assert!(match_prefix(bad).is_err(), "{bad:?}");
+        }
+        assert!(error(&["SCAN", "0", "COUNT", "0"]).contains("syntax"));
+        assert!(error(&["SCAN", "7"]).contains("invalid cursor"));
+        assert!(error(&["SCAN", "0", "MATCH"]).contains("syntax"));
+        assert!(matches!(
+            run(&["SCAN", "0", "TYPE", "hash"]),
+            Action::Reply(Reply::Array(_))
+        ));
+        assert!(matches!(
+            run(&["SCAN", "0", "MATCH", "a*", "COUNT", "99999"]),
+            Action::Request(Expect::Scan, Op::Scan(s)) if s.limit == MAX_SCAN_LIMIT as u32 && s.prefix == b"a"[..]
+        ));
+    }
+
+    #[test]
+    fn set_options_become_put_fields() {
+        let Action::Request(Expect::Set { get: true }, Op::Put(p)) =
+            run(&["set", "k", "v", "xx", "get"])
+        else {
+            panic!("not a conditional put")
+        };
+        assert_eq!(
+            (p.condition(), p.return_old),
+            (PutCondition::IfPresent, true)
+        );
+        let unwritten = ApplyResult::Put(kvpb::PutResponse {
+            not_written: true,
+            ..Default::default()
+        });
+        assert_eq!(
+            Expect::Set { get: false }.reply(unwritten.clone(), &mut |_| 0),
+            Reply::Nil
+        );
+        assert_eq!(Expect::SetNx.reply(unwritten, &mut |_| 0), Reply::Int(0));
+    }
+}
