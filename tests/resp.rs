@@ -11,6 +11,10 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// Ticks of 50 ms (elections after 0.5-1 s) for the tests that talk to one leader throughout:
+/// the harness' 10 ms ticks let a loaded machine's stalls start elections mid-test.
+const STABLE: &str = "--tick-ms=50";
+
 fn connect(addr: &str) -> Connection {
     let client = redis::Client::open(format!("redis://{addr}/")).expect("redis url");
     wait_for("a RESP connection", Duration::from_secs(10), || {
@@ -56,7 +60,7 @@ fn leader_conn(cluster: &Cluster) -> (u64, Connection) {
 
 #[test]
 fn every_command_with_redis_replies() {
-    let cluster = Cluster::start_resp(3, &[]);
+    let cluster = Cluster::start_resp(3, &[STABLE]);
     let (_, mut c) = leader_conn(&cluster);
     // Connection and server commands.
     assert_eq!(ok(&mut c, &["PING"]), Value::SimpleString("PONG".into()));
@@ -206,7 +210,7 @@ fn every_command_with_redis_replies() {
 
 #[test]
 fn a_follower_names_the_leader_and_serves_readonly_connections() {
-    let cluster = Cluster::start_resp(3, &[]);
+    let cluster = Cluster::start_resp(3, &[STABLE]);
     let (leader, mut l) = leader_conn(&cluster);
     ok(&mut l, &["SET", "fk", "fv"]);
     let follower = (1..=3).find(|&i| i != leader).unwrap();
@@ -240,7 +244,7 @@ fn a_follower_names_the_leader_and_serves_readonly_connections() {
 /// boundaries.
 #[test]
 fn pipelined_commands_reply_in_order_and_in_program_order() {
-    let cluster = Cluster::start_resp(3, &[]);
+    let cluster = Cluster::start_resp(3, &[STABLE]);
     let (_, mut c) = leader_conn(&cluster);
     let n = 500;
     let mut p = redis::pipe();
@@ -293,7 +297,7 @@ fn raw_exchange(addr: &str, input: &[u8], want: &str) -> (String, bool) {
 
 #[test]
 fn malformed_input_is_answered_and_closed_and_others_are_served() {
-    let cluster = Cluster::start_resp(3, &["--max-frame=1048576"]);
+    let cluster = Cluster::start_resp(3, &["--max-frame=1048576", STABLE]);
     let (leader, mut c) = leader_conn(&cluster);
     let addr = cluster.redis_addr(leader);
     // Inline commands (what telnet sends) work.
@@ -361,7 +365,7 @@ fn rss_bytes(pid: u32) -> u64 {
 #[test]
 fn a_resp_client_that_never_reads_is_held_to_its_output_limit() {
     let limit: u64 = 4 << 20;
-    let cluster = Cluster::start_resp(3, &[&format!("--client-output-limit={limit}")]);
+    let cluster = Cluster::start_resp(3, &[&format!("--client-output-limit={limit}"), STABLE]);
     let (leader, mut c) = leader_conn(&cluster);
     let value = vec![b'v'; 4000];
     redis::cmd("SET")
@@ -547,4 +551,60 @@ fn write_until_stopped(
         }
     }
     (acked, uncertain)
+}
+
+/// `--forward`: a follower sends writes and linearizable reads on to the leader and answers
+/// them itself, for RESP and native clients alike, with replies still in order and each
+/// command seeing the ones before it; killing the leader under it gives clear errors, then
+/// the follower forwards to the new leader.
+#[test]
+fn with_forward_a_follower_serves_writes_and_reads() {
+    let mut cluster = Cluster::start_resp(3, &["--forward", STABLE]);
+    let leader = cluster.wait_leader();
+    let follower = (1..=3).find(|&i| i != leader).unwrap();
+    let mut f = connect(&cluster.redis_addr(follower));
+    assert_eq!(ok(&mut f, &["SET", "fw", "1"]), okv());
+    assert_eq!(ok(&mut f, &["INCR", "fw"]), Value::Int(2));
+    assert_eq!(
+        ok(&mut f, &["GET", "fw"]),
+        bulk("2"),
+        "a forwarded linearizable read"
+    );
+    let mut p = redis::pipe();
+    for i in 0..200 {
+        p.cmd("SET").arg(format!("f{i}")).arg(i);
+        p.cmd("GET").arg(format!("f{i}"));
+    }
+    let replies: Vec<Value> = p.query(&mut f).unwrap();
+    for (i, r) in replies.chunks(2).enumerate() {
+        assert_eq!((&r[0], &r[1]), (&okv(), &bulk(&i.to_string())), "pair {i}");
+    }
+    // A native client that knows only the follower.
+    let mut native = raftkv::client::Client::new(
+        vec![cluster.addr(follower)],
+        raftkv::client::ClientOptions {
+            timeout: Duration::from_secs(10),
+            ..Default::default()
+        },
+    );
+    native.put(b"nat", b"ive").unwrap();
+    assert_eq!(native.get(b"nat").unwrap().value, b"ive"[..]);
+    let mut l = connect(&cluster.redis_addr(leader));
+    assert_eq!(ok(&mut l, &["GET", "nat"]), bulk("ive"));
+    // The leader dies: the follower answers (an error or, once a new leader is known, the
+    // forwarded result) instead of hanging, and forwards to whoever leads next.
+    cluster.kill(leader);
+    let new_leader = cluster.wait_leader();
+    let target = if new_leader == follower {
+        "itself"
+    } else {
+        "the new leader"
+    };
+    let v = wait_for(
+        "a write through the follower",
+        Duration::from_secs(20),
+        || cmd(&mut f, &["INCR", "fw"]).ok(),
+    );
+    let Value::Int(n) = v else { panic!("{v:?}") };
+    assert!(n >= 3, "INCR through {target}: {n}");
 }

@@ -43,6 +43,9 @@ impl Server {
     }
 
     pub(super) fn on_request(&mut self, token: Token, req: kvpb::Request) {
+        if self.try_forward(token, &req) {
+            return;
+        }
         use kvpb::command::Op as Cmd;
         use kvpb::request::Op;
         let to = ClientRef {

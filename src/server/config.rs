@@ -157,6 +157,9 @@ pub struct ServerConfig {
     pub max_client_inflight: usize,
     /// Client connections served at once; more are answered UNAVAILABLE and closed.
     pub max_clients: usize,
+    /// A follower forwards writes and leader reads to the leader (`forward.rs`) instead of
+    /// answering NOT_LEADER.
+    pub forward: bool,
     /// How often a changed commit index is written to the hard state file.
     pub commit_persist_interval: Duration,
     pub peer: PeerOptions,
@@ -196,6 +199,7 @@ impl ServerConfig {
             max_client_pending_bytes: DEFAULT_CLIENT_OUTPUT_LIMIT,
             max_client_inflight: DEFAULT_MAX_CLIENT_INFLIGHT,
             max_clients: DEFAULT_MAX_CLIENTS,
+            forward: false,
             commit_persist_interval: DEFAULT_COMMIT_PERSIST_INTERVAL,
             peer: PeerOptions::default(),
             snapshot_policy: SnapshotPolicy::default(),

@@ -98,6 +98,8 @@ pub(super) struct Metrics {
     pub requests: [u64; OPS.len()],
     pub responses: [u64; RESULTS.len()],
     pub client_accepted: u64,
+    /// Requests a follower forwarded to the leader (`--forward`).
+    pub forwarded: u64,
     pub snapshots_taken: u64,
     pub snapshots_sent: u64,
     pub snapshots_received: u64,
@@ -333,6 +335,13 @@ impl Server {
             "counter",
             "Client connections accepted.",
             m.client_accepted,
+        );
+        one(
+            &mut o,
+            "raftkv_requests_forwarded_total",
+            "counter",
+            "Requests this follower forwarded to the leader (--forward).",
+            m.forwarded,
         );
         header(
             &mut o,

@@ -26,6 +26,7 @@
 //! - `resp_conn.rs`, `resp_commands.rs`: RESP (Redis protocol) connections: commands into the
 //!   same requests as the native protocol, replies released in request order;
 //! - `peers.rs`: the links to the other members;
+//! - `forward.rs`: a follower's link to the leader's client port (`--forward`);
 //! - `timers.rs`: Raft ticks from real time and the timer wheel's events;
 //! - `ready_shell.rs`: the server's side of the Ready phases (log, hard state, sync);
 //! - `snap.rs`: taking, compacting, sending and installing snapshots;
@@ -35,6 +36,7 @@
 mod clients;
 pub mod config;
 mod connections;
+mod forward;
 pub mod http;
 mod metrics;
 mod peers;
@@ -120,6 +122,8 @@ pub struct Server {
     http_listener: Option<TcpListener>,
     /// The RESP listener, if `--redis-addr` was given.
     redis_listener: Option<TcpListener>,
+    /// Requests forwarded to the leader (`--forward`).
+    forward: forward::Forwarder,
     http_conns: HashMap<Token, http::HttpConn>,
     metrics: metrics::Metrics,
     tokens: Tokens,
@@ -205,6 +209,7 @@ impl Server {
             }
             let now_ms = self.now_ms();
             self.replica.expire(now_ms);
+            self.expire_forwards(now_ms);
             let t3 = Instant::now();
             if self.replica.has_more_reads() {
                 self.replica.serve_more_reads();
@@ -260,6 +265,10 @@ impl Server {
                     self.on_http_event(token);
                     return;
                 }
+                if self.forward.token() == Some(token) {
+                    self.on_forward_event();
+                    return;
+                }
                 if let Some(&id) = self.peer_by_token.get(&token) {
                     self.on_peer_event(id, ev);
                     return;
@@ -278,13 +287,18 @@ impl Server {
 
     /// How long until the replica's earliest request deadline.
     fn until_next_deadline(&self) -> Duration {
-        self.replica.next_deadline().map_or(MAX_POLL, |d| {
+        let next = match (self.replica.next_deadline(), self.forward.next_deadline()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        next.map_or(MAX_POLL, |d| {
             Duration::from_millis(d.saturating_sub(self.now_ms()))
         })
     }
 
     fn flush_all(&mut self) {
         self.flush_clients();
+        self.flush_forward();
         self.flush_peers();
         // (Paused clients resume in flush_client: every response that lowers `inflight`
         // marks its client dirty, so it passes through there.)

@@ -376,6 +376,7 @@ impl Server {
             client_listener: Some(client_listener),
             http_listener,
             redis_listener,
+            forward: Default::default(),
             http_conns: HashMap::new(),
             metrics: Default::default(),
             tokens: Tokens::default(),

@@ -203,6 +203,10 @@ pub struct Tuning {
     /// Disable the PreVote round before elections.
     #[arg(long)]
     pub no_pre_vote: bool,
+    /// A follower forwards writes and LINEARIZABLE/LEASE reads to the leader and answers them
+    /// itself, instead of answering NOT_LEADER (native and RESP alike).
+    #[arg(long)]
+    pub forward: bool,
     /// Disable CheckQuorum (a leader that cannot reach a quorum then stays leader; its
     /// requests time out instead of being redirected). Incompatible with --lease-reads.
     #[arg(long)]
@@ -267,6 +271,9 @@ impl Tuning {
         }
         if self.no_pre_vote {
             v.push("--no-pre-vote".into());
+        }
+        if self.forward {
+            v.push("--forward".into());
         }
         if self.no_check_quorum {
             v.push("--no-check-quorum".into());
