@@ -78,8 +78,8 @@ fn every_command_with_redis_replies() {
         ok(&mut c, &["CONFIG", "GET", "appendfsync"]),
         Value::Array(vec![bulk("appendfsync"), bulk("always")])
     );
-    let e = err(&mut c, &["FLUSHALL"]);
-    assert!(e.starts_with("ERR unknown command 'FLUSHALL'"), "{e}");
+    let e = err(&mut c, &["BGSAVE"]);
+    assert!(e.starts_with("ERR unknown command 'BGSAVE'"), "{e}");
     assert!(err(&mut c, &["GET"]).contains("wrong number of arguments for 'get'"));
     // Strings.
     assert_eq!(ok(&mut c, &["GET", "k"]), Value::Nil);
@@ -205,6 +205,17 @@ fn every_command_with_redis_replies() {
         "{only}"
     );
     assert!(err(&mut c, &["GET", ""]).contains("empty key"));
+    // FLUSHDB: one replicated command; every node ends with no keys.
+    assert_eq!(ok(&mut c, &["FLUSHDB"]), okv());
+    assert_eq!(ok(&mut c, &["DBSIZE"]), Value::Int(0));
+    assert_eq!(ok(&mut c, &["FLUSHALL", "ASYNC"]), okv());
+    for id in 1..=3 {
+        let mut r = connect(&cluster.redis_addr(id));
+        ok(&mut r, &["READONLY"]);
+        wait_for("an empty node", Duration::from_secs(10), || {
+            (ok(&mut r, &["DBSIZE"]) == Value::Int(0)).then_some(())
+        });
+    }
     assert_eq!(ok(&mut c, &["QUIT"]), okv());
 }
 

@@ -176,6 +176,7 @@ fn summary(e: &Entry) -> String {
                     Some(kvpb::command::Op::MultiPut(m)) => {
                         format!("MULTI-PUT {} keys", m.kvs.len())
                     }
+                    Some(kvpb::command::Op::DeleteAll(_)) => "DELETE ALL KEYS".into(),
                     Some(kvpb::command::Op::DeleteKeys(d)) => {
                         format!("DELETE {} keys", d.keys.len())
                     }

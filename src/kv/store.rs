@@ -42,6 +42,7 @@ fn empty_key(op: &kvpb::command::Op) -> Option<ApplyResult> {
         Op::Append(a) => a.key.is_empty(),
         Op::MultiPut(m) => m.kvs.is_empty() || m.kvs.iter().any(|kv| kv.key.is_empty()),
         Op::DeleteKeys(d) => d.keys.is_empty() || d.keys.iter().any(|k| k.is_empty()),
+        Op::DeleteAll(_) => false,
     };
     empty.then(|| bad_request("empty key".to_string()))
 }
@@ -87,6 +88,14 @@ impl KeyMap {
                 R::Put(kvpb::PutResponse {
                     version: index,
                     ..Default::default()
+                })
+            }
+            Op::DeleteAll(_) => {
+                let count = self.map.len() as u64;
+                self.map.clear();
+                R::Delete(kvpb::DeleteResponse {
+                    deleted: count > 0,
+                    count,
                 })
             }
             Op::DeleteKeys(d) => {

@@ -849,4 +849,8 @@ fn append_multi_put_and_delete_keys() {
     });
     assert!(matches!(apply_op(&mut s, 6, dels), R::Delete(d) if d.count == 2 && d.deleted));
     assert_eq!(s.len(), 1);
+    let all = Op::DeleteAll(kvpb::DeleteAll {});
+    assert!(matches!(apply_op(&mut s, 7, all.clone()), R::Delete(d) if d.count == 1));
+    assert!(s.is_empty());
+    assert!(matches!(apply_op(&mut s, 8, all), R::Delete(d) if d.count == 0 && !d.deleted));
 }

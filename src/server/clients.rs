@@ -65,9 +65,13 @@ impl Server {
             Some(Op::Put(_)) => super::metrics::OP_PUT,
             Some(Op::Delete(_)) => super::metrics::OP_DELETE,
             Some(Op::Cas(_)) => super::metrics::OP_CAS,
-            Some(Op::Incr(_) | Op::Append(_) | Op::MultiPut(_) | Op::DeleteKeys(_)) => {
-                super::metrics::OP_RMW
-            }
+            Some(
+                Op::Incr(_)
+                | Op::Append(_)
+                | Op::MultiPut(_)
+                | Op::DeleteKeys(_)
+                | Op::DeleteAll(_),
+            ) => super::metrics::OP_RMW,
             Some(Op::MultiGet(_)) => super::metrics::OP_GET,
             Some(Op::Get(_)) => super::metrics::OP_GET,
             Some(Op::Scan(_)) => super::metrics::OP_SCAN,
@@ -92,6 +96,7 @@ impl Server {
             Some(Op::Append(a)) => self.write(to, &cmd(Cmd::Append(a)), now),
             Some(Op::MultiPut(m)) => self.write(to, &cmd(Cmd::MultiPut(m)), now),
             Some(Op::DeleteKeys(d)) => self.write(to, &cmd(Cmd::DeleteKeys(d)), now),
+            Some(Op::DeleteAll(d)) => self.write(to, &cmd(Cmd::DeleteAll(d)), now),
             Some(Op::MultiGet(m)) => {
                 let overdue = self.tick_overdue();
                 self.replica

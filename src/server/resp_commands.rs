@@ -125,6 +125,10 @@ fn set(args: &[Bytes]) -> Action {
     Action::Request(Expect::Set { get: return_old }, Op::Put(put))
 }
 
+fn flush() -> Action {
+    Action::Request(Expect::Ok, Op::DeleteAll(kvpb::DeleteAll {}))
+}
+
 fn incr_by(key: &Bytes, delta: i64) -> Action {
     Action::Request(
         Expect::Incr,
@@ -287,6 +291,13 @@ pub(super) fn plan(args: &[Bytes], state: &mut RespState) -> Action {
             None => Action::Reply(Reply::err("expected version must be an integer >= 0")),
         },
         ("SCAN", _) if n >= 2 => scan(args, state),
+        // One replicated command: every replica empties its key space at the same index.
+        ("FLUSHDB" | "FLUSHALL", 1) => flush(),
+        ("FLUSHDB" | "FLUSHALL", 2)
+            if args[1].eq_ignore_ascii_case(b"SYNC") || args[1].eq_ignore_ascii_case(b"ASYNC") =>
+        {
+            flush()
+        }
         ("KEYS", 2) => match match_prefix(&args[1]) {
             Ok(prefix) => Action::Request(
                 Expect::Keys,
@@ -303,7 +314,7 @@ pub(super) fn plan(args: &[Bytes], state: &mut RespState) -> Action {
             "PING" | "ECHO" | "SELECT" | "READONLY" | "READWRITE" | "CLIENT" | "CONFIG" | "DBSIZE"
             | "GET" | "STRLEN" | "RAFTKV.GETV" | "SET" | "SETNX" | "GETSET" | "MSET" | "DEL"
             | "EXISTS" | "MGET" | "INCR" | "DECR" | "INCRBY" | "DECRBY" | "APPEND" | "RAFTKV.CAS"
-            | "SCAN" | "KEYS",
+            | "SCAN" | "KEYS" | "FLUSHDB" | "FLUSHALL",
             _,
         ) => wrong_args(&name),
         _ => Action::Reply(unknown(args)),
@@ -379,7 +390,9 @@ impl Expect {
                 p.old.as_ref().map_or(Reply::Nil, value_reply)
             }
             (Expect::Set { get: false }, R::Put(p)) if p.not_written => Reply::Nil,
-            (Expect::Set { .. } | Expect::Ok, R::Put(_)) => Reply::Simple("OK"),
+            (Expect::Set { .. } | Expect::Ok, R::Put(_)) | (Expect::Ok, R::Delete(_)) => {
+                Reply::Simple("OK")
+            }
             (Expect::SetNx, R::Put(p)) => Reply::Int(i64::from(!p.not_written)),
             (Expect::DelCount, R::Delete(d)) => Reply::Int(d.count as i64),
             (Expect::ExistsCount, R::MultiGet(m)) => {
