@@ -61,6 +61,20 @@ pub struct CompareArgs {
     /// system's latency percentile curve).
     #[arg(long)]
     pub plot: bool,
+    /// Also run `redis-benchmark -t set,get,incr,mset` (redis-tools, installed if missing)
+    /// against raftkv's RESP port and Redis (appendfsync always), for every --rb-pipelines and
+    /// --rb-clients. With --workloads none, only that.
+    #[arg(long)]
+    pub redis_benchmark: bool,
+    /// redis-benchmark -n: requests per run.
+    #[arg(long, default_value_t = 20_000)]
+    pub rb_requests: u64,
+    /// redis-benchmark -c values.
+    #[arg(long, value_delimiter = ',', default_values_t = vec![1usize, 32, 64])]
+    pub rb_clients: Vec<usize>,
+    /// redis-benchmark -P values.
+    #[arg(long, value_delimiter = ',', default_values_t = vec![1usize, 16])]
+    pub rb_pipelines: Vec<usize>,
 }
 
 fn default_systems() -> Vec<String> {
@@ -176,6 +190,8 @@ pub struct Running {
     children: Vec<ChildGuard>,
     _dir: TempDir,
     pub endpoints: Vec<String>,
+    /// RESP addresses, in `endpoints`' order (raftkv's RESP ports; Redis itself).
+    pub resp: Vec<String>,
     pub system: System,
 }
 
@@ -327,7 +343,8 @@ fn start_redis(fsync: &str, no_install: bool) -> Result<Running, String> {
     Ok(Running {
         children: vec![child],
         _dir: dir,
-        endpoints: vec![addr],
+        endpoints: vec![addr.clone()],
+        resp: vec![addr],
         system: System::Redis,
     })
 }
@@ -364,6 +381,7 @@ fn start_etcd(no_install: bool, system: System) -> Result<Running, String> {
         children,
         _dir: dir,
         endpoints,
+        resp: Vec::new(),
         system,
     };
     wait_for(Duration::from_secs(30), || {
@@ -393,12 +411,22 @@ fn raftkv_bin(args: &CompareArgs) -> Result<PathBuf, String> {
 fn start_raftkv(args: &CompareArgs) -> Result<Running, String> {
     let bin = raftkv_bin(args)?;
     let dir = TempDir::new("raftkv")?;
-    let ports = free_ports(6)?;
+    let ports = free_ports(9)?;
     let peer_addr = |i: usize| format!("127.0.0.1:{}", ports[3 + i]);
     let client_addr = |i: usize| format!("127.0.0.1:{}", ports[i]);
-    // ID=PEER_ADDR/CLIENT_ADDR: followers redirect clients to the leader's CLIENT_ADDR.
+    let resp_addr = |i: usize| format!("127.0.0.1:{}", ports[6 + i]);
+    // ID=PEER_ADDR/CLIENT_ADDR/REDIS_ADDR: followers redirect clients to the leader's
+    // CLIENT_ADDR; every node serves RESP on REDIS_ADDR.
     let peers: Vec<String> = (0..3)
-        .map(|i| format!("{}={}/{}", i + 1, peer_addr(i), client_addr(i)))
+        .map(|i| {
+            format!(
+                "{}={}/{}/{}",
+                i + 1,
+                peer_addr(i),
+                client_addr(i),
+                resp_addr(i)
+            )
+        })
         .collect();
     let mut children = Vec::new();
     for i in 0..3 {
@@ -421,6 +449,7 @@ fn start_raftkv(args: &CompareArgs) -> Result<Running, String> {
         children,
         _dir: dir,
         endpoints,
+        resp: (0..3).map(resp_addr).collect(),
         system: System::Raftkv,
     };
     wait_for(Duration::from_secs(30), || {
@@ -495,9 +524,19 @@ pub fn run(args: &CompareArgs) -> Result<(), String> {
     let workloads: Vec<Workload> = args
         .workloads
         .iter()
+        .filter(|w| *w != "none")
         .map(|w| parse_workload(w))
         .collect::<Result<_, _>>()?;
+    if args.redis_benchmark {
+        ensure_installed(
+            "redis-benchmark",
+            &["redis-tools"],
+            "redis-server",
+            args.no_install,
+        )?;
+    }
     let mut cells = Vec::new();
+    let mut rb_cells = Vec::new();
     for p in &peers {
         if crate::signals::interrupted() {
             return Err("interrupted".into());
@@ -547,6 +586,9 @@ pub fn run(args: &CompareArgs) -> Result<(), String> {
                 });
             }
         }
+        if args.redis_benchmark {
+            rb_cells.extend(redis_benchmark_on(p, &running, args));
+        }
         if args.keep_logs {
             let _ = std::fs::create_dir_all(&args.out_dir);
             for ch in &running.children {
@@ -560,7 +602,12 @@ pub fn run(args: &CompareArgs) -> Result<(), String> {
     println!("{table}");
     std::fs::create_dir_all(&args.out_dir)
         .map_err(|e| format!("{}: {e}", args.out_dir.display()))?;
-    let md = markdown(args, &peers, &cells);
+    let mut md = markdown(args, &peers, &cells);
+    if args.redis_benchmark {
+        let rb = rb_args(args);
+        md.push_str(&crate::redis_benchmark::markdown(&rb_cells, &rb));
+        println!("{}", crate::redis_benchmark::markdown(&rb_cells, &rb));
+    }
     let js = to_json(args, &peers, &cells).to_string_pretty();
     let md_path = args.out_dir.join("compare.md");
     let js_path = args.out_dir.join("compare.json");
@@ -618,6 +665,40 @@ fn plots(args: &CompareArgs, peers: &[Peer], cells: &[Cell]) -> Result<(), Strin
         eprintln!("wrote {}", path.display());
     }
     Ok(())
+}
+
+fn rb_args(args: &CompareArgs) -> crate::redis_benchmark::RbArgs<'_> {
+    crate::redis_benchmark::RbArgs {
+        requests: args.rb_requests,
+        clients: &args.rb_clients,
+        pipelines: &args.rb_pipelines,
+        keys: args.keys,
+        value_size: args.value_size,
+    }
+}
+
+/// redis-benchmark against a system that speaks RESP: raftkv's leader (found through the
+/// native status call, its RESP port the one at the same position) and Redis with
+/// `appendfsync always` (`redis-no` is left out: it is not durable, raftkv is).
+fn redis_benchmark_on(
+    p: &Peer,
+    running: &Running,
+    args: &CompareArgs,
+) -> Vec<crate::redis_benchmark::RbCell> {
+    let addr = match p.key {
+        "raftkv" => crate::raftkv_driver::find_leader(&running.endpoints, Duration::from_secs(10))
+            .ok()
+            .and_then(|l| running.endpoints.iter().position(|e| *e == l))
+            .and_then(|i| running.resp.get(i).cloned()),
+        "redis-always" => running.resp.first().cloned(),
+        _ => return Vec::new(),
+    };
+    let Some(addr) = addr else {
+        eprintln!("   {}: no RESP address (leader not found)", p.label);
+        return Vec::new();
+    };
+    eprintln!("== redis-benchmark against {} at {addr}", p.label);
+    crate::redis_benchmark::run_matrix(p.key, &addr, &rb_args(args))
 }
 
 fn first_line(s: &str) -> &str {
@@ -829,6 +910,10 @@ mod tests {
             no_install: true,
             keep_logs: false,
             plot: false,
+            redis_benchmark: false,
+            rb_requests: 1,
+            rb_clients: vec![1],
+            rb_pipelines: vec![1],
         };
         let peers: Vec<Peer> = args.systems.iter().map(|s| peer(s).unwrap()).collect();
         let md = markdown(&args, &peers, &c);

@@ -15,6 +15,7 @@ mod nullserver;
 mod plot;
 mod raftkv_driver;
 mod redis;
+mod redis_benchmark;
 mod report;
 mod schedule;
 mod scrape;

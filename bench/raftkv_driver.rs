@@ -156,6 +156,7 @@ impl PbCodec {
             OpKind::Put => P::Put(kvpb::Put {
                 key,
                 value: self.value.clone(),
+                ..Default::default()
             }),
             OpKind::Get => P::Get(kvpb::Get { key }),
             OpKind::Scan => P::Scan(kvpb::Scan {
@@ -221,7 +222,9 @@ impl Codec for PbCodec {
             Some(R::Cas(c)) => Outcome::CasFailed {
                 version: Some(c.version),
             },
-            Some(R::Delete(_)) | Some(R::Status(_)) => ok(true, 0),
+            Some(R::Delete(_) | R::Status(_) | R::MultiGet(_)) => ok(true, 0),
+            Some(R::Incr(i)) => ok(true, i.version),
+            Some(R::Append(a)) => ok(true, a.version),
             Some(R::Error(e)) => Outcome::Error {
                 kind: format!("raftkv: {}", e.code().as_str_name()),
                 redirect: (e.code() == kvpb::ErrorCode::NotLeader && !e.leader_addr.is_empty())
@@ -328,7 +331,13 @@ mod tests {
         };
         use kvpb::response::Result as R;
         encode_frame(
-            &resp(1, R::Put(kvpb::PutResponse { version: 7 })),
+            &resp(
+                1,
+                R::Put(kvpb::PutResponse {
+                    version: 7,
+                    ..Default::default()
+                }),
+            ),
             &mut wire,
         );
         encode_frame(

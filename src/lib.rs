@@ -25,6 +25,7 @@ pub mod node;
 pub mod pb;
 pub mod progress;
 pub mod raft;
+pub mod resp;
 pub mod rng;
 pub mod server;
 pub mod sim;

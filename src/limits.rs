@@ -7,6 +7,8 @@
 //! | request / response frame | `--max-frame` (default [`DEFAULT_MAX_FRAME`]), at most [`MAX_FRAME_CEILING`] | framing (`net::framing`), client and server |
 //! | peer frame | [`peer_max_frame`]: `--max-frame` + [`PEER_FRAME_SLACK`] | server's peer listener |
 //! | one write (its log entry) | [`max_entry`]: `--max-frame` - [`RESPONSE_ROOM`], and no more than one log segment holds | server, before proposing (`TOO_LARGE`) |
+//! | RESP command (bulk lengths, all arguments) | [`resp_max_command`]: `--max-frame`; at most [`RESP_MAX_ARGS`] arguments | `resp::Parser`, before buffering |
+//! | a value grown by APPEND | [`MAX_GROWN_VALUE`] | `kv::store` (deterministic) |
 //! | scan page (keys + values) | [`max_scan_page`]: (`--max-frame` - [`RESPONSE_ROOM`]) / 2, at least one pair | `node::Replica` serving scans |
 //! | key, value, saved result in a KV snapshot | [`MAX_SNAPSHOT_FIELD`] (= [`MAX_FRAME_CEILING`]) | `kv::snapshot::read` |
 //!
@@ -74,6 +76,21 @@ pub fn max_scan_page(max_frame: usize) -> usize {
 /// default 16 MiB frame many times over, one answer costs the loop one 1 MiB read (normally from
 /// the page cache), and the backup client holds one chunk at a time.
 pub const SNAPSHOT_CHUNK: usize = 1 << 20;
+/// The longest value a write may grow in the state machine (APPEND): half a default frame, so
+/// the value, read back alone or in a scan page, fits a default response frame. A constant,
+/// not derived from `--max-frame`: the state machine must decide the same on every replica
+/// whatever flags each was started with.
+pub const MAX_GROWN_VALUE: usize = (DEFAULT_MAX_FRAME - RESPONSE_ROOM) / 2;
+
+/// Arguments in one RESP command (MSET/DEL/MGET with more keys are refused: each argument
+/// costs a handle besides its bytes, which the byte bound below does not count).
+pub const RESP_MAX_ARGS: usize = 65_536;
+
+/// Bytes of arguments in one RESP command (and the largest bulk string) on a node with this
+/// `--max-frame`: a command becomes one request, which must fit a frame as a native one would.
+pub fn resp_max_command(max_frame: usize) -> usize {
+    max_frame
+}
 
 /// Checks `--max-frame` against its bounds (the segment size is checked by `storage::Log`).
 pub fn check_max_frame(max_frame: usize) -> Result<(), String> {

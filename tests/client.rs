@@ -132,7 +132,10 @@ fn error(code: ErrorCode, leader_addr: &str) -> R {
 }
 
 fn put_ok(version: u64) -> R {
-    R::Put(kvpb::PutResponse { version })
+    R::Put(kvpb::PutResponse {
+        version,
+        ..Default::default()
+    })
 }
 
 fn opts(timeout_ms: u64) -> ClientOptions {

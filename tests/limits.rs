@@ -27,6 +27,7 @@ fn command_len(key: &[u8], value_len: usize) -> usize {
         op: Some(kvpb::command::Op::Put(kvpb::Put {
             key: Bytes::copy_from_slice(key),
             value: vec![0u8; value_len].into(),
+            ..Default::default()
         })),
         ..Default::default()
     }
@@ -60,6 +61,7 @@ fn raw_put(addr: &str, key: &[u8], value: Bytes, max_frame: usize) -> kvpb::resp
         op: Some(kvpb::request::Op::Put(kvpb::Put {
             key: Bytes::copy_from_slice(key),
             value,
+            ..Default::default()
         })),
         ..Default::default()
     };

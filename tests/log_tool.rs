@@ -33,6 +33,7 @@ fn put(key: &str, n: usize) -> Bytes {
         op: Some(kvpb::command::Op::Put(kvpb::Put {
             key: Bytes::copy_from_slice(key.as_bytes()),
             value: Bytes::from(vec![b'v'; n]),
+            ..Default::default()
         })),
     })
 }

@@ -412,6 +412,7 @@ fn raw_put(addr: &str, k: &str, v: &str) -> Option<kvpb::Response> {
         op: Some(kvpb::request::Op::Put(kvpb::Put {
             key: Bytes::copy_from_slice(k.as_bytes()),
             value: Bytes::copy_from_slice(v.as_bytes()),
+            ..Default::default()
         })),
         ..Default::default()
     };

@@ -428,6 +428,7 @@ fn node_starts_from_a_snapshot_and_continues_its_log() {
                 op: Some(kvpb::command::Op::Put(kvpb::Put {
                     key: Bytes::from(format!("s{i:03}")),
                     value: Bytes::from(format!("snap{i}")),
+                    ..Default::default()
                 })),
                 ..Default::default()
             };

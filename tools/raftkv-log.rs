@@ -172,6 +172,19 @@ fn summary(e: &Entry) -> String {
                         format!("ALARM NO_SPACE raised by node {}", a.node_id)
                     }
                     Some(kvpb::command::Op::Alarm(_)) => "ALARM NO_SPACE cleared".into(),
+                    Some(kvpb::command::Op::Incr(i)) => {
+                        format!("INCR key={} by {}", show_key(&i.key), i.delta)
+                    }
+                    Some(kvpb::command::Op::Append(a)) => {
+                        format!("APPEND key={} ({} B)", show_key(&a.key), a.value.len())
+                    }
+                    Some(kvpb::command::Op::MultiPut(m)) => {
+                        format!("MULTI-PUT {} keys", m.kvs.len())
+                    }
+                    Some(kvpb::command::Op::DeleteAll(_)) => "DELETE ALL KEYS".into(),
+                    Some(kvpb::command::Op::DeleteKeys(d)) => {
+                        format!("DELETE {} keys", d.keys.len())
+                    }
                     None => "command without op".into(),
                 };
                 op + &session

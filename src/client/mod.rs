@@ -175,6 +175,7 @@ impl Client {
         let op = Op::Put(kvpb::Put {
             key: key.to_vec().into(),
             value: value.to_vec().into(),
+            ..Default::default()
         });
         match self.write(op)? {
             R::Put(r) => Ok(r),

@@ -37,14 +37,15 @@ pub struct KvStore {
     alarm: u64,
 }
 
-/// True for a write that can grow the state (a put, a value-setting CAS): what the NO_SPACE
-/// alarm refuses. Deletes (and delete-CAS) shrink it and stay allowed, so space can be freed.
+/// True for a write that can grow the state (a put, a value-setting CAS, INCR, APPEND, a
+/// multi-put): what the NO_SPACE alarm refuses. Deletes (and delete-CAS) shrink it and stay
+/// allowed, so space can be freed. Every op is listed: a new one must decide.
 pub fn grows_state(op: Option<&kvpb::command::Op>) -> bool {
     use kvpb::command::Op;
     match op {
-        Some(Op::Put(_)) => true,
+        Some(Op::Put(_) | Op::Incr(_) | Op::Append(_) | Op::MultiPut(_)) => true,
         Some(Op::Cas(c)) => !c.delete,
-        _ => false,
+        Some(Op::Delete(_) | Op::DeleteKeys(_) | Op::DeleteAll(_) | Op::Alarm(_)) | None => false,
     }
 }
 
@@ -181,6 +182,11 @@ impl KvStore {
     /// Reads one key (no side effects).
     pub fn get(&self, key: &[u8]) -> kvpb::GetResponse {
         self.keys.get(key)
+    }
+
+    /// Reads several keys (no side effects).
+    pub fn multi_get(&self, keys: &[Bytes]) -> kvpb::MultiGetResponse {
+        self.keys.multi_get(keys)
     }
 
     /// Scans as described in `kvpb::Scan`: limit 0 means [`store::DEFAULT_SCAN_LIMIT`], larger

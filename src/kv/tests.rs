@@ -22,6 +22,7 @@ fn put(k: &[u8], v: &[u8]) -> Op {
     Op::Put(kvpb::Put {
         key: b(k),
         value: b(v),
+        ..Default::default()
     })
 }
 
@@ -60,7 +61,10 @@ fn put_get_delete_versions() {
     assert_eq!(s.applied(), 1);
     assert_eq!(
         s.apply(2, &cmd(0, 0, 0, put(b"a", b"1"))),
-        Some(R::Put(kvpb::PutResponse { version: 2 }))
+        Some(R::Put(kvpb::PutResponse {
+            version: 2,
+            ..Default::default()
+        }))
     );
     assert_eq!(
         s.get(b"a"),
@@ -73,11 +77,17 @@ fn put_get_delete_versions() {
     assert!(!s.get(b"zz").found);
     assert_eq!(
         s.apply(3, &cmd(0, 0, 0, del(b"a"))),
-        Some(R::Delete(kvpb::DeleteResponse { deleted: true }))
+        Some(R::Delete(kvpb::DeleteResponse {
+            deleted: true,
+            ..Default::default()
+        }))
     );
     assert_eq!(
         s.apply(4, &cmd(0, 0, 0, del(b"a"))),
-        Some(R::Delete(kvpb::DeleteResponse { deleted: false }))
+        Some(R::Delete(kvpb::DeleteResponse {
+            deleted: false,
+            ..Default::default()
+        }))
     );
     assert!(s.is_empty());
     assert_eq!(s.applied(), 4);
@@ -250,7 +260,13 @@ fn scan_limit_default_and_cap() {
 fn duplicate_returns_saved_result_without_reapplying() {
     let mut s = KvStore::new();
     let first = s.apply(1, &cmd(7, 1, 0, put(b"a", b"1")));
-    assert_eq!(first, Some(R::Put(kvpb::PutResponse { version: 1 })));
+    assert_eq!(
+        first,
+        Some(R::Put(kvpb::PutResponse {
+            version: 1,
+            ..Default::default()
+        }))
+    );
     s.apply(2, &cmd(0, 0, 0, put(b"a", b"other")));
     // The retry (same seq, e.g. after a leader change) is answered from the table.
     let dup = s.apply(3, &cmd(7, 1, 0, put(b"a", b"1")));
@@ -277,7 +293,13 @@ fn pipelined_writes_and_ack_pruning() {
     assert!(!s.get(b"a").found);
     // The client acks 2: seqs 1 and 2 are forgotten, 3 is kept.
     let r4 = s.apply(7, &cmd(7, 4, 2, put(b"b", b"4")));
-    assert_eq!(r4, Some(R::Put(kvpb::PutResponse { version: 7 })));
+    assert_eq!(
+        r4,
+        Some(R::Put(kvpb::PutResponse {
+            version: 7,
+            ..Default::default()
+        }))
+    );
     assert_eq!(s.sessions.by_client[&7].results.len(), 2);
     assert_eq!(s.apply(8, &cmd(7, 3, 2, del(b"a"))), r3);
     let expired = s.apply(9, &cmd(7, 2, 1, put(b"a", b"2")));
@@ -292,7 +314,10 @@ fn pipelined_writes_and_ack_pruning() {
     // A different client with the same seq is independent.
     assert_eq!(
         s.apply(10, &cmd(8, 2, 0, put(b"a", b"8"))),
-        Some(R::Put(kvpb::PutResponse { version: 10 }))
+        Some(R::Put(kvpb::PutResponse {
+            version: 10,
+            ..Default::default()
+        }))
     );
 }
 
@@ -515,10 +540,14 @@ fn run_model(ops: Vec<ModelOp>) -> Result<(), TestCaseError> {
     {
         Op::Put(p) => {
             model.insert(p.key.to_vec(), (p.value.to_vec(), index));
-            R::Put(kvpb::PutResponse { version: index })
+            R::Put(kvpb::PutResponse {
+                version: index,
+                ..Default::default()
+            })
         }
         Op::Delete(d) => R::Delete(kvpb::DeleteResponse {
             deleted: model.remove(&d.key[..]).is_some(),
+            ..Default::default()
         }),
         Op::Cas(c) => {
             let cur = model.get(&c.key[..]).map_or(0, |e| e.1);
@@ -541,7 +570,7 @@ fn run_model(ops: Vec<ModelOp>) -> Result<(), TestCaseError> {
                 })
             }
         }
-        Op::Alarm(_) => unreachable!("the model makes no alarms"),
+        other => panic!("the model generates only put, delete and cas, not {other:?}"),
     };
     for op in ops {
         index += 1;
@@ -733,7 +762,7 @@ fn alarm_refuses_growing_writes_at_apply_and_keeps_deletes_and_sessions_exact() 
     // Deletes work (and shrink the state).
     assert!(matches!(
         s.apply(6, &cmd(0, 0, 0, del(b"a"))),
-        Some(R::Delete(kvpb::DeleteResponse { deleted: true }))
+        Some(R::Delete(kvpb::DeleteResponse { deleted: true, .. }))
     ));
     assert_eq!(s.state_bytes(), 3);
     assert!(matches!(
@@ -772,4 +801,125 @@ fn version_1_snapshots_without_the_alarm_field_are_still_read() {
     v1.extend_from_slice(&crc.to_be_bytes());
     let r = KvStore::restore_snapshot(&mut &v1[..]).unwrap();
     assert_eq!(r, s);
+}
+
+// ---- read-modify-write ops (the RESP commands' state-machine side) ---------------------------
+
+fn apply_op(s: &mut KvStore, index: u64, op: Op) -> ApplyResult {
+    s.apply(index, &cmd(0, 0, 0, op))
+        .expect("a command has a result")
+}
+
+fn conditional_put(k: &[u8], v: &[u8], condition: kvpb::PutCondition, return_old: bool) -> Op {
+    Op::Put(kvpb::Put {
+        key: b(k),
+        value: b(v),
+        condition: condition as i32,
+        return_old,
+    })
+}
+
+#[test]
+fn conditional_puts_write_only_when_their_condition_holds() {
+    use kvpb::PutCondition::{IfAbsent, IfPresent};
+    let mut s = KvStore::new();
+    let r = apply_op(&mut s, 1, conditional_put(b"k", b"1", IfPresent, false));
+    assert!(matches!(r, R::Put(p) if p.not_written && p.version == 0));
+    assert!(!s.get(b"k").found, "XX on an absent key writes nothing");
+    let r = apply_op(&mut s, 2, conditional_put(b"k", b"1", IfAbsent, true));
+    assert!(
+        matches!(&r, R::Put(p) if !p.not_written && p.version == 2 && !p.old.as_ref().unwrap().found),
+        "{r:?}"
+    );
+    let r = apply_op(&mut s, 3, conditional_put(b"k", b"2", IfAbsent, true));
+    assert!(
+        matches!(&r, R::Put(p) if p.not_written && p.old.as_ref().unwrap().value == b"1"[..]),
+        "{r:?}"
+    );
+    let r = apply_op(&mut s, 4, conditional_put(b"k", b"3", IfPresent, true));
+    assert!(
+        matches!(&r, R::Put(p) if p.version == 4 && p.old.as_ref().unwrap().value == b"1"[..]),
+        "{r:?}"
+    );
+    assert_eq!(s.get(b"k").value, b(b"3"));
+}
+
+#[test]
+fn incr_follows_redis_integer_rules() {
+    let mut s = KvStore::new();
+    let incr = |k: &[u8], delta| Op::Incr(kvpb::Incr { key: b(k), delta });
+    assert!(
+        matches!(apply_op(&mut s, 1, incr(b"n", 5)), R::Incr(i) if i.value == 5 && i.version == 1)
+    );
+    assert!(matches!(apply_op(&mut s, 2, incr(b"n", -7)), R::Incr(i) if i.value == -2));
+    assert_eq!(s.get(b"n").value, b(b"-2"));
+    for bad in [
+        &b"x"[..],
+        b" 1",
+        b"01",
+        b"+1",
+        b"-0",
+        b"",
+        b"99999999999999999999",
+    ] {
+        let next = s.applied() + 1;
+        apply_op(&mut s, next, put(b"v", bad));
+        let r = s.apply(s.applied() + 1, &cmd(0, 0, 0, incr(b"v", 1)));
+        assert_eq!(error_code(&r), Some(kvpb::ErrorCode::BadRequest), "{bad:?}");
+        assert_eq!(s.get(b"v").value, b(bad), "a failed INCR changes nothing");
+    }
+    apply_op(&mut s, 100, put(b"m", i64::MAX.to_string().as_bytes()));
+    let r = apply_op(&mut s, 101, incr(b"m", 1));
+    assert!(
+        matches!(&r, R::Error(e) if e.message.contains("overflow")),
+        "{r:?}"
+    );
+}
+
+#[test]
+fn append_multi_put_and_delete_keys() {
+    let mut s = KvStore::new();
+    let append = |k: &[u8], v: &[u8]| {
+        Op::Append(kvpb::Append {
+            key: b(k),
+            value: b(v),
+        })
+    };
+    assert!(matches!(apply_op(&mut s, 1, append(b"a", b"xy")), R::Append(a) if a.length == 2));
+    assert!(matches!(apply_op(&mut s, 2, append(b"a", b"z")), R::Append(a) if a.length == 3));
+    assert_eq!(s.get(b"a").value, b(b"xyz"));
+    let big = vec![0u8; crate::limits::MAX_GROWN_VALUE - 2];
+    let r = apply_op(&mut s, 3, append(b"a", &big));
+    assert!(matches!(&r, R::Error(e) if e.message.contains("maximum allowed size")));
+    assert_eq!(
+        s.get(b"a").value,
+        b(b"xyz"),
+        "a refused APPEND changes nothing"
+    );
+    let kv = |k: &[u8]| kvpb::KeyValue {
+        key: b(k),
+        value: b(b"v"),
+        version: 0,
+    };
+    let mput = Op::MultiPut(kvpb::MultiPut {
+        kvs: vec![kv(b"b"), kv(b"c")],
+    });
+    assert!(matches!(apply_op(&mut s, 4, mput), R::Put(p) if p.version == 4));
+    let with_empty = Op::MultiPut(kvpb::MultiPut {
+        kvs: vec![kv(b"d"), kv(b"")],
+    });
+    assert!(matches!(apply_op(&mut s, 5, with_empty), R::Error(_)));
+    assert!(!s.get(b"d").found, "all or nothing");
+    let m = s.multi_get(&[b(b"a"), b(b"d"), b(b"c")]);
+    let found: Vec<bool> = m.values.iter().map(|g| g.found).collect();
+    assert_eq!(found, [true, false, true]);
+    let dels = Op::DeleteKeys(kvpb::DeleteKeys {
+        keys: vec![b(b"a"), b(b"d"), b(b"c"), b(b"c")],
+    });
+    assert!(matches!(apply_op(&mut s, 6, dels), R::Delete(d) if d.count == 2 && d.deleted));
+    assert_eq!(s.len(), 1);
+    let all = Op::DeleteAll(kvpb::DeleteAll {});
+    assert!(matches!(apply_op(&mut s, 7, all.clone()), R::Delete(d) if d.count == 1));
+    assert!(s.is_empty());
+    assert!(matches!(apply_op(&mut s, 8, all), R::Delete(d) if d.count == 0 && !d.deleted));
 }

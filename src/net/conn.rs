@@ -97,6 +97,12 @@ impl Conn {
         split_frame(&mut self.rbuf, self.max_frame)
     }
 
+    /// The bytes received and not yet consumed, for a connection that parses its own
+    /// protocol (RESP) instead of length-prefixed frames.
+    pub fn input_mut(&mut self) -> &mut BytesMut {
+        &mut self.rbuf
+    }
+
     /// Drops everything received and not yet consumed (a connection being closed).
     pub fn discard_input(&mut self) {
         self.rbuf.clear();
@@ -315,6 +321,7 @@ mod tests {
             op: Some(kvpb::request::Op::Put(kvpb::Put {
                 key: Bytes::from_static(b"k"),
                 value: Bytes::from(vec![7u8; 64 * 1024]),
+                ..Default::default()
             })),
             ..Default::default()
         });

@@ -157,6 +157,7 @@ mod tests {
             op: Some(kvpb::request::Op::Put(kvpb::Put {
                 key: Bytes::from_static(b"k"),
                 value: Bytes::from_static(b"v"),
+                ..Default::default()
             })),
             ..Default::default()
         }

@@ -16,6 +16,8 @@ pub const CLIENT_LISTENER: Token = Token(1);
 pub const SNAPSHOT_CHILD: Token = Token(2);
 /// The HTTP listener (`--http-addr`: health, status and metrics pages).
 pub const HTTP_LISTENER: Token = Token(3);
+/// The RESP (Redis protocol) listener (`--redis-addr`).
+pub const REDIS_LISTENER: Token = Token(4);
 const FIRST_DYNAMIC: usize = 16;
 
 /// Hands out unique connection tokens.
@@ -56,6 +58,7 @@ mod tests {
             assert_ne!(x, CLIENT_LISTENER);
             assert_ne!(x, SNAPSHOT_CHILD);
             assert_ne!(x, HTTP_LISTENER);
+            assert_ne!(x, REDIS_LISTENER);
         }
     }
 }

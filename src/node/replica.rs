@@ -94,6 +94,7 @@ fn serve(kv: &KvStore, op: &ReadOp, max_scan_bytes: usize) -> ApplyResult {
             read_index: kv.applied(),
             ..Default::default()
         }),
+        ReadOp::MultiGet(m) => ApplyResult::MultiGet(kv.multi_get(&m.keys)),
     }
 }
 

@@ -45,6 +45,7 @@ pub enum ReadOp {
     /// `SnapshotBeginResponse` whose `read_index` is the applied index when served; the shell,
     /// which owns the snapshot files, completes it.
     SnapshotPoint,
+    MultiGet(kvpb::MultiGet),
 }
 
 #[derive(Debug)]
@@ -416,7 +417,10 @@ mod tests {
         r.applied_write(
             1,
             1,
-            Some(ApplyResult::Put(kvpb::PutResponse { version: 1 })),
+            Some(ApplyResult::Put(kvpb::PutResponse {
+                version: 1,
+                ..Default::default()
+            })),
         );
         let _ = r.take_answers().count();
         // Deadlines 101 (answered), 111 and 121: a full 100 ms after each stamp, plus the

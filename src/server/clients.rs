@@ -42,7 +42,10 @@ impl Server {
         u64::try_from(self.clock_start.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
-    fn on_request(&mut self, token: Token, req: kvpb::Request) {
+    pub(super) fn on_request(&mut self, token: Token, req: kvpb::Request) {
+        if self.try_forward(token, &req) {
+            return;
+        }
         use kvpb::command::Op as Cmd;
         use kvpb::request::Op;
         let to = ClientRef {
@@ -62,6 +65,14 @@ impl Server {
             Some(Op::Put(_)) => super::metrics::OP_PUT,
             Some(Op::Delete(_)) => super::metrics::OP_DELETE,
             Some(Op::Cas(_)) => super::metrics::OP_CAS,
+            Some(
+                Op::Incr(_)
+                | Op::Append(_)
+                | Op::MultiPut(_)
+                | Op::DeleteKeys(_)
+                | Op::DeleteAll(_),
+            ) => super::metrics::OP_RMW,
+            Some(Op::MultiGet(_)) => super::metrics::OP_GET,
             Some(Op::Get(_)) => super::metrics::OP_GET,
             Some(Op::Scan(_)) => super::metrics::OP_SCAN,
             Some(Op::Status(_)) | Some(Op::Alarm(_)) => super::metrics::OP_STATUS,
@@ -98,6 +109,17 @@ impl Server {
             Some(Op::Put(p)) if !p.key.is_empty() => self.write(to, &cmd(Cmd::Put(p)), now),
             Some(Op::Delete(d)) if !d.key.is_empty() => self.write(to, &cmd(Cmd::Delete(d)), now),
             Some(Op::Cas(c)) if !c.key.is_empty() => self.write(to, &cmd(Cmd::Cas(c)), now),
+            // The state machine checks these keys (all of them, for the multi-key ops).
+            Some(Op::Incr(i)) => self.write(to, &cmd(Cmd::Incr(i)), now),
+            Some(Op::Append(a)) => self.write(to, &cmd(Cmd::Append(a)), now),
+            Some(Op::MultiPut(m)) => self.write(to, &cmd(Cmd::MultiPut(m)), now),
+            Some(Op::DeleteKeys(d)) => self.write(to, &cmd(Cmd::DeleteKeys(d)), now),
+            Some(Op::DeleteAll(d)) => self.write(to, &cmd(Cmd::DeleteAll(d)), now),
+            Some(Op::MultiGet(m)) => {
+                let overdue = self.tick_overdue();
+                self.replica
+                    .read(to, consistency, ReadOp::MultiGet(m), now, overdue);
+            }
             Some(Op::Get(g)) if !g.key.is_empty() => {
                 let overdue = self.tick_overdue();
                 self.replica
@@ -183,6 +205,7 @@ impl Server {
             leader_id,
             commit_index: st.commit,
             applied_index: self.replica.applied(),
+            keys: self.replica.kv().len() as u64,
             last_log_index: store.last_index(),
             first_log_index: store.first_index(),
             snapshot_index: self.snaps.latest.as_ref().map_or(0, |(m, _)| m.index),
@@ -220,6 +243,9 @@ impl Server {
         let Some(Endpoint::Client(c)) = self.endpoints.get_mut(&token) else {
             return;
         };
+        if c.resp.is_some() {
+            return self.resp_answer(token, id, result);
+        }
         c.inflight = c.inflight.saturating_sub(1);
         let resp = kvpb::Response {
             id,
@@ -238,7 +264,8 @@ impl Server {
             return;
         };
         match c.conn.flush() {
-            Ok(true) if c.closing => {
+            // (A RESP connection waits for the replies still owed to the commands before.)
+            Ok(true) if c.closing && c.resp.as_ref().is_none_or(|r| r.unreleased() == 0) => {
                 // Response out: send FIN, keep reading (and discarding) until the client closes.
                 let _ = c.conn.stream.shutdown(std::net::Shutdown::Write);
             }

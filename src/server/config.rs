@@ -4,12 +4,14 @@
 //! the same string:
 //!
 //! ```text
-//! ID=PEER_HOST:PORT[/CLIENT_HOST:PORT],ID=...
+//! ID=PEER_HOST:PORT[/CLIENT_HOST:PORT[/REDIS_HOST:PORT]],ID=...
 //! 1=127.0.0.1:7004/127.0.0.1:7001,2=127.0.0.1:7005/127.0.0.1:7002,3=127.0.0.1:7006/127.0.0.1:7003
 //! ```
 //!
 //! The peer address is where Raft traffic goes; the optional client address is what a
-//! follower tells clients in a NOT_LEADER error (`leader_addr`).
+//! follower tells clients in a NOT_LEADER error (`leader_addr`); the optional RESP address is
+//! the node's Redis-protocol listener (`--redis-addr` defaults to it), which a follower names
+//! in its `-NOTLEADER` errors.
 
 use crate::net::framing::DEFAULT_MAX_FRAME;
 use crate::net::peer::PeerOptions;
@@ -61,6 +63,7 @@ pub struct PeerSpec {
     pub id: u64,
     pub peer_addr: String,
     pub client_addr: Option<String>,
+    pub redis_addr: Option<String>,
 }
 
 /// Parses `ID=PEER[/CLIENT],...`. Ids must be non-zero and unique.
@@ -77,11 +80,16 @@ pub fn parse_peers(s: &str) -> Result<Vec<PeerSpec>, String> {
         if id == 0 {
             return Err(format!("peer {item:?}: id 0 is reserved"));
         }
-        let (peer, client) = match addrs.split_once('/') {
-            Some((p, c)) => (p.trim(), Some(c.trim())),
-            None => (addrs.trim(), None),
-        };
-        for a in std::iter::once(peer).chain(client) {
+        let mut parts = addrs.split('/').map(str::trim);
+        let peer = parts.next().unwrap_or_default();
+        let client = parts.next();
+        let redis = parts.next();
+        if parts.next().is_some() {
+            return Err(format!(
+                "peer {item:?}: expected ID=PEER_ADDR[/CLIENT_ADDR[/REDIS_ADDR]]"
+            ));
+        }
+        for a in std::iter::once(peer).chain(client).chain(redis) {
             if a.rsplit_once(':')
                 .is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err())
             {
@@ -95,6 +103,7 @@ pub fn parse_peers(s: &str) -> Result<Vec<PeerSpec>, String> {
             id,
             peer_addr: peer.to_string(),
             client_addr: client.map(str::to_string),
+            redis_addr: redis.map(str::to_string),
         });
     }
     if out.is_empty() {
@@ -107,9 +116,17 @@ pub fn parse_peers(s: &str) -> Result<Vec<PeerSpec>, String> {
 pub fn format_peers(peers: &[PeerSpec]) -> String {
     peers
         .iter()
-        .map(|p| match &p.client_addr {
-            Some(c) => format!("{}={}/{}", p.id, p.peer_addr, c),
-            None => format!("{}={}", p.id, p.peer_addr),
+        .map(|p| {
+            // A RESP address needs a client address before it (the format is positional).
+            let mut s = format!("{}={}", p.id, p.peer_addr);
+            for a in [&p.client_addr, &p.redis_addr]
+                .into_iter()
+                .map_while(Option::as_ref)
+            {
+                s.push('/');
+                s.push_str(a);
+            }
+            s
         })
         .collect::<Vec<_>>()
         .join(",")
@@ -143,6 +160,8 @@ pub struct ServerConfig {
     pub peer_listen: String,
     /// Address the client listener binds.
     pub client_listen: String,
+    /// Address the RESP (Redis protocol) listener binds; none = no RESP listener.
+    pub redis_listen: Option<String>,
     /// Address the HTTP listener (health, status, metrics) binds; none if not given.
     pub http_listen: Option<String>,
     /// All members, this node included.
@@ -167,6 +186,9 @@ pub struct ServerConfig {
     pub max_client_inflight: usize,
     /// Client connections served at once; more are answered UNAVAILABLE and closed.
     pub max_clients: usize,
+    /// A follower forwards writes and leader reads to the leader (`forward.rs`) instead of
+    /// answering NOT_LEADER.
+    pub forward: bool,
     /// How often a changed commit index is written to the hard state file.
     pub commit_persist_interval: Duration,
     /// Space quota on the state (keys + values) and on the data directory: beyond it the
@@ -196,6 +218,7 @@ impl ServerConfig {
             data_dir,
             peer_listen: me.peer_addr.clone(),
             client_listen: me.client_addr.clone().unwrap_or_default(),
+            redis_listen: me.redis_addr.clone(),
             http_listen: None,
             peers,
             tick: DEFAULT_TICK,
@@ -210,6 +233,7 @@ impl ServerConfig {
             max_client_pending_bytes: DEFAULT_CLIENT_OUTPUT_LIMIT,
             max_client_inflight: DEFAULT_MAX_CLIENT_INFLIGHT,
             max_clients: DEFAULT_MAX_CLIENTS,
+            forward: false,
             commit_persist_interval: DEFAULT_COMMIT_PERSIST_INTERVAL,
             quota_bytes: DEFAULT_QUOTA_BYTES,
             peer: PeerOptions::default(),
@@ -217,6 +241,14 @@ impl ServerConfig {
             snapshot_pacing: WritePacing::default(),
             promotion: Default::default(),
         })
+    }
+
+    /// The RESP address of member `id`, if known.
+    pub fn redis_addr_of(&self, id: u64) -> Option<&str> {
+        self.peers
+            .iter()
+            .find(|p| p.id == id)
+            .and_then(|p| p.redis_addr.as_deref())
     }
 
     /// The client address of member `id`, if known.
@@ -234,9 +266,11 @@ mod tests {
 
     #[test]
     fn parses_and_formats_peers() {
-        let s = "1=127.0.0.1:7004/127.0.0.1:7001, 2=host:7005,3=[::1]:7006/[::1]:7003";
+        let s = "1=127.0.0.1:7004/127.0.0.1:7001, 2=host:7005,3=[::1]:7006/[::1]:7003/[::1]:6379";
         let p = parse_peers(s).unwrap();
         assert_eq!(p.len(), 3);
+        assert_eq!(p[2].redis_addr.as_deref(), Some("[::1]:6379"));
+        assert_eq!(p[0].redis_addr, None);
         assert_eq!(p[0].client_addr.as_deref(), Some("127.0.0.1:7001"));
         assert_eq!(p[1].client_addr, None);
         assert_eq!(p[2].peer_addr, "[::1]:7006");
@@ -254,6 +288,8 @@ mod tests {
             "1=1.2.3.4:99999",
             "1=a:1,1=b:2",
             "1=a:1/b",
+            "1=a:1/b:2/c",
+            "1=a:1/b:2/c:3/d:4",
         ] {
             assert!(parse_peers(bad).is_err(), "{bad:?} accepted");
         }

@@ -2,12 +2,13 @@
 //! per-connection budget and the client backpressure limits, answering framing errors, and
 //! closing them (a client closed for a framing error lingers until its error is read).
 
+use super::resp_conn::RespState;
 use super::timers::TimerEvent;
 use super::{ClientConn, Endpoint, Server};
 use crate::kv::error_result;
 use crate::net::conn::{Conn, ReadStatus};
 use crate::net::framing::FrameError;
-use crate::net::reactor::PEER_LISTENER;
+use crate::net::reactor::{PEER_LISTENER, REDIS_LISTENER};
 use crate::pb::kvpb::ErrorCode;
 use mio::{Interest, Token};
 use std::time::{Duration, Instant};
@@ -20,10 +21,10 @@ const LINGER: Duration = Duration::from_secs(2);
 impl Server {
     pub(super) fn accept(&mut self, which: Token) {
         loop {
-            let listener = if which == PEER_LISTENER {
-                self.peer_listener.as_ref()
-            } else {
-                self.client_listener.as_ref()
+            let listener = match which {
+                PEER_LISTENER => self.peer_listener.as_ref(),
+                REDIS_LISTENER => self.redis_listener.as_ref(),
+                _ => self.client_listener.as_ref(),
             };
             let Some(listener) = listener else { return };
             match listener.accept() {
@@ -51,11 +52,19 @@ impl Server {
                         log::debug!("client connection from {addr}");
                         self.clients += 1;
                         self.metrics.client_accepted += 1;
+                        // RESP: its own parser, bounded like a native frame.
+                        let resp = (which == REDIS_LISTENER).then(|| {
+                            Box::new(RespState::new(
+                                crate::limits::resp_max_command(self.cfg.max_frame),
+                                crate::limits::RESP_MAX_ARGS,
+                            ))
+                        });
                         Endpoint::Client(ClientConn {
                             conn,
                             inflight: 0,
                             paused: false,
                             closing: false,
+                            resp,
                         })
                     };
                     self.endpoints.insert(token, ep);
@@ -177,6 +186,10 @@ impl Server {
     /// scans queue 800 MB); its other frames wait in the buffer until its output drains.
     /// False if the connection is gone, failed or paused.
     fn handle_buffered(&mut self, token: Token, is_client: bool) -> bool {
+        if let Some(Endpoint::Client(ClientConn { resp: Some(_), .. })) = self.endpoints.get(&token)
+        {
+            return self.handle_resp_buffered(token);
+        }
         let max_out = self.cfg.max_client_pending_bytes;
         let max_inflight = self.cfg.max_client_inflight;
         loop {
@@ -214,6 +227,12 @@ impl Server {
             c.closing = true;
             c.conn.discard_input();
         }
+        self.linger_then_close(token);
+    }
+
+    /// Closes a connection marked `closing` once its last answers are out, or after
+    /// [`LINGER`] at most.
+    pub(super) fn linger_then_close(&mut self, token: Token) {
         self.timers
             .insert(Instant::now() + LINGER, TimerEvent::ForceClose(token));
         self.flush_client(token);

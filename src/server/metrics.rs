@@ -13,8 +13,9 @@ use std::fmt::Write;
 use std::time::Duration;
 
 /// Client request kinds, the `op` label.
-pub(super) const OPS: [&str; 9] = [
-    "put", "delete", "cas", "get", "scan", "status", "invalid", "member", "snapshot",
+/// "rmw": the read-modify-write ops (incr, append, multi-put, delete-keys).
+pub(super) const OPS: [&str; 10] = [
+    "put", "delete", "cas", "get", "scan", "status", "invalid", "member", "snapshot", "rmw",
 ];
 pub(super) const OP_PUT: usize = 0;
 pub(super) const OP_DELETE: usize = 1;
@@ -27,6 +28,7 @@ pub(super) const OP_INVALID: usize = 6;
 pub(super) const OP_MEMBER: usize = 7;
 /// Backup requests (`SnapshotBegin`, `SnapshotChunk`).
 pub(super) const OP_SNAPSHOT: usize = 8;
+pub(super) const OP_RMW: usize = 9;
 
 /// Result labels of client responses: "ok", then one per error code (by its number).
 const RESULTS: [&str; 10] = [
@@ -100,6 +102,8 @@ pub(super) struct Metrics {
     pub requests: [u64; OPS.len()],
     pub responses: [u64; RESULTS.len()],
     pub client_accepted: u64,
+    /// Requests a follower forwarded to the leader (`--forward`).
+    pub forwarded: u64,
     pub snapshots_taken: u64,
     pub snapshots_sent: u64,
     pub snapshots_received: u64,
@@ -124,7 +128,11 @@ impl Metrics {
                 .map(|c| c + 1)
                 .filter(|&i| i < RESULTS.len())
                 .unwrap_or(1),
-            ApplyResult::Put(_) | ApplyResult::Delete(_) | ApplyResult::Cas(_) => {
+            ApplyResult::Put(_)
+            | ApplyResult::Delete(_)
+            | ApplyResult::Cas(_)
+            | ApplyResult::Incr(_)
+            | ApplyResult::Append(_) => {
                 self.proposals_applied += 1;
                 0
             }
@@ -331,6 +339,13 @@ impl Server {
             "counter",
             "Client connections accepted.",
             m.client_accepted,
+        );
+        one(
+            &mut o,
+            "raftkv_requests_forwarded_total",
+            "counter",
+            "Requests this follower forwarded to the leader (--forward).",
+            m.forwarded,
         );
         header(
             &mut o,

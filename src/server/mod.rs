@@ -23,7 +23,10 @@
 //! - `startup.rs`: recovery and construction;
 //! - `connections.rs`: accepting, reading and closing inbound connections;
 //! - `clients.rs`: client requests into the replica, its answers onto the connections;
+//! - `resp_conn.rs`, `resp_commands.rs`: RESP (Redis protocol) connections: commands into the
+//!   same requests as the native protocol, replies released in request order;
 //! - `peers.rs`: the links to the other members;
+//! - `forward.rs`: a follower's link to the leader's client port (`--forward`);
 //! - `timers.rs`: Raft ticks from real time and the timer wheel's events;
 //! - `ready_shell.rs`: the server's side of the Ready phases (log, hard state, sync);
 //! - `snap.rs`: taking, compacting, sending and installing snapshots;
@@ -35,10 +38,13 @@ mod backup;
 mod clients;
 pub mod config;
 mod connections;
+mod forward;
 pub mod http;
 mod metrics;
 mod peers;
 mod ready_shell;
+mod resp_commands;
+mod resp_conn;
 pub mod signal;
 mod snap;
 mod space;
@@ -50,7 +56,9 @@ pub use config::{bootstrap_conf, parse_peers, PeerSpec, ServerConfig};
 use crate::kv::ApplyResult;
 use crate::net::conn::Conn;
 use crate::net::peer::Peer;
-use crate::net::reactor::{Tokens, CLIENT_LISTENER, HTTP_LISTENER, PEER_LISTENER, SNAPSHOT_CHILD};
+use crate::net::reactor::{
+    Tokens, CLIENT_LISTENER, HTTP_LISTENER, PEER_LISTENER, REDIS_LISTENER, SNAPSHOT_CHILD,
+};
 use crate::net::timer::TimerWheel;
 use crate::node::Replica;
 use crate::raft::HardState;
@@ -80,13 +88,17 @@ struct ClientConn {
     /// forces it). Closing at once with unread input would make the kernel send a RST that
     /// can destroy the error response before the client reads it.
     closing: bool,
+    /// Some for a RESP (Redis protocol) connection: its parser and in-order reply queue.
+    resp: Option<Box<resp_conn::RespState>>,
 }
 
 impl ClientConn {
     /// Backpressure: too many unsent response bytes or requests in flight to take more from
     /// this client (`--client-output-limit`, the in-flight cap).
+    /// A RESP connection's replies held back for order count as output.
     fn over_limit(&self, max_out: usize, max_inflight: usize) -> bool {
-        self.conn.pending_out() > max_out || self.inflight >= max_inflight
+        let held = self.resp.as_ref().map_or(0, |r| r.held_bytes());
+        self.conn.pending_out() + held > max_out || self.inflight >= max_inflight
     }
 }
 
@@ -117,6 +129,10 @@ pub struct Server {
     client_listener: Option<TcpListener>,
     /// The HTTP listener, if `--http-addr` was given.
     http_listener: Option<TcpListener>,
+    /// The RESP listener, if `--redis-addr` was given.
+    redis_listener: Option<TcpListener>,
+    /// Requests forwarded to the leader (`--forward`).
+    forward: forward::Forwarder,
     http_conns: HashMap<Token, http::HttpConn>,
     metrics: metrics::Metrics,
     tokens: Tokens,
@@ -154,6 +170,7 @@ pub struct Server {
     pub peer_local_addr: std::net::SocketAddr,
     pub client_local_addr: std::net::SocketAddr,
     pub http_local_addr: Option<std::net::SocketAddr>,
+    pub redis_local_addr: Option<std::net::SocketAddr>,
 }
 
 impl Server {
@@ -203,6 +220,7 @@ impl Server {
             }
             let now_ms = self.now_ms();
             self.replica.expire(now_ms);
+            self.expire_forwards(now_ms);
             let t3 = Instant::now();
             if self.replica.has_more_reads() {
                 self.replica.serve_more_reads();
@@ -250,12 +268,16 @@ impl Server {
     fn dispatch(&mut self, ev: &Event) {
         let token = ev.token();
         match token {
-            PEER_LISTENER | CLIENT_LISTENER => self.accept(token),
+            PEER_LISTENER | CLIENT_LISTENER | REDIS_LISTENER => self.accept(token),
             SNAPSHOT_CHILD => self.snaps.child_event = true,
             HTTP_LISTENER => self.accept_http(),
             _ => {
                 if self.http_conns.contains_key(&token) {
                     self.on_http_event(token);
+                    return;
+                }
+                if self.forward.token() == Some(token) {
+                    self.on_forward_event();
                     return;
                 }
                 if let Some(&id) = self.peer_by_token.get(&token) {
@@ -276,13 +298,18 @@ impl Server {
 
     /// How long until the replica's earliest request deadline.
     fn until_next_deadline(&self) -> Duration {
-        self.replica.next_deadline().map_or(MAX_POLL, |d| {
+        let next = match (self.replica.next_deadline(), self.forward.next_deadline()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        next.map_or(MAX_POLL, |d| {
             Duration::from_millis(d.saturating_sub(self.now_ms()))
         })
     }
 
     fn flush_all(&mut self) {
         self.flush_clients();
+        self.flush_forward();
         self.flush_peers();
         // (Paused clients resume in flush_client: every response that lowers `inflight`
         // marks its client dirty, so it passes through there.)
@@ -294,6 +321,7 @@ impl Server {
             self.peer_listener.take(),
             self.client_listener.take(),
             self.http_listener.take(),
+            self.redis_listener.take(),
         ]
         .into_iter()
         .flatten()

@@ -8,7 +8,7 @@ use super::timers::TimerEvent;
 use super::{Server, ServerConfig};
 use crate::kv::KvStore;
 use crate::net::peer::Peer;
-use crate::net::reactor::{Tokens, CLIENT_LISTENER, HTTP_LISTENER, PEER_LISTENER};
+use crate::net::reactor::{Tokens, CLIENT_LISTENER, HTTP_LISTENER, PEER_LISTENER, REDIS_LISTENER};
 use crate::net::timer::TimerWheel;
 use crate::node::{Replica, ReplicaConfig};
 use crate::raft::{
@@ -281,16 +281,23 @@ fn listen(cfg: &ServerConfig) -> Result<(Poll, TcpListener, TcpListener), String
     Ok((poll, peer_listener, client_listener))
 }
 
-/// The HTTP listener, registered, if `--http-addr` was given.
-fn listen_http(cfg: &ServerConfig, poll: &Poll) -> Result<Option<TcpListener>, String> {
-    let Some(addr) = cfg.http_listen.as_deref() else {
-        return Ok(None);
+/// An optional listener (HTTP, RESP), registered under `token`, if its address was given;
+/// with its bound address.
+fn listen_optional(
+    addr: Option<&str>,
+    what: &str,
+    token: mio::Token,
+    poll: &Poll,
+) -> Result<(Option<TcpListener>, Option<std::net::SocketAddr>), String> {
+    let Some(addr) = addr else {
+        return Ok((None, None));
     };
-    let mut l = bind(addr, "HTTP")?;
+    let mut l = bind(addr, what)?;
     poll.registry()
-        .register(&mut l, HTTP_LISTENER, Interest::READABLE)
+        .register(&mut l, token, Interest::READABLE)
         .map_err(|e| e.to_string())?;
-    Ok(Some(l))
+    let local = l.local_addr().map_err(|e| e.to_string())?;
+    Ok((Some(l), Some(local)))
 }
 
 /// The timer wheel with its first timers, and one link per other member (connected at once).
@@ -342,11 +349,13 @@ impl Server {
         let (poll, peer_listener, client_listener) = listen(&cfg)?;
         let peer_local_addr = peer_listener.local_addr().map_err(|e| e.to_string())?;
         let client_local_addr = client_listener.local_addr().map_err(|e| e.to_string())?;
-        let http_listener = listen_http(&cfg, &poll)?;
-        let http_local_addr = match &http_listener {
-            Some(l) => Some(l.local_addr().map_err(|e| e.to_string())?),
-            None => None,
-        };
+        let (http_listener, http_local_addr) =
+            listen_optional(cfg.http_listen.as_deref(), "HTTP", HTTP_LISTENER, &poll)?;
+        let (redis_listener, redis_local_addr) =
+            listen_optional(cfg.redis_listen.as_deref(), "RESP", REDIS_LISTENER, &poll)?;
+        if let Some(a) = redis_local_addr {
+            log::info!("node {} serving RESP (Redis protocol) on {a}", cfg.id);
+        }
         if let Some(a) = http_local_addr {
             log::info!(
                 "node {} serving HTTP on http://{a}/ (livez, readyz, status, metrics)",
@@ -375,6 +384,8 @@ impl Server {
             peer_listener: Some(peer_listener),
             client_listener: Some(client_listener),
             http_listener,
+            redis_listener,
+            forward: Default::default(),
             http_conns: HashMap::new(),
             metrics: Default::default(),
             tokens: Tokens::default(),
@@ -398,6 +409,7 @@ impl Server {
             peer_local_addr,
             client_local_addr,
             http_local_addr,
+            redis_local_addr,
         };
         // Members added (or removed) by configuration entries since `--peers` was written.
         let conf = server.replica.core().conf_state().1.clone();

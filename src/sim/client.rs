@@ -157,6 +157,7 @@ impl SimClient {
                     kvpb::command::Op::Put(kvpb::Put {
                         key: kb.into(),
                         value: vb.into(),
+                        ..Default::default()
                     }),
                 )
             } else if roll < 80 {

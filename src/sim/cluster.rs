@@ -727,6 +727,7 @@ fn short_op(req: &ClientReq) -> String {
                 }
             ),
             Some(Op::Alarm(a)) => format!("alarm raise={}", a.raise),
+            Some(other) => format!("{other:?}"),
             None => "empty".to_string(),
         },
     }

@@ -258,13 +258,20 @@ impl SimNode {
                 continue;
             };
             let r = match cmd.op {
-                Some(Op::Put(_)) => R::Put(kvpb::PutResponse { version: e.index }),
-                Some(Op::Delete(_)) => R::Delete(kvpb::DeleteResponse { deleted: true }),
+                Some(Op::Put(_)) => R::Put(kvpb::PutResponse {
+                    version: e.index,
+                    ..Default::default()
+                }),
+                Some(Op::Delete(_)) => R::Delete(kvpb::DeleteResponse {
+                    deleted: true,
+                    count: 0,
+                }),
                 Some(Op::Cas(_)) => R::Cas(kvpb::CasResponse {
                     succeeded: true,
                     version: e.index,
                 }),
-                Some(Op::Alarm(_)) | None => continue,
+                // The simulator's clients send only the ops above.
+                Some(_) | None => continue,
             };
             out.push(Action::Reply {
                 client: to.client,

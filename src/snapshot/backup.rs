@@ -201,6 +201,7 @@ mod tests {
             let put = kvpb::command::Op::Put(kvpb::Put {
                 key: format!("k{i}").into_bytes().into(),
                 value: vec![b'v'; 100].into(),
+                ..Default::default()
             });
             let cmd = kvpb::Command {
                 op: Some(put),

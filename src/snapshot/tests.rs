@@ -19,6 +19,7 @@ fn put_cmd(client: u64, seq: u64, k: &[u8], v: &[u8]) -> Bytes {
         op: Some(Op::Put(kvpb::Put {
             key: Bytes::copy_from_slice(k),
             value: Bytes::copy_from_slice(v),
+            ..Default::default()
         })),
     })
 }

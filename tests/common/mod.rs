@@ -49,7 +49,17 @@ pub struct Node {
     pub client_addr: String,
     /// `--http-addr`, for clusters started by `start_http`.
     pub http_addr: Option<String>,
+    /// The RESP address (third part of --peers), for clusters started by `start_resp`.
+    pub redis_addr: Option<String>,
     pub child: Option<Child>,
+}
+
+/// The listeners a test cluster's nodes open besides client and peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Listeners {
+    Native,
+    Http,
+    Resp,
 }
 
 /// A cluster of `raftkv serve` processes. Drop kills them all.
@@ -67,27 +77,39 @@ impl Cluster {
 
     /// Like `start`, every node also serving HTTP (`--http-addr`, see `http_addr`).
     pub fn start_http(n: u64, args: &[&str]) -> Cluster {
-        Cluster::start_inner(n, args, true, |_, _| {})
+        Cluster::start_inner(n, args, Listeners::Http, |_, _| {})
+    }
+
+    /// Like `start`, every node also serving RESP (see `redis_addr`).
+    pub fn start_resp(n: u64, args: &[&str]) -> Cluster {
+        Cluster::start_inner(n, args, Listeners::Resp, |_, _| {})
     }
 
     /// Like `start`, after `setup(data_root)` prepared the nodes' data dirs (`<root>/n<i>`).
     pub fn start_with(n: u64, args: &[&str], setup: impl FnOnce(&Path)) -> Cluster {
-        Cluster::start_inner(n, args, false, |root, _| setup(root))
+        Cluster::start_inner(n, args, Listeners::Native, |root, _| setup(root))
     }
 
     /// Like `start_with`, `setup` also getting the cluster's `--peers` string (to seed the
     /// data dirs for exactly these members).
     pub fn start_seeded(n: u64, args: &[&str], setup: impl FnOnce(&Path, &str)) -> Cluster {
-        Cluster::start_inner(n, args, false, setup)
+        Cluster::start_inner(n, args, Listeners::Native, setup)
     }
 
-    fn start_inner(n: u64, args: &[&str], http: bool, setup: impl FnOnce(&Path, &str)) -> Cluster {
-        let ports = free_ports(if http { 3 } else { 2 } * n as usize);
+    fn start_inner(
+        n: u64,
+        args: &[&str],
+        extra: Listeners,
+        setup: impl FnOnce(&Path, &str),
+    ) -> Cluster {
+        let ports = free_ports(if extra == Listeners::Native { 2 } else { 3 } * n as usize);
+        let third = |i: u64| format!("127.0.0.1:{}", ports[(2 * n + i) as usize]);
         let nodes: Vec<Node> = (0..n)
             .map(|i| Node {
                 id: i + 1,
                 client_addr: format!("127.0.0.1:{}", ports[i as usize]),
-                http_addr: http.then(|| format!("127.0.0.1:{}", ports[(2 * n + i) as usize])),
+                http_addr: (extra == Listeners::Http).then(|| third(i)),
+                redis_addr: (extra == Listeners::Resp).then(|| third(i)),
                 child: None,
             })
             .collect();
@@ -95,11 +117,13 @@ impl Cluster {
             .iter()
             .enumerate()
             .map(|(i, nd)| {
+                let resp = nd.redis_addr.as_ref().map(|r| format!("/{r}"));
                 format!(
-                    "{}=127.0.0.1:{}/{}",
+                    "{}=127.0.0.1:{}/{}{}",
                     nd.id,
                     ports[n as usize + i],
-                    nd.client_addr
+                    nd.client_addr,
+                    resp.unwrap_or_default()
                 )
             })
             .collect::<Vec<_>>()
@@ -186,6 +210,15 @@ impl Cluster {
             .find(|n| n.id == id)
             .and_then(|n| n.http_addr.clone())
             .expect("cluster started with start_http")
+    }
+
+    /// Node `id`'s RESP address (clusters from `start_resp`).
+    pub fn redis_addr(&self, id: u64) -> String {
+        self.nodes
+            .iter()
+            .find(|n| n.id == id)
+            .and_then(|n| n.redis_addr.clone())
+            .expect("cluster started with start_resp")
     }
 
     pub fn endpoints(&self) -> Vec<String> {
@@ -352,6 +385,7 @@ pub fn put_req(id: u64, k: &str, v: &str) -> kvpb::Request {
         op: Some(kvpb::request::Op::Put(kvpb::Put {
             key: Bytes::copy_from_slice(k.as_bytes()),
             value: Bytes::copy_from_slice(v.as_bytes()),
+            ..Default::default()
         })),
         ..Default::default()
     }

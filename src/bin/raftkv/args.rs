@@ -260,6 +260,10 @@ pub struct Tuning {
     /// Disable the PreVote round before elections.
     #[arg(long)]
     pub no_pre_vote: bool,
+    /// A follower forwards writes and LINEARIZABLE/LEASE reads to the leader and answers them
+    /// itself, instead of answering NOT_LEADER (native and RESP alike).
+    #[arg(long)]
+    pub forward: bool,
     /// Disable CheckQuorum (a leader that cannot reach a quorum then stays leader; its
     /// requests time out instead of being redirected). Incompatible with --lease-reads.
     #[arg(long)]
@@ -331,6 +335,9 @@ impl Tuning {
         if self.no_pre_vote {
             v.push("--no-pre-vote".into());
         }
+        if self.forward {
+            v.push("--forward".into());
+        }
         if self.no_check_quorum {
             v.push("--no-check-quorum".into());
         }
@@ -357,7 +364,8 @@ pub struct ServeArgs {
     /// Every cluster member, this node included, as ID=PEER_ADDR[/CLIENT_ADDR],...
     /// e.g. 1=127.0.0.1:7004/127.0.0.1:7001,2=127.0.0.1:7005/127.0.0.1:7002,...
     /// PEER_ADDR carries Raft traffic; CLIENT_ADDR is where clients are redirected
-    /// (NOT_LEADER leader_addr). Give every node the same string.
+    /// (NOT_LEADER leader_addr); an optional third part, /REDIS_ADDR, is the node's RESP
+    /// address (named in -NOTLEADER errors). Give every node the same string.
     #[arg(long)]
     pub peers: String,
     /// Address to listen on for peers (default: this node's PEER_ADDR in --peers).
@@ -370,6 +378,10 @@ pub struct ServeArgs {
     /// Off unless given.
     #[arg(long)]
     pub http_addr: Option<String>,
+    /// Address to serve the Redis protocol (RESP2) on. Default: this node's REDIS_ADDR in
+    /// --peers (ID=PEER/CLIENT/REDIS) if it has one, else off.
+    #[arg(long)]
+    pub redis_addr: Option<String>,
     #[command(flatten)]
     pub tuning: Tuning,
 }
@@ -382,8 +394,8 @@ pub struct ClusterArgs {
     /// Data directory; node i keeps its data in DIR/n<i>.
     #[arg(long, default_value = "./raftkv-data")]
     pub dir: PathBuf,
-    /// First port. Node i (1-based) serves clients on BASE+i-1, peers on BASE+N+i-1 and HTTP
-    /// on BASE+2N+i-1.
+    /// First port. Node i (1-based) serves clients on BASE+i-1, peers on BASE+N+i-1, HTTP
+    /// on BASE+2N+i-1 and the Redis protocol on BASE+3N+i-1.
     #[arg(long, default_value_t = 7001)]
     pub base_port: u16,
     #[command(flatten)]

@@ -104,7 +104,19 @@ fn print_banner(a: &ClusterArgs, members: &[PeerSpec]) {
             m.id
         );
     }
+    let redis: Vec<String> = members
+        .iter()
+        .filter_map(|m| m.redis_addr.clone())
+        .collect();
+    println!("Redis protocol (RESP) endpoints: {}", redis.join(","));
     println!("try: raftkv put --endpoints {endpoints} greeting hello");
+    if let Some(port) = redis
+        .first()
+        .and_then(|r| r.rsplit_once(':'))
+        .map(|(_, p)| p)
+    {
+        println!("  or: redis-cli -p {port} set greeting hello   (on the leader)");
+    }
     println!("Ctrl-C stops the cluster; re-run the same command to restart it with its data.");
     let _ = std::io::stdout().flush();
 }
@@ -137,12 +149,13 @@ fn supervise(children: &mut Children, shutdown: &AtomicBool) -> bool {
     true
 }
 
-/// The members of a local cluster: clients on BASE.., peers on BASE+N...
+/// The members of a local cluster: clients on BASE.., peers on BASE+N.., (HTTP on BASE+2N..,)
+/// RESP on BASE+3N...
 fn cluster_members(nodes: u64, base: u16) -> Result<Vec<PeerSpec>, String> {
     if nodes == 0 {
         return Err("--nodes must be at least 1".into());
     }
-    if base as u64 + 3 * nodes > 65536 {
+    if base as u64 + 4 * nodes > 65536 {
         return Err(format!(
             "--base-port {base} leaves no room for {nodes} nodes"
         ));
@@ -152,6 +165,7 @@ fn cluster_members(nodes: u64, base: u16) -> Result<Vec<PeerSpec>, String> {
             id: i,
             peer_addr: format!("127.0.0.1:{}", base as u64 + nodes + i - 1),
             client_addr: Some(format!("127.0.0.1:{}", base as u64 + i - 1)),
+            redis_addr: Some(format!("127.0.0.1:{}", base as u64 + 3 * nodes + i - 1)),
         })
         .collect())
 }
@@ -259,8 +273,10 @@ mod tests {
         assert_eq!(http_addr(7001, 3, 1), "127.0.0.1:7007");
         assert_eq!(http_addr(7001, 3, 3), "127.0.0.1:7009");
         assert!(
-            cluster_members(3, 65528).is_err(),
-            "HTTP ports need room too"
+            cluster_members(3, 65525).is_err(),
+            "HTTP and RESP ports need room too"
         );
+        assert_eq!(m[0].redis_addr.as_deref(), Some("127.0.0.1:7010"));
+        assert_eq!(m[2].redis_addr.as_deref(), Some("127.0.0.1:7012"));
     }
 }

@@ -54,6 +54,9 @@ fn serve_config(a: &ServeArgs) -> Result<ServerConfig, String> {
         cfg.client_listen = c.clone();
     }
     cfg.http_listen = a.http_addr.clone();
+    if let Some(r) = &a.redis_addr {
+        cfg.redis_listen = Some(r.clone());
+    }
     if cfg.client_listen.is_empty() {
         return Err("no client address: give --client-addr or ID=PEER/CLIENT in --peers".into());
     }
@@ -66,6 +69,7 @@ fn serve_config(a: &ServeArgs) -> Result<ServerConfig, String> {
     cfg.heartbeat_ticks = t.heartbeat_ticks;
     cfg.lease_read = t.lease_reads;
     cfg.pre_vote = !t.no_pre_vote;
+    cfg.forward = t.forward;
     cfg.check_quorum = !t.no_check_quorum;
     if t.lease_reads && t.no_check_quorum {
         return Err("--lease-reads needs CheckQuorum (drop --no-check-quorum)".into());
