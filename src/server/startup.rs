@@ -189,8 +189,13 @@ fn recover(cfg: &ServerConfig) -> Result<Recovered, String> {
 
 /// The configuration a brand-new cluster starts from: every `--peers` entry a voter, with
 /// its addresses as its member context. Once a node has a snapshot or a configuration entry,
-/// that wins over `--peers` (docs/membership.md).
+/// that wins over `--peers` (docs/membership.md). A node that joins, or whose `--peers` does
+/// not name it (a joined node restarted), starts empty: it is not a voter of `--peers`, and
+/// learns the configuration from the leader's log or snapshot.
 fn bootstrap_conf(cfg: &ServerConfig) -> ConfState {
+    if cfg.join || !cfg.peers.iter().any(|p| p.id == cfg.id) {
+        return ConfState::default();
+    }
     let mut conf = ConfState {
         voters: cfg.peers.iter().map(|p| p.id).collect(),
         ..ConfState::default()
@@ -396,6 +401,7 @@ impl Server {
             tokens: Tokens::default(),
             endpoints: HashMap::new(),
             peers,
+            removed_addrs: HashMap::new(),
             peer_by_token: HashMap::new(),
             timers,
             replica,
