@@ -46,7 +46,8 @@ pub fn status_json(endpoint: Option<&str>, s: &kvpb::StatusResponse) -> String {
     });
     format!(
         "{{{ep}\"node_id\":{},\"role\":{},\"term\":{},\"leader_id\":{},\"leader_addr\":{},\
-         \"commit\":{},\"applied\":{},\"first_log_index\":{},\"last_log_index\":{},\"snapshot_index\":{},\"peers\":[{}]}}",
+         \"commit\":{},\"applied\":{},\"first_log_index\":{},\"last_log_index\":{},\"snapshot_index\":{},\"peers\":[{}],\"voters\":{},\"learners\":{},\
+         \"voters_outgoing\":{},\"conf_index\":{}}}",
         s.node_id,
         json_str(s.role.as_bytes()),
         s.term,
@@ -57,6 +58,16 @@ pub fn status_json(endpoint: Option<&str>, s: &kvpb::StatusResponse) -> String {
         s.first_log_index,
         s.last_log_index,
         s.snapshot_index,
-        peers.join(",")
+        peers.join(","),
+        id_list(&s.voters),
+        id_list(&s.learners),
+        id_list(&s.voters_outgoing),
+        s.conf_index
     )
+}
+
+/// `[1,2,3]`.
+fn id_list(ids: &[u64]) -> String {
+    let items: Vec<String> = ids.iter().map(u64::to_string).collect();
+    format!("[{}]", items.join(","))
 }

@@ -1,4 +1,5 @@
-//! The client commands — put, get, del, cas, scan, status — one function each: send the
+//! The client commands — put, get, del, cas, scan, status — one function each (membership
+//! commands: `members`): send the
 //! request through `raftkv::client::Client` (which follows the leader and retries until
 //! --timeout-ms), hand the result to `output`, return the exit code.
 
@@ -14,6 +15,12 @@ use std::time::Duration;
 
 /// Runs a client command (not `serve` or `cluster`) and returns its exit code.
 pub fn run(cmd: Cmd) -> u8 {
+    let cmd = match cmd {
+        Cmd::Member(m) => return crate::members::member(m),
+        Cmd::Leader(l) => return crate::members::leader(l),
+        Cmd::Serve(_) | Cmd::Cluster(_) => unreachable!("handled in main"),
+        cmd => cmd,
+    };
     let (c, consistency) = match &cmd {
         Cmd::Put { c, .. } | Cmd::Del { c, .. } | Cmd::Cas { c, .. } | Cmd::Status { c } => {
             (c, kvpb::Consistency::Linearizable)
@@ -21,7 +28,9 @@ pub fn run(cmd: Cmd) -> u8 {
         Cmd::Get { c, consistency, .. } | Cmd::Scan { c, consistency, .. } => {
             (c, (*consistency).into())
         }
-        Cmd::Serve(_) | Cmd::Cluster(_) => unreachable!("handled in main"),
+        Cmd::Serve(_) | Cmd::Cluster(_) | Cmd::Member(_) | Cmd::Leader(_) => {
+            unreachable!("handled above")
+        }
     };
     let json = c.json;
     let (mut client, endpoints) = match connect(c, consistency) {
@@ -113,7 +122,9 @@ pub fn run(cmd: Cmd) -> u8 {
             scan(client, req, all, json)
         }
         Cmd::Status { .. } => status(client, &endpoints, json),
-        Cmd::Serve(_) | Cmd::Cluster(_) => unreachable!("handled in main"),
+        Cmd::Serve(_) | Cmd::Cluster(_) | Cmd::Member(_) | Cmd::Leader(_) => {
+            unreachable!("handled above")
+        }
     }
 }
 
@@ -196,7 +207,10 @@ fn read_value(
 }
 
 /// A client for --endpoints (connecting lazily) and the endpoints; exit 2 if there are none.
-fn connect(c: &ClientArgs, consistency: kvpb::Consistency) -> Result<(Client, Vec<String>), u8> {
+pub fn connect(
+    c: &ClientArgs,
+    consistency: kvpb::Consistency,
+) -> Result<(Client, Vec<String>), u8> {
     let endpoints: Vec<String> = c
         .endpoints
         .split(',')

@@ -1,5 +1,5 @@
 //! The `raftkv` binary: run a node (`serve`), a local cluster (`cluster`), or talk to a
-//! cluster (`put`, `get`, `del`, `cas`, `scan`, `status`). This file only dispatches:
+//! cluster (`put`, `get`, `del`, `cas`, `scan`, `status`, `member`, `leader`). This file only dispatches:
 //! `args` defines the command line, `serve` runs a node, `cluster` supervises a local
 //! cluster, `commands` holds the client commands and `output` what they print.
 //!
@@ -14,6 +14,8 @@ mod args;
 mod cluster;
 mod commands;
 mod escape;
+mod join;
+mod members;
 mod output;
 mod serve;
 
