@@ -404,19 +404,48 @@ pub struct ServeArgs {
 }
 
 #[derive(Args)]
+#[command(
+    after_help = "Changing the membership of a running local cluster (3 -> 5 -> 3):\n  \
+raftkv cluster                  # terminal 1: nodes 1-3\n  \
+raftkv cluster add              # terminal 2: node 4 joins, promoted once caught up\n  \
+raftkv cluster add              # terminal 3: node 5\n  \
+raftkv member list\n  \
+raftkv cluster remove 1         # node 1 exits; then `raftkv cluster remove 2`\n\
+Give `add` and `remove` the same --dir, --base-port and --nodes as the cluster."
+)]
 pub struct ClusterArgs {
-    /// Number of nodes.
-    #[arg(long, default_value_t = 3)]
+    #[command(subcommand)]
+    pub action: Option<ClusterAction>,
+    /// Number of nodes the cluster was started with.
+    #[arg(long, default_value_t = 3, global = true)]
     pub nodes: u64,
     /// Data directory; node i keeps its data in DIR/n<i>.
-    #[arg(long, default_value = "./raftkv-data")]
+    #[arg(long, default_value = "./raftkv-data", global = true)]
     pub dir: PathBuf,
     /// First port. Node i (1-based) serves clients on BASE+i-1, peers on BASE+N+i-1 and HTTP
-    /// on BASE+2N+i-1.
-    #[arg(long, default_value_t = 7001)]
+    /// on BASE+2N+i-1; a node added later (id k > N) on BASE+3N+3(k-N-1) and the two ports
+    /// after it (client, peer, HTTP).
+    #[arg(long, default_value_t = 7001, global = true)]
     pub base_port: u16,
     #[command(flatten)]
     pub tuning: Tuning,
+}
+
+#[derive(Subcommand)]
+pub enum ClusterAction {
+    /// Run one more node that joins the running local cluster (`serve --join`), in the
+    /// foreground: its log on this terminal, Ctrl-C stops it. It is added as a learner and
+    /// promoted to voter once caught up. Running it again with --id restarts that node.
+    Add {
+        /// The node's id (default: the first id above --nodes without a data directory).
+        #[arg(long)]
+        id: Option<u64>,
+        /// Give the same tuning flags as the cluster (--tick-ms, ...).
+        #[command(flatten)]
+        tuning: Tuning,
+    },
+    /// Remove node ID from the running local cluster (`member remove`); the node exits.
+    Remove { id: u64 },
 }
 
 #[cfg(test)]
