@@ -184,6 +184,25 @@ fn grow_three_to_five_and_shrink_back_to_three_while_writing() {
     wait_voters(&mut c, &[3, a, b], Duration::from_secs(30));
     cluster.wait_leader();
     writer.stop_and_check(all_endpoints(&cluster));
+    // `raftkv-log dump` shows the configuration entries decoded: node 2 has exited, and was a
+    // voter when 1 was removed (1 itself may never have received its own removal).
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_raftkv-log"))
+        .arg("dump")
+        .arg(cluster.data_dir(2))
+        .output()
+        .unwrap();
+    let dump = String::from_utf8_lossy(&out.stdout).to_string();
+    let confs: Vec<&str> = dump.lines().filter(|l| l.contains("CONF")).collect();
+    assert!(
+        confs
+            .iter()
+            .any(|l| l.contains(&format!("learners=[{a}]")) && l.contains("+promote")),
+        "no learner-to-promote entry for {a} in {confs:#?}"
+    );
+    assert!(
+        confs.iter().any(|l| l.contains("removed=[1]")),
+        "no removal of 1 in {confs:#?}"
+    );
 }
 
 #[test]
@@ -316,7 +335,8 @@ fn a_learner_catches_up_from_a_snapshot_while_the_leader_is_killed() {
 
 #[test]
 fn leader_transfer_keeps_reads_linearizable() {
-    let cluster = Cluster::start(3, &[]);
+    // Lease reads on: they must not be served from an old leader's lease after a transfer.
+    let cluster = Cluster::start(3, &["--lease-reads"]);
     cluster.wait_leader();
     let mut c = patient(cluster.endpoints());
     for round in 0..5 {
@@ -376,4 +396,73 @@ fn sigterm_on_the_leader_hands_leadership_over() {
     let st = cluster.wait_exit(leader);
     assert!(st.success(), "old leader exited with {st}");
     writer.stop_and_check(cluster.endpoints());
+}
+
+/// Runs the `raftkv` CLI; returns (exit code, stdout).
+fn cli(args: &[&str]) -> (i32, String) {
+    let out = std::process::Command::new(EXE).args(args).output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code().unwrap_or(-1), text)
+}
+
+/// The `"conf_index":N` of a `member ... --json` answer.
+fn conf_index(json: &str) -> u64 {
+    let rest = json.split("\"conf_index\":").nth(1).expect("conf_index");
+    rest.split(|c: char| !c.is_ascii_digit())
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn cli_learner_promote_and_conditional_remove() {
+    let cluster = Cluster::start(3, &[]);
+    cluster.wait_leader();
+    let eps = cluster.endpoints().join(",");
+    let e = ["--endpoints", eps.as_str(), "--json"];
+    // A learner that stays one (no node runs at that address: it never catches up).
+    let (code, out) = cli(&[
+        &["member", "add", "9", "127.0.0.1:1/127.0.0.1:2", "--learner"],
+        &e[..],
+    ]
+    .concat());
+    assert_eq!(code, 0, "{out}");
+    let (code, list) = cli(&[&["member", "list"], &e[..]].concat());
+    assert_eq!(code, 0, "{list}");
+    assert!(list.contains(r#""id":9,"role":"learner""#), "{list}");
+    assert!(list.contains(r#""promote":false"#), "{list}");
+    let (code, out) = cli(&[&["member", "promote", "9"], &e[..]].concat());
+    assert_eq!(code, 0, "{out}");
+    let promoted = conf_index(&out);
+    let (_, list) = cli(&[&["member", "list"], &e[..]].concat());
+    assert!(list.contains(r#""id":9,"role":"voter""#), "{list}");
+    // A stale configuration index is refused with CONFLICT (exit 4); the current one works.
+    let stale = (promoted - 1).to_string();
+    let (code, out) = cli(&[
+        &["member", "remove", "9", "--expected-conf-index", &stale],
+        &e[..],
+    ]
+    .concat());
+    assert_eq!(code, 4, "{out}");
+    assert!(out.contains("CONFLICT"), "{out}");
+    let current = conf_index(&list).to_string();
+    let (code, out) = cli(&[
+        &["member", "remove", "9", "--expected-conf-index", &current],
+        &e[..],
+    ]
+    .concat());
+    assert_eq!(code, 0, "{out}");
+    // The id is never reused.
+    let (code, out) = cli(&[&["member", "add", "9", "127.0.0.1:1"], &e[..]].concat());
+    assert_eq!(code, 4, "{out}");
+    assert!(out.contains("never reused"), "{out}");
+    // `status` shows the configuration.
+    let (code, out) = cli(&["status", "--endpoints", &eps]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("configuration (entry"), "{out}");
 }
