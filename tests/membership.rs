@@ -330,6 +330,18 @@ fn a_learner_catches_up_from_a_snapshot_while_the_leader_is_killed() {
     eprintln!("the new node installed {installs} snapshot(s)");
     // The log was compacted long before it joined (--snapshot-entries=50, 300 writes).
     assert!(installs >= 1, "the learner caught up without a snapshot");
+    // A joined node restarts from its data directory (`--join` given again is harmless) and
+    // is still a voter.
+    cluster.stop(new);
+    cluster.start_node(new);
+    wait_for(
+        "the joined node to follow again",
+        Duration::from_secs(15),
+        || {
+            let s = status(&cluster.addr(new))?;
+            (s.leader_id != 0 && s.voters.contains(&new)).then_some(())
+        },
+    );
     writer.stop_and_check(cluster.endpoints());
 }
 

@@ -380,8 +380,9 @@ pub struct ServeArgs {
     /// first start reads it as the configuration: after that the configuration in the data
     /// directory wins (membership changes update it), and --peers only seeds peer addresses.
     /// A node whose data directory is empty refuses to start if these members already run a
-    /// cluster (it would forget its vote): give it a new id and --join instead.
-    #[arg(long, required_unless_present = "join", default_value = "")]
+    /// cluster (it would forget its vote): give it a new id and --join instead. A joined node
+    /// restarts without it (its configuration is in its data directory).
+    #[arg(long, default_value = "")]
     pub peers: String,
     /// Join a running cluster as a new member: CLIENT endpoints (HOST:PORT,...) of some of its
     /// nodes. Needs a new --id, an empty --data-dir, --peer-addr and --client-addr. The node
