@@ -6,7 +6,7 @@
 mod common;
 
 use common::{status, wait_for, Cluster, EXE};
-use raftkv::client::{Client, ClientError, ClientOptions};
+use raftkv::client::{Client, ClientOptions};
 use raftkv::pb::kvpb::{self, member_op::Kind};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -129,12 +129,10 @@ fn remove(c: &mut Client, id: u64) {
         }],
         expected_conf_index: 0,
     };
-    match c.member_change(change) {
-        Ok(_) => {}
-        // The leader removed itself and stepped down before answering; the retry found it
-        // done (the CLI reads the list back for this, `member remove`).
-        Err(ClientError::Server(e)) if e.message.contains("not a member") => {}
-        Err(e) => panic!("removing {id}: {e}"),
+    // Answered once applied, by the leader even when it removed itself (it stepped down in
+    // the step that committed the removal; the committed write is still answered).
+    if let Err(e) = c.member_change(change) {
+        panic!("removing {id}: {e}");
     }
 }
 
@@ -194,10 +192,11 @@ fn grow_three_to_five_and_shrink_back_to_three_while_writing() {
     let dump = String::from_utf8_lossy(&out.stdout).to_string();
     let confs: Vec<&str> = dump.lines().filter(|l| l.contains("CONF")).collect();
     assert!(
+        // (4 and 5 join at once: either may be added first.)
         confs
             .iter()
-            .any(|l| l.contains(&format!("learners=[{a}]")) && l.contains("+promote")),
-        "no learner-to-promote entry for {a} in {confs:#?}"
+            .any(|l| !l.contains("learners=[]") && l.contains("+promote")),
+        "no learner-to-promote entry in {confs:#?}"
     );
     assert!(
         confs.iter().any(|l| l.contains("removed=[1]")),
