@@ -479,3 +479,63 @@ fn cli_learner_promote_and_conditional_remove() {
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("configuration (entry"), "{out}");
 }
+
+/// Kills a process this test started (a `raftkv cluster` supervisor's children get SIGTERM
+/// through PDEATHSIG).
+struct ProcGuard(std::process::Child);
+
+impl Drop for ProcGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `raftkv cluster add` grows a running local cluster, `cluster remove` shrinks it.
+#[test]
+fn local_cluster_add_and_remove() {
+    // 3 nodes x 3 ports, then 3 for the added node 4.
+    let base = raftkv::net::ports::free_port_range(12).expect("12 consecutive free ports");
+    let dir = tempfile::tempdir().unwrap();
+    let common_args = |cmd: &mut std::process::Command| {
+        cmd.arg("--dir")
+            .arg(dir.path())
+            .arg(format!("--base-port={base}"))
+            .args(["--tick-ms=10", "--log-level=warn", "--segment-size=1048576"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+    };
+    let mut cmd = std::process::Command::new(EXE);
+    cmd.arg("cluster");
+    common_args(&mut cmd);
+    let _cluster = ProcGuard(cmd.spawn().unwrap());
+    let eps = (base..base + 3)
+        .map(|p| format!("127.0.0.1:{p}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    wait_for(
+        "the local cluster to take a write",
+        Duration::from_secs(20),
+        || (cli(&["put", "--endpoints", &eps, "--timeout-ms=1000", "k", "v"]).0 == 0).then_some(()),
+    );
+    let mut cmd = std::process::Command::new(EXE);
+    cmd.args(["cluster", "add"]);
+    common_args(&mut cmd);
+    let mut added = ProcGuard(cmd.spawn().unwrap());
+    let mut c = patient(eps.split(',').map(str::to_string).collect());
+    wait_voters(&mut c, &[1, 2, 3, 4], Duration::from_secs(30));
+    let (code, out) = cli(&[
+        "cluster",
+        "remove",
+        "4",
+        "--dir",
+        dir.path().to_str().unwrap(),
+        &format!("--base-port={base}"),
+    ]);
+    assert_eq!(code, 0, "{out}");
+    wait_voters(&mut c, &[1, 2, 3], Duration::from_secs(30));
+    let st = wait_for("the removed node to exit", Duration::from_secs(15), || {
+        added.0.try_wait().unwrap()
+    });
+    assert!(!st.success(), "removed node 4 exited with {st}");
+}
