@@ -149,7 +149,7 @@ pub enum MemberCmd {
     Add {
         /// The new node's id: never used in this cluster before (removed ids are refused).
         id: u64,
-        /// PEER_ADDR[/CLIENT_ADDR], e.g. 127.0.0.1:7010/127.0.0.1:7009.
+        /// PEER_ADDR[/CLIENT_ADDR], e.g. 127.0.0.1:7011/127.0.0.1:7010.
         addrs: String,
         /// Keep it a learner (receives the log, never votes); `member promote` later.
         #[arg(long)]
@@ -161,6 +161,7 @@ pub enum MemberCmd {
     },
     /// Make learner ID a voter now (even if it has not caught up).
     Promote {
+        /// The learner to promote.
         id: u64,
         #[command(flatten)]
         cond: CondArgs,
@@ -170,6 +171,7 @@ pub enum MemberCmd {
     /// Remove voter or learner ID (the leader too: it hands leadership over first). The id is
     /// never accepted again; the removed node exits when it learns of it.
     Remove {
+        /// The member to remove.
         id: u64,
         #[command(flatten)]
         cond: CondArgs,
@@ -193,6 +195,7 @@ pub enum LeaderCmd {
     /// --timeout-ms, until it is the leader; prints the new leader. Exit 3 if leadership did
     /// not move in time (the old leader keeps it after an election timeout).
     Transfer {
+        /// The voter to hand leadership to (default: the most up-to-date other voter).
         id: Option<u64>,
         #[command(flatten)]
         c: ClientArgs,

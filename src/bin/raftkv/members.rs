@@ -96,13 +96,11 @@ fn is_bad_request(e: &ClientError) -> bool {
 
 /// Whether the configuration in `list` is what `op` asks for.
 fn in_force(list: &kvpb::MemberListResponse, op: &kvpb::MemberOp) -> bool {
-    let role = list
-        .members
-        .iter()
-        .find(|m| m.id == op.id)
-        .map(|m| m.role.as_str());
+    let found = list.members.iter().find(|m| m.id == op.id);
+    let role = found.map(|m| m.role.as_str());
     match Kind::try_from(op.kind) {
-        Ok(Kind::Add) => role.is_some() && list.members.iter().any(|m| m.peer_addr == op.peer_addr),
+        // Added (and maybe promoted already) at the address asked for.
+        Ok(Kind::Add) => found.is_some_and(|m| m.peer_addr == op.peer_addr),
         Ok(Kind::AddLearner) => role == Some("learner"),
         Ok(Kind::Promote) => role == Some("voter"),
         Ok(Kind::Remove) => role.is_none() && list.removed.contains(&op.id),
@@ -254,4 +252,48 @@ fn print_leader(old: u64, new: u64, took: Duration, json: bool) -> u8 {
         );
     }
     EXIT_OK
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn member(id: u64, role: &str, peer: &str) -> kvpb::MemberInfo {
+        kvpb::MemberInfo {
+            id,
+            role: role.into(),
+            peer_addr: peer.into(),
+            ..Default::default()
+        }
+    }
+
+    /// What counts as "the change is in force" when a retried change is refused as done.
+    #[test]
+    fn in_force_matches_each_kind() {
+        let list = kvpb::MemberListResponse {
+            members: vec![member(1, "voter", "a:1"), member(4, "learner", "d:1")],
+            removed: vec![3],
+            ..Default::default()
+        };
+        let op = |kind: Kind, id: u64, peer: &str| kvpb::MemberOp {
+            kind: kind as i32,
+            id,
+            peer_addr: peer.into(),
+            ..Default::default()
+        };
+        assert!(in_force(&list, &op(Kind::Add, 4, "d:1")));
+        assert!(!in_force(&list, &op(Kind::Add, 5, "e:1")));
+        assert!(
+            !in_force(&list, &op(Kind::Add, 4, "x:1")),
+            "another node's id"
+        );
+        assert!(in_force(&list, &op(Kind::AddLearner, 4, "d:1")));
+        assert!(!in_force(&list, &op(Kind::Promote, 4, "")));
+        assert!(in_force(&list, &op(Kind::Promote, 1, "")));
+        assert!(in_force(&list, &op(Kind::Remove, 3, "")));
+        assert!(
+            !in_force(&list, &op(Kind::Remove, 2, "")),
+            "2 was never a member"
+        );
+    }
 }
