@@ -539,3 +539,30 @@ fn local_cluster_add_and_remove() {
     });
     assert!(!st.success(), "removed node 4 exited with {st}");
 }
+
+/// A join whose answer was lost leaves the node a learner before it ever ran; starting it
+/// (with --join again) goes ahead: a learner never voted, its empty disk forgets nothing.
+#[test]
+fn a_join_retried_after_the_change_was_made_starts() {
+    let mut cluster = Cluster::start(3, &[]);
+    cluster.wait_leader();
+    let id = cluster.new_joining_node();
+    let (peer, client) = {
+        let n = cluster.nodes.iter().find(|n| n.id == id).unwrap();
+        (n.peer_addr.clone(), n.client_addr.clone())
+    };
+    let eps = cluster.endpoints().join(",");
+    let addrs = format!("{peer}/{client}");
+    let (code, out) = cli(&[
+        "member",
+        "add",
+        &id.to_string(),
+        &addrs,
+        "--endpoints",
+        &eps,
+    ]);
+    assert_eq!(code, 0, "{out}");
+    cluster.start_node(id);
+    let mut c = patient(cluster.endpoints());
+    wait_voters(&mut c, &[1, 2, 3, id], Duration::from_secs(30));
+}

@@ -184,6 +184,14 @@ impl Cluster {
     /// Starts a new node (the next unused id, fresh ports and data dir) with `serve --join`
     /// against the other nodes; returns its id. It is added as a learner to be promoted.
     pub fn join_node(&mut self) -> u64 {
+        let id = self.new_joining_node();
+        self.start_node(id);
+        id
+    }
+
+    /// Registers the next unused id with fresh ports as a node that joins (`start_node`
+    /// starts it); returns its id.
+    pub fn new_joining_node(&mut self) -> u64 {
         let id = self.nodes.iter().map(|n| n.id).max().unwrap_or(0) + 1;
         let ports = free_ports(2);
         self.nodes.push(Node {
@@ -194,7 +202,6 @@ impl Cluster {
             joined: true,
             child: None,
         });
-        self.start_node(id);
         id
     }
 

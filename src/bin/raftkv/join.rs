@@ -92,7 +92,15 @@ pub fn join(cfg: &mut ServerConfig, endpoints: &str) -> Result<(), String> {
             "node id {id} was removed from this cluster and is never reused: pick a new --id"
         ));
     }
-    if list.members.iter().any(|m| m.id == id) {
+    let earlier = list.members.iter().find(|m| m.id == id);
+    if earlier.is_some_and(|m| m.role == "learner" && m.peer_addr == cfg.peer_listen) {
+        // An earlier --join of this node whose answer was lost (or that stopped before the
+        // node started): a learner never voted, so an empty data directory forgets nothing.
+        log::info!("node {id} is already a learner at this address (an earlier --join): starting");
+        set_up_join(cfg, &list);
+        return Ok(());
+    }
+    if earlier.is_some() {
         return Err(format!(
             "node {id} is already a member of this cluster; a member restarts from its own data \
              directory (a wiped one must join under a new id after `raftkv member remove {id}`)"
@@ -114,15 +122,21 @@ pub fn join(cfg: &mut ServerConfig, endpoints: &str) -> Result<(), String> {
         "joined: node {id} added as a learner (configuration entry {conf_index}), to be \
          promoted once caught up"
     );
+    set_up_join(cfg, &list);
+    Ok(())
+}
+
+/// Starts empty (the configuration comes from the leader), linked to the listed members.
+fn set_up_join(cfg: &mut ServerConfig, list: &kvpb::MemberListResponse) {
     cfg.join = true;
     cfg.peers = list
         .members
         .iter()
+        .filter(|m| m.id != cfg.id)
         .map(|m| PeerSpec {
             id: m.id,
             peer_addr: m.peer_addr.clone(),
             client_addr: (!m.client_addr.is_empty()).then(|| m.client_addr.clone()),
         })
         .collect();
-    Ok(())
 }
