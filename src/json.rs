@@ -47,7 +47,8 @@ pub fn status_json(endpoint: Option<&str>, s: &kvpb::StatusResponse) -> String {
     format!(
         "{{{ep}\"node_id\":{},\"role\":{},\"term\":{},\"leader_id\":{},\"leader_addr\":{},\
          \"commit\":{},\"applied\":{},\"first_log_index\":{},\"last_log_index\":{},\"snapshot_index\":{},\"no_space_alarm\":{},\"alarm_raised_by\":{},\"space_problem\":{},\
-         \"state_bytes\":{},\"data_dir_bytes\":{},\"quota_bytes\":{},\"peers\":[{}]}}",
+         \"state_bytes\":{},\"data_dir_bytes\":{},\"quota_bytes\":{},\"peers\":[{}],\"voters\":{},\"learners\":{},\
+         \"voters_outgoing\":{},\"conf_index\":{}}}",
         s.node_id,
         json_str(s.role.as_bytes()),
         s.term,
@@ -64,6 +65,16 @@ pub fn status_json(endpoint: Option<&str>, s: &kvpb::StatusResponse) -> String {
         s.state_bytes,
         s.data_dir_bytes,
         s.quota_bytes,
-        peers.join(",")
+        peers.join(","),
+        id_list(&s.voters),
+        id_list(&s.learners),
+        id_list(&s.voters_outgoing),
+        s.conf_index
     )
+}
+
+/// `[1,2,3]`.
+fn id_list(ids: &[u64]) -> String {
+    let items: Vec<String> = ids.iter().map(u64::to_string).collect();
+    format!("[{}]", items.join(","))
 }

@@ -192,11 +192,34 @@ fn summary(e: &Entry) -> String {
             Err(_) => format!("undecodable command ({} B)", e.data.len()),
         },
         Ok(EntryType::EntryConfChange) => match ConfState::decode(e.data.as_ref()) {
-            Ok(c) => format!("CONF voters={:?} learners={:?}", c.voters, c.learners),
+            Ok(c) => conf_summary(&c),
             Err(_) => format!("undecodable conf change ({} B)", e.data.len()),
         },
         Err(_) => format!("unknown entry type {}", e.entry_type),
     }
+}
+
+/// A configuration entry: every set (the outgoing half only while joint) and each member's
+/// addresses, e.g. `CONF voters=[1, 2] learners=[4] removed=[3] 1=a:1/a:2 2=... 4=...+promote`.
+fn conf_summary(c: &ConfState) -> String {
+    let mut s = format!("CONF voters={:?} learners={:?}", c.voters, c.learners);
+    if !c.voters_outgoing.is_empty() {
+        s += &format!(" JOINT outgoing={:?}", c.voters_outgoing);
+    }
+    if !c.removed.is_empty() {
+        s += &format!(" removed={:?}", c.removed);
+    }
+    for m in &c.members {
+        let ctx = raftkv::node::membership::context_of(c, m.id);
+        s += &format!(" {}={}", m.id, ctx.peer_addr);
+        if !ctx.client_addr.is_empty() {
+            s += &format!("/{}", ctx.client_addr);
+        }
+        if ctx.promote {
+            s += "+promote";
+        }
+    }
+    s
 }
 
 fn json_str(s: &str) -> String {

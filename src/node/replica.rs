@@ -565,6 +565,7 @@ impl<L: LogStore, A: ReplyAddr> Replica<L, A> {
                 self.requests.fail_writes_and_unconfirmed_reads(
                     ErrorCode::Uncertain,
                     "leadership lost; the write may or may not apply",
+                    self.core.status().commit,
                 );
             }
             if let Some(t) = leading {

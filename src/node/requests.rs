@@ -298,8 +298,20 @@ impl<A: ReplyAddr> Requests<A> {
 
     /// Answers every pending write with `code`, and every read not yet confirmed UNAVAILABLE
     /// (confirmed reads stay: they are served from this node's state once applied).
-    pub fn fail_writes_and_unconfirmed_reads(&mut self, code: ErrorCode, msg: &str) {
-        for (_, p) in sorted(std::mem::take(&mut self.writes)) {
+    pub fn fail_writes_and_unconfirmed_reads(
+        &mut self,
+        code: ErrorCode,
+        msg: &str,
+        committed: u64,
+    ) {
+        // A write at or below the commit index is decided: it applies here like any other
+        // committed entry and is answered with its result then. (A leader that removed itself
+        // steps down in the step that commits the removal, before the entry is applied.)
+        let (done, lost): (HashMap<_, _>, HashMap<_, _>) = std::mem::take(&mut self.writes)
+            .into_iter()
+            .partition(|(index, _)| *index <= committed);
+        self.writes = done;
+        for (_, p) in sorted(lost) {
             self.fail(p.to, code, msg);
         }
         let confirmed: HashSet<u64> = self.confirmed.values().flatten().copied().collect();
@@ -451,10 +463,13 @@ mod tests {
         let _c2 = r.add_read(2, ReadOp::Get(kvpb::Get::default()), 0);
         r.add_write(9, 4, 3, 0);
         r.confirm_read(c1, 9);
-        r.fail_writes_and_unconfirmed_reads(ErrorCode::Uncertain, "lost");
+        r.add_write(7, 4, 4, 0);
+        // Index 7 is committed: it stays, to be answered when it applies.
+        r.fail_writes_and_unconfirmed_reads(ErrorCode::Uncertain, "lost", 8);
         let mut who: Vec<u32> = r.take_answers().map(|(a, _)| a).collect();
         who.sort_unstable();
         assert_eq!(who, vec![2, 3]);
+        assert_eq!(r.counts().0, 1, "the committed write was failed");
         r.serve_confirmed(9, 0, |_| ApplyResult::Get(kvpb::GetResponse::default()));
         let a: Vec<_> = r.take_answers().collect();
         assert_eq!(a.len(), 1);

@@ -269,6 +269,10 @@ impl<S: LogStore> RawNode<S> {
             self.reset_randomized_timeout();
             if self.is_voter(self.id()) && self.removed_at.is_none() {
                 self.campaign(false);
+            } else if self.removed_at.is_none()
+                && self.members.current().removed.contains(&self.id())
+            {
+                self.ask_if_removed();
             }
         }
     }
@@ -443,6 +447,29 @@ impl<S: LogStore> RawNode<S> {
                 }
             }
             Body::Removed(_) => {}
+        }
+    }
+
+    /// Our own configuration lists us as removed, but no member has said so: a removed
+    /// follower (the leader stops sending to it once the removal is appended) or a leader
+    /// that removed itself and handed off. Neither campaigns, so without this it would sit
+    /// forever. Each voter answers `Removed` once the removal is committed in its log; the
+    /// message is a HeartbeatResponse, which a voter without the committed removal ignores.
+    fn ask_if_removed(&mut self) {
+        let c = self.members.current();
+        let mut voters: Vec<u64> = c.voters.iter().chain(&c.voters_outgoing).copied().collect();
+        voters.sort_unstable();
+        voters.dedup();
+        let me = self.id();
+        for v in voters.into_iter().filter(|&v| v != me) {
+            self.send(
+                v,
+                Body::HeartbeatResponse(HeartbeatResponse {
+                    context: 0,
+                    lease_tick: 0,
+                    no_space: false,
+                }),
+            );
         }
     }
 

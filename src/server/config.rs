@@ -12,6 +12,11 @@
 //! follower tells clients in a NOT_LEADER error (`leader_addr`); the optional RESP address is
 //! the node's Redis-protocol listener (`--redis-addr` defaults to it), which a follower names
 //! in its `-NOTLEADER` errors.
+//!
+//! `--peers` is the configuration only of a brand-new cluster that names this node; once the
+//! data directory holds a snapshot or a configuration entry, that durable configuration wins
+//! and `--peers` only seeds peer links (docs/membership.md). A node joining a running cluster
+//! (`join`) starts from an empty configuration and learns it from the leader.
 
 use crate::net::framing::DEFAULT_MAX_FRAME;
 use crate::net::peer::PeerOptions;
@@ -164,8 +169,10 @@ pub struct ServerConfig {
     pub redis_listen: Option<String>,
     /// Address the HTTP listener (health, status, metrics) binds; none if not given.
     pub http_listen: Option<String>,
-    /// All members, this node included.
+    /// The members as given (this node included, unless it joins); see the module doc.
     pub peers: Vec<PeerSpec>,
+    /// Joining a running cluster as a new member: the bootstrap configuration is empty.
+    pub join: bool,
     /// Length of one Raft tick.
     pub tick: Duration,
     pub election_ticks: u32,
@@ -205,22 +212,23 @@ pub struct ServerConfig {
 
 impl ServerConfig {
     /// Defaults for node `id` with the given members; listen addresses default to this node's
-    /// entry in `peers`.
+    /// entry in `peers` (empty without one: a joining or joined node names its own).
     pub fn new(id: u64, data_dir: PathBuf, peers: Vec<PeerSpec>) -> Result<ServerConfig, String> {
-        let me = peers
-            .iter()
-            .find(|p| p.id == id)
-            .ok_or_else(|| format!("--peers has no entry for this node's id {id}"))?;
+        if id == 0 {
+            return Err("node id 0 is reserved".into());
+        }
+        let me = peers.iter().find(|p| p.id == id);
         // The core's defaults are written once, in `raft::Config::new`.
         let core = crate::raft::Config::new(id);
         Ok(ServerConfig {
             id,
             data_dir,
-            peer_listen: me.peer_addr.clone(),
-            client_listen: me.client_addr.clone().unwrap_or_default(),
-            redis_listen: me.redis_addr.clone(),
+            peer_listen: me.map(|m| m.peer_addr.clone()).unwrap_or_default(),
+            client_listen: me.and_then(|m| m.client_addr.clone()).unwrap_or_default(),
+            redis_listen: me.and_then(|m| m.redis_addr.clone()),
             http_listen: None,
             peers,
+            join: false,
             tick: DEFAULT_TICK,
             election_ticks: core.election_tick,
             heartbeat_ticks: core.heartbeat_tick,
@@ -296,9 +304,14 @@ mod tests {
     }
 
     #[test]
-    fn config_needs_own_entry() {
+    fn listen_addresses_come_from_own_entry() {
         let p = parse_peers("1=a:1/a:2,2=b:1").unwrap();
-        assert!(ServerConfig::new(3, "d".into(), p.clone()).is_err());
+        let joined = ServerConfig::new(3, "d".into(), p.clone()).unwrap();
+        assert_eq!(
+            (joined.peer_listen.as_str(), joined.client_listen.as_str()),
+            ("", "")
+        );
+        assert!(ServerConfig::new(0, "d".into(), p.clone()).is_err());
         let c = ServerConfig::new(1, "d".into(), p).unwrap();
         assert_eq!(c.peer_listen, "a:1");
         assert_eq!(c.client_listen, "a:2");

@@ -138,6 +138,8 @@ pub struct Server {
     tokens: Tokens,
     endpoints: HashMap<Token, Endpoint>,
     peers: HashMap<u64, Peer>,
+    /// Peer addresses of removed members, to tell one that comes back (`relink_removed`).
+    removed_addrs: HashMap<u64, String>,
     peer_by_token: HashMap<Token, u64>,
     timers: TimerWheel<TimerEvent>,
     /// When the next Raft tick is due. Ticks keep a fixed phase (`start + k * tick`).
@@ -177,8 +179,9 @@ impl Server {
     pub fn run(mut self, shutdown: &AtomicBool) -> Result<(), String> {
         let mut events = Events::with_capacity(1024);
         let mut fired = Vec::new();
+        let mut handoff = None;
         loop {
-            if shutdown.load(Ordering::SeqCst) {
+            if shutdown.load(Ordering::SeqCst) && self.ready_to_stop(&mut handoff) {
                 return self.shutdown();
             }
             let now = Instant::now();
@@ -313,6 +316,28 @@ impl Server {
         self.flush_peers();
         // (Paused clients resume in flush_client: every response that lowers `inflight`
         // marks its client dirty, so it passes through there.)
+    }
+
+    /// Shutting down: a leader first hands leadership to the most up-to-date voter and keeps
+    /// serving until it is no longer leader, at most one election timeout (a transfer not
+    /// done by then is dropped by the core), so a rolling restart costs no election timeout.
+    /// `handoff` holds the deadline once the transfer started. True when the node may stop.
+    fn ready_to_stop(&mut self, handoff: &mut Option<Instant>) -> bool {
+        let leader = self.replica.core().role() == crate::raft::Role::Leader;
+        match *handoff {
+            Some(deadline) => !leader || Instant::now() >= deadline,
+            None if !leader => true,
+            None => match self.replica.transfer_leader(0) {
+                ApplyResult::LeaderTransfer(t) => {
+                    log::info!("shutting down: handing leadership to node {} first", t.to);
+                    let timeout = self.cfg.tick * self.cfg.election_ticks;
+                    *handoff = Some(Instant::now() + timeout);
+                    false
+                }
+                // No other voter (a one-node cluster): nobody to hand over to.
+                _ => true,
+            },
+        }
     }
 
     fn shutdown(&mut self) -> Result<(), String> {

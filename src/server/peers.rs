@@ -65,7 +65,11 @@ impl Server {
                 return;
             }
         };
-        if msg.to != self.cfg.id || !self.peers.contains_key(&msg.from) {
+        // A removed member's messages reach the core too: it answers them with `Removed`, so
+        // a removed node that comes back learns it and exits instead of campaigning forever.
+        let known =
+            self.peers.contains_key(&msg.from) || self.removed_addrs.contains_key(&msg.from);
+        if msg.to != self.cfg.id || !known {
             log::warn!(
                 "ignoring raft message from {} to {} (this is node {})",
                 msg.from,
@@ -116,6 +120,7 @@ impl Server {
         for id in &conf.removed {
             if let Some(mut peer) = self.peers.remove(id) {
                 log::info!("member {id} was removed: closing its link");
+                self.removed_addrs.insert(*id, peer.addr.clone());
                 if let Some(t) = peer.token() {
                     self.peer_by_token.remove(&t);
                 }
@@ -128,6 +133,9 @@ impl Server {
     pub(super) fn send_peer(&mut self, mut msg: Message) {
         self.mark_space(&mut msg);
         let to = msg.to;
+        if !self.peers.contains_key(&to) {
+            self.relink_removed(to);
+        }
         let Some(peer) = self.peers.get_mut(&to) else {
             log::warn!("raft message for unknown node {to} dropped");
             return;
@@ -137,6 +145,19 @@ impl Server {
         } else {
             self.unreachable.insert(to);
         }
+    }
+
+    /// The core answers a removed member (`Removed`, nothing else): link to it again at its
+    /// last known address so the answer arrives. The link goes at the next configuration
+    /// change; at most one per removed node meanwhile.
+    fn relink_removed(&mut self, id: u64) {
+        let Some(addr) = self.removed_addrs.get(&id).cloned() else {
+            return;
+        };
+        log::info!("telling removed node {id} at {addr} that it was removed");
+        self.peers
+            .insert(id, Peer::new(id, addr, self.cfg.peer.clone()));
+        self.connect_peer(id);
     }
 
     /// Writes every peer queue that has new messages.

@@ -138,7 +138,7 @@ fn recover(cfg: &ServerConfig) -> Result<Recovered, String> {
         rec,
     } = open_storage(cfg)?;
     let mut hs = disk_hs;
-    let mut conf = super::config::bootstrap_conf(&cfg.peers);
+    let mut conf = initial_conf(cfg);
     let mut latest = None;
     let kv = match rec.snapshot {
         Some(l) => {
@@ -185,6 +185,16 @@ fn recover(cfg: &ServerConfig) -> Result<Recovered, String> {
     };
     replay(&mut r)?;
     Ok(r)
+}
+
+/// The configuration this node starts from when its data directory holds none: `--peers`
+/// (`config::bootstrap_conf`), unless it joins or `--peers` does not name it (a joined node
+/// restarted): then empty, and it learns the configuration from the leader's log or snapshot.
+fn initial_conf(cfg: &ServerConfig) -> ConfState {
+    if cfg.join || !cfg.peers.iter().any(|p| p.id == cfg.id) {
+        return ConfState::default();
+    }
+    super::config::bootstrap_conf(&cfg.peers)
 }
 
 /// Applies the committed entries above the snapshot to the state machine, streamed.
@@ -391,6 +401,7 @@ impl Server {
             tokens: Tokens::default(),
             endpoints: HashMap::new(),
             peers,
+            removed_addrs: HashMap::new(),
             peer_by_token: HashMap::new(),
             timers,
             replica,

@@ -47,6 +47,9 @@ pub fn wait_for<T>(what: &str, within: Duration, mut f: impl FnMut() -> Option<T
 pub struct Node {
     pub id: u64,
     pub client_addr: String,
+    pub peer_addr: String,
+    /// Started with `serve --join` (a member added while the cluster runs), not `--peers`.
+    pub joined: bool,
     /// `--http-addr`, for clusters started by `start_http`.
     pub http_addr: Option<String>,
     /// The RESP address (third part of --peers), for clusters started by `start_resp`.
@@ -108,6 +111,8 @@ impl Cluster {
             .map(|i| Node {
                 id: i + 1,
                 client_addr: format!("127.0.0.1:{}", ports[i as usize]),
+                peer_addr: format!("127.0.0.1:{}", ports[(n + i) as usize]),
+                joined: false,
                 http_addr: (extra == Listeners::Http).then(|| third(i)),
                 redis_addr: (extra == Listeners::Resp).then(|| third(i)),
                 child: None,
@@ -167,12 +172,28 @@ impl Cluster {
             .map(|a| format!("--http-addr={a}"))
             .into_iter()
             .collect();
+        let node = self.nodes.iter().find(|n| n.id == id).unwrap();
+        let members: Vec<String> = if node.joined {
+            let others: Vec<String> = self
+                .nodes
+                .iter()
+                .filter(|n| n.id != id)
+                .map(|n| n.client_addr.clone())
+                .collect();
+            vec![
+                format!("--join={}", others.join(",")),
+                format!("--peer-addr={}", node.peer_addr),
+                format!("--client-addr={}", node.client_addr),
+            ]
+        } else {
+            vec![format!("--peers={}", self.peers)]
+        };
         let child = Command::new(EXE)
             .arg("serve")
             .arg(format!("--id={id}"))
             .arg("--data-dir")
             .arg(self.data_dir(id))
-            .arg(format!("--peers={}", self.peers))
+            .args(&members)
             .args([
                 "--tick-ms=10",
                 "--election-ticks=10",
@@ -188,6 +209,31 @@ impl Cluster {
             .spawn()
             .expect("spawn raftkv serve");
         self.node_mut(id).child = Some(child);
+    }
+
+    /// Starts a new node (the next unused id, fresh ports and data dir) with `serve --join`
+    /// against the other nodes; returns its id. It is added as a learner to be promoted.
+    pub fn join_node(&mut self) -> u64 {
+        let id = self.new_joining_node();
+        self.start_node(id);
+        id
+    }
+
+    /// Registers the next unused id with fresh ports as a node that joins (`start_node`
+    /// starts it); returns its id.
+    pub fn new_joining_node(&mut self) -> u64 {
+        let id = self.nodes.iter().map(|n| n.id).max().unwrap_or(0) + 1;
+        let ports = free_ports(2);
+        self.nodes.push(Node {
+            id,
+            client_addr: format!("127.0.0.1:{}", ports[0]),
+            peer_addr: format!("127.0.0.1:{}", ports[1]),
+            http_addr: None,
+            redis_addr: None,
+            joined: true,
+            child: None,
+        });
+        id
     }
 
     pub fn node_mut(&mut self, id: u64) -> &mut Node {

@@ -139,6 +139,13 @@ pub enum Cmd {
     /// empty.
     #[command(subcommand)]
     Snapshot(SnapshotCmd),
+    /// Show or change the cluster's membership (docs/membership.md). Changes go to the leader
+    /// and are answered once their configuration entry is applied; one change at a time.
+    #[command(subcommand)]
+    Member(MemberCmd),
+    /// Leadership for operators.
+    #[command(subcommand)]
+    Leader(LeaderCmd),
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -181,6 +188,74 @@ pub enum SnapshotCmd {
         /// Print the result as JSON.
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum MemberCmd {
+    /// List the members as the leader sees them: id, addresses, role (voter, learner, or
+    /// outgoing while joint), match index, caught up or not, and the configuration's index
+    /// (give it to --expected-conf-index) and joint state.
+    List {
+        #[command(flatten)]
+        c: ClientArgs,
+    },
+    /// Add node ID at PEER_ADDR[/CLIENT_ADDR] as a learner. Without --learner it is promoted
+    /// to voter automatically once it has caught up (serve --promote-lag/--promote-ticks).
+    /// Start the node itself with `raftkv serve --join` (which also sends this request).
+    Add {
+        /// The new node's id: never used in this cluster before (removed ids are refused).
+        id: u64,
+        /// PEER_ADDR[/CLIENT_ADDR], e.g. 127.0.0.1:7011/127.0.0.1:7010.
+        addrs: String,
+        /// Keep it a learner (receives the log, never votes); `member promote` later.
+        #[arg(long)]
+        learner: bool,
+        #[command(flatten)]
+        cond: CondArgs,
+        #[command(flatten)]
+        c: ClientArgs,
+    },
+    /// Make learner ID a voter now (even if it has not caught up).
+    Promote {
+        /// The learner to promote.
+        id: u64,
+        #[command(flatten)]
+        cond: CondArgs,
+        #[command(flatten)]
+        c: ClientArgs,
+    },
+    /// Remove voter or learner ID (the leader too: it hands leadership over first). The id is
+    /// never accepted again; the removed node exits when it learns of it.
+    Remove {
+        /// The member to remove.
+        id: u64,
+        #[command(flatten)]
+        cond: CondArgs,
+        #[command(flatten)]
+        c: ClientArgs,
+    },
+}
+
+/// Conditional changes: two operators reading the same configuration cannot both change it.
+#[derive(Args, Clone, Copy)]
+pub struct CondArgs {
+    /// Only change if the configuration in force is still the one at this index (`member
+    /// list` prints it); otherwise refused with CONFLICT (exit 4).
+    #[arg(long)]
+    pub expected_conf_index: Option<u64>,
+}
+
+#[derive(Subcommand)]
+pub enum LeaderCmd {
+    /// Hand leadership to voter ID (default: the most up-to-date other voter) and wait, up to
+    /// --timeout-ms, until it is the leader; prints the new leader. Exit 3 if leadership did
+    /// not move in time (the old leader keeps it after an election timeout).
+    Transfer {
+        /// The voter to hand leadership to (default: the most up-to-date other voter).
+        id: Option<u64>,
+        #[command(flatten)]
+        c: ClientArgs,
     },
 }
 
@@ -308,6 +383,14 @@ pub struct Tuning {
     /// room for every node sharing the disk.
     #[arg(long, default_value_t = raftkv::snapshot::DEFAULT_WRITE_RATE)]
     pub snapshot_write_rate: u64,
+    /// A learner added to be promoted (`member add` without --learner, `serve --join`) counts
+    /// as caught up while it lags the leader's last index by at most this many entries.
+    #[arg(long, default_value_t = raftkv::node::membership::DEFAULT_PROMOTE_MAX_LAG)]
+    pub promote_lag: u64,
+    /// ...and is promoted to voter once it stayed caught up this many consecutive ticks (0 =
+    /// never promote automatically).
+    #[arg(long, default_value_t = raftkv::node::membership::DEFAULT_PROMOTE_TICKS)]
+    pub promote_ticks: u32,
     /// Log level: off, error, warn, info, debug, trace (default: $RAFTKV_LOG, else info).
     #[arg(long)]
     pub log_level: Option<String>,
@@ -328,6 +411,8 @@ impl Tuning {
             format!("--snapshot-bytes={}", self.snapshot_bytes),
             format!("--snapshot-trailing={}", self.snapshot_trailing),
             format!("--snapshot-write-rate={}", self.snapshot_write_rate),
+            format!("--promote-lag={}", self.promote_lag),
+            format!("--promote-ticks={}", self.promote_ticks),
         ];
         if self.lease_reads {
             v.push("--lease-reads".into());
@@ -355,19 +440,30 @@ impl Tuning {
 
 #[derive(Args)]
 pub struct ServeArgs {
-    /// This node's id (non-zero; must appear in --peers).
+    /// This node's id (non-zero; must appear in --peers unless joining with --join).
     #[arg(long)]
     pub id: u64,
     /// Data directory (created if missing): log/, hardstate, snap/.
     #[arg(long)]
     pub data_dir: PathBuf,
-    /// Every cluster member, this node included, as ID=PEER_ADDR[/CLIENT_ADDR],...
+    /// Every cluster member, this node included, as ID=PEER_ADDR[/CLIENT_ADDR[/REDIS_ADDR]],...
     /// e.g. 1=127.0.0.1:7004/127.0.0.1:7001,2=127.0.0.1:7005/127.0.0.1:7002,...
     /// PEER_ADDR carries Raft traffic; CLIENT_ADDR is where clients are redirected
     /// (NOT_LEADER leader_addr); an optional third part, /REDIS_ADDR, is the node's RESP
-    /// address (named in -NOTLEADER errors). Give every node the same string.
-    #[arg(long)]
+    /// address (named in -NOTLEADER errors). Give every node the same string. Only a brand-new cluster's
+    /// first start reads it as the configuration: after that the configuration in the data
+    /// directory wins (membership changes update it), and --peers only seeds peer addresses.
+    /// A node whose data directory is empty refuses to start if these members already run a
+    /// cluster (it would forget its vote): give it a new id and --join instead. A joined node
+    /// restarts without it (its configuration is in its data directory).
+    #[arg(long, default_value = "")]
     pub peers: String,
+    /// Join a running cluster as a new member: CLIENT endpoints (HOST:PORT,...) of some of its
+    /// nodes. Needs a new --id, an empty --data-dir, --peer-addr and --client-addr. The node
+    /// asks the leader to add it as a learner, receives a snapshot and the log, and is promoted
+    /// to voter once caught up. On a restart the data directory is used (--join is harmless).
+    #[arg(long, value_name = "ENDPOINTS")]
+    pub join: Option<String>,
     /// Address to listen on for peers (default: this node's PEER_ADDR in --peers).
     #[arg(long)]
     pub peer_addr: Option<String>,
@@ -387,19 +483,48 @@ pub struct ServeArgs {
 }
 
 #[derive(Args)]
+#[command(
+    after_help = "Changing the membership of a running local cluster (3 -> 5 -> 3):\n  \
+raftkv cluster                  # terminal 1: nodes 1-3\n  \
+raftkv cluster add              # terminal 2: node 4 joins, promoted once caught up\n  \
+raftkv cluster add              # terminal 3: node 5\n  \
+raftkv member list\n  \
+raftkv cluster remove 1         # node 1 exits; then `raftkv cluster remove 2`\n\
+Give `add` and `remove` the same --dir, --base-port and --nodes as the cluster."
+)]
 pub struct ClusterArgs {
-    /// Number of nodes.
-    #[arg(long, default_value_t = 3)]
+    #[command(subcommand)]
+    pub action: Option<ClusterAction>,
+    /// Number of nodes the cluster was started with.
+    #[arg(long, default_value_t = 3, global = true)]
     pub nodes: u64,
     /// Data directory; node i keeps its data in DIR/n<i>.
-    #[arg(long, default_value = "./raftkv-data")]
+    #[arg(long, default_value = "./raftkv-data", global = true)]
     pub dir: PathBuf,
     /// First port. Node i (1-based) serves clients on BASE+i-1, peers on BASE+N+i-1, HTTP
-    /// on BASE+2N+i-1 and the Redis protocol on BASE+3N+i-1.
-    #[arg(long, default_value_t = 7001)]
+    /// on BASE+2N+i-1 and the Redis protocol on BASE+3N+i-1; a node added later (id k > N)
+    /// on BASE+4N+4(k-N-1) and the three ports after it (client, peer, HTTP, RESP).
+    #[arg(long, default_value_t = 7001, global = true)]
     pub base_port: u16,
     #[command(flatten)]
     pub tuning: Tuning,
+}
+
+#[derive(Subcommand)]
+pub enum ClusterAction {
+    /// Run one more node that joins the running local cluster (`serve --join`), in the
+    /// foreground: its log on this terminal, Ctrl-C stops it. It is added as a learner and
+    /// promoted to voter once caught up. Running it again with --id restarts that node.
+    Add {
+        /// The node's id (default: the first id above --nodes without a data directory).
+        #[arg(long)]
+        id: Option<u64>,
+        /// Give the same tuning flags as the cluster (--tick-ms, ...).
+        #[command(flatten)]
+        tuning: Tuning,
+    },
+    /// Remove node ID from the running local cluster (`member remove`); the node exits.
+    Remove { id: u64 },
 }
 
 #[cfg(test)]
@@ -426,6 +551,8 @@ mod tests {
             "--snapshot-bytes=8888",
             "--snapshot-trailing=9",
             "--snapshot-write-rate=1000",
+            "--promote-lag=5",
+            "--promote-ticks=3",
             "--log-level=debug",
         ])
         .unwrap();

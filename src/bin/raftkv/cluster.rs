@@ -3,8 +3,13 @@
 //! tuning flags passed on), copies every child's output to stderr prefixed with `[n<id>]`,
 //! watches for children that exit, and on SIGINT/SIGTERM stops them all (SIGTERM, then
 //! SIGKILL after 10 s).
+//!
+//! `raftkv cluster add` and `raftkv cluster remove ID` change the membership of such a
+//! cluster while it runs: `add` runs one more node in the foreground that joins it (`serve
+//! --join`, ports and data directory derived the same way, see `extra_node`); `remove` sends
+//! `member remove`. So a 3 -> 5 -> 3 change is two `add`s and two `remove`s.
 
-use crate::args::{ClusterArgs, Tuning};
+use crate::args::{ClusterAction, ClusterArgs, ServeArgs, Tuning};
 use crate::output::EXIT_USAGE;
 use raftkv::server::{config::format_peers, PeerSpec};
 use std::io::{BufRead, BufReader, Write};
@@ -17,7 +22,12 @@ use std::time::{Duration, Instant};
 type Children = Vec<(u64, Option<Child>)>;
 
 /// Runs the cluster until a signal (exit 0) or until every node has exited (exit 1).
-pub fn cluster(a: ClusterArgs) -> ExitCode {
+pub fn cluster(mut a: ClusterArgs) -> ExitCode {
+    match a.action.take() {
+        Some(ClusterAction::Add { id, tuning }) => return add(&a, id, tuning),
+        Some(ClusterAction::Remove { id }) => return remove(&a, id),
+        None => {}
+    }
     let _ = raftkv::logger::init(a.tuning.log_level.as_deref());
     let members = match cluster_members(a.nodes, a.base_port) {
         Ok(m) => m,
@@ -117,6 +127,10 @@ fn print_banner(a: &ClusterArgs, members: &[PeerSpec]) {
     {
         println!("  or: redis-cli -p {port} set greeting hello   (on the leader)");
     }
+    println!(
+        "grow it: `raftkv cluster add` (another terminal, same --dir/--base-port/--nodes); \
+         shrink it: `raftkv cluster remove ID`"
+    );
     println!("Ctrl-C stops the cluster; re-run the same command to restart it with its data.");
     let _ = std::io::stdout().flush();
 }
@@ -168,6 +182,104 @@ fn cluster_members(nodes: u64, base: u16) -> Result<Vec<PeerSpec>, String> {
             redis_addr: Some(format!("127.0.0.1:{}", base as u64 + 3 * nodes + i - 1)),
         })
         .collect())
+}
+
+/// `raftkv cluster add`: runs node `id` (default: the first one above --nodes without a data
+/// directory) as `serve --join` against the cluster's nodes, in this process.
+fn add(a: &ClusterArgs, id: Option<u64>, tuning: Tuning) -> ExitCode {
+    let id = id.unwrap_or_else(|| {
+        (a.nodes + 1..)
+            .find(|i| !a.dir.join(format!("n{i}")).exists())
+            .unwrap_or(a.nodes + 1)
+    });
+    let (node, http) = match extra_node(a.base_port, a.nodes, id) {
+        Ok(x) => x,
+        Err(e) => {
+            eprintln!("raftkv cluster add: {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    println!(
+        "raftkv cluster add: node {id} joins, clients on {}, data in {}",
+        node.client_addr.as_deref().unwrap_or_default(),
+        a.dir.join(format!("n{id}")).display()
+    );
+    let _ = std::io::stdout().flush();
+    crate::serve::serve(ServeArgs {
+        id,
+        data_dir: a.dir.join(format!("n{id}")),
+        peers: String::new(),
+        join: Some(endpoints(a)),
+        peer_addr: Some(node.peer_addr),
+        client_addr: node.client_addr,
+        http_addr: Some(http),
+        redis_addr: node.redis_addr,
+        tuning,
+    })
+}
+
+/// `raftkv cluster remove ID`: `member remove ID` against the cluster's nodes.
+fn remove(a: &ClusterArgs, id: u64) -> ExitCode {
+    let mut client = raftkv::client::Client::new(
+        endpoints(a).split(',').map(str::to_string).collect(),
+        Default::default(),
+    );
+    let op = raftkv::pb::kvpb::MemberOp {
+        kind: raftkv::pb::kvpb::member_op::Kind::Remove as i32,
+        id,
+        ..Default::default()
+    };
+    let change = raftkv::pb::kvpb::MemberChange {
+        ops: vec![op.clone()],
+        expected_conf_index: 0,
+    };
+    match crate::members::change_once(&mut client, change, &op) {
+        Ok(i) => {
+            println!("node {id} removed (configuration entry {i}); it exits by itself");
+            ExitCode::SUCCESS
+        }
+        Err(e) => ExitCode::from(crate::output::fail(e, false)),
+    }
+}
+
+/// The client endpoints of a local cluster: its first nodes, and every added node that has
+/// a data directory (it may be the only one left after a 3 -> 5 -> 3 change).
+fn endpoints(a: &ClusterArgs) -> String {
+    let mut eps: Vec<String> = cluster_members(a.nodes, a.base_port)
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|m| m.client_addr)
+        .collect();
+    let added = (a.nodes + 1..).take_while(|i| a.dir.join(format!("n{i}")).exists());
+    for i in added {
+        if let Ok((m, _)) = extra_node(a.base_port, a.nodes, i) {
+            eps.extend(m.client_addr);
+        }
+    }
+    eps.join(",")
+}
+
+/// Addresses of node `id` > `nodes`, added later: client, peer, HTTP and RESP ports on
+/// BASE+4N+4(id-N-1) and the next three (after the first nodes' RESP ports).
+fn extra_node(base: u16, nodes: u64, id: u64) -> Result<(PeerSpec, String), String> {
+    if id <= nodes {
+        return Err(format!(
+            "node {id} is one of the cluster's first {nodes}: `raftkv cluster` runs it"
+        ));
+    }
+    let first = base as u64 + 4 * nodes + 4 * (id - nodes - 1);
+    if first + 3 > 65535 {
+        return Err(format!(
+            "no ports left for node {id} above --base-port {base}"
+        ));
+    }
+    let spec = PeerSpec {
+        id,
+        peer_addr: format!("127.0.0.1:{}", first + 1),
+        client_addr: Some(format!("127.0.0.1:{first}")),
+        redis_addr: Some(format!("127.0.0.1:{}", first + 3)),
+    };
+    Ok((spec, format!("127.0.0.1:{}", first + 2)))
 }
 
 /// Node `id`'s HTTP address: after the client and peer ports, on BASE+2N+id-1.
@@ -278,5 +390,17 @@ mod tests {
         );
         assert_eq!(m[0].redis_addr.as_deref(), Some("127.0.0.1:7010"));
         assert_eq!(m[2].redis_addr.as_deref(), Some("127.0.0.1:7012"));
+        // Added nodes start right after the first nodes' HTTP ports.
+        let (n4, http4) = extra_node(7001, 3, 4).unwrap();
+        assert_eq!(n4.client_addr.as_deref(), Some("127.0.0.1:7013"));
+        assert_eq!(
+            (n4.peer_addr.as_str(), http4.as_str()),
+            ("127.0.0.1:7014", "127.0.0.1:7015")
+        );
+        assert_eq!(
+            extra_node(7001, 3, 5).unwrap().0.peer_addr,
+            "127.0.0.1:7018"
+        );
+        assert!(extra_node(7001, 3, 3).is_err());
     }
 }

@@ -1,4 +1,5 @@
-//! The client commands — put, get, del, cas, scan, status — one function each: send the
+//! The client commands — put, get, del, cas, scan, status — one function each (membership
+//! commands: `members`): send the
 //! request through `raftkv::client::Client` (which follows the leader and retries until
 //! --timeout-ms), hand the result to `output`, return the exit code.
 
@@ -14,6 +15,12 @@ use std::time::Duration;
 
 /// Runs a client command (not `serve` or `cluster`) and returns its exit code.
 pub fn run(cmd: Cmd) -> u8 {
+    let cmd = match cmd {
+        Cmd::Member(m) => return crate::members::member(m),
+        Cmd::Leader(l) => return crate::members::leader(l),
+        Cmd::Serve(_) | Cmd::Cluster(_) => unreachable!("handled in main"),
+        cmd => cmd,
+    };
     let (c, consistency) = match &cmd {
         Cmd::Put { c, .. }
         | Cmd::Del { c, .. }
@@ -23,7 +30,9 @@ pub fn run(cmd: Cmd) -> u8 {
         Cmd::Get { c, consistency, .. } | Cmd::Scan { c, consistency, .. } => {
             (c, (*consistency).into())
         }
-        Cmd::Serve(_) | Cmd::Cluster(_) | Cmd::Snapshot(_) => unreachable!("handled in main"),
+        Cmd::Serve(_) | Cmd::Cluster(_) | Cmd::Snapshot(_) | Cmd::Member(_) | Cmd::Leader(_) => {
+            unreachable!("handled above")
+        }
     };
     let json = c.json;
     let (mut client, endpoints) = match connect(c, consistency) {
@@ -122,7 +131,9 @@ pub fn run(cmd: Cmd) -> u8 {
             };
             report(r, json, output::alarm)
         }
-        Cmd::Serve(_) | Cmd::Cluster(_) | Cmd::Snapshot(_) => unreachable!("handled in main"),
+        Cmd::Serve(_) | Cmd::Cluster(_) | Cmd::Snapshot(_) | Cmd::Member(_) | Cmd::Leader(_) => {
+            unreachable!("handled above")
+        }
     }
 }
 

@@ -1,6 +1,6 @@
 //! The `raftkv` binary: run a node (`serve`), a local cluster (`cluster`), or talk to a
-//! cluster (`put`, `get`, `del`, `cas`, `scan`, `status`, `snapshot save|restore`). This file
-//! only dispatches:
+//! cluster (`put`, `get`, `del`, `cas`, `scan`, `status`, `snapshot save|restore`, `member`,
+//! `leader`). This file only dispatches:
 //! `args` defines the command line, `serve` runs a node, `cluster` supervises a local
 //! cluster, `commands` holds the client commands, `backup` the snapshot save / restore
 //! commands and `output` what they print.
@@ -17,6 +17,8 @@ mod backup;
 mod cluster;
 mod commands;
 mod escape;
+mod join;
+mod members;
 mod output;
 mod serve;
 

@@ -256,12 +256,25 @@ pub fn print_status(ep: &str, r: &Result<kvpb::StatusResponse, ClientError>) {
     if !s.space_problem.is_empty() {
         println!("    space problem: {}", s.space_problem);
     }
+    println!("    {}", conf_line(s));
     for p in &s.peers {
         println!(
             "    peer {} ({}) match {} next {}",
             p.id, p.peer_addr, p.match_index, p.next_index
         );
     }
+}
+
+/// `configuration (entry N): voters [..] learners [..]`, and the outgoing half while joint.
+fn conf_line(s: &kvpb::StatusResponse) -> String {
+    let mut line = format!(
+        "configuration (entry {}): voters {:?} learners {:?}",
+        s.conf_index, s.voters, s.learners
+    );
+    if !s.voters_outgoing.is_empty() {
+        line.push_str(&format!(" JOINT, outgoing voters {:?}", s.voters_outgoing));
+    }
+    line
 }
 
 /// One endpoint's object in the `status --json` array: its status, or the error.
@@ -346,6 +359,9 @@ mod tests {
             state_bytes: 11,
             data_dir_bytes: 12,
             quota_bytes: 13,
+            voters: vec![1, 2],
+            learners: vec![4],
+            conf_index: 6,
             ..Default::default()
         };
         assert_eq!(
@@ -355,7 +371,9 @@ mod tests {
                 r#""leader_addr":"h:1","commit":9,"applied":8,"first_log_index":1,"#,
                 r#""last_log_index":10,"snapshot_index":0,"no_space_alarm":true,"#,
                 r#""alarm_raised_by":3,"space_problem":"disk full","state_bytes":11,"#,
-                r#""data_dir_bytes":12,"quota_bytes":13,"peers":[{"id":1,"peer_addr":"h:4","match":7,"next":8}]}"#
+                r#""data_dir_bytes":12,"quota_bytes":13,"#,
+                r#""peers":[{"id":1,"peer_addr":"h:4","match":7,"next":8}],"#,
+                r#""voters":[1,2],"learners":[4],"voters_outgoing":[],"conf_index":6}"#
             )
         );
         let down = Err(ClientError::Timeout("gone".into()));

@@ -2,6 +2,7 @@
 //! incomplete ones with a usage error) and runs one node until SIGTERM/SIGINT.
 
 use crate::args::ServeArgs;
+use crate::join;
 use crate::output::EXIT_USAGE;
 use raftkv::server::{parse_peers, Server, ServerConfig};
 use std::process::ExitCode;
@@ -20,6 +21,11 @@ pub fn serve(a: ServeArgs) -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
     };
+    let mut cfg = cfg;
+    if let Err(e) = check_membership(&a, &mut cfg) {
+        log::error!("not starting: {e}");
+        return ExitCode::FAILURE;
+    }
     let shutdown = match raftkv::server::signal::install() {
         Ok(f) => f,
         Err(e) => {
@@ -43,9 +49,33 @@ pub fn serve(a: ServeArgs) -> ExitCode {
     }
 }
 
+/// Node identity and `--join`, for a node whose data directory is empty (`join.rs`); a node
+/// with state restarts from it, whatever `--peers` and `--join` say.
+fn check_membership(a: &ServeArgs, cfg: &mut ServerConfig) -> Result<(), String> {
+    if !join::is_fresh(&a.data_dir)? {
+        if a.join.is_some() {
+            log::info!("the data directory holds this node's state: restarting, --join ignored");
+        }
+        return Ok(());
+    }
+    match &a.join {
+        Some(endpoints) => join::join(cfg, endpoints),
+        None if !cfg.peers.iter().any(|p| p.id == a.id) => Err(format!(
+            "--peers has no entry for this node's id {}: to add a new node to a running \
+             cluster, start it with --join",
+            a.id
+        )),
+        None => join::check_identity(cfg),
+    }
+}
+
 /// The node's `ServerConfig` from `serve`'s flags (`ServerConfig::new`'s defaults for the rest).
 fn serve_config(a: &ServeArgs) -> Result<ServerConfig, String> {
-    let peers = parse_peers(&a.peers)?;
+    let peers = if a.peers.trim().is_empty() {
+        Vec::new()
+    } else {
+        parse_peers(&a.peers)?
+    };
     let mut cfg = ServerConfig::new(a.id, a.data_dir.clone(), peers)?;
     if let Some(p) = &a.peer_addr {
         cfg.peer_listen = p.clone();
@@ -60,6 +90,13 @@ fn serve_config(a: &ServeArgs) -> Result<ServerConfig, String> {
     if cfg.client_listen.is_empty() {
         return Err("no client address: give --client-addr or ID=PEER/CLIENT in --peers".into());
     }
+    if cfg.peer_listen.is_empty() {
+        return Err("no peer address: give --peer-addr or ID=PEER in --peers".into());
+    }
+    cfg.promotion = raftkv::node::membership::PromotionPolicy {
+        max_lag: a.tuning.promote_lag,
+        ticks: a.tuning.promote_ticks,
+    };
     let t = &a.tuning;
     if t.tick_ms == 0 {
         return Err("--tick-ms must be positive".into());

@@ -350,3 +350,30 @@ fn configurations_in_the_log_survive_a_restart() {
     net.restart(2);
     assert_eq!(voters(&net, 2), (vec![1, 2, 3], vec![], vec![4]));
 }
+
+#[test]
+fn a_node_that_appended_its_own_removal_asks_and_is_told() {
+    let mut net = three();
+    // The leader removes 3, then itself: it appended its own removal, handed off, and is no
+    // voter in its own configuration, so it never campaigns. It must still learn it is out.
+    change(&mut net, 1, vec![ConfChangeOp::Remove { id: 3 }]).unwrap();
+    let term = net.n(1).term;
+    change(&mut net, 1, vec![ConfChangeOp::Remove { id: 1 }]).unwrap();
+    assert!(
+        net.n(1).conf().removed.contains(&1),
+        "1 never appended its removal"
+    );
+    for _ in 0..100 {
+        net.tick(1);
+        net.tick(3);
+        net.settle();
+    }
+    assert!(net.n(3).is_removed(), "removed follower 3 was never told");
+    assert!(net.n(1).is_removed(), "removed leader 1 was never told");
+    assert_eq!(net.leader(), Some(2));
+    assert!(
+        net.n(2).term <= term + 1,
+        "asking moved the term: {}",
+        net.n(2).term
+    );
+}
