@@ -6,9 +6,10 @@
 //! - **Leader completeness**: a node that becomes leader holds every entry known committed.
 //! - **State machine safety**: every node applies the same entry at an index; each node
 //!   incarnation applies indexes exactly once, in order, with jumps only through snapshots.
-//! - **Durability**: the highest committed entry is on the durable disks of a majority of the
-//!   voters (of each half, while joint) of the newest committed configuration, or of one
-//!   appended after it, at all times, so no crash pattern can lose it. Learners never count.
+//! - **Durability**: the highest committed entry is on the durable disks of enough voters of
+//!   the newest committed configuration, or of one appended after it, that no quorum can be
+//!   formed without one of them (a majority of an odd voter set, half of an even one; either
+//!   half while joint), at all times, so no crash pattern can lose it. Learners never count.
 //! - **Configuration changes** (every configuration entry a leader appends): the previous
 //!   configuration in its log is committed (one change in flight), the leader has committed
 //!   an entry of its own term (the 2015 single-server bug), and a change of more than one
@@ -364,19 +365,28 @@ impl Checker {
         let base = self.committed_conf.0;
         let mut candidates = vec![&self.committed_conf.1];
         candidates.extend(self.confs.range((base + 1, 0)..).map(|(_, c)| c));
+        // Durable enough when no quorum can be formed without a holder: every future leader
+        // then needs a holder's vote, and a holder votes only for a log holding the entry.
+        // For an odd voter set that is a majority of holders; for an even one, half (a
+        // leader counting the newest configuration, appended but not yet on any disk, may
+        // commit on a majority of it that is only half of the previous one: safe, since
+        // the two overlap, as every one-voter change does). While joint, blocking either
+        // half blocks every election.
+        let blocks_every_quorum = |set: &[u64]| {
+            let held = set.iter().filter(|v| holders.contains(v)).count();
+            set.len() - held < set.len() / 2 + 1
+        };
         let durable_in = |c: &ConfState| {
-            let majority = |set: &[u64]| {
-                set.is_empty() || 2 * set.iter().filter(|v| holders.contains(v)).count() > set.len()
-            };
-            majority(&c.voters) && majority(&c.voters_outgoing)
+            blocks_every_quorum(&c.voters)
+                || (!c.voters_outgoing.is_empty() && blocks_every_quorum(&c.voters_outgoing))
         };
         if !candidates.iter().any(|c| durable_in(c)) {
             let c = &self.committed_conf.1;
             return Err(format!(
                 "durability: committed index {index} (term {term}) is durable only on nodes \
-                 {holders:?}, not on a majority of the voters {:?} (outgoing {:?}) of the \
-                 committed configuration {base} or of any configuration appended after it; a \
-                 crash could lose it",
+                 {holders:?}: a quorum of the voters {:?} (outgoing {:?}) of the committed \
+                 configuration {base}, or of any configuration appended after it, could elect a \
+                 leader without it",
                 c.voters, c.voters_outgoing
             ));
         }
