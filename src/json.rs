@@ -46,7 +46,7 @@ pub fn status_json(endpoint: Option<&str>, s: &kvpb::StatusResponse) -> String {
     });
     format!(
         "{{{ep}\"node_id\":{},\"role\":{},\"term\":{},\"leader_id\":{},\"leader_addr\":{},\
-         \"commit\":{},\"applied\":{},\"first_log_index\":{},\"last_log_index\":{},\"snapshot_index\":{},\"peers\":[{}]}}",
+         \"commit\":{},\"applied\":{},\"first_log_index\":{},\"last_log_index\":{},\"snapshot_index\":{},\"cluster_id\":{},\"peers\":[{}]}}",
         s.node_id,
         json_str(s.role.as_bytes()),
         s.term,
@@ -57,6 +57,7 @@ pub fn status_json(endpoint: Option<&str>, s: &kvpb::StatusResponse) -> String {
         s.first_log_index,
         s.last_log_index,
         s.snapshot_index,
+        json_str(s.cluster_id.as_bytes()),
         peers.join(",")
     )
 }

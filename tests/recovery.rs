@@ -75,6 +75,7 @@ fn server_open(dir: &Path, log: &Path) -> Result<String, String> {
             ports[0], ports[1]
         ))
         .args(["--segment-size=8192", "--log-level=info", "--tick-ms=10"])
+        .arg("--insecure-peers") // one node: no peers to authenticate
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(err)

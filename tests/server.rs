@@ -653,6 +653,7 @@ fn bad_peer_input_closes_only_that_connection() {
         .args(["serve", "--id=1"])
         .arg("--data-dir")
         .arg(cluster.dir.path().join("n1"))
+        .args(peer_secret_args(cluster.dir.path()))
         .arg(format!(
             "--peers=1=127.0.0.1:{}/127.0.0.1:{}",
             ports[0], ports[1]

@@ -97,6 +97,11 @@ impl Conn {
         split_frame(&mut self.rbuf, self.max_frame)
     }
 
+    /// Changes the largest frame accepted from here on (a peer connection past its handshake).
+    pub fn set_max_frame(&mut self, max_frame: usize) {
+        self.max_frame = max_frame;
+    }
+
     /// Drops everything received and not yet consumed (a connection being closed).
     pub fn discard_input(&mut self) {
         self.rbuf.clear();

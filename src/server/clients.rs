@@ -176,6 +176,7 @@ impl Server {
                 .client_addr_of(leader_id)
                 .unwrap_or_default()
                 .into(),
+            cluster_id: self.cluster_id.map_or(String::new(), |c| c.to_string()),
         }
     }
 

@@ -24,6 +24,7 @@
 //! - `connections.rs`: accepting, reading and closing inbound connections;
 //! - `clients.rs`: client requests into the replica, its answers onto the connections;
 //! - `peers.rs`: the links to the other members;
+//! - `identity.rs`: the cluster id, the membership check, handshake outcomes;
 //! - `timers.rs`: Raft ticks from real time and the timer wheel's events;
 //! - `ready_shell.rs`: the server's side of the Ready phases (log, hard state, sync);
 //! - `snap.rs`: taking, compacting, sending and installing snapshots;
@@ -34,6 +35,7 @@ mod clients;
 pub mod config;
 mod connections;
 pub mod http;
+mod identity;
 mod metrics;
 mod peers;
 mod ready_shell;
@@ -90,7 +92,21 @@ impl ClientConn {
 enum Endpoint {
     Client(ClientConn),
     /// A connection another node dialled to send us Raft messages.
-    PeerIn(Conn),
+    PeerIn(PeerIn),
+}
+
+/// An inbound peer connection: first its handshake, then the authenticated sender's frames.
+struct PeerIn {
+    conn: Conn,
+    addr: std::net::SocketAddr,
+    auth: PeerAuth,
+}
+
+enum PeerAuth {
+    /// Nothing from the connection reaches the core until this completes.
+    Handshake(Box<crate::net::handshake::Acceptor>),
+    /// Every Raft message must carry this `from`.
+    From(u64),
 }
 
 /// Where the answer to a client request goes: the node layer's reply address.
@@ -114,6 +130,10 @@ pub struct Server {
     endpoints: HashMap<Token, Endpoint>,
     peers: HashMap<u64, Peer>,
     peer_by_token: HashMap<Token, u64>,
+    /// This node's cluster; None until it is learned (see `identity.rs`).
+    cluster_id: Option<crate::storage::cluster_id::ClusterId>,
+    /// Refused handshakes and spoofed frames are logged at most this often.
+    auth_log: crate::logger::RateLimit,
     timers: TimerWheel<TimerEvent>,
     /// When the next Raft tick is due. Ticks keep a fixed phase (`start + k * tick`).
     next_tick: Instant,

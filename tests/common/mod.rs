@@ -32,6 +32,16 @@ pub fn files_with_ext(dir: &Path, ext: &str) -> Vec<PathBuf> {
     v
 }
 
+/// `serve`'s peer-credential flags for a cluster whose files live in `dir`: the secret
+/// `dir/peer-secret`, generated on first use and shared by every node started with it.
+pub fn peer_secret_args(dir: &Path) -> Vec<String> {
+    let path = dir.join("peer-secret");
+    if !path.exists() {
+        raftkv::net::peer_auth::PeerSecrets::generate(&path).expect("generate a peer secret");
+    }
+    vec!["--peer-secret-file".into(), path.display().to_string()]
+}
+
 /// Polls `f` every 10 ms until it returns Some, or panics after `within`.
 pub fn wait_for<T>(what: &str, within: Duration, mut f: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + within;
@@ -68,6 +78,11 @@ impl Cluster {
     /// Like `start`, every node also serving HTTP (`--http-addr`, see `http_addr`).
     pub fn start_http(n: u64, args: &[&str]) -> Cluster {
         Cluster::start_inner(n, args, true, |_| {})
+    }
+
+    /// Like `start_http`, after `setup(data_root)` prepared the cluster's directory.
+    pub fn start_http_with(n: u64, args: &[&str], setup: impl FnOnce(&Path)) -> Cluster {
+        Cluster::start_inner(n, args, true, setup)
     }
 
     /// Like `start`, after `setup(data_root)` prepared the nodes' data dirs (`<root>/n<i>`).
@@ -150,6 +165,7 @@ impl Cluster {
                 "--log-level=info",
                 "--segment-size=1048576",
             ])
+            .args(peer_secret_args(self.dir.path()))
             .args(&self.args)
             .args(&http)
             .stdin(Stdio::null())

@@ -33,6 +33,12 @@ pub enum Cmd {
     /// Run a local cluster of `serve` child processes on loopback (Ctrl-C stops them all).
     /// Re-running with the same --dir and --base-port restarts the same cluster, data intact.
     Cluster(ClusterArgs),
+    /// Write a new random peer secret to FILE (mode 0600; refuses to overwrite): copy it to
+    /// every member and pass it as `serve --peer-secret-file FILE`.
+    NewPeerSecret {
+        /// Where to write the secret.
+        file: PathBuf,
+    },
     /// Set KEY to VALUE; without VALUE (or with `-`) the value is read from standard input,
     /// byte for byte (e.g. `raftkv put photo < photo.jpg`), up to --max-frame.
     Put {
@@ -307,6 +313,14 @@ pub struct ServeArgs {
     /// Off unless given.
     #[arg(long)]
     pub http_addr: Option<String>,
+    /// File holding the cluster's peer secret (hex, one per line; the first is used, all are
+    /// accepted: see docs/security.md). Required unless --insecure-peers.
+    #[arg(long, env = "RAFTKV_PEER_SECRET_FILE", value_name = "FILE")]
+    pub peer_secret_file: Option<PathBuf>,
+    /// Run without a peer secret: anyone who can reach the peer port can speak Raft to this
+    /// node as any member (only the cluster id is checked). For trusted networks and tests.
+    #[arg(long, conflicts_with = "peer_secret_file")]
+    pub insecure_peers: bool,
     #[command(flatten)]
     pub tuning: Tuning,
 }

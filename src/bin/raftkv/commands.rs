@@ -21,7 +21,9 @@ pub fn run(cmd: Cmd) -> u8 {
         Cmd::Get { c, consistency, .. } | Cmd::Scan { c, consistency, .. } => {
             (c, (*consistency).into())
         }
-        Cmd::Serve(_) | Cmd::Cluster(_) => unreachable!("handled in main"),
+        Cmd::Serve(_) | Cmd::Cluster(_) | Cmd::NewPeerSecret { .. } => {
+            unreachable!("handled in main")
+        }
     };
     let json = c.json;
     let (mut client, endpoints) = match connect(c, consistency) {
@@ -113,7 +115,9 @@ pub fn run(cmd: Cmd) -> u8 {
             scan(client, req, all, json)
         }
         Cmd::Status { .. } => status(client, &endpoints, json),
-        Cmd::Serve(_) | Cmd::Cluster(_) => unreachable!("handled in main"),
+        Cmd::Serve(_) | Cmd::Cluster(_) | Cmd::NewPeerSecret { .. } => {
+            unreachable!("handled in main")
+        }
     }
 }
 

@@ -222,7 +222,8 @@ pub fn print_status(ep: &str, r: &Result<kvpb::StatusResponse, ClientError>) {
         l => format!("{l} ({})", s.leader_addr),
     };
     println!(
-        "{ep}: node {} {} term {} leader {leader} commit {} applied {} log {}..{} snapshot {}",
+        "{ep}: node {} {} term {} leader {leader} commit {} applied {} log {}..{} snapshot {} \
+         cluster {}",
         s.node_id,
         s.role,
         s.term,
@@ -230,7 +231,12 @@ pub fn print_status(ep: &str, r: &Result<kvpb::StatusResponse, ClientError>) {
         s.applied_index,
         s.first_log_index,
         s.last_log_index,
-        s.snapshot_index
+        s.snapshot_index,
+        if s.cluster_id.is_empty() {
+            "unknown"
+        } else {
+            &s.cluster_id
+        }
     );
     for p in &s.peers {
         println!(
@@ -310,6 +316,7 @@ mod tests {
             first_log_index: 1,
             last_log_index: 10,
             snapshot_index: 0,
+            cluster_id: "0123".into(),
             peers: vec![kvpb::PeerStatus {
                 id: 1,
                 peer_addr: "h:4".into(),
@@ -322,7 +329,7 @@ mod tests {
             concat!(
                 r#"{"endpoint":"e:1","node_id":2,"role":"leader","term":5,"leader_id":2,"#,
                 r#""leader_addr":"h:1","commit":9,"applied":8,"first_log_index":1,"#,
-                r#""last_log_index":10,"snapshot_index":0,"#,
+                r#""last_log_index":10,"snapshot_index":0,"cluster_id":"0123","#,
                 r#""peers":[{"id":1,"peer_addr":"h:4","match":7,"next":8}]}"#
             )
         );
