@@ -245,7 +245,7 @@ fn rogue_raft_messages_change_nothing() {
         for &from in &members {
             let id = raftkv::storage::cluster_id::ClusterId::parse(&cluster_id);
             let nonce = [from as u8; NONCE_LEN];
-            let d = Dialer::new(from, target, id, nonce);
+            let d = Dialer::new(from, target, id.into(), nonce);
             let mut s = connect(&addr);
             send_all(&mut s, &frame_bytes_raw(&d.hello()));
             let challenge = read_frame(&mut s);
@@ -362,7 +362,7 @@ fn a_member_cannot_speak_for_another() {
     // then it sends messages claiming to be node 3, at a high term.
     let secrets = PeerSecrets::load(&c.dir.path().join("peer-secret")).unwrap();
     let id = raftkv::storage::cluster_id::ClusterId::parse(&cluster_id_of(&c, 1));
-    let d = Dialer::new(2, 1, id, [5; NONCE_LEN]);
+    let d = Dialer::new(2, 1, id.into(), [5; NONCE_LEN]);
     let addr = peer_addrs(&c)[0].1.clone();
     let mut s = connect(&addr);
     s.write_all(&frame_bytes_raw(&d.hello())).unwrap();
@@ -426,7 +426,7 @@ fn a_thousand_garbage_and_half_handshakes_leave_the_cluster_serving() {
             // A HELLO, then nothing (half a handshake).
             1 => send_all(
                 &mut s,
-                &frame_bytes_raw(&Dialer::new(2, leader, id, [1; NONCE_LEN]).hello()),
+                &frame_bytes_raw(&Dialer::new(2, leader, id.into(), [1; NONCE_LEN]).hello()),
             ),
             // Half a frame header.
             2 => send_all(&mut s, &[0, 0]),
@@ -458,4 +458,40 @@ fn a_thousand_garbage_and_half_handshakes_leave_the_cluster_serving() {
     assert_all_alive(&mut c);
     cl.put(b"after", b"flood").expect("put after the flood");
     assert_eq!(&cl.get(b"after").unwrap().value[..], b"flood");
+}
+
+/// The member that bootstrapped the cluster id (the lowest id) loses its data directory and
+/// comes back empty: it must rejoin its cluster (taking the id the others hold), not make a
+/// new one that every other member refuses.
+#[test]
+fn a_wiped_bootstrap_member_rejoins_its_cluster() {
+    let mut c = Cluster::start_http(3, STEADY);
+    c.wait_leader();
+    let data = write_and_settle(&c, 5);
+    let id = cluster_id_of(&c, 2);
+    c.kill(1);
+    std::fs::remove_dir_all(c.data_dir(1)).unwrap();
+    c.start_node(1);
+    // The leader learns that the follower lost its log only when an append to it fails
+    // (heartbeats carry no log position), so keep writing while waiting (as tests/limits.rs).
+    let mut cl = c.client();
+    cl.put(b"nudge0", b"x").expect("put");
+    let leader = c.wait_leader() as usize - 1;
+    let target = status(&c.nodes[leader].client_addr).unwrap().commit_index;
+    let mut nudge = 0;
+    let caught_up = (0..1000).any(|_| {
+        nudge += 1;
+        cl.put(format!("nudge{nudge}").as_bytes(), b"x")
+            .expect("put");
+        status(&c.nodes[0].client_addr)
+            .is_some_and(|s| s.cluster_id == id && s.applied_index >= target)
+    });
+    assert!(
+        caught_up,
+        "node 1 did not catch up (cluster {id}): {:?}",
+        status(&c.nodes[0].client_addr)
+    );
+    let stored = raftkv::storage::cluster_id::read(&c.data_dir(1)).unwrap();
+    assert_eq!(stored.map(|i| i.to_string()), Some(id));
+    assert_eq!(scan_all(&mut cl, "k"), data);
 }

@@ -62,7 +62,11 @@ impl Conn {
     /// time) and no `&mut [u8]` over uninitialised memory.
     pub fn read_some(&mut self) -> io::Result<ReadStatus> {
         use std::os::unix::io::AsRawFd;
-        self.rbuf.reserve(READ_CHUNK);
+        // A connection capped at small frames (a peer in its handshake) reads no more than
+        // one such frame at a time: a thousand half-open handshakes cost ~130 bytes each, not
+        // 64 KiB each.
+        self.rbuf
+            .reserve(READ_CHUNK.min(self.max_frame + super::framing::HEADER_LEN));
         let fd = self.stream.as_raw_fd();
         loop {
             let spare = self.rbuf.spare_capacity_mut();

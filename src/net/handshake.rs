@@ -18,7 +18,8 @@
 //! length, magic, version or kind is `Malformed`.
 //!
 //! Cluster ids: both sides must name the same one. A side that does not know its cluster id
-//! yet (a member that has not joined, see `server::identity`) takes the other side's, once the
+//! yet (a member that has not joined, see `server::identity`), or holds only a provisional one
+//! (the bootstrapping member before its first handshake), takes the other side's, once the
 //! other side's proof checked out; two sides that both know none are refused.
 
 use super::peer_auth::{PeerSecrets, MAC_LEN};
@@ -133,6 +134,35 @@ pub struct Agreed {
     pub cluster: ClusterId,
 }
 
+/// What this side knows of its cluster id when a handshake starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LocalCluster {
+    /// Not known yet: take the other side's.
+    Unknown,
+    /// Made up by this member to bootstrap a cluster, not yet confirmed by any handshake:
+    /// offered to members that have none, given up for the id of a member that has one (a
+    /// bootstrapping member whose data directory was wiped rejoins its cluster).
+    Provisional(ClusterId),
+    /// Settled: only this cluster's members are accepted.
+    Known(ClusterId),
+}
+
+impl LocalCluster {
+    /// The id this side offers, if any.
+    pub fn id(self) -> Option<ClusterId> {
+        match self {
+            LocalCluster::Unknown => None,
+            LocalCluster::Provisional(c) | LocalCluster::Known(c) => Some(c),
+        }
+    }
+}
+
+impl From<Option<ClusterId>> for LocalCluster {
+    fn from(c: Option<ClusterId>) -> LocalCluster {
+        c.map_or(LocalCluster::Unknown, LocalCluster::Known)
+    }
+}
+
 /// The fields of a HELLO or CHALLENGE.
 struct Intro {
     cluster: Option<ClusterId>,
@@ -202,11 +232,13 @@ fn transcript(
 }
 
 /// The cluster both sides will use, or why there is none.
-fn agree(ours: Option<ClusterId>, theirs: Option<ClusterId>) -> Result<ClusterId, AuthError> {
+fn agree(ours: LocalCluster, theirs: Option<ClusterId>) -> Result<ClusterId, AuthError> {
+    use LocalCluster::*;
     match (ours, theirs) {
-        (Some(o), Some(t)) if o != t => Err(AuthError::WrongCluster { ours: o, theirs: t }),
-        (Some(c), _) | (None, Some(c)) => Ok(c),
-        (None, None) => Err(AuthError::NoClusterId),
+        (Known(o), Some(t)) if o != t => Err(AuthError::WrongCluster { ours: o, theirs: t }),
+        (Known(c) | Provisional(c), None) | (Known(c), _) => Ok(c),
+        (Provisional(_) | Unknown, Some(t)) => Ok(t),
+        (Unknown, None) => Err(AuthError::NoClusterId),
     }
 }
 
@@ -214,13 +246,13 @@ fn agree(ours: Option<ClusterId>, theirs: Option<ClusterId>) -> Result<ClusterId
 pub struct Dialer {
     me: u64,
     peer: u64,
-    cluster: Option<ClusterId>,
+    cluster: LocalCluster,
     nonce: [u8; NONCE_LEN],
 }
 
 impl Dialer {
     /// `nonce` must be fresh and unpredictable (`entropy::bytes`).
-    pub fn new(me: u64, peer: u64, cluster: Option<ClusterId>, nonce: [u8; NONCE_LEN]) -> Dialer {
+    pub fn new(me: u64, peer: u64, cluster: LocalCluster, nonce: [u8; NONCE_LEN]) -> Dialer {
         Dialer {
             me,
             peer,
@@ -232,7 +264,7 @@ impl Dialer {
     /// The first frame's payload.
     pub fn hello(&self) -> Bytes {
         let i = Intro {
-            cluster: self.cluster,
+            cluster: self.cluster.id(),
             from: self.me,
             to: self.peer,
             nonce: self.nonce,
@@ -279,7 +311,7 @@ impl Dialer {
 /// The accepting side of one connection.
 pub struct Acceptor {
     me: u64,
-    cluster: Option<ClusterId>,
+    cluster: LocalCluster,
     nonce: [u8; NONCE_LEN],
     /// After the HELLO: the dialer, the agreed cluster and the dialer's nonce.
     hello: Option<(u64, ClusterId, [u8; NONCE_LEN])>,
@@ -296,7 +328,7 @@ pub enum AcceptStep {
 
 impl Acceptor {
     /// `nonce` must be fresh and unpredictable (`entropy::bytes`).
-    pub fn new(me: u64, cluster: Option<ClusterId>, nonce: [u8; NONCE_LEN]) -> Acceptor {
+    pub fn new(me: u64, cluster: LocalCluster, nonce: [u8; NONCE_LEN]) -> Acceptor {
         Acceptor {
             me,
             cluster,
@@ -388,8 +420,8 @@ mod tests {
         d: (&PeerSecrets, Option<ClusterId>, u64, u64),
         a: (&PeerSecrets, Option<ClusterId>, u64),
     ) -> Result<(Agreed, Agreed), AuthError> {
-        let dialer = Dialer::new(d.2, d.3, d.1, [1; NONCE_LEN]);
-        let mut acc = Acceptor::new(a.2, a.1, [2; NONCE_LEN]);
+        let dialer = Dialer::new(d.2, d.3, d.1.into(), [1; NONCE_LEN]);
+        let mut acc = Acceptor::new(a.2, a.1.into(), [2; NONCE_LEN]);
         let members = |id: u64| (1..=3).contains(&id);
         let AcceptStep::Reply(ch) = acc.on_frame(&dialer.hello(), a.0, members)? else {
             panic!("acceptor done after HELLO");
@@ -437,6 +469,35 @@ mod tests {
     }
 
     #[test]
+    fn a_provisional_id_is_offered_to_newcomers_and_given_up_for_a_known_one() {
+        let s = secrets(S);
+        let prov = LocalCluster::Provisional(cid(5).unwrap());
+        let handshake = |d: LocalCluster, a: LocalCluster| {
+            let dialer = Dialer::new(1, 2, d, [1; NONCE_LEN]);
+            let mut acc = Acceptor::new(2, a, [2; NONCE_LEN]);
+            let AcceptStep::Reply(ch) = acc.on_frame(&dialer.hello(), &s, |_| true)? else {
+                panic!("acceptor done after HELLO");
+            };
+            let (proof, agreed) = dialer.on_challenge(&ch, &s)?;
+            acc.on_frame(&proof, &s, |_| true)?;
+            Ok::<_, AuthError>(agreed.cluster)
+        };
+        // The bootstrapping member's id goes to members that have none...
+        assert_eq!(handshake(prov, LocalCluster::Unknown), Ok(cid(5).unwrap()));
+        assert_eq!(handshake(LocalCluster::Unknown, prov), Ok(cid(5).unwrap()));
+        // ...and a member that has one keeps it: the provisional side takes it.
+        let known = LocalCluster::Known(cid(7).unwrap());
+        assert_eq!(handshake(known, prov), Ok(cid(7).unwrap()));
+        // (The known side cannot tell a provisional id from a foreign one, so it refuses
+        // when dialled; the provisional side learns when the known side dials it.)
+        let wrong = AuthError::WrongCluster {
+            ours: cid(7).unwrap(),
+            theirs: cid(5).unwrap(),
+        };
+        assert_eq!(handshake(prov, known), Err(wrong));
+    }
+
+    #[test]
     fn every_mismatch_is_refused_with_its_reason() {
         let (s, o, ins) = (secrets(S), secrets(OTHER), PeerSecrets::insecure());
         let wrong = AuthError::WrongCluster {
@@ -477,8 +538,8 @@ mod tests {
         let s = secrets(S);
         let members = |_| true;
         // A CHALLENGE's proof sent back as a PROOF (reflection) fails.
-        let d = Dialer::new(1, 2, cid(7), [1; NONCE_LEN]);
-        let mut a = Acceptor::new(2, cid(7), [2; NONCE_LEN]);
+        let d = Dialer::new(1, 2, cid(7).into(), [1; NONCE_LEN]);
+        let mut a = Acceptor::new(2, cid(7).into(), [2; NONCE_LEN]);
         let AcceptStep::Reply(ch) = a.on_frame(&d.hello(), &s, members).unwrap() else {
             panic!()
         };
@@ -490,18 +551,18 @@ mod tests {
         );
         // A PROOF replayed on a connection with another acceptor nonce fails.
         let (proof, _) = d.on_challenge(&ch, &s).unwrap();
-        let mut a2 = Acceptor::new(2, cid(7), [3; NONCE_LEN]);
+        let mut a2 = Acceptor::new(2, cid(7).into(), [3; NONCE_LEN]);
         a2.on_frame(&d.hello(), &s, members).unwrap();
         assert_eq!(a2.on_frame(&proof, &s, members), Err(AuthError::BadProof));
         // A CHALLENGE from the right acceptor for another dialer nonce fails.
-        let d2 = Dialer::new(1, 2, cid(7), [9; NONCE_LEN]);
+        let d2 = Dialer::new(1, 2, cid(7).into(), [9; NONCE_LEN]);
         assert_eq!(d2.on_challenge(&ch, &s).err(), Some(AuthError::BadProof));
     }
 
     #[test]
     fn malformed_messages_are_refused() {
         let s = secrets(S);
-        let hello = Dialer::new(1, 2, cid(7), [1; NONCE_LEN]).hello();
+        let hello = Dialer::new(1, 2, cid(7).into(), [1; NONCE_LEN]).hello();
         assert_eq!(hello.len(), HELLO_LEN);
         let mut bad_cases: Vec<Vec<u8>> = vec![vec![], b"GET / HTTP/1.1".to_vec()];
         bad_cases.push(hello[..HELLO_LEN - 1].to_vec());
@@ -512,7 +573,7 @@ mod tests {
         k[5] = PROOF;
         bad_cases.push(k);
         for b in bad_cases {
-            let mut a = Acceptor::new(2, cid(7), [2; NONCE_LEN]);
+            let mut a = Acceptor::new(2, cid(7).into(), [2; NONCE_LEN]);
             let r = a.on_frame(&b, &s, |_| true);
             assert!(matches!(r, Err(AuthError::Malformed(_))), "{b:?}: {r:?}");
         }

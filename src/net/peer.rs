@@ -364,7 +364,7 @@ mod tests {
     }
 
     fn dialer() -> Dialer {
-        Dialer::new(1, 2, cluster(), [1; NONCE_LEN])
+        Dialer::new(1, 2, cluster().into(), [1; NONCE_LEN])
     }
 
     fn peer(addr: String, opts: PeerOptions) -> Peer {
@@ -382,7 +382,7 @@ mod tests {
 
     /// Plays node 2's side of the handshake on `srv` with `secrets`.
     fn accept_handshake(srv: &mut std::net::TcpStream, secrets: &PeerSecrets) -> Acceptor {
-        let mut acc = Acceptor::new(2, cluster(), [2; NONCE_LEN]);
+        let mut acc = Acceptor::new(2, cluster().into(), [2; NONCE_LEN]);
         let hello = read_frame(srv);
         let AcceptStep::Reply(ch) = acc.on_frame(&hello, secrets, |id| id == 1).unwrap() else {
             panic!("no challenge");

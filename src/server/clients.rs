@@ -176,7 +176,10 @@ impl Server {
                 .client_addr_of(leader_id)
                 .unwrap_or_default()
                 .into(),
-            cluster_id: self.cluster_id.map_or(String::new(), |c| c.to_string()),
+            cluster_id: self
+                .cluster_id
+                .id()
+                .map_or(String::new(), |c| c.to_string()),
         }
     }
 

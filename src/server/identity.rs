@@ -3,28 +3,32 @@
 //! refusals, dropping frames whose `from` is not the authenticated sender.
 //!
 //! The cluster id is created once, when the cluster is bootstrapped: the member with the
-//! lowest id in `--peers` creates a random one on its first start (a fresh data directory, or
-//! one written before cluster ids existed) and persists it in `DIR/cluster_id`. Every other
-//! member starts without one and takes it, durably, from the first member that completes a
-//! handshake with it (with a peer secret, only a holder of the secret can hand it out). From
-//! then on a node only ever speaks with nodes of that cluster. Carrying the id to the others
-//! through the handshake, rather than having each member make one, is what lets members be
-//! started in any order without agreeing beforehand.
+//! lowest id in `--peers`, starting without `DIR/cluster_id`, makes up a random one. It stays
+//! provisional until the member's first completed handshake: offered to members that have no
+//! id, given up for the id of a member that has one (the bootstrapping member's directory was
+//! wiped and it rejoins). Every other member starts without one and takes it from the first
+//! member that completes a handshake with it (with a peer secret, only a holder of the secret
+//! can hand it out). The first completed handshake settles the id and writes it to
+//! `DIR/cluster_id`; from then on the node only ever speaks with nodes of that cluster.
+//! Carrying the id through the handshake, rather than having each member make one, lets
+//! members be started in any order without agreeing beforehand. A one-member cluster settles
+//! its id at once.
 
 use super::Server;
-use crate::net::handshake::{Acceptor, Agreed, AuthError, Dialer};
+use crate::net::handshake::{Acceptor, Agreed, AuthError, Dialer, LocalCluster};
 use crate::net::peer::Peer;
 use crate::storage::cluster_id::{self, ClusterId};
 use std::collections::HashMap;
 use std::time::Instant;
 
-/// The cluster id stored in the data directory, created first if this member bootstraps the
-/// cluster (the lowest id in `--peers`); None while this member waits to learn it.
-pub(super) fn load_cluster_id(cfg: &super::ServerConfig) -> Result<Option<ClusterId>, String> {
+/// What this member knows of its cluster id at startup: the one stored in the data
+/// directory; else a provisional new one if it bootstraps the cluster (the lowest id in
+/// `--peers`; settled at once if it is the only member); else nothing yet.
+pub(super) fn load_cluster_id(cfg: &super::ServerConfig) -> Result<LocalCluster, String> {
     let dir = &cfg.data_dir;
     if let Some(id) = cluster_id::read(dir).map_err(|e| format!("cluster id: {e}"))? {
         log::info!("node {} is a member of cluster {id}", cfg.id);
-        return Ok(Some(id));
+        return Ok(LocalCluster::Known(id));
     }
     let lowest = cfg.peers.iter().map(|p| p.id).min();
     if lowest != Some(cfg.id) {
@@ -34,14 +38,20 @@ pub(super) fn load_cluster_id(cfg: &super::ServerConfig) -> Result<Option<Cluste
             cfg.id,
             lowest.unwrap_or(0)
         );
-        return Ok(None);
+        return Ok(LocalCluster::Unknown);
     }
-    let id = cluster_id::write_new(dir).map_err(|e| format!("creating the cluster id: {e}"))?;
+    if cfg.peers.len() == 1 {
+        let id = cluster_id::write_new(dir).map_err(|e| format!("creating the cluster id: {e}"))?;
+        log::info!("node {} created cluster id {id}", cfg.id);
+        return Ok(LocalCluster::Known(id));
+    }
+    let id = ClusterId::random().map_err(|e| format!("no randomness for a cluster id: {e}"))?;
     log::info!(
-        "node {} created cluster id {id} (the lowest member id bootstraps the cluster)",
+        "node {} proposes cluster id {id} (the lowest member id bootstraps the cluster; a \
+         member that already has an id wins)",
         cfg.id
     );
-    Ok(Some(id))
+    Ok(LocalCluster::Provisional(id))
 }
 
 /// Whether node `id` may speak Raft to this node: the ONE membership check of the peer layer
@@ -74,8 +84,8 @@ impl Server {
     /// the id could not be saved, or another connection already settled a different one.
     pub(super) fn on_agreed(&mut self, agreed: Agreed, who: &str) -> bool {
         match self.cluster_id {
-            Some(c) if c == agreed.cluster => {}
-            Some(c) => {
+            LocalCluster::Known(c) if c == agreed.cluster => {}
+            LocalCluster::Known(c) => {
                 let e = AuthError::WrongCluster {
                     ours: c,
                     theirs: agreed.cluster,
@@ -83,18 +93,18 @@ impl Server {
                 self.auth_failed(who, &e);
                 return false;
             }
-            None => {
+            LocalCluster::Unknown | LocalCluster::Provisional(_) => {
                 if let Err(e) = cluster_id::write(&self.cfg.data_dir, agreed.cluster) {
-                    log::error!("cannot save the cluster id learned from {who}: {e}");
+                    log::error!("cannot save the cluster id settled with {who}: {e}");
                     return false;
                 }
                 log::info!(
-                    "node {} joined cluster {} (learned from node {})",
+                    "node {} is a member of cluster {} (settled with node {})",
                     self.cfg.id,
                     agreed.cluster,
                     agreed.peer
                 );
-                self.cluster_id = Some(agreed.cluster);
+                self.cluster_id = LocalCluster::Known(agreed.cluster);
             }
         }
         self.metrics.peer_handshakes_ok += 1;

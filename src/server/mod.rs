@@ -130,8 +130,8 @@ pub struct Server {
     endpoints: HashMap<Token, Endpoint>,
     peers: HashMap<u64, Peer>,
     peer_by_token: HashMap<Token, u64>,
-    /// This node's cluster; None until it is learned (see `identity.rs`).
-    cluster_id: Option<crate::storage::cluster_id::ClusterId>,
+    /// This node's cluster id, as far as it is settled (see `identity.rs`).
+    cluster_id: crate::net::handshake::LocalCluster,
     /// Refused handshakes and spoofed frames are logged at most this often.
     auth_log: crate::logger::RateLimit,
     timers: TimerWheel<TimerEvent>,
