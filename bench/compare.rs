@@ -428,6 +428,8 @@ fn start_raftkv(args: &CompareArgs) -> Result<Running, String> {
             )
         })
         .collect();
+    let secret = dir.0.join("peer-secret");
+    raftkv::net::peer_auth::PeerSecrets::generate(&secret)?;
     let mut children = Vec::new();
     for i in 0..3 {
         let mut cmd = Command::new(&bin);
@@ -437,6 +439,8 @@ fn start_raftkv(args: &CompareArgs) -> Result<Running, String> {
             .args(["--peer-addr", &peer_addr(i)])
             .args(["--client-addr", &client_addr(i)])
             .args(["--peers", &peers.join(",")])
+            .arg("--peer-secret-file")
+            .arg(&secret)
             .args(["--log-level", "warn"]);
         children.push(ChildGuard::spawn(
             &format!("raftkv n{}", i + 1),

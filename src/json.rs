@@ -47,7 +47,7 @@ pub fn status_json(endpoint: Option<&str>, s: &kvpb::StatusResponse) -> String {
     format!(
         "{{{ep}\"node_id\":{},\"role\":{},\"term\":{},\"leader_id\":{},\"leader_addr\":{},\
          \"commit\":{},\"applied\":{},\"first_log_index\":{},\"last_log_index\":{},\"snapshot_index\":{},\"no_space_alarm\":{},\"alarm_raised_by\":{},\"space_problem\":{},\
-         \"state_bytes\":{},\"data_dir_bytes\":{},\"quota_bytes\":{},\"peers\":[{}],\"voters\":{},\"learners\":{},\
+         \"state_bytes\":{},\"data_dir_bytes\":{},\"quota_bytes\":{},\"cluster_id\":{},\"peers\":[{}],\"voters\":{},\"learners\":{},\
          \"voters_outgoing\":{},\"conf_index\":{}}}",
         s.node_id,
         json_str(s.role.as_bytes()),
@@ -65,6 +65,7 @@ pub fn status_json(endpoint: Option<&str>, s: &kvpb::StatusResponse) -> String {
         s.state_bytes,
         s.data_dir_bytes,
         s.quota_bytes,
+        json_str(s.cluster_id.as_bytes()),
         peers.join(","),
         id_list(&s.voters),
         id_list(&s.learners),

@@ -14,8 +14,10 @@
 //! - [`progress`]: progress bars for the CLI and tools (hidden when stderr is no terminal).
 //! - [`limits`]: the size limits (frame, entry, snapshot fields) every reader and writer shares.
 //! - [`rng`]: seeded PRNG (no global randomness anywhere).
+//! - [`entropy`]: the kernel's randomness, only for what must be unguessable (nonces, ids, secrets).
 
 pub mod client;
+pub mod entropy;
 pub mod json;
 pub mod kv;
 pub mod limits;

@@ -82,3 +82,51 @@ mod tests {
         assert!(parse_level("loud").is_err());
     }
 }
+
+/// At most one log line per interval, for events a remote party can cause at will (a flood
+/// of bad handshakes must not become a flood of log lines): the lines in between are counted
+/// and the next allowed line says how many were suppressed.
+#[derive(Debug)]
+pub struct RateLimit {
+    every: std::time::Duration,
+    next: Option<std::time::Instant>,
+    suppressed: u64,
+}
+
+impl RateLimit {
+    pub const fn new(every: std::time::Duration) -> RateLimit {
+        RateLimit {
+            every,
+            next: None,
+            suppressed: 0,
+        }
+    }
+
+    /// `Some(lines suppressed since the last one)` if a line may be logged at `now`.
+    pub fn allow(&mut self, now: std::time::Instant) -> Option<u64> {
+        if self.next.is_some_and(|t| now < t) {
+            self.suppressed += 1;
+            return None;
+        }
+        self.next = Some(now + self.every);
+        Some(std::mem::take(&mut self.suppressed))
+    }
+}
+
+#[cfg(test)]
+mod rate_limit_tests {
+    use super::RateLimit;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn one_line_per_interval_counting_the_rest() {
+        let t0 = Instant::now();
+        let mut r = RateLimit::new(Duration::from_secs(1));
+        assert_eq!(r.allow(t0), Some(0));
+        for i in 1..=5 {
+            assert_eq!(r.allow(t0 + Duration::from_millis(100 * i)), None);
+        }
+        assert_eq!(r.allow(t0 + Duration::from_secs(1)), Some(5));
+        assert_eq!(r.allow(t0 + Duration::from_millis(1500)), None);
+    }
+}

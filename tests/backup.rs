@@ -42,21 +42,36 @@ fn save(cluster: &Cluster, file: &Path) -> String {
 }
 
 fn restore(file: &Path, dir: &Path, id: u64, peers: &str) -> Output {
+    restore_into(file, dir, id, peers, None)
+}
+
+/// `raftkv snapshot restore`, with the new cluster's id if a first restore made one.
+fn restore_into(file: &Path, dir: &Path, id: u64, peers: &str, cluster: Option<&str>) -> Output {
     let id = id.to_string();
-    run(
-        EXE,
-        &[
-            "snapshot",
-            "restore",
-            file.to_str().unwrap(),
-            "--data-dir",
-            dir.to_str().unwrap(),
-            "--node-id",
-            &id,
-            "--peers",
-            peers,
-        ],
-    )
+    let mut args = vec![
+        "snapshot",
+        "restore",
+        file.to_str().unwrap(),
+        "--data-dir",
+        dir.to_str().unwrap(),
+        "--node-id",
+        &id,
+        "--peers",
+        peers,
+    ];
+    if let Some(c) = cluster {
+        args.extend(["--cluster-id", c]);
+    }
+    run(EXE, &args)
+}
+
+/// The new cluster id a first restore printed.
+fn printed_cluster_id(out: &Output) -> String {
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.split("--cluster-id ")
+        .nth(1)
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|| panic!("no new cluster id in the restore's output: {text}"))
 }
 
 /// Every key with its version, paging through a scan.
@@ -176,13 +191,43 @@ fn save_under_load_restore_into_a_new_cluster_keeps_every_acknowledged_write() {
     assert!(inspect.status.success());
     assert!(String::from_utf8_lossy(&inspect.stdout).contains("keys:"));
 
+    let mut new_id = String::new();
     let dst = Cluster::start_seeded(3, &[], |root, peers| {
-        for id in 1..=3 {
-            let out = restore(&file, &root.join(format!("n{id}")), id, peers);
+        // The first restore makes the new cluster's id; the others are given it.
+        let out = restore(&file, &root.join("n1"), 1, peers);
+        assert!(out.status.success(), "restore of node 1 failed");
+        new_id = printed_cluster_id(&out);
+        for id in 2..=3 {
+            let out = restore_into(
+                &file,
+                &root.join(format!("n{id}")),
+                id,
+                peers,
+                Some(&new_id),
+            );
             assert!(out.status.success(), "restore of node {id} failed");
         }
     });
     dst.wait_leader();
+    // One new identity on every restored member, not the original cluster's.
+    let mut c = dst.client();
+    let old_id = src
+        .client()
+        .leader_status()
+        .expect("source status")
+        .cluster_id;
+    for n in &dst.nodes {
+        let s = c.status(&n.client_addr).expect("restored node status");
+        assert_eq!(
+            s.cluster_id, new_id,
+            "node {} of the restored cluster",
+            n.id
+        );
+    }
+    assert_ne!(
+        new_id, old_id,
+        "the restored cluster kept the original's id"
+    );
     let mut c = dst.client();
     let got = all_versions(&mut c);
     let missing: Vec<_> = expect

@@ -149,7 +149,8 @@ fn second_server_on_the_same_data_dir_is_refused() {
             .arg("--data-dir")
             .arg(dir.path())
             .arg(format!("--peers=1=127.0.0.1:{peer}/127.0.0.1:{client}"))
-            .args(["--tick-ms=10", "--segment-size=1048576"])
+            // One node, no peers: nothing to authenticate.
+            .args(["--tick-ms=10", "--segment-size=1048576", "--insecure-peers"])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

@@ -215,6 +215,7 @@ impl Cluster {
             children: (0..N).map(|_| None).collect(),
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
         };
+        raftkv::net::peer_auth::PeerSecrets::generate(&c.secret_path()).unwrap();
         for id in 1..=N as u64 {
             c.start_node(id);
         }
@@ -223,6 +224,11 @@ impl Cluster {
 
     fn log_path(&self, id: u64) -> PathBuf {
         self.dir.path().join(format!("n{id}.log"))
+    }
+
+    /// The peer secret every node of this cluster is started with.
+    fn secret_path(&self) -> PathBuf {
+        self.dir.path().join("peer-secret")
     }
 
     /// Node `id`'s own view of the membership: itself at its real peer address, every other
@@ -254,6 +260,8 @@ impl Cluster {
             .arg("--data-dir")
             .arg(self.dir.path().join(format!("n{id}")))
             .arg(format!("--peers={}", self.peers_for(id)))
+            .arg("--peer-secret-file")
+            .arg(self.secret_path())
             .args([
                 "--tick-ms=10",
                 "--election-ticks=10",

@@ -75,6 +75,7 @@ fn server_open(dir: &Path, log: &Path) -> Result<String, String> {
             ports[0], ports[1]
         ))
         .args(["--segment-size=8192", "--log-level=info", "--tick-ms=10"])
+        .arg("--insecure-peers") // one node: no peers to authenticate
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(err)
@@ -327,8 +328,11 @@ fn peer_addr(c: &Cluster, id: u64) -> String {
         .unwrap()
 }
 
-fn send_frame(addr: &str, m: &Message) {
-    let mut s = std::net::TcpStream::connect(addr).expect("connect to peer port");
+/// Sends `m` to its receiver's peer port over a connection authenticated as its sender (these
+/// frames test the checks behind the handshake, as if a member sent them).
+fn send_frame(c: &Cluster, m: &Message) {
+    let (addr, client) = (peer_addr(c, m.to), c.addr(m.to));
+    let mut s = peer_conn_as(c.dir.path(), &addr, &client, m.from, m.to);
     raftkv::net::framing::blocking::write_msg(&mut s, m).expect("send frame");
 }
 
@@ -417,7 +421,7 @@ fn install_snapshot_with_a_huge_index_is_dropped() {
             conf: None,
         };
         send_frame(
-            &peer_addr(&c, follower),
+            &c,
             &install_snapshot(leader, follower, term, meta, data.clone()),
         );
     }
@@ -454,7 +458,7 @@ fn invalid_received_snapshots_are_discarded() {
             conf: None,
         };
         send_frame(
-            &peer_addr(&c, follower),
+            &c,
             &install_snapshot(leader, follower, term, meta, data.clone()),
         );
         wait_log_count(

@@ -655,6 +655,7 @@ fn bad_peer_input_closes_only_that_connection() {
         .args(["serve", "--id=1"])
         .arg("--data-dir")
         .arg(cluster.dir.path().join("n1"))
+        .args(peer_secret_args(cluster.dir.path()))
         .arg(format!(
             "--peers=1=127.0.0.1:{}/127.0.0.1:{}",
             ports[0], ports[1]
@@ -725,6 +726,12 @@ fn cluster_command_and_cli() {
         (raftkv(&["put", &ep, "--timeout-ms=1000", "greeting", "hello"]).0 == 0).then_some(())
     });
     assert_eq!(raftkv(&["get", &ep, "greeting"]), (0, "hello\n".into()));
+    // Secure by default: the first start generated the peer secret, readable by its owner only.
+    let secret_path = dir.path().join("peer-secret");
+    let secret = std::fs::read(&secret_path).expect("cluster generated a peer secret");
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&secret_path.metadata().unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o600);
     assert_eq!(raftkv(&["get", &ep, "missing"]).0, 1);
     let (code, out) = raftkv(&["get", &ep, "--json", "greeting"]);
     assert_eq!(code, 0);
@@ -734,6 +741,13 @@ fn cluster_command_and_cli() {
     let (code, out) = raftkv(&["status", &ep]);
     assert_eq!(code, 0);
     assert!(out.matches("leader").count() >= 3, "{out}");
+    // One cluster id, on every node.
+    let ids: std::collections::BTreeSet<&str> = out
+        .lines()
+        .filter_map(|l| l.split(" cluster ").nth(1))
+        .collect();
+    assert_eq!(ids.len(), 1, "{out}");
+    assert_eq!(ids.iter().next().unwrap().len(), 32, "{out}");
     assert_eq!(raftkv(&["del", &ep, "missing"]).0, 1);
     assert_eq!(raftkv(&["put", &ep]).0, 2, "usage error");
     assert_eq!(raftkv(&["put", &ep, "", "v"]).0, 4, "rejected: empty key");
@@ -775,6 +789,38 @@ fn cluster_command_and_cli() {
         (code == 0).then_some(out)
     });
     assert_eq!(got, "hello\n");
+    assert_eq!(
+        std::fs::read(&secret_path).unwrap(),
+        secret,
+        "the secret was not reused"
+    );
+}
+
+/// Without peer credentials `raftkv serve` refuses to start and says what to give it.
+#[test]
+fn serve_refuses_to_start_without_peer_credentials() {
+    let ports = free_ports(2);
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(EXE)
+        .args(["serve", "--id=1"])
+        .arg("--data-dir")
+        .arg(dir.path().join("n1"))
+        .arg(format!(
+            "--peers=1=127.0.0.1:{}/127.0.0.1:{}",
+            ports[0], ports[1]
+        ))
+        .env_remove("RAFTKV_PEER_SECRET_FILE")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    for want in ["--peer-secret-file", "--insecure-peers", "new-peer-secret"] {
+        assert!(err.contains(want), "{err}");
+    }
+    assert!(
+        !dir.path().join("n1").exists(),
+        "touched the data dir before refusing"
+    );
 }
 
 /// `n` scans of the prefix `p` (ids 1..=n), framed back to back for one pipelined write.

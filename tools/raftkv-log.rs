@@ -1,7 +1,8 @@
 //! `raftkv-log`: inspect a raftkv data directory offline. Never modifies anything.
 //!
 //! ```text
-//! raftkv-log stats DIR                          segments, entries, ranges, snapshots, compaction
+//! raftkv-log stats DIR                          segments, entries, ranges, snapshots, compaction,
+//!                                               cluster id
 //! raftkv-log dump DIR [--from N] [--to M] [--json]   one line per entry
 //! raftkv-log verify DIR [--strict]              check every CRC; exit 1 on the first problem
 //!                                               (a torn tail is a warning unless --strict)
@@ -328,7 +329,12 @@ fn stats(dir: &Path) -> Result<(), Fail> {
         );
     }
     if let Some(h) = &dirs.hardstate {
-        match hardstate::read(h.parent().unwrap_or(Path::new(".")))? {
+        let data_dir = h.parent().unwrap_or(Path::new("."));
+        match raftkv::storage::cluster_id::read(data_dir)? {
+            Some(id) => println!("cluster id:     {id}"),
+            None => println!("cluster id:     none (not learned yet)"),
+        }
+        match hardstate::read(data_dir)? {
             Some(hs) => println!(
                 "hard state:     term {} vote {} commit {}",
                 hs.term, hs.vote, hs.commit

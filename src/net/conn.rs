@@ -62,7 +62,11 @@ impl Conn {
     /// time) and no `&mut [u8]` over uninitialised memory.
     pub fn read_some(&mut self) -> io::Result<ReadStatus> {
         use std::os::unix::io::AsRawFd;
-        self.rbuf.reserve(READ_CHUNK);
+        // A connection capped at small frames (a peer in its handshake) reads no more than
+        // one such frame at a time: a thousand half-open handshakes cost ~130 bytes each, not
+        // 64 KiB each.
+        self.rbuf
+            .reserve(READ_CHUNK.min(self.max_frame + super::framing::HEADER_LEN));
         let fd = self.stream.as_raw_fd();
         loop {
             let spare = self.rbuf.spare_capacity_mut();
@@ -101,6 +105,11 @@ impl Conn {
     /// protocol (RESP) instead of length-prefixed frames.
     pub fn input_mut(&mut self) -> &mut BytesMut {
         &mut self.rbuf
+    }
+
+    /// Changes the largest frame accepted from here on (a peer connection past its handshake).
+    pub fn set_max_frame(&mut self, max_frame: usize) {
+        self.max_frame = max_frame;
     }
 
     /// Drops everything received and not yet consumed (a connection being closed).

@@ -83,6 +83,14 @@ pub fn frame_bytes<M: Message>(msg: &M) -> Bytes {
     buf.freeze()
 }
 
+/// Frames an already encoded payload (the handshake's fixed-layout messages).
+pub fn frame_bytes_raw(payload: &[u8]) -> Bytes {
+    let mut buf = BytesMut::with_capacity(HEADER_LEN + payload.len());
+    buf.put_u32(payload.len() as u32);
+    buf.put_slice(payload);
+    buf.freeze()
+}
+
 /// Splits the next complete frame off the front of `buf`.
 ///
 /// Returns `Ok(None)` when `buf` does not yet hold a whole frame (read more), `Ok(Some(payload))`

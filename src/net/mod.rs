@@ -12,7 +12,9 @@
 pub mod bounds;
 pub mod conn;
 pub mod framing;
+pub mod handshake;
 pub mod peer;
+pub mod peer_auth;
 pub mod ports;
 pub mod reactor;
 pub mod timer;

@@ -234,6 +234,10 @@ impl Server {
             state_bytes: self.replica.kv().state_bytes(),
             data_dir_bytes: self.space.data_dir_bytes,
             quota_bytes: self.cfg.quota_bytes,
+            cluster_id: self
+                .cluster_id
+                .id()
+                .map_or(String::new(), |c| c.to_string()),
         }
     }
 

@@ -20,6 +20,7 @@
 
 use crate::net::framing::DEFAULT_MAX_FRAME;
 use crate::net::peer::PeerOptions;
+use crate::net::peer_auth::PeerSecrets;
 use crate::snapshot::{SnapshotPolicy, WritePacing};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -61,6 +62,12 @@ pub const SPACE_CHECK_INTERVAL: Duration = Duration::from_millis(500);
 /// commit index is only an optimisation at restart (it is re-learned from the leader), so it
 /// is written rarely rather than with every fsync.
 pub const DEFAULT_COMMIT_PERSIST_INTERVAL: Duration = Duration::from_millis(500);
+
+/// How long an inbound peer connection may take to complete its handshake, and an outbound
+/// one to connect and complete it: 2 s. The handshake is two round trips of ~100 bytes, well
+/// under a millisecond on a LAN; the bound exists so that connections that never finish
+/// (a scanner, a stalled or hostile client) cannot hold a socket and its buffer for long.
+pub const DEFAULT_PEER_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// One cluster member as given in `--peers`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -202,6 +209,12 @@ pub struct ServerConfig {
     /// NO_SPACE alarm is raised (`server/space.rs`).
     pub quota_bytes: u64,
     pub peer: PeerOptions,
+    /// The peer secret(s) the handshake proves with (`--peer-secret-file`), or the public
+    /// empty key of `--insecure-peers`. The library default is insecure; `raftkv serve` makes
+    /// the operator choose.
+    pub peer_secrets: PeerSecrets,
+    /// Bound on a peer handshake (see [`DEFAULT_PEER_HANDSHAKE_TIMEOUT`]).
+    pub peer_handshake_timeout: Duration,
     /// When to snapshot and how far to compact the log.
     pub snapshot_policy: SnapshotPolicy,
     /// Disk bandwidth the forked snapshot writer may use (keeps log fsyncs fast meanwhile).
@@ -245,6 +258,8 @@ impl ServerConfig {
             commit_persist_interval: DEFAULT_COMMIT_PERSIST_INTERVAL,
             quota_bytes: DEFAULT_QUOTA_BYTES,
             peer: PeerOptions::default(),
+            peer_secrets: PeerSecrets::insecure(),
+            peer_handshake_timeout: DEFAULT_PEER_HANDSHAKE_TIMEOUT,
             snapshot_policy: SnapshotPolicy::default(),
             snapshot_pacing: WritePacing::default(),
             promotion: Default::default(),

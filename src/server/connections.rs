@@ -4,10 +4,11 @@
 
 use super::resp_conn::RespState;
 use super::timers::TimerEvent;
-use super::{ClientConn, Endpoint, Server};
+use super::{ClientConn, Endpoint, PeerAuth, PeerIn, Server};
 use crate::kv::error_result;
 use crate::net::conn::{Conn, ReadStatus};
 use crate::net::framing::FrameError;
+use crate::net::handshake::AuthError;
 use crate::net::reactor::{PEER_LISTENER, REDIS_LISTENER};
 use crate::pb::kvpb::ErrorCode;
 use mio::{Interest, Token};
@@ -38,17 +39,13 @@ impl Server {
                         log::warn!("cannot register connection from {addr}: {e}");
                         continue;
                     }
-                    // Peer frames carry whole client commands plus batching overhead.
-                    let max_frame = if which == PEER_LISTENER {
-                        crate::limits::peer_max_frame(self.cfg.max_frame)
-                    } else {
-                        self.cfg.max_frame
-                    };
-                    let conn = Conn::new(stream, max_frame);
                     let ep = if which == PEER_LISTENER {
-                        log::debug!("peer connection from {addr}");
-                        Endpoint::PeerIn(conn)
+                        let Some(ep) = self.new_peer_in(token, stream, addr) else {
+                            continue;
+                        };
+                        ep
                     } else {
+                        let conn = Conn::new(stream, self.cfg.max_frame);
                         log::debug!("client connection from {addr}");
                         self.clients += 1;
                         self.metrics.client_accepted += 1;
@@ -83,6 +80,41 @@ impl Server {
         }
     }
 
+    /// An inbound peer connection: it starts in its handshake, reading at most a handshake
+    /// frame, with a deadline.
+    fn new_peer_in(
+        &mut self,
+        token: Token,
+        mut stream: mio::net::TcpStream,
+        addr: std::net::SocketAddr,
+    ) -> Option<Endpoint> {
+        let Some(acceptor) = self.new_acceptor() else {
+            let _ = self.poll.registry().deregister(&mut stream);
+            return None;
+        };
+        log::debug!("peer connection from {addr}");
+        let deadline = Instant::now() + self.cfg.peer_handshake_timeout;
+        self.timers
+            .insert(deadline, TimerEvent::PeerHandshake(token));
+        Some(Endpoint::PeerIn(PeerIn {
+            conn: Conn::new(stream, crate::net::handshake::MAX_FRAME),
+            addr,
+            auth: PeerAuth::Handshake(Box::new(acceptor)),
+        }))
+    }
+
+    /// An inbound peer connection's handshake deadline: closed if it has not completed.
+    pub(super) fn on_handshake_deadline(&mut self, token: Token) {
+        let Some(Endpoint::PeerIn(p)) = self.endpoints.get(&token) else {
+            return;
+        };
+        if let PeerAuth::Handshake(_) = p.auth {
+            let who = p.addr.to_string();
+            self.auth_failed(&who, &AuthError::Timeout);
+            self.close(token, "handshake timeout");
+        }
+    }
+
     /// More clients than `--max-clients`: this one is told so (UNAVAILABLE, request id 0) and
     /// closed, so that a flood of connections slows the node down instead of exhausting its
     /// memory or file descriptors. The limit bounds what clients can make the node hold: per
@@ -95,6 +127,13 @@ impl Server {
     }
 
     pub(super) fn on_writable(&mut self, token: Token) {
+        if let Some(Endpoint::PeerIn(p)) = self.endpoints.get_mut(&token) {
+            // Only a CHALLENGE is ever written on an inbound peer connection.
+            if let Err(e) = p.conn.flush() {
+                self.close(token, &format!("write error: {e}"));
+            }
+            return;
+        }
         self.flush_client(token);
     }
 
@@ -135,7 +174,7 @@ impl Server {
                     }
                     (true, c.conn.buffered_in() > 0)
                 }
-                Endpoint::PeerIn(c) => (false, c.buffered_in() > 0),
+                Endpoint::PeerIn(p) => (false, p.conn.buffered_in() > 0),
             };
             // Frames left in the buffer by a pause come first: reading on before they are
             // served would let the buffer grow by a read per resume.
@@ -176,7 +215,7 @@ impl Server {
     fn endpoint_conn(&mut self, token: Token) -> Option<&mut Conn> {
         match self.endpoints.get_mut(&token)? {
             Endpoint::Client(c) => Some(&mut c.conn),
-            Endpoint::PeerIn(c) => Some(c),
+            Endpoint::PeerIn(p) => Some(&mut p.conn),
         }
     }
 
@@ -205,7 +244,7 @@ impl Server {
                     }
                     c.conn.next_frame()
                 }
-                Some(Endpoint::PeerIn(c)) => c.next_frame(),
+                Some(Endpoint::PeerIn(p)) => p.conn.next_frame(),
             };
             match next {
                 Ok(Some(f)) if is_client => self.on_client_frame(token, f),
@@ -248,8 +287,19 @@ impl Server {
             // With the request id if the frame's first bytes held it, else 0.
             self.answer_and_close(token, e.request_id(), error_result(code, e.to_string()));
         } else {
-            log::warn!("peer connection {}: {e}; closing it", token.0);
-            self.close(token, &e.to_string());
+            let handshaking = match self.endpoints.get(&token) {
+                Some(Endpoint::PeerIn(p)) => {
+                    matches!(p.auth, PeerAuth::Handshake(_)).then(|| p.addr.to_string())
+                }
+                _ => None,
+            };
+            match (handshaking, e) {
+                (Some(who), FrameError::TooLarge { len, .. }) => {
+                    self.auth_failed(&who, &AuthError::Oversized(len))
+                }
+                (_, e) => log::warn!("peer connection {}: {e}; closing it", token.0),
+            }
+            self.close(token, "peer framing error");
         }
     }
 
@@ -262,7 +312,7 @@ impl Server {
                     self.replica.client_output(token.0 as u64, 0);
                     (c.conn, "client")
                 }
-                Endpoint::PeerIn(c) => (c, "peer"),
+                Endpoint::PeerIn(p) => (p.conn, "peer"),
             };
             log::debug!("closing {kind} connection {}: {why}", token.0);
             let _ = self.poll.registry().deregister(&mut conn.stream);

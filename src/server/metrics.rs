@@ -7,6 +7,7 @@
 
 use super::Server;
 use crate::kv::ApplyResult;
+use crate::net::handshake::AuthError;
 use crate::net::peer::PeerState;
 use crate::pb::kvpb::ErrorCode;
 use std::fmt::Write;
@@ -117,6 +118,11 @@ pub(super) struct Metrics {
     pub http_errors: u64,
     pub http_rejected: u64,
     pub http_timeouts: u64,
+    /// Peer handshakes completed, and refused by reason (`AuthError::REASONS`).
+    pub peer_handshakes_ok: u64,
+    pub peer_auth_failures: [u64; crate::net::handshake::AuthError::REASONS.len()],
+    /// Raft messages dropped because their `from` was not the connection's authenticated node.
+    pub peer_frames_spoofed: u64,
 }
 
 impl Metrics {
@@ -148,6 +154,38 @@ impl Metrics {
             404 => self.http_not_found += 1,
             _ => self.http_errors += 1,
         }
+    }
+}
+
+impl Metrics {
+    /// The peer handshake counters.
+    fn render_peer_auth(&self, o: &mut String) {
+        one(
+            o,
+            "raftkv_peer_handshakes_total",
+            "counter",
+            "Peer handshakes completed (both sides proved who they are).",
+            self.peer_handshakes_ok,
+        );
+        header(
+            o,
+            "raftkv_peer_handshake_failures_total",
+            "counter",
+            "Peer connections refused in the handshake, by reason.",
+        );
+        for (r, v) in AuthError::REASONS.iter().zip(self.peer_auth_failures) {
+            let _ = writeln!(
+                o,
+                "raftkv_peer_handshake_failures_total{{reason=\"{r}\"}} {v}"
+            );
+        }
+        one(
+            o,
+            "raftkv_peer_frames_spoofed_total",
+            "counter",
+            "Raft messages dropped: their from was not the connection's authenticated node.",
+            self.peer_frames_spoofed,
+        );
     }
 }
 
@@ -468,6 +506,7 @@ impl Server {
             "HTTP connections closed by the idle or partial-request timeout.",
             m.http_timeouts,
         );
+        m.render_peer_auth(&mut o);
         one(
             &mut o,
             "process_resident_memory_bytes",

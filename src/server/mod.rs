@@ -27,6 +27,7 @@
 //!   same requests as the native protocol, replies released in request order;
 //! - `peers.rs`: the links to the other members;
 //! - `forward.rs`: a follower's link to the leader's client port (`--forward`);
+//! - `identity.rs`: the cluster id, the membership check, handshake outcomes;
 //! - `timers.rs`: Raft ticks from real time and the timer wheel's events;
 //! - `ready_shell.rs`: the server's side of the Ready phases (log, hard state, sync);
 //! - `snap.rs`: taking, compacting, sending and installing snapshots;
@@ -40,6 +41,7 @@ pub mod config;
 mod connections;
 mod forward;
 pub mod http;
+mod identity;
 mod metrics;
 mod peers;
 mod ready_shell;
@@ -105,7 +107,21 @@ impl ClientConn {
 enum Endpoint {
     Client(ClientConn),
     /// A connection another node dialled to send us Raft messages.
-    PeerIn(Conn),
+    PeerIn(PeerIn),
+}
+
+/// An inbound peer connection: first its handshake, then the authenticated sender's frames.
+struct PeerIn {
+    conn: Conn,
+    addr: std::net::SocketAddr,
+    auth: PeerAuth,
+}
+
+enum PeerAuth {
+    /// Nothing from the connection reaches the core until this completes.
+    Handshake(Box<crate::net::handshake::Acceptor>),
+    /// Every Raft message must carry this `from`.
+    From(u64),
 }
 
 /// Where the answer to a client request goes: the node layer's reply address.
@@ -141,6 +157,10 @@ pub struct Server {
     /// Peer addresses of removed members, to tell one that comes back (`relink_removed`).
     removed_addrs: HashMap<u64, String>,
     peer_by_token: HashMap<Token, u64>,
+    /// This node's cluster id, as far as it is settled (see `identity.rs`).
+    cluster_id: crate::net::handshake::LocalCluster,
+    /// Refused handshakes and spoofed frames are logged at most this often.
+    auth_log: crate::logger::RateLimit,
     timers: TimerWheel<TimerEvent>,
     /// When the next Raft tick is due. Ticks keep a fixed phase (`start + k * tick`).
     next_tick: Instant,

@@ -1,10 +1,14 @@
 //! The links to the other members: dialling them (with a connect timeout and back-off),
-//! taking Raft messages off inbound peer connections into the core (after the sender, the
-//! receiver and the message's bounds are checked), and queueing and flushing outbound ones.
+//! their handshakes (`net::handshake`; outcomes in `identity.rs`), taking Raft messages off
+//! inbound peer connections into the core (only after the handshake, and only if the sender
+//! is the authenticated one, the receiver is us and the message is within bounds), and
+//! queueing and flushing outbound ones.
 
+use super::identity::accepts_peer;
 use super::timers::TimerEvent;
-use super::Server;
+use super::{Endpoint, PeerAuth, Server};
 use crate::net::framing;
+use crate::net::handshake::AcceptStep;
 use crate::net::peer::{Peer, PeerEvent, PeerState};
 use crate::node::membership;
 use crate::raft::{ConfState, Message};
@@ -19,32 +23,54 @@ impl Server {
         let Some(peer) = self.peers.get_mut(&id) else {
             return;
         };
-        match peer.on_event(self.poll.registry(), ev) {
-            PeerEvent::Nothing | PeerEvent::Connected => {}
-            PeerEvent::Failed(delay) => {
-                self.peer_by_token.remove(&ev.token());
-                self.unreachable.insert(id);
-                self.timers
-                    .insert(Instant::now() + delay, TimerEvent::Reconnect(id));
+        let delay = match peer.on_event(self.poll.registry(), ev) {
+            PeerEvent::Nothing => return,
+            PeerEvent::Connected(agreed) => {
+                if self.on_agreed(agreed, &format!("node {id}")) {
+                    return;
+                }
+                let Some(peer) = self.peers.get_mut(&id) else {
+                    return;
+                };
+                peer.teardown(self.poll.registry())
             }
-        }
+            PeerEvent::Failed(delay) => delay,
+            PeerEvent::AuthFailed(e, delay) => {
+                let who = format!("node {id} at {}", peer.addr);
+                self.auth_failed(&who, &e);
+                delay
+            }
+        };
+        self.peer_by_token.remove(&ev.token());
+        self.unreachable.insert(id);
+        self.timers
+            .insert(Instant::now() + delay, TimerEvent::Reconnect(id));
     }
 
     pub(super) fn connect_peer(&mut self, id: u64) {
         let token = self.tokens.next_token();
+        let dialer = self.dialer_for(id);
         let Some(peer) = self.peers.get_mut(&id) else {
             return;
         };
         if peer.state() != PeerState::Idle {
             return; // a stale reconnect timer: the link is already up or coming up
         }
-        match peer.connect(self.poll.registry(), token) {
+        let Some(dialer) = dialer else {
+            // No randomness for a nonce (logged): try again later.
+            self.timers
+                .insert(Instant::now() + CONNECT_TIMEOUT, TimerEvent::Reconnect(id));
+            return;
+        };
+        match peer.connect(self.poll.registry(), token, dialer) {
             Ok(()) => {
                 if peer.token() == Some(token) {
                     self.peer_by_token.insert(token, id);
-                    // A SYN to a dead host can hang for minutes: bound the attempt.
+                    // A SYN to a dead host can hang for minutes, a peer can stall its
+                    // handshake: bound both.
+                    let bound = CONNECT_TIMEOUT + self.cfg.peer_handshake_timeout;
                     self.timers.insert(
-                        Instant::now() + CONNECT_TIMEOUT,
+                        Instant::now() + bound,
                         TimerEvent::ConnectTimeout(id, token),
                     );
                 }
@@ -56,7 +82,53 @@ impl Server {
         }
     }
 
+    /// A frame on an inbound peer connection: a handshake frame until the handshake is done,
+    /// then a Raft message from the authenticated node.
     pub(super) fn on_peer_frame(&mut self, token: Token, frame: bytes::Bytes) {
+        let Some(Endpoint::PeerIn(p)) = self.endpoints.get_mut(&token) else {
+            return;
+        };
+        let acceptor = match &mut p.auth {
+            PeerAuth::From(id) => {
+                let id = *id;
+                return self.on_raft_frame(token, id, frame);
+            }
+            PeerAuth::Handshake(a) => a,
+        };
+        let (peers, removed) = (&self.peers, &self.removed_addrs);
+        let step = acceptor.on_frame(&frame, &self.cfg.peer_secrets, |id| {
+            accepts_peer(peers, removed, id)
+        });
+        let who = p.addr.to_string();
+        match step {
+            Ok(AcceptStep::Reply(challenge)) => {
+                p.conn.queue(framing::frame_bytes_raw(&challenge));
+                if let Err(e) = p.conn.flush() {
+                    self.close(token, &format!("write error: {e}"));
+                }
+            }
+            Ok(AcceptStep::Done(agreed)) => {
+                p.auth = PeerAuth::From(agreed.peer);
+                // Peer frames carry whole client commands plus batching overhead.
+                p.conn
+                    .set_max_frame(crate::limits::peer_max_frame(self.cfg.max_frame));
+                log::info!(
+                    "peer connection from {who}: authenticated as node {}",
+                    agreed.peer
+                );
+                if !self.on_agreed(agreed, &who) {
+                    self.close(token, "cluster id not settled");
+                }
+            }
+            Err(e) => {
+                self.auth_failed(&who, &e);
+                self.close(token, "handshake refused");
+            }
+        }
+    }
+
+    /// A Raft message on a connection authenticated as node `from_id`.
+    fn on_raft_frame(&mut self, token: Token, from_id: u64, frame: bytes::Bytes) {
         let msg: Message = match framing::decode(frame) {
             Ok(m) => m,
             Err(e) => {
@@ -65,11 +137,14 @@ impl Server {
                 return;
             }
         };
+        if msg.from != from_id {
+            // One member cannot speak for another.
+            self.spoofed_from(from_id, msg.from);
+            return;
+        }
         // A removed member's messages reach the core too: it answers them with `Removed`, so
         // a removed node that comes back learns it and exits instead of campaigning forever.
-        let known =
-            self.peers.contains_key(&msg.from) || self.removed_addrs.contains_key(&msg.from);
-        if msg.to != self.cfg.id || !known {
+        if msg.to != self.cfg.id || !accepts_peer(&self.peers, &self.removed_addrs, msg.from) {
             log::warn!(
                 "ignoring raft message from {} to {} (this is node {})",
                 msg.from,
@@ -110,8 +185,15 @@ impl Server {
                 continue;
             }
             log::info!("linking to new member {id} at {addr}");
-            self.peers
-                .insert(id, Peer::new(id, addr, self.cfg.peer.clone()));
+            self.peers.insert(
+                id,
+                Peer::new(
+                    id,
+                    addr,
+                    self.cfg.peer.clone(),
+                    self.cfg.peer_secrets.clone(),
+                ),
+            );
             new.push(id);
         }
         for id in new {
@@ -155,8 +237,15 @@ impl Server {
             return;
         };
         log::info!("telling removed node {id} at {addr} that it was removed");
-        self.peers
-            .insert(id, Peer::new(id, addr, self.cfg.peer.clone()));
+        self.peers.insert(
+            id,
+            Peer::new(
+                id,
+                addr,
+                self.cfg.peer.clone(),
+                self.cfg.peer_secrets.clone(),
+            ),
+        );
         self.connect_peer(id);
     }
 

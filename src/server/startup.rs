@@ -320,7 +320,9 @@ fn timers_and_peers(
     timers.insert(now, TimerEvent::SpaceCheck);
     let mut peers = HashMap::new();
     for p in cfg.peers.iter().filter(|p| p.id != cfg.id) {
-        peers.insert(p.id, Peer::new(p.id, p.peer_addr.clone(), cfg.peer.clone()));
+        let secrets = cfg.peer_secrets.clone();
+        let peer = Peer::new(p.id, p.peer_addr.clone(), cfg.peer.clone(), secrets);
+        peers.insert(p.id, peer);
         timers.insert(now, TimerEvent::Reconnect(p.id));
     }
     (timers, peers)
@@ -346,6 +348,14 @@ impl Server {
     /// entries), builds the Raft node and binds both listeners.
     pub fn open(cfg: ServerConfig) -> Result<Server, String> {
         let r = recover(&cfg)?;
+        let cluster_id = super::identity::load_cluster_id(&cfg)?;
+        if cfg.peer_secrets.is_insecure() {
+            log::warn!(
+                "node {}: --insecure-peers: any process that can reach the peer port can \
+                 speak Raft to this node as any member (only the cluster id is checked)",
+                cfg.id
+            );
+        }
         let (hs, applied) = (r.hs, r.applied);
         let raft_cfg = raft_config(&cfg);
         let raft_seed = raft_cfg.seed;
@@ -403,6 +413,8 @@ impl Server {
             peers,
             removed_addrs: HashMap::new(),
             peer_by_token: HashMap::new(),
+            cluster_id,
+            auth_log: crate::logger::RateLimit::new(Duration::from_secs(1)),
             timers,
             replica,
             clock_start: now,

@@ -21,6 +21,8 @@ pub(super) enum TimerEvent {
     ForceClose(Token),
     /// Give up on a peer connect attempt that has not completed.
     ConnectTimeout(u64, Token),
+    /// An inbound peer connection's handshake deadline.
+    PeerHandshake(Token),
     /// An HTTP connection's idle / partial-request / linger deadline (see `http.rs`).
     HttpDeadline(Token),
 }
@@ -74,10 +76,13 @@ impl Server {
             TimerEvent::Reconnect(id) => self.connect_peer(id),
             TimerEvent::ForceClose(token) => self.close(token, "linger timeout"),
             TimerEvent::HttpDeadline(token) => self.on_http_deadline(token),
+            TimerEvent::PeerHandshake(token) => self.on_handshake_deadline(token),
             TimerEvent::ConnectTimeout(id, token) => {
                 if let Some(peer) = self.peers.get_mut(&id) {
-                    if peer.token() == Some(token) && peer.state() == PeerState::Connecting {
-                        log::debug!("peer {id}: connect timed out");
+                    let pending =
+                        matches!(peer.state(), PeerState::Connecting | PeerState::Handshaking);
+                    if peer.token() == Some(token) && pending {
+                        log::debug!("peer {id}: connect or handshake timed out");
                         let delay = peer.teardown(self.poll.registry());
                         self.peer_by_token.remove(&token);
                         self.unreachable.insert(id);

@@ -11,6 +11,7 @@
 use super::{check_meta, SnapshotError};
 use crate::kv::SnapshotSummary;
 use crate::raft::{ConfState, SnapshotMeta};
+use crate::storage::cluster_id::{self, ClusterId};
 use crate::storage::{SnapshotReader, SnapshotStore};
 use std::io::{self, Read, Write};
 use std::path::Path;
@@ -130,14 +131,16 @@ fn is_fresh(dir: &Path) -> Result<bool, String> {
 /// The backup is checked in full while it is copied (as [`verify_file`]); a damaged or
 /// truncated one is refused and nothing is left behind. Refuses a non-empty `dir`.
 ///
-/// The one place a restored data directory is made: the new cluster identity file belongs here
-/// too (written after the snapshot, before this returns), so a restored copy can never be
-/// mistaken for the cluster it was taken from.
+/// The one place a restored data directory is made: the new cluster's identity `cluster_id`
+/// is written too (after the snapshot, before this returns; every member of the new cluster
+/// gets the same one), so a restored copy can never be mistaken for the cluster it was taken
+/// from: their nodes refuse each other's handshakes (`wrong_cluster`).
 pub fn seed_data_dir(
     file: &Path,
     dir: &Path,
     node_id: u64,
     conf: &ConfState,
+    cluster_id: ClusterId,
     progress: &mut dyn FnMut(u64),
 ) -> Result<BackupInfo, String> {
     let voters = &conf.voters;
@@ -153,7 +156,10 @@ pub fn seed_data_dir(
         ));
     }
     let created = !dir.exists();
-    let res = copy_into(file, dir, conf, progress);
+    let res = copy_into(file, dir, conf, progress).and_then(|info| {
+        cluster_id::write(dir, cluster_id).map_err(|e| e.to_string())?;
+        Ok(info)
+    });
     if res.is_err() && created {
         let _ = std::fs::remove_dir_all(dir);
     }
@@ -184,6 +190,10 @@ fn copy_into(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn new_id() -> ClusterId {
+        ClusterId::random().unwrap()
+    }
 
     fn voters(ids: &[u64]) -> ConfState {
         ConfState {
@@ -230,8 +240,16 @@ mod tests {
         let (file, kv) = make(t.path(), 2000);
         let seeded = t.path().join("new");
         let mut last = 0;
-        let info =
-            seed_data_dir(&file, &seeded, 8, &voters(&[7, 8, 9]), &mut |n| last = n).unwrap();
+        let id = new_id();
+        let info = seed_data_dir(&file, &seeded, 8, &voters(&[7, 8, 9]), id, &mut |n| {
+            last = n
+        })
+        .unwrap();
+        assert_eq!(
+            cluster_id::read(&seeded).unwrap(),
+            Some(id),
+            "the restored member has the new cluster's id"
+        );
         assert_eq!((info.summary.keys, info.meta.index), (2000, 2000));
         assert_eq!(
             last, info.payload_bytes,
@@ -244,7 +262,14 @@ mod tests {
         assert_eq!((meta.index, meta.term), (2000, 2));
         assert_eq!(restored.digest(), kv.digest());
         // A seeded directory is not fresh any more.
-        let again = seed_data_dir(&file, &seeded, 8, &voters(&[7, 8, 9]), &mut |_| {});
+        let again = seed_data_dir(
+            &file,
+            &seeded,
+            8,
+            &voters(&[7, 8, 9]),
+            new_id(),
+            &mut |_| {},
+        );
         assert!(again.unwrap_err().contains("not empty"));
     }
 
@@ -266,7 +291,7 @@ mod tests {
                 "cut at {cut} of {len} accepted"
             );
             let dir = t.path().join("d");
-            let r = seed_data_dir(&f, &dir, 1, &voters(&[1]), &mut |_| {});
+            let r = seed_data_dir(&f, &dir, 1, &voters(&[1]), new_id(), &mut |_| {});
             assert!(r.is_err(), "cut at {cut} of {len} seeded");
             assert!(!dir.exists(), "cut at {cut}: directory left behind");
         }

@@ -53,6 +53,25 @@ pub fn create_dir_durable(dir: &Path) -> Result<(), StorageError> {
     Ok(())
 }
 
+/// Durably replaces `dir/name` with `bytes`: writes `dir/name.tmp`, fsyncs it, renames it over
+/// `name` and fsyncs `dir`. A crash leaves either the old file or the new one, never a mix.
+pub fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), StorageError> {
+    use std::io::Write;
+    let tmp = dir.join(format!("{name}.tmp"));
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&tmp)
+        .map_err(|e| io_err(&tmp, e))?;
+    f.write_all(bytes)
+        .and_then(|_| f.sync_all())
+        .map_err(|e| io_err(&tmp, e))?;
+    let path = dir.join(name);
+    fs::rename(&tmp, &path).map_err(|e| io_err(&path, e))?;
+    sync_dir(dir)
+}
+
 /// Maps `path` read-only (the inspector's and the recovery scan's view of a file).
 pub fn map_ro(path: &Path) -> Result<Mmap, StorageError> {
     let f = File::open(path).map_err(|e| io_err(path, e))?;

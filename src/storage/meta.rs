@@ -9,15 +9,13 @@
 //! 28  4  zero
 //! ```
 
-use super::fsutil::{io_err, sync_dir};
+use super::fsutil::{io_err, write_atomic};
 use super::record;
 use super::StorageError;
-use std::fs::{self, OpenOptions};
-use std::io::Write;
+use std::fs;
 use std::path::Path;
 
 pub const META_FILE: &str = "meta";
-const META_TMP: &str = "meta.tmp";
 const META_MAGIC: &[u8; 8] = b"RKVMETA1";
 const META_LEN: usize = 32;
 
@@ -66,17 +64,5 @@ pub fn read_meta(dir: &Path) -> Result<(u64, u64), StorageError> {
 
 /// Durably replaces `dir/meta` (temp file + fsync + rename + fsync dir).
 pub fn write_meta(dir: &Path, index: u64, term: u64) -> Result<(), StorageError> {
-    let tmp = dir.join(META_TMP);
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(&tmp)
-        .map_err(|e| io_err(&tmp, e))?;
-    f.write_all(&encode_meta(index, term))
-        .and_then(|_| f.sync_all())
-        .map_err(|e| io_err(&tmp, e))?;
-    let path = dir.join(META_FILE);
-    fs::rename(&tmp, &path).map_err(|e| io_err(&path, e))?;
-    sync_dir(dir)
+    write_atomic(dir, META_FILE, &encode_meta(index, term))
 }

@@ -12,6 +12,7 @@
 //!              + `*.seg.tmp`: a segment being allocated (renamed when ready) [segment.rs]
 //!              + `*.seg.trash`: compacted segments being deleted a slice per tick [trash.rs]
 //!   hardstate  term, vote, commit (two CRC'd slots)                         [hardstate.rs]
+//!   cluster_id the cluster this directory belongs to (CRC'd, atomic)       [cluster_id.rs]
 //!   snap/      snapshot files `snap-<index>-<term>.snap` (newest two kept)   [snapshot.rs]
 //! ```
 //!
@@ -33,6 +34,7 @@
 //! - taking a snapshot: `SnapshotStore::create` + write + `finish`, *then* `log.compact`;
 //! - receiving one: `create(meta)`, write chunks, `finish` (or `abort`), then `log.reset`/`compact`.
 
+pub mod cluster_id;
 pub mod fsutil;
 pub mod hardstate;
 pub mod inspect;

@@ -32,6 +32,41 @@ pub fn files_with_ext(dir: &Path, ext: &str) -> Vec<PathBuf> {
     v
 }
 
+/// `serve`'s peer-credential flags for a cluster whose files live in `dir`: the secret
+/// `dir/peer-secret`, generated on first use and shared by every node started with it.
+pub fn peer_secret_args(dir: &Path) -> Vec<String> {
+    let path = dir.join("peer-secret");
+    if !path.exists() {
+        raftkv::net::peer_auth::PeerSecrets::generate(&path).expect("generate a peer secret");
+    }
+    vec!["--peer-secret-file".into(), path.display().to_string()]
+}
+
+/// A peer connection to `addr` (member `to`'s peer port) that completed the handshake as
+/// member `from`, with the cluster's secret from `dir/peer-secret` and the cluster id `to`
+/// reports: for tests that send hand-made Raft frames as a member would.
+pub fn peer_conn_as(dir: &Path, addr: &str, client_addr: &str, from: u64, to: u64) -> TcpStream {
+    use raftkv::net::framing::frame_bytes_raw;
+    use raftkv::net::handshake::Dialer;
+    use std::io::{Read, Write};
+    let secrets = raftkv::net::peer_auth::PeerSecrets::load(&dir.join("peer-secret")).unwrap();
+    let id = status(client_addr).expect("status").cluster_id;
+    let id = raftkv::storage::cluster_id::ClusterId::parse(&id);
+    let d = Dialer::new(from, to, id.into(), [from as u8; 32]);
+    let mut s = TcpStream::connect(addr).expect("connect to the peer port");
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(&frame_bytes_raw(&d.hello())).unwrap();
+    let mut h = [0u8; 4];
+    s.read_exact(&mut h).expect("a challenge");
+    let mut ch = vec![0u8; u32::from_be_bytes(h) as usize];
+    s.read_exact(&mut ch).expect("a challenge");
+    let (proof, _) = d
+        .on_challenge(&ch, &secrets)
+        .expect("the node proves itself");
+    s.write_all(&frame_bytes_raw(&proof)).unwrap();
+    s
+}
+
 /// Polls `f` every 10 ms until it returns Some, or panics after `within`.
 pub fn wait_for<T>(what: &str, within: Duration, mut f: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + within;
@@ -86,6 +121,11 @@ impl Cluster {
     /// Like `start`, every node also serving RESP (see `redis_addr`).
     pub fn start_resp(n: u64, args: &[&str]) -> Cluster {
         Cluster::start_inner(n, args, Listeners::Resp, |_, _| {})
+    }
+
+    /// Like `start_http`, after `setup(data_root)` prepared the cluster's directory.
+    pub fn start_http_with(n: u64, args: &[&str], setup: impl FnOnce(&Path)) -> Cluster {
+        Cluster::start_inner(n, args, Listeners::Http, |root, _| setup(root))
     }
 
     /// Like `start`, after `setup(data_root)` prepared the nodes' data dirs (`<root>/n<i>`).
@@ -201,6 +241,7 @@ impl Cluster {
                 "--log-level=info",
                 "--segment-size=1048576",
             ])
+            .args(peer_secret_args(self.dir.path()))
             .args(&self.args)
             .args(&http)
             .stdin(Stdio::null())

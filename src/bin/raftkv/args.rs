@@ -33,6 +33,12 @@ pub enum Cmd {
     /// Run a local cluster of `serve` child processes on loopback (Ctrl-C stops them all).
     /// Re-running with the same --dir and --base-port restarts the same cluster, data intact.
     Cluster(ClusterArgs),
+    /// Write a new random peer secret to FILE (mode 0600; refuses to overwrite): copy it to
+    /// every member and pass it as `serve --peer-secret-file FILE`.
+    NewPeerSecret {
+        /// Where to write the secret.
+        file: PathBuf,
+    },
     /// Set KEY to VALUE; without VALUE (or with `-`) the value is read from standard input,
     /// byte for byte (e.g. `raftkv put photo < photo.jpg`), up to --max-frame.
     Put {
@@ -185,6 +191,11 @@ pub enum SnapshotCmd {
         /// Every member of the new cluster, as for `serve --peers`.
         #[arg(long)]
         peers: String,
+        /// The new cluster's id (32 hex digits). Omit it for the first member: a new random id
+        /// is made and printed; give that to the other members' restores, so they form one
+        /// cluster that can never be mistaken for the one the backup came from.
+        #[arg(long)]
+        cluster_id: Option<String>,
         /// Print the result as JSON.
         #[arg(long)]
         json: bool,
@@ -478,6 +489,14 @@ pub struct ServeArgs {
     /// --peers (ID=PEER/CLIENT/REDIS) if it has one, else off.
     #[arg(long)]
     pub redis_addr: Option<String>,
+    /// File holding the cluster's peer secret (hex, one per line; the first is used, all are
+    /// accepted: see docs/security.md). Required unless --insecure-peers.
+    #[arg(long, env = "RAFTKV_PEER_SECRET_FILE", value_name = "FILE")]
+    pub peer_secret_file: Option<PathBuf>,
+    /// Run without a peer secret: anyone who can reach the peer port can speak Raft to this
+    /// node as any member (only the cluster id is checked). For trusted networks and tests.
+    #[arg(long, conflicts_with = "peer_secret_file")]
+    pub insecure_peers: bool,
     #[command(flatten)]
     pub tuning: Tuning,
 }

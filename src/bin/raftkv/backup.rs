@@ -27,8 +27,16 @@ pub fn run(cmd: SnapshotCmd) -> u8 {
             data_dir,
             node_id,
             peers,
+            cluster_id,
             json,
-        } => restore(&file, &data_dir, node_id, &peers, json),
+        } => restore(
+            &file,
+            &data_dir,
+            node_id,
+            &peers,
+            cluster_id.as_deref(),
+            json,
+        ),
     }
 }
 
@@ -217,7 +225,15 @@ fn publish(tmp: &Path, file: &Path) -> Result<(), SaveError> {
     raftkv::storage::fsutil::sync_dir(dir).map_err(|e| SaveError::Local(e.to_string()))
 }
 
-fn restore(file: &Path, dir: &Path, node_id: u64, peers: &str, json: bool) -> u8 {
+fn restore(
+    file: &Path,
+    dir: &Path,
+    node_id: u64,
+    peers: &str,
+    cluster_id: Option<&str>,
+    json: bool,
+) -> u8 {
+    use raftkv::storage::cluster_id::ClusterId;
     let members = match raftkv::server::parse_peers(peers) {
         Ok(p) => p,
         Err(e) => {
@@ -225,11 +241,22 @@ fn restore(file: &Path, dir: &Path, node_id: u64, peers: &str, json: bool) -> u8
             return EXIT_USAGE;
         }
     };
+    let (id, made) = match cluster_id.map(ClusterId::parse) {
+        Some(Some(id)) => (id, false),
+        Some(None) => {
+            eprintln!("raftkv: --cluster-id must be 32 hex digits (as a first restore prints)");
+            return EXIT_USAGE;
+        }
+        None => match ClusterId::random() {
+            Ok(id) => (id, true),
+            Err(e) => return local_failure(&format!("no randomness for a cluster id: {e}"), json),
+        },
+    };
     let conf = raftkv::server::bootstrap_conf(&members);
     let voters = &conf.voters;
     let size = std::fs::metadata(file).map(|m| m.len()).unwrap_or(0);
     let pb = raftkv::progress::bytes(size, "restoring");
-    let res = seed_data_dir(file, dir, node_id, &conf, &mut |n| pb.set_position(n));
+    let res = seed_data_dir(file, dir, node_id, &conf, id, &mut |n| pb.set_position(n));
     pb.finish_and_clear();
     let info = match res {
         Ok(i) => i,
@@ -238,8 +265,8 @@ fn restore(file: &Path, dir: &Path, node_id: u64, peers: &str, json: bool) -> u8
     let (m, s) = (&info.meta, &info.summary);
     if json {
         println!(
-            "{{\"ok\":true,\"data_dir\":{},\"node_id\":{node_id},\"index\":{},\"term\":{},\
-             \"keys\":{}}}",
+            "{{\"ok\":true,\"data_dir\":{},\"node_id\":{node_id},\"cluster_id\":\"{id}\",\
+             \"index\":{},\"term\":{},\"keys\":{}}}",
             json_str(dir.as_os_str().as_encoded_bytes()),
             m.index,
             m.term,
@@ -248,7 +275,8 @@ fn restore(file: &Path, dir: &Path, node_id: u64, peers: &str, json: bool) -> u8
     } else {
         println!(
             "restored {} into {} as node {node_id} of {voters:?}: snapshot index {} term {}, {} \
-             keys\nstart it with: raftkv serve --id {node_id} --data-dir {} --peers {peers}",
+             keys, new cluster id {id}\nstart it with: raftkv serve --id {node_id} --data-dir {} \
+             --peers {peers}",
             file.display(),
             dir.display(),
             m.index,
@@ -256,6 +284,9 @@ fn restore(file: &Path, dir: &Path, node_id: u64, peers: &str, json: bool) -> u8
             s.keys,
             dir.display()
         );
+        if made {
+            println!("restore the other members of the new cluster with --cluster-id {id}");
+        }
     }
     EXIT_OK
 }

@@ -2,7 +2,8 @@
 //! node on loopback (ports, HTTP ports included, and data directories derived from --base-port and --dir, the
 //! tuning flags passed on), copies every child's output to stderr prefixed with `[n<id>]`,
 //! watches for children that exit, and on SIGINT/SIGTERM stops them all (SIGTERM, then
-//! SIGKILL after 10 s).
+//! SIGKILL after 10 s). The nodes share a peer secret, `DIR/peer-secret`, generated on the
+//! first start and reused after.
 //!
 //! `raftkv cluster add` and `raftkv cluster remove ID` change the membership of such a
 //! cluster while it runs: `add` runs one more node in the foreground that joins it (`serve
@@ -11,12 +12,16 @@
 
 use crate::args::{ClusterAction, ClusterArgs, ServeArgs, Tuning};
 use crate::output::EXIT_USAGE;
+use raftkv::net::peer_auth::PeerSecrets;
 use raftkv::server::{config::format_peers, PeerSpec};
 use std::io::{BufRead, BufReader, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
+
+/// The peer secret's file name in the cluster's base directory.
+const PEER_SECRET_FILE: &str = "peer-secret";
 
 /// The children of a cluster: each node's id and its process until it exits or is stopped.
 type Children = Vec<(u64, Option<Child>)>;
@@ -47,6 +52,10 @@ pub fn cluster(mut a: ClusterArgs) -> ExitCode {
         eprintln!("raftkv cluster: cannot create {}: {e}", a.dir.display());
         return ExitCode::FAILURE;
     }
+    if let Err(e) = ensure_peer_secret(&a.dir) {
+        eprintln!("raftkv cluster: {e}");
+        return ExitCode::FAILURE;
+    }
     let shutdown = match raftkv::server::signal::install() {
         Ok(f) => f,
         Err(e) => {
@@ -65,6 +74,26 @@ pub fn cluster(mut a: ClusterArgs) -> ExitCode {
     eprintln!("raftkv cluster: stopping");
     stop_children(&mut children);
     ExitCode::SUCCESS
+}
+
+/// The cluster's peer secret file in the base directory.
+fn peer_secret_path(dir: &Path) -> PathBuf {
+    dir.join(PEER_SECRET_FILE)
+}
+
+/// Secure by default: the first start generates the cluster's peer secret (0600) in the base
+/// directory; later starts reuse it, so a restarted cluster keeps talking to itself.
+fn ensure_peer_secret(dir: &Path) -> Result<(), String> {
+    let path = peer_secret_path(dir);
+    if path.exists() {
+        return PeerSecrets::load(&path).map(|_| ());
+    }
+    PeerSecrets::generate(&path)?;
+    eprintln!(
+        "raftkv cluster: generated the peer secret {}",
+        path.display()
+    );
+    Ok(())
 }
 
 /// Starts every member and streams its output; if one fails to start, stops the ones
@@ -214,6 +243,9 @@ fn add(a: &ClusterArgs, id: Option<u64>, tuning: Tuning) -> ExitCode {
         client_addr: node.client_addr,
         http_addr: Some(http),
         redis_addr: node.redis_addr,
+        // The cluster's shared secret, made by its first start.
+        peer_secret_file: Some(peer_secret_path(&a.dir)),
+        insecure_peers: false,
         tuning,
     })
 }
@@ -303,6 +335,8 @@ fn spawn_node(
         .arg(dir.join(format!("n{id}")))
         .arg(format!("--peers={peers}"))
         .arg(format!("--http-addr={http}"))
+        .arg("--peer-secret-file")
+        .arg(peer_secret_path(dir))
         .args(tuning.to_args())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

@@ -30,7 +30,12 @@ pub fn run(cmd: Cmd) -> u8 {
         Cmd::Get { c, consistency, .. } | Cmd::Scan { c, consistency, .. } => {
             (c, (*consistency).into())
         }
-        Cmd::Serve(_) | Cmd::Cluster(_) | Cmd::Snapshot(_) | Cmd::Member(_) | Cmd::Leader(_) => {
+        Cmd::Serve(_)
+        | Cmd::Cluster(_)
+        | Cmd::Snapshot(_)
+        | Cmd::Member(_)
+        | Cmd::Leader(_)
+        | Cmd::NewPeerSecret { .. } => {
             unreachable!("handled above")
         }
     };
@@ -131,7 +136,12 @@ pub fn run(cmd: Cmd) -> u8 {
             };
             report(r, json, output::alarm)
         }
-        Cmd::Serve(_) | Cmd::Cluster(_) | Cmd::Snapshot(_) | Cmd::Member(_) | Cmd::Leader(_) => {
+        Cmd::Serve(_)
+        | Cmd::Cluster(_)
+        | Cmd::Snapshot(_)
+        | Cmd::Member(_)
+        | Cmd::Leader(_)
+        | Cmd::NewPeerSecret { .. } => {
             unreachable!("handled above")
         }
     }

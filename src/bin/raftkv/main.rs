@@ -42,6 +42,16 @@ fn main() -> ExitCode {
             let _ = raftkv::logger::init(Some("warn"));
             ExitCode::from(backup::run(s))
         }
+        Cmd::NewPeerSecret { file } => match raftkv::net::peer_auth::PeerSecrets::generate(&file) {
+            Ok(_) => {
+                println!("wrote a new peer secret to {}", file.display());
+                ExitCode::from(EXIT_OK)
+            }
+            Err(e) => {
+                eprintln!("raftkv new-peer-secret: {e}");
+                ExitCode::FAILURE
+            }
+        },
         cmd => {
             // A client command piped into `head` should end quietly, as Unix tools do, not panic
             // on EPIPE: restore the default SIGPIPE action (Rust's runtime ignores it). The

@@ -240,7 +240,8 @@ pub fn print_status(ep: &str, r: &Result<kvpb::StatusResponse, ClientError>) {
         l => format!("{l} ({})", s.leader_addr),
     };
     println!(
-        "{ep}: node {} {} term {} leader {leader} commit {} applied {} log {}..{} snapshot {}",
+        "{ep}: node {} {} term {} leader {leader} commit {} applied {} log {}..{} snapshot {} \
+         cluster {}",
         s.node_id,
         s.role,
         s.term,
@@ -248,7 +249,12 @@ pub fn print_status(ep: &str, r: &Result<kvpb::StatusResponse, ClientError>) {
         s.applied_index,
         s.first_log_index,
         s.last_log_index,
-        s.snapshot_index
+        s.snapshot_index,
+        if s.cluster_id.is_empty() {
+            "unknown"
+        } else {
+            &s.cluster_id
+        }
     );
     if s.no_space_alarm {
         println!("    NO_SPACE alarm raised (by node {})", s.alarm_raised_by);
@@ -347,6 +353,7 @@ mod tests {
             first_log_index: 1,
             last_log_index: 10,
             snapshot_index: 0,
+            cluster_id: "0123".into(),
             peers: vec![kvpb::PeerStatus {
                 id: 1,
                 peer_addr: "h:4".into(),
@@ -371,7 +378,7 @@ mod tests {
                 r#""leader_addr":"h:1","commit":9,"applied":8,"first_log_index":1,"#,
                 r#""last_log_index":10,"snapshot_index":0,"no_space_alarm":true,"#,
                 r#""alarm_raised_by":3,"space_problem":"disk full","state_bytes":11,"#,
-                r#""data_dir_bytes":12,"quota_bytes":13,"#,
+                r#""data_dir_bytes":12,"quota_bytes":13,"cluster_id":"0123","#,
                 r#""peers":[{"id":1,"peer_addr":"h:4","match":7,"next":8}],"#,
                 r#""voters":[1,2],"learners":[4],"voters_outgoing":[],"conf_index":6}"#
             )

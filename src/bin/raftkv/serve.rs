@@ -4,6 +4,7 @@
 use crate::args::ServeArgs;
 use crate::join;
 use crate::output::EXIT_USAGE;
+use raftkv::net::peer_auth::PeerSecrets;
 use raftkv::server::{parse_peers, Server, ServerConfig};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -87,6 +88,7 @@ fn serve_config(a: &ServeArgs) -> Result<ServerConfig, String> {
     if let Some(r) = &a.redis_addr {
         cfg.redis_listen = Some(r.clone());
     }
+    cfg.peer_secrets = peer_secrets(a)?;
     if cfg.client_listen.is_empty() {
         return Err("no client address: give --client-addr or ID=PEER/CLIENT in --peers".into());
     }
@@ -135,6 +137,19 @@ fn serve_config(a: &ServeArgs) -> Result<ServerConfig, String> {
     Ok(cfg)
 }
 
+/// The peer credentials: the secret file's, or the public key of an explicit --insecure-peers.
+fn peer_secrets(a: &ServeArgs) -> Result<PeerSecrets, String> {
+    match (&a.peer_secret_file, a.insecure_peers) {
+        (Some(f), _) => PeerSecrets::load(f),
+        (None, true) => Ok(PeerSecrets::insecure()),
+        (None, false) => Err("no peer credentials: give --peer-secret-file FILE (or \
+             RAFTKV_PEER_SECRET_FILE), a secret made once with `raftkv new-peer-secret FILE` \
+             and copied to every member; or --insecure-peers to let anyone who reaches the \
+             peer port speak Raft to this node (see docs/security.md)"
+            .into()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -153,6 +168,7 @@ mod tests {
             "--data-dir=d",
             "--peers",
             peers,
+            "--insecure-peers",
         ];
         let Cmd::Serve(a) = Cli::try_parse_from(argv).unwrap().cmd else {
             panic!("not a serve command")
@@ -168,7 +184,15 @@ mod tests {
         let peers = "--peers=1=127.0.0.1:1/127.0.0.1:2";
         for (frame, ok) in [("0", false), ("1073741824", true), ("1073741825", false)] {
             let mf = format!("--max-frame={frame}");
-            let argv = ["raftkv", "serve", "--id=1", "--data-dir=d", peers, &mf];
+            let argv = [
+                "raftkv",
+                "serve",
+                "--id=1",
+                "--data-dir=d",
+                peers,
+                &mf,
+                "--insecure-peers",
+            ];
             let Cmd::Serve(a) = Cli::try_parse_from(argv).unwrap().cmd else {
                 panic!("not a serve command")
             };

@@ -1,0 +1,65 @@
+//! Unpredictable bytes from the kernel (`getrandom(2)`), for what an attacker must not guess:
+//! handshake nonces, cluster ids, generated peer secrets. Everything that must be reproducible
+//! (election jitter, the simulator) uses the seeded [`crate::rng`] instead.
+
+use std::io;
+
+/// Fills `buf` from the kernel's CSPRNG. Blocks only before the kernel's pool is first
+/// initialised (early boot), never afterwards.
+pub fn fill(buf: &mut [u8]) -> io::Result<()> {
+    let mut done = 0;
+    while done < buf.len() {
+        let rest = &mut buf[done..];
+        // SAFETY: the kernel writes at most `rest.len()` bytes into memory we own.
+        let n = unsafe { libc::getrandom(rest.as_mut_ptr().cast(), rest.len(), 0) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        done += n as usize;
+    }
+    Ok(())
+}
+
+/// `N` random bytes.
+pub fn bytes<const N: usize>() -> io::Result<[u8; N]> {
+    let mut b = [0u8; N];
+    fill(&mut b)?;
+    Ok(b)
+}
+
+/// Lower-case hex of `b`.
+pub fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// Decodes lower- or upper-case hex; None unless `s` is an even number of hex digits.
+pub fn unhex(s: &str) -> Option<Vec<u8>> {
+    if s.len() % 2 != 0 {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn random_bytes_differ_and_hex_round_trips() {
+        let a: [u8; 16] = bytes().unwrap();
+        let b: [u8; 16] = bytes().unwrap();
+        assert_ne!(a, b, "two 128-bit draws collided");
+        assert_eq!(unhex(&hex(&a)).unwrap(), a);
+        assert_eq!(unhex("0aFF"), Some(vec![0x0a, 0xff]));
+        for bad in ["0", "zz", "0g", "é0"] {
+            assert_eq!(unhex(bad), None, "{bad:?}");
+        }
+    }
+}
