@@ -239,8 +239,9 @@ impl<S: LogStore> RawNode<S> {
         self.leader = leader;
     }
 
-    /// The leader has committed an entry of its own term (reads and leases need this).
-    pub(super) fn committed_own_term(&self) -> bool {
+    /// The leader has committed an entry of its own term (reads, leases and membership changes
+    /// need this). Public for the simulator's checker, which judges each configuration change.
+    pub fn committed_own_term(&self) -> bool {
         self.log
             .term(self.commit)
             .map(|t| t == self.term)

@@ -195,7 +195,7 @@ impl ReadyShell for SimShell<'_> {
         let Some(raw) = self.node.rep.as_ref().map(|r| r.core()) else {
             return;
         };
-        let (term, commit) = (raw.term(), raw.status().commit);
+        let (term, commit) = (raw.term(), (raw.status().commit, raw.committed_own_term()));
         for e in entries
             .iter()
             .filter(|e| e.entry_type == EntryType::EntryConfChange as i32)
