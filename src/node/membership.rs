@@ -139,16 +139,7 @@ pub fn member_list<L: LogStore>(
     let me = core.status().id;
     let last = core.store().last_index().max(core.status().commit);
     let leading = core.role() == Role::Leader;
-    let mut ids: Vec<u64> = conf
-        .voters
-        .iter()
-        .chain(&conf.voters_outgoing)
-        .chain(&conf.learners)
-        .copied()
-        .collect();
-    ids.sort_unstable();
-    ids.dedup();
-    let members = ids
+    let members = crate::raft::members(conf)
         .into_iter()
         .map(|id| {
             let c = context_of(conf, id);

@@ -116,18 +116,24 @@ pub fn is_member(conf: &ConfState, id: u64) -> bool {
     votes_in(conf, id) || conf.learners.contains(&id)
 }
 
-/// Every member except `me`, voters first, each once, in id order within each group.
-pub(crate) fn others(conf: &ConfState, me: u64) -> Vec<u64> {
+/// Every member (voters of both halves and learners), each once, in id order.
+pub fn members(conf: &ConfState) -> Vec<u64> {
     let mut ids: Vec<u64> = conf
         .voters
         .iter()
         .chain(&conf.voters_outgoing)
         .chain(&conf.learners)
         .copied()
-        .filter(|&id| id != me)
         .collect();
     ids.sort_unstable();
     ids.dedup();
+    ids
+}
+
+/// Every member except `me`, in id order.
+pub(crate) fn others(conf: &ConfState, me: u64) -> Vec<u64> {
+    let mut ids = members(conf);
+    ids.retain(|&id| id != me);
     ids
 }
 

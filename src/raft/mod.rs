@@ -330,7 +330,8 @@ mod tests;
 mod tracker;
 
 pub use membership::{
-    apply_changes, is_member, member_context, ConfChangeError, ConfChangeOp, ConfChangeRequest,
+    apply_changes, is_member, member_context, members, ConfChangeError, ConfChangeOp,
+    ConfChangeRequest,
 };
 pub use memlog::MemLog;
 pub use node::RawNode;

@@ -167,15 +167,11 @@ impl Server {
     /// (`--peers` and `--join` give the first addresses; the configuration adds to them).
     pub(super) fn update_peer_links(&mut self, conf: &ConfState) {
         let me = self.cfg.id;
-        let members = conf
-            .voters
-            .iter()
-            .chain(&conf.voters_outgoing)
-            .chain(&conf.learners)
-            .copied()
-            .filter(|&id| id != me);
         let mut new = Vec::new();
-        for id in members {
+        for id in crate::raft::members(conf)
+            .into_iter()
+            .filter(|&id| id != me)
+        {
             if self.peers.contains_key(&id) {
                 continue;
             }
@@ -185,15 +181,7 @@ impl Server {
                 continue;
             }
             log::info!("linking to new member {id} at {addr}");
-            self.peers.insert(
-                id,
-                Peer::new(
-                    id,
-                    addr,
-                    self.cfg.peer.clone(),
-                    self.cfg.peer_secrets.clone(),
-                ),
-            );
+            self.add_link(id, addr);
             new.push(id);
         }
         for id in new {
@@ -237,16 +225,20 @@ impl Server {
             return;
         };
         log::info!("telling removed node {id} at {addr} that it was removed");
-        self.peers.insert(
-            id,
-            Peer::new(
-                id,
-                addr,
-                self.cfg.peer.clone(),
-                self.cfg.peer_secrets.clone(),
-            ),
-        );
+        self.add_link(id, addr);
         self.connect_peer(id);
+    }
+
+    /// A link to node `id` at `addr`, with this node's peer options and secrets (not yet
+    /// connected).
+    fn add_link(&mut self, id: u64, addr: String) {
+        let peer = Peer::new(
+            id,
+            addr,
+            self.cfg.peer.clone(),
+            self.cfg.peer_secrets.clone(),
+        );
+        self.peers.insert(id, peer);
     }
 
     /// Writes every peer queue that has new messages.

@@ -146,16 +146,6 @@ impl World {
         let Some(rep) = self.nodes[(leader - 1) as usize].rep.as_ref() else {
             return Vec::new();
         };
-        let c = rep.core().conf_state().1;
-        let mut ids: Vec<u64> = c
-            .voters
-            .iter()
-            .chain(&c.voters_outgoing)
-            .chain(&c.learners)
-            .copied()
-            .collect();
-        ids.sort_unstable();
-        ids.dedup();
-        ids
+        crate::raft::members(rep.core().conf_state().1)
     }
 }
