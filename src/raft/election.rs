@@ -138,9 +138,9 @@ impl<S: LogStore> RawNode<S> {
                 && !rv.pre_vote
                 && mterm == self.term
                 && self.role == Role::Follower);
-        let grant = can_vote
-            && self.is_voter(from)
-            && self.log.is_up_to_date(rv.last_log_index, rv.last_log_term);
+        // Whether `from` is a voter is the candidate's business: it counts votes against its
+        // own (possibly newer) configuration. Removed nodes never get here (`step`).
+        let grant = can_vote && self.log.is_up_to_date(rv.last_log_index, rv.last_log_term);
         if grant {
             // Answer at the asked term: a granted pre-vote is for term+1, a vote for our term.
             self.send_at(

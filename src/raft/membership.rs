@@ -332,6 +332,17 @@ impl Membership {
         *self = Membership::new(index, conf);
     }
 
+    /// (index, configuration) in force just below `index`: the newest tracked one before it.
+    /// `None` if that is older than the committed configuration (no longer tracked).
+    pub(crate) fn before(&self, index: u64) -> Option<(u64, &ConfState)> {
+        self.pending
+            .iter()
+            .rev()
+            .find(|(i, _)| *i < index)
+            .map(|(i, c)| (*i, c))
+            .or_else(|| (self.base.0 < index).then_some((self.base.0, &self.base.1)))
+    }
+
     /// A configuration entry above `commit` exists.
     pub(crate) fn has_uncommitted(&self, commit: u64) -> bool {
         self.index() > commit
@@ -489,6 +500,12 @@ impl<S: LogStore> RawNode<S> {
         } else {
             self.send_append(to, true);
         }
+    }
+
+    /// (index, configuration) in force just below log index `index` (`None` if older than
+    /// the committed configuration). The simulator's checker judges each change against it.
+    pub fn conf_before(&self, index: u64) -> Option<(u64, &ConfState)> {
+        self.members.before(index)
     }
 
     /// The configuration in force and the index of the entry (or snapshot) holding it.

@@ -348,8 +348,16 @@ impl<S: LogStore> RawNode<S> {
         if mterm > self.term {
             match &body {
                 Body::RequestVote(rv) => {
-                    if !self.is_voter(from) {
-                        // Servers outside the configuration cannot move our term (hashicorp/raft#526).
+                    // A candidate outside our configuration is heard only if its log is at
+                    // least as up to date as ours: it may hold a configuration we lack (a
+                    // promoted learner our stale configuration does not list). Ignoring all
+                    // of them left a cluster without a leader for good (simulator seed 71901,
+                    // 3 nodes, --membership: the newest logs were such a learner's and a
+                    // leader's that had appended its own removal). One with an older log
+                    // cannot win and cannot move our term (hashicorp/raft#526); a node whose
+                    // removal is committed was stopped above (`is_removed_peer`).
+                    let stale = !self.log.is_up_to_date(rv.last_log_index, rv.last_log_term);
+                    if !self.is_voter(from) && stale {
                         return;
                     }
                     if self.in_lease() && !rv.transfer {

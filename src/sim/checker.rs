@@ -102,10 +102,12 @@ impl Checker {
     }
 
     /// The leader of `term` appended configuration entry `e`; `log` is its durable log,
-    /// `commit` its commit index and `own_term_committed` whether the entry at it is of `term`
-    /// (the core's log: with a full disk the leader's own copy of a committed entry may not be
-    /// on its disk yet). Judges the change against the rules that keep two configurations from
-    /// deciding independently.
+    /// `commit` its commit index and `own_term_committed` whether the entry at it is of `term`.
+    /// `core_prev` is the configuration the leader's core had in force below `e`: with a full
+    /// disk the leader's own copies of recent entries (a committed one, the previous
+    /// configuration) may not be on its disk yet, so the durable log alone can mislead; it is
+    /// used where the durable log has nothing newer. Judges the change against the rules that
+    /// keep two configurations from deciding independently.
     pub fn on_conf_appended(
         &mut self,
         leader: u64,
@@ -113,6 +115,7 @@ impl Checker {
         e: &Entry,
         log: &MemLog,
         (commit, own_term_committed): (u64, bool),
+        core_prev: Option<(u64, &ConfState)>,
     ) -> Result<(), String> {
         let Ok(next) = ConfState::decode(&e.data[..]) else {
             return Err(format!(
@@ -137,6 +140,10 @@ impl Checker {
                     .map(|(i, c)| (*i, c.clone()))
             })
             .unwrap_or_else(|| self.committed_conf.clone());
+        let prev = match core_prev {
+            Some((i, c)) if i > prev.0 => (i, c.clone()),
+            _ => prev,
+        };
         let at = e.index;
         if prev.0 > commit {
             return Err(format!(
@@ -573,11 +580,14 @@ mod tests {
         log.append(&[noop.clone(), a.clone(), b.clone()]).unwrap();
         chk.on_append(1, Some(0), &[noop, a.clone(), b.clone()])
             .unwrap();
-        chk.on_conf_appended(1, 1, &a, &log, (1, true)).unwrap();
-        let e = chk.on_conf_appended(1, 1, &b, &log, (1, true)).unwrap_err();
+        chk.on_conf_appended(1, 1, &a, &log, (1, true), None)
+            .unwrap();
+        let e = chk
+            .on_conf_appended(1, 1, &b, &log, (1, true), None)
+            .unwrap_err();
         assert!(e.contains("two changes in flight"), "{e}");
         let e = chk
-            .on_conf_appended(1, 2, &a, &log, (1, false))
+            .on_conf_appended(1, 2, &a, &log, (1, false), None)
             .unwrap_err();
         assert!(e.contains("own term"), "{e}");
     }

@@ -201,9 +201,10 @@ impl ReadyShell for SimShell<'_> {
             .filter(|e| e.entry_type == EntryType::EntryConfChange as i32)
         {
             // Reported after this event (`check_durable`): this hook cannot fail the Ready.
-            if let Err(v) = self
-                .checker
-                .on_conf_appended(id, term, e, raw.store(), commit)
+            let core_prev = raw.conf_before(e.index);
+            if let Err(v) =
+                self.checker
+                    .on_conf_appended(id, term, e, raw.store(), commit, core_prev)
             {
                 self.checker.note_violation(v);
             }

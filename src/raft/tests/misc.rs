@@ -40,9 +40,14 @@ fn misaddressed_unknown_and_malformed_messages_are_harmless() {
         body: None,
     });
     assert_eq!(n.term, 1);
-    // Unknown sender asking for votes: ignored, term unchanged.
-    n.step(vote_req(77, 2, 9, 100, 9, false));
+    // A sender outside the configuration asking for votes with an older log: ignored, term
+    // unchanged (it cannot hold a newer configuration that lists it).
+    n.step(vote_req(77, 2, 9, 0, 0, false));
     assert_eq!(n.term, 1);
+    // With a log at least as new as ours it may (a learner promoted by an entry we lack):
+    // heard, and granted if free to vote.
+    n.step(vote_req(77, 2, 9, 100, 9, false));
+    assert_eq!((n.term, n.vote), (9, 77));
     // Responses from unknown peers at a leader: ignored.
     let mut l = node_with(cfg(1), &[1, 2], &[], 0, 0, 0);
     l.campaign(false);
