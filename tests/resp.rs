@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{wait_for, Cluster};
+use common::{rss_bytes, wait_for, Cluster};
 use redis::{Connection, RedisResult, Value};
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -359,13 +359,6 @@ fn malformed_input_is_answered_and_closed_and_others_are_served() {
         Value::SimpleString("PONG".into()),
         "others still served"
     );
-}
-
-/// Resident memory of a process, from /proc/PID/statm (pages of 4 KiB on this platform).
-fn rss_bytes(pid: u32) -> u64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/statm")).unwrap();
-    let pages: u64 = s.split_whitespace().nth(1).unwrap().parse().unwrap();
-    pages * 4096
 }
 
 /// A RESP client that pipelines many reads and never reads the replies: the node stops

@@ -841,11 +841,23 @@ fn scan_batch(n: u64, consistency: kvpb::Consistency) -> Vec<u8> {
     batch
 }
 
-/// Resident memory of a process, from /proc/PID/statm (pages of 4 KiB on this platform).
-fn rss_bytes(pid: u32) -> u64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/statm")).unwrap();
-    let pages: u64 = s.split_whitespace().nth(1).unwrap().parse().unwrap();
-    pages * 4096
+/// A 3-node cluster with `--client-output-limit=limit` holding `n` 1 MiB values (`p0`..),
+/// its leader and a client.
+fn output_limited_cluster(limit: u64, n: usize) -> (Cluster, u64, raftkv::client::Client) {
+    let cluster = Cluster::start(
+        3,
+        &[
+            "--segment-size=4194304",
+            &format!("--client-output-limit={limit}"),
+        ],
+    );
+    let leader = cluster.wait_leader();
+    let mut c = cluster.client();
+    let value = vec![b'v'; 1 << 20];
+    for i in 0..n {
+        c.put(format!("p{i}").as_bytes(), &value).unwrap();
+    }
+    (cluster, leader, c)
 }
 
 /// A client that pipelines many scans and never reads its answers holds the node's queued
@@ -858,20 +870,8 @@ fn rss_bytes(pid: u32) -> u64 {
 #[test]
 fn a_client_that_never_reads_keeps_its_queued_output_near_its_limit() {
     let limit: u64 = 4 << 20;
-    let cluster = Cluster::start(
-        3,
-        &[
-            "--segment-size=4194304",
-            &format!("--client-output-limit={limit}"),
-        ],
-    );
-    let leader = cluster.wait_leader();
-    let mut c = cluster.client();
     // 8 MiB of values: every scan answers about 8 MiB.
-    let value = vec![b'v'; 1 << 20];
-    for i in 0..8 {
-        c.put(format!("p{i}").as_bytes(), &value).unwrap();
-    }
+    let (cluster, leader, _) = output_limited_cluster(limit, 8);
     let follower = (1..=3).find(|&i| i != leader).unwrap();
     let pid = cluster.nodes[(follower - 1) as usize]
         .child
@@ -1009,19 +1009,7 @@ fn many_pipelined_large_reads_are_answered_over_several_passes_without_an_electi
 #[test]
 fn a_client_over_its_output_limit_gets_no_more_read_answers_until_it_drains() {
     let limit: u64 = 4 << 20;
-    let cluster = Cluster::start(
-        3,
-        &[
-            "--segment-size=4194304",
-            &format!("--client-output-limit={limit}"),
-        ],
-    );
-    let leader = cluster.wait_leader();
-    let mut c = cluster.client();
-    let value = vec![b'v'; 1 << 20];
-    for i in 0..7 {
-        c.put(format!("p{i}").as_bytes(), &value).unwrap();
-    }
+    let (cluster, leader, mut c) = output_limited_cluster(limit, 7);
     let pid = cluster.nodes[(leader - 1) as usize]
         .child
         .as_ref()

@@ -493,3 +493,10 @@ pub fn verify_dir(dir: &Path) {
     eprintln!("raftkv-log verify {}: {}", dir.display(), text.trim());
     assert_eq!(o.status.code(), Some(0), "{}: {text}", dir.display());
 }
+
+/// Resident memory of a process, from /proc/PID/statm (pages of 4 KiB on this platform).
+pub fn rss_bytes(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/statm")).unwrap();
+    let pages: u64 = s.split_whitespace().nth(1).unwrap().parse().unwrap();
+    pages * 4096
+}
