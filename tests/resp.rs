@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{rss_bytes, wait_for, Cluster};
+use common::{output_growth_bound, rss_bytes, wait_for, Cluster};
 use redis::{Connection, RedisResult, Value};
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -383,11 +383,7 @@ fn a_resp_client_that_never_reads_is_held_to_its_output_limit() {
     wait_for("the value on the follower", Duration::from_secs(10), || {
         matches!(ok(&mut f, &["STRLEN", "big"]), Value::Int(4000)).then_some(())
     });
-    let pid = cluster.nodes[(follower - 1) as usize]
-        .child
-        .as_ref()
-        .unwrap()
-        .id();
+    let pid = cluster.pid(follower);
     let before = rss_bytes(pid);
     let s = TcpStream::connect(cluster.redis_addr(follower)).unwrap();
     let gets = 200_000;
@@ -410,7 +406,7 @@ fn a_resp_client_that_never_reads_is_held_to_its_output_limit() {
         );
         peak = peak.max(rss_bytes(pid));
     }
-    let bound = 2 * (limit + 4096 + (64 << 10)) + (32 << 20);
+    let bound = output_growth_bound(limit, 4096);
     println!(
         "RSS grew by {} KiB for a RESP client that never reads",
         (peak - before) >> 10

@@ -873,11 +873,7 @@ fn a_client_that_never_reads_keeps_its_queued_output_near_its_limit() {
     // 8 MiB of values: every scan answers about 8 MiB.
     let (cluster, leader, _) = output_limited_cluster(limit, 8);
     let follower = (1..=3).find(|&i| i != leader).unwrap();
-    let pid = cluster.nodes[(follower - 1) as usize]
-        .child
-        .as_ref()
-        .unwrap()
-        .id();
+    let pid = cluster.pid(follower);
     let before = rss_bytes(pid);
     let mut s = connect(&cluster.addr(follower)).unwrap();
     let scans = 40u64;
@@ -893,8 +889,7 @@ fn a_client_that_never_reads_keeps_its_queued_output_near_its_limit() {
         );
         peak = peak.max(rss_bytes(pid));
     }
-    let page = 8u64 << 20;
-    let bound = 2 * (limit + page + (64 << 10)) + (32 << 20);
+    let bound = output_growth_bound(limit, 8 << 20);
     assert!(
         peak - before <= bound,
         "RSS grew by {} MiB (from {} MiB) for a client that never reads; bound {} MiB",
@@ -1010,11 +1005,7 @@ fn many_pipelined_large_reads_are_answered_over_several_passes_without_an_electi
 fn a_client_over_its_output_limit_gets_no_more_read_answers_until_it_drains() {
     let limit: u64 = 4 << 20;
     let (cluster, leader, mut c) = output_limited_cluster(limit, 7);
-    let pid = cluster.nodes[(leader - 1) as usize]
-        .child
-        .as_ref()
-        .unwrap()
-        .id();
+    let pid = cluster.pid(leader);
     let before = rss_bytes(pid);
     let mut s = connect(&cluster.addr(leader)).unwrap();
     let scans = 40u64;
@@ -1029,8 +1020,7 @@ fn a_client_over_its_output_limit_gets_no_more_read_answers_until_it_drains() {
         assert!(c.get(b"p0").expect("another client's read").found);
         peak = peak.max(rss_bytes(pid));
     }
-    let page = 8u64 << 20;
-    let bound = 2 * (limit + page + (64 << 10)) + (32 << 20);
+    let bound = output_growth_bound(limit, 8 << 20);
     assert!(
         peak - before <= bound,
         "leader RSS grew by {} MiB (from {} MiB) for a client that never reads; bound {} MiB",

@@ -277,6 +277,12 @@ impl Cluster {
         id
     }
 
+    /// The process id of running node `id`.
+    pub fn pid(&self, id: u64) -> u32 {
+        let n = self.nodes.iter().find(|n| n.id == id).unwrap();
+        n.child.as_ref().expect("node is running").id()
+    }
+
     pub fn node_mut(&mut self, id: u64) -> &mut Node {
         self.nodes.iter_mut().find(|n| n.id == id).unwrap()
     }
@@ -499,4 +505,11 @@ pub fn rss_bytes(pid: u32) -> u64 {
     let s = std::fs::read_to_string(format!("/proc/{pid}/statm")).unwrap();
     let pages: u64 = s.split_whitespace().nth(1).unwrap().parse().unwrap();
     pages * 4096
+}
+
+/// How much a node's RSS may grow for one client that never reads, with its output capped at
+/// `limit`: the limit plus one answer (`answer`, queued whole) and the 64 KiB input buffer,
+/// twice for allocator slack, plus 32 MiB for everything else the node does meanwhile.
+pub fn output_growth_bound(limit: u64, answer: u64) -> u64 {
+    2 * (limit + answer + (64 << 10)) + (32 << 20)
 }
