@@ -65,6 +65,17 @@ fn restore_into(file: &Path, dir: &Path, id: u64, peers: &str, cluster: Option<&
     run(EXE, &args)
 }
 
+/// The cluster id in the metadata of the one snapshot a restore seeded into `dir`.
+fn seeded_snapshot_cluster(dir: &Path) -> String {
+    let files: Vec<_> = std::fs::read_dir(dir.join("snap"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(files.len(), 1, "one seeded snapshot file: {files:?}");
+    let info = raftkv::snapshot::backup::verify_file(&files[0], &mut |_| {}).unwrap();
+    info.source_cluster.expect("a cluster id").to_string()
+}
+
 /// The new cluster id a first restore printed.
 fn printed_cluster_id(out: &Output) -> String {
     let text = String::from_utf8_lossy(&out.stdout);
@@ -189,7 +200,22 @@ fn save_under_load_restore_into_a_new_cluster_keeps_every_acknowledged_write() {
         &["snapshot", file.to_str().unwrap()],
     );
     assert!(inspect.status.success());
-    assert!(String::from_utf8_lossy(&inspect.stdout).contains("keys:"));
+    let inspected = String::from_utf8_lossy(&inspect.stdout);
+    assert!(inspected.contains("keys:"));
+    // The backup names the cluster it was taken from (the snapshot metadata's id).
+    let old_id = src
+        .client()
+        .leader_status()
+        .expect("source status")
+        .cluster_id;
+    assert!(
+        inspected.contains(&format!("cluster:  {old_id}")),
+        "the backup does not name the source cluster {old_id}: {inspected}"
+    );
+    assert!(
+        saved.contains(&format!("; cluster {old_id};")),
+        "save did not print the source cluster {old_id}: {saved}"
+    );
 
     let mut new_id = String::new();
     let dst = Cluster::start_seeded(3, &[], |root, peers| {
@@ -197,6 +223,9 @@ fn save_under_load_restore_into_a_new_cluster_keeps_every_acknowledged_write() {
         let out = restore(&file, &root.join("n1"), 1, peers);
         assert!(out.status.success(), "restore of node 1 failed");
         new_id = printed_cluster_id(&out);
+        // The seeded snapshot names the new cluster, not the backup's.
+        let seeded = seeded_snapshot_cluster(&root.join("n1"));
+        assert_eq!(seeded, new_id, "the restored snapshot's cluster id");
         for id in 2..=3 {
             let out = restore_into(
                 &file,
@@ -211,11 +240,6 @@ fn save_under_load_restore_into_a_new_cluster_keeps_every_acknowledged_write() {
     dst.wait_leader();
     // One new identity on every restored member, not the original cluster's.
     let mut c = dst.client();
-    let old_id = src
-        .client()
-        .leader_status()
-        .expect("source status")
-        .cluster_id;
     for n in &dst.nodes {
         let s = c.status(&n.client_addr).expect("restored node status");
         assert_eq!(

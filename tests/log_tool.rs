@@ -76,6 +76,7 @@ fn build(dir: &Path) -> PathBuf {
             learners: vec![],
             ..Default::default()
         }),
+        ..Default::default()
     };
     // A real KV snapshot of entries 1..=10 (the tool validates the payload, as the server).
     let mut kv = KvStore::new();
@@ -381,6 +382,7 @@ fn snapshot_shows_key_count() {
                 learners: vec![],
                 ..Default::default()
             }),
+            ..Default::default()
         })
         .unwrap();
     kv.write_snapshot(&mut w).unwrap();

@@ -99,6 +99,7 @@ fn every_kind(from: u64, to: u64, term: u64) -> Vec<Message> {
                 index: 1 << 20,
                 term,
                 conf: None,
+                ..Default::default()
             }),
             offset: 0,
             data: Bytes::from_static(b"not a snapshot"),

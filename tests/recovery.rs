@@ -419,6 +419,7 @@ fn install_snapshot_with_a_huge_index_is_dropped() {
             index,
             term: t,
             conf: None,
+            ..Default::default()
         };
         send_frame(
             &c,
@@ -456,6 +457,7 @@ fn invalid_received_snapshots_are_discarded() {
             index: *index,
             term,
             conf: None,
+            ..Default::default()
         };
         send_frame(
             &c,
@@ -499,6 +501,7 @@ fn receiver_answers_an_invalid_snapshot_with_a_failure() {
         index: 10,
         term: 2,
         conf: None,
+        ..Default::default()
     };
     let m = install_snapshot(1, 2, 2, meta, b"not a kv snapshot".to_vec());
     let Received::Complete(rs) = rx.on_message(&mut store, 0, &m) else {

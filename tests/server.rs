@@ -442,6 +442,7 @@ fn node_starts_from_a_snapshot_and_continues_its_log() {
                 learners: vec![],
                 ..Default::default()
             }),
+            ..Default::default()
         };
         let mut store = SnapshotStore::open(&root.join("n1").join("snap")).unwrap();
         let mut w = store.create(&meta).unwrap();

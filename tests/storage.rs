@@ -609,6 +609,7 @@ fn meta(index: u64, term: u64) -> SnapshotMeta {
             learners: vec![4],
             ..Default::default()
         }),
+        ..Default::default()
     }
 }
 

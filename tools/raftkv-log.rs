@@ -495,6 +495,10 @@ fn snapshot_cmd(file: &Path) -> Result<(), Fail> {
     );
     println!("index:    {}", info.meta.index);
     println!("term:     {}", info.meta.term);
+    match info.source_cluster {
+        Some(c) => println!("cluster:  {c}"),
+        None => println!("cluster:  unknown (taken before its node knew the id, or an older file)"),
+    }
     let conf = info.meta.conf.unwrap_or_default();
     println!("voters:   {:?}", conf.voters);
     println!("learners: {:?}", conf.learners);

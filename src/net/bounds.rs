@@ -97,6 +97,7 @@ mod tests {
                     index: u64::MAX,
                     term: 1,
                     conf: None,
+                    ..Default::default()
                 }),
                 ..Default::default()
             })),

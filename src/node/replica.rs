@@ -514,6 +514,8 @@ impl<L: LogStore, A: ReplyAddr> Replica<L, A> {
             index,
             term,
             conf: Some(self.conf_at(index)),
+            // Set by the server, which knows the cluster id (`server::snap`).
+            cluster_id: Default::default(),
         })
     }
 

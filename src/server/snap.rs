@@ -249,7 +249,7 @@ impl Server {
             self.snaps.not_before = Some(Instant::now() + RETRY_AFTER_FAILURE);
             return;
         }
-        let meta = match self.replica.snapshot_meta() {
+        let mut meta = match self.replica.snapshot_meta() {
             Ok(m) => m,
             Err(e) => {
                 log::warn!("{e}");
@@ -257,6 +257,10 @@ impl Server {
                 return;
             }
         };
+        // A settled id only: a provisional one may still be given up for the cluster's.
+        if let crate::net::handshake::LocalCluster::Known(c) = self.cluster_id {
+            meta.cluster_id = c.to_bytes().to_vec().into();
+        }
         let (index, term) = (meta.index, meta.term);
         let due = u64::try_from(self.snaps.policy.due_index(self.snaps.latest_index()))
             .unwrap_or(u64::MAX)

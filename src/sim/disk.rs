@@ -262,6 +262,7 @@ mod tests {
                 index,
                 term,
                 conf: None,
+                ..Default::default()
             },
             data: Bytes::from_static(b"x"),
         };

@@ -23,6 +23,9 @@ pub struct BackupInfo {
     pub summary: SnapshotSummary,
     /// KV payload bytes (without the file's framing).
     pub payload_bytes: u64,
+    /// The cluster the backup was taken from (its metadata's id; None in files written before
+    /// snapshots carried one).
+    pub source_cluster: Option<ClusterId>,
 }
 
 /// A reader that reports the bytes passing through it to `progress` (cumulative) and copies
@@ -99,6 +102,7 @@ fn check_payload(
         )));
     }
     Ok(BackupInfo {
+        source_cluster: ClusterId::from_meta(&meta.cluster_id),
         meta,
         summary,
         payload_bytes: tap.done,
@@ -156,7 +160,7 @@ pub fn seed_data_dir(
         ));
     }
     let created = !dir.exists();
-    let res = copy_into(file, dir, conf, progress).and_then(|info| {
+    let res = copy_into(file, dir, conf, cluster_id, progress).and_then(|info| {
         cluster_id::write(dir, cluster_id).map_err(|e| e.to_string())?;
         Ok(info)
     });
@@ -166,11 +170,14 @@ pub fn seed_data_dir(
     res
 }
 
-/// The copy of [`seed_data_dir`]: payload from `file` into a new snapshot in `dir/snap`.
+/// The copy of [`seed_data_dir`]: payload from `file` into a new snapshot in `dir/snap`, its
+/// metadata naming the new members and the new cluster. The returned info keeps the backup's
+/// own cluster id in `source_cluster` (shown by `restore`; never reused).
 fn copy_into(
     file: &Path,
     dir: &Path,
     conf: &ConfState,
+    cluster_id: ClusterId,
     progress: &mut dyn FnMut(u64),
 ) -> Result<BackupInfo, String> {
     let mut r = SnapshotReader::open(file).map_err(|e| e.to_string())?;
@@ -178,6 +185,7 @@ fn copy_into(
     let mut store = SnapshotStore::open(&dir.join("snap")).map_err(|e| e.to_string())?;
     let mut meta = r.meta.clone();
     meta.conf = Some(conf.clone());
+    meta.cluster_id = cluster_id.to_bytes().to_vec().into();
     let mut w = store.create(&meta).map_err(|e| e.to_string())?;
     // Dropped on any error below: the temp file goes with it.
     let mut info =
@@ -228,6 +236,7 @@ mod tests {
                 learners: vec![],
                 ..Default::default()
             }),
+            ..Default::default()
         };
         let mut w = store.create(&meta).unwrap();
         kv.write_snapshot(&mut w).unwrap();
@@ -261,6 +270,10 @@ mod tests {
         assert_eq!(meta.conf.unwrap().voters, vec![7, 8, 9]);
         assert_eq!((meta.index, meta.term), (2000, 2));
         assert_eq!(restored.digest(), kv.digest());
+        // `make` writes metadata without a cluster id, as files from before it existed: they
+        // still restore, and the seeded snapshot names the new cluster.
+        assert_eq!(info.source_cluster, None, "an older file names no cluster");
+        assert_eq!(ClusterId::from_meta(&meta.cluster_id), Some(id));
         // A seeded directory is not fresh any more.
         let again = seed_data_dir(
             &file,

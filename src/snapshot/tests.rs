@@ -48,6 +48,7 @@ fn meta(index: u64, term: u64) -> SnapshotMeta {
             learners: vec![],
             ..ConfState::default()
         }),
+        ..Default::default()
     }
 }
 

@@ -47,6 +47,12 @@ impl ClusterId {
         self.0.to_le_bytes()
     }
 
+    /// The id a snapshot's metadata carries (`SnapshotMeta::cluster_id`); None when it
+    /// carries none (older files) or not 16 non-zero bytes.
+    pub fn from_meta(b: &[u8]) -> Option<ClusterId> {
+        Self::from_bytes(b.try_into().ok()?)
+    }
+
     /// Parses the 32-hex-digit form [`Display`](fmt::Display) prints.
     pub fn parse(s: &str) -> Option<ClusterId> {
         if s.len() != 32 {

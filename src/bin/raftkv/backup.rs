@@ -7,6 +7,7 @@ use crate::output::{fail, json_str, EXIT_FAILED, EXIT_OK, EXIT_USAGE};
 use raftkv::client::{Client, ClientError};
 use raftkv::pb::kvpb;
 use raftkv::snapshot::backup::{seed_data_dir, verify_file, BackupInfo};
+use raftkv::storage::cluster_id::ClusterId;
 use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -86,7 +87,7 @@ fn save(file: &Path, wait: Duration, c: &ClientArgs) -> u8 {
     if c.json {
         println!(
             "{{\"ok\":true,\"file\":{},\"index\":{},\"term\":{},\"keys\":{},\"sessions\":{},\
-             \"bytes\":{},\"read_index\":{},\"node_id\":{}}}",
+             \"bytes\":{},\"read_index\":{},\"node_id\":{},\"cluster_id\":\"{}\"}}",
             json_str(file.as_os_str().as_encoded_bytes()),
             m.index,
             m.term,
@@ -94,22 +95,30 @@ fn save(file: &Path, wait: Duration, c: &ClientArgs) -> u8 {
             s.sessions,
             saved.size,
             saved.begin.read_index,
-            saved.begin.node_id
+            saved.begin.node_id,
+            cluster_name(saved.info.source_cluster)
         );
     } else {
         println!(
             "saved {}: snapshot index {} term {}, {} keys, {} bytes (linearizable point {}, \
-             from node {}; verified)",
+             from node {}; cluster {}; verified)",
             file.display(),
             m.index,
             m.term,
             s.keys,
             saved.size,
             saved.begin.read_index,
-            saved.begin.node_id
+            saved.begin.node_id,
+            cluster_name(saved.info.source_cluster)
         );
     }
     EXIT_OK
+}
+
+/// A backup's cluster id as printed ("unknown" for a snapshot taken before its node knew it,
+/// or a file written before snapshots carried one).
+fn cluster_name(id: Option<ClusterId>) -> String {
+    id.map_or_else(|| "unknown".to_string(), |c| c.to_string())
 }
 
 fn local_failure(why: &str, json: bool) -> u8 {
@@ -266,8 +275,9 @@ fn restore(
     if json {
         println!(
             "{{\"ok\":true,\"data_dir\":{},\"node_id\":{node_id},\"cluster_id\":\"{id}\",\
-             \"index\":{},\"term\":{},\"keys\":{}}}",
+             \"source_cluster_id\":\"{}\",\"index\":{},\"term\":{},\"keys\":{}}}",
             json_str(dir.as_os_str().as_encoded_bytes()),
+            cluster_name(info.source_cluster),
             m.index,
             m.term,
             s.keys
@@ -275,13 +285,14 @@ fn restore(
     } else {
         println!(
             "restored {} into {} as node {node_id} of {voters:?}: snapshot index {} term {}, {} \
-             keys, new cluster id {id}\nstart it with: raftkv serve --id {node_id} --data-dir {} \
+             keys, new cluster id {id} (the backup's was {})\nstart it with: raftkv serve --id {node_id} --data-dir {} \
              --peers {peers}",
             file.display(),
             dir.display(),
             m.index,
             m.term,
             s.keys,
+            cluster_name(info.source_cluster),
             dir.display()
         );
         if made {

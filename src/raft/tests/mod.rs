@@ -366,6 +366,7 @@ impl Net {
                             index: si,
                             term: st,
                             conf: Some(p.raw.conf().clone()),
+                            ..Default::default()
                         }),
                         offset: 0,
                         data: Bytes::new(),

@@ -7,6 +7,7 @@ fn meta(index: u64, term: u64, voters: &[u64]) -> SnapshotMeta {
         index,
         term,
         conf: Some(conf(voters)),
+        ..Default::default()
     }
 }
 
@@ -218,6 +219,7 @@ fn s9_snapshot_can_demote_to_learner_which_never_campaigns() {
             learners: vec![3],
             ..ConfState::default()
         }),
+        ..Default::default()
     };
     assert!(n.restore_snapshot(m));
     n.store_mut().reset(5, 2);
