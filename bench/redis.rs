@@ -126,7 +126,10 @@ impl Driver for RedisDriver {
         }
         if consistency != Consistency::Linearizable {
             // A single Redis node serves every read from memory; there is nothing to relax.
-            return Err(unsupported(self.name, "--consistency (RESP has no consistency flag)"));
+            return Err(unsupported(
+                self.name,
+                "--consistency (RESP has no consistency flag)",
+            ));
         }
         Ok(())
     }
