@@ -702,7 +702,7 @@ mod tests {
             consistency: Consistency::Linearizable,
             sessions: false,
         };
-        let d = crate::redis::RedisDriver::new(vec![format!("127.0.0.1:{port}")], &opts);
+        let d = crate::redis::RedisDriver::new("redis", vec![format!("127.0.0.1:{port}")], &opts);
         let mut gen = OpGen::new(Workload::Put, KeyDist::uniform(1), 0);
         let err = run(&cfg(None, Some(Duration::from_millis(10))), &d, &mut gen)
             .err()

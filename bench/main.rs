@@ -73,6 +73,9 @@ enum Cmd {
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
 pub enum System {
     Raftkv,
+    /// raftkv through its RESP port (`--resp-listen`), driven by the Redis codec, so native and
+    /// RESP runs share the engine, client count, key/value sizes and pipelining.
+    RaftkvResp,
     Redis,
     /// etcd through its v3 HTTP/JSON gateway.
     Etcd,
@@ -261,7 +264,15 @@ pub fn make_driver(
             None,
         ),
         System::Redis => (
-            Box::new(redis::RedisDriver::new(c.endpoints.clone(), &opts)),
+            Box::new(redis::RedisDriver::new("redis", c.endpoints.clone(), &opts)),
+            None,
+        ),
+        System::RaftkvResp => (
+            Box::new(redis::RedisDriver::new(
+                "raftkv-resp",
+                c.endpoints.clone(),
+                &opts,
+            )),
             None,
         ),
         System::Etcd => (

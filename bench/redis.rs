@@ -98,13 +98,16 @@ pub fn parse(b: &[u8]) -> Result<Option<(Resp, usize)>, String> {
 }
 
 pub struct RedisDriver {
+    /// "redis", or "raftkv-resp" when pointed at raftkv's RESP port (same codec, same engine).
+    name: &'static str,
     addrs: Vec<String>,
     value: Arc<Vec<u8>>,
 }
 
 impl RedisDriver {
-    pub fn new(addrs: Vec<String>, opts: &DriverOptions) -> RedisDriver {
+    pub fn new(name: &'static str, addrs: Vec<String>, opts: &DriverOptions) -> RedisDriver {
         RedisDriver {
+            name,
             addrs,
             value: Arc::new(opts.value.clone()),
         }
@@ -113,17 +116,20 @@ impl RedisDriver {
 
 impl Driver for RedisDriver {
     fn name(&self) -> String {
-        "redis".into()
+        self.name.into()
     }
     fn check(&self, kinds: &[OpKind], consistency: Consistency) -> Result<(), String> {
         for k in kinds {
             if !matches!(k, OpKind::Put | OpKind::Get) {
-                return Err(unsupported("redis", k.name()));
+                return Err(unsupported(self.name, k.name()));
             }
         }
         if consistency != Consistency::Linearizable {
             // A single Redis node serves every read from memory; there is nothing to relax.
-            return Err(unsupported("redis", "--consistency (single node)"));
+            return Err(unsupported(
+                self.name,
+                "--consistency (RESP has no consistency flag)",
+            ));
         }
         Ok(())
     }
@@ -226,7 +232,7 @@ mod tests {
             consistency: Consistency::Linearizable,
             sessions: false,
         };
-        let d = RedisDriver::new(vec!["127.0.0.1:1".into()], &opts);
+        let d = RedisDriver::new("redis", vec!["127.0.0.1:1".into()], &opts);
         let mut c = d.codec(0);
         let mut out = Vec::new();
         c.encode(1, &Op::simple(OpKind::Put, 7), &mut out);
