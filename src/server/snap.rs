@@ -259,7 +259,7 @@ impl Server {
         };
         // A settled id only: a provisional one may still be given up for the cluster's.
         if let crate::net::handshake::LocalCluster::Known(c) = self.cluster_id {
-            meta.cluster_id = c.to_bytes().to_vec().into();
+            meta.cluster_id = c.to_meta();
         }
         let (index, term) = (meta.index, meta.term);
         let due = u64::try_from(self.snaps.policy.due_index(self.snaps.latest_index()))

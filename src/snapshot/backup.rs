@@ -185,7 +185,7 @@ fn copy_into(
     let mut store = SnapshotStore::open(&dir.join("snap")).map_err(|e| e.to_string())?;
     let mut meta = r.meta.clone();
     meta.conf = Some(conf.clone());
-    meta.cluster_id = cluster_id.to_bytes().to_vec().into();
+    meta.cluster_id = cluster_id.to_meta();
     let mut w = store.create(&meta).map_err(|e| e.to_string())?;
     // Dropped on any error below: the temp file goes with it.
     let mut info =

@@ -53,6 +53,11 @@ impl ClusterId {
         Self::from_bytes(b.try_into().ok()?)
     }
 
+    /// The id as a snapshot's metadata carries it (the inverse of [`from_meta`](Self::from_meta)).
+    pub fn to_meta(self) -> bytes::Bytes {
+        bytes::Bytes::copy_from_slice(&self.to_bytes())
+    }
+
     /// Parses the 32-hex-digit form [`Display`](fmt::Display) prints.
     pub fn parse(s: &str) -> Option<ClusterId> {
         if s.len() != 32 {

@@ -285,8 +285,8 @@ fn restore(
     } else {
         println!(
             "restored {} into {} as node {node_id} of {voters:?}: snapshot index {} term {}, {} \
-             keys, new cluster id {id} (the backup's was {})\nstart it with: raftkv serve --id {node_id} --data-dir {} \
-             --peers {peers}",
+             keys, new cluster id {id} (the backup's was {})\n\
+             start it with: raftkv serve --id {node_id} --data-dir {} --peers {peers}",
             file.display(),
             dir.display(),
             m.index,
