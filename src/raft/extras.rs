@@ -1,10 +1,11 @@
 //! Reads (ReadIndex and lease), leadership transfer, snapshots and transport reports.
 
 use super::node::RawNode;
+use super::read_only::Confirmed;
 use super::tracker::ProgressState;
 use super::{LogStore, PlantedBug, ProposeError, ReadState, Role, SnapshotMeta};
 use crate::pb::raftpb::message::Body;
-use crate::pb::raftpb::{InstallSnapshotResponse, Message};
+use crate::pb::raftpb::{InstallSnapshotResponse, Message, ReadIndexResponse};
 
 impl<S: LogStore> RawNode<S> {
     fn not_leader(&self) -> ProposeError {
@@ -14,9 +15,18 @@ impl<S: LogStore> RawNode<S> {
     }
 
     /// Starts a ReadIndex round for request `ctx`; the answer arrives in `Ready::reads`
-    /// (or `Ready::failed_reads`). Only the leader serves reads; a follower returns
-    /// `NotLeader` (the shell redirects the client).
+    /// (or `Ready::failed_reads`). On the leader it is confirmed by a heartbeat quorum. On a
+    /// follower that knows its leader it is queued: the next Ready sends every queued read to
+    /// the leader in one `ReadIndex` message, and the leader's `ReadIndexResponse` gives the
+    /// index to serve at (follower ReadIndex, Raft dissertation §6.4). A follower's read fails
+    /// when the term or the leader changes, or when no answer came within
+    /// `REMOTE_READ_TIMEOUT_ELECTIONS` election timeouts. A node that knows no leader (or is
+    /// campaigning) returns `NotLeader`.
     pub fn read_index(&mut self, ctx: u64) -> Result<(), ProposeError> {
+        if self.role == Role::Follower && self.leader != 0 && self.removed_at.is_none() {
+            self.read_only.queued.push(ctx);
+            return Ok(());
+        }
         if self.role != Role::Leader {
             return Err(self.not_leader());
         }
@@ -27,25 +37,80 @@ impl<S: LogStore> RawNode<S> {
         }
         if !self.committed_own_term() {
             // The commit index is not known to be current until our no-op commits (§6.4).
-            self.read_only.deferred.push(ctx);
+            self.read_only.deferred.push((0, vec![ctx]));
             return Ok(());
         }
-        self.start_read(ctx);
+        self.start_read(0, vec![ctx]);
         Ok(())
     }
 
-    /// Records commit for `ctx` and arranges a tagged heartbeat round to confirm it.
-    pub(super) fn start_read(&mut self, ctx: u64) {
-        let me = self.id();
-        if self.quorum().has_quorum(|v| v == me) {
-            self.reads.push(ReadState {
-                ctx,
-                index: self.commit,
-            });
+    /// Leader: follower `from` asks for a read index for `ctxs` (its own request ids). The
+    /// same confirmation as the leader's own reads; the answer is a `ReadIndexResponse`.
+    pub(super) fn handle_read_index(&mut self, from: u64, ctxs: Vec<u64>) {
+        if ctxs.is_empty() || !self.prs.contains_key(&from) {
             return;
         }
-        self.read_only.add(ctx, self.commit, me);
+        if !self.read_only.admit_remote(ctxs.len()) {
+            log::warn!(
+                "node {}: {} reads of node {from} dropped: {} followers' reads already wait",
+                self.id(),
+                ctxs.len(),
+                super::read_only::MAX_REMOTE_READS
+            );
+            return;
+        }
+        if !self.committed_own_term() {
+            self.read_only.deferred.push((from, ctxs));
+            return;
+        }
+        self.start_read(from, ctxs);
+    }
+
+    /// Records commit for the reads `ctxs` of `origin` (0 = this node) and arranges a tagged
+    /// heartbeat round to confirm them.
+    pub(super) fn start_read(&mut self, origin: u64, ctxs: Vec<u64>) {
+        let me = self.id();
+        let index = self.commit;
+        if self.quorum().has_quorum(|v| v == me) {
+            self.deliver_reads(vec![Confirmed {
+                origin,
+                ctxs,
+                index,
+            }]);
+            return;
+        }
+        self.read_only.add(origin, ctxs, index, me);
         self.pending_read_hb = true;
+    }
+
+    /// Confirmed reads: this node's go to `Ready::reads`, a follower's back to it.
+    pub(super) fn deliver_reads(&mut self, confirmed: Vec<Confirmed>) {
+        for c in confirmed {
+            if c.origin == 0 {
+                let index = c.index;
+                self.reads
+                    .extend(c.ctxs.into_iter().map(|ctx| ReadState { ctx, index }));
+            } else {
+                self.send(
+                    c.origin,
+                    Body::ReadIndexResponse(ReadIndexResponse {
+                        ctxs: c.ctxs,
+                        index: c.index,
+                    }),
+                );
+            }
+        }
+    }
+
+    /// Follower: the leader answered `ctxs` at `index`.
+    pub(super) fn handle_read_index_response(&mut self, from: u64, r: ReadIndexResponse) {
+        if self.role != Role::Follower || from != self.leader {
+            return;
+        }
+        let index = r.index;
+        let ctxs = self.read_only.answered(r.ctxs);
+        self.reads
+            .extend(ctxs.into_iter().map(|ctx| ReadState { ctx, index }));
     }
 
     /// Number of reads waiting for confirmation (tests, status).

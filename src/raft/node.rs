@@ -11,7 +11,7 @@ use super::{
     Ready, Role, SnapshotMeta, Status,
 };
 use crate::pb::raftpb::message::Body;
-use crate::pb::raftpb::{HeartbeatResponse, Removed, RequestVoteResponse};
+use crate::pb::raftpb::{HeartbeatResponse, ReadIndex, Removed, RequestVoteResponse};
 use crate::rng::Rng;
 use std::collections::VecDeque;
 
@@ -221,6 +221,10 @@ impl<S: LogStore> RawNode<S> {
         self.reset_randomized_timeout();
         self.votes.clear();
         self.transferee = 0;
+        // A follower's reads sent to (or queued for) the leader of the old term can no longer
+        // be answered by it: fail them now rather than at their timeout.
+        let failed = self.read_only.fail_remote();
+        self.failed_reads.extend(failed);
         if self.role == Role::Leader {
             let failed = self.read_only.fail_all();
             self.failed_reads.extend(failed);
@@ -261,6 +265,9 @@ impl<S: LogStore> RawNode<S> {
     }
 
     fn tick_election(&mut self) {
+        // Reads whose ReadIndex (or its answer) was lost, or that the leader could not confirm.
+        let expired = self.read_only.expire_remote(self.now);
+        self.failed_reads.extend(expired);
         self.election_elapsed = self.election_elapsed.saturating_add(1);
         if self.election_elapsed >= self.cfg.election_tick {
             self.quiet_boot = false;
@@ -455,6 +462,12 @@ impl<S: LogStore> RawNode<S> {
                     self.handle_timeout_now();
                 }
             }
+            Body::ReadIndex(r) => {
+                if self.role == Role::Leader {
+                    self.handle_read_index(from, r.ctxs);
+                }
+            }
+            Body::ReadIndexResponse(r) => self.handle_read_index_response(from, r),
             Body::Removed(_) => {}
         }
     }
@@ -575,6 +588,7 @@ impl<S: LogStore> RawNode<S> {
             || !self.snapshot_msgs.is_empty()
             || self.pending_snapshot.is_some()
             || self.conf_changed
+            || !self.read_only.queued.is_empty()
             || (self.role == Role::Leader
                 && (self.pending_bcast || self.pending_commit_bcast || self.pending_read_hb))
     }
@@ -593,6 +607,14 @@ impl<S: LogStore> RawNode<S> {
                 let seq = self.read_only.last_seq();
                 self.bcast_heartbeat(seq);
             }
+        }
+        if !self.read_only.queued.is_empty() {
+            // Every read queued since the last Ready goes to the leader in one message.
+            let timeout =
+                super::read_only::REMOTE_READ_TIMEOUT_ELECTIONS * self.cfg.election_tick as u64;
+            let ctxs = self.read_only.send_queued(self.now + timeout);
+            let leader = self.leader;
+            self.send(leader, Body::ReadIndex(ReadIndex { ctxs }));
         }
         self.members.on_commit(self.commit);
         let conf = std::mem::take(&mut self.conf_changed).then(|| self.members.current().clone());

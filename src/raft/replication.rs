@@ -178,9 +178,9 @@ impl<S: LogStore> RawNode<S> {
             self.uncommitted_bytes = self.uncommitted_bytes.saturating_sub(size);
         }
         if !self.read_only.deferred.is_empty() && self.committed_own_term() {
-            let ctxs: Vec<u64> = self.read_only.deferred.drain(..).collect();
-            for ctx in ctxs {
-                self.start_read(ctx);
+            let deferred: Vec<(u64, Vec<u64>)> = self.read_only.deferred.drain(..).collect();
+            for (origin, ctxs) in deferred {
+                self.start_read(origin, ctxs);
             }
         }
     }
@@ -443,7 +443,7 @@ impl<S: LogStore> RawNode<S> {
             let confirmed = self.read_only.ack(from, r.context, |acks| {
                 quorum.has_quorum(|v| acks.contains(&v))
             });
-            self.reads.extend(confirmed);
+            self.deliver_reads(confirmed);
         }
     }
 }

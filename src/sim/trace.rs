@@ -60,6 +60,10 @@ pub fn describe_msg(m: &Message) -> String {
         ),
         Some(Body::TimeoutNow(_)) => "TimeoutNow".to_string(),
         Some(Body::Removed(r)) => format!("Removed(conf {})", r.conf_index),
+        Some(Body::ReadIndex(r)) => format!("ReadIndex({} reads)", r.ctxs.len()),
+        Some(Body::ReadIndexResponse(r)) => {
+            format!("ReadIndexResp({} reads at {})", r.ctxs.len(), r.index)
+        }
         None => "Empty".to_string(),
     };
     format!("{}->{} t{} {}", m.from, m.to, m.term, body)

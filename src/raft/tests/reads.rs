@@ -62,14 +62,252 @@ fn r2_new_leader_defers_reads_until_own_term_commit() {
     assert_eq!(l.ready().reads, vec![ReadState { ctx: 5, index: 1 }]);
 }
 
+/// The `ReadIndex` messages (to, ctxs) in a Ready.
+fn read_index_msgs(rd: &Ready) -> Vec<(u64, Vec<u64>)> {
+    rd.messages
+        .iter()
+        .filter_map(|m| match body_of(m) {
+            Body::ReadIndex(r) => Some((m.to, r.ctxs.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
 #[test]
-fn r3_follower_read_index_is_redirected() {
+fn r3_follower_read_gets_leaders_commit() {
+    let mut net = Net::new(3, |_| {});
+    net.elect(1);
+    net.propose(1, "a");
+    net.propose(1, "b");
+    net.settle();
+    let commit = net.n(1).commit;
+    assert!(commit >= 3, "commit {commit}");
+    net.node(2).read_index(5).unwrap();
+    // The round trip to the leader and its heartbeat quorum: nothing before it.
+    assert!(net.peers[&2].reads.is_empty());
+    net.settle();
+    assert_eq!(
+        net.peers[&2].reads,
+        vec![ReadState {
+            ctx: 5,
+            index: commit
+        }]
+    );
+    assert!(
+        net.peers[&1].reads.is_empty(),
+        "the leader keeps no ReadState of it"
+    );
+    assert_eq!(net.n(2).pending_reads(), 0);
+    assert_eq!(net.n(1).pending_reads(), 0);
+}
+
+#[test]
+fn r3_follower_reads_are_batched_one_message_per_ready() {
     let mut f = node_with(cfg(2), &[1, 2, 3], &[], 1, 0, 0);
     f.step(heartbeat(1, 2, 1, 0, 0));
+    drain(&mut f);
+    for ctx in 1..=20 {
+        f.read_index(ctx).unwrap();
+    }
+    let rd = f.ready();
+    let sent = read_index_msgs(&rd);
+    assert_eq!(sent, vec![(1, (1..=20).collect::<Vec<u64>>())], "{sent:?}");
+    assert_eq!(f.pending_reads(), 20);
+    // Nothing more to send until new reads arrive.
+    assert!(read_index_msgs(&f.ready()).is_empty());
+    f.read_index(21).unwrap();
+    assert_eq!(read_index_msgs(&f.ready()), vec![(1, vec![21])]);
+
+    // The leader answers a whole batch with one message after one heartbeat quorum.
+    let mut net = Net::new(3, |_| {});
+    net.elect(1);
+    for ctx in 1..=20 {
+        net.node(3).read_index(ctx).unwrap();
+    }
+    let seen = std::rc::Rc::new(std::cell::RefCell::new((0usize, 0usize)));
+    let s2 = seen.clone();
+    net.filter = Some(Box::new(move |m: &mut Message| {
+        match m.body {
+            Some(Body::ReadIndex(_)) => s2.borrow_mut().0 += 1,
+            Some(Body::ReadIndexResponse(_)) => s2.borrow_mut().1 += 1,
+            _ => {}
+        }
+        true
+    }));
+    net.settle();
+    assert_eq!(
+        *seen.borrow(),
+        (1, 1),
+        "(ReadIndex, ReadIndexResponse) messages"
+    );
+    let ctxs: Vec<u64> = net.peers[&3].reads.iter().map(|r| r.ctx).collect();
+    assert_eq!(ctxs, (1..=20).collect::<Vec<u64>>());
+}
+
+#[test]
+fn r3_follower_without_leader_fails_at_once() {
+    let mut f = node_with(cfg(2), &[1, 2, 3], &[], 1, 0, 0);
     assert_eq!(
         f.read_index(1),
-        Err(ProposeError::NotLeader { leader: Some(1) })
+        Err(ProposeError::NotLeader { leader: None })
     );
+    assert_eq!(f.pending_reads(), 0);
+    assert!(!f.has_ready());
+    // A candidate has no leader either.
+    f.campaign(false);
+    assert_eq!(
+        f.read_index(2),
+        Err(ProposeError::NotLeader { leader: None })
+    );
+}
+
+#[test]
+fn r3_leader_without_quorum_never_answers_and_the_follower_times_out() {
+    // 5 voters; the leader 1 and follower 2 still talk, 3..5 are cut off: 2 of 5 is no quorum.
+    let mut net = Net::new(5, |_| {});
+    net.elect(1);
+    net.propose(1, "a");
+    net.settle();
+    for a in 1..=2 {
+        for b in 3..=5 {
+            net.cut.insert((a, b));
+            net.cut.insert((b, a));
+        }
+    }
+    net.node(2).read_index(7).unwrap();
+    net.settle();
+    assert_eq!(
+        net.n(1).pending_reads(),
+        1,
+        "the leader holds it unconfirmed"
+    );
+    let timeout = super::super::read_only::REMOTE_READ_TIMEOUT_ELECTIONS * 10;
+    for t in 0..timeout {
+        assert!(
+            net.peers[&2].failed_reads.is_empty(),
+            "failed early at tick {t}"
+        );
+        net.tick(1);
+        net.tick(2);
+        net.settle();
+    }
+    assert!(net.peers[&2].reads.is_empty(), "{:?}", net.peers[&2].reads);
+    assert_eq!(net.peers[&2].failed_reads, vec![7]);
+    // It was the timeout, not a leader change: 1 still leads term 1 for 2.
+    assert_eq!((net.n(2).term, net.n(2).leader), (1, 1));
+    assert_eq!(net.n(2).pending_reads(), 0);
+}
+
+#[test]
+fn r3_deposed_leaders_answer_is_ignored() {
+    let mut net = Net::new(3, |_| {});
+    net.elect(1);
+    net.settle();
+    // Hold everything from the leader; 2 asks for a read index.
+    net.node(2).read_index(9).unwrap();
+    net.process(2);
+    let ask: Vec<Message> = net.queue.drain(..).collect();
+    assert!(matches!(
+        ask[..],
+        [Message {
+            to: 1,
+            body: Some(Body::ReadIndex(_)),
+            ..
+        }]
+    ));
+    for m in ask {
+        net.node(1).step(m);
+    }
+    // The leader confirms it (3 acks) but its answer is held back.
+    net.process(1);
+    let hbs: Vec<Message> = net.queue.drain(..).collect();
+    for m in hbs.into_iter().filter(|m| m.to == 3) {
+        net.node(3).step(m);
+    }
+    net.process(3);
+    for m in net.queue.drain(..).collect::<Vec<_>>() {
+        net.node(1).step(m);
+    }
+    net.process(1);
+    let answer: Vec<Message> = net
+        .queue
+        .drain(..)
+        .filter(|m| matches!(m.body, Some(Body::ReadIndexResponse(_))))
+        .collect();
+    assert_eq!(answer.len(), 1, "the leader answered");
+    // 3 becomes leader of term 2 and 2 follows it: 2's read fails with the term change.
+    net.elect(3);
+    net.settle();
+    assert_eq!(net.n(2).term, 2);
+    assert_eq!(net.peers[&2].failed_reads, vec![9]);
+    // The old answer (term 1) arrives now: ignored, nothing served.
+    for m in answer {
+        net.node(2).step(m);
+    }
+    net.settle();
+    assert!(net.peers[&2].reads.is_empty(), "{:?}", net.peers[&2].reads);
+    assert_eq!(net.n(2).pending_reads(), 0);
+}
+
+#[test]
+fn r3_answer_from_a_non_leader_or_for_unknown_reads_is_ignored() {
+    let mut f = node_with(cfg(2), &[1, 2, 3], &[], 1, 0, 0);
+    f.step(heartbeat(1, 2, 1, 0, 0));
+    f.read_index(4).unwrap();
+    drain(&mut f);
+    let resp = |from, ctxs: Vec<u64>| {
+        msg(
+            from,
+            2,
+            1,
+            Body::ReadIndexResponse(ReadIndexResponse { ctxs, index: 3 }),
+        )
+    };
+    // Same term, but not from the leader.
+    f.step(resp(3, vec![4]));
+    // From the leader, for a read never sent.
+    f.step(resp(1, vec![99]));
+    assert!(f.ready().reads.is_empty());
+    f.step(resp(1, vec![4]));
+    assert_eq!(f.ready().reads, vec![ReadState { ctx: 4, index: 3 }]);
+    // A duplicate answer serves nothing twice.
+    f.step(resp(1, vec![4]));
+    assert!(f.ready().reads.is_empty());
+}
+
+#[test]
+fn r3_new_leader_defers_a_followers_read_until_its_term_commits() {
+    let mut l = node_with(cfg(1), &[1, 2, 3], &[], 0, 0, 0);
+    l.campaign(false);
+    l.step(vote_resp(2, 1, 1, true, false));
+    drain(&mut l);
+    l.step(msg(2, 1, 1, Body::ReadIndex(ReadIndex { ctxs: vec![3] })));
+    let rd = l.ready();
+    assert!(tagged_heartbeats(&rd).is_empty());
+    l.step(append_ok(3, 1, 1, 1));
+    let hbs = tagged_heartbeats(&l.ready());
+    assert_eq!(hbs.len(), 2);
+    l.step(hb_resp(3, 1, 1, hbs[0].1));
+    let rd = l.ready();
+    let answers: Vec<(u64, ReadIndexResponse)> = rd
+        .messages
+        .iter()
+        .filter_map(|m| match body_of(m) {
+            Body::ReadIndexResponse(r) => Some((m.to, r.clone())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        answers,
+        vec![(
+            2,
+            ReadIndexResponse {
+                ctxs: vec![3],
+                index: 1
+            }
+        )]
+    );
+    assert!(rd.reads.is_empty());
 }
 
 #[test]
@@ -336,9 +574,15 @@ fn t6_reads_across_a_transfer_stay_linearizable() {
         served.is_some_and(|r| r.index >= acked) || (served.is_none() && failed),
         "read 7 on the old leader: served {served:?}, failed {failed}, write acked at {acked}"
     );
-    // 1 is a follower now: no lease, no ReadIndex of its own.
+    // 1 is a follower now: no lease; its ReadIndex goes to 2 and sees the acknowledged write.
     assert!(net.node(1).lease_read().is_err());
-    assert!(net.node(1).read_index(8).is_err());
+    net.node(1).read_index(8).unwrap();
+    net.settle();
+    let r8 = net.peers[&1].reads.iter().find(|r| r.ctx == 8).cloned();
+    assert!(
+        r8.as_ref().is_some_and(|r| r.index >= acked),
+        "follower read on 1 {r8:?}, write acked at {acked}"
+    );
     // The new leader's read is confirmed at an index holding the acknowledged write.
     net.node(2).read_index(9).unwrap();
     net.settle();
