@@ -14,6 +14,7 @@ fn bug_flag(b: NodeBug) -> &'static str {
         NodeBug::AnswerBeforeCommit => "answer-before-commit",
         NodeBug::SnapshotBeforeDurable => "snapshot-before-durable",
         NodeBug::IgnoreSyncFailure => "ignore-sync-failure",
+        NodeBug::FollowerReadBeforeApply => "follower-read-before-apply",
     }
 }
 
@@ -66,6 +67,14 @@ fn planted_snapshot_state_before_durable_is_caught() {
 fn planted_ignored_sync_failure_is_caught() {
     caught(NodeBug::IgnoreSyncFailure, 3, 400);
     caught(NodeBug::IgnoreSyncFailure, 5, 400);
+}
+
+/// A follower that serves a follower-ReadIndex read before applying up to the read index
+/// returns stale values: the linearizability check must catch it.
+#[test]
+fn planted_follower_read_before_apply_is_caught() {
+    caught(NodeBug::FollowerReadBeforeApply, 3, 300);
+    caught(NodeBug::FollowerReadBeforeApply, 5, 500);
 }
 
 /// The same seeds pass without the bug (the violations above are the bugs', not the harness').

@@ -74,7 +74,7 @@ struct Args {
     /// Plant a bug in the core (vote-twice | commit-old-term; with --membership:
     /// two-conf-changes | skip-joint | conf-change-before-commit | learner-votes) or in the node
     /// layer (ack-before-sync | answer-before-commit | snapshot-before-durable |
-    /// ignore-sync-failure).
+    /// ignore-sync-failure | follower-read-before-apply).
     #[arg(long)]
     bug: Option<String>,
     /// Change the membership while faults run: add learners with new ids, promote them (two at
@@ -109,12 +109,13 @@ fn main() -> ExitCode {
         Some("skip-joint") => (Bug::SkipJoint, NodeBug::None),
         Some("conf-change-before-commit") => (Bug::ConfChangeBeforeCommit, NodeBug::None),
         Some("learner-votes") => (Bug::LearnerVotes, NodeBug::None),
+        Some("follower-read-before-apply") => (Bug::None, NodeBug::FollowerReadBeforeApply),
         Some(other) => {
             eprintln!(
                 "raftkv-sim: unknown --bug {other:?} (vote-twice | commit-old-term | \
                  ack-before-sync | answer-before-commit | snapshot-before-durable | \
                  ignore-sync-failure | two-conf-changes | skip-joint | \
-                 conf-change-before-commit | learner-votes)"
+                 conf-change-before-commit | learner-votes | follower-read-before-apply)"
             );
             return ExitCode::from(2);
         }

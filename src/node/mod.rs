@@ -52,4 +52,7 @@ pub enum NodeBug {
     /// A failed sync (EIO, ENOSPC) is treated as done: the node acknowledges writes the disk
     /// dropped (PostgreSQL's "fsyncgate": a retried fsync may succeed with the data gone).
     IgnoreSyncFailure,
+    /// A follower serves a read as soon as the leader answers its ReadIndex, from whatever it
+    /// has applied, instead of waiting until it applied up to the read index.
+    FollowerReadBeforeApply,
 }

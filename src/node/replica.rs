@@ -26,6 +26,10 @@ pub struct ReplicaConfig {
     pub request_timeout_ms: u64,
     /// Serve LEASE reads from the leader lease (else they take the ReadIndex path).
     pub lease_read: bool,
+    /// A follower serves LINEARIZABLE and LEASE reads itself through follower ReadIndex (it
+    /// asks the leader for a read index and serves from its own state once applied up to it);
+    /// off: it answers them NOT_LEADER (the client redirects to the leader).
+    pub follower_reads: bool,
     /// Client addresses of the members, for NOT_LEADER redirects.
     pub client_addrs: HashMap<u64, String>,
     /// Keys and values per scan page (`limits::max_scan_page`: the page and its framing fit
@@ -390,12 +394,21 @@ impl<L: LogStore, A: ReplyAddr> Replica<L, A> {
     /// takes the ReadIndex path (always safe) instead.
     pub fn read(&mut self, to: A, c: kvpb::Consistency, op: ReadOp, now: u64, tick_overdue: bool) {
         use kvpb::Consistency;
+        let leading = self.core.role() == Role::Leader;
+        if c != Consistency::Stale && !leading && !self.cfg.follower_reads {
+            let r = self.refusal(ProposeError::NotLeader {
+                leader: self.core.leader(),
+            });
+            self.requests.answer(to, r);
+            return;
+        }
         match c {
             Consistency::Stale => {
                 let r = serve(&self.kv, &op, self.scan_budget());
                 self.requests.answer(to, r);
             }
-            Consistency::Lease if self.cfg.lease_read && !tick_overdue => {
+            // A follower holds no lease: LEASE reads take the follower ReadIndex path there.
+            Consistency::Lease if self.cfg.lease_read && !tick_overdue && leading => {
                 match self.core.lease_read() {
                     Ok(index) => {
                         let ctx = self.requests.add_read(to, op, now);

@@ -285,13 +285,14 @@ impl<A: ReplyAddr> Requests<A> {
         false
     }
 
-    /// The core gave up on the read `ctx` (leadership lost before it was confirmed).
+    /// The core gave up on the read `ctx`: leadership (or, on a follower, the term or the
+    /// leader) changed before it was confirmed, or a follower's leader did not answer in time.
     pub fn read_failed(&mut self, ctx: u64) {
         if let Some(p) = self.reads.remove(&ctx) {
             self.fail(
                 p.to,
                 ErrorCode::Unavailable,
-                "leadership lost during the read",
+                "read not confirmed: the leader changed or did not confirm it in time",
             );
         }
     }

@@ -203,6 +203,9 @@ pub struct ServerConfig {
     /// A follower forwards writes and leader reads to the leader (`forward.rs`) instead of
     /// answering NOT_LEADER.
     pub forward: bool,
+    /// A follower serves LINEARIZABLE/LEASE reads itself through follower ReadIndex (native
+    /// and RESP) instead of answering NOT_LEADER or forwarding them.
+    pub follower_reads: bool,
     /// How often a changed commit index is written to the hard state file.
     pub commit_persist_interval: Duration,
     /// Space quota on the state (keys + values) and on the data directory: beyond it the
@@ -255,6 +258,7 @@ impl ServerConfig {
             max_client_inflight: DEFAULT_MAX_CLIENT_INFLIGHT,
             max_clients: DEFAULT_MAX_CLIENTS,
             forward: false,
+            follower_reads: false,
             commit_persist_interval: DEFAULT_COMMIT_PERSIST_INTERVAL,
             quota_bytes: DEFAULT_QUOTA_BYTES,
             peer: PeerOptions::default(),

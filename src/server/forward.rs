@@ -11,8 +11,9 @@
 //! - no answer within `--request-timeout-ms`: TIMEOUT (a write may or may not apply);
 //! - no leader known: the node answers as without forwarding (NOT_LEADER, leader unknown).
 //!
-//! Not done: follower ReadIndex (reads are forwarded and served by the leader, so they do not
-//! spread over the followers).
+//! With `--follower-reads` too, reads are not forwarded: the follower serves them itself
+//! through follower ReadIndex (`node::Replica::read`), so they spread over all nodes; only
+//! writes (and the other leader-only requests) are forwarded.
 
 use super::{ClientRef, Server};
 use crate::kv::error_result;
@@ -79,6 +80,9 @@ impl Server {
         let Some(write) = needs_leader(req) else {
             return false;
         };
+        if !write && self.cfg.follower_reads {
+            return false;
+        }
         if !self.forward_link(leader) {
             return false;
         }

@@ -265,6 +265,7 @@ fn replica_config(cfg: &ServerConfig) -> ReplicaConfig {
     ReplicaConfig {
         request_timeout_ms: u64::try_from(cfg.request_timeout.as_millis()).unwrap_or(u64::MAX),
         lease_read: cfg.lease_read,
+        follower_reads: cfg.follower_reads,
         max_scan_bytes: crate::limits::max_scan_page(cfg.max_frame),
         max_read_bytes_per_pass: super::config::READ_BYTES_PER_PASS,
         promotion: cfg.promotion,

@@ -3,7 +3,8 @@
 //! Each client runs one operation at a time (put, get, delete or cas on a small key set, so
 //! operations contend) against the node it believes leads. Writes carry an exactly-once
 //! session (client_id, seq): a retry after a timeout or a NotLeader answer reuses the seq, so
-//! the write applies at most once wherever it lands. Reads go through ReadIndex. Every
+//! the write applies at most once wherever it lands. Reads go through ReadIndex, half of them
+//! to a random node (a follower serves them through follower ReadIndex). Every
 //! operation is recorded for the linearizability checker: its call time, and its return time
 //! and output once a definite answer arrives. A client may give up on a write (its outcome
 //! stays unknown forever, which the checker handles).
@@ -220,8 +221,15 @@ impl SimClient {
         let Some(c) = &self.cur else {
             return ClientAction::Nothing;
         };
+        // Half the reads go to any node, not the one believed to lead: followers serve them
+        // through follower ReadIndex, which the linearizability check then covers too.
+        let node = if matches!(c.op, ReqOp::Read { .. }) && self.rng.chance(0.5) {
+            1 + self.rng.range(0, self.nodes)
+        } else {
+            self.target
+        };
         ClientAction::Send {
-            node: self.target,
+            node,
             req: ClientReq {
                 client: self.idx,
                 attempt: self.attempt,

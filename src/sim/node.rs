@@ -274,6 +274,7 @@ impl SimNode {
         let rep_cfg = ReplicaConfig {
             request_timeout_ms: self.params.request_timeout,
             lease_read: false,
+            follower_reads: true,
             client_addrs: HashMap::new(),
             max_scan_bytes: 0,
             max_read_bytes_per_pass: self.params.read_bytes_per_pass,

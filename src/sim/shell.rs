@@ -180,6 +180,15 @@ impl ReadyShell for SimShell<'_> {
             self.node.check_apply(e, self.checker, self.out)?;
         }
         let any = committed.last().is_some_and(|e| e.index > applied);
+        let mut reads = reads;
+        if self.node.params.bug == NodeBug::FollowerReadBeforeApply
+            && self.rep().core().role() != crate::raft::Role::Leader
+        {
+            // PLANTED BUG: serve at once, whatever the read index (never in the server).
+            for r in &mut reads {
+                r.index = 0;
+            }
+        }
         self.rep().apply_and_serve(committed, reads, failed_reads);
         if any {
             self.node.maybe_snapshot(self.out)?;

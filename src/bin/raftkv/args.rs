@@ -350,6 +350,12 @@ pub struct Tuning {
     /// itself, instead of answering NOT_LEADER (native and RESP alike).
     #[arg(long)]
     pub forward: bool,
+    /// A follower serves LINEARIZABLE/LEASE reads itself: it asks the leader for a read index
+    /// (follower ReadIndex) and answers from its own state once applied up to it, so reads
+    /// spread over all nodes. Without it a follower answers them NOT_LEADER (or forwards them,
+    /// with --forward).
+    #[arg(long)]
+    pub follower_reads: bool,
     /// Disable CheckQuorum (a leader that cannot reach a quorum then stays leader; its
     /// requests time out instead of being redirected). Incompatible with --lease-reads.
     #[arg(long)]
@@ -433,6 +439,9 @@ impl Tuning {
         }
         if self.forward {
             v.push("--forward".into());
+        }
+        if self.follower_reads {
+            v.push("--follower-reads".into());
         }
         if self.no_check_quorum {
             v.push("--no-check-quorum".into());
@@ -562,6 +571,7 @@ mod tests {
             "--heartbeat-ticks=2",
             "--lease-reads",
             "--no-pre-vote",
+            "--follower-reads",
             "--max-frame=12345",
             "--segment-size=1048576",
             "--request-timeout-ms=999",

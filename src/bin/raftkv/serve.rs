@@ -109,6 +109,7 @@ fn serve_config(a: &ServeArgs) -> Result<ServerConfig, String> {
     cfg.lease_read = t.lease_reads;
     cfg.pre_vote = !t.no_pre_vote;
     cfg.forward = t.forward;
+    cfg.follower_reads = t.follower_reads;
     cfg.check_quorum = !t.no_check_quorum;
     if t.lease_reads && t.no_check_quorum {
         return Err("--lease-reads needs CheckQuorum (drop --no-check-quorum)".into());
