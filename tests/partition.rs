@@ -858,3 +858,82 @@ fn lease_read_after_the_old_leader_was_paused_is_not_stale() {
         "the paused old leader served a LEASE read after a new leader committed a newer value: {r:?}"
     );
 }
+
+/// The error a raw answer carries: (code, message), or None for a value / no answer.
+fn error_of(r: &Option<kvpb::Response>) -> Option<(kvpb::ErrorCode, String)> {
+    match r.as_ref()?.result.as_ref()? {
+        R::Error(e) => Some((e.code(), e.message.clone())),
+        _ => None,
+    }
+}
+
+/// Follower ReadIndex (`--follower-reads`): a LINEARIZABLE read sent straight to a follower
+/// (no redirect: one raw request, one node) answers the value the leader has just
+/// acknowledged, every time; and a follower cut off from the leader never answers from its
+/// stale state: it fails the read (the leader's answer cannot arrive) with a clear error.
+#[test]
+fn follower_reads_see_acknowledged_writes_and_a_cut_off_follower_serves_nothing_stale() {
+    let c = Cluster::start(&["--follower-reads"]);
+    let (l, _) = c.wait_leader_among(&[1, 2, 3], secs(15));
+    let fs = others(l);
+    for i in 0..100 {
+        let (k, v) = (format!("k{}", i % 7), format!("v{i}"));
+        let put = raw_put(c.addr(l), &k, &v);
+        assert!(
+            put.is_some() && error_of(&put).is_none(),
+            "put {k}={v} on leader {l}: {put:?}"
+        );
+        let f = fs[i % 2];
+        let got = raw_get(c.addr(f), &k, kvpb::Consistency::Linearizable);
+        assert_eq!(
+            got_value(&got),
+            Some(Some(v.clone().into_bytes())),
+            "read {i} of {k} on follower {f} right after {k}={v} was acknowledged: {got:?}"
+        );
+    }
+
+    // Cut one follower off; the majority writes a newer value.
+    let f = fs[0];
+    assert_eq!(
+        got_value(&raw_get(c.addr(f), "x", kvpb::Consistency::Linearizable)),
+        Some(None),
+        "x absent before"
+    );
+    let put = raw_put(c.addr(l), "x", "old");
+    assert!(error_of(&put).is_none() && put.is_some(), "{put:?}");
+    assert_eq!(
+        got_value(&raw_get(c.addr(f), "x", kvpb::Consistency::Linearizable)),
+        Some(Some(b"old".to_vec()))
+    );
+    c.isolate(f, CUT);
+    let mut cl = c.client(&others(f));
+    cl.put(b"x", b"new").unwrap();
+    // Every answer of the cut-off follower is an error, never "old" (nor "new": it cannot
+    // know it). The core fails the read within two election timeouts (200-400 ms here) or at
+    // once when the follower starts campaigning; either way well inside the 3 s raw timeout.
+    for i in 0..5 {
+        let t = Instant::now();
+        let got = raw_get(c.addr(f), "x", kvpb::Consistency::Linearizable);
+        let took = t.elapsed();
+        let Some((code, msg)) = error_of(&got) else {
+            panic!("read {i} on the cut-off follower {f} answered {got:?} after {took:?}");
+        };
+        assert!(
+            matches!(
+                code,
+                kvpb::ErrorCode::Unavailable
+                    | kvpb::ErrorCode::NotLeader
+                    | kvpb::ErrorCode::Timeout
+            ),
+            "read {i}: {code:?} {msg}"
+        );
+        eprintln!("cut-off follower read {i}: {code:?} \"{msg}\" after {took:?}");
+    }
+    // Healed, it catches up and serves the new value.
+    c.heal_all();
+    let got = wait_for("the healed follower to serve x=new", secs(10), || {
+        let g = got_value(&raw_get(c.addr(f), "x", kvpb::Consistency::Linearizable))?;
+        (g == Some(b"new".to_vec())).then_some(g)
+    });
+    assert_eq!(got, Some(b"new".to_vec()));
+}

@@ -608,3 +608,33 @@ fn with_forward_a_follower_serves_writes_and_reads() {
     let Value::Int(n) = v else { panic!("{v:?}") };
     assert!(n >= 3, "INCR through {target}: {n}");
 }
+
+/// `--follower-reads`: a follower answers GET/MGET/EXISTS itself (follower ReadIndex) with the
+/// value the leader just acknowledged, on a normal (not READONLY) connection; writes still
+/// get NOTLEADER.
+#[test]
+fn with_follower_reads_a_follower_serves_linearizable_reads() {
+    let cluster = Cluster::start_resp(3, &["--follower-reads", STABLE]);
+    let (leader, mut l) = leader_conn(&cluster);
+    let follower = (1..=3).find(|&i| i != leader).unwrap();
+    let mut f = connect(&cluster.redis_addr(follower));
+    for i in 0..50 {
+        let v = i.to_string();
+        assert_eq!(ok(&mut l, &["SET", "fr", &v]), okv());
+        assert_eq!(
+            ok(&mut f, &["GET", "fr"]),
+            bulk(&v),
+            "read {i} on the follower"
+        );
+        assert_eq!(
+            ok(&mut f, &["MGET", "fr", "none"]),
+            Value::Array(vec![bulk(&v), Value::Nil]),
+            "MGET {i}"
+        );
+        assert_eq!(ok(&mut f, &["EXISTS", "fr", "none"]), Value::Int(1));
+    }
+    assert!(
+        err(&mut f, &["SET", "a", "b"]).starts_with("NOTLEADER"),
+        "writes still go to the leader"
+    );
+}
