@@ -500,6 +500,7 @@ fn common(args: &CompareArgs, r: &Running, clients: usize, preload: bool) -> Com
         no_preload: !preload,
         sessions: false,
         spread_reads: false,
+        read_from: crate::ReadFrom::Leader,
         seed: 1,
         json: false,
         per_second: false,

@@ -92,6 +92,16 @@ pub enum Dist {
     Zipf,
 }
 
+/// raftkv: which nodes the connections go to.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ReadFrom {
+    /// Only the leader.
+    Leader,
+    /// Every endpoint, round robin (GETs on followers need `raftkv serve --follower-reads`
+    /// for LINEARIZABLE/LEASE reads; a NOT_LEADER answer moves that connection to the leader).
+    All,
+}
+
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
 pub enum ConsistencyArg {
     Linearizable,
@@ -144,6 +154,10 @@ pub struct Common {
     /// raftkv with --consistency stale: spread connections over all endpoints, not just the leader.
     #[arg(long)]
     pub spread_reads: bool,
+    /// raftkv: connections go to the leader only, or to every endpoint (`all`: for read-only
+    /// workloads; with LINEARIZABLE/LEASE reads the followers must run with --follower-reads).
+    #[arg(long, value_enum, default_value_t = ReadFrom::Leader)]
+    pub read_from: ReadFrom,
     /// Seed of the key generator.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
@@ -259,7 +273,8 @@ pub fn make_driver(
             Box::new(raftkv_driver::RaftkvDriver::new(
                 c.endpoints.clone(),
                 &opts,
-                c.spread_reads,
+                c.read_from == ReadFrom::All
+                    || (c.spread_reads && c.consistency == ConsistencyArg::Stale),
             )),
             None,
         ),

@@ -1,6 +1,7 @@
 //! raftkv driver: the native protocol (4-byte BE length + `kvpb::Request` protobuf), pipelined,
 //! replies matched by request id. Load goes to the leader, found with a Status request to each
-//! endpoint; a NOT_LEADER reply during the run makes the engine reconnect to the named leader.
+//! endpoint (with `--read-from all`, spread round robin over every endpoint); a NOT_LEADER reply
+//! during the run makes the engine reconnect to the named leader.
 
 use crate::driver::{resolve, Codec, Consistency, Driver, DriverOptions, Outcome, Reply};
 use crate::keys::{key_bytes, KEY_LEN};
@@ -19,7 +20,8 @@ pub struct RaftkvDriver {
     endpoints: Vec<String>,
     opts: DriverOptions,
     value: Bytes,
-    /// Stale reads may go to every node instead of only the leader.
+    /// Connections go to every endpoint instead of only the leader (`--read-from all`, or
+    /// `--spread-reads` with stale reads).
     spread_reads: bool,
     /// How long to wait for a leader.
     pub leader_timeout: Duration,
@@ -111,7 +113,7 @@ impl Driver for RaftkvDriver {
         Ok(())
     }
     fn targets(&self) -> Result<Vec<SocketAddr>, String> {
-        if self.spread_reads && self.opts.consistency == Consistency::Stale {
+        if self.spread_reads {
             return self.endpoints.iter().map(|a| resolve(a)).collect();
         }
         Ok(vec![resolve(&find_leader(
