@@ -608,3 +608,96 @@ fn with_forward_a_follower_serves_writes_and_reads() {
     let Value::Int(n) = v else { panic!("{v:?}") };
     assert!(n >= 3, "INCR through {target}: {n}");
 }
+
+/// Exactly-once through forwarding: a client pipelines INCRs into a follower (`--forward`)
+/// and the leader is killed under it. The follower re-sends the INCRs that were on the broken
+/// link to the next leader (or runs them itself if it leads next); some of them had already
+/// reached the new leader's log and apply there, so each re-sent copy must be answered from
+/// the session table. Hence: the acknowledged INCRs returned distinct values, and the counter
+/// is at least the number acknowledged and at most acknowledged + failed (a failed one may or
+/// may not have applied, once). Applying a duplicate would push it over.
+#[test]
+fn forwarded_incrs_apply_once_when_the_leader_dies_mid_flight() {
+    let mut cluster = Cluster::start_resp(3, &["--forward", STABLE]);
+    let leader = cluster.wait_leader();
+    let follower = (1..=3).find(|&i| i != leader).unwrap();
+    let addr = cluster.redis_addr(follower);
+    connect(&addr); // the port is up
+    let stop = Arc::new(AtomicBool::new(false));
+    let count = Arc::new(AtomicUsize::new(0));
+    let writer = {
+        let (stop, count) = (stop.clone(), count.clone());
+        std::thread::spawn(move || incr_pipelines(&addr, &stop, &count))
+    };
+    let acked_at_least = |n: usize| {
+        wait_for("acknowledged INCRs", Duration::from_secs(60), || {
+            (count.load(Ordering::SeqCst) >= n).then_some(())
+        })
+    };
+    acked_at_least(300);
+    cluster.kill(leader);
+    let at_kill = count.load(Ordering::SeqCst);
+    let new_leader = cluster.wait_leader();
+    acked_at_least(at_kill + 300);
+    stop.store(true, Ordering::SeqCst);
+    let (values, failed) = writer.join().unwrap();
+    let mut c = connect(&cluster.redis_addr(new_leader));
+    let Value::BulkString(v) = ok(&mut c, &["GET", "ctr"]) else {
+        panic!("no counter")
+    };
+    let counter: usize = String::from_utf8(v).unwrap().parse().unwrap();
+    let log = cluster.node_log(follower);
+    let resent = log.matches("forwarding: re-sending").count()
+        + log
+            .matches("forwarded requests here (now the leader)")
+            .count();
+    let acked = values.len();
+    println!(
+        "leader {leader} killed, {new_leader} leads; follower {follower}: {acked} INCRs \
+         acknowledged, {failed} failed, counter {counter}, {resent} re-send rounds"
+    );
+    let distinct: std::collections::BTreeSet<i64> = values.iter().copied().collect();
+    assert_eq!(distinct.len(), acked, "two INCRs answered the same value");
+    assert!(counter >= acked, "counter {counter} < {acked} acknowledged");
+    assert!(
+        counter <= acked + failed,
+        "counter {counter} > {acked} acknowledged + {failed} failed: an INCR applied twice"
+    );
+    assert!(
+        resent > 0,
+        "the kill caught no INCR in flight (nothing re-sent)"
+    );
+}
+
+/// Pipelines of 20 `INCR ctr` on one raw connection until stopped; the values of the
+/// acknowledged ones and the count of those answered with an error.
+fn incr_pipelines(addr: &str, stop: &AtomicBool, count: &AtomicUsize) -> (Vec<i64>, usize) {
+    use std::io::BufRead;
+    const DEPTH: usize = 20;
+    let s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut w = s.try_clone().unwrap();
+    let mut r = std::io::BufReader::new(s);
+    let batch = b"*2\r\n$4\r\nINCR\r\n$3\r\nctr\r\n".repeat(DEPTH);
+    let (mut values, mut failed) = (Vec::new(), 0);
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while !stop.load(Ordering::SeqCst) && Instant::now() < deadline {
+        w.write_all(&batch).unwrap();
+        for _ in 0..DEPTH {
+            let mut line = String::new();
+            r.read_line(&mut line)
+                .expect("a reply (the follower stays up)");
+            match line.trim_end().strip_prefix(':') {
+                Some(n) => {
+                    values.push(n.parse().unwrap());
+                    count.fetch_add(1, Ordering::SeqCst);
+                }
+                None => {
+                    assert!(line.starts_with('-'), "not a reply: {line:?}");
+                    failed += 1;
+                }
+            }
+        }
+    }
+    (values, failed)
+}

@@ -453,7 +453,12 @@ impl Server {
                     c.inflight = state.unreleased();
                     return;
                 }
-                let id = state.push_waiting(expect, class);
+                // Every write in the connection's session (see `RespState::client_id`).
+                let (client_id, seq, acked_seq) = match class {
+                    Class::Write => state.next_write(),
+                    Class::Read => (0, 0, 0),
+                };
+                let id = state.push_waiting(expect, class, seq);
                 c.inflight = state.unreleased();
                 let consistency = if stale {
                     kvpb::Consistency::Stale
@@ -464,7 +469,9 @@ impl Server {
                     id,
                     consistency: consistency as i32,
                     op: Some(op),
-                    ..Default::default()
+                    client_id,
+                    seq,
+                    acked_seq,
                 };
                 self.on_request(token, req);
                 return;
@@ -570,7 +577,7 @@ mod tests {
 
     fn run(words: &[&str]) -> Action {
         let args: Vec<Bytes> = words.iter().map(|w| Bytes::from(w.to_string())).collect();
-        plan(&args, &mut RespState::new(1 << 20, 1024))
+        plan(&args, &mut RespState::new(1 << 20, 1024, 1))
     }
 
     fn error(words: &[&str]) -> String {
