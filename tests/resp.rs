@@ -72,7 +72,7 @@ fn every_command_with_redis_replies() {
     assert_eq!(ok(&mut c, &["CLIENT", "GETNAME"]), bulk("t1"));
     assert!(matches!(ok(&mut c, &["CLIENT", "ID"]), Value::Int(_)));
     assert!(matches!(ok(&mut c, &["HELLO"]), Value::Array(v) if v.len() == 14));
-    assert!(err(&mut c, &["HELLO", "3"]).starts_with("NOPROTO"));
+    assert!(err(&mut c, &["HELLO", "4"]).starts_with("NOPROTO"));
     assert!(matches!(ok(&mut c, &["COMMAND"]), Value::Array(_)));
     assert_eq!(
         ok(&mut c, &["CONFIG", "GET", "appendfsync"]),
@@ -217,6 +217,54 @@ fn every_command_with_redis_replies() {
         });
     }
     assert_eq!(ok(&mut c, &["QUIT"]), okv());
+}
+
+/// RESP3: a `redis` client asking for it (`protocol=resp3` sends `HELLO 3`) gets maps and
+/// nulls; raw bytes show the switch is per connection and per command: replies owed from
+/// before `HELLO 3` stay RESP2, `HELLO 2` switches back.
+#[test]
+fn hello_3_switches_the_connection_to_resp3() {
+    let cluster = Cluster::start_resp(3, &[STABLE]);
+    let leader = cluster.wait_leader();
+    let addr = cluster.redis_addr(leader);
+    let client = redis::Client::open(format!("redis://{addr}/?protocol=resp3")).unwrap();
+    let mut c = wait_for("a RESP3 connection", Duration::from_secs(10), || {
+        client
+            .get_connection_with_timeout(Duration::from_secs(5))
+            .ok()
+    });
+    assert_eq!(ok(&mut c, &["GET", "nokey"]), Value::Nil);
+    assert_eq!(ok(&mut c, &["SET", "k3", "v"]), okv());
+    assert_eq!(ok(&mut c, &["INCR", "n3"]), Value::Int(1));
+    assert_eq!(
+        ok(&mut c, &["CONFIG", "GET", "appendfsync"]),
+        Value::Map(vec![(bulk("appendfsync"), bulk("always"))])
+    );
+    let Value::Map(hello) = ok(&mut c, &["HELLO", "3"]) else {
+        panic!("HELLO 3 is not a map")
+    };
+    assert!(hello.contains(&(bulk("proto"), Value::Int(3))), "{hello:?}");
+    assert_eq!(
+        ok(&mut c, &["MGET", "k3", "nokey"]),
+        Value::Array(vec![bulk("v"), Value::Nil])
+    );
+    // Raw: a GET waiting for its ReadIndex, then HELLO 3, then the same GET, then HELLO 2.
+    let get = "*2\r\n$3\r\nGET\r\n$5\r\nnokey\r\n";
+    let input = format!(
+        "{get}*2\r\n$5\r\nHELLO\r\n$1\r\n3\r\n{get}*3\r\n$6\r\nCONFIG\r\n$3\r\nGET\r\n\
+         $4\r\nsave\r\n*2\r\n$5\r\nHELLO\r\n$1\r\n2\r\n{get}PING\r\n"
+    );
+    let (got, closed) = raw_exchange(&addr, input.as_bytes(), "+PONG\r\n");
+    assert!(!closed);
+    let hello3 = got.find("%7\r\n").expect(&got);
+    assert!(got.starts_with("$-1\r\n%7\r\n"), "{got:?}");
+    let rest = &got[hello3..];
+    let after = rest.find("_\r\n%1\r\n$4\r\nsave\r\n$0\r\n\r\n*14\r\n");
+    assert!(
+        after.is_some(),
+        "RESP3 null and map, then HELLO 2's flat array: {got:?}"
+    );
+    assert!(got.ends_with("$-1\r\n+PONG\r\n"), "back to RESP2: {got:?}");
 }
 
 #[test]

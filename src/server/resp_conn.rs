@@ -46,7 +46,11 @@ pub(crate) struct RespState {
     pub(super) parser: Parser,
     /// Id of the command in `slots[0]`.
     base: u64,
-    slots: VecDeque<Slot>,
+    /// Each with the protocol its command was read under (true: RESP3), so that replies
+    /// owed from before a `HELLO` keep the old encoding.
+    slots: VecDeque<(bool, Slot)>,
+    /// `HELLO 3` was sent: replies in RESP3 (maps, nulls) until `HELLO 2`.
+    pub(super) resp3: bool,
     /// READONLY was sent: reads are served from this node's state (STALE), any node.
     pub(super) stale_reads: bool,
     /// CLIENT SETNAME.
@@ -82,6 +86,7 @@ impl RespState {
             parser: Parser::new(max_command, max_args),
             base: 1,
             slots: VecDeque::new(),
+            resp3: false,
             stale_reads: false,
             name: Bytes::new(),
             cursors: VecDeque::new(),
@@ -127,7 +132,7 @@ impl RespState {
     /// Adds a command answered at once.
     pub(super) fn push_reply(&mut self, r: Reply) {
         self.held += r.size();
-        self.slots.push_back(Slot::Ready(r));
+        self.slots.push_back((self.resp3, Slot::Ready(r)));
     }
 
     /// Adds a command waiting for the replica (`seq`: a write's, from [`RespState::next_write`],
@@ -136,7 +141,7 @@ impl RespState {
         debug_assert!(self.may_start(class));
         self.requests += 1;
         self.class = class;
-        self.slots.push_back(Slot::Waiting(e, seq));
+        self.slots.push_back((self.resp3, Slot::Waiting(e, seq)));
         self.base + self.slots.len() as u64 - 1
     }
 
@@ -152,7 +157,7 @@ impl RespState {
             self.push_reply(error_reply(&result, leader_resp).unwrap_or(Reply::Simple("OK")));
             return;
         };
-        let Slot::Waiting(expect, seq) = &self.slots[i] else {
+        let (_, Slot::Waiting(expect, seq)) = &self.slots[i] else {
             return; // already answered (cannot happen: one answer per request)
         };
         // Answered, whatever the answer: a TIMEOUT write is acknowledged too (the client has
@@ -165,16 +170,16 @@ impl RespState {
             None => expect.reply(result, &mut |k| self.remember_cursor(k)),
         };
         self.held += reply.size();
-        self.slots[i] = Slot::Ready(reply);
+        self.slots[i].1 = Slot::Ready(reply);
     }
 
     /// Queues every reply at the front that is ready, in order, on `conn`.
     pub(super) fn release(&mut self, conn: &mut Conn) {
         let (mut buf, mut out) = (BytesMut::new(), Vec::new());
-        while let Some(Slot::Ready(_)) = self.slots.front() {
-            if let Some(Slot::Ready(r)) = self.slots.pop_front() {
+        while let Some((_, Slot::Ready(_))) = self.slots.front() {
+            if let Some((resp3, Slot::Ready(r))) = self.slots.pop_front() {
                 self.held -= r.size();
-                r.encode(&mut buf, &mut out);
+                r.encode(&mut buf, &mut out, resp3);
             }
             self.base += 1;
         }
@@ -399,7 +404,7 @@ mod tests {
         let order: Vec<Reply> = s
             .slots
             .iter()
-            .map(|sl| match sl {
+            .map(|(_, sl)| match sl {
                 Slot::Ready(r) => r.clone(),
                 Slot::Waiting(..) => Reply::Nil,
             })
