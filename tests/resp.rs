@@ -72,7 +72,7 @@ fn every_command_with_redis_replies() {
     assert_eq!(ok(&mut c, &["CLIENT", "GETNAME"]), bulk("t1"));
     assert!(matches!(ok(&mut c, &["CLIENT", "ID"]), Value::Int(_)));
     assert!(matches!(ok(&mut c, &["HELLO"]), Value::Array(v) if v.len() == 14));
-    assert!(err(&mut c, &["HELLO", "3"]).starts_with("NOPROTO"));
+    assert!(err(&mut c, &["HELLO", "4"]).starts_with("NOPROTO"));
     assert!(matches!(ok(&mut c, &["COMMAND"]), Value::Array(_)));
     assert_eq!(
         ok(&mut c, &["CONFIG", "GET", "appendfsync"]),
@@ -217,6 +217,54 @@ fn every_command_with_redis_replies() {
         });
     }
     assert_eq!(ok(&mut c, &["QUIT"]), okv());
+}
+
+/// RESP3: a `redis` client asking for it (`protocol=resp3` sends `HELLO 3`) gets maps and
+/// nulls; raw bytes show the switch is per connection and per command: replies owed from
+/// before `HELLO 3` stay RESP2, `HELLO 2` switches back.
+#[test]
+fn hello_3_switches_the_connection_to_resp3() {
+    let cluster = Cluster::start_resp(3, &[STABLE]);
+    let leader = cluster.wait_leader();
+    let addr = cluster.redis_addr(leader);
+    let client = redis::Client::open(format!("redis://{addr}/?protocol=resp3")).unwrap();
+    let mut c = wait_for("a RESP3 connection", Duration::from_secs(10), || {
+        client
+            .get_connection_with_timeout(Duration::from_secs(5))
+            .ok()
+    });
+    assert_eq!(ok(&mut c, &["GET", "nokey"]), Value::Nil);
+    assert_eq!(ok(&mut c, &["SET", "k3", "v"]), okv());
+    assert_eq!(ok(&mut c, &["INCR", "n3"]), Value::Int(1));
+    assert_eq!(
+        ok(&mut c, &["CONFIG", "GET", "appendfsync"]),
+        Value::Map(vec![(bulk("appendfsync"), bulk("always"))])
+    );
+    let Value::Map(hello) = ok(&mut c, &["HELLO", "3"]) else {
+        panic!("HELLO 3 is not a map")
+    };
+    assert!(hello.contains(&(bulk("proto"), Value::Int(3))), "{hello:?}");
+    assert_eq!(
+        ok(&mut c, &["MGET", "k3", "nokey"]),
+        Value::Array(vec![bulk("v"), Value::Nil])
+    );
+    // Raw: a GET waiting for its ReadIndex, then HELLO 3, then the same GET, then HELLO 2.
+    let get = "*2\r\n$3\r\nGET\r\n$5\r\nnokey\r\n";
+    let input = format!(
+        "{get}*2\r\n$5\r\nHELLO\r\n$1\r\n3\r\n{get}*3\r\n$6\r\nCONFIG\r\n$3\r\nGET\r\n\
+         $4\r\nsave\r\n*2\r\n$5\r\nHELLO\r\n$1\r\n2\r\n{get}PING\r\n"
+    );
+    let (got, closed) = raw_exchange(&addr, input.as_bytes(), "+PONG\r\n");
+    assert!(!closed);
+    let hello3 = got.find("%7\r\n").expect(&got);
+    assert!(got.starts_with("$-1\r\n%7\r\n"), "{got:?}");
+    let rest = &got[hello3..];
+    let after = rest.find("_\r\n%1\r\n$4\r\nsave\r\n$0\r\n\r\n*14\r\n");
+    assert!(
+        after.is_some(),
+        "RESP3 null and map, then HELLO 2's flat array: {got:?}"
+    );
+    assert!(got.ends_with("$-1\r\n+PONG\r\n"), "back to RESP2: {got:?}");
 }
 
 #[test]
@@ -637,4 +685,97 @@ fn with_follower_reads_a_follower_serves_linearizable_reads() {
         err(&mut f, &["SET", "a", "b"]).starts_with("NOTLEADER"),
         "writes still go to the leader"
     );
+}
+
+/// Exactly-once through forwarding: a client pipelines INCRs into a follower (`--forward`)
+/// and the leader is killed under it. The follower re-sends the INCRs that were on the broken
+/// link to the next leader (or runs them itself if it leads next); some of them had already
+/// reached the new leader's log and apply there, so each re-sent copy must be answered from
+/// the session table. Hence: the acknowledged INCRs returned distinct values, and the counter
+/// is at least the number acknowledged and at most acknowledged + failed (a failed one may or
+/// may not have applied, once). Applying a duplicate would push it over.
+#[test]
+fn forwarded_incrs_apply_once_when_the_leader_dies_mid_flight() {
+    let mut cluster = Cluster::start_resp(3, &["--forward", STABLE]);
+    let leader = cluster.wait_leader();
+    let follower = (1..=3).find(|&i| i != leader).unwrap();
+    let addr = cluster.redis_addr(follower);
+    connect(&addr); // the port is up
+    let stop = Arc::new(AtomicBool::new(false));
+    let count = Arc::new(AtomicUsize::new(0));
+    let writer = {
+        let (stop, count) = (stop.clone(), count.clone());
+        std::thread::spawn(move || incr_pipelines(&addr, &stop, &count))
+    };
+    let acked_at_least = |n: usize| {
+        wait_for("acknowledged INCRs", Duration::from_secs(60), || {
+            (count.load(Ordering::SeqCst) >= n).then_some(())
+        })
+    };
+    acked_at_least(300);
+    cluster.kill(leader);
+    let at_kill = count.load(Ordering::SeqCst);
+    let new_leader = cluster.wait_leader();
+    acked_at_least(at_kill + 300);
+    stop.store(true, Ordering::SeqCst);
+    let (values, failed) = writer.join().unwrap();
+    let mut c = connect(&cluster.redis_addr(new_leader));
+    let Value::BulkString(v) = ok(&mut c, &["GET", "ctr"]) else {
+        panic!("no counter")
+    };
+    let counter: usize = String::from_utf8(v).unwrap().parse().unwrap();
+    let log = cluster.node_log(follower);
+    let resent = log.matches("forwarding: re-sending").count()
+        + log
+            .matches("forwarded requests here (now the leader)")
+            .count();
+    let acked = values.len();
+    println!(
+        "leader {leader} killed, {new_leader} leads; follower {follower}: {acked} INCRs \
+         acknowledged, {failed} failed, counter {counter}, {resent} re-send rounds"
+    );
+    let distinct: std::collections::BTreeSet<i64> = values.iter().copied().collect();
+    assert_eq!(distinct.len(), acked, "two INCRs answered the same value");
+    assert!(counter >= acked, "counter {counter} < {acked} acknowledged");
+    assert!(
+        counter <= acked + failed,
+        "counter {counter} > {acked} acknowledged + {failed} failed: an INCR applied twice"
+    );
+    assert!(
+        resent > 0,
+        "the kill caught no INCR in flight (nothing re-sent)"
+    );
+}
+
+/// Pipelines of 20 `INCR ctr` on one raw connection until stopped; the values of the
+/// acknowledged ones and the count of those answered with an error.
+fn incr_pipelines(addr: &str, stop: &AtomicBool, count: &AtomicUsize) -> (Vec<i64>, usize) {
+    use std::io::BufRead;
+    const DEPTH: usize = 20;
+    let s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut w = s.try_clone().unwrap();
+    let mut r = std::io::BufReader::new(s);
+    let batch = b"*2\r\n$4\r\nINCR\r\n$3\r\nctr\r\n".repeat(DEPTH);
+    let (mut values, mut failed) = (Vec::new(), 0);
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while !stop.load(Ordering::SeqCst) && Instant::now() < deadline {
+        w.write_all(&batch).unwrap();
+        for _ in 0..DEPTH {
+            let mut line = String::new();
+            r.read_line(&mut line)
+                .expect("a reply (the follower stays up)");
+            match line.trim_end().strip_prefix(':') {
+                Some(n) => {
+                    values.push(n.parse().unwrap());
+                    count.fetch_add(1, Ordering::SeqCst);
+                }
+                None => {
+                    assert!(line.starts_with('-'), "not a reply: {line:?}");
+                    failed += 1;
+                }
+            }
+        }
+    }
+    (values, failed)
 }

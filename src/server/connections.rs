@@ -54,6 +54,7 @@ impl Server {
                             Box::new(RespState::new(
                                 crate::limits::resp_max_command(self.cfg.max_frame),
                                 crate::limits::RESP_MAX_ARGS,
+                                super::resp_conn::session_id(self.resp_session_base, token),
                             ))
                         });
                         Endpoint::Client(ClientConn {

@@ -5,11 +5,21 @@
 //! through forwarding: a retry of a forwarded write is answered from the leader's session
 //! table. Kept in this file, away from the peer links and the Raft core.
 //!
+//! Re-sending: when the link breaks or the leader changes with requests on it, the reads and
+//! the writes that carry a session (every RESP write; native clients with a session) are kept,
+//! in send order, and sent again once a leader is known (this node itself included, then they
+//! are handled here), before any request that arrives meanwhile. A write that had applied is
+//! answered from the session table with its first result, so it still applies once. The
+//! request keeps its first deadline; while a leader is not reachable the link is retried every
+//! [`RESEND_BACKOFF_MS`].
+//!
 //! What a client sees when forwarding fails:
-//! - the connection to the leader breaks, or the leader changes, with the request sent:
-//!   a write is answered UNCERTAIN (it may have applied), a read UNAVAILABLE;
-//! - no answer within `--request-timeout-ms`: TIMEOUT (a write may or may not apply);
-//! - no leader known: the node answers as without forwarding (NOT_LEADER, leader unknown).
+//! - a write without a session, sent when the link breaks or the leader changes: UNCERTAIN
+//!   (it may have applied);
+//! - no answer within `--request-timeout-ms` of its arrival (re-sends included): TIMEOUT (a
+//!   write may or may not apply; it applies at most once);
+//! - no leader known when it arrives: the node answers as without forwarding (NOT_LEADER,
+//!   leader unknown).
 //!
 //! With `--follower-reads` too, reads are not forwarded: the follower serves them itself
 //! through follower ReadIndex (`node::Replica::read`), so they spread over all nodes; only
@@ -23,10 +33,27 @@ use crate::pb::kvpb::{self, ErrorCode};
 use mio::{Interest, Token};
 use std::collections::{HashMap, VecDeque};
 
+/// How long to wait before opening the link again after it failed (the leader may be dead
+/// and not yet replaced: without a pause, each loop pass would reconnect to it).
+const RESEND_BACKOFF_MS: u64 = 50;
+
 /// One forwarded request waiting for the leader.
 struct Pending {
     to: ClientRef,
     write: bool,
+    /// The request, if it may be sent again (a read, or a write with a session).
+    again: Option<kvpb::Request>,
+    deadline: u64,
+}
+
+/// A request waiting to be (re-)sent, with the client's own id.
+struct Queued {
+    to: ClientRef,
+    req: kvpb::Request,
+    write: bool,
+    deadline: u64,
+    /// Sent before, on a link that failed.
+    resend: bool,
 }
 
 /// The link to the leader and the requests forwarded on it.
@@ -38,6 +65,13 @@ pub(super) struct Forwarder {
     /// (deadline ms, forward id), in send order (one timeout for all: FIFO is deadline order).
     deadlines: VecDeque<(u64, u64)>,
     next_id: u64,
+    /// Requests to re-send (the link failed with them on it) and those that arrived after,
+    /// in order; nonempty only while there is no link.
+    queue: VecDeque<Queued>,
+    /// Not before this (ms) does the link open again after a failure.
+    retry_at: u64,
+    /// Requests sent again (a count, for the log and tests).
+    pub(super) resent: u64,
 }
 
 impl Forwarder {
@@ -46,10 +80,26 @@ impl Forwarder {
         self.link.as_ref().map(|(_, t, _)| *t)
     }
 
-    /// The earliest deadline of a forwarded request (ms on the server's clock).
+    /// The earliest deadline of a forwarded request, or the next re-send attempt (ms on the
+    /// server's clock).
     pub(super) fn next_deadline(&self) -> Option<u64> {
-        self.deadlines.front().map(|&(d, _)| d)
+        let queued = self.queue.front().map(|q| q.deadline.min(self.retry_at));
+        match (self.deadlines.front().map(|&(d, _)| d), queued) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
+}
+
+/// `forward_failed`'s reason when a new leader replaces the old one.
+const LEADER_CHANGED: &str = "the leader changed";
+
+fn forward_timeout() -> kvpb::response::Result {
+    error_result(
+        ErrorCode::Timeout,
+        "forwarded to the leader; no answer in time (a write may or may not apply, at most once)"
+            .into(),
+    )
 }
 
 /// Whether `req` is one this follower would refuse (and so forwards): writes, and reads
@@ -67,43 +117,124 @@ fn needs_leader(req: &kvpb::Request) -> Option<bool> {
 
 impl Server {
     /// Forwards `req` to the leader if this node is a follower that knows one and forwarding
-    /// is on; false if the request is to be handled here.
+    /// is on (or queues it behind requests waiting to be re-sent); false if the request is to
+    /// be handled here.
     pub(super) fn try_forward(&mut self, token: Token, req: &kvpb::Request) -> bool {
         if !self.cfg.forward {
             return false;
         }
-        let core = self.replica.core();
-        let leader = match core.leader() {
-            Some(l) if l != self.cfg.id && core.role() != crate::raft::Role::Leader => l,
-            _ => return false,
-        };
         let Some(write) = needs_leader(req) else {
             return false;
         };
         if !write && self.cfg.follower_reads {
             return false;
         }
+        let timeout = u64::try_from(self.cfg.request_timeout.as_millis()).unwrap_or(u64::MAX);
+        let queued = Queued {
+            to: ClientRef {
+                token,
+                req_id: req.id,
+            },
+            req: req.clone(),
+            write,
+            deadline: self.now_ms().saturating_add(timeout).saturating_add(1),
+            resend: false,
+        };
+        if !self.forward.queue.is_empty() {
+            // Behind the re-sends (a connection's writes stay in order).
+            self.forward.queue.push_back(queued);
+            self.resend_forwards();
+            return true;
+        }
+        let Some(leader) = self.remote_leader() else {
+            return false;
+        };
         if !self.forward_link(leader) {
             return false;
         }
-        let fwd = &mut self.forward;
-        fwd.next_id += 1;
-        let id = fwd.next_id;
-        let to = ClientRef {
-            token,
-            req_id: req.id,
-        };
-        fwd.pending.insert(id, Pending { to, write });
-        let timeout = u64::try_from(self.cfg.request_timeout.as_millis()).unwrap_or(u64::MAX);
-        let deadline = self.now_ms().saturating_add(timeout).saturating_add(1);
-        let fwd = &mut self.forward;
-        fwd.deadlines.push_back((deadline, id));
-        let out = kvpb::Request { id, ..req.clone() };
-        if let Some((_, _, conn)) = fwd.link.as_mut() {
-            conn.queue(framing::frame_bytes(&out));
-        }
-        self.metrics.forwarded += 1;
+        // Opening a link to a new leader may have queued the old link's requests: first.
+        self.forward.queue.push_back(queued);
+        self.send_queued();
         true
+    }
+
+    /// The leader, if another node leads.
+    fn remote_leader(&self) -> Option<u64> {
+        let core = self.replica.core();
+        match core.leader() {
+            Some(l) if l != self.cfg.id && core.role() != crate::raft::Role::Leader => Some(l),
+            _ => None,
+        }
+    }
+
+    /// Sends the queued requests to the leader once one is known: on the link, or handled
+    /// here if this node leads now. Called every loop pass while requests wait.
+    pub(super) fn resend_forwards(&mut self) {
+        if self.forward.queue.is_empty() || self.now_ms() < self.forward.retry_at {
+            return;
+        }
+        let core = self.replica.core();
+        if core.role() == crate::raft::Role::Leader {
+            let queue = std::mem::take(&mut self.forward.queue);
+            log::info!(
+                "handling {} forwarded requests here (now the leader)",
+                queue.len()
+            );
+            for q in queue {
+                // Not forwarded again: the queue is empty and this node leads.
+                self.on_request(
+                    q.to.token,
+                    kvpb::Request {
+                        id: q.to.req_id,
+                        ..q.req
+                    },
+                );
+            }
+            return;
+        }
+        let Some(leader) = self.remote_leader() else {
+            return; // no leader yet; the deadlines still run
+        };
+        if !self.forward_link(leader) {
+            self.forward.retry_at = self.now_ms().saturating_add(RESEND_BACKOFF_MS);
+            return;
+        }
+        self.send_queued();
+    }
+
+    /// Sends every queued request on the open link, in order.
+    fn send_queued(&mut self) {
+        let resent = self.forward.queue.iter().filter(|q| q.resend).count();
+        if resent > 0 {
+            self.forward.resent += resent as u64;
+            log::info!(
+                "forwarding: re-sending {resent} requests to the leader ({} so far)",
+                self.forward.resent
+            );
+        }
+        while let Some(q) = self.forward.queue.pop_front() {
+            let fwd = &mut self.forward;
+            let Some((_, _, conn)) = fwd.link.as_mut() else {
+                fwd.queue.push_front(q);
+                return;
+            };
+            fwd.next_id += 1;
+            let id = fwd.next_id;
+            let again = (!q.write || q.req.client_id != 0).then(|| q.req.clone());
+            let out = kvpb::Request { id, ..q.req };
+            conn.queue(framing::frame_bytes(&out));
+            fwd.deadlines.push_back((q.deadline, id));
+            fwd.pending.insert(
+                id,
+                Pending {
+                    to: q.to,
+                    write: q.write,
+                    again,
+                    deadline: q.deadline,
+                },
+            );
+            self.metrics.forwarded += 1;
+        }
     }
 
     /// Makes sure the link goes to `leader` (opening it, or replacing a link to an old
@@ -113,7 +244,7 @@ impl Server {
             return true;
         }
         if self.forward.link.is_some() {
-            self.forward_failed("the leader changed");
+            self.forward_failed(LEADER_CHANGED);
         }
         let Some(addr) = self.cfg.client_addr_of(leader) else {
             return false;
@@ -187,48 +318,73 @@ impl Server {
         self.send_response(p.to.token, p.to.req_id, result);
     }
 
-    /// Drops the link; every request on it is answered (writes UNCERTAIN, reads UNAVAILABLE).
+    /// Drops the link. The requests on it that may be sent again go to the front of the
+    /// queue, in send order; the others (writes without a session) are answered UNCERTAIN.
     fn forward_failed(&mut self, why: &str) {
         if let Some((leader, _, mut conn)) = self.forward.link.take() {
             log::info!("forwarding link to leader {leader} closed: {why}");
             let _ = self.poll.registry().deregister(&mut conn.stream);
         }
+        // A leader change is a new target, reachable now; anything else may be a dead leader.
+        if why != LEADER_CHANGED {
+            self.forward.retry_at = self.now_ms().saturating_add(RESEND_BACKOFF_MS);
+        }
         self.forward.deadlines.clear();
         let mut pending: Vec<(u64, Pending)> = self.forward.pending.drain().collect();
         pending.sort_unstable_by_key(|(id, _)| *id);
+        let mut again = VecDeque::new();
         for (_, p) in pending {
-            let r = if p.write {
-                error_result(
-                    ErrorCode::Uncertain,
-                    format!("forwarded to the leader, then {why}; the write may or may not apply"),
-                )
-            } else {
-                error_result(
-                    ErrorCode::Unavailable,
-                    format!("forwarded to the leader, then {why}"),
-                )
-            };
-            self.send_response(p.to.token, p.to.req_id, r);
+            match p.again {
+                Some(req) => again.push_back(Queued {
+                    to: p.to,
+                    req,
+                    write: p.write,
+                    deadline: p.deadline,
+                    resend: true,
+                }),
+                None => {
+                    let r = error_result(
+                        ErrorCode::Uncertain,
+                        format!(
+                            "forwarded to the leader, then {why}; the write may or may not apply"
+                        ),
+                    );
+                    self.send_response(p.to.token, p.to.req_id, r);
+                }
+            }
         }
+        again.append(&mut self.forward.queue);
+        self.forward.queue = again;
     }
 
-    /// Answers TIMEOUT to forwarded requests past their deadline.
+    /// Answers TIMEOUT to forwarded and queued requests past their deadline; re-sends the
+    /// queued ones if a leader is known.
     pub(super) fn expire_forwards(&mut self, now: u64) {
         while let Some(&(deadline, id)) = self.forward.deadlines.front() {
             let pending = self.forward.pending.contains_key(&id);
             if pending && deadline > now {
-                return;
+                break;
             }
             self.forward.deadlines.pop_front();
             if let Some(p) = self.forward.pending.remove(&id) {
-                let r = error_result(
-                    ErrorCode::Timeout,
-                    "forwarded to the leader; no answer in time (a write may or may not apply)"
-                        .into(),
-                );
-                self.send_response(p.to.token, p.to.req_id, r);
+                self.send_response(p.to.token, p.to.req_id, forward_timeout());
             }
         }
+        if self
+            .forward
+            .queue
+            .front()
+            .is_some_and(|q| q.deadline <= now)
+        {
+            let (late, keep) = std::mem::take(&mut self.forward.queue)
+                .into_iter()
+                .partition(|q| q.deadline <= now);
+            self.forward.queue = keep;
+            for q in late {
+                self.send_response(q.to.token, q.to.req_id, forward_timeout());
+            }
+        }
+        self.resend_forwards();
     }
 
     /// Writes the requests queued on the link.

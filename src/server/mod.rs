@@ -149,6 +149,8 @@ pub struct Server {
     redis_listener: Option<TcpListener>,
     /// Requests forwarded to the leader (`--forward`).
     forward: forward::Forwarder,
+    /// RESP connections' session ids derive from this (`resp_conn::session_id`).
+    resp_session_base: u64,
     http_conns: HashMap<Token, http::HttpConn>,
     metrics: metrics::Metrics,
     tokens: Tokens,

@@ -61,7 +61,8 @@ pub(super) enum Action {
     DbSize,
     Info(Vec<String>),
     ClientInfo,
-    Hello,
+    /// HELLO [2|3]: the protocol to switch to, if one was named.
+    Hello(Option<bool>),
     /// +OK, then the connection closes.
     Quit,
 }
@@ -191,10 +192,11 @@ pub(super) fn plan(args: &[Bytes], state: &mut RespState) -> Action {
         ("QUIT", _) => Action::Quit,
         ("SELECT", 2) if &args[1][..] == b"0" => Action::Reply(Reply::Simple("OK")),
         ("SELECT", 2) => Action::Reply(Reply::err("DB index is out of range")),
-        ("HELLO", 1) => Action::Hello,
-        ("HELLO", _) if &args[1][..] == b"2" => Action::Hello,
+        ("HELLO", 1) => Action::Hello(None),
+        ("HELLO", _) if &args[1][..] == b"2" => Action::Hello(Some(false)),
+        ("HELLO", _) if &args[1][..] == b"3" => Action::Hello(Some(true)),
         ("HELLO", _) => Action::Reply(Reply::Error(
-            "NOPROTO unsupported protocol version (raftkv speaks RESP2)".into(),
+            "NOPROTO unsupported protocol version (raftkv speaks RESP2 and RESP3)".into(),
         )),
         ("READONLY", 1) => {
             state.stale_reads = true;
@@ -366,12 +368,13 @@ fn config_get(param: &[u8]) -> Action {
         b"appendonly" => "yes",
         b"appendfsync" => "always",
         b"databases" => "1",
-        _ => return Action::Reply(Reply::Array(vec![])),
+        _ => return Action::Reply(Reply::Map(vec![])),
     };
-    Action::Reply(Reply::Array(vec![
+    // A map, as Redis 7 answers (a flat array in RESP2).
+    Action::Reply(Reply::Map(vec![(
         Reply::Bulk(Bytes::copy_from_slice(param)),
         Reply::text(value),
-    ]))
+    )]))
 }
 
 impl Expect {
@@ -453,7 +456,12 @@ impl Server {
                     c.inflight = state.unreleased();
                     return;
                 }
-                let id = state.push_waiting(expect, class);
+                // Every write in the connection's session (see `RespState::client_id`).
+                let (client_id, seq, acked_seq) = match class {
+                    Class::Write => state.next_write(),
+                    Class::Read => (0, 0, 0),
+                };
+                let id = state.push_waiting(expect, class, seq);
                 c.inflight = state.unreleased();
                 let consistency = if stale {
                     kvpb::Consistency::Stale
@@ -464,7 +472,9 @@ impl Server {
                     id,
                     consistency: consistency as i32,
                     op: Some(op),
-                    ..Default::default()
+                    client_id,
+                    seq,
+                    acked_seq,
                 };
                 self.on_request(token, req);
                 return;
@@ -472,7 +482,14 @@ impl Server {
             Action::DbSize => Reply::Int(self.replica.kv().len() as i64),
             Action::Info(sections) => Reply::text(self.resp_info(&sections)),
             Action::ClientInfo => Reply::Int(token.0 as i64),
-            Action::Hello => self.resp_hello(token),
+            Action::Hello(proto) => {
+                // The reply to HELLO is already in the new protocol (as in Redis).
+                if let Some(resp3) = proto {
+                    state.resp3 = resp3;
+                }
+                let resp3 = state.resp3;
+                self.resp_hello(token, resp3)
+            }
             Action::Quit => {
                 self.resp_reply(token, Reply::Simple("OK"));
                 self.resp_close_after_replies(token);
@@ -482,29 +499,23 @@ impl Server {
         self.resp_reply(token, reply);
     }
 
-    /// HELLO's server description (RESP2: a flat array of names and values).
-    fn resp_hello(&self, token: Token) -> Reply {
+    /// HELLO's server description (a map: in RESP2 a flat array of names and values).
+    fn resp_hello(&self, token: Token, resp3: bool) -> Reply {
         let role = super::clients::role_name(self.replica.core().role());
         let role = if role == "leader" {
             "master"
         } else {
             "replica"
         };
-        Reply::Array(vec![
-            Reply::text("server"),
-            Reply::text("raftkv"),
-            Reply::text("version"),
-            Reply::text(env!("CARGO_PKG_VERSION")),
-            Reply::text("proto"),
-            Reply::Int(2),
-            Reply::text("id"),
-            Reply::Int(token.0 as i64),
-            Reply::text("mode"),
-            Reply::text("standalone"),
-            Reply::text("role"),
-            Reply::text(role),
-            Reply::text("modules"),
-            Reply::Array(vec![]),
+        let field = |k: &str, v: Reply| (Reply::text(k), v);
+        Reply::Map(vec![
+            field("server", Reply::text("raftkv")),
+            field("version", Reply::text(env!("CARGO_PKG_VERSION"))),
+            field("proto", Reply::Int(if resp3 { 3 } else { 2 })),
+            field("id", Reply::Int(token.0 as i64)),
+            field("mode", Reply::text("standalone")),
+            field("role", Reply::text(role)),
+            field("modules", Reply::Array(vec![])),
         ])
     }
 
@@ -570,7 +581,7 @@ mod tests {
 
     fn run(words: &[&str]) -> Action {
         let args: Vec<Bytes> = words.iter().map(|w| Bytes::from(w.to_string())).collect();
-        plan(&args, &mut RespState::new(1 << 20, 1024))
+        plan(&args, &mut RespState::new(1 << 20, 1024, 1))
     }
 
     fn error(words: &[&str]) -> String {

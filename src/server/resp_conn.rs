@@ -23,7 +23,7 @@ use crate::net::conn::Conn;
 use crate::pb::kvpb::{self, ErrorCode};
 use crate::resp::{Parser, Reply};
 use bytes::{Bytes, BytesMut};
-use std::collections::VecDeque;
+use std::collections::{BTreeSet, VecDeque};
 
 /// SCAN cursors remembered per connection (older ones are forgotten: `-ERR invalid cursor`).
 const MAX_CURSORS: usize = 64;
@@ -36,7 +36,8 @@ pub(super) enum Class {
 }
 
 enum Slot {
-    Waiting(Expect),
+    /// Waiting for the replica; the seq of a write (0 for a read).
+    Waiting(Expect, u64),
     Ready(Reply),
 }
 
@@ -45,7 +46,11 @@ pub(crate) struct RespState {
     pub(super) parser: Parser,
     /// Id of the command in `slots[0]`.
     base: u64,
-    slots: VecDeque<Slot>,
+    /// Each with the protocol its command was read under (true: RESP3), so that replies
+    /// owed from before a `HELLO` keep the old encoding.
+    slots: VecDeque<(bool, Slot)>,
+    /// `HELLO 3` was sent: replies in RESP3 (maps, nulls) until `HELLO 2`.
+    pub(super) resp3: bool,
     /// READONLY was sent: reads are served from this node's state (STALE), any node.
     pub(super) stale_reads: bool,
     /// CLIENT SETNAME.
@@ -63,14 +68,25 @@ pub(crate) struct RespState {
     /// Commands parsed but not yet run: one of the other class waits for `requests` to
     /// drain, and every command behind it waits with it (see the module comment).
     pub(super) deferred: VecDeque<Vec<Bytes>>,
+    /// This connection's exactly-once session id (nonzero, assigned by the server at accept:
+    /// see `Server::resp_session_id`). Every write carries it with its own seq, so a re-send
+    /// of the same write (forwarding after a broken link) is answered from the leader's
+    /// session table instead of applied twice.
+    client_id: u64,
+    /// Last seq handed to a write.
+    seq: u64,
+    /// Seqs of the writes not answered yet: everything below the lowest is acknowledged
+    /// (`acked_seq`), so the state machine drops their saved results.
+    unanswered: BTreeSet<u64>,
 }
 
 impl RespState {
-    pub(super) fn new(max_command: usize, max_args: usize) -> RespState {
+    pub(super) fn new(max_command: usize, max_args: usize, client_id: u64) -> RespState {
         RespState {
             parser: Parser::new(max_command, max_args),
             base: 1,
             slots: VecDeque::new(),
+            resp3: false,
             stale_reads: false,
             name: Bytes::new(),
             cursors: VecDeque::new(),
@@ -79,7 +95,18 @@ impl RespState {
             requests: 0,
             class: Class::Read,
             deferred: VecDeque::new(),
+            client_id,
+            seq: 0,
+            unanswered: BTreeSet::new(),
         }
+    }
+
+    /// The session fields of the next write: (client_id, seq, acked_seq).
+    pub(super) fn next_write(&mut self) -> (u64, u64, u64) {
+        let acked = self.unanswered.first().map_or(self.seq, |&s| s - 1);
+        self.seq += 1;
+        self.unanswered.insert(self.seq);
+        (self.client_id, self.seq, acked)
     }
 
     /// Commands whose replies have not been queued on the socket yet (deferred ones too).
@@ -105,15 +132,16 @@ impl RespState {
     /// Adds a command answered at once.
     pub(super) fn push_reply(&mut self, r: Reply) {
         self.held += r.size();
-        self.slots.push_back(Slot::Ready(r));
+        self.slots.push_back((self.resp3, Slot::Ready(r)));
     }
 
-    /// Adds a command waiting for the replica; returns its request id.
-    pub(super) fn push_waiting(&mut self, e: Expect, class: Class) -> u64 {
+    /// Adds a command waiting for the replica (`seq`: a write's, from [`RespState::next_write`],
+    /// else 0); returns its request id.
+    pub(super) fn push_waiting(&mut self, e: Expect, class: Class, seq: u64) -> u64 {
         debug_assert!(self.may_start(class));
         self.requests += 1;
         self.class = class;
-        self.slots.push_back(Slot::Waiting(e));
+        self.slots.push_back((self.resp3, Slot::Waiting(e, seq)));
         self.base + self.slots.len() as u64 - 1
     }
 
@@ -129,25 +157,29 @@ impl RespState {
             self.push_reply(error_reply(&result, leader_resp).unwrap_or(Reply::Simple("OK")));
             return;
         };
-        let Slot::Waiting(expect) = &self.slots[i] else {
+        let (_, Slot::Waiting(expect, seq)) = &self.slots[i] else {
             return; // already answered (cannot happen: one answer per request)
         };
+        // Answered, whatever the answer: a TIMEOUT write is acknowledged too (the client has
+        // its answer and will never see another), so a copy of it still in a log applies at
+        // most once, and not at all after the next write has raised the floor past it.
+        self.unanswered.remove(seq);
         self.requests -= 1;
         let reply = match error_reply(&result, leader_resp) {
             Some(e) => e,
             None => expect.reply(result, &mut |k| self.remember_cursor(k)),
         };
         self.held += reply.size();
-        self.slots[i] = Slot::Ready(reply);
+        self.slots[i].1 = Slot::Ready(reply);
     }
 
     /// Queues every reply at the front that is ready, in order, on `conn`.
     pub(super) fn release(&mut self, conn: &mut Conn) {
         let (mut buf, mut out) = (BytesMut::new(), Vec::new());
-        while let Some(Slot::Ready(_)) = self.slots.front() {
-            if let Some(Slot::Ready(r)) = self.slots.pop_front() {
+        while let Some((_, Slot::Ready(_))) = self.slots.front() {
+            if let Some((resp3, Slot::Ready(r))) = self.slots.pop_front() {
                 self.held -= r.size();
-                r.encode(&mut buf, &mut out);
+                r.encode(&mut buf, &mut out, resp3);
             }
             self.base += 1;
         }
@@ -215,6 +247,34 @@ pub(super) fn value_reply(g: &kvpb::GetResponse) -> Reply {
     } else {
         Reply::Nil
     }
+}
+
+/// The base of this process' RESP session ids: random (the kernel's CSPRNG), so that ids
+/// differ across nodes and restarts with overwhelming probability, as native clients' random
+/// ids do; if the kernel will not give randomness, the clock, process id and node id.
+pub(super) fn session_base(node_id: u64) -> u64 {
+    match crate::entropy::bytes::<8>() {
+        Ok(b) => u64::from_le_bytes(b),
+        Err(e) => {
+            log::warn!("no kernel randomness for RESP session ids ({e}); using the clock");
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64);
+            nanos ^ (u64::from(std::process::id()) << 32) ^ node_id.rotate_right(16)
+        }
+    }
+}
+
+/// The session id of the connection with `token` (never reused in a process): splitmix64's
+/// finalizer of `base + token`, a bijection, so two connections of one process never share an
+/// id, and ids of other processes (other bases) collide only by chance (about n² / 2^65 for n
+/// live sessions). Never 0 (0 means "no session").
+pub(super) fn session_id(base: u64, token: mio::Token) -> u64 {
+    let mut z = base.wrapping_add(token.0 as u64);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^= z >> 31;
+    z.max(1)
 }
 
 impl super::Server {
@@ -331,10 +391,10 @@ mod tests {
     /// Answers arriving out of order leave in request order, each as soon as it can.
     #[test]
     fn replies_leave_in_request_order() {
-        let mut s = RespState::new(1024, 16);
-        let a = s.push_waiting(Expect::Get, Class::Read);
+        let mut s = RespState::new(1024, 16, 7);
+        let a = s.push_waiting(Expect::Get, Class::Read, 0);
         s.push_reply(Reply::Simple("PONG"));
-        let b = s.push_waiting(Expect::Get, Class::Read);
+        let b = s.push_waiting(Expect::Get, Class::Read, 0);
         assert!(!s.may_start(Class::Write));
         assert_eq!((a, b), (1, 3));
         s.answered(b, get("b"), None);
@@ -344,9 +404,9 @@ mod tests {
         let order: Vec<Reply> = s
             .slots
             .iter()
-            .map(|sl| match sl {
+            .map(|(_, sl)| match sl {
                 Slot::Ready(r) => r.clone(),
-                Slot::Waiting(_) => Reply::Nil,
+                Slot::Waiting(..) => Reply::Nil,
             })
             .collect();
         assert_eq!(
@@ -361,7 +421,7 @@ mod tests {
 
     #[test]
     fn cursors_are_bounded() {
-        let mut s = RespState::new(1024, 16);
+        let mut s = RespState::new(1024, 16, 7);
         let first = s.remember_cursor(Bytes::from_static(b"k1"));
         for _ in 0..MAX_CURSORS {
             s.remember_cursor(Bytes::from_static(b"k"));
@@ -369,5 +429,33 @@ mod tests {
         assert_eq!(s.cursor(first), None, "the oldest is forgotten");
         assert_eq!(s.cursor(0), Some(Bytes::new()));
         assert_eq!(s.cursors.len(), MAX_CURSORS);
+    }
+
+    /// Writes number 1, 2, ... in one session; acked_seq is below the oldest unanswered write,
+    /// whatever order the answers come in.
+    #[test]
+    fn writes_carry_the_session_and_acknowledge_answered_seqs() {
+        let mut s = RespState::new(1024, 16, 42);
+        let put = || ApplyResult::Put(kvpb::PutResponse::default());
+        let (c1, s1, a1) = s.next_write();
+        let w1 = s.push_waiting(Expect::Ok, Class::Write, s1);
+        let (_, s2, a2) = s.next_write();
+        let w2 = s.push_waiting(Expect::Ok, Class::Write, s2);
+        assert_eq!((c1, s1, a1, s2, a2), (42, 1, 0, 2, 0));
+        s.answered(w2, put(), None);
+        assert_eq!(s.next_write(), (42, 3, 0), "seq 1 is still unanswered");
+        s.answered(w1, error_result(ErrorCode::Timeout, "slow".into()), None);
+        assert_eq!(s.next_write(), (42, 4, 2), "3 unanswered (never pushed)");
+    }
+
+    #[test]
+    fn session_ids_differ_per_connection_and_are_nonzero() {
+        let base = session_base(1);
+        let ids: std::collections::BTreeSet<u64> = (0..10_000)
+            .map(|t| session_id(base, mio::Token(t)))
+            .collect();
+        assert_eq!(ids.len(), 10_000);
+        assert!(!ids.contains(&0));
+        assert_ne!(session_base(1), base, "a restart gets another base");
     }
 }

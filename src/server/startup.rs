@@ -396,6 +396,7 @@ impl Server {
         let policy = snapshot_policy(&cfg);
         let mut snaps = Snapshots::new(r.snapshots, r.latest, policy, cfg.snapshot_pacing);
         snaps.bytes_since = r.replayed_bytes;
+        let resp_session_base = super::resp_conn::session_base(cfg.id);
         let mut server = Server {
             commit_hint: hs.commit,
             saved_hs: hs,
@@ -407,6 +408,7 @@ impl Server {
             http_listener,
             redis_listener,
             forward: Default::default(),
+            resp_session_base,
             http_conns: HashMap::new(),
             metrics: Default::default(),
             tokens: Tokens::default(),
