@@ -292,6 +292,10 @@ impl Peer {
                         continue;
                     }
                     Ok(ReadStatus::WouldBlock) => break,
+                    // TLS refused (by us or by the other side's alert).
+                    Err(e) if e.kind() == io::ErrorKind::InvalidData && conn.is_tls() => {
+                        return self.auth_failed(registry, AuthError::Tls(e.to_string()));
+                    }
                     Ok(ReadStatus::Eof) | Err(_) => {
                         log::info!("peer {} ({}): connection closed", self.id, self.addr);
                         return PeerEvent::Failed(self.teardown(registry));

@@ -227,6 +227,19 @@ impl Server {
                     return;
                 }
                 Err(e) => {
+                    // A refused TLS handshake on the peer port is an authentication failure
+                    // (counted and logged as one), not just a broken connection.
+                    let who = match self.endpoints.get(&token) {
+                        Some(Endpoint::PeerIn(p))
+                            if e.kind() == std::io::ErrorKind::InvalidData =>
+                        {
+                            Some(p.addr.to_string())
+                        }
+                        _ => None,
+                    };
+                    if let Some(who) = who {
+                        self.auth_failed(&who, &AuthError::Tls(e.to_string()));
+                    }
                     self.close(token, &format!("read error: {e}"));
                     return;
                 }
