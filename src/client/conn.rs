@@ -12,6 +12,7 @@ use crate::pb::kvpb;
 use crate::rng::Rng;
 use std::io::{self, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Socket timeouts must be nonzero; never go below this.
@@ -34,13 +35,130 @@ pub struct Limits {
     pub max_frame: usize,
 }
 
+/// The socket, plain or through TLS (rustls' blocking adapter over the same socket).
+enum Stream {
+    Plain(TcpStream),
+    Tls(Box<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>),
+}
+
+impl Stream {
+    fn tcp(&self) -> &TcpStream {
+        match self {
+            Stream::Plain(s) => s,
+            Stream::Tls(t) => &t.sock,
+        }
+    }
+    fn set_read_timeout(&self, d: Option<Duration>) -> io::Result<()> {
+        self.tcp().set_read_timeout(d)
+    }
+    fn set_write_timeout(&self, d: Option<Duration>) -> io::Result<()> {
+        self.tcp().set_write_timeout(d)
+    }
+}
+
+impl Read for Stream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Stream::Plain(s) => s.read(buf),
+            Stream::Tls(t) => t.read(buf),
+        }
+    }
+}
+
+impl Write for Stream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Stream::Plain(s) => s.write(buf),
+            // rustls buffers the record; `flush` sends it (requests are one write each).
+            Stream::Tls(t) => t.write(buf).and_then(|n| t.flush().map(|_| n)),
+        }
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Stream::Plain(s) => s.flush(),
+            Stream::Tls(t) => t.flush(),
+        }
+    }
+}
+
+/// A TLS problem that trying again (or another endpoint of the same cluster) cannot fix: the
+/// server's certificate is not trusted, the server does not speak TLS, or it does and the
+/// client does not. The client fails at once with it instead of retrying until its deadline.
+#[derive(Debug)]
+pub struct TlsMismatch(pub String);
+
+impl std::fmt::Display for TlsMismatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for TlsMismatch {}
+
+fn tls_mismatch(msg: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, TlsMismatch(msg))
+}
+
+/// True if `e` is a [`TlsMismatch`].
+pub fn is_tls_mismatch(e: &io::Error) -> bool {
+    e.get_ref().is_some_and(|i| i.is::<TlsMismatch>())
+}
+
 /// A connected endpoint.
 pub struct Conn {
     pub addr: String,
-    stream: TcpStream,
+    stream: Stream,
 }
 
 impl Conn {
+    /// Connects to `addr` (`HOST:PORT`), giving up after `timeout` per address or at
+    /// `deadline`; with `tls`, also completes the TLS handshake within the same bounds,
+    /// checking the server's certificate against `addr`'s host.
+    pub fn connect_tls(
+        addr: &str,
+        timeout: Duration,
+        deadline: Instant,
+        tls: Option<&Arc<rustls::ClientConfig>>,
+    ) -> io::Result<Conn> {
+        let mut conn = Conn::connect(addr, timeout, deadline)?;
+        let Some(cfg) = tls else {
+            return Ok(conn);
+        };
+        let sock = match conn.stream {
+            Stream::Plain(s) => s,
+            tls @ Stream::Tls(_) => {
+                conn.stream = tls;
+                return Ok(conn);
+            }
+        };
+        let name = crate::net::tls::server_name(addr)?;
+        let mut session = rustls::ClientConnection::new(cfg.clone(), name)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        let left = remaining(deadline)?.min(timeout.max(MIN_IO_TIMEOUT));
+        sock.set_read_timeout(Some(left))?;
+        sock.set_write_timeout(Some(left))?;
+        let mut sock = sock;
+        while session.is_handshaking() {
+            if let Err(e) = session.complete_io(&mut sock) {
+                return Err(match e.kind() {
+                    // rustls' verdicts (certificate refused, alert, not TLS at all).
+                    io::ErrorKind::InvalidData => tls_mismatch(format!(
+                        "TLS handshake failed: {e} (does this endpoint serve TLS, and is --tls-ca \
+                         the CA that issued its certificate?)"
+                    )),
+                    io::ErrorKind::UnexpectedEof => tls_mismatch(
+                        "closed during the TLS handshake (a plain TCP port? then drop --tls-ca)"
+                            .into(),
+                    ),
+                    _ if is_timeout(&e) => timed_out(format!("TLS handshake: {e}")),
+                    _ => e,
+                });
+            }
+        }
+        conn.stream = Stream::Tls(Box::new(rustls::StreamOwned::new(session, sock)));
+        Ok(conn)
+    }
+
     /// Connects to `addr` (`HOST:PORT`), giving up after `timeout` per address or at `deadline`.
     pub fn connect(addr: &str, timeout: Duration, deadline: Instant) -> io::Result<Conn> {
         let mut last_err = None;
@@ -55,7 +173,7 @@ impl Conn {
                     let _ = stream.set_nodelay(true);
                     return Ok(Conn {
                         addr: addr.to_string(),
-                        stream,
+                        stream: Stream::Plain(stream),
                     });
                 }
                 Err(e) if e.kind() == io::ErrorKind::TimedOut => {
@@ -92,6 +210,15 @@ impl Conn {
             let mut header = [0u8; HEADER_LEN];
             self.read_exact_by(&mut header, answer_by, lim, "no answer")?;
             let len = u32::from_be_bytes(header) as usize;
+            // A TLS alert record (type 21, version 3.x): the server speaks TLS and refused our
+            // plaintext. Said so, instead of "frame too large".
+            if header[0] == 21 && header[1] == 3 && matches!(self.stream, Stream::Plain(_)) {
+                return Err(tls_mismatch(
+                    "answered with a TLS alert: it serves TLS; give the cluster's CA file with \
+                     --tls-ca (RAFTKV_TLS_CA)"
+                        .into(),
+                ));
+            }
             if len > lim.max_frame {
                 return Err(io::Error::new(
                     io::ErrorKind::InvalidData,

@@ -130,6 +130,8 @@ pub struct Client {
     /// Last request id used.
     request_id: u64,
     rng: Rng,
+    /// TLS to every endpoint (trusting this configuration's CAs), or plain TCP.
+    tls: Option<std::sync::Arc<rustls::ClientConfig>>,
 }
 
 /// A seed that differs between clients: clock, process id and a per-process counter.
@@ -163,7 +165,15 @@ impl Client {
             acked_seq: 0,
             request_id: 0,
             rng,
+            tls: None,
         }
+    }
+
+    /// Speaks TLS to every endpoint, trusting the CAs in `cfg` (from
+    /// [`crate::net::tls::client_config`], e.g. with the cluster's `ca.pem`).
+    pub fn with_tls(mut self, cfg: std::sync::Arc<rustls::ClientConfig>) -> Client {
+        self.tls = Some(cfg);
+        self
     }
 
     /// This client's session id (nonzero).
@@ -255,9 +265,14 @@ impl Client {
         let deadline = Instant::now() + self.opts.timeout;
         let req = self.request(Op::Status(kvpb::StatusRequest {}), 0);
         let lim = self.limits(self.opts.attempt_timeout, deadline);
-        let resp = Conn::connect(endpoint, self.opts.connect_timeout, deadline)
-            .and_then(|mut c| c.call(&req, &lim))
-            .map_err(|e| io_error(endpoint, e))?;
+        let resp = Conn::connect_tls(
+            endpoint,
+            self.opts.connect_timeout,
+            deadline,
+            self.tls.as_ref(),
+        )
+        .and_then(|mut c| c.call(&req, &lim))
+        .map_err(|e| io_error(endpoint, e))?;
         match resp.result {
             Some(R::Status(s)) => Ok(s),
             Some(R::Error(e)) => Err(ClientError::Server(e)),
@@ -336,7 +351,12 @@ impl Client {
         loop {
             let conn = match self.conn.take().filter(|c| c.addr == endpoint) {
                 Some(c) => Ok(c),
-                None => Conn::connect(endpoint, self.opts.connect_timeout, deadline),
+                None => Conn::connect_tls(
+                    endpoint,
+                    self.opts.connect_timeout,
+                    deadline,
+                    self.tls.as_ref(),
+                ),
             };
             let req = self.request(op.clone(), 0);
             let lim = self.limits(self.opts.attempt_timeout, deadline);
@@ -350,7 +370,11 @@ impl Client {
                         other => Err(unexpected_opt("snapshot chunk", other)),
                     };
                 }
-                Err(e) if Instant::now() >= deadline || response_too_large(&e).is_some() => {
+                Err(e)
+                    if Instant::now() >= deadline
+                        || response_too_large(&e).is_some()
+                        || conn::is_tls_mismatch(&e) =>
+                {
                     return Err(io_error(endpoint, e));
                 }
                 Err(e) => {
@@ -440,8 +464,14 @@ impl Client {
                 Some(c) => c,
                 None => {
                     let addr = self.pick_endpoint();
-                    match Conn::connect(&addr, self.opts.connect_timeout, deadline) {
+                    match Conn::connect_tls(
+                        &addr,
+                        self.opts.connect_timeout,
+                        deadline,
+                        self.tls.as_ref(),
+                    ) {
                         Ok(c) => c,
+                        Err(e) if conn::is_tls_mismatch(&e) => return Err(io_error(&addr, e)),
                         Err(e) => {
                             last_problem = format!("connect to {addr}: {e}");
                             log::debug!("client: {last_problem}");
@@ -456,6 +486,7 @@ impl Client {
             let lim = self.limits(attempt, deadline);
             let resp = match conn.call(&req, &lim) {
                 Ok(r) => r,
+                Err(e) if conn::is_tls_mismatch(&e) => return Err(io_error(&conn.addr, e)),
                 Err(e) => {
                     if let Some(fe) = response_too_large(&e) {
                         // The same request would get the same answer elsewhere.

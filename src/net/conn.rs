@@ -6,8 +6,13 @@
 //! block; the owner registers for WRITABLE (edge-triggered) and calls [`Conn::flush`] again
 //! when the socket drains. [`Conn::pending_out`] lets the owner apply backpressure (stop
 //! reading from a client whose responses pile up).
+//!
+//! With a TLS session ([`Conn::set_tls`], see `net::tls`) the same calls read and write
+//! ciphertext on the socket while the read buffer and the write queue hold plaintext, so the
+//! owners' parsing, limits and backpressure are the same with TLS as without.
 
 use super::framing::{split_frame, FrameError};
+use super::tls::TlsSession;
 use bytes::{Buf, Bytes, BytesMut};
 use mio::net::TcpStream;
 use std::collections::VecDeque;
@@ -39,6 +44,8 @@ pub struct Conn {
     wq: VecDeque<Bytes>,
     wq_bytes: usize,
     max_frame: usize,
+    /// Some for a TLS connection (boxed: most connections of a plain node have none).
+    tls: Option<Box<TlsSession>>,
 }
 
 impl Conn {
@@ -52,7 +59,19 @@ impl Conn {
             wq: VecDeque::new(),
             wq_bytes: 0,
             max_frame,
+            tls: None,
         }
+    }
+
+    /// Runs this connection over `tls` from now on (call before anything is read or
+    /// written). Plaintext queued before the handshake completes waits in the write queue.
+    pub fn set_tls(&mut self, tls: TlsSession) {
+        self.tls = Some(Box::new(tls));
+    }
+
+    /// True for a TLS connection.
+    pub fn is_tls(&self) -> bool {
+        self.tls.is_some()
     }
 
     /// One `read` call into the read buffer. `Interrupted` is retried.
@@ -62,6 +81,16 @@ impl Conn {
     /// time) and no `&mut [u8]` over uninitialised memory.
     pub fn read_some(&mut self) -> io::Result<ReadStatus> {
         use std::os::unix::io::AsRawFd;
+        if let Some(tls) = &mut self.tls {
+            let was_handshaking = tls.is_handshaking();
+            let status = tls.read_some(&mut self.stream, &mut self.rbuf)?;
+            if was_handshaking && !tls.is_handshaking() && !self.wq.is_empty() {
+                // What was queued during the handshake (a peer's HELLO) can go now; if the
+                // socket is full, the WRITABLE event's flush sends the rest.
+                self.flush()?;
+            }
+            return Ok(status);
+        }
         // A connection capped at small frames (a peer in its handshake) reads no more than
         // one such frame at a time: a thousand half-open handshakes cost ~130 bytes each, not
         // 64 KiB each.
@@ -132,12 +161,25 @@ impl Conn {
 
     /// Bytes queued but not yet written to the socket.
     pub fn pending_out(&self) -> usize {
-        self.wq_bytes
+        self.wq_bytes + self.tls.as_ref().map_or(0, |t| t.unsent())
+    }
+
+    /// Ends our sending side: a TLS close_notify first (best effort), then a TCP FIN.
+    pub fn shutdown_write(&mut self) {
+        if let Some(tls) = &mut self.tls {
+            tls.close_notify(&mut self.stream);
+        }
+        let _ = self.stream.shutdown(std::net::Shutdown::Write);
     }
 
     /// Writes queued bytes until the queue is empty (`Ok(true)`) or the socket would block
-    /// (`Ok(false)`; wait for a WRITABLE event).
+    /// (`Ok(false)`; wait for a WRITABLE event). On a TLS connection still in its handshake,
+    /// handshake records are written and the queue waits (`Ok(false)`): the read that
+    /// completes the handshake flushes it.
     pub fn flush(&mut self) -> io::Result<bool> {
+        if self.tls.is_some() {
+            return self.flush_tls();
+        }
         while !self.wq.is_empty() {
             let n = {
                 let bufs: Vec<IoSlice<'_>> =
@@ -153,6 +195,44 @@ impl Conn {
             self.consume(n);
         }
         Ok(true)
+    }
+
+    /// [`flush`](Self::flush) through TLS: pending records out first, then the next batch of
+    /// plaintext encrypted (at most rustls' buffer limit at a time, so the queue, not rustls,
+    /// holds what a slow reader has not taken).
+    fn flush_tls(&mut self) -> io::Result<bool> {
+        let Some(tls) = self.tls.as_mut() else {
+            return Ok(true);
+        };
+        loop {
+            if !tls.write_out(&mut self.stream)? {
+                return Ok(false);
+            }
+            if self.wq.is_empty() {
+                return Ok(true);
+            }
+            if tls.is_handshaking() {
+                return Ok(false);
+            }
+            let mut moved = 0;
+            while let Some(front) = self.wq.front_mut() {
+                let n = tls.encrypt(&front[..])?;
+                if n == 0 {
+                    break;
+                }
+                moved += n;
+                self.wq_bytes -= n;
+                if n == front.len() {
+                    self.wq.pop_front();
+                } else {
+                    front.advance(n);
+                    break;
+                }
+            }
+            if moved == 0 {
+                return Err(io::Error::other("TLS session took no data"));
+            }
+        }
     }
 
     /// Drops `n` written bytes from the front of the queue.

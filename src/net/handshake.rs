@@ -66,11 +66,14 @@ pub enum AuthError {
     BadProof,
     /// The handshake did not finish in time.
     Timeout,
+    /// The TLS handshake under it failed (peer TLS: a certificate from another CA, no
+    /// certificate, or not TLS at all).
+    Tls(String),
 }
 
 impl AuthError {
     /// Every reason label, in a fixed order (the `/metrics` rows).
-    pub const REASONS: [&'static str; 8] = [
+    pub const REASONS: [&'static str; 9] = [
         "malformed",
         "oversized",
         "wrong_cluster",
@@ -79,6 +82,7 @@ impl AuthError {
         "unknown_sender",
         "bad_proof",
         "timeout",
+        "tls",
     ];
 
     /// The index of this error's label in [`AuthError::REASONS`].
@@ -92,6 +96,7 @@ impl AuthError {
             AuthError::UnknownSender(_) => 5,
             AuthError::BadProof => 6,
             AuthError::Timeout => 7,
+            AuthError::Tls(_) => 8,
         }
     }
 }
@@ -114,6 +119,7 @@ impl fmt::Display for AuthError {
                 write!(f, "handshake addressed to node {to}, this is node {me}")
             }
             AuthError::UnknownSender(id) => write!(f, "node id {id} is not accepted here"),
+            AuthError::Tls(e) => write!(f, "{e}"),
             AuthError::BadProof => write!(
                 f,
                 "bad proof: the other side does not hold this cluster's peer secret \

@@ -6,10 +6,13 @@
 //! - [`ports`]: free loopback ports for local test and bench clusters.
 //! - [`reactor`]: listener tokens and the connection token allocator.
 //! - [`timer`]: a hashed timer wheel (ticks, deadlines, reconnects).
+//! - [`tls`]: rustls under [`conn::Conn`], sans-I/O; [`certgen`]: a cluster's CA and node
+//!   certificates.
 //!
 //! The event loop itself lives in [`crate::server`].
 
 pub mod bounds;
+pub mod certgen;
 pub mod conn;
 pub mod framing;
 pub mod handshake;
@@ -18,3 +21,4 @@ pub mod peer_auth;
 pub mod ports;
 pub mod reactor;
 pub mod timer;
+pub mod tls;

@@ -123,17 +123,33 @@ impl Peer {
     }
 
     /// Starts a non-blocking connect, registered under `token`, that will run `dialer`'s
-    /// handshake. On an immediate failure the peer stays idle and the reconnect delay is
-    /// returned as the error.
+    /// handshake; with `tls`, inside a TLS session that checks the peer's certificate
+    /// against its address and presents ours. On an immediate failure the peer stays idle and
+    /// the reconnect delay is returned as the error.
     pub fn connect(
         &mut self,
         registry: &Registry,
         token: Token,
         dialer: Dialer,
+        tls: Option<&std::sync::Arc<rustls::ClientConfig>>,
     ) -> Result<(), Duration> {
         if self.state != PeerState::Idle {
             return Ok(());
         }
+        let session = match tls {
+            Some(cfg) => {
+                match super::tls::server_name(&self.addr)
+                    .and_then(|name| super::tls::TlsSession::client(cfg, name))
+                {
+                    Ok(s) => Some(s),
+                    Err(e) => {
+                        log::warn!("peer {} ({}): TLS: {e}", self.id, self.addr);
+                        return Err(self.next_backoff());
+                    }
+                }
+            }
+            None => None,
+        };
         let attempt = || -> io::Result<TcpStream> {
             let addr = self.addr.to_socket_addrs()?.next().ok_or_else(|| {
                 io::Error::new(io::ErrorKind::NotFound, "address resolves to nothing")
@@ -146,6 +162,10 @@ impl Peer {
             Ok(stream) => {
                 // All this side ever reads is the handshake.
                 let mut conn = Conn::new(stream, handshake::MAX_FRAME);
+                if let Some(s) = session {
+                    // The HELLO waits in the queue until the TLS handshake is done.
+                    conn.set_tls(s);
+                }
                 conn.queue(frame_bytes_raw(&dialer.hello()));
                 self.conn = Some(conn);
                 self.dialer = Some(dialer);
@@ -272,6 +292,10 @@ impl Peer {
                         continue;
                     }
                     Ok(ReadStatus::WouldBlock) => break,
+                    // TLS refused (by us or by the other side's alert).
+                    Err(e) if e.kind() == io::ErrorKind::InvalidData && conn.is_tls() => {
+                        return self.auth_failed(registry, AuthError::Tls(e.to_string()));
+                    }
                     Ok(ReadStatus::Eof) | Err(_) => {
                         log::info!("peer {} ({}): connection closed", self.id, self.addr);
                         return PeerEvent::Failed(self.teardown(registry));
@@ -423,7 +447,8 @@ mod tests {
             ..Default::default()
         };
         let mut p = peer(addr, opts);
-        p.connect(poll.registry(), Token(5), dialer()).unwrap();
+        p.connect(poll.registry(), Token(5), dialer(), None)
+            .unwrap();
         assert_eq!(p.state(), PeerState::Connecting);
         // Held while connecting, within the bound; over the bound is dropped.
         assert!(p.send(Bytes::from_static(b"hello")));
@@ -459,7 +484,8 @@ mod tests {
         let mut poll = Poll::new().unwrap();
         let secret = PeerSecrets::parse("00112233445566778899aabbccddeeff", "t").unwrap();
         let mut p = Peer::new(2, addr, PeerOptions::default(), secret);
-        p.connect(poll.registry(), Token(5), dialer()).unwrap();
+        p.connect(poll.registry(), Token(5), dialer(), None)
+            .unwrap();
         assert!(p.send(Bytes::from_static(b"raft message")));
         let (mut srv, _) = listener.accept().unwrap();
         until_handshaking(&mut poll, &mut p);
@@ -521,7 +547,8 @@ mod tests {
         // reset the backoff every time (10, 10, 10, ...). It must keep growing instead.
         let mut delays = Vec::new();
         for i in 0..5 {
-            p.connect(poll.registry(), Token(i), dialer()).unwrap();
+            p.connect(poll.registry(), Token(i), dialer(), None)
+                .unwrap();
             until_handshaking(&mut poll, &mut p);
             // Raft latency: no Nagle on the (outbound) peer socket either.
             assert!(p.conn.as_ref().unwrap().stream.nodelay().unwrap());
@@ -534,7 +561,8 @@ mod tests {
         }
         assert_eq!(delays, vec![10, 20, 40, 50, 50]);
         // A connection that stayed up long enough starts the backoff over.
-        p.connect(poll.registry(), Token(9), dialer()).unwrap();
+        p.connect(poll.registry(), Token(9), dialer(), None)
+            .unwrap();
         until_handshaking(&mut poll, &mut p);
         p.connected_at = Some(Instant::now() - Duration::from_secs(3600));
         let (srv, _) = listener.accept().unwrap();

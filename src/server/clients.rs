@@ -271,7 +271,7 @@ impl Server {
             // (A RESP connection waits for the replies still owed to the commands before.)
             Ok(true) if c.closing && c.resp.as_ref().is_none_or(|r| r.unreleased() == 0) => {
                 // Response out: send FIN, keep reading (and discarding) until the client closes.
-                let _ = c.conn.stream.shutdown(std::net::Shutdown::Write);
+                c.conn.shutdown_write();
             }
             Ok(_) => {
                 let queued = c.conn.pending_out();

@@ -216,6 +216,8 @@ pub struct ServerConfig {
     /// empty key of `--insecure-peers`. The library default is insecure; `raftkv serve` makes
     /// the operator choose.
     pub peer_secrets: PeerSecrets,
+    /// TLS on the client/RESP ports, the forwarding link and peer links (`net::tls`).
+    pub tls: crate::net::tls::NodeTls,
     /// Bound on a peer handshake (see [`DEFAULT_PEER_HANDSHAKE_TIMEOUT`]).
     pub peer_handshake_timeout: Duration,
     /// When to snapshot and how far to compact the log.
@@ -263,6 +265,7 @@ impl ServerConfig {
             quota_bytes: DEFAULT_QUOTA_BYTES,
             peer: PeerOptions::default(),
             peer_secrets: PeerSecrets::insecure(),
+            tls: Default::default(),
             peer_handshake_timeout: DEFAULT_PEER_HANDSHAKE_TIMEOUT,
             snapshot_policy: SnapshotPolicy::default(),
             snapshot_pacing: WritePacing::default(),

@@ -10,6 +10,7 @@ use crate::net::conn::{Conn, ReadStatus};
 use crate::net::framing::FrameError;
 use crate::net::handshake::AuthError;
 use crate::net::reactor::{PEER_LISTENER, REDIS_LISTENER};
+use crate::net::tls::TlsSession;
 use crate::pb::kvpb::ErrorCode;
 use mio::{Interest, Token};
 use std::time::{Duration, Instant};
@@ -45,7 +46,17 @@ impl Server {
                         };
                         ep
                     } else {
-                        let conn = Conn::new(stream, self.cfg.max_frame);
+                        let mut conn = Conn::new(stream, self.cfg.max_frame);
+                        if let Some(tls) = &self.cfg.tls.client {
+                            match TlsSession::server(tls) {
+                                Ok(s) => conn.set_tls(s),
+                                Err(e) => {
+                                    log::warn!("client connection from {addr}: {e}");
+                                    let _ = self.poll.registry().deregister(&mut conn.stream);
+                                    continue;
+                                }
+                            }
+                        }
                         log::debug!("client connection from {addr}");
                         self.clients += 1;
                         self.metrics.client_accepted += 1;
@@ -93,12 +104,24 @@ impl Server {
             let _ = self.poll.registry().deregister(&mut stream);
             return None;
         };
+        let mut conn = Conn::new(stream, crate::net::handshake::MAX_FRAME);
+        if let Some(tls) = &self.cfg.tls.peer {
+            // The handshake deadline below covers the TLS handshake too.
+            match TlsSession::server(&tls.server) {
+                Ok(s) => conn.set_tls(s),
+                Err(e) => {
+                    log::warn!("peer connection from {addr}: {e}");
+                    let _ = self.poll.registry().deregister(&mut conn.stream);
+                    return None;
+                }
+            }
+        }
         log::debug!("peer connection from {addr}");
         let deadline = Instant::now() + self.cfg.peer_handshake_timeout;
         self.timers
             .insert(deadline, TimerEvent::PeerHandshake(token));
         Some(Endpoint::PeerIn(PeerIn {
-            conn: Conn::new(stream, crate::net::handshake::MAX_FRAME),
+            conn,
             addr,
             auth: PeerAuth::Handshake(Box::new(acceptor)),
         }))
@@ -205,6 +228,19 @@ impl Server {
                     return;
                 }
                 Err(e) => {
+                    // A refused TLS handshake on the peer port is an authentication failure
+                    // (counted and logged as one), not just a broken connection.
+                    let who = match self.endpoints.get(&token) {
+                        Some(Endpoint::PeerIn(p))
+                            if e.kind() == std::io::ErrorKind::InvalidData =>
+                        {
+                            Some(p.addr.to_string())
+                        }
+                        _ => None,
+                    };
+                    if let Some(who) = who {
+                        self.auth_failed(&who, &AuthError::Tls(e.to_string()));
+                    }
                     self.close(token, &format!("read error: {e}"));
                     return;
                 }

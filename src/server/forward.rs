@@ -266,8 +266,21 @@ impl Server {
             log::warn!("forwarding: cannot register the link to {addr}: {e}");
             return false;
         }
+        let mut conn = Conn::new(stream, self.cfg.max_frame);
+        if let Some(tls) = &self.cfg.tls.forward {
+            let session = crate::net::tls::server_name(addr)
+                .and_then(|name| crate::net::tls::TlsSession::client(tls, name));
+            match session {
+                Ok(s) => conn.set_tls(s),
+                Err(e) => {
+                    log::warn!("forwarding: TLS to leader {leader} at {addr}: {e}");
+                    let _ = self.poll.registry().deregister(&mut conn.stream);
+                    return false;
+                }
+            }
+        }
         log::info!("forwarding requests to leader {leader} at {addr}");
-        self.forward.link = Some((leader, token, Conn::new(stream, self.cfg.max_frame)));
+        self.forward.link = Some((leader, token, conn));
         true
     }
 

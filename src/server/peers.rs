@@ -62,7 +62,8 @@ impl Server {
                 .insert(Instant::now() + CONNECT_TIMEOUT, TimerEvent::Reconnect(id));
             return;
         };
-        match peer.connect(self.poll.registry(), token, dialer) {
+        let tls = self.cfg.tls.peer.as_ref().map(|t| &t.client);
+        match peer.connect(self.poll.registry(), token, dialer, tls) {
             Ok(()) => {
                 if peer.token() == Some(token) {
                     self.peer_by_token.insert(token, id);

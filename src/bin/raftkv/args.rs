@@ -152,6 +152,55 @@ pub enum Cmd {
     /// Leadership for operators.
     #[command(subcommand)]
     Leader(LeaderCmd),
+    /// TLS material for a cluster (see README, "TLS").
+    #[command(subcommand)]
+    Tls(TlsCmd),
+}
+
+#[derive(Subcommand)]
+pub enum TlsCmd {
+    /// Create a cluster CA and a certificate per node in DIR (ca.pem, ca-key.pem, node-N.pem,
+    /// node-N-key.pem; keys mode 0600). Files that exist are kept: run it again with a larger
+    /// --nodes to issue more node certificates from the same CA, or after deleting one node's
+    /// pair to re-issue (rotate) it. Node certificates name 127.0.0.1, ::1 and localhost plus
+    /// every --name.
+    Init {
+        /// Where the files go (created if missing).
+        #[arg(long)]
+        dir: PathBuf,
+        /// Node certificates 1..=N.
+        #[arg(long, default_value_t = 3)]
+        nodes: u64,
+        /// One more DNS name or IP address for the node certificates issued now (repeatable).
+        #[arg(long = "name", value_name = "NAME")]
+        names: Vec<String>,
+    },
+}
+
+/// TLS on a node's ports (README, "TLS"). Without any: plain TCP.
+#[derive(Args, Clone, Debug, Default)]
+pub struct ServeTls {
+    /// Certificate (PEM chain) for TLS on the client port and the RESP port; needs
+    /// --client-tls-key. Clients then need the issuing CA (`raftkv --tls-ca`).
+    #[arg(long, value_name = "FILE", requires = "client_tls_key")]
+    pub client_tls_cert: Option<PathBuf>,
+    /// Private key (PEM) of --client-tls-cert.
+    #[arg(long, value_name = "FILE", requires = "client_tls_cert")]
+    pub client_tls_key: Option<PathBuf>,
+    /// CA the other nodes' client-port certificates come from, trusted when this node
+    /// forwards to the leader (--forward) or joins (--join). Default: --peer-tls-ca.
+    #[arg(long, value_name = "FILE")]
+    pub client_tls_ca: Option<PathBuf>,
+    /// Certificate (PEM chain) for mutual TLS on peer links, presented both when accepting
+    /// and when dialling; needs --peer-tls-key and --peer-tls-ca.
+    #[arg(long, value_name = "FILE", requires_all = ["peer_tls_key", "peer_tls_ca"])]
+    pub peer_tls_cert: Option<PathBuf>,
+    /// Private key (PEM) of --peer-tls-cert.
+    #[arg(long, value_name = "FILE", requires = "peer_tls_cert")]
+    pub peer_tls_key: Option<PathBuf>,
+    /// CA file (PEM, one or more CAs) the other members' peer certificates must chain to.
+    #[arg(long, value_name = "FILE", requires = "peer_tls_cert")]
+    pub peer_tls_ca: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -307,6 +356,10 @@ pub struct ClientArgs {
     /// (exit 4) without being sent. Match the servers' --max-frame.
     #[arg(long, default_value_t = raftkv::net::framing::DEFAULT_MAX_FRAME)]
     pub max_frame: usize,
+    /// Speak TLS to the endpoints, trusting the CA certificates in FILE (the cluster's
+    /// ca.pem; `raftkv cluster --tls` prints its path). Without it: plain TCP.
+    #[arg(long, env = "RAFTKV_TLS_CA", value_name = "FILE")]
+    pub tls_ca: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -507,6 +560,8 @@ pub struct ServeArgs {
     #[arg(long, conflicts_with = "peer_secret_file")]
     pub insecure_peers: bool,
     #[command(flatten)]
+    pub tls: ServeTls,
+    #[command(flatten)]
     pub tuning: Tuning,
 }
 
@@ -534,6 +589,11 @@ pub struct ClusterArgs {
     /// on BASE+4N+4(k-N-1) and the three ports after it (client, peer, HTTP, RESP).
     #[arg(long, default_value_t = 7001, global = true)]
     pub base_port: u16,
+    /// TLS on every node's client, RESP and peer ports (mutual on peers), with a CA and node
+    /// certificates generated into DIR/tls on the first start and reused after; prints the
+    /// CA's path for `raftkv --tls-ca`.
+    #[arg(long, global = true)]
+    pub tls: bool,
     #[command(flatten)]
     pub tuning: Tuning,
 }

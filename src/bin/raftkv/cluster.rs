@@ -9,8 +9,12 @@
 //! cluster while it runs: `add` runs one more node in the foreground that joins it (`serve
 //! --join`, ports and data directory derived the same way, see `extra_node`); `remove` sends
 //! `member remove`. So a 3 -> 5 -> 3 change is two `add`s and two `remove`s.
+//!
+//! With `--tls` every node runs TLS on its client and RESP ports and mutual TLS on its peer
+//! port, with a CA and node certificates made in `DIR/tls` on the first start and reused after
+//! (`net::certgen`); `add` issues the new node's certificate from the same CA.
 
-use crate::args::{ClusterAction, ClusterArgs, ServeArgs, Tuning};
+use crate::args::{ClusterAction, ClusterArgs, ServeArgs, ServeTls, Tuning};
 use crate::output::EXIT_USAGE;
 use raftkv::net::peer_auth::PeerSecrets;
 use raftkv::server::{config::format_peers, PeerSpec};
@@ -56,6 +60,12 @@ pub fn cluster(mut a: ClusterArgs) -> ExitCode {
         eprintln!("raftkv cluster: {e}");
         return ExitCode::FAILURE;
     }
+    if a.tls {
+        if let Err(e) = ensure_tls(&a.dir, a.nodes) {
+            eprintln!("raftkv cluster: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
     let shutdown = match raftkv::server::signal::install() {
         Ok(f) => f,
         Err(e) => {
@@ -96,6 +106,54 @@ fn ensure_peer_secret(dir: &Path) -> Result<(), String> {
     Ok(())
 }
 
+/// The directory of a `--tls` cluster's CA and node certificates.
+fn tls_dir(dir: &Path) -> PathBuf {
+    dir.join("tls")
+}
+
+/// The cluster's CA certificate (what clients pass as `--tls-ca`).
+pub fn tls_ca_path(dir: &Path) -> PathBuf {
+    tls_dir(dir).join("ca.pem")
+}
+
+/// Secure by default, like the peer secret: the first `--tls` start makes the CA and node
+/// certificates 1..=`nodes`; later starts reuse them (and issue only what is missing).
+fn ensure_tls(dir: &Path, nodes: u64) -> Result<(), String> {
+    let g = raftkv::net::certgen::init(&tls_dir(dir), nodes, &[])?;
+    for f in &g.created {
+        eprintln!("raftkv cluster: generated {}", f.display());
+    }
+    Ok(())
+}
+
+/// Node `id`'s TLS flags in a `--tls` cluster: its certificate on the client, RESP and peer
+/// ports, the cluster CA for peers (and, by default, for forwarding).
+fn serve_tls(dir: &Path, id: u64) -> ServeTls {
+    let files = raftkv::net::certgen::node_files(&tls_dir(dir), id);
+    ServeTls {
+        client_tls_cert: Some(files.cert.clone()),
+        client_tls_key: Some(files.key.clone()),
+        client_tls_ca: None,
+        peer_tls_cert: Some(files.cert),
+        peer_tls_key: Some(files.key),
+        peer_tls_ca: Some(tls_ca_path(dir)),
+    }
+}
+
+/// A client of the local cluster (TLS with the cluster's CA under `--tls`).
+fn cluster_client(a: &ClusterArgs) -> Result<raftkv::client::Client, String> {
+    let client = raftkv::client::Client::new(
+        endpoints(a).split(',').map(str::to_string).collect(),
+        Default::default(),
+    );
+    if !a.tls {
+        return Ok(client);
+    }
+    let cfg =
+        raftkv::net::tls::client_config(&tls_ca_path(&a.dir), None).map_err(|e| e.to_string())?;
+    Ok(client.with_tls(cfg))
+}
+
 /// Starts every member and streams its output; if one fails to start, stops the ones
 /// already started and returns `None`.
 fn spawn_all(exe: &Path, a: &ClusterArgs, members: &[PeerSpec]) -> Option<Children> {
@@ -103,7 +161,7 @@ fn spawn_all(exe: &Path, a: &ClusterArgs, members: &[PeerSpec]) -> Option<Childr
     let mut children: Children = Vec::new();
     for m in members {
         let http = http_addr(a.base_port, a.nodes, m.id);
-        match spawn_node(exe, m.id, &a.dir, &peers, &http, &a.tuning) {
+        match spawn_node(exe, m.id, a, &peers, &http) {
             Ok(mut child) => {
                 if let Some(out) = child.stdout.take() {
                     stream_lines(m.id, out);
@@ -148,9 +206,22 @@ fn print_banner(a: &ClusterArgs, members: &[PeerSpec]) {
         .filter_map(|m| m.redis_addr.clone())
         .collect();
     println!("Redis protocol (RESP) endpoints: {}", redis.join(","));
-    println!("try: raftkv put --endpoints {endpoints} greeting hello");
+    if a.tls {
+        let ca = tls_ca_path(&a.dir);
+        println!(
+            "TLS on client, RESP and peer ports; clients trust the CA {}",
+            ca.display()
+        );
+        println!(
+            "try: raftkv put --tls-ca {} --endpoints {endpoints} greeting hello",
+            ca.display()
+        );
+    } else {
+        println!("try: raftkv put --endpoints {endpoints} greeting hello");
+    }
     if let Some(port) = redis
         .first()
+        .filter(|_| !a.tls)
         .and_then(|r| r.rsplit_once(':'))
         .map(|(_, p)| p)
     {
@@ -234,6 +305,15 @@ fn add(a: &ClusterArgs, id: Option<u64>, tuning: Tuning) -> ExitCode {
         a.dir.join(format!("n{id}")).display()
     );
     let _ = std::io::stdout().flush();
+    let tls = if a.tls {
+        if let Err(e) = ensure_tls(&a.dir, id) {
+            eprintln!("raftkv cluster add: {e}");
+            return ExitCode::FAILURE;
+        }
+        serve_tls(&a.dir, id)
+    } else {
+        ServeTls::default()
+    };
     crate::serve::serve(ServeArgs {
         id,
         data_dir: a.dir.join(format!("n{id}")),
@@ -246,16 +326,20 @@ fn add(a: &ClusterArgs, id: Option<u64>, tuning: Tuning) -> ExitCode {
         // The cluster's shared secret, made by its first start.
         peer_secret_file: Some(peer_secret_path(&a.dir)),
         insecure_peers: false,
+        tls,
         tuning,
     })
 }
 
 /// `raftkv cluster remove ID`: `member remove ID` against the cluster's nodes.
 fn remove(a: &ClusterArgs, id: u64) -> ExitCode {
-    let mut client = raftkv::client::Client::new(
-        endpoints(a).split(',').map(str::to_string).collect(),
-        Default::default(),
-    );
+    let mut client = match cluster_client(a) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("raftkv cluster remove: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let op = raftkv::pb::kvpb::MemberOp {
         kind: raftkv::pb::kvpb::member_op::Kind::Remove as i32,
         id,
@@ -323,11 +407,11 @@ fn http_addr(base: u16, nodes: u64, id: u64) -> String {
 fn spawn_node(
     exe: &Path,
     id: u64,
-    dir: &Path,
+    a: &ClusterArgs,
     peers: &str,
     http: &str,
-    tuning: &Tuning,
 ) -> std::io::Result<Child> {
+    let (dir, tuning) = (a.dir.as_path(), &a.tuning);
     let mut cmd = Command::new(exe);
     cmd.arg("serve")
         .arg(format!("--id={id}"))
@@ -341,6 +425,21 @@ fn spawn_node(
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
+    if a.tls {
+        let t = serve_tls(dir, id);
+        let pairs = [
+            ("--client-tls-cert", t.client_tls_cert),
+            ("--client-tls-key", t.client_tls_key),
+            ("--peer-tls-cert", t.peer_tls_cert),
+            ("--peer-tls-key", t.peer_tls_key),
+            ("--peer-tls-ca", t.peer_tls_ca),
+        ];
+        for (flag, path) in pairs {
+            if let Some(p) = path {
+                cmd.arg(flag).arg(p);
+            }
+        }
+    }
     #[cfg(target_os = "linux")]
     {
         use std::os::unix::process::CommandExt;

@@ -18,7 +18,7 @@ pub fn run(cmd: Cmd) -> u8 {
     let cmd = match cmd {
         Cmd::Member(m) => return crate::members::member(m),
         Cmd::Leader(l) => return crate::members::leader(l),
-        Cmd::Serve(_) | Cmd::Cluster(_) => unreachable!("handled in main"),
+        Cmd::Serve(_) | Cmd::Cluster(_) | Cmd::Tls(_) => unreachable!("handled in main"),
         cmd => cmd,
     };
     let (c, consistency) = match &cmd {
@@ -35,6 +35,7 @@ pub fn run(cmd: Cmd) -> u8 {
         | Cmd::Snapshot(_)
         | Cmd::Member(_)
         | Cmd::Leader(_)
+        | Cmd::Tls(_)
         | Cmd::NewPeerSecret { .. } => {
             unreachable!("handled above")
         }
@@ -141,6 +142,7 @@ pub fn run(cmd: Cmd) -> u8 {
         | Cmd::Snapshot(_)
         | Cmd::Member(_)
         | Cmd::Leader(_)
+        | Cmd::Tls(_)
         | Cmd::NewPeerSecret { .. } => {
             unreachable!("handled above")
         }
@@ -250,6 +252,16 @@ pub fn connect(
             max_frame: c.max_frame,
         },
     );
+    let client = match &c.tls_ca {
+        Some(ca) => match raftkv::net::tls::client_config(ca, None) {
+            Ok(cfg) => client.with_tls(cfg),
+            Err(e) => {
+                eprintln!("raftkv: --tls-ca: {e}");
+                return Err(EXIT_USAGE);
+            }
+        },
+        None => client,
+    };
     Ok((client, endpoints))
 }
 

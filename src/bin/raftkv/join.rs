@@ -35,7 +35,7 @@ pub fn is_fresh(data_dir: &Path) -> Result<bool, String> {
 pub fn check_identity(cfg: &ServerConfig) -> Result<(), String> {
     for p in cfg.peers.iter().filter(|p| p.id != cfg.id) {
         let Some(addr) = &p.client_addr else { continue };
-        let mut client = Client::new(vec![addr.clone()], probe_options());
+        let mut client = tls_client(cfg, Client::new(vec![addr.clone()], probe_options()));
         let Ok(s) = client.status(addr) else { continue };
         if s.term > 0 || s.last_log_index > 0 {
             return Err(format!(
@@ -55,6 +55,14 @@ pub fn check_identity(cfg: &ServerConfig) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// The other nodes' client ports speak TLS when this node's does (`NodeTls::forward`).
+fn tls_client(cfg: &ServerConfig, client: Client) -> Client {
+    match &cfg.tls.forward {
+        Some(tls) => client.with_tls(tls.clone()),
+        None => client,
+    }
 }
 
 fn probe_options() -> ClientOptions {
@@ -82,7 +90,7 @@ pub fn join(cfg: &mut ServerConfig, endpoints: &str) -> Result<(), String> {
         timeout: JOIN_TIMEOUT,
         ..Default::default()
     };
-    let mut client = Client::new(endpoints.clone(), opts);
+    let mut client = tls_client(cfg, Client::new(endpoints.clone(), opts));
     let list = client
         .member_list()
         .map_err(|e| format!("asking {endpoints:?} for the members: {e}"))?;

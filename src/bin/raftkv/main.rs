@@ -22,7 +22,7 @@ mod members;
 mod output;
 mod serve;
 
-use args::{Cli, Cmd};
+use args::{Cli, Cmd, TlsCmd};
 use clap::Parser;
 use output::{EXIT_OK, EXIT_USAGE};
 use std::process::ExitCode;
@@ -41,6 +41,27 @@ fn main() -> ExitCode {
         Cmd::Snapshot(s) => {
             let _ = raftkv::logger::init(Some("warn"));
             ExitCode::from(backup::run(s))
+        }
+        Cmd::Tls(TlsCmd::Init { dir, nodes, names }) => {
+            match raftkv::net::certgen::init(&dir, nodes, &names) {
+                Ok(g) => {
+                    for f in &g.created {
+                        println!("wrote {}", f.display());
+                    }
+                    if g.created.is_empty() {
+                        println!(
+                            "{} already holds every file: nothing written",
+                            dir.display()
+                        );
+                    }
+                    println!("CA for clients: --tls-ca {}", g.ca.display());
+                    ExitCode::from(EXIT_OK)
+                }
+                Err(e) => {
+                    eprintln!("raftkv tls init: {e}");
+                    ExitCode::FAILURE
+                }
+            }
         }
         Cmd::NewPeerSecret { file } => match raftkv::net::peer_auth::PeerSecrets::generate(&file) {
             Ok(_) => {

@@ -1,10 +1,11 @@
 //! `raftkv serve`: turns the parsed flags into a `ServerConfig` (rejecting contradictory or
 //! incomplete ones with a usage error) and runs one node until SIGTERM/SIGINT.
 
-use crate::args::ServeArgs;
+use crate::args::{ServeArgs, ServeTls};
 use crate::join;
 use crate::output::EXIT_USAGE;
 use raftkv::net::peer_auth::PeerSecrets;
+use raftkv::net::tls::NodeTls;
 use raftkv::server::{parse_peers, Server, ServerConfig};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -89,6 +90,7 @@ fn serve_config(a: &ServeArgs) -> Result<ServerConfig, String> {
         cfg.redis_listen = Some(r.clone());
     }
     cfg.peer_secrets = peer_secrets(a)?;
+    cfg.tls = node_tls(&a.tls)?;
     if cfg.client_listen.is_empty() {
         return Err("no client address: give --client-addr or ID=PEER/CLIENT in --peers".into());
     }
@@ -136,6 +138,43 @@ fn serve_config(a: &ServeArgs) -> Result<ServerConfig, String> {
     cfg.quota_bytes = t.quota_bytes;
     cfg.request_timeout = Duration::from_millis(t.request_timeout_ms);
     Ok(cfg)
+}
+
+/// TLS for each port from the `--client-tls-*` and `--peer-tls-*` flags (clap checks that
+/// they come in complete sets).
+fn node_tls(t: &ServeTls) -> Result<NodeTls, String> {
+    use raftkv::net::tls::{client_config, server_config, CertFiles, PeerTls};
+    let err = |e: raftkv::net::tls::TlsError| e.to_string();
+    let mut out = NodeTls::default();
+    let peer_files = match (&t.peer_tls_cert, &t.peer_tls_key, &t.peer_tls_ca) {
+        (Some(cert), Some(key), Some(ca)) => {
+            let files = CertFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+            };
+            out.peer = Some(PeerTls {
+                server: server_config(&files, Some(ca)).map_err(err)?,
+                client: client_config(ca, Some(&files)).map_err(err)?,
+            });
+            Some(ca)
+        }
+        (None, None, None) => None,
+        _ => return Err("--peer-tls-cert, --peer-tls-key and --peer-tls-ca go together".into()),
+    };
+    if let (Some(cert), Some(key)) = (&t.client_tls_cert, &t.client_tls_key) {
+        let files = CertFiles {
+            cert: cert.clone(),
+            key: key.clone(),
+        };
+        out.client = Some(server_config(&files, None).map_err(err)?);
+        // Forwarding and joining talk to other nodes' client ports, which use TLS too.
+        let ca = t.client_tls_ca.as_ref().or(peer_files).ok_or(
+            "--client-tls-cert needs --client-tls-ca (or --peer-tls-ca): the CA of the other \
+             nodes' client certificates, for forwarding to the leader and --join",
+        )?;
+        out.forward = Some(client_config(ca, None).map_err(err)?);
+    }
+    Ok(out)
 }
 
 /// The peer credentials: the secret file's, or the public key of an explicit --insecure-peers.
