@@ -18,6 +18,7 @@
 //! and `--peers` only seeds peer links (docs/membership.md). A node joining a running cluster
 //! (`join`) starts from an empty configuration and learns it from the leader.
 
+use crate::net::client_auth::ClientToken;
 use crate::net::framing::DEFAULT_MAX_FRAME;
 use crate::net::peer::PeerOptions;
 use crate::net::peer_auth::PeerSecrets;
@@ -213,6 +214,10 @@ pub struct ServerConfig {
     /// empty key of `--insecure-peers`. The library default is insecure; `raftkv serve` makes
     /// the operator choose.
     pub peer_secrets: PeerSecrets,
+    /// The client token(s) a client connection must present before it is served
+    /// (`--client-token-file`, `client_auth.rs`); none = every connection is served. A
+    /// follower forwarding to the leader presents the first.
+    pub client_token: Option<ClientToken>,
     /// Bound on a peer handshake (see [`DEFAULT_PEER_HANDSHAKE_TIMEOUT`]).
     pub peer_handshake_timeout: Duration,
     /// When to snapshot and how far to compact the log.
@@ -259,6 +264,7 @@ impl ServerConfig {
             quota_bytes: DEFAULT_QUOTA_BYTES,
             peer: PeerOptions::default(),
             peer_secrets: PeerSecrets::insecure(),
+            client_token: None,
             peer_handshake_timeout: DEFAULT_PEER_HANDSHAKE_TIMEOUT,
             snapshot_policy: SnapshotPolicy::default(),
             snapshot_pacing: WritePacing::default(),

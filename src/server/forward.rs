@@ -9,7 +9,13 @@
 //! - the connection to the leader breaks, or the leader changes, with the request sent:
 //!   a write is answered UNCERTAIN (it may have applied), a read UNAVAILABLE;
 //! - no answer within `--request-timeout-ms`: TIMEOUT (a write may or may not apply);
-//! - no leader known: the node answers as without forwarding (NOT_LEADER, leader unknown).
+//! - no leader known: the node answers as without forwarding (NOT_LEADER, leader unknown);
+//! - the leader refuses this node's client token (the nodes' --client-token-file differ):
+//!   as a broken link, and logged.
+//!
+//! With `--client-token-file` the link is a client connection like any other: its first frame
+//! is an Auth with this node's own (first) token, under [`AUTH_ID`], and the requests queued
+//! behind it are served once the leader has checked it (it reads a connection in order).
 //!
 //! Not done: follower ReadIndex (reads are forwarded and served by the leader, so they do not
 //! spread over the followers).
@@ -21,6 +27,9 @@ use crate::net::framing;
 use crate::pb::kvpb::{self, ErrorCode};
 use mio::{Interest, Token};
 use std::collections::{HashMap, VecDeque};
+
+/// The request id of the link's Auth (forwarded requests are numbered from 1 up).
+const AUTH_ID: u64 = u64::MAX;
 
 /// One forwarded request waiting for the leader.
 struct Pending {
@@ -132,7 +141,16 @@ impl Server {
             return false;
         }
         log::info!("forwarding requests to leader {leader} at {addr}");
-        self.forward.link = Some((leader, token, Conn::new(stream, self.cfg.max_frame)));
+        let mut conn = Conn::new(stream, self.cfg.max_frame);
+        if let Some(t) = &self.cfg.client_token {
+            let auth = kvpb::Request {
+                id: AUTH_ID,
+                op: Some(kvpb::request::Op::Auth(kvpb::Auth { token: t.secret() })),
+                ..Default::default()
+            };
+            conn.queue(framing::frame_bytes(&auth));
+        }
+        self.forward.link = Some((leader, token, conn));
         true
     }
 
@@ -171,6 +189,18 @@ impl Server {
             Ok(r) => r,
             Err(e) => return self.forward_failed(&format!("undecodable answer: {e}")),
         };
+        if resp.id == AUTH_ID {
+            return match resp.result {
+                Some(kvpb::response::Result::Auth(_)) => {}
+                other => {
+                    log::warn!(
+                        "forwarding: the leader refused this node's client token ({other:?}); \
+                         give every node the same --client-token-file"
+                    );
+                    self.forward_failed("the leader refused this node's client token")
+                }
+            };
+        }
         let Some(p) = self.forward.pending.remove(&resp.id) else {
             return; // timed out here already
         };

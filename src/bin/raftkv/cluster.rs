@@ -3,7 +3,9 @@
 //! tuning flags passed on), copies every child's output to stderr prefixed with `[n<id>]`,
 //! watches for children that exit, and on SIGINT/SIGTERM stops them all (SIGTERM, then
 //! SIGKILL after 10 s). The nodes share a peer secret, `DIR/peer-secret`, generated on the
-//! first start and reused after.
+//! first start and reused after. With `--auth` they also require a client token,
+//! `DIR/client-token`, made and reused the same way; without it the cluster is as open as
+//! before (any client on loopback may read and write).
 //!
 //! `raftkv cluster add` and `raftkv cluster remove ID` change the membership of such a
 //! cluster while it runs: `add` runs one more node in the foreground that joins it (`serve
@@ -12,6 +14,7 @@
 
 use crate::args::{ClusterAction, ClusterArgs, ServeArgs, Tuning};
 use crate::output::EXIT_USAGE;
+use raftkv::net::client_auth::ClientToken;
 use raftkv::net::peer_auth::PeerSecrets;
 use raftkv::server::{config::format_peers, PeerSpec};
 use std::io::{BufRead, BufReader, Write};
@@ -22,6 +25,8 @@ use std::time::{Duration, Instant};
 
 /// The peer secret's file name in the cluster's base directory.
 const PEER_SECRET_FILE: &str = "peer-secret";
+/// The client token's file name in the cluster's base directory (`--auth`).
+const CLIENT_TOKEN_FILE: &str = "client-token";
 
 /// The children of a cluster: each node's id and its process until it exits or is stopped.
 type Children = Vec<(u64, Option<Child>)>;
@@ -55,6 +60,12 @@ pub fn cluster(mut a: ClusterArgs) -> ExitCode {
     if let Err(e) = ensure_peer_secret(&a.dir) {
         eprintln!("raftkv cluster: {e}");
         return ExitCode::FAILURE;
+    }
+    if a.auth {
+        if let Err(e) = ensure_client_token(&a.dir) {
+            eprintln!("raftkv cluster: {e}");
+            return ExitCode::FAILURE;
+        }
     }
     let shutdown = match raftkv::server::signal::install() {
         Ok(f) => f,
@@ -96,6 +107,31 @@ fn ensure_peer_secret(dir: &Path) -> Result<(), String> {
     Ok(())
 }
 
+/// The cluster's client token file in the base directory (`--auth`).
+fn client_token_path(dir: &Path) -> PathBuf {
+    dir.join(CLIENT_TOKEN_FILE)
+}
+
+/// `--auth`: the first start generates the client token (0600), later ones reuse it, so
+/// clients keep working across restarts.
+fn ensure_client_token(dir: &Path) -> Result<(), String> {
+    let path = client_token_path(dir);
+    if path.exists() {
+        return ClientToken::load(&path).map(|_| ());
+    }
+    ClientToken::generate(&path)?;
+    eprintln!(
+        "raftkv cluster: generated the client token {}",
+        path.display()
+    );
+    Ok(())
+}
+
+/// The client token the cluster's nodes require, if `--auth`.
+fn client_token(a: &ClusterArgs) -> Option<PathBuf> {
+    a.auth.then(|| client_token_path(&a.dir))
+}
+
 /// Starts every member and streams its output; if one fails to start, stops the ones
 /// already started and returns `None`.
 fn spawn_all(exe: &Path, a: &ClusterArgs, members: &[PeerSpec]) -> Option<Children> {
@@ -103,7 +139,16 @@ fn spawn_all(exe: &Path, a: &ClusterArgs, members: &[PeerSpec]) -> Option<Childr
     let mut children: Children = Vec::new();
     for m in members {
         let http = http_addr(a.base_port, a.nodes, m.id);
-        match spawn_node(exe, m.id, &a.dir, &peers, &http, &a.tuning) {
+        let token = client_token(a);
+        match spawn_node(
+            exe,
+            m.id,
+            &a.dir,
+            &peers,
+            &http,
+            token.as_deref(),
+            &a.tuning,
+        ) {
             Ok(mut child) => {
                 if let Some(out) = child.stdout.take() {
                     stream_lines(m.id, out);
@@ -148,13 +193,29 @@ fn print_banner(a: &ClusterArgs, members: &[PeerSpec]) {
         .filter_map(|m| m.redis_addr.clone())
         .collect();
     println!("Redis protocol (RESP) endpoints: {}", redis.join(","));
-    println!("try: raftkv put --endpoints {endpoints} greeting hello");
-    if let Some(port) = redis
+    let port = redis
         .first()
         .and_then(|r| r.rsplit_once(':'))
-        .map(|(_, p)| p)
-    {
-        println!("  or: redis-cli -p {port} set greeting hello   (on the leader)");
+        .map(|(_, p)| p);
+    match client_token(a) {
+        None => {
+            println!("try: raftkv put --endpoints {endpoints} greeting hello");
+            if let Some(port) = port {
+                println!("  or: redis-cli -p {port} set greeting hello   (on the leader)");
+            }
+        }
+        Some(token) => {
+            let t = token.display();
+            println!("clients must authenticate with the client token in {t} (--auth):");
+            println!("try: export RAFTKV_TOKEN_FILE={t}");
+            println!("     raftkv put --endpoints {endpoints} greeting hello");
+            if let Some(port) = port {
+                println!(
+                    "  or: REDISCLI_AUTH=$(grep -v '^#' {t}) redis-cli -p {port} set greeting \
+                     hello   (on the leader)"
+                );
+            }
+        }
     }
     println!(
         "grow it: `raftkv cluster add` (another terminal, same --dir/--base-port/--nodes); \
@@ -246,15 +307,26 @@ fn add(a: &ClusterArgs, id: Option<u64>, tuning: Tuning) -> ExitCode {
         // The cluster's shared secret, made by its first start.
         peer_secret_file: Some(peer_secret_path(&a.dir)),
         insecure_peers: false,
+        client_token_file: client_token(a),
         tuning,
     })
 }
 
 /// `raftkv cluster remove ID`: `member remove ID` against the cluster's nodes.
 fn remove(a: &ClusterArgs, id: u64) -> ExitCode {
+    let token = match client_token(a).map(|p| ClientToken::load(&p)).transpose() {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("raftkv cluster remove: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let mut client = raftkv::client::Client::new(
         endpoints(a).split(',').map(str::to_string).collect(),
-        Default::default(),
+        raftkv::client::ClientOptions {
+            token,
+            ..Default::default()
+        },
     );
     let op = raftkv::pb::kvpb::MemberOp {
         kind: raftkv::pb::kvpb::member_op::Kind::Remove as i32,
@@ -326,6 +398,7 @@ fn spawn_node(
     dir: &Path,
     peers: &str,
     http: &str,
+    client_token: Option<&Path>,
     tuning: &Tuning,
 ) -> std::io::Result<Child> {
     let mut cmd = Command::new(exe);
@@ -336,8 +409,11 @@ fn spawn_node(
         .arg(format!("--peers={peers}"))
         .arg(format!("--http-addr={http}"))
         .arg("--peer-secret-file")
-        .arg(peer_secret_path(dir))
-        .args(tuning.to_args())
+        .arg(peer_secret_path(dir));
+    if let Some(t) = client_token {
+        cmd.arg("--client-token-file").arg(t);
+    }
+    cmd.args(tuning.to_args())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());

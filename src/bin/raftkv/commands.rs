@@ -35,7 +35,8 @@ pub fn run(cmd: Cmd) -> u8 {
         | Cmd::Snapshot(_)
         | Cmd::Member(_)
         | Cmd::Leader(_)
-        | Cmd::NewPeerSecret { .. } => {
+        | Cmd::NewPeerSecret { .. }
+        | Cmd::NewClientToken { .. } => {
             unreachable!("handled above")
         }
     };
@@ -141,7 +142,8 @@ pub fn run(cmd: Cmd) -> u8 {
         | Cmd::Snapshot(_)
         | Cmd::Member(_)
         | Cmd::Leader(_)
-        | Cmd::NewPeerSecret { .. } => {
+        | Cmd::NewPeerSecret { .. }
+        | Cmd::NewClientToken { .. } => {
             unreachable!("handled above")
         }
     }
@@ -240,6 +242,16 @@ pub fn connect(
         eprintln!("raftkv: --endpoints is empty");
         return Err(EXIT_USAGE);
     }
+    let token = match &c.token_file {
+        Some(f) => match raftkv::net::client_auth::ClientToken::load(f) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                eprintln!("raftkv: --token-file: {e}");
+                return Err(EXIT_USAGE);
+            }
+        },
+        None => None,
+    };
     let client = Client::new(
         endpoints.clone(),
         ClientOptions {
@@ -248,6 +260,7 @@ pub fn connect(
             attempt_timeout: Duration::from_millis(c.attempt_timeout_ms),
             connect_timeout: Duration::from_millis(c.connect_timeout_ms),
             max_frame: c.max_frame,
+            token,
         },
     );
     Ok((client, endpoints))

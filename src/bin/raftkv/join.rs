@@ -80,6 +80,8 @@ pub fn join(cfg: &mut ServerConfig, endpoints: &str) -> Result<(), String> {
     }
     let opts = ClientOptions {
         timeout: JOIN_TIMEOUT,
+        // The cluster requires the token this node will require: its own.
+        token: cfg.client_token.clone(),
         ..Default::default()
     };
     let mut client = Client::new(endpoints.clone(), opts);

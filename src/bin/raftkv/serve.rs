@@ -89,6 +89,9 @@ fn serve_config(a: &ServeArgs) -> Result<ServerConfig, String> {
         cfg.redis_listen = Some(r.clone());
     }
     cfg.peer_secrets = peer_secrets(a)?;
+    if let Some(f) = &a.client_token_file {
+        cfg.client_token = Some(raftkv::net::client_auth::ClientToken::load(f)?);
+    }
     if cfg.client_listen.is_empty() {
         return Err("no client address: give --client-addr or ID=PEER/CLIENT in --peers".into());
     }
