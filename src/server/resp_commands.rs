@@ -551,13 +551,19 @@ impl Server {
             Action::DbSize => Reply::Int(self.replica.kv().len() as i64),
             Action::Info(sections) => Reply::text(self.resp_info(&sections)),
             Action::ClientInfo => Reply::Int(token.0 as i64),
-            Action::Auth { user, password } => self.resp_auth(token, user.as_deref(), &password),
+            Action::Auth { user, password } => {
+                if self.resp_auth(token, user.as_deref(), &password) {
+                    Reply::Simple("OK")
+                } else {
+                    Reply::Error(WRONGPASS.into())
+                }
+            }
             Action::Hello { auth, setname } => {
                 let refused = match auth {
-                    Some((user, password)) => match self.resp_auth(token, Some(&user), &password) {
-                        Reply::Simple(_) => None,
-                        wrong => Some(wrong),
-                    },
+                    Some((user, password)) if !self.resp_auth(token, Some(&user), &password) => {
+                        Some(Reply::Error(WRONGPASS.into()))
+                    }
+                    Some(_) => None,
                     None if !authenticated => Some(Reply::Error(HELLO_NOAUTH.into())),
                     None => None,
                 };
@@ -586,19 +592,17 @@ impl Server {
 
     /// AUTH (and HELLO's AUTH option): only the `default` user exists; its password is the
     /// client token. A node without a token accepts anything, so that clients can be given the
-    /// token before the nodes are (Redis refuses a one-argument AUTH then).
-    fn resp_auth(&mut self, token: Token, user: Option<&[u8]>, password: &[u8]) -> Reply {
+    /// token before the nodes are (Redis refuses a one-argument AUTH then). False: refused
+    /// (counted and logged), the connection as it was.
+    fn resp_auth(&mut self, token: Token, user: Option<&[u8]>, password: &[u8]) -> bool {
         if self.cfg.client_token.is_none() {
-            return Reply::Simple("OK");
+            return true;
         }
         if user.is_some_and(|u| u != b"default") {
             self.client_token_refused(token, "RESP");
-            return Reply::Error(WRONGPASS.into());
+            return false;
         }
-        match self.check_token(token, password, "RESP") {
-            Ok(_) => Reply::Simple("OK"),
-            Err(()) => Reply::Error(WRONGPASS.into()),
-        }
+        self.check_token(token, password, "RESP").is_ok()
     }
 
     /// HELLO's server description (RESP2: a flat array of names and values).
