@@ -578,3 +578,76 @@ fn cluster_auth_makes_and_reuses_a_token() {
         "the token was not reused"
     );
 }
+
+/// A node started with a different token file than the leader's: its clients (with its token)
+/// are let in, but its forwarding link is refused by the leader, logged, and what it forwarded
+/// is answered as for a broken link; nothing is written.
+#[test]
+fn a_follower_with_another_token_cannot_forward() {
+    let tf = TokenFile::new();
+    let other = TokenFile::new();
+    let mut cluster = Cluster::start(3, &[STABLE, "--forward", &tf.flag()]);
+    let leader = cluster.wait_leader();
+    let follower = (1..=3).find(|&i| i != leader).unwrap();
+    cluster.stop(follower);
+    for a in cluster.args.iter_mut() {
+        if a.starts_with("--client-token-file=") {
+            *a = other.flag();
+        }
+    }
+    cluster.start_node(follower);
+    let mut raw = wait_for("the restarted follower", Duration::from_secs(10), || {
+        TcpStream::connect(cluster.addr(follower)).ok().map(|s| {
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            Raw(s)
+        })
+    });
+    assert!(matches!(raw.auth(other.secret().as_bytes()), R::Auth(_)));
+    // Until the follower knows the leader it answers NOT_LEADER itself; once it forwards,
+    // the leader refuses its link.
+    let refused = wait_for("a forwarded put", Duration::from_secs(10), || {
+        let r = raw.call(1, put("mixed", "v"));
+        (error_code(&r) != Some(ErrorCode::NotLeader)).then_some(r)
+    });
+    assert!(
+        matches!(
+            error_code(&refused),
+            Some(ErrorCode::Uncertain | ErrorCode::Unavailable)
+        ),
+        "{refused:?}"
+    );
+    wait_for("the follower's warning", Duration::from_secs(5), || {
+        let log = cluster.node_log(follower);
+        log.contains("the leader refused this node's client token")
+            .then_some(())
+    });
+    let mut c = Client::new(vec![cluster.addr(leader)], opts(Some(tf.token.clone())));
+    assert!(
+        !c.get(b"mixed").unwrap().found,
+        "the refused forward wrote nothing"
+    );
+}
+
+/// `serve --join` on a cluster that requires a token: the new node presents its own token to
+/// ask for its membership, and is promoted.
+#[test]
+fn a_joining_node_presents_its_token() {
+    let tf = TokenFile::new();
+    let mut cluster = Cluster::start(3, &[STABLE, &tf.flag()]);
+    cluster.wait_leader();
+    let id = cluster.join_node();
+    let mut c = Client::new(cluster.endpoints(), opts(Some(tf.token.clone())));
+    wait_for(
+        "the joined node to be a voter",
+        Duration::from_secs(30),
+        || {
+            let list = c.member_list().ok()?;
+            list.members
+                .iter()
+                .any(|m| m.id == id && m.role == "voter")
+                .then_some(())
+        },
+    );
+    let log = cluster.node_log(id);
+    assert!(!log.contains("UNAUTHENTICATED"), "{log}");
+}
