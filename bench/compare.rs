@@ -508,6 +508,7 @@ fn common(args: &CompareArgs, r: &Running, clients: usize, preload: bool) -> Com
         plot_dir: None,
         metrics_addrs: Vec::new(),
         scrape_metrics_hz: 0.0,
+        token_file: None,
     }
 }
 

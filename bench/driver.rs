@@ -34,6 +34,9 @@ pub struct DriverOptions {
     pub consistency: Consistency,
     /// raftkv: use exactly-once sessions (client_id/seq) for writes.
     pub sessions: bool,
+    /// raftkv, raftkv-resp: the client token every connection presents first (`--token-file`;
+    /// native Auth, RESP AUTH) before its load.
+    pub token: Option<bytes::Bytes>,
 }
 
 /// What a reply said.

@@ -573,6 +573,7 @@ mod tests {
             value: vec![b'x'; 16],
             consistency: Consistency::Linearizable,
             sessions: true,
+            token: None,
         };
         RaftkvDriver::new(vec![srv.addr.to_string()], &opts, false)
     }
@@ -701,6 +702,7 @@ mod tests {
             value: vec![],
             consistency: Consistency::Linearizable,
             sessions: false,
+            token: None,
         };
         let d = crate::redis::RedisDriver::new("redis", vec![format!("127.0.0.1:{port}")], &opts);
         let mut gen = OpGen::new(Workload::Put, KeyDist::uniform(1), 0);

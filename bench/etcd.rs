@@ -433,6 +433,7 @@ HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n";
             value: b"v".to_vec(),
             consistency: Consistency::Stale,
             sessions: false,
+            token: None,
         };
         let mut c = EtcdDriver::new(vec![], &opts).codec(0);
         let mut out = Vec::new();

@@ -179,6 +179,10 @@ pub struct Common {
     /// node's event-loop pass p99 over the run (from /metrics read before and after).
     #[arg(long, value_delimiter = ',')]
     pub metrics_addrs: Vec<String>,
+    /// raftkv, raftkv-resp: the client token file of nodes run with --client-token-file; every
+    /// connection presents its first token (native Auth, RESP AUTH) before its load.
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<std::path::PathBuf>,
     /// With --metrics-addrs: also fetch every node's /metrics this many times a second during
     /// the run (a Prometheus scraper's load), to compare p99 with and without it.
     #[arg(long, default_value_t = 0.0)]
@@ -203,6 +207,7 @@ impl Common {
                 ConsistencyArg::Stale => Consistency::Stale,
             },
             sessions: self.sessions,
+            token: None,
         }
     }
 
@@ -265,7 +270,14 @@ impl Backend {
 pub fn make_driver(
     c: &Common,
 ) -> Result<(Box<dyn Driver>, Option<nullserver::NullServer>), String> {
-    let opts = c.driver_options();
+    let mut opts = c.driver_options();
+    if let Some(f) = &c.token_file {
+        if !matches!(c.system, System::Raftkv | System::RaftkvResp) {
+            return Err("--token-file is for --system raftkv and raftkv-resp".into());
+        }
+        let t = raftkv::net::client_auth::ClientToken::load(f)?;
+        opts.token = Some(t.secret());
+    }
     Ok(match c.system {
         #[cfg(feature = "etcd")]
         System::EtcdGrpc => return Err("etcd-grpc runs on its own runner".into()),

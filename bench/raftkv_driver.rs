@@ -133,6 +133,7 @@ impl Driver for RaftkvDriver {
             next_seq: 1,
             outstanding: BTreeSet::new(),
             seq_of: HashMap::new(),
+            auth: self.opts.token.clone(),
         })
     }
 }
@@ -147,7 +148,12 @@ pub struct PbCodec {
     /// Session seqs sent and not yet answered (acked_seq = smallest - 1).
     outstanding: BTreeSet<u64>,
     seq_of: HashMap<u64, u64>,
+    /// The client token, until it has been sent ahead of the connection's first request.
+    auth: Option<Bytes>,
 }
+
+/// The request id of a connection's Auth (the engine numbers requests from 1 up).
+const AUTH_ID: u64 = u64::MAX;
 
 impl PbCodec {
     fn request(&mut self, id: u64, op: &Op) -> kvpb::Request {
@@ -199,6 +205,15 @@ impl Codec for PbCodec {
     fn encode(&mut self, id: u64, op: &Op, out: &mut Vec<u8>) {
         let req = self.request(id, op);
         let mut b = BytesMut::new();
+        if let Some(token) = self.auth.take() {
+            // Read in order by the node: the requests behind it are served once it is checked.
+            let auth = kvpb::Request {
+                id: AUTH_ID,
+                op: Some(kvpb::request::Op::Auth(kvpb::Auth { token })),
+                ..Default::default()
+            };
+            encode_frame(&auth, &mut b);
+        }
         encode_frame(&req, &mut b);
         out.extend_from_slice(&b);
     }
@@ -209,6 +224,13 @@ impl Codec for PbCodec {
         };
         let resp: kvpb::Response = framing::decode(payload).map_err(|e| e.to_string())?;
         use kvpb::response::Result as R;
+        if resp.id == AUTH_ID {
+            return match resp.result {
+                // Not a reply to a measured request: on to the next frame.
+                Some(R::Auth(_)) => self.decode(buf),
+                other => Err(format!("raftkv: client token refused: {other:?}")),
+            };
+        }
         let ok = |found: bool, version: u64| Outcome::Ok {
             found,
             version: Some(version),
@@ -232,7 +254,7 @@ impl Codec for PbCodec {
                 redirect: (e.code() == kvpb::ErrorCode::NotLeader && !e.leader_addr.is_empty())
                     .then(|| e.leader_addr.clone()),
             },
-            Some(R::MemberChange(_) | R::MemberList(_) | R::LeaderTransfer(_))
+            Some(R::MemberChange(_) | R::MemberList(_) | R::LeaderTransfer(_) | R::Auth(_))
             | Some(R::SnapshotBegin(_) | R::SnapshotChunk(_))
             | None => Outcome::Error {
                 kind: "raftkv: empty or unexpected response".into(),
@@ -261,6 +283,7 @@ mod tests {
             value: b"val".to_vec(),
             consistency: Consistency::Stale,
             sessions,
+            token: None,
         };
         RaftkvDriver::new(vec![], &opts, false).codec(3)
     }
@@ -272,6 +295,55 @@ mod tests {
             v.push(framing::decode(p).unwrap());
         }
         v
+    }
+
+    /// With a token, the connection's first bytes are an Auth; its answer is no reply, and a
+    /// refusal fails the connection.
+    #[test]
+    fn a_token_goes_first_and_its_answer_is_skipped() {
+        let opts = DriverOptions {
+            value: b"val".to_vec(),
+            consistency: Consistency::Linearizable,
+            sessions: false,
+            token: Some(Bytes::from_static(b"the-token-0123456789")),
+        };
+        let d = RaftkvDriver::new(vec![], &opts, false);
+        let mut c = d.codec(0);
+        let mut out = Vec::new();
+        c.encode(1, &Op::simple(OpKind::Put, 7), &mut out);
+        c.encode(2, &Op::simple(OpKind::Get, 7), &mut out);
+        let reqs = decode_req(&out);
+        assert_eq!(reqs.len(), 3, "{reqs:?}");
+        assert!(
+            matches!(&reqs[0].op, Some(kvpb::request::Op::Auth(a)) if &a.token[..] == b"the-token-0123456789")
+        );
+        assert_eq!((reqs[0].id, reqs[1].id, reqs[2].id), (AUTH_ID, 1, 2));
+        let frame = |id, result| {
+            let mut b = BytesMut::new();
+            encode_frame(
+                &kvpb::Response {
+                    id,
+                    result: Some(result),
+                },
+                &mut b,
+            );
+            b
+        };
+        use kvpb::response::Result as R;
+        let mut wire = frame(AUTH_ID, R::Auth(kvpb::AuthResponse { required: true }));
+        wire.extend_from_slice(&frame(1, R::Put(kvpb::PutResponse::default())));
+        let r = c.decode(&mut wire).unwrap().unwrap();
+        assert_eq!(r.id, Some(1));
+        let mut c = d.codec(1);
+        c.encode(1, &Op::simple(OpKind::Get, 7), &mut Vec::new());
+        let refused = kvpb::Error {
+            code: kvpb::ErrorCode::Unauthenticated as i32,
+            ..Default::default()
+        };
+        let e = c
+            .decode(&mut frame(AUTH_ID, R::Error(refused)))
+            .unwrap_err();
+        assert!(e.contains("token refused"), "{e}");
     }
 
     #[test]

@@ -102,6 +102,7 @@ pub struct RedisDriver {
     name: &'static str,
     addrs: Vec<String>,
     value: Arc<Vec<u8>>,
+    token: Option<bytes::Bytes>,
 }
 
 impl RedisDriver {
@@ -110,6 +111,7 @@ impl RedisDriver {
             name,
             addrs,
             value: Arc::new(opts.value.clone()),
+            token: opts.token.clone(),
         }
     }
 }
@@ -139,16 +141,26 @@ impl Driver for RedisDriver {
     fn codec(&self, _conn_index: usize) -> Box<dyn Codec> {
         Box::new(RespCodec {
             value: self.value.clone(),
+            auth: self.token.clone(),
+            awaiting_auth: false,
         })
     }
 }
 
 struct RespCodec {
     value: Arc<Vec<u8>>,
+    /// The password (client token), until `AUTH` went ahead of the first command.
+    auth: Option<bytes::Bytes>,
+    /// `AUTH` was sent and its reply, the first on the connection, has not come.
+    awaiting_auth: bool,
 }
 
 impl Codec for RespCodec {
     fn encode(&mut self, _id: u64, op: &Op, out: &mut Vec<u8>) {
+        if let Some(password) = self.auth.take() {
+            encode_command(&[b"AUTH", &password], out);
+            self.awaiting_auth = true;
+        }
         let mut kb = [0u8; KEY_LEN];
         let key = key_bytes(op.key, &mut kb);
         match op.kind {
@@ -163,6 +175,13 @@ impl Codec for RespCodec {
             return Ok(None);
         };
         buf.advance(used);
+        if std::mem::take(&mut self.awaiting_auth) {
+            return match v {
+                Resp::Error(e) => Err(format!("AUTH refused: {e}")),
+                // Not a reply to a measured command: on to the next one.
+                _ => self.decode(buf),
+            };
+        }
         let outcome = match v {
             Resp::Error(e) => Outcome::Error {
                 kind: format!("redis: {}", e.split(' ').next().unwrap_or("ERR")),
@@ -225,12 +244,44 @@ mod tests {
         assert!(parse(b"\r\n").is_err());
     }
 
+    /// With a password, AUTH goes first and its +OK is no reply; -WRONGPASS fails the connection.
+    #[test]
+    fn auth_goes_first_and_its_reply_is_skipped() {
+        let opts = DriverOptions {
+            value: b"v".to_vec(),
+            consistency: Consistency::Linearizable,
+            sessions: false,
+            token: Some(bytes::Bytes::from_static(b"pw")),
+        };
+        let d = RedisDriver::new("raftkv-resp", vec![], &opts);
+        let mut c = d.codec(0);
+        let mut out = Vec::new();
+        c.encode(1, &Op::simple(OpKind::Get, 7), &mut out);
+        c.encode(2, &Op::simple(OpKind::Get, 7), &mut out);
+        assert!(out.starts_with(b"*2\r\n$4\r\nAUTH\r\n$2\r\npw\r\n*2\r\n$3\r\nGET"));
+        assert_eq!(out.windows(4).filter(|w| w == b"AUTH").count(), 1, "once");
+        let mut wire = BytesMut::from(&b"+OK\r\n$-1\r\n"[..]);
+        let r = c.decode(&mut wire).unwrap().unwrap();
+        assert_eq!(
+            r.outcome,
+            Outcome::Ok {
+                found: false,
+                version: None
+            }
+        );
+        let mut c = d.codec(1);
+        c.encode(1, &Op::simple(OpKind::Get, 7), &mut Vec::new());
+        let mut wire = BytesMut::from(&b"-WRONGPASS invalid\r\n"[..]);
+        assert!(c.decode(&mut wire).unwrap_err().contains("WRONGPASS"));
+    }
+
     #[test]
     fn codec_maps_replies_to_outcomes() {
         let opts = DriverOptions {
             value: b"v".to_vec(),
             consistency: Consistency::Linearizable,
             sessions: false,
+            token: None,
         };
         let d = RedisDriver::new("redis", vec!["127.0.0.1:1".into()], &opts);
         let mut c = d.codec(0);

@@ -11,9 +11,14 @@
 //! giving up at the deadline) it never resends that seq and acknowledges it (`acked_seq`), so the
 //! server may forget the saved result — and a stale copy still in flight is then rejected rather
 //! than applied late.
+//!
+//! Authentication (`ClientOptions::token`): every new connection, reconnects included, first
+//! sends `Auth` with the token and is used only once that succeeded. A node that refuses the
+//! token (UNAUTHENTICATED) fails the operation at once: another node would refuse it too.
 
 mod conn;
 
+use crate::net::client_auth::ClientToken;
 use crate::pb::kvpb;
 use crate::rng::Rng;
 use conn::{response_too_large, Backoff, Conn, Limits};
@@ -66,6 +71,9 @@ pub struct ClientOptions {
     /// Keep it equal to the servers' `--max-frame` (both default to
     /// [`DEFAULT_MAX_FRAME`](crate::net::framing::DEFAULT_MAX_FRAME)).
     pub max_frame: usize,
+    /// The client token to present on every connection (`raftkv --token-file`); none = do
+    /// not authenticate (nodes without `--client-token-file`).
+    pub token: Option<ClientToken>,
 }
 
 /// Default [`ClientOptions::attempt_timeout`]: 1 s, a fifth of the default 5 s deadline.
@@ -103,6 +111,7 @@ impl Default for ClientOptions {
             attempt_timeout: DEFAULT_ATTEMPT_TIMEOUT,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             max_frame: crate::net::framing::DEFAULT_MAX_FRAME,
+            token: None,
         }
     }
 }
@@ -265,14 +274,10 @@ impl Client {
         let deadline = Instant::now() + self.opts.timeout;
         let req = self.request(Op::Status(kvpb::StatusRequest {}), 0);
         let lim = self.limits(self.opts.attempt_timeout, deadline);
-        let resp = Conn::connect_tls(
-            endpoint,
-            self.opts.connect_timeout,
-            deadline,
-            self.tls.as_ref(),
-        )
-        .and_then(|mut c| c.call(&req, &lim))
-        .map_err(|e| io_error(endpoint, e))?;
+        let resp = self
+            .open(endpoint, deadline)
+            .and_then(|mut c| c.call(&req, &lim))
+            .map_err(|e| io_error(endpoint, e))?;
         match resp.result {
             Some(R::Status(s)) => Ok(s),
             Some(R::Error(e)) => Err(ClientError::Server(e)),
@@ -351,12 +356,7 @@ impl Client {
         loop {
             let conn = match self.conn.take().filter(|c| c.addr == endpoint) {
                 Some(c) => Ok(c),
-                None => Conn::connect_tls(
-                    endpoint,
-                    self.opts.connect_timeout,
-                    deadline,
-                    self.tls.as_ref(),
-                ),
+                None => self.open(endpoint, deadline),
             };
             let req = self.request(op.clone(), 0);
             let lim = self.limits(self.opts.attempt_timeout, deadline);
@@ -373,7 +373,8 @@ impl Client {
                 Err(e)
                     if Instant::now() >= deadline
                         || response_too_large(&e).is_some()
-                        || conn::is_tls_mismatch(&e) =>
+                        || conn::is_tls_mismatch(&e)
+                        || auth_refused(&e).is_some() =>
                 {
                     return Err(io_error(endpoint, e));
                 }
@@ -382,6 +383,29 @@ impl Client {
                     backoff.sleep(&mut self.rng, deadline);
                 }
             }
+        }
+    }
+
+    /// Connects to `addr` and, with a token, authenticates the new connection. A refused
+    /// token is a `PermissionDenied` error carrying the node's answer ([`auth_refused`]).
+    fn open(&mut self, addr: &str, deadline: Instant) -> std::io::Result<Conn> {
+        let mut conn =
+            Conn::connect_tls(addr, self.opts.connect_timeout, deadline, self.tls.as_ref())?;
+        let Some(token) = self.opts.token.as_ref().map(ClientToken::secret) else {
+            return Ok(conn);
+        };
+        let req = self.request(Op::Auth(kvpb::Auth { token }), 0);
+        let lim = self.limits(self.opts.attempt_timeout, deadline);
+        match conn.call(&req, &lim)?.result {
+            Some(R::Auth(_)) => Ok(conn),
+            Some(R::Error(e)) if e.code() == kvpb::ErrorCode::Unauthenticated => Err(
+                std::io::Error::new(std::io::ErrorKind::PermissionDenied, AuthRefused(e)),
+            ),
+            // Anything else (a node shutting down, an old node that does not know Auth): this
+            // node cannot be used; the next one may.
+            other => Err(std::io::Error::other(format!(
+                "authenticating to {addr}: unexpected answer {other:?}"
+            ))),
         }
     }
 
@@ -464,14 +488,11 @@ impl Client {
                 Some(c) => c,
                 None => {
                     let addr = self.pick_endpoint();
-                    match Conn::connect_tls(
-                        &addr,
-                        self.opts.connect_timeout,
-                        deadline,
-                        self.tls.as_ref(),
-                    ) {
+                    match self.open(&addr, deadline) {
                         Ok(c) => c,
-                        Err(e) if conn::is_tls_mismatch(&e) => return Err(io_error(&addr, e)),
+                        Err(e) if conn::is_tls_mismatch(&e) || auth_refused(&e).is_some() => {
+                            return Err(io_error(&addr, e))
+                        }
                         Err(e) => {
                             last_problem = format!("connect to {addr}: {e}");
                             log::debug!("client: {last_problem}");
@@ -565,7 +586,12 @@ impl Client {
                     self.conn = Some(conn);
                     return Err(ClientError::Server(err));
                 }
-                C::BadRequest | C::Conflict | C::Internal | C::ErrorUnknown => {
+                // Without (or with a wrong) token every node refuses alike: final.
+                C::BadRequest
+                | C::Conflict
+                | C::Internal
+                | C::ErrorUnknown
+                | C::Unauthenticated => {
                     self.conn = Some(conn);
                     return Err(ClientError::Server(err));
                 }
@@ -584,8 +610,32 @@ impl Client {
     }
 }
 
+/// A node's refusal of this client's token, inside the `io::Error` of a connect.
+#[derive(Debug)]
+struct AuthRefused(kvpb::Error);
+
+impl std::fmt::Display for AuthRefused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "client token refused: {}", self.0.message)
+    }
+}
+
+impl std::error::Error for AuthRefused {}
+
+/// The refusal inside an error from [`Client::open`], if that is what it is.
+fn auth_refused(e: &std::io::Error) -> Option<&kvpb::Error> {
+    e.get_ref()
+        .and_then(|inner| inner.downcast_ref::<AuthRefused>())
+        .map(|r| &r.0)
+}
+
 fn io_error(endpoint: &str, e: std::io::Error) -> ClientError {
     use std::io::ErrorKind as K;
+    if let Some(refused) = auth_refused(&e) {
+        let mut err = refused.clone();
+        err.message = format!("{endpoint}: {} (check --token-file)", err.message);
+        return ClientError::Server(err);
+    }
     match e.kind() {
         K::TimedOut | K::WouldBlock => ClientError::Timeout(format!("{endpoint}: {e}")),
         _ => ClientError::Io(std::io::Error::new(e.kind(), format!("{endpoint}: {e}"))),

@@ -1,5 +1,6 @@
 //! Networking: framing, the mio reactor pieces and the timer wheel.
 //!
+//! - [`client_auth`]: the client token a client presents before it is served.
 //! - [`framing`]: 4-byte big-endian length + protobuf frames.
 //! - [`conn`]: a buffered non-blocking framed connection with a bounded write queue.
 //! - [`peer`]: outbound peer links with capped exponential reconnect backoff.
@@ -13,6 +14,7 @@
 
 pub mod bounds;
 pub mod certgen;
+pub mod client_auth;
 pub mod conn;
 pub mod framing;
 pub mod handshake;

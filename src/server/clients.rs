@@ -43,11 +43,24 @@ impl Server {
     }
 
     pub(super) fn on_request(&mut self, token: Token, req: kvpb::Request) {
+        use kvpb::command::Op as Cmd;
+        use kvpb::request::Op;
+        // Before anything else (forwarding included): an unauthenticated connection gets its
+        // Auth answered and Status, nothing more (`client_auth.rs`).
+        match &req.op {
+            Some(Op::Auth(a)) => return self.on_auth(token, req.id, a),
+            Some(Op::Status(_)) => {}
+            _ if !self.authenticated(token) => {
+                self.refuse_unauthenticated(token, "native");
+                let msg = super::client_auth::UNAUTHENTICATED.to_string();
+                let r = error_result(ErrorCode::Unauthenticated, msg);
+                return self.send_response(token, req.id, r);
+            }
+            _ => {}
+        }
         if self.try_forward(token, &req) {
             return;
         }
-        use kvpb::command::Op as Cmd;
-        use kvpb::request::Op;
         let to = ClientRef {
             token,
             req_id: req.id,

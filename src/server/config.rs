@@ -18,6 +18,7 @@
 //! and `--peers` only seeds peer links (docs/membership.md). A node joining a running cluster
 //! (`join`) starts from an empty configuration and learns it from the leader.
 
+use crate::net::client_auth::ClientToken;
 use crate::net::framing::DEFAULT_MAX_FRAME;
 use crate::net::peer::PeerOptions;
 use crate::net::peer_auth::PeerSecrets;
@@ -218,6 +219,10 @@ pub struct ServerConfig {
     pub peer_secrets: PeerSecrets,
     /// TLS on the client/RESP ports, the forwarding link and peer links (`net::tls`).
     pub tls: crate::net::tls::NodeTls,
+    /// The client token(s) a client connection must present before it is served
+    /// (`--client-token-file`, `client_auth.rs`); none = every connection is served. A
+    /// follower forwarding to the leader presents the first.
+    pub client_token: Option<ClientToken>,
     /// Bound on a peer handshake (see [`DEFAULT_PEER_HANDSHAKE_TIMEOUT`]).
     pub peer_handshake_timeout: Duration,
     /// When to snapshot and how far to compact the log.
@@ -266,6 +271,7 @@ impl ServerConfig {
             peer: PeerOptions::default(),
             peer_secrets: PeerSecrets::insecure(),
             tls: Default::default(),
+            client_token: None,
             peer_handshake_timeout: DEFAULT_PEER_HANDSHAKE_TIMEOUT,
             snapshot_policy: SnapshotPolicy::default(),
             snapshot_pacing: WritePacing::default(),

@@ -74,6 +74,7 @@ impl Server {
                             paused: false,
                             closing: false,
                             resp,
+                            authenticated: self.cfg.client_token.is_none(),
                         })
                     };
                     self.endpoints.insert(token, ep);

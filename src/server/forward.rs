@@ -19,7 +19,13 @@
 //! - no answer within `--request-timeout-ms` of its arrival (re-sends included): TIMEOUT (a
 //!   write may or may not apply; it applies at most once);
 //! - no leader known when it arrives: the node answers as without forwarding (NOT_LEADER,
-//!   leader unknown).
+//!   leader unknown);
+//! - the leader refuses this node's client token (the nodes' --client-token-file differ):
+//!   as a broken link, and logged.
+//!
+//! With `--client-token-file` the link is a client connection like any other: its first frame
+//! is an Auth with this node's own (first) token, under [`AUTH_ID`], and the requests queued
+//! behind it are served once the leader has checked it (it reads a connection in order).
 //!
 //! With `--follower-reads` too, reads are not forwarded: the follower serves them itself
 //! through follower ReadIndex (`node::Replica::read`), so they spread over all nodes; only
@@ -36,6 +42,8 @@ use std::collections::{HashMap, VecDeque};
 /// How long to wait before opening the link again after it failed (the leader may be dead
 /// and not yet replaced: without a pause, each loop pass would reconnect to it).
 const RESEND_BACKOFF_MS: u64 = 50;
+/// The request id of the link's Auth (forwarded requests are numbered from 1 up).
+const AUTH_ID: u64 = u64::MAX;
 
 /// One forwarded request waiting for the leader.
 struct Pending {
@@ -280,6 +288,14 @@ impl Server {
             }
         }
         log::info!("forwarding requests to leader {leader} at {addr}");
+        if let Some(t) = &self.cfg.client_token {
+            let auth = kvpb::Request {
+                id: AUTH_ID,
+                op: Some(kvpb::request::Op::Auth(kvpb::Auth { token: t.secret() })),
+                ..Default::default()
+            };
+            conn.queue(framing::frame_bytes(&auth));
+        }
         self.forward.link = Some((leader, token, conn));
         true
     }
@@ -319,6 +335,18 @@ impl Server {
             Ok(r) => r,
             Err(e) => return self.forward_failed(&format!("undecodable answer: {e}")),
         };
+        if resp.id == AUTH_ID {
+            return match resp.result {
+                Some(kvpb::response::Result::Auth(_)) => {}
+                other => {
+                    log::warn!(
+                        "forwarding: the leader refused this node's client token ({other:?}); \
+                         give every node the same --client-token-file"
+                    );
+                    self.forward_failed("the leader refused this node's client token")
+                }
+            };
+        }
         let Some(p) = self.forward.pending.remove(&resp.id) else {
             return; // timed out here already
         };

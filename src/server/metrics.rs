@@ -32,7 +32,7 @@ pub(super) const OP_SNAPSHOT: usize = 8;
 pub(super) const OP_RMW: usize = 9;
 
 /// Result labels of client responses: "ok", then one per error code (by its number).
-const RESULTS: [&str; 10] = [
+const RESULTS: [&str; 13] = [
     "ok",
     "error_unknown",
     "not_leader",
@@ -43,6 +43,9 @@ const RESULTS: [&str; 10] = [
     "uncertain",
     "shutting_down",
     "internal",
+    "no_space",
+    "conflict",
+    "unauthenticated",
 ];
 
 /// Upper bounds of the duration histograms, in seconds: 100 µs doubling to ~6.6 s (etcd's
@@ -123,6 +126,11 @@ pub(super) struct Metrics {
     pub peer_auth_failures: [u64; crate::net::handshake::AuthError::REASONS.len()],
     /// Raft messages dropped because their `from` was not the connection's authenticated node.
     pub peer_frames_spoofed: u64,
+    /// Client tokens accepted and refused, and requests refused for want of one
+    /// (`client_auth.rs`).
+    pub client_auth_ok: u64,
+    pub client_auth_failures: u64,
+    pub client_unauthenticated: u64,
 }
 
 impl Metrics {
@@ -185,6 +193,27 @@ impl Metrics {
             "counter",
             "Raft messages dropped: their from was not the connection's authenticated node.",
             self.peer_frames_spoofed,
+        );
+        one(
+            o,
+            "raftkv_client_auth_total",
+            "counter",
+            "Client tokens accepted (native Auth, RESP AUTH / HELLO AUTH).",
+            self.client_auth_ok,
+        );
+        one(
+            o,
+            "raftkv_client_auth_failures_total",
+            "counter",
+            "Client tokens refused: wrong token (native Auth, RESP AUTH / HELLO AUTH).",
+            self.client_auth_failures,
+        );
+        one(
+            o,
+            "raftkv_client_unauthenticated_requests_total",
+            "counter",
+            "Client requests refused because their connection had not authenticated.",
+            self.client_unauthenticated,
         );
     }
 }

@@ -23,6 +23,7 @@
 //! - `startup.rs`: recovery and construction;
 //! - `connections.rs`: accepting, reading and closing inbound connections;
 //! - `clients.rs`: client requests into the replica, its answers onto the connections;
+//! - `client_auth.rs`: client tokens (`--client-token-file`): which connections are served;
 //! - `resp_conn.rs`, `resp_commands.rs`: RESP (Redis protocol) connections: commands into the
 //!   same requests as the native protocol, replies released in request order;
 //! - `peers.rs`: the links to the other members;
@@ -36,6 +37,7 @@
 //! - `metrics.rs`: the counters and histograms, and the `/metrics` page.
 
 mod backup;
+mod client_auth;
 mod clients;
 pub mod config;
 mod connections;
@@ -92,6 +94,8 @@ struct ClientConn {
     closing: bool,
     /// Some for a RESP (Redis protocol) connection: its parser and in-order reply queue.
     resp: Option<Box<resp_conn::RespState>>,
+    /// Presented a right client token, or the node requires none (`client_auth.rs`).
+    authenticated: bool,
 }
 
 impl ClientConn {
@@ -163,6 +167,8 @@ pub struct Server {
     cluster_id: crate::net::handshake::LocalCluster,
     /// Refused handshakes and spoofed frames are logged at most this often.
     auth_log: crate::logger::RateLimit,
+    /// Refused client tokens and unauthenticated requests are logged at most this often.
+    client_auth_log: crate::logger::RateLimit,
     timers: TimerWheel<TimerEvent>,
     /// When the next Raft tick is due. Ticks keep a fixed phase (`start + k * tick`).
     next_tick: Instant,

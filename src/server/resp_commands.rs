@@ -18,6 +18,23 @@ use mio::Token;
 /// SCAN's page size when COUNT is not given (Redis' default).
 const SCAN_DEFAULT_COUNT: u32 = 10;
 
+/// Redis' replies for client authentication (`--client-token-file`, `client_auth.rs`): to a
+/// command before AUTH, to a wrong password (or a user other than `default`), and to a HELLO
+/// without AUTH before AUTH.
+pub(super) const NOAUTH: &str = "NOAUTH Authentication required.";
+pub(super) const WRONGPASS: &str = "WRONGPASS invalid username-password pair or user is disabled.";
+const HELLO_NOAUTH: &str = "NOAUTH HELLO must be called with the client already authenticated, \
+     otherwise the HELLO <proto> AUTH <user> <pass> option can be used to authenticate the \
+     client and select the RESP protocol version at the same time";
+
+/// The commands an unauthenticated connection may send (Redis' no-auth commands, and PING
+/// so that health checks need no secret; it reveals nothing).
+fn allowed_before_auth(name: &[u8]) -> bool {
+    [&b"AUTH"[..], b"HELLO", b"QUIT", b"PING"]
+        .iter()
+        .any(|n| name.eq_ignore_ascii_case(n))
+}
+
 /// How a native answer becomes the command's reply.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Expect {
@@ -61,8 +78,18 @@ pub(super) enum Action {
     DbSize,
     Info(Vec<String>),
     ClientInfo,
-    /// HELLO [2|3]: the protocol to switch to, if one was named.
-    Hello(Option<bool>),
+    /// HELLO [2|3 [AUTH user password] [SETNAME name]]: the protocol to switch to (RESP3 or
+    /// not), if one was named.
+    Hello {
+        proto: Option<bool>,
+        auth: Option<(Bytes, Bytes)>,
+        setname: Option<Bytes>,
+    },
+    /// AUTH [user] password.
+    Auth {
+        user: Option<Bytes>,
+        password: Bytes,
+    },
     /// +OK, then the connection closes.
     Quit,
 }
@@ -192,12 +219,15 @@ pub(super) fn plan(args: &[Bytes], state: &mut RespState) -> Action {
         ("QUIT", _) => Action::Quit,
         ("SELECT", 2) if &args[1][..] == b"0" => Action::Reply(Reply::Simple("OK")),
         ("SELECT", 2) => Action::Reply(Reply::err("DB index is out of range")),
-        ("HELLO", 1) => Action::Hello(None),
-        ("HELLO", _) if &args[1][..] == b"2" => Action::Hello(Some(false)),
-        ("HELLO", _) if &args[1][..] == b"3" => Action::Hello(Some(true)),
-        ("HELLO", _) => Action::Reply(Reply::Error(
-            "NOPROTO unsupported protocol version (raftkv speaks RESP2 and RESP3)".into(),
-        )),
+        ("HELLO", _) => hello(args),
+        ("AUTH", 2) => Action::Auth {
+            user: None,
+            password: args[1].clone(),
+        },
+        ("AUTH", 3) => Action::Auth {
+            user: Some(args[1].clone()),
+            password: args[2].clone(),
+        },
         ("READONLY", 1) => {
             state.stale_reads = true;
             Action::Reply(Reply::Simple("OK"))
@@ -313,10 +343,10 @@ pub(super) fn plan(args: &[Bytes], state: &mut RespState) -> Action {
             Err(a) => a,
         },
         (
-            "PING" | "ECHO" | "SELECT" | "READONLY" | "READWRITE" | "CLIENT" | "CONFIG" | "DBSIZE"
-            | "GET" | "STRLEN" | "RAFTKV.GETV" | "SET" | "SETNX" | "GETSET" | "MSET" | "DEL"
-            | "EXISTS" | "MGET" | "INCR" | "DECR" | "INCRBY" | "DECRBY" | "APPEND" | "RAFTKV.CAS"
-            | "SCAN" | "KEYS" | "FLUSHDB" | "FLUSHALL",
+            "AUTH" | "PING" | "ECHO" | "SELECT" | "READONLY" | "READWRITE" | "CLIENT" | "CONFIG"
+            | "DBSIZE" | "GET" | "STRLEN" | "RAFTKV.GETV" | "SET" | "SETNX" | "GETSET" | "MSET"
+            | "DEL" | "EXISTS" | "MGET" | "INCR" | "DECR" | "INCRBY" | "DECRBY" | "APPEND"
+            | "RAFTKV.CAS" | "SCAN" | "KEYS" | "FLUSHDB" | "FLUSHALL",
             _,
         ) => wrong_args(&name),
         _ => Action::Reply(unknown(args)),
@@ -337,14 +367,65 @@ fn unknown(args: &[Bytes]) -> Reply {
     ))
 }
 
+/// HELLO [2 [AUTH user password] [SETNAME name]] (Redis' option syntax and errors).
+fn hello(args: &[Bytes]) -> Action {
+    let proto = match args.get(1).map(|a| &a[..]) {
+        None => None,
+        Some(b"2") => Some(false),
+        Some(b"3") => Some(true),
+        Some(_) => {
+            return Action::Reply(Reply::Error(
+                "NOPROTO unsupported protocol version (raftkv speaks RESP2 and RESP3)".into(),
+            ))
+        }
+    };
+    let (mut auth, mut setname) = (None, None);
+    let mut i = 2;
+    while i < args.len() {
+        let more = args.len() - 1 - i;
+        match args[i].to_ascii_uppercase().as_slice() {
+            b"AUTH" if more >= 2 => {
+                auth = Some((args[i + 1].clone(), args[i + 2].clone()));
+                i += 3;
+            }
+            b"SETNAME" if more >= 1 => {
+                if let Err(a) = client_name(&args[i + 1]) {
+                    return a;
+                }
+                setname = Some(args[i + 1].clone());
+                i += 2;
+            }
+            _ => {
+                return Action::Reply(Reply::err(format!(
+                    "Syntax error in HELLO option '{}'",
+                    String::from_utf8_lossy(&args[i][..args[i].len().min(64)])
+                )))
+            }
+        }
+    }
+    Action::Hello {
+        proto,
+        auth,
+        setname,
+    }
+}
+
+/// A client name as CLIENT SETNAME and HELLO SETNAME take it.
+fn client_name(name: &[u8]) -> Result<(), Action> {
+    if name.iter().any(|b| *b <= b' ' || *b > b'~') {
+        return Err(Action::Reply(Reply::err(
+            "Client names cannot contain spaces, newlines or special characters.",
+        )));
+    }
+    Ok(())
+}
+
 /// CLIENT SETNAME | GETNAME | ID | INFO | SETINFO (accepted, ignored).
 fn client(args: &[Bytes], state: &mut RespState) -> Action {
     match (args[1].to_ascii_uppercase().as_slice(), args.len()) {
         (b"SETNAME", 3) => {
-            if args[2].iter().any(|b| *b <= b' ' || *b > b'~') {
-                return Action::Reply(Reply::err(
-                    "Client names cannot contain spaces, newlines or special characters.",
-                ));
+            if let Err(a) = client_name(&args[2]) {
+                return a;
             }
             state.name = args[2].clone();
             Action::Reply(Reply::Simple("OK"))
@@ -441,6 +522,13 @@ impl Server {
         let Some(state) = c.resp.as_mut() else {
             return;
         };
+        // Before AUTH only the no-auth commands are even planned (READONLY, CLIENT SETNAME
+        // change the connection's state).
+        let authenticated = c.authenticated;
+        if !authenticated && !allowed_before_auth(&args[0]) {
+            self.refuse_unauthenticated(token, "RESP");
+            return self.resp_reply(token, Reply::Error(NOAUTH.into()));
+        }
         // Planning a request has no side effects, so a deferred command is planned again.
         let action = plan(&args, state);
         let stale = state.stale_reads;
@@ -482,13 +570,46 @@ impl Server {
             Action::DbSize => Reply::Int(self.replica.kv().len() as i64),
             Action::Info(sections) => Reply::text(self.resp_info(&sections)),
             Action::ClientInfo => Reply::Int(token.0 as i64),
-            Action::Hello(proto) => {
-                // The reply to HELLO is already in the new protocol (as in Redis).
-                if let Some(resp3) = proto {
-                    state.resp3 = resp3;
+            Action::Auth { user, password } => {
+                if self.resp_auth(token, user.as_deref(), &password) {
+                    Reply::Simple("OK")
+                } else {
+                    Reply::Error(WRONGPASS.into())
                 }
-                let resp3 = state.resp3;
-                self.resp_hello(token, resp3)
+            }
+            Action::Hello {
+                proto,
+                auth,
+                setname,
+            } => {
+                let refused = match auth {
+                    Some((user, password)) if !self.resp_auth(token, Some(&user), &password) => {
+                        Some(Reply::Error(WRONGPASS.into()))
+                    }
+                    Some(_) => None,
+                    None if !authenticated => Some(Reply::Error(HELLO_NOAUTH.into())),
+                    None => None,
+                };
+                match refused {
+                    Some(r) => r,
+                    None => {
+                        let mut resp3 = false;
+                        if let Some(Endpoint::Client(c)) = self.endpoints.get_mut(&token) {
+                            if let Some(state) = c.resp.as_mut() {
+                                if let Some(n) = setname {
+                                    state.name = n;
+                                }
+                                // The reply to HELLO is already in the new protocol (as in
+                                // Redis).
+                                if let Some(p) = proto {
+                                    state.resp3 = p;
+                                }
+                                resp3 = state.resp3;
+                            }
+                        }
+                        self.resp_hello(token, resp3)
+                    }
+                }
             }
             Action::Quit => {
                 self.resp_reply(token, Reply::Simple("OK"));
@@ -497,6 +618,21 @@ impl Server {
             }
         };
         self.resp_reply(token, reply);
+    }
+
+    /// AUTH (and HELLO's AUTH option): only the `default` user exists; its password is the
+    /// client token. A node without a token accepts anything, so that clients can be given the
+    /// token before the nodes are (Redis refuses a one-argument AUTH then). False: refused
+    /// (counted and logged), the connection as it was.
+    fn resp_auth(&mut self, token: Token, user: Option<&[u8]>, password: &[u8]) -> bool {
+        if self.cfg.client_token.is_none() {
+            return true;
+        }
+        if user.is_some_and(|u| u != b"default") {
+            self.client_token_refused(token, "RESP");
+            return false;
+        }
+        self.check_token(token, password, "RESP").is_ok()
     }
 
     /// HELLO's server description (a map: in RESP2 a flat array of names and values).
@@ -640,6 +776,58 @@ mod tests {
             run(&["SCAN", "0", "MATCH", "a*", "COUNT", "99999"]),
             Action::Request(Expect::Scan, Op::Scan(s)) if s.limit == MAX_SCAN_LIMIT as u32 && s.prefix == b"a"[..]
         ));
+    }
+
+    #[test]
+    fn auth_and_hello_parse_like_redis() {
+        assert!(
+            matches!(run(&["AUTH", "pw"]), Action::Auth { user: None, password } if password == "pw")
+        );
+        assert!(matches!(
+            run(&["auth", "default", "pw"]),
+            Action::Auth { user: Some(u), password } if u == "default" && password == "pw"
+        ));
+        assert_eq!(
+            error(&["AUTH"]),
+            "ERR wrong number of arguments for 'auth' command"
+        );
+        assert!(matches!(
+            run(&["HELLO", "2", "setname", "me", "AUTH", "default", "pw"]),
+            Action::Hello { proto: Some(false), auth: Some((u, p)), setname: Some(n) } if u == "default" && p == "pw" && n == "me"
+        ));
+        assert!(matches!(
+            run(&["HELLO", "3", "AUTH", "default", "pw"]),
+            Action::Hello { proto: Some(true), auth: Some((u, p)), setname: None } if u == "default" && p == "pw"
+        ));
+        assert!(matches!(
+            run(&["HELLO"]),
+            Action::Hello {
+                proto: None,
+                auth: None,
+                setname: None
+            }
+        ));
+        assert_eq!(
+            error(&["HELLO", "2", "AUTH", "default"]),
+            "ERR Syntax error in HELLO option 'AUTH'"
+        );
+        assert!(error(&["HELLO", "2", "SETNAME", "a b"]).contains("Client names"));
+        assert!(error(&["HELLO", "4", "AUTH", "default", "pw"]).starts_with("NOPROTO"));
+        for (name, allowed) in [
+            ("ping", true),
+            ("Auth", true),
+            ("HELLO", true),
+            ("quit", true),
+        ]
+        .into_iter()
+        .chain([
+            ("GET", false),
+            ("ECHO", false),
+            ("READONLY", false),
+            ("CLIENT", false),
+        ]) {
+            assert_eq!(allowed_before_auth(name.as_bytes()), allowed, "{name}");
+        }
     }
 
     #[test]

@@ -233,6 +233,7 @@ fn error_reply(result: &ApplyResult, leader_resp: Option<&str>) -> Option<Reply>
         // but a distinct kind, so a client does not mistake it for memory pressure.
         ErrorCode::NoSpace => format!("NOSPACE {msg}"),
         ErrorCode::Conflict => format!("CONFLICT {msg}"),
+        ErrorCode::Unauthenticated => super::resp_commands::NOAUTH.to_string(),
         ErrorCode::BadRequest
         | ErrorCode::TooLarge
         | ErrorCode::Internal

@@ -418,6 +418,7 @@ impl Server {
             peer_by_token: HashMap::new(),
             cluster_id,
             auth_log: crate::logger::RateLimit::new(Duration::from_secs(1)),
+            client_auth_log: crate::logger::RateLimit::new(Duration::from_secs(1)),
             timers,
             replica,
             clock_start: now,

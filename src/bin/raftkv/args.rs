@@ -39,6 +39,12 @@ pub enum Cmd {
         /// Where to write the secret.
         file: PathBuf,
     },
+    /// Write a new random client token to FILE (mode 0600; refuses to overwrite): pass it to
+    /// every node as `serve --client-token-file FILE` and to clients as `--token-file FILE`.
+    NewClientToken {
+        /// Where to write the token.
+        file: PathBuf,
+    },
     /// Set KEY to VALUE; without VALUE (or with `-`) the value is read from standard input,
     /// byte for byte (e.g. `raftkv put photo < photo.jpg`), up to --max-frame.
     Put {
@@ -360,6 +366,10 @@ pub struct ClientArgs {
     /// ca.pem; `raftkv cluster --tls` prints its path). Without it: plain TCP.
     #[arg(long, env = "RAFTKV_TLS_CA", value_name = "FILE")]
     pub tls_ca: Option<PathBuf>,
+    /// File holding the cluster's client token (its first token is sent on every connection):
+    /// needed when the nodes run with --client-token-file. Never give the token itself.
+    #[arg(long, env = "RAFTKV_TOKEN_FILE", value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -559,6 +569,12 @@ pub struct ServeArgs {
     /// node as any member (only the cluster id is checked). For trusted networks and tests.
     #[arg(long, conflicts_with = "peer_secret_file")]
     pub insecure_peers: bool,
+    /// Require client authentication: FILE holds the client token(s) (one per line, 16-1024
+    /// printable characters; the first is presented when forwarding, all are accepted; see
+    /// docs/security.md). Client connections, native and RESP, are then served only after
+    /// they present one. Refused if every user may read the file. Give every node the same.
+    #[arg(long, env = "RAFTKV_CLIENT_TOKEN_FILE", value_name = "FILE")]
+    pub client_token_file: Option<PathBuf>,
     #[command(flatten)]
     pub tls: ServeTls,
     #[command(flatten)]
@@ -594,6 +610,11 @@ pub struct ClusterArgs {
     /// CA's path for `raftkv --tls-ca`.
     #[arg(long, global = true)]
     pub tls: bool,
+    /// Require client authentication: the first start writes a random client token to
+    /// DIR/client-token (mode 0600), later ones reuse it; every node gets it as
+    /// --client-token-file, and clients need `--token-file DIR/client-token`.
+    #[arg(long, global = true)]
+    pub auth: bool,
     #[command(flatten)]
     pub tuning: Tuning,
 }

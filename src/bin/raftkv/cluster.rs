@@ -3,7 +3,9 @@
 //! tuning flags passed on), copies every child's output to stderr prefixed with `[n<id>]`,
 //! watches for children that exit, and on SIGINT/SIGTERM stops them all (SIGTERM, then
 //! SIGKILL after 10 s). The nodes share a peer secret, `DIR/peer-secret`, generated on the
-//! first start and reused after.
+//! first start and reused after. With `--auth` they also require a client token,
+//! `DIR/client-token`, made and reused the same way; without it the cluster is as open as
+//! before (any client on loopback may read and write).
 //!
 //! `raftkv cluster add` and `raftkv cluster remove ID` change the membership of such a
 //! cluster while it runs: `add` runs one more node in the foreground that joins it (`serve
@@ -16,6 +18,7 @@
 
 use crate::args::{ClusterAction, ClusterArgs, ServeArgs, ServeTls, Tuning};
 use crate::output::EXIT_USAGE;
+use raftkv::net::client_auth::ClientToken;
 use raftkv::net::peer_auth::PeerSecrets;
 use raftkv::server::{config::format_peers, PeerSpec};
 use std::io::{BufRead, BufReader, Write};
@@ -26,6 +29,8 @@ use std::time::{Duration, Instant};
 
 /// The peer secret's file name in the cluster's base directory.
 const PEER_SECRET_FILE: &str = "peer-secret";
+/// The client token's file name in the cluster's base directory (`--auth`).
+const CLIENT_TOKEN_FILE: &str = "client-token";
 
 /// The children of a cluster: each node's id and its process until it exits or is stopped.
 type Children = Vec<(u64, Option<Child>)>;
@@ -62,6 +67,12 @@ pub fn cluster(mut a: ClusterArgs) -> ExitCode {
     }
     if a.tls {
         if let Err(e) = ensure_tls(&a.dir, a.nodes) {
+            eprintln!("raftkv cluster: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
+    if a.auth {
+        if let Err(e) = ensure_client_token(&a.dir) {
             eprintln!("raftkv cluster: {e}");
             return ExitCode::FAILURE;
         }
@@ -140,11 +151,16 @@ fn serve_tls(dir: &Path, id: u64) -> ServeTls {
     }
 }
 
-/// A client of the local cluster (TLS with the cluster's CA under `--tls`).
+/// A client of the local cluster (TLS with the cluster's CA under `--tls`, the client token
+/// under `--auth`).
 fn cluster_client(a: &ClusterArgs) -> Result<raftkv::client::Client, String> {
+    let token = client_token(a).map(|p| ClientToken::load(&p)).transpose()?;
     let client = raftkv::client::Client::new(
         endpoints(a).split(',').map(str::to_string).collect(),
-        Default::default(),
+        raftkv::client::ClientOptions {
+            token,
+            ..Default::default()
+        },
     );
     if !a.tls {
         return Ok(client);
@@ -152,6 +168,31 @@ fn cluster_client(a: &ClusterArgs) -> Result<raftkv::client::Client, String> {
     let cfg =
         raftkv::net::tls::client_config(&tls_ca_path(&a.dir), None).map_err(|e| e.to_string())?;
     Ok(client.with_tls(cfg))
+}
+
+/// The cluster's client token file in the base directory (`--auth`).
+fn client_token_path(dir: &Path) -> PathBuf {
+    dir.join(CLIENT_TOKEN_FILE)
+}
+
+/// `--auth`: the first start generates the client token (0600), later ones reuse it, so
+/// clients keep working across restarts.
+fn ensure_client_token(dir: &Path) -> Result<(), String> {
+    let path = client_token_path(dir);
+    if path.exists() {
+        return ClientToken::load(&path).map(|_| ());
+    }
+    ClientToken::generate(&path)?;
+    eprintln!(
+        "raftkv cluster: generated the client token {}",
+        path.display()
+    );
+    Ok(())
+}
+
+/// The client token the cluster's nodes require, if `--auth`.
+fn client_token(a: &ClusterArgs) -> Option<PathBuf> {
+    a.auth.then(|| client_token_path(&a.dir))
 }
 
 /// Starts every member and streams its output; if one fails to start, stops the ones
@@ -206,26 +247,40 @@ fn print_banner(a: &ClusterArgs, members: &[PeerSpec]) {
         .filter_map(|m| m.redis_addr.clone())
         .collect();
     println!("Redis protocol (RESP) endpoints: {}", redis.join(","));
+    let mut flags = String::new();
     if a.tls {
         let ca = tls_ca_path(&a.dir);
         println!(
             "TLS on client, RESP and peer ports; clients trust the CA {}",
             ca.display()
         );
-        println!(
-            "try: raftkv put --tls-ca {} --endpoints {endpoints} greeting hello",
-            ca.display()
-        );
-    } else {
-        println!("try: raftkv put --endpoints {endpoints} greeting hello");
+        flags = format!(" --tls-ca {}", ca.display());
     }
-    if let Some(port) = redis
+    // Plain redis-cli cannot reach a TLS port: suggested only without --tls.
+    let port = redis
         .first()
         .filter(|_| !a.tls)
         .and_then(|r| r.rsplit_once(':'))
-        .map(|(_, p)| p)
-    {
-        println!("  or: redis-cli -p {port} set greeting hello   (on the leader)");
+        .map(|(_, p)| p);
+    match client_token(a) {
+        None => {
+            println!("try: raftkv put{flags} --endpoints {endpoints} greeting hello");
+            if let Some(port) = port {
+                println!("  or: redis-cli -p {port} set greeting hello   (on the leader)");
+            }
+        }
+        Some(token) => {
+            let t = token.display();
+            println!("clients must authenticate with the client token in {t} (--auth):");
+            println!("try: export RAFTKV_TOKEN_FILE={t}");
+            println!("     raftkv put{flags} --endpoints {endpoints} greeting hello");
+            if let Some(port) = port {
+                println!(
+                    "  or: REDISCLI_AUTH=$(grep -v '^#' {t}) redis-cli -p {port} set greeting \
+                     hello   (on the leader)"
+                );
+            }
+        }
     }
     println!(
         "grow it: `raftkv cluster add` (another terminal, same --dir/--base-port/--nodes); \
@@ -327,6 +382,7 @@ fn add(a: &ClusterArgs, id: Option<u64>, tuning: Tuning) -> ExitCode {
         peer_secret_file: Some(peer_secret_path(&a.dir)),
         insecure_peers: false,
         tls,
+        client_token_file: client_token(a),
         tuning,
     })
 }
@@ -420,8 +476,11 @@ fn spawn_node(
         .arg(format!("--peers={peers}"))
         .arg(format!("--http-addr={http}"))
         .arg("--peer-secret-file")
-        .arg(peer_secret_path(dir))
-        .args(tuning.to_args())
+        .arg(peer_secret_path(dir));
+    if let Some(t) = client_token(a) {
+        cmd.arg("--client-token-file").arg(t);
+    }
+    cmd.args(tuning.to_args())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());

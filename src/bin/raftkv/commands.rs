@@ -36,7 +36,8 @@ pub fn run(cmd: Cmd) -> u8 {
         | Cmd::Member(_)
         | Cmd::Leader(_)
         | Cmd::Tls(_)
-        | Cmd::NewPeerSecret { .. } => {
+        | Cmd::NewPeerSecret { .. }
+        | Cmd::NewClientToken { .. } => {
             unreachable!("handled above")
         }
     };
@@ -143,7 +144,8 @@ pub fn run(cmd: Cmd) -> u8 {
         | Cmd::Member(_)
         | Cmd::Leader(_)
         | Cmd::Tls(_)
-        | Cmd::NewPeerSecret { .. } => {
+        | Cmd::NewPeerSecret { .. }
+        | Cmd::NewClientToken { .. } => {
             unreachable!("handled above")
         }
     }
@@ -242,6 +244,16 @@ pub fn connect(
         eprintln!("raftkv: --endpoints is empty");
         return Err(EXIT_USAGE);
     }
+    let token = match &c.token_file {
+        Some(f) => match raftkv::net::client_auth::ClientToken::load(f) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                eprintln!("raftkv: --token-file: {e}");
+                return Err(EXIT_USAGE);
+            }
+        },
+        None => None,
+    };
     let client = Client::new(
         endpoints.clone(),
         ClientOptions {
@@ -250,6 +262,7 @@ pub fn connect(
             attempt_timeout: Duration::from_millis(c.attempt_timeout_ms),
             connect_timeout: Duration::from_millis(c.connect_timeout_ms),
             max_frame: c.max_frame,
+            token,
         },
     );
     let client = match &c.tls_ca {

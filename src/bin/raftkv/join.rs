@@ -88,6 +88,8 @@ pub fn join(cfg: &mut ServerConfig, endpoints: &str) -> Result<(), String> {
     }
     let opts = ClientOptions {
         timeout: JOIN_TIMEOUT,
+        // The cluster requires the token this node will require: its own.
+        token: cfg.client_token.clone(),
         ..Default::default()
     };
     let mut client = tls_client(cfg, Client::new(endpoints.clone(), opts));

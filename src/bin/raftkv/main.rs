@@ -73,6 +73,18 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Cmd::NewClientToken { file } => {
+            match raftkv::net::client_auth::ClientToken::generate(&file) {
+                Ok(_) => {
+                    println!("wrote a new client token to {}", file.display());
+                    ExitCode::from(EXIT_OK)
+                }
+                Err(e) => {
+                    eprintln!("raftkv new-client-token: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         cmd => {
             // A client command piped into `head` should end quietly, as Unix tools do, not panic
             // on EPIPE: restore the default SIGPIPE action (Rust's runtime ignores it). The

@@ -91,6 +91,9 @@ fn serve_config(a: &ServeArgs) -> Result<ServerConfig, String> {
     }
     cfg.peer_secrets = peer_secrets(a)?;
     cfg.tls = node_tls(&a.tls)?;
+    if let Some(f) = &a.client_token_file {
+        cfg.client_token = Some(raftkv::net::client_auth::ClientToken::load(f)?);
+    }
     if cfg.client_listen.is_empty() {
         return Err("no client address: give --client-addr or ID=PEER/CLIENT in --peers".into());
     }

@@ -1,0 +1,214 @@
+//! The client token (`serve --client-token-file`, `raftkv --token-file`): a shared secret a
+//! client presents once per connection (`kvpb::Auth`, RESP `AUTH`) before the node serves it.
+//!
+//! Why a bearer token rather than per-client credentials: issue #13 asks that only authorised
+//! clients can read and write; one cluster-wide secret in a 0600 file does that with nothing
+//! to run or expire, the same way the peer secret does for members (`peer_auth.rs`). It does
+//! not hide the token on the wire: without TLS on the client port it travels in clear (see
+//! docs/security.md).
+//!
+//! File: text, one token per line (`#` starts a comment line); a token is 16 to 1024 printable
+//! ASCII characters without spaces (so it passes unchanged through RESP `AUTH`, an HTTP header
+//! and a shell). The FIRST token is the one this process presents (a client, and a follower
+//! forwarding to the leader); every listed token is accepted, so a token is rotated without
+//! downtime like the peer secret: add the new one as a second line on every node (rolling
+//! restart), give clients the new one, then drop the old line (rolling restart).
+//!
+//! Comparison is constant-time: each accepted token is kept as the tag HMAC-SHA256(key =
+//! token, LABEL), and a presented token's tag is checked against it with `Mac::verify_slice`
+//! (RustCrypto, constant-time through `subtle`). The time taken depends on the presented
+//! token's length only, never on how much of it matches.
+
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+use std::fmt;
+use std::path::Path;
+
+/// Shortest token accepted, in characters (a generated one has 64).
+pub const MIN_TOKEN_LEN: usize = 16;
+/// Longest token accepted, in bytes (a presented one longer than this is simply wrong).
+pub const MAX_TOKEN_LEN: usize = 1024;
+/// Random bytes in a generated token (written as 64 hex digits: 256 bits).
+pub const GENERATED_TOKEN_BYTES: usize = 32;
+
+/// What the tags are computed over (fixed: only the key, the token, varies).
+const LABEL: &[u8] = b"raftkv client token v1";
+
+type HmacSha256 = Hmac<Sha256>;
+
+/// The tokens a process presents (the first) and accepts (all). Never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ClientToken {
+    primary: bytes::Bytes,
+    tags: Vec<[u8; 32]>,
+}
+
+impl fmt::Debug for ClientToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ClientToken({} token(s), redacted)", self.tags.len())
+    }
+}
+
+fn tag_mac(token: &[u8]) -> HmacSha256 {
+    // HMAC takes keys of any length (longer ones are hashed): `new_from_slice` cannot fail.
+    let mut m = <HmacSha256 as Mac>::new_from_slice(token).expect("HMAC accepts any key length");
+    m.update(LABEL);
+    m
+}
+
+impl ClientToken {
+    /// Tokens from the file's text (see the module docs). `what` names the source in errors
+    /// (which never quote a token).
+    pub fn parse(text: &str, what: &str) -> Result<ClientToken, String> {
+        let mut tokens: Vec<&str> = Vec::new();
+        for (n, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            if !line.bytes().all(|b| b.is_ascii_graphic()) {
+                return Err(format!(
+                    "{what} line {}: a token is printable ASCII without spaces",
+                    n + 1
+                ));
+            }
+            if !(MIN_TOKEN_LEN..=MAX_TOKEN_LEN).contains(&line.len()) {
+                return Err(format!(
+                    "{what} line {}: token is {} characters, {MIN_TOKEN_LEN} to {MAX_TOKEN_LEN} \
+                     needed (`raftkv new-client-token FILE` makes one)",
+                    n + 1,
+                    line.len()
+                ));
+            }
+            tokens.push(line);
+        }
+        let Some(first) = tokens.first() else {
+            return Err(format!("{what}: no token in the file"));
+        };
+        Ok(ClientToken {
+            primary: bytes::Bytes::copy_from_slice(first.as_bytes()),
+            tags: tokens
+                .iter()
+                .map(|t| tag_mac(t.as_bytes()).finalize().into_bytes().into())
+                .collect(),
+        })
+    }
+
+    /// Reads a token file. Refuses one that every user of the machine may read or write (the
+    /// token would not be a secret); warns when its group may.
+    pub fn load(path: &Path) -> Result<ClientToken, String> {
+        use std::os::unix::fs::PermissionsExt;
+        let what = format!("client token file {}", path.display());
+        let meta = std::fs::metadata(path).map_err(|e| format!("{what}: {e}"))?;
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o007 != 0 {
+            return Err(format!(
+                "{what} is accessible to every user (mode {mode:o}): chmod 600 it"
+            ));
+        }
+        if mode & 0o070 != 0 {
+            log::warn!("{what} is accessible to its group (mode {mode:o}); chmod 600 it");
+        }
+        let text = std::fs::read_to_string(path).map_err(|e| format!("{what}: {e}"))?;
+        ClientToken::parse(&text, &what)
+    }
+
+    /// Writes a new random token to `path` (mode 0600, created exclusively) and returns it:
+    /// for `raftkv new-client-token` and `raftkv cluster --auth`'s first start.
+    pub fn generate(path: &Path) -> Result<ClientToken, String> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let what = format!("client token file {}", path.display());
+        let key: [u8; GENERATED_TOKEN_BYTES] =
+            crate::entropy::bytes().map_err(|e| format!("{what}: no randomness: {e}"))?;
+        let text = format!(
+            "# raftkv client token: keep it private; see docs/security.md\n{}\n",
+            crate::entropy::hex(&key)
+        );
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+            .map_err(|e| format!("{what}: {e}"))?;
+        f.write_all(text.as_bytes())
+            .and_then(|_| f.sync_all())
+            .map_err(|e| format!("{what}: {e}"))?;
+        ClientToken::parse(&text, &what)
+    }
+
+    /// The token this process presents (the file's first).
+    pub fn secret(&self) -> bytes::Bytes {
+        self.primary.clone()
+    }
+
+    /// True if `presented` is one of the accepted tokens (constant-time in its content).
+    pub fn verify(&self, presented: &[u8]) -> bool {
+        if presented.len() > MAX_TOKEN_LEN {
+            return false;
+        }
+        // Every tag is checked: the time does not tell which line matched either.
+        self.tags.iter().fold(false, |ok, tag| {
+            tag_mac(presented).verify_slice(tag).is_ok() | ok
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const T1: &str = "0123456789abcdef0123";
+    const T2: &str = "fedcba9876543210fedc";
+
+    #[test]
+    fn presents_the_first_and_accepts_every_token() {
+        let t = ClientToken::parse(&format!("# rotating\n{T2}\n\n  {T1}  \n"), "t").unwrap();
+        assert_eq!(&t.secret()[..], T2.as_bytes());
+        assert!(t.verify(T1.as_bytes()));
+        assert!(t.verify(T2.as_bytes()));
+        assert!(!t.verify(b"0123456789abcdef012"), "a prefix is wrong");
+        assert!(
+            !t.verify(b"0123456789abcdef01234"),
+            "a longer token is wrong"
+        );
+        assert!(!t.verify(b""));
+        assert!(!t.verify(&vec![b'a'; MAX_TOKEN_LEN + 1]));
+    }
+
+    #[test]
+    fn refuses_bad_files_without_quoting_tokens() {
+        for (text, why) in [
+            ("", "no token"),
+            ("# only a comment\n\n", "no token"),
+            ("short", "5 characters"),
+            ("has a space in the middle", "printable ASCII"),
+            ("tab\there-and-long-enough", "printable ASCII"),
+        ] {
+            let e = ClientToken::parse(text, "f").unwrap_err();
+            assert!(e.contains(why), "{text:?}: {e}");
+            assert!(!e.contains("space in") && !e.contains("long-enough"), "{e}");
+        }
+        let long = "x".repeat(MAX_TOKEN_LEN + 1);
+        assert!(ClientToken::parse(&long, "f").is_err());
+        assert!(!format!("{:?}", ClientToken::parse(T1, "f").unwrap()).contains(T1));
+    }
+
+    #[test]
+    fn generated_files_are_private_and_world_readable_ones_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("token");
+        let made = ClientToken::generate(&path).unwrap();
+        assert_eq!(made.secret().len(), 2 * GENERATED_TOKEN_BYTES);
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        assert_eq!(ClientToken::load(&path).unwrap(), made);
+        assert!(ClientToken::generate(&path).is_err(), "never overwrites");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let e = ClientToken::load(&path).unwrap_err();
+        assert!(e.contains("every user") && e.contains("644"), "{e}");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
+        assert!(ClientToken::load(&path).is_ok(), "group access only warns");
+    }
+}
