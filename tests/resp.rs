@@ -778,4 +778,19 @@ fn incr_pipelines(addr: &str, stop: &AtomicBool, count: &AtomicUsize) -> (Vec<i6
         }
     }
     (values, failed)
+/// `--forward --follower-reads`: a follower forwards the writes and serves the reads itself;
+/// a read right after a forwarded write's acknowledgement sees it.
+#[test]
+fn with_forward_and_follower_reads_a_follower_reads_its_forwarded_writes() {
+    let cluster = Cluster::start_resp(3, &["--forward", "--follower-reads", STABLE]);
+    let leader = cluster.wait_leader();
+    let follower = (1..=3).find(|&i| i != leader).unwrap();
+    let mut f = connect(&cluster.redis_addr(follower));
+    for i in 0..50 {
+        let v = i.to_string();
+        assert_eq!(ok(&mut f, &["SET", "ff", &v]), okv(), "forwarded SET {i}");
+        assert_eq!(ok(&mut f, &["GET", "ff"]), bulk(&v), "follower GET {i}");
+    }
+    assert_eq!(ok(&mut f, &["INCR", "n"]), Value::Int(1));
+    assert_eq!(ok(&mut f, &["GET", "n"]), bulk("1"));
 }

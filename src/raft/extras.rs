@@ -91,6 +91,7 @@ impl<S: LogStore> RawNode<S> {
                 self.reads
                     .extend(c.ctxs.into_iter().map(|ctx| ReadState { ctx, index }));
             } else {
+                self.read_only.release_remote(c.ctxs.len());
                 self.send(
                     c.origin,
                     Body::ReadIndexResponse(ReadIndexResponse {

@@ -264,9 +264,10 @@ pub struct Ready {
     pub early_messages: usize,
     /// Apply in order. Never at or below the applied index; each index exactly once.
     pub committed: Vec<Entry>,
-    /// Reads confirmed by a quorum.
+    /// Reads confirmed by a quorum (on a follower: answered by its leader's ReadIndexResponse).
     pub reads: Vec<ReadState>,
-    /// Reads that can no longer be confirmed (leadership lost); answer them with an error.
+    /// Reads that can no longer be confirmed (leadership lost; on a follower: the term or the
+    /// leader changed, or the leader's answer did not come in time); answer them with an error.
     pub failed_reads: Vec<u64>,
     /// Peers that need the current snapshot (their next index was compacted away).
     pub snapshot_sends: Vec<u64>,

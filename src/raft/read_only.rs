@@ -105,19 +105,14 @@ impl ReadOnly {
         let Some(last) = confirmed else {
             return Vec::new();
         };
-        let done: Vec<Confirmed> = self
-            .pending
+        self.pending
             .drain(..=last)
             .map(|r| Confirmed {
                 origin: r.origin,
                 ctxs: r.ctxs,
                 index: r.index,
             })
-            .collect();
-        for c in done.iter().filter(|c| c.origin != 0) {
-            self.remote_held = self.remote_held.saturating_sub(c.ctxs.len());
-        }
-        done
+            .collect()
     }
 
     /// Leader: may it hold `n` more followers' reads? Counts them if so.
@@ -127,6 +122,11 @@ impl ReadOnly {
         }
         self.remote_held += n;
         true
+    }
+
+    /// Leader: `n` followers' reads were answered (see `admit_remote`).
+    pub(crate) fn release_remote(&mut self, n: usize) {
+        self.remote_held = self.remote_held.saturating_sub(n);
     }
 
     /// Drops everything (leadership lost); returns this node's own ctxs to fail. Followers'

@@ -594,3 +594,44 @@ fn t6_reads_across_a_transfer_stay_linearizable() {
         "new leader's read {r:?}, write acked at {acked}"
     );
 }
+
+#[test]
+fn r3_single_voter_answers_a_learners_reads_at_once_and_never_runs_out_of_room() {
+    let init = InitialState {
+        hard_state: HardState::default(),
+        conf: ConfState {
+            voters: vec![1],
+            learners: vec![2],
+            ..ConfState::default()
+        },
+        applied: 0,
+    };
+    let mut l = RawNode::new(cfg(1), MemLog::new(), init).unwrap();
+    l.campaign(false);
+    drain(&mut l);
+    assert_eq!(l.role, Role::Leader);
+    let cap = super::super::read_only::MAX_REMOTE_READS as u64;
+    // Three full batches: answered reads must free their room under the cap.
+    for round in 0..3u64 {
+        let ctxs: Vec<u64> = (round * cap..(round + 1) * cap).collect();
+        l.step(msg(
+            2,
+            1,
+            1,
+            Body::ReadIndex(ReadIndex { ctxs: ctxs.clone() }),
+        ));
+        let rd = l.ready();
+        let answered: Vec<&ReadIndexResponse> = rd
+            .messages
+            .iter()
+            .filter_map(|m| match body_of(m) {
+                Body::ReadIndexResponse(r) if m.to == 2 => Some(r),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(answered.len(), 1, "round {round}");
+        assert_eq!(answered[0].ctxs, ctxs, "round {round}");
+        assert_eq!(answered[0].index, l.commit);
+        assert_eq!(l.pending_reads(), 0);
+    }
+}
