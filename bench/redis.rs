@@ -102,6 +102,8 @@ pub struct RedisDriver {
     name: &'static str,
     addrs: Vec<String>,
     value: Arc<Vec<u8>>,
+    /// TLS (raftkv-resp against a node with --client-tls-cert).
+    tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl RedisDriver {
@@ -110,7 +112,14 @@ impl RedisDriver {
             name,
             addrs,
             value: Arc::new(opts.value.clone()),
+            tls: None,
         }
+    }
+
+    /// Speaks TLS, trusting `cfg`'s CAs.
+    pub fn with_tls(mut self, cfg: Arc<rustls::ClientConfig>) -> RedisDriver {
+        self.tls = Some(cfg);
+        self
     }
 }
 
@@ -140,6 +149,9 @@ impl Driver for RedisDriver {
         Box::new(RespCodec {
             value: self.value.clone(),
         })
+    }
+    fn tls(&self) -> Option<Arc<rustls::ClientConfig>> {
+        self.tls.clone()
     }
 }
 
