@@ -193,6 +193,8 @@ pub struct Running {
     /// RESP addresses, in `endpoints`' order (raftkv's RESP ports; Redis itself).
     pub resp: Vec<String>,
     pub system: System,
+    /// The CA of a TLS system's client ports (raftkv-tls).
+    pub tls_ca: Option<PathBuf>,
 }
 
 impl Running {
@@ -216,6 +218,11 @@ pub fn peer(name: &str) -> Result<Peer, String> {
             label: "raftkv (3 nodes)",
             durability: "3-node Raft; each node msyncs (MS_SYNC) its mmap'd log once per reactor pass (group commit) before acknowledging or voting, and a write is acknowledged once a majority has it durably (server defaults)",
         },
+        "raftkv-tls" => Peer {
+            key: "raftkv-tls",
+            label: "raftkv (3 nodes, TLS)",
+            durability: "as raftkv, with TLS 1.3 on the client ports and mutual TLS on the peer links (certificates from `raftkv tls init`)",
+        },
         "etcd" => Peer {
             key: "etcd",
             label: "etcd 3.4 (3 nodes, HTTP/JSON gateway)",
@@ -237,7 +244,7 @@ pub fn peer(name: &str) -> Result<Peer, String> {
             label: "redis (AOF appendfsync no)",
             durability: "single node, no replication; AOF written but never fsync'd by Redis (the OS flushes when it likes)",
         },
-        other => return Err(format!("unknown system {other:?} (raftkv, etcd, etcd-grpc with --features etcd, redis-always, redis-no)")),
+        other => return Err(format!("unknown system {other:?} (raftkv, raftkv-tls, etcd, etcd-grpc with --features etcd, redis-always, redis-no)")),
     })
 }
 
@@ -346,6 +353,7 @@ fn start_redis(fsync: &str, no_install: bool) -> Result<Running, String> {
         endpoints: vec![addr.clone()],
         resp: vec![addr],
         system: System::Redis,
+        tls_ca: None,
     })
 }
 
@@ -383,6 +391,7 @@ fn start_etcd(no_install: bool, system: System) -> Result<Running, String> {
         endpoints,
         resp: Vec::new(),
         system,
+        tls_ca: None,
     };
     wait_for(Duration::from_secs(30), || {
         running.check_alive()?;
@@ -408,9 +417,16 @@ fn raftkv_bin(args: &CompareArgs) -> Result<PathBuf, String> {
     }
 }
 
-fn start_raftkv(args: &CompareArgs) -> Result<Running, String> {
+/// Three raftkv nodes; with `tls`, TLS on the client ports and mutual TLS between peers,
+/// with a CA and node certificates made in the run's directory.
+fn start_raftkv(args: &CompareArgs, tls: bool) -> Result<Running, String> {
     let bin = raftkv_bin(args)?;
-    let dir = TempDir::new("raftkv")?;
+    let dir = TempDir::new(if tls { "raftkv-tls" } else { "raftkv" })?;
+    let certs = if tls {
+        Some(raftkv::net::certgen::init(&dir.0.join("tls"), 3, &[])?)
+    } else {
+        None
+    };
     let ports = free_ports(9)?;
     let peer_addr = |i: usize| format!("127.0.0.1:{}", ports[3 + i]);
     let client_addr = |i: usize| format!("127.0.0.1:{}", ports[i]);
@@ -442,6 +458,16 @@ fn start_raftkv(args: &CompareArgs) -> Result<Running, String> {
             .arg("--peer-secret-file")
             .arg(&secret)
             .args(["--log-level", "warn"]);
+        if let Some(g) = &certs {
+            let node = &g.nodes[i];
+            for flag in ["--client-tls-cert", "--peer-tls-cert"] {
+                cmd.arg(flag).arg(&node.cert);
+            }
+            for flag in ["--client-tls-key", "--peer-tls-key"] {
+                cmd.arg(flag).arg(&node.key);
+            }
+            cmd.arg("--peer-tls-ca").arg(&g.ca);
+        }
         children.push(ChildGuard::spawn(
             &format!("raftkv n{}", i + 1),
             cmd,
@@ -455,17 +481,23 @@ fn start_raftkv(args: &CompareArgs) -> Result<Running, String> {
         endpoints,
         resp: (0..3).map(resp_addr).collect(),
         system: System::Raftkv,
+        tls_ca: certs.as_ref().map(|g| g.ca.clone()),
+    };
+    let tls_cfg = match &running.tls_ca {
+        Some(ca) => Some(raftkv::net::tls::client_config(ca, None).map_err(|e| e.to_string())?),
+        None => None,
     };
     wait_for(Duration::from_secs(30), || {
         running.check_alive()?;
-        crate::raftkv_driver::find_leader(&running.endpoints, Duration::ZERO)
+        crate::raftkv_driver::find_leader_tls(&running.endpoints, Duration::ZERO, tls_cfg.as_ref())
     })?;
     Ok(running)
 }
 
 fn start(p: &Peer, args: &CompareArgs) -> Result<Running, String> {
     match p.key {
-        "raftkv" => start_raftkv(args),
+        "raftkv" => start_raftkv(args, false),
+        "raftkv-tls" => start_raftkv(args, true),
         "etcd" => start_etcd(args.no_install, System::Etcd),
         #[cfg(feature = "etcd")]
         "etcd-grpc" => start_etcd(args.no_install, System::EtcdGrpc),
@@ -509,6 +541,7 @@ fn common(args: &CompareArgs, r: &Running, clients: usize, preload: bool) -> Com
         metrics_addrs: Vec::new(),
         scrape_metrics_hz: 0.0,
         token_file: None,
+        tls_ca: r.tls_ca.clone(),
     }
 }
 

@@ -85,6 +85,10 @@ pub trait Driver {
     fn targets(&self) -> Result<Vec<SocketAddr>, String>;
     /// A codec for one connection.
     fn codec(&self, conn_index: usize) -> Box<dyn Codec>;
+    /// TLS for every connection (trusting this configuration's CAs), or plain TCP.
+    fn tls(&self) -> Option<std::sync::Arc<rustls::ClientConfig>> {
+        None
+    }
 }
 
 /// Resolves `HOST:PORT` to the first socket address.

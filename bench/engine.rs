@@ -15,6 +15,8 @@ use bytes::BytesMut;
 use hdrhistogram::Histogram;
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
+use raftkv::net::conn::ReadStatus;
+use raftkv::net::tls::TlsSession;
 use std::collections::{BTreeMap, VecDeque};
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
@@ -82,13 +84,33 @@ struct Conn {
     retry_at: Option<Instant>,
     /// Registered for WRITABLE too (a write is blocked).
     want_writable: bool,
+    /// The connection's TLS session (`Driver::tls`): `wbuf` and `rbuf` hold plaintext.
+    tls: Option<Box<TlsSession>>,
 }
 
-fn connect(addr: SocketAddr) -> io::Result<TcpStream> {
-    let s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+type Tls = Option<std::sync::Arc<rustls::ClientConfig>>;
+
+/// Connects (and with `tls`, completes the TLS handshake while still blocking, so the
+/// measured loop only ever moves application data).
+fn connect(addr: SocketAddr, tls: &Tls) -> io::Result<(TcpStream, Option<Box<TlsSession>>)> {
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
     s.set_nodelay(true)?;
+    let session = match tls {
+        Some(cfg) => {
+            let name = rustls::pki_types::ServerName::IpAddress(addr.ip().into());
+            let mut c = rustls::ClientConnection::new(cfg.clone(), name)
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+            s.set_read_timeout(Some(Duration::from_secs(2)))?;
+            s.set_write_timeout(Some(Duration::from_secs(2)))?;
+            while c.is_handshaking() {
+                c.complete_io(&mut s)?;
+            }
+            Some(Box::new(TlsSession::from_client(c)))
+        }
+        None => None,
+    };
     s.set_nonblocking(true)?;
-    Ok(TcpStream::from_std(s))
+    Ok((TcpStream::from_std(s), session))
 }
 
 /// Latency recording shared by the reply paths.
@@ -131,9 +153,11 @@ pub fn run(cfg: &EngineConfig, driver: &dyn Driver, gen: &mut OpGen) -> Result<R
     let pipeline = cfg.pipeline.max(1);
     let mut poll = Poll::new().map_err(|e| format!("mio poll: {e}"))?;
     let mut conns = Vec::with_capacity(clients);
+    let tls = driver.tls();
     for i in 0..clients {
         let addr = targets[i % targets.len()];
-        let mut stream = connect(addr).map_err(|e| format!("connect {addr}: {e}"))?;
+        let (mut stream, session) =
+            connect(addr, &tls).map_err(|e| format!("connect {addr}: {e}"))?;
         poll.registry()
             .register(&mut stream, Token(i), Interest::READABLE)
             .map_err(|e| format!("register: {e}"))?;
@@ -147,6 +171,7 @@ pub fn run(cfg: &EngineConfig, driver: &dyn Driver, gen: &mut OpGen) -> Result<R
             inflight: VecDeque::with_capacity(pipeline),
             retry_at: None,
             want_writable: false,
+            tls: session,
         });
     }
 
@@ -219,8 +244,9 @@ pub fn run(cfg: &EngineConfig, driver: &dyn Driver, gen: &mut OpGen) -> Result<R
         let mut rediscovered: Option<Vec<SocketAddr>> = None;
         for (i, c) in conns.iter_mut().enumerate() {
             if c.stream.is_none() && c.retry_at.is_some_and(|t| now >= t) {
-                match connect(c.addr) {
-                    Ok(mut s) => {
+                match connect(c.addr, &tls) {
+                    Ok((mut s, session)) => {
+                        c.tls = session;
                         if poll
                             .registry()
                             .register(&mut s, Token(i), Interest::READABLE)
@@ -437,16 +463,30 @@ fn flush(c: &mut Conn, poll: &Poll, token: usize) -> io::Result<()> {
     let Some(s) = c.stream.as_mut() else {
         return Ok(());
     };
-    while c.wpos < c.wbuf.len() {
-        match s.write(&c.wbuf[c.wpos..]) {
-            Ok(0) => return Err(io::Error::new(io::ErrorKind::WriteZero, "socket closed")),
-            Ok(n) => c.wpos += n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
+    let blocked = match c.tls.as_mut() {
+        // Records out first; more plaintext is encrypted only into an empty TLS buffer.
+        Some(tls) => loop {
+            if !tls.write_out(s)? {
+                break true;
+            }
+            if c.wpos == c.wbuf.len() {
+                break false;
+            }
+            c.wpos += tls.encrypt(&c.wbuf[c.wpos..])?;
+        },
+        None => {
+            while c.wpos < c.wbuf.len() {
+                match s.write(&c.wbuf[c.wpos..]) {
+                    Ok(0) => return Err(io::Error::new(io::ErrorKind::WriteZero, "socket closed")),
+                    Ok(n) => c.wpos += n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            c.wpos < c.wbuf.len()
         }
-    }
-    let blocked = c.wpos < c.wbuf.len();
+    };
     if blocked != c.want_writable {
         let interest = if blocked {
             Interest::READABLE | Interest::WRITABLE
@@ -476,6 +516,7 @@ fn fail_conn(c: &mut Conn, poll: &Poll, res: &mut RunResult, why: &str, _index: 
     c.wbuf.clear();
     c.wpos = 0;
     c.rbuf.clear();
+    c.tls = None;
     c.retry_at = Some(Instant::now() + Duration::from_millis(100));
 }
 
@@ -490,7 +531,20 @@ fn read_replies(
     res: &mut RunResult,
 ) -> Result<Option<String>, String> {
     let mut closed = false;
-    if let Some(s) = c.stream.as_mut() {
+    if let (Some(s), Some(tls)) = (c.stream.as_mut(), c.tls.as_mut()) {
+        loop {
+            match tls.read_some(s, &mut c.rbuf) {
+                Ok(ReadStatus::Eof) => {
+                    closed = true;
+                    break;
+                }
+                Ok(ReadStatus::WouldBlock) => break,
+                Ok(ReadStatus::Drained(_)) if !closing => break,
+                Ok(_) => {}
+                Err(e) => return Err(format!("read: {e}")),
+            }
+        }
+    } else if let Some(s) = c.stream.as_mut() {
         loop {
             match s.read(chunk) {
                 Ok(0) => {

@@ -187,6 +187,10 @@ pub struct Common {
     /// the run (a Prometheus scraper's load), to compare p99 with and without it.
     #[arg(long, default_value_t = 0.0)]
     pub scrape_metrics_hz: f64,
+    /// raftkv, raftkv-resp: speak TLS, trusting the CA certificates in FILE (nodes
+    /// started with --client-tls-cert, e.g. by `raftkv cluster --tls`: DIR/tls/ca.pem).
+    #[arg(long, value_name = "FILE")]
+    pub tls_ca: Option<std::path::PathBuf>,
 }
 
 fn secs(x: f64) -> Duration {
@@ -281,27 +285,35 @@ pub fn make_driver(
     Ok(match c.system {
         #[cfg(feature = "etcd")]
         System::EtcdGrpc => return Err("etcd-grpc runs on its own runner".into()),
-        System::Raftkv => (
-            Box::new(raftkv_driver::RaftkvDriver::new(
+        System::Raftkv => {
+            let d = raftkv_driver::RaftkvDriver::new(
                 c.endpoints.clone(),
                 &opts,
                 c.read_from == ReadFrom::All
                     || (c.spread_reads && c.consistency == ConsistencyArg::Stale),
-            )),
-            None,
-        ),
+            );
+            let d = match &c.tls_ca {
+                Some(ca) => d.with_tls(
+                    raftkv::net::tls::client_config(ca, None).map_err(|e| e.to_string())?,
+                ),
+                None => d,
+            };
+            (Box::new(d), None)
+        }
         System::Redis => (
             Box::new(redis::RedisDriver::new("redis", c.endpoints.clone(), &opts)),
             None,
         ),
-        System::RaftkvResp => (
-            Box::new(redis::RedisDriver::new(
-                "raftkv-resp",
-                c.endpoints.clone(),
-                &opts,
-            )),
-            None,
-        ),
+        System::RaftkvResp => {
+            let d = redis::RedisDriver::new("raftkv-resp", c.endpoints.clone(), &opts);
+            let d = match &c.tls_ca {
+                Some(ca) => d.with_tls(
+                    raftkv::net::tls::client_config(ca, None).map_err(|e| e.to_string())?,
+                ),
+                None => d,
+            };
+            (Box::new(d), None)
+        }
         System::Etcd => (
             Box::new(etcd::EtcdDriver::new(c.endpoints.clone(), &opts)),
             None,

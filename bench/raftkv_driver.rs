@@ -26,6 +26,8 @@ pub struct RaftkvDriver {
     /// How long to wait for a leader.
     pub leader_timeout: Duration,
     session_base: u64,
+    /// TLS to the client ports (`--tls-ca`).
+    tls: Option<std::sync::Arc<rustls::ClientConfig>>,
 }
 
 impl RaftkvDriver {
@@ -43,7 +45,14 @@ impl RaftkvDriver {
             spread_reads,
             leader_timeout: Duration::from_secs(15),
             session_base: (now << 16) | 1,
+            tls: None,
         }
+    }
+
+    /// Speaks TLS to the nodes, trusting `cfg`'s CAs.
+    pub fn with_tls(mut self, cfg: std::sync::Arc<rustls::ClientConfig>) -> RaftkvDriver {
+        self.tls = Some(cfg);
+        self
     }
 }
 
@@ -70,13 +79,44 @@ pub fn status(addr: &str, timeout: Duration) -> Result<kvpb::StatusResponse, Str
     }
 }
 
+/// One endpoint's status over TLS, through the client library.
+fn status_tls(
+    addr: &str,
+    timeout: Duration,
+    tls: &std::sync::Arc<rustls::ClientConfig>,
+) -> Result<kvpb::StatusResponse, String> {
+    let opts = raftkv::client::ClientOptions {
+        timeout,
+        attempt_timeout: timeout,
+        connect_timeout: timeout,
+        ..Default::default()
+    };
+    raftkv::client::Client::new(vec![addr.to_string()], opts)
+        .with_tls(tls.clone())
+        .status(addr)
+        .map_err(|e| format!("{addr}: status: {e}"))
+}
+
 /// Polls the endpoints until one says it is the leader (or names the leader).
 pub fn find_leader(endpoints: &[String], timeout: Duration) -> Result<String, String> {
+    find_leader_tls(endpoints, timeout, None)
+}
+
+/// [`find_leader`], over TLS when `tls` is given.
+pub fn find_leader_tls(
+    endpoints: &[String],
+    timeout: Duration,
+    tls: Option<&std::sync::Arc<rustls::ClientConfig>>,
+) -> Result<String, String> {
     let deadline = Instant::now() + timeout;
     let mut last_err = String::from("no endpoints");
     loop {
         for ep in endpoints {
-            match status(ep, Duration::from_secs(2)) {
+            let st = match tls {
+                Some(cfg) => status_tls(ep, Duration::from_secs(2), cfg),
+                None => status(ep, Duration::from_secs(2)),
+            };
+            match st {
                 Ok(st) if st.role == "leader" => {
                     // Prefer the address the leader advertises for clients, when it says.
                     return Ok(if st.leader_addr.is_empty() {
@@ -116,10 +156,14 @@ impl Driver for RaftkvDriver {
         if self.spread_reads {
             return self.endpoints.iter().map(|a| resolve(a)).collect();
         }
-        Ok(vec![resolve(&find_leader(
+        Ok(vec![resolve(&find_leader_tls(
             &self.endpoints,
             self.leader_timeout,
+            self.tls.as_ref(),
         )?)?])
+    }
+    fn tls(&self) -> Option<std::sync::Arc<rustls::ClientConfig>> {
+        self.tls.clone()
     }
     fn codec(&self, conn_index: usize) -> Box<dyn Codec> {
         Box::new(PbCodec {

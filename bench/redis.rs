@@ -103,6 +103,8 @@ pub struct RedisDriver {
     addrs: Vec<String>,
     value: Arc<Vec<u8>>,
     token: Option<bytes::Bytes>,
+    /// TLS (raftkv-resp against a node with --client-tls-cert).
+    tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl RedisDriver {
@@ -112,7 +114,14 @@ impl RedisDriver {
             addrs,
             value: Arc::new(opts.value.clone()),
             token: opts.token.clone(),
+            tls: None,
         }
+    }
+
+    /// Speaks TLS, trusting `cfg`'s CAs.
+    pub fn with_tls(mut self, cfg: Arc<rustls::ClientConfig>) -> RedisDriver {
+        self.tls = Some(cfg);
+        self
     }
 }
 
@@ -144,6 +153,9 @@ impl Driver for RedisDriver {
             auth: self.token.clone(),
             awaiting_auth: false,
         })
+    }
+    fn tls(&self) -> Option<Arc<rustls::ClientConfig>> {
+        self.tls.clone()
     }
 }
 

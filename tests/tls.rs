@@ -234,6 +234,20 @@ fn a_tls_cluster_serves_clients_with_the_ca_and_refuses_the_others() {
     assert!(client.get(b"plain").unwrap().value.is_empty());
     client.put(b"after", b"ok").unwrap();
 
+    // A connection that never starts its TLS handshake is closed after the handshake
+    // deadline (2 s, as for peers), not held forever.
+    let mut idle = TcpStream::connect(c.addr(leader)).unwrap();
+    idle.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let t0 = Instant::now();
+    let n = idle.read(&mut [0u8; 16]).unwrap_or(0);
+    let waited = t0.elapsed();
+    assert_eq!(n, 0, "expected a close");
+    assert!(
+        waited >= Duration::from_millis(1900) && waited < Duration::from_secs(15),
+        "closed after {waited:?}, the deadline is 2 s"
+    );
+
     // RESP over TLS on the leader's RESP port.
     resp_over_tls(
         &c.redis_addr(leader),

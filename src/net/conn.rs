@@ -74,6 +74,11 @@ impl Conn {
         self.tls.is_some()
     }
 
+    /// True for a TLS connection whose handshake has not completed.
+    pub fn tls_handshaking(&self) -> bool {
+        self.tls.as_ref().is_some_and(|t| t.is_handshaking())
+    }
+
     /// One `read` call into the read buffer. `Interrupted` is retried.
     ///
     /// Reads straight into the buffer's spare capacity with `read(2)` on the raw descriptor: no

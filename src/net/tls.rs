@@ -81,6 +81,12 @@ impl TlsSession {
         Ok(TlsSession::wrap(conn.into()))
     }
 
+    /// Takes over a client connection whose handshake was completed elsewhere (a blocking
+    /// connect, as the bench's load generator does before going non-blocking).
+    pub fn from_client(conn: rustls::ClientConnection) -> TlsSession {
+        TlsSession::wrap(conn.into())
+    }
+
     fn wrap(mut conn: rustls::Connection) -> TlsSession {
         conn.set_buffer_limit(Some(TLS_BUFFER_LIMIT));
         TlsSession {

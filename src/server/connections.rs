@@ -49,7 +49,14 @@ impl Server {
                         let mut conn = Conn::new(stream, self.cfg.max_frame);
                         if let Some(tls) = &self.cfg.tls.client {
                             match TlsSession::server(tls) {
-                                Ok(s) => conn.set_tls(s),
+                                Ok(s) => {
+                                    conn.set_tls(s);
+                                    // A client that never finishes its TLS handshake is
+                                    // closed, as a stalled peer handshake is.
+                                    let deadline = Instant::now() + self.cfg.peer_handshake_timeout;
+                                    self.timers
+                                        .insert(deadline, TimerEvent::PeerHandshake(token));
+                                }
                                 Err(e) => {
                                     log::warn!("client connection from {addr}: {e}");
                                     let _ = self.poll.registry().deregister(&mut conn.stream);
@@ -128,10 +135,19 @@ impl Server {
         }))
     }
 
-    /// An inbound peer connection's handshake deadline: closed if it has not completed.
+    /// An inbound peer connection's handshake deadline: closed if it has not completed. A TLS
+    /// client connection's: closed if its TLS handshake has not completed.
     pub(super) fn on_handshake_deadline(&mut self, token: Token) {
-        let Some(Endpoint::PeerIn(p)) = self.endpoints.get(&token) else {
-            return;
+        let p = match self.endpoints.get(&token) {
+            Some(Endpoint::PeerIn(p)) => p,
+            Some(Endpoint::Client(c)) => {
+                if c.conn.tls_handshaking() {
+                    log::debug!("client connection {}: TLS handshake timeout", token.0);
+                    self.close(token, "TLS handshake timeout");
+                }
+                return;
+            }
+            None => return,
         };
         if let PeerAuth::Handshake(_) = p.auth {
             let who = p.addr.to_string();

@@ -21,7 +21,8 @@ pub(super) enum TimerEvent {
     ForceClose(Token),
     /// Give up on a peer connect attempt that has not completed.
     ConnectTimeout(u64, Token),
-    /// An inbound peer connection's handshake deadline.
+    /// An inbound peer connection's handshake deadline; also a TLS client connection's TLS
+    /// handshake deadline.
     PeerHandshake(Token),
     /// An HTTP connection's idle / partial-request / linger deadline (see `http.rs`).
     HttpDeadline(Token),
