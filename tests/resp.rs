@@ -778,6 +778,8 @@ fn incr_pipelines(addr: &str, stop: &AtomicBool, count: &AtomicUsize) -> (Vec<i6
         }
     }
     (values, failed)
+}
+
 /// `--forward --follower-reads`: a follower forwards the writes and serves the reads itself;
 /// a read right after a forwarded write's acknowledgement sees it.
 #[test]
