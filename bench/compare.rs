@@ -36,8 +36,9 @@ pub struct CompareArgs {
     /// Workloads: put, get.
     #[arg(long, value_delimiter = ',', default_values_t = vec!["put".to_string(), "get".to_string()])]
     pub workloads: Vec<String>,
-    /// Systems: raftkv, etcd (HTTP/JSON gateway), etcd-grpc (with --features etcd), redis-always,
-    /// redis-no.
+    /// Systems: raftkv, raftkv-tls (TLS on client and peer ports), raftkv-resp (raftkv through
+    /// the leader's RESP port), etcd (HTTP/JSON
+    /// gateway), etcd-grpc (with --features etcd), redis-always, redis-no.
     #[arg(long, value_delimiter = ',', default_values_t = default_systems())]
     pub systems: Vec<String>,
     #[arg(long, default_value_t = 10_000)]
@@ -223,6 +224,11 @@ pub fn peer(name: &str) -> Result<Peer, String> {
             label: "raftkv (3 nodes, TLS)",
             durability: "as raftkv, with TLS 1.3 on the client ports and mutual TLS on the peer links (certificates from `raftkv tls init`)",
         },
+        "raftkv-resp" => Peer {
+            key: "raftkv-resp",
+            label: "raftkv (3 nodes, RESP)",
+            durability: "as raftkv (the same cluster setup), driven through the leader's Redis-protocol port; every write carries the connection's exactly-once session",
+        },
         "etcd" => Peer {
             key: "etcd",
             label: "etcd 3.4 (3 nodes, HTTP/JSON gateway)",
@@ -244,7 +250,7 @@ pub fn peer(name: &str) -> Result<Peer, String> {
             label: "redis (AOF appendfsync no)",
             durability: "single node, no replication; AOF written but never fsync'd by Redis (the OS flushes when it likes)",
         },
-        other => return Err(format!("unknown system {other:?} (raftkv, raftkv-tls, etcd, etcd-grpc with --features etcd, redis-always, redis-no)")),
+        other => return Err(format!("unknown system {other:?} (raftkv, raftkv-tls, raftkv-resp, etcd, etcd-grpc with --features etcd, redis-always, redis-no)")),
     })
 }
 
@@ -494,10 +500,26 @@ fn start_raftkv(args: &CompareArgs, tls: bool) -> Result<Running, String> {
     Ok(running)
 }
 
+/// raftkv driven through RESP: the leader's RESP port only (followers answer -NOTLEADER,
+/// which the Redis codec does not follow).
+fn start_raftkv_resp(args: &CompareArgs) -> Result<Running, String> {
+    let mut r = start_raftkv(args, false)?;
+    let leader = crate::raftkv_driver::find_leader(&r.endpoints, Duration::from_secs(10))?;
+    let i = r
+        .endpoints
+        .iter()
+        .position(|e| *e == leader)
+        .ok_or_else(|| format!("the leader's address {leader} is none of the nodes'"))?;
+    r.endpoints = vec![r.resp[i].clone()];
+    r.system = System::RaftkvResp;
+    Ok(r)
+}
+
 fn start(p: &Peer, args: &CompareArgs) -> Result<Running, String> {
     match p.key {
         "raftkv" => start_raftkv(args, false),
         "raftkv-tls" => start_raftkv(args, true),
+        "raftkv-resp" => start_raftkv_resp(args),
         "etcd" => start_etcd(args.no_install, System::Etcd),
         #[cfg(feature = "etcd")]
         "etcd-grpc" => start_etcd(args.no_install, System::EtcdGrpc),

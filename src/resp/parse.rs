@@ -53,7 +53,23 @@ fn header_number(buf: &[u8], end: usize) -> Option<i64> {
     if end < 2 || buf[end - 1] != b'\r' {
         return None;
     }
-    std::str::from_utf8(&buf[1..end - 1]).ok()?.parse().ok()
+    // By hand (two of these per argument): an optional '-', then 1..=18 digits, which cannot
+    // overflow; anything else is not a length (MAX_HEADER bounds the line anyway).
+    let (neg, digits) = match &buf[1..end - 1] {
+        [b'-', rest @ ..] => (true, rest),
+        d => (false, d),
+    };
+    if digits.is_empty() || digits.len() > 18 {
+        return None;
+    }
+    let mut n: i64 = 0;
+    for &d in digits {
+        if !d.is_ascii_digit() {
+            return None;
+        }
+        n = n * 10 + i64::from(d - b'0');
+    }
+    Some(if neg { -n } else { n })
 }
 
 impl Parser {
@@ -244,6 +260,26 @@ mod tests {
             w(&["GET", ""]),
             w(&["GET", "k"]),
         ]
+    }
+
+    #[test]
+    fn header_numbers() {
+        let n = |s: &[u8]| header_number(s, s.len() - 1);
+        assert_eq!(n(b"$12\r\n"), Some(12));
+        assert_eq!(n(b"*-1\r\n"), Some(-1));
+        assert_eq!(n(b"$0\r\n"), Some(0));
+        assert_eq!(n(b"$999999999999999999\r\n"), Some(999_999_999_999_999_999));
+        for bad in [
+            &b"$1a\r\n"[..],
+            b"$\r\n",
+            b"$-\r\n",
+            b"$+1\r\n",
+            b"$1\n",
+            b"$ 1\r\n",
+        ] {
+            assert_eq!(n(bad), None, "{:?}", String::from_utf8_lossy(bad));
+        }
+        assert_eq!(n(b"$1000000000000000000\r\n"), None, "19 digits");
     }
 
     #[test]

@@ -208,12 +208,25 @@ fn scan(args: &[Bytes], state: &RespState) -> Action {
     Action::Request(Expect::Scan, Op::Scan(req))
 }
 
+/// Longer than any command name served.
+const NAME_MAX: usize = 16;
+
 /// What `args` (a command name and its arguments, never empty) does.
 pub(super) fn plan(args: &[Bytes], state: &mut RespState) -> Action {
-    let name = String::from_utf8_lossy(&args[0]).to_ascii_uppercase();
+    // Upper-cased on the stack: no command name is longer than NAME_MAX, and a longer one is
+    // unknown ("" matches no command).
+    let mut upper = [0u8; NAME_MAX];
+    let name = match upper.get_mut(..args[0].len()) {
+        Some(u) => {
+            u.copy_from_slice(&args[0]);
+            u.make_ascii_uppercase();
+            std::str::from_utf8(u).unwrap_or("")
+        }
+        None => "",
+    };
     let n = args.len();
     let keys = || args[1..].to_vec();
-    match (name.as_str(), n) {
+    match (name, n) {
         ("PING", 1) => Action::Reply(Reply::Simple("PONG")),
         ("PING", 2) | ("ECHO", 2) => Action::Reply(Reply::Bulk(args[1].clone())),
         ("QUIT", _) => Action::Quit,
@@ -348,7 +361,7 @@ pub(super) fn plan(args: &[Bytes], state: &mut RespState) -> Action {
             | "DEL" | "EXISTS" | "MGET" | "INCR" | "DECR" | "INCRBY" | "DECRBY" | "APPEND"
             | "RAFTKV.CAS" | "SCAN" | "KEYS" | "FLUSHDB" | "FLUSHALL",
             _,
-        ) => wrong_args(&name),
+        ) => wrong_args(name),
         _ => Action::Reply(unknown(args)),
     }
 }

@@ -25,6 +25,10 @@ use crate::resp::{Parser, Reply};
 use bytes::{Bytes, BytesMut};
 use std::collections::{BTreeSet, VecDeque};
 
+/// Bytes of the buffer replies are encoded into, allocated at once (a new one is taken when
+/// less than a quarter is left).
+const OUT_CHUNK: usize = 4096;
+
 /// SCAN cursors remembered per connection (older ones are forgotten: `-ERR invalid cursor`).
 const MAX_CURSORS: usize = 64;
 
@@ -78,6 +82,8 @@ pub(crate) struct RespState {
     /// Seqs of the writes not answered yet: everything below the lowest is acknowledged
     /// (`acked_seq`), so the state machine drops their saved results.
     unanswered: BTreeSet<u64>,
+    /// The rest of the chunk replies are encoded into (see `release`).
+    out: BytesMut,
 }
 
 impl RespState {
@@ -98,6 +104,7 @@ impl RespState {
             client_id,
             seq: 0,
             unanswered: BTreeSet::new(),
+            out: BytesMut::new(),
         }
     }
 
@@ -175,18 +182,27 @@ impl RespState {
 
     /// Queues every reply at the front that is ready, in order, on `conn`.
     pub(super) fn release(&mut self, conn: &mut Conn) {
-        let (mut buf, mut out) = (BytesMut::new(), Vec::new());
+        if !matches!(self.slots.front(), Some((_, Slot::Ready(_)))) {
+            return;
+        }
+        // Replies are encoded into the rest of one chunk shared by many of them (split off
+        // and queued as they are made), not into a fresh buffer each: one allocation per
+        // chunk instead of one per reply.
+        if self.out.capacity() < OUT_CHUNK / 4 {
+            self.out = BytesMut::with_capacity(OUT_CHUNK);
+        }
+        let mut large = Vec::new();
         while let Some((_, Slot::Ready(_))) = self.slots.front() {
             if let Some((resp3, Slot::Ready(r))) = self.slots.pop_front() {
                 self.held -= r.size();
-                r.encode(&mut buf, &mut out, resp3);
+                r.encode(&mut self.out, &mut large, resp3);
             }
             self.base += 1;
         }
-        for b in out {
+        for b in large {
             conn.queue(b);
         }
-        conn.queue(buf.freeze());
+        conn.queue(self.out.split().freeze());
     }
 
     /// A cursor number for a continuation key.
