@@ -47,6 +47,31 @@ pub fn unhex(s: &str) -> Option<Vec<u8>> {
         .collect()
 }
 
+/// Writes a new file at `path` (mode 0600, created exclusively: never overwrites) holding a
+/// `# header` comment line and `N` random bytes as hex, synced; returns the text written. The
+/// one writer of raftkv's generated secrets (peer secret, client token); `what` names the file
+/// in errors.
+pub fn write_new_key_file<const N: usize>(
+    path: &std::path::Path,
+    what: &str,
+    header: &str,
+) -> Result<String, String> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let key: [u8; N] = bytes().map_err(|e| format!("{what}: no randomness: {e}"))?;
+    let text = format!("# {header}\n{}\n", hex(&key));
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| format!("{what}: {e}"))?;
+    f.write_all(text.as_bytes())
+        .and_then(|_| f.sync_all())
+        .map_err(|e| format!("{what}: {e}"))?;
+    Ok(text)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

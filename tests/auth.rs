@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{wait_for, Cluster, EXE};
+use common::{wait_for, Cluster, ProcGuard, EXE};
 use raftkv::client::{Client, ClientError, ClientOptions};
 use raftkv::net::client_auth::ClientToken;
 use raftkv::net::framing::blocking;
@@ -477,16 +477,6 @@ fn a_thousand_wrong_tokens_leave_the_node_serving_and_counted() {
         !log.contains("guess-") && !log.contains(&tf.secret()),
         "a token in the log"
     );
-}
-
-/// Kills a `raftkv cluster` process (SIGKILL; its children get SIGTERM via PDEATHSIG).
-struct ProcGuard(std::process::Child);
-
-impl Drop for ProcGuard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 /// `raftkv cluster --auth`: the first start writes DIR/client-token (0600) and every node

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{status, wait_for, Cluster, EXE};
+use common::{status, wait_for, Cluster, ProcGuard, EXE};
 use raftkv::client::{Client, ClientOptions};
 use raftkv::pb::kvpb::{self, member_op::Kind};
 use std::collections::BTreeMap;
@@ -478,17 +478,6 @@ fn cli_learner_promote_and_conditional_remove() {
     let (code, out) = cli(&["status", "--endpoints", &eps]);
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("configuration (entry"), "{out}");
-}
-
-/// Kills a process this test started (a `raftkv cluster` supervisor's children get SIGTERM
-/// through PDEATHSIG).
-struct ProcGuard(std::process::Child);
-
-impl Drop for ProcGuard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 /// `raftkv cluster add` grows a running local cluster, `cluster remove` shrinks it.

@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -675,16 +675,6 @@ fn raftkv(args: &[&str]) -> (i32, String) {
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),
     )
-}
-
-/// Kills a `raftkv cluster` process (SIGKILL; its children get SIGTERM via PDEATHSIG).
-struct ProcGuard(Child);
-
-impl Drop for ProcGuard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 /// `raftkv cluster` starts a working cluster, the CLI talks to it, Ctrl-C (SIGINT) stops it

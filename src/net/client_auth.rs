@@ -116,24 +116,12 @@ impl ClientToken {
     /// Writes a new random token to `path` (mode 0600, created exclusively) and returns it:
     /// for `raftkv new-client-token` and `raftkv cluster --auth`'s first start.
     pub fn generate(path: &Path) -> Result<ClientToken, String> {
-        use std::io::Write;
-        use std::os::unix::fs::OpenOptionsExt;
         let what = format!("client token file {}", path.display());
-        let key: [u8; GENERATED_TOKEN_BYTES] =
-            crate::entropy::bytes().map_err(|e| format!("{what}: no randomness: {e}"))?;
-        let text = format!(
-            "# raftkv client token: keep it private; see docs/security.md\n{}\n",
-            crate::entropy::hex(&key)
-        );
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(path)
-            .map_err(|e| format!("{what}: {e}"))?;
-        f.write_all(text.as_bytes())
-            .and_then(|_| f.sync_all())
-            .map_err(|e| format!("{what}: {e}"))?;
+        let text = crate::entropy::write_new_key_file::<GENERATED_TOKEN_BYTES>(
+            path,
+            &what,
+            "raftkv client token: keep it private; see docs/security.md",
+        )?;
         ClientToken::parse(&text, &what)
     }
 

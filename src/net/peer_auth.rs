@@ -102,24 +102,12 @@ impl PeerSecrets {
     /// Writes a new random secret to `path` (mode 0600, created exclusively) and returns the
     /// secrets it holds: for `raftkv cluster`'s first start.
     pub fn generate(path: &Path) -> Result<PeerSecrets, String> {
-        use std::io::Write;
-        use std::os::unix::fs::OpenOptionsExt;
         let what = format!("peer secret file {}", path.display());
-        let key: [u8; GENERATED_SECRET_BYTES] =
-            crate::entropy::bytes().map_err(|e| format!("{what}: no randomness: {e}"))?;
-        let text = format!(
-            "# raftkv peer secret: keep it private; see docs/security.md\n{}\n",
-            crate::entropy::hex(&key)
-        );
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(path)
-            .map_err(|e| format!("{what}: {e}"))?;
-        f.write_all(text.as_bytes())
-            .and_then(|_| f.sync_all())
-            .map_err(|e| format!("{what}: {e}"))?;
+        let text = crate::entropy::write_new_key_file::<GENERATED_SECRET_BYTES>(
+            path,
+            &what,
+            "raftkv peer secret: keep it private; see docs/security.md",
+        )?;
         PeerSecrets::parse(&text, &what)
     }
 

@@ -513,3 +513,14 @@ pub fn rss_bytes(pid: u32) -> u64 {
 pub fn output_growth_bound(limit: u64, answer: u64) -> u64 {
     2 * (limit + answer + (64 << 10)) + (32 << 20)
 }
+
+/// Kills a process a test started (SIGKILL) and reaps it, also when the test fails; a
+/// `raftkv cluster` supervisor's children get SIGTERM through PDEATHSIG.
+pub struct ProcGuard(pub Child);
+
+impl Drop for ProcGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
