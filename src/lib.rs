@@ -18,6 +18,7 @@
 
 pub mod client;
 pub mod entropy;
+pub mod idmap;
 pub mod json;
 pub mod kv;
 pub mod limits;

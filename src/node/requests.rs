@@ -20,9 +20,10 @@
 //! deadline is `now + timeout_ms + 1`: never early (tests/server.rs checks that TIMEOUT comes
 //! no sooner than the flag says), at most 1 ms late.
 
+use crate::idmap::{IdMap, IdSet};
 use crate::kv::{error_result, ApplyResult};
 use crate::pb::kvpb::{self, ErrorCode};
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashSet, VecDeque};
 
 /// A reply address: which client connection it goes to (reads of a connection whose output is
 /// over its limit wait, [`Requests::set_output`]).
@@ -72,7 +73,7 @@ enum Key {
 /// A table's entries in key order: answers made in bulk (leadership lost, shutdown) go out
 /// in a deterministic order (the simulator replays seeds exactly; hash order differs per
 /// map). The tables stay hash maps: the hot path only inserts and removes.
-fn sorted<T>(m: HashMap<u64, T>) -> Vec<(u64, T)> {
+fn sorted<T>(m: IdMap<u64, T>) -> Vec<(u64, T)> {
     let mut v: Vec<(u64, T)> = m.into_iter().collect();
     v.sort_unstable_by_key(|(k, _)| *k);
     v
@@ -82,8 +83,8 @@ fn sorted<T>(m: HashMap<u64, T>) -> Vec<(u64, T)> {
 #[derive(Debug)]
 pub struct Requests<A> {
     timeout_ms: u64,
-    writes: HashMap<u64, PendingWrite<A>>,
-    reads: HashMap<u64, PendingRead<A>>,
+    writes: IdMap<u64, PendingWrite<A>>,
+    reads: IdMap<u64, PendingRead<A>>,
     /// Confirmed reads waiting for `applied >= index`: index -> read contexts.
     confirmed: BTreeMap<u64, Vec<u64>>,
     next_ctx: u64,
@@ -95,9 +96,9 @@ pub struct Requests<A> {
     /// output (as the shell last reported it, plus the answers made since) reaches it.
     max_output: usize,
     /// Queued output bytes per connection, as the shell reports them (absent = 0).
-    outputs: HashMap<u64, usize>,
+    outputs: IdMap<u64, usize>,
     /// Connections whose confirmed reads wait for their output to drain.
-    starved: HashSet<u64>,
+    starved: IdSet<u64>,
 }
 
 impl<A: ReplyAddr> Requests<A> {
@@ -105,15 +106,15 @@ impl<A: ReplyAddr> Requests<A> {
     pub fn new(timeout_ms: u64) -> Requests<A> {
         Requests {
             timeout_ms,
-            writes: HashMap::new(),
-            reads: HashMap::new(),
+            writes: IdMap::default(),
+            reads: IdMap::default(),
             confirmed: BTreeMap::new(),
             next_ctx: 1,
             deadlines: VecDeque::new(),
             answers: Vec::new(),
             max_output: 0,
-            outputs: HashMap::new(),
-            starved: HashSet::new(),
+            outputs: IdMap::default(),
+            starved: IdSet::default(),
         }
     }
 
@@ -246,7 +247,7 @@ impl<A: ReplyAddr> Requests<A> {
         serve: impl Fn(&ReadOp) -> ApplyResult,
     ) -> bool {
         let mut bytes = 0usize;
-        let mut spent: HashMap<u64, usize> = HashMap::new();
+        let mut spent: IdMap<u64, usize> = IdMap::default();
         let due: Vec<u64> = self.confirmed.range(..=applied).map(|(&i, _)| i).collect();
         for index in due {
             let Some(ctxs) = self.confirmed.remove(&index) else {
@@ -308,7 +309,7 @@ impl<A: ReplyAddr> Requests<A> {
         // A write at or below the commit index is decided: it applies here like any other
         // committed entry and is answered with its result then. (A leader that removed itself
         // steps down in the step that commits the removal, before the entry is applied.)
-        let (done, lost): (HashMap<_, _>, HashMap<_, _>) = std::mem::take(&mut self.writes)
+        let (done, lost): (IdMap<_, _>, IdMap<_, _>) = std::mem::take(&mut self.writes)
             .into_iter()
             .partition(|(index, _)| *index <= committed);
         self.writes = done;

@@ -37,7 +37,7 @@ use crate::net::conn::{Conn, ReadStatus};
 use crate::net::framing;
 use crate::pb::kvpb::{self, ErrorCode};
 use mio::{Interest, Token};
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 
 /// How long to wait before opening the link again after it failed (the leader may be dead
 /// and not yet replaced: without a pause, each loop pass would reconnect to it).
@@ -69,7 +69,7 @@ struct Queued {
 pub(super) struct Forwarder {
     /// (leader id, token, connection) while connected or connecting.
     link: Option<(u64, Token, Conn)>,
-    pending: HashMap<u64, Pending>,
+    pending: crate::idmap::IdMap<u64, Pending>,
     /// (deadline ms, forward id), in send order (one timeout for all: FIFO is deadline order).
     deadlines: VecDeque<(u64, u64)>,
     next_id: u64,

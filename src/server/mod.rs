@@ -57,6 +57,7 @@ mod timers;
 
 pub use config::{bootstrap_conf, parse_peers, PeerSpec, ServerConfig};
 
+use crate::idmap::{IdMap, IdSet};
 use crate::kv::ApplyResult;
 use crate::net::conn::Conn;
 use crate::net::peer::Peer;
@@ -155,14 +156,14 @@ pub struct Server {
     forward: forward::Forwarder,
     /// RESP connections' session ids derive from this (`resp_conn::session_id`).
     resp_session_base: u64,
-    http_conns: HashMap<Token, http::HttpConn>,
+    http_conns: IdMap<Token, http::HttpConn>,
     metrics: metrics::Metrics,
     tokens: Tokens,
-    endpoints: HashMap<Token, Endpoint>,
+    endpoints: IdMap<Token, Endpoint>,
     peers: HashMap<u64, Peer>,
     /// Peer addresses of removed members, to tell one that comes back (`relink_removed`).
     removed_addrs: HashMap<u64, String>,
-    peer_by_token: HashMap<Token, u64>,
+    peer_by_token: IdMap<Token, u64>,
     /// This node's cluster id, as far as it is settled (see `identity.rs`).
     cluster_id: crate::net::handshake::LocalCluster,
     /// Refused handshakes and spoofed frames are logged at most this often.
@@ -188,7 +189,7 @@ pub struct Server {
     space: space::Space,
     /// Held for the node's life: the data directory's lock (`DIR/LOCK`).
     _dir_lock: DirLock,
-    dirty_clients: HashSet<Token>,
+    dirty_clients: IdSet<Token>,
     /// Client connections open (lingering ones included), against `--max-clients`.
     clients: usize,
     /// Entries appended to the log in the Ready being handled and not yet synced.
