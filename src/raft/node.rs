@@ -632,10 +632,9 @@ impl<S: LogStore> RawNode<S> {
         rd.entries = self.log.take_unemitted();
         // A commit-only hard state change needs no sync (commit is recomputed after a crash).
         rd.must_sync = !keeps_term_vote || !rd.entries.is_empty();
-        let early = self.role == Role::Leader && keeps_term_vote;
         let (mut before, after): (Vec<Message>, Vec<Message>) = std::mem::take(&mut self.msgs)
             .into_iter()
-            .partition(|m| early && self.may_leave_before_sync(m));
+            .partition(|m| keeps_term_vote && self.may_leave_before_sync(m));
         rd.early_messages = before.len();
         before.extend(after);
         rd.messages = before;
@@ -671,23 +670,34 @@ impl<S: LogStore> RawNode<S> {
         rd
     }
 
-    /// Leader replication messages (AppendEntries, Heartbeat, InstallSnapshot, TimeoutNow of
-    /// the current term) promise nothing about the leader's own disk: it counts its entries
-    /// towards commit only after `on_persisted` (Raft dissertation §10.2.1). So they may leave
-    /// before the Ready's sync, and the leader's and the followers' syncs overlap. Everything
-    /// else (vote grants, append and heartbeat answers, ...) promises state that must be
-    /// durable first. Only asked while leading with the persisted term and vote unchanged.
+    /// Messages that promise nothing about this node's own disk, so they may leave before
+    /// the Ready's sync (only asked when the persisted term and vote are unchanged, so no
+    /// message carries a term that is not yet durable):
+    /// - a leader's replication messages (AppendEntries, Heartbeat, InstallSnapshot,
+    ///   TimeoutNow of the current term): it counts its entries towards commit only after
+    ///   `on_persisted` (Raft dissertation §10.2.1), so the leader's and the followers' syncs
+    ///   overlap;
+    /// - follower reads: a follower's `ReadIndex` only asks, and a leader's
+    ///   `ReadIndexResponse` reports a commit index, which already counts this leader's
+    ///   entries only once durable. Neither waits behind a sync of appended entries.
+    ///
+    /// Everything else (vote grants, append and heartbeat answers, ...) promises state that
+    /// must be durable first.
     fn may_leave_before_sync(&self, m: &Message) -> bool {
-        m.term == self.term
-            && matches!(
-                m.body,
-                Some(
-                    Body::AppendEntries(_)
-                        | Body::Heartbeat(_)
-                        | Body::InstallSnapshot(_)
-                        | Body::TimeoutNow(_)
-                )
-            )
+        if m.term != self.term {
+            return false;
+        }
+        match m.body {
+            Some(
+                Body::AppendEntries(_)
+                | Body::Heartbeat(_)
+                | Body::InstallSnapshot(_)
+                | Body::TimeoutNow(_),
+            ) => self.role == Role::Leader,
+            Some(Body::ReadIndex(_)) => self.role == Role::Follower,
+            Some(Body::ReadIndexResponse(_)) => self.role == Role::Leader,
+            _ => false,
+        }
     }
 
     /// Current status.

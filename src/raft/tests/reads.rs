@@ -635,3 +635,65 @@ fn r3_single_voter_answers_a_learners_reads_at_once_and_never_runs_out_of_room()
         assert_eq!(l.pending_reads(), 0);
     }
 }
+
+/// Follower reads never wait behind a sync of appended entries: a follower's `ReadIndex` and
+/// the leader's `ReadIndexResponse` are among the messages that may leave before it (they
+/// promise nothing durable), while the append ack in the same Ready waits. A Ready that
+/// changes the term sends nothing early, read requests included.
+#[test]
+fn r12_follower_read_messages_leave_before_the_sync() {
+    let is_read_index = |m: &Message| matches!(body_of(m), Body::ReadIndex(_));
+    let mut f = node_with(cfg(2), &[1, 2, 3], &[], 1, 0, 0);
+    f.step(heartbeat(1, 2, 1, 0, 0));
+    drain(&mut f);
+    f.step(append(1, 2, 1, (0, 0), vec![ent(1, 1)], 0));
+    f.read_index(9).unwrap();
+    let mut rd = f.ready();
+    assert!(rd.must_sync, "an appended entry");
+    let (early, late) = rd.take_messages();
+    assert!(
+        matches!(early.as_slice(), [m] if is_read_index(m) && m.to == 1),
+        "early {early:?}"
+    );
+    assert!(
+        matches!(late.as_slice(), [m] if matches!(body_of(m), Body::AppendEntriesResponse(_))),
+        "late {late:?}"
+    );
+
+    // A new leader of a new term: the read request waits for the term to be durable.
+    let mut f = node_with(cfg(2), &[1, 2, 3], &[], 1, 0, 0);
+    f.step(heartbeat(1, 2, 1, 0, 0));
+    drain(&mut f);
+    f.step(heartbeat(3, 2, 2, 0, 0));
+    f.read_index(10).unwrap();
+    let mut rd = f.ready();
+    assert!(rd.must_sync, "new term");
+    let (early, late) = rd.take_messages();
+    assert!(early.is_empty(), "early {early:?}");
+    assert!(
+        late.iter().any(|m| is_read_index(m) && m.to == 3),
+        "late {late:?}"
+    );
+
+    // The leader's answer leaves before the sync of an entry proposed in the same Ready.
+    let mut l = ready_leader();
+    l.step(msg(2, 1, 1, Body::ReadIndex(ReadIndex { ctxs: vec![5] })));
+    let hbs = tagged_heartbeats(&drain(&mut l));
+    assert_eq!(hbs.len(), 2, "{hbs:?}");
+    l.propose(Bytes::from("x")).unwrap();
+    l.step(hb_resp(3, 1, 1, hbs[0].1));
+    let mut rd = l.ready();
+    assert!(rd.must_sync, "the proposed entry");
+    let (early, late) = rd.take_messages();
+    assert!(
+        early.iter().any(|m| m.to == 2
+            && matches!(body_of(m), Body::ReadIndexResponse(r) if r.ctxs == [5] && r.index == 1)),
+        "early {early:?}"
+    );
+    assert!(
+        !late
+            .iter()
+            .any(|m| matches!(body_of(m), Body::ReadIndexResponse(_))),
+        "late {late:?}"
+    );
+}
