@@ -69,6 +69,11 @@ pub struct RawNode<S: LogStore> {
     pub(super) pending_commit_bcast: bool,
     /// Leader only: a new ReadIndex round needs its tagged heartbeat.
     pub(super) pending_read_hb: bool,
+    /// Tag of the read heartbeat round waiting for its quorum (0: none). While one is out,
+    /// reads that arrive wait for the next round, started once it is confirmed (or by the
+    /// periodic heartbeat): under load a round confirms a whole batch instead of each loop
+    /// pass's few reads costing a heartbeat to every peer and their answers.
+    pub(super) read_hb_in_flight: u64,
 
     /// Last hard state handed out.
     pub(super) prev_hs: HardState,
@@ -138,6 +143,7 @@ impl<S: LogStore> RawNode<S> {
             pending_bcast: false,
             pending_commit_bcast: false,
             pending_read_hb: false,
+            read_hb_in_flight: 0,
             msgs: Vec::new(),
             reads: Vec::new(),
             failed_reads: Vec::new(),
@@ -234,6 +240,7 @@ impl<S: LogStore> RawNode<S> {
             self.pending_bcast = false;
             self.pending_commit_bcast = false;
             self.pending_read_hb = false;
+            self.read_hb_in_flight = 0;
         }
     }
 
@@ -315,6 +322,12 @@ impl<S: LogStore> RawNode<S> {
         if self.heartbeat_elapsed >= self.cfg.heartbeat_tick {
             self.heartbeat_elapsed = 0;
             let seq = self.read_only.last_seq();
+            if seq != 0 {
+                // This round was sent after every pending read arrived: it confirms them all
+                // (and retries a lost read round).
+                self.read_hb_in_flight = seq;
+                self.pending_read_hb = false;
+            }
             self.bcast_heartbeat(seq);
         }
     }
@@ -590,7 +603,9 @@ impl<S: LogStore> RawNode<S> {
             || self.conf_changed
             || !self.read_only.queued.is_empty()
             || (self.role == Role::Leader
-                && (self.pending_bcast || self.pending_commit_bcast || self.pending_read_hb))
+                && (self.pending_bcast
+                    || self.pending_commit_bcast
+                    || (self.pending_read_hb && self.read_hb_in_flight == 0)))
     }
 
     /// Drains the outputs accumulated since the last call.
@@ -602,9 +617,10 @@ impl<S: LogStore> RawNode<S> {
                 self.pending_commit_bcast = false;
                 self.bcast_append(if_empty);
             }
-            if self.pending_read_hb {
+            if self.pending_read_hb && self.read_hb_in_flight == 0 {
                 self.pending_read_hb = false;
                 let seq = self.read_only.last_seq();
+                self.read_hb_in_flight = seq;
                 self.bcast_heartbeat(seq);
             }
         }
