@@ -329,7 +329,7 @@ mod quorum;
 mod read_only;
 mod replication;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 mod tracker;
 
 pub use membership::{
