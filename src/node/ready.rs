@@ -3,9 +3,12 @@
 //! Phases (`handle_ready` = `before_sync`, the sync, `after_sync`):
 //! -. a received snapshot the core took (`Ready::snapshot`, already durable) is installed
 //!    first: log reset, state machine replaced, its `done` answer sent;
-//! 0. a leader's replication messages the core allows out before the sync
-//!    (`Ready::early_messages`): entries at once; commit-only appends and heartbeats after
-//!    the answers to clients (phase 2);
+//! 0. the messages the core allows out before the sync (`Ready::early_messages`): a
+//!    leader's entries at once; its commit-only appends, heartbeats and read answers
+//!    (`ReadIndexResponse`) after the answers to clients (phase 2), together, so a follower
+//!    gets a read answer and the next read round's heartbeat in one write; a follower's
+//!    `ReadIndex` in phase 2 too, flushed there only if a sync follows (else it leaves with
+//!    the acks of phase 4, in one write);
 //! 1. a term or vote change is made durable before anything depending on it leaves;
 //! 2. a leader applies committed entries, answers their clients and serves reads *before* its
 //!    own append + sync (every committed entry is already durable on a majority), then sends
@@ -129,11 +132,13 @@ fn planted<S: ReadyShell>(_shell: &S) -> NodeBug {
     return NodeBug::None;
 }
 
-/// An AppendEntries without entries (a commit-index update or probe) or a heartbeat.
-fn is_commit_or_heartbeat_only(m: &Message) -> bool {
+/// An AppendEntries without entries (a commit-index update or probe), a heartbeat, or a
+/// follower read's request or answer: nothing the sync could overlap with, so it need not
+/// be on the wire before the answers to clients.
+fn is_deferrable(m: &Message) -> bool {
     match &m.body {
         Some(Body::AppendEntries(a)) => a.entries.is_empty(),
-        Some(Body::Heartbeat(_)) => true,
+        Some(Body::Heartbeat(_) | Body::ReadIndex(_) | Body::ReadIndexResponse(_)) => true,
         _ => false,
     }
 }
@@ -170,6 +175,7 @@ pub fn handle_ready<S: ReadyShell>(shell: &mut S, rd: Ready) -> Result<Option<Af
 
 /// Phases 0-3 up to the sync.
 fn before_sync<S: ReadyShell>(shell: &mut S, mut rd: Ready) -> Result<AfterSync, String> {
+    let must_sync = rd.must_sync;
     if let Some(meta) = rd.snapshot.take() {
         // Nothing at or below a snapshot is handed out for applying.
         debug_assert!(rd.committed.iter().all(|e| e.index > meta.index));
@@ -187,9 +193,8 @@ fn before_sync<S: ReadyShell>(shell: &mut S, mut rd: Ready) -> Result<AfterSync,
     }
     // 0. Entries at once; messages that only carry the commit index or a heartbeat wait
     // until the answers to clients are out (phase 2).
-    let (urgent, deferred): (Vec<Message>, Vec<Message>) = early
-        .into_iter()
-        .partition(|m| !is_commit_or_heartbeat_only(m));
+    let (urgent, deferred): (Vec<Message>, Vec<Message>) =
+        early.into_iter().partition(|m| !is_deferrable(m));
     if !urgent.is_empty() {
         for m in urgent {
             shell.send(m);
@@ -222,7 +227,11 @@ fn before_sync<S: ReadyShell>(shell: &mut S, mut rd: Ready) -> Result<AfterSync,
         for m in deferred {
             shell.send(m);
         }
-        shell.flush_peers();
+        // Before the sync if there is one; a follower without one sends its ReadIndex with
+        // its acks just below (phase 4 flushes), in one write instead of two.
+        if is_leader || must_sync {
+            shell.flush_peers();
+        }
     }
     // 3. Append (the sync follows in `handle_ready`).
     let mut persisted = None;
@@ -279,4 +288,114 @@ pub fn after_sync<S: ReadyShell>(shell: &mut S, rest: AfterSync) -> Result<(), S
         shell.core().on_persisted(index, term);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::raft::tests::{append, cfg, ent, heartbeat, node_with};
+    use crate::raft::MemLog;
+
+    /// Records what the phases do, in order.
+    struct Shell {
+        core: RawNode<MemLog>,
+        events: Vec<String>,
+    }
+
+    impl ReadyShell for Shell {
+        type Store = MemLog;
+        fn core(&mut self) -> &mut RawNode<MemLog> {
+            &mut self.core
+        }
+        fn send(&mut self, m: Message) {
+            let kind = match m.body {
+                Some(Body::ReadIndex(_)) => "send ReadIndex",
+                Some(Body::HeartbeatResponse(_)) => "send HeartbeatResponse",
+                Some(Body::AppendEntriesResponse(_)) => "send AppendEntriesResponse",
+                _ => "send other",
+            };
+            self.events.push(kind.into());
+        }
+        fn flush_peers(&mut self) {
+            self.events.push("flush".into());
+        }
+        fn save_term_vote(&mut self, _hs: HardState) -> Result<(), String> {
+            Ok(())
+        }
+        fn append(&mut self, entries: &[Entry]) -> Result<(), String> {
+            self.core
+                .store_mut()
+                .append(entries)
+                .map_err(|e| e.to_string())
+        }
+        fn sync(&mut self) -> Result<SyncStatus, String> {
+            self.events.push("sync".into());
+            Ok(SyncStatus::Done)
+        }
+        fn apply_and_serve(
+            &mut self,
+            _c: Vec<Entry>,
+            _r: Vec<ReadState>,
+            _f: Vec<u64>,
+        ) -> Result<(), String> {
+            Ok(())
+        }
+        fn install_snapshot(&mut self, _meta: SnapshotMeta) -> Result<(), String> {
+            Ok(())
+        }
+        fn snapshot_sends(&mut self, _peers: Vec<u64>) {}
+        fn snapshot_msgs(&mut self, _msgs: Vec<Message>) -> Result<(), String> {
+            Ok(())
+        }
+    }
+
+    fn follower() -> Shell {
+        let mut core = node_with(cfg(2), &[1, 2, 3], &[], 1, 0, 0);
+        core.step(heartbeat(1, 2, 1, 0, 0));
+        let mut s = Shell {
+            core,
+            events: Vec::new(),
+        };
+        let rd = s.core.ready();
+        handle_ready(&mut s, rd).unwrap();
+        s.events.clear();
+        s
+    }
+
+    /// A follower's ReadIndex leaves before a sync when there is one, and otherwise in the same
+    /// write (flush) as its heartbeat answer, not in a write of its own.
+    #[test]
+    fn follower_read_request_flushes_before_a_sync_else_with_the_acks() {
+        let mut s = follower();
+        s.core.step(heartbeat(1, 2, 1, 0, 0));
+        s.core.read_index(1).unwrap();
+        let rd = s.core.ready();
+        assert!(!rd.must_sync);
+        assert!(handle_ready(&mut s, rd).unwrap().is_none());
+        let first_flush = s.events.iter().position(|e| e == "flush");
+        assert_eq!(
+            &s.events[..first_flush.unwrap_or(s.events.len())],
+            ["send ReadIndex", "send HeartbeatResponse"],
+            "events {:?}",
+            s.events
+        );
+
+        let mut s = follower();
+        s.core.step(append(1, 2, 1, (0, 0), vec![ent(1, 1)], 0));
+        s.core.read_index(2).unwrap();
+        let rd = s.core.ready();
+        assert!(rd.must_sync);
+        assert!(handle_ready(&mut s, rd).unwrap().is_none());
+        assert_eq!(
+            s.events[..4],
+            [
+                "send ReadIndex",
+                "flush",
+                "sync",
+                "send AppendEntriesResponse"
+            ],
+            "events {:?}",
+            s.events
+        );
+    }
 }

@@ -23,10 +23,11 @@
 //! The core, not the shell, decides what may leave before the sync (like raft-rs
 //! `Ready::messages` / `persisted_messages` and etcd-io/raft's `msgsAfterAppend`; here one list
 //! with a boundary, `early_messages`, so a test reading `messages` sees every message): only while
-//! the node is leader and the Ready keeps the persisted term and vote, its AppendEntries,
-//! Heartbeat, InstallSnapshot and TimeoutNow messages are in `messages` (Raft dissertation
-//! §10.2.1). They promise nothing about the leader's disk: the leader counts its own entries
-//! towards commit only after `on_persisted`. Committed entries are durable on a majority, so a
+//! the Ready keeps the persisted term and vote, a leader's AppendEntries, Heartbeat,
+//! InstallSnapshot, TimeoutNow and ReadIndexResponse messages and a follower's ReadIndex
+//! messages are in the first `early_messages` (Raft dissertation §10.2.1). They promise nothing
+//! about the sender's disk: the leader counts its own entries towards commit (and so towards a
+//! read index) only after `on_persisted`, and a follower's ReadIndex only asks. Committed entries are durable on a majority, so a
 //! shell may also apply them (step 4) before its own sync.
 //!
 //! The core reads the durable log through the [`LogStore`] trait; it owns the store and the
@@ -257,7 +258,8 @@ pub struct Ready {
     /// `on_persisted`. (A hard state that only moves `commit` may be written lazily.)
     pub must_sync: bool,
     /// Every message to send, in two parts the core decides: the first `early_messages` may
-    /// leave at once, before the sync (a leader's replication messages); the rest only once
+    /// leave at once, before the sync (a leader's replication messages and read answers, a
+    /// follower's read requests); the rest only once
     /// `hard_state` and `entries` are durable. [`Ready::take_messages`] splits them.
     pub messages: Vec<Message>,
     /// How many of `messages`, from the front, may be sent before the sync.
@@ -327,7 +329,7 @@ mod quorum;
 mod read_only;
 mod replication;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 mod tracker;
 
 pub use membership::{

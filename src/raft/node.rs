@@ -69,6 +69,11 @@ pub struct RawNode<S: LogStore> {
     pub(super) pending_commit_bcast: bool,
     /// Leader only: a new ReadIndex round needs its tagged heartbeat.
     pub(super) pending_read_hb: bool,
+    /// Tag of the read heartbeat round waiting for its quorum (0: none). While one is out,
+    /// reads that arrive wait for the next round, started once it is confirmed (or by the
+    /// periodic heartbeat): under load a round confirms a whole batch instead of each loop
+    /// pass's few reads costing a heartbeat to every peer and their answers.
+    pub(super) read_hb_in_flight: u64,
 
     /// Last hard state handed out.
     pub(super) prev_hs: HardState,
@@ -138,6 +143,7 @@ impl<S: LogStore> RawNode<S> {
             pending_bcast: false,
             pending_commit_bcast: false,
             pending_read_hb: false,
+            read_hb_in_flight: 0,
             msgs: Vec::new(),
             reads: Vec::new(),
             failed_reads: Vec::new(),
@@ -234,6 +240,7 @@ impl<S: LogStore> RawNode<S> {
             self.pending_bcast = false;
             self.pending_commit_bcast = false;
             self.pending_read_hb = false;
+            self.read_hb_in_flight = 0;
         }
     }
 
@@ -315,6 +322,12 @@ impl<S: LogStore> RawNode<S> {
         if self.heartbeat_elapsed >= self.cfg.heartbeat_tick {
             self.heartbeat_elapsed = 0;
             let seq = self.read_only.last_seq();
+            if seq != 0 {
+                // This round was sent after every pending read arrived: it confirms them all
+                // (and retries a lost read round).
+                self.read_hb_in_flight = seq;
+                self.pending_read_hb = false;
+            }
             self.bcast_heartbeat(seq);
         }
     }
@@ -590,7 +603,9 @@ impl<S: LogStore> RawNode<S> {
             || self.conf_changed
             || !self.read_only.queued.is_empty()
             || (self.role == Role::Leader
-                && (self.pending_bcast || self.pending_commit_bcast || self.pending_read_hb))
+                && (self.pending_bcast
+                    || self.pending_commit_bcast
+                    || (self.pending_read_hb && self.read_hb_in_flight == 0)))
     }
 
     /// Drains the outputs accumulated since the last call.
@@ -602,9 +617,10 @@ impl<S: LogStore> RawNode<S> {
                 self.pending_commit_bcast = false;
                 self.bcast_append(if_empty);
             }
-            if self.pending_read_hb {
+            if self.pending_read_hb && self.read_hb_in_flight == 0 {
                 self.pending_read_hb = false;
                 let seq = self.read_only.last_seq();
+                self.read_hb_in_flight = seq;
                 self.bcast_heartbeat(seq);
             }
         }
@@ -632,10 +648,9 @@ impl<S: LogStore> RawNode<S> {
         rd.entries = self.log.take_unemitted();
         // A commit-only hard state change needs no sync (commit is recomputed after a crash).
         rd.must_sync = !keeps_term_vote || !rd.entries.is_empty();
-        let early = self.role == Role::Leader && keeps_term_vote;
         let (mut before, after): (Vec<Message>, Vec<Message>) = std::mem::take(&mut self.msgs)
             .into_iter()
-            .partition(|m| early && self.may_leave_before_sync(m));
+            .partition(|m| keeps_term_vote && self.may_leave_before_sync(m));
         rd.early_messages = before.len();
         before.extend(after);
         rd.messages = before;
@@ -671,23 +686,34 @@ impl<S: LogStore> RawNode<S> {
         rd
     }
 
-    /// Leader replication messages (AppendEntries, Heartbeat, InstallSnapshot, TimeoutNow of
-    /// the current term) promise nothing about the leader's own disk: it counts its entries
-    /// towards commit only after `on_persisted` (Raft dissertation §10.2.1). So they may leave
-    /// before the Ready's sync, and the leader's and the followers' syncs overlap. Everything
-    /// else (vote grants, append and heartbeat answers, ...) promises state that must be
-    /// durable first. Only asked while leading with the persisted term and vote unchanged.
+    /// Messages that promise nothing about this node's own disk, so they may leave before
+    /// the Ready's sync (only asked when the persisted term and vote are unchanged, so no
+    /// message carries a term that is not yet durable):
+    /// - a leader's replication messages (AppendEntries, Heartbeat, InstallSnapshot,
+    ///   TimeoutNow of the current term): it counts its entries towards commit only after
+    ///   `on_persisted` (Raft dissertation §10.2.1), so the leader's and the followers' syncs
+    ///   overlap;
+    /// - follower reads: a follower's `ReadIndex` only asks, and a leader's
+    ///   `ReadIndexResponse` reports a commit index, which already counts this leader's
+    ///   entries only once durable. Neither waits behind a sync of appended entries.
+    ///
+    /// Everything else (vote grants, append and heartbeat answers, ...) promises state that
+    /// must be durable first.
     fn may_leave_before_sync(&self, m: &Message) -> bool {
-        m.term == self.term
-            && matches!(
-                m.body,
-                Some(
-                    Body::AppendEntries(_)
-                        | Body::Heartbeat(_)
-                        | Body::InstallSnapshot(_)
-                        | Body::TimeoutNow(_)
-                )
-            )
+        if m.term != self.term {
+            return false;
+        }
+        match m.body {
+            Some(
+                Body::AppendEntries(_)
+                | Body::Heartbeat(_)
+                | Body::InstallSnapshot(_)
+                | Body::TimeoutNow(_),
+            ) => self.role == Role::Leader,
+            Some(Body::ReadIndex(_)) => self.role == Role::Follower,
+            Some(Body::ReadIndexResponse(_)) => self.role == Role::Leader,
+            _ => false,
+        }
     }
 
     /// Current status.

@@ -81,6 +81,11 @@ impl ReadOnly {
         self.pending.back().map(|r| r.seq).unwrap_or(0)
     }
 
+    /// Tag of the oldest pending read (`u64::MAX` if none): every round up to it is confirmed.
+    pub(crate) fn first_seq(&self) -> u64 {
+        self.pending.front().map(|r| r.seq).unwrap_or(u64::MAX)
+    }
+
     /// `from` echoed `seq`. Returns the reads that became safe (in request order).
     pub(crate) fn ack(
         &mut self,

@@ -444,6 +444,11 @@ impl<S: LogStore> RawNode<S> {
                 quorum.has_quorum(|v| acks.contains(&v))
             });
             self.deliver_reads(confirmed);
+            if self.read_hb_in_flight != 0 && self.read_only.first_seq() > self.read_hb_in_flight {
+                // The round in flight is confirmed: reads that arrived meanwhile
+                // (`pending_read_hb`) get the next one at the next Ready.
+                self.read_hb_in_flight = 0;
+            }
         }
     }
 }

@@ -316,6 +316,10 @@ fn r4_ack_confirms_earlier_reads_and_frees_them() {
     l.read_index(1).unwrap();
     let t1 = tagged_heartbeats(&l.ready())[0].1;
     l.read_index(2).unwrap();
+    // The first round is still out (r13): the periodic heartbeat carries read 2's tag.
+    for _ in 0..l.cfg.heartbeat_tick {
+        l.tick();
+    }
     let t2 = tagged_heartbeats(&l.ready())[0].1;
     assert!(t2 > t1);
     l.step(hb_resp(2, 1, 1, t2));
@@ -634,4 +638,123 @@ fn r3_single_voter_answers_a_learners_reads_at_once_and_never_runs_out_of_room()
         assert_eq!(answered[0].index, l.commit);
         assert_eq!(l.pending_reads(), 0);
     }
+}
+
+/// Follower reads never wait behind a sync of appended entries: a follower's `ReadIndex` and
+/// the leader's `ReadIndexResponse` are among the messages that may leave before it (they
+/// promise nothing durable), while the append ack in the same Ready waits. A Ready that
+/// changes the term sends nothing early, read requests included.
+#[test]
+fn r12_follower_read_messages_leave_before_the_sync() {
+    let is_read_index = |m: &Message| matches!(body_of(m), Body::ReadIndex(_));
+    let mut f = node_with(cfg(2), &[1, 2, 3], &[], 1, 0, 0);
+    f.step(heartbeat(1, 2, 1, 0, 0));
+    drain(&mut f);
+    f.step(append(1, 2, 1, (0, 0), vec![ent(1, 1)], 0));
+    f.read_index(9).unwrap();
+    let mut rd = f.ready();
+    assert!(rd.must_sync, "an appended entry");
+    let (early, late) = rd.take_messages();
+    assert!(
+        matches!(early.as_slice(), [m] if is_read_index(m) && m.to == 1),
+        "early {early:?}"
+    );
+    assert!(
+        matches!(late.as_slice(), [m] if matches!(body_of(m), Body::AppendEntriesResponse(_))),
+        "late {late:?}"
+    );
+
+    // A new leader of a new term: the read request waits for the term to be durable.
+    let mut f = node_with(cfg(2), &[1, 2, 3], &[], 1, 0, 0);
+    f.step(heartbeat(1, 2, 1, 0, 0));
+    drain(&mut f);
+    f.step(heartbeat(3, 2, 2, 0, 0));
+    f.read_index(10).unwrap();
+    let mut rd = f.ready();
+    assert!(rd.must_sync, "new term");
+    let (early, late) = rd.take_messages();
+    assert!(early.is_empty(), "early {early:?}");
+    assert!(
+        late.iter().any(|m| is_read_index(m) && m.to == 3),
+        "late {late:?}"
+    );
+
+    // The leader's answer leaves before the sync of an entry proposed in the same Ready.
+    let mut l = ready_leader();
+    l.step(msg(2, 1, 1, Body::ReadIndex(ReadIndex { ctxs: vec![5] })));
+    let hbs = tagged_heartbeats(&drain(&mut l));
+    assert_eq!(hbs.len(), 2, "{hbs:?}");
+    l.propose(Bytes::from("x")).unwrap();
+    l.step(hb_resp(3, 1, 1, hbs[0].1));
+    let mut rd = l.ready();
+    assert!(rd.must_sync, "the proposed entry");
+    let (early, late) = rd.take_messages();
+    assert!(
+        early.iter().any(|m| m.to == 2
+            && matches!(body_of(m), Body::ReadIndexResponse(r) if r.ctxs == [5] && r.index == 1)),
+        "early {early:?}"
+    );
+    assert!(
+        !late
+            .iter()
+            .any(|m| matches!(body_of(m), Body::ReadIndexResponse(_))),
+        "late {late:?}"
+    );
+}
+
+/// One read heartbeat round at a time: reads that arrive while a round waits for its quorum
+/// are confirmed together by the next round, sent once the first is confirmed (or by the
+/// periodic heartbeat if its answers were lost). Under load that is one round per batch, not
+/// one per loop pass.
+#[test]
+fn r13_one_read_round_in_flight_batches_later_reads() {
+    let mut l = ready_leader();
+    l.read_index(1).unwrap();
+    let hbs = tagged_heartbeats(&l.ready());
+    assert_eq!(hbs.len(), 2, "{hbs:?}");
+    let first = hbs[0].1;
+    // Two more reads (one the leader's, one a follower's) while the first round is out:
+    // no new round yet, and nothing is ready to do.
+    l.read_index(2).unwrap();
+    l.step(msg(3, 1, 1, Body::ReadIndex(ReadIndex { ctxs: vec![7] })));
+    assert!(!l.has_ready(), "a second round while the first waits");
+    assert!(tagged_heartbeats(&l.ready()).is_empty());
+    // The first round's quorum: read 1 is served, and the next round goes out at once.
+    l.step(hb_resp(2, 1, 1, first));
+    let rd = l.ready();
+    assert_eq!(rd.reads, vec![ReadState { ctx: 1, index: 1 }]);
+    let hbs = tagged_heartbeats(&rd);
+    assert_eq!(hbs.len(), 2, "{hbs:?}");
+    let second = hbs[0].1;
+    assert!(second > first);
+    // A late ack of the first round confirms nothing new and starts nothing.
+    l.step(hb_resp(3, 1, 1, first));
+    let rd = l.ready();
+    assert!(rd.reads.is_empty() && tagged_heartbeats(&rd).is_empty());
+    // The second round's answers are lost: the periodic heartbeat carries its tag again.
+    l.read_index(3).unwrap();
+    assert!(tagged_heartbeats(&l.ready()).is_empty());
+    for _ in 0..l.cfg.heartbeat_tick {
+        l.tick();
+    }
+    let hbs = tagged_heartbeats(&l.ready());
+    assert_eq!(hbs.len(), 2, "{hbs:?}");
+    let third = hbs[0].1;
+    assert!(third > second);
+    // Its quorum confirms everything pending, in order.
+    l.step(hb_resp(2, 1, 1, third));
+    let rd = l.ready();
+    assert_eq!(
+        rd.reads,
+        vec![
+            ReadState { ctx: 2, index: 1 },
+            ReadState { ctx: 3, index: 1 }
+        ]
+    );
+    assert!(rd.messages.iter().any(|m| m.to == 3
+        && matches!(body_of(m), Body::ReadIndexResponse(r) if r.ctxs == [7] && r.index == 1)));
+    assert_eq!(l.pending_reads(), 0);
+    // Nothing in flight now: the next read gets its round at the next Ready.
+    l.read_index(4).unwrap();
+    assert_eq!(tagged_heartbeats(&l.ready()).len(), 2);
 }
