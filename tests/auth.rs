@@ -521,21 +521,7 @@ fn cluster_auth_makes_and_reuses_a_token() {
     assert_eq!(mode, 0o600);
     let token = std::fs::read(&token_path).unwrap();
     assert_eq!(cli(&["get", &ep, "k"]).0, 4, "refused without the token");
-    unsafe {
-        libc::kill(guard.0.id() as libc::pid_t, libc::SIGINT);
-    }
-    let status = wait_for("the cluster to stop", Duration::from_secs(15), || {
-        guard.0.try_wait().unwrap()
-    });
-    assert!(status.success(), "{status}");
-    let mut banner = String::new();
-    guard
-        .0
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut banner)
-        .unwrap();
+    let banner = guard.interrupt_and_read_stdout();
     let shown = format!("RAFTKV_TOKEN_FILE={}", token_path.display());
     assert!(banner.contains(&shown), "{banner}");
     let secret = String::from_utf8_lossy(&token)

@@ -746,21 +746,7 @@ fn cluster_command_and_cli() {
     assert_eq!(code, 3, "unreachable cluster");
 
     // Ctrl-C: SIGINT to the cluster process stops everything and exits 0.
-    unsafe {
-        libc::kill(guard.0.id() as libc::pid_t, libc::SIGINT);
-    }
-    let status = wait_for("the cluster to stop", Duration::from_secs(15), || {
-        guard.0.try_wait().unwrap()
-    });
-    assert!(status.success(), "{status}");
-    let mut banner = String::new();
-    guard
-        .0
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut banner)
-        .unwrap();
+    let banner = guard.interrupt_and_read_stdout();
     assert!(banner.contains(&endpoints), "{banner}");
     assert!(banner.contains("raftkv put"), "{banner}");
     wait_for(

@@ -518,6 +518,30 @@ pub fn output_growth_bound(limit: u64, answer: u64) -> u64 {
 /// `raftkv cluster` supervisor's children get SIGTERM through PDEATHSIG.
 pub struct ProcGuard(pub Child);
 
+impl ProcGuard {
+    /// Ctrl-C: SIGINT, then waits (bounded) for a clean exit (status 0) and returns what the
+    /// process printed on its stdout (piped by the caller).
+    pub fn interrupt_and_read_stdout(&mut self) -> String {
+        use std::io::Read;
+        // SAFETY: kill(2) on a child we own and have not reaped.
+        unsafe {
+            libc::kill(self.0.id() as libc::pid_t, libc::SIGINT);
+        }
+        let status = wait_for("the process to stop", Duration::from_secs(15), || {
+            self.0.try_wait().unwrap()
+        });
+        assert!(status.success(), "{status}");
+        let mut out = String::new();
+        self.0
+            .stdout
+            .take()
+            .expect("stdout piped")
+            .read_to_string(&mut out)
+            .unwrap();
+        out
+    }
+}
+
 impl Drop for ProcGuard {
     fn drop(&mut self) {
         let _ = self.0.kill();
