@@ -179,16 +179,7 @@ fn survives_snapshot_restart_and_transfer(
     // restarts from that snapshot.
     let old = (1..=3).find(|&i| i != leader).unwrap();
     cluster.kill(old);
-    let removal = kvpb::MemberChange {
-        ops: vec![kvpb::MemberOp {
-            kind: kvpb::member_op::Kind::Remove as i32,
-            id: old,
-            ..Default::default()
-        }],
-        expected_conf_index: 0,
-    };
-    c.member_change(removal)
-        .expect("removing the lost follower");
+    common::remove_member(&mut c, old);
     let f = cluster.join_node();
     let log_from = 0;
     let start = Instant::now();

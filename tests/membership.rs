@@ -7,7 +7,7 @@ mod common;
 
 use common::{status, wait_for, Cluster, ProcGuard, EXE};
 use raftkv::client::{Client, ClientOptions};
-use raftkv::pb::kvpb::{self, member_op::Kind};
+use raftkv::pb::kvpb;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -123,19 +123,9 @@ fn wait_voters(c: &mut Client, want: &[u64], within: Duration) -> kvpb::MemberLi
 }
 
 fn remove(c: &mut Client, id: u64) {
-    let change = kvpb::MemberChange {
-        ops: vec![kvpb::MemberOp {
-            kind: Kind::Remove as i32,
-            id,
-            ..Default::default()
-        }],
-        expected_conf_index: 0,
-    };
     // Answered once applied, by the leader even when it removed itself (it stepped down in
     // the step that committed the removal; the committed write is still answered).
-    if let Err(e) = c.member_change(change) {
-        panic!("removing {id}: {e}");
-    }
+    common::remove_member(c, id);
 }
 
 /// A removed node exits by itself, with a non-zero status and the clear message.
