@@ -105,15 +105,26 @@ fn peer_secret_path(dir: &Path) -> PathBuf {
 /// Secure by default: the first start generates the cluster's peer secret (0600) in the base
 /// directory; later starts reuse it, so a restarted cluster keeps talking to itself.
 fn ensure_peer_secret(dir: &Path) -> Result<(), String> {
-    let path = peer_secret_path(dir);
+    ensure_generated(
+        &peer_secret_path(dir),
+        "the peer secret",
+        PeerSecrets::load,
+        PeerSecrets::generate,
+    )
+}
+
+/// A generated key file: checked (`load`) if it exists, else made (`generate`) and announced.
+fn ensure_generated<T>(
+    path: &Path,
+    what: &str,
+    load: fn(&Path) -> Result<T, String>,
+    generate: fn(&Path) -> Result<T, String>,
+) -> Result<(), String> {
     if path.exists() {
-        return PeerSecrets::load(&path).map(|_| ());
+        return load(path).map(|_| ());
     }
-    PeerSecrets::generate(&path)?;
-    eprintln!(
-        "raftkv cluster: generated the peer secret {}",
-        path.display()
-    );
+    generate(path)?;
+    eprintln!("raftkv cluster: generated {what} {}", path.display());
     Ok(())
 }
 
@@ -178,16 +189,12 @@ fn client_token_path(dir: &Path) -> PathBuf {
 /// `--auth`: the first start generates the client token (0600), later ones reuse it, so
 /// clients keep working across restarts.
 fn ensure_client_token(dir: &Path) -> Result<(), String> {
-    let path = client_token_path(dir);
-    if path.exists() {
-        return ClientToken::load(&path).map(|_| ());
-    }
-    ClientToken::generate(&path)?;
-    eprintln!(
-        "raftkv cluster: generated the client token {}",
-        path.display()
-    );
-    Ok(())
+    ensure_generated(
+        &client_token_path(dir),
+        "the client token",
+        ClientToken::load,
+        ClientToken::generate,
+    )
 }
 
 /// The client token the cluster's nodes require, if `--auth`.
