@@ -354,10 +354,22 @@ impl<L: LogStore, A: ReplyAddr> Replica<L, A> {
         ApplyResult::LeaderTransfer(kvpb::LeaderTransferResponse { to: target })
     }
 
-    /// Once per Raft tick (after the core's): the leader promotes a learner that has been
-    /// caught up long enough. A refused promotion (another change in flight) is retried on a
-    /// later tick.
-    pub fn tick_membership(&mut self) {
+    /// The Raft ticks owed since the last call: `elapsed` is 1 on time, more after a stall of
+    /// this node (see `RawNode::tick_after_stall`: the clock sees them all, the timers one).
+    /// Both shells call this, the server after each poll and the simulator after a sync
+    /// that held back its ticks.
+    pub fn tick(&mut self, elapsed: u64) {
+        if elapsed == 0 {
+            return;
+        }
+        self.core.tick_after_stall(elapsed);
+        self.tick_membership();
+    }
+
+    /// Once per tick (after the core's): the leader promotes a learner that has been caught
+    /// up long enough (counted in timer ticks, so a stall delays a promotion, never hurries
+    /// it). A refused promotion (another change in flight) is retried on a later tick.
+    fn tick_membership(&mut self) {
         let Some(id) = self.promoter.tick(&self.core, self.cfg.promotion) else {
             return;
         };

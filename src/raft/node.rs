@@ -263,7 +263,26 @@ impl<S: LogStore> RawNode<S> {
 
     /// Advances logical time by one tick.
     pub fn tick(&mut self) {
-        self.now += 1;
+        self.tick_after_stall(1);
+    }
+
+    /// Advances logical time by `elapsed` ticks that passed while this node was not running
+    /// (a pass of its own loop that outlasted a tick: a slow fsync, CPU starvation, SIGSTOP).
+    /// The clock (`now`: leases, read deadlines) moves by all of them; the election and
+    /// heartbeat timers by one. A node's own stall is no evidence that its peers went silent:
+    /// what they sent meanwhile is still unread in its sockets. Counting the stall as silence
+    /// made every node of a cluster whose shared disk stalled one 645 ms Ready (seen in CI,
+    /// election timeout 500-1000 ms) campaign, and the leader step down, the moment the stall
+    /// ended. Go's tickers drop the ticks a busy receiver missed, which gives etcd this rule;
+    /// here it is explicit, because the lease must still see every tick. Slower timers are
+    /// safe: a follower that counts fewer ticks refuses votes longer (`in_lease`), which only
+    /// strengthens the lease its leader relies on, and a leader's lease is judged by `now`.
+    /// `elapsed == 0` is a no-op.
+    pub fn tick_after_stall(&mut self, elapsed: u64) {
+        if elapsed == 0 {
+            return;
+        }
+        self.now += elapsed;
         if self.role == Role::Leader {
             self.tick_leader();
         } else {

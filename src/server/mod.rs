@@ -5,7 +5,9 @@
 //! 1. poll (timeout = next timer or Raft tick, at most [`MAX_POLL`]);
 //! 2. apply every Raft tick owed since the last one, by real time (see [`tick_catch_up`]),
 //!    *before* anything is read: a stalled process must see its lease expire before it
-//!    answers a request that waited in a socket buffer during the stall;
+//!    answers a request that waited in a socket buffer during the stall. The election and
+//!    heartbeat timers count a stall as one tick (`RawNode::tick_after_stall`): the node's
+//!    own stall is no sign its peers went quiet;
 //! 3. accept connections; read every ready socket: peer frames are `step`ped into the core,
 //!    client requests become proposals / ReadIndex rounds / local answers (a LEASE read is
 //!    only answered from the lease while no tick is overdue);
@@ -231,7 +233,8 @@ impl Server {
                 return Err(format!("poll failed: {e}"));
             }
             // Ticks first: after a stall (SIGSTOP, CPU starvation, a slow fsync) the lease
-            // must be judged by the time that really passed, before any request is read.
+            // must be judged by the time that really passed, before any request is read
+            // (the election timers count the stall as one tick: `catch_up_ticks`).
             let t0 = Instant::now();
             self.catch_up_ticks()?;
             let t1 = Instant::now();

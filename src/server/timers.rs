@@ -46,9 +46,11 @@ fn tick_catch_up(next_tick: Instant, now: Instant, tick: Duration, cap: u64) -> 
 }
 
 impl Server {
-    /// Applies every Raft tick owed by real time since the last one (at most
-    /// `2 * election_ticks + 1` after a long stall: that many already expire the lease and make
-    /// a leader run its CheckQuorum check). Called right after poll, before sockets are read.
+    /// Applies every Raft tick owed by real time since the last one to the core's clock (at
+    /// most `2 * election_ticks + 1` after a long stall: that many already expire every lease),
+    /// and one to its election and heartbeat timers (`Replica::tick`). Called right after
+    /// poll, before sockets are read: a LEASE read that waited in a socket during the stall
+    /// is judged by the clock that saw the stall.
     pub(super) fn catch_up_ticks(&mut self) -> Result<(), String> {
         let cap = 2 * u64::from(self.cfg.election_ticks) + 1;
         let (n, next) = tick_catch_up(self.next_tick, Instant::now(), self.cfg.tick, cap);
@@ -58,10 +60,7 @@ impl Server {
         if n > 1 {
             log::debug!("node {}: catching up {n} overdue ticks", self.cfg.id);
         }
-        for _ in 0..n {
-            self.replica.core_mut().tick();
-            self.replica.tick_membership();
-        }
+        self.replica.tick(n);
         self.next_tick = next;
         self.snapshot_tick()
     }

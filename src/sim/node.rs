@@ -340,21 +340,26 @@ impl SimNode {
         r
     }
 
+    /// `owed` ticks at once, as the server applies the ticks a stall held back.
+    fn feed_ticks(&mut self, owed: u64, now: u64, out: &mut Vec<Action>) {
+        let Some(rep) = self.rep.as_mut() else {
+            return;
+        };
+        rep.tick(owed);
+        rep.expire(now);
+        // Retransmission timers of the snapshot streams (the server's tick does this).
+        let mut msgs = Vec::new();
+        self.transfers.tick(rep.core_mut(), &mut msgs);
+        out.extend(msgs.into_iter().map(Action::Send));
+    }
+
     fn feed(&mut self, inp: Input, now: u64, out: &mut Vec<Action>) {
         let id = self.id;
         let Some(rep) = self.rep.as_mut() else {
             return;
         };
         match inp {
-            Input::Tick => {
-                rep.core_mut().tick();
-                rep.tick_membership();
-                rep.expire(now);
-                // Retransmission timers of the snapshot streams (the server's tick does this).
-                let mut msgs = Vec::new();
-                self.transfers.tick(rep.core_mut(), &mut msgs);
-                out.extend(msgs.into_iter().map(Action::Send));
-            }
+            Input::Tick => self.feed_ticks(1, now, out),
             Input::Msg(m) => rep.core_mut().step(m),
             Input::Transfer(to) => {
                 out.push(Action::Trace(format!(
@@ -462,6 +467,18 @@ impl SimNode {
         })?;
         node::after_sync(&mut self.shell(rng, checker, out), held)?;
         self.drive(rng, checker, out)?;
+        // As the server after a pass that outlasted its ticks: every tick owed first (the
+        // clock sees them all, the election timers one), then what arrived meanwhile.
+        let owed = self
+            .deferred
+            .iter()
+            .filter(|i| matches!(i, Input::Tick))
+            .count() as u64;
+        if owed > 0 && self.busy.is_none() && self.up {
+            self.deferred.retain(|i| !matches!(i, Input::Tick));
+            self.feed_ticks(owed, now, out);
+            self.drive(rng, checker, out)?;
+        }
         while self.busy.is_none() && self.up {
             let Some(inp) = self.deferred.pop_front() else {
                 break;

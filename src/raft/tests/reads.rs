@@ -396,6 +396,70 @@ fn r6_lease_read() {
     assert_eq!(net.node(1).lease_read(), Err(ProposeError::NoLease));
 }
 
+/// A 3-node cluster with lease reads whose leader 1 holds a fresh lease.
+fn lease_cluster() -> (Net, u64) {
+    let mut net = Net::new(3, |c| {
+        c.check_quorum = true;
+        c.lease_read = true;
+        c.pre_vote = true;
+    });
+    for p in net.peers.values_mut() {
+        p.raw.quiet_boot = false;
+    }
+    net.elect(1);
+    net.tick(1);
+    net.settle();
+    let commit = net.node(1).commit;
+    assert_eq!(net.node(1).lease_read(), Ok(commit));
+    (net, commit)
+}
+
+/// Every node stalled at once for three election timeouts (a disk they share blocked their
+/// loops: seen in CI as a 645 ms Ready on all three nodes of a 500 ms-timeout cluster).
+/// `tick_after_stall` moves the clock by all of it, so the lease is gone, but the timers by
+/// one tick: nobody campaigns, the leader keeps its term, and its next heartbeat round earns
+/// the lease back. The same time as single ticks with nothing delivered (peers really silent)
+/// makes the leader step down (check-quorum) and the followers campaign: the difference is
+/// the stall rule, not the length.
+#[test]
+fn r6b_a_stall_expires_the_lease_but_counts_as_one_tick_for_the_timers() {
+    let stall = 3 * u64::from(cfg(1).election_tick);
+    let roles = |net: &Net| (1..=3).map(|id| net.n(id).role).collect::<Vec<_>>();
+    let (mut net, commit) = lease_cluster();
+    let term = net.n(1).term();
+    for id in 1..=3 {
+        net.node(id).tick_after_stall(stall);
+    }
+    assert_eq!(net.node(1).lease_read(), Err(ProposeError::NoLease));
+    assert_eq!(
+        roles(&net),
+        vec![Role::Leader, Role::Follower, Role::Follower],
+        "a stall of {stall} ticks ran out a timer"
+    );
+    net.settle();
+    let terms: Vec<u64> = (1..=3).map(|id| net.n(id).term()).collect();
+    assert_eq!(
+        (net.leader(), terms),
+        (Some(1), vec![term; 3]),
+        "a stall of {stall} ticks started an election"
+    );
+    net.tick(1);
+    net.settle();
+    assert_eq!(net.node(1).lease_read(), Ok(commit));
+
+    let (mut net, _) = lease_cluster();
+    for _ in 0..stall {
+        for id in 1..=3 {
+            net.node(id).tick();
+        }
+    }
+    let after = roles(&net);
+    assert!(
+        after[0] != Role::Leader && after[1..].iter().any(|r| *r != Role::Follower),
+        "{stall} single ticks of silence left roles {after:?}: leader kept, nobody campaigned"
+    );
+}
+
 #[test]
 fn failed_reads_on_losing_leadership() {
     let mut l = ready_leader();
