@@ -355,6 +355,24 @@ fn r5_stale_acks_cannot_confirm_reads_of_deposed_leader() {
     assert!(r[0].index >= c);
 }
 
+/// A 3-node cluster with lease reads whose leader 1 holds a fresh lease.
+fn lease_cluster() -> (Net, u64) {
+    let mut net = Net::new(3, |c| {
+        c.check_quorum = true;
+        c.lease_read = true;
+        c.pre_vote = true;
+    });
+    for p in net.peers.values_mut() {
+        p.raw.quiet_boot = false;
+    }
+    net.elect(1);
+    net.tick(1);
+    net.settle();
+    let commit = net.node(1).commit;
+    assert_eq!(net.node(1).lease_read(), Ok(commit));
+    (net, commit)
+}
+
 #[test]
 fn r6_lease_read() {
     // Lease reads without CheckQuorum are a config error.
@@ -362,20 +380,9 @@ fn r6_lease_read() {
     c.lease_read = true;
     assert!(RawNode::new(c, MemLog::new(), InitialState::default()).is_err());
 
-    let mut net = Net::new(3, |c| {
-        c.check_quorum = true;
-        c.lease_read = true;
-    });
-    // Fresh nodes refuse votes for one timeout (they may have promised a lease); skip that.
-    for p in net.peers.values_mut() {
-        p.raw.quiet_boot = false;
-    }
-    net.elect(1);
-    // Fresh heartbeat round acked by a quorum -> lease.
-    net.tick(1);
-    net.settle();
-    let commit = net.node(1).commit;
-    assert_eq!(net.node(1).lease_read(), Ok(commit));
+    // Fresh nodes refuse votes for one timeout (they may have promised a lease); the helper
+    // skips that, elects 1 and lets a heartbeat round acked by a quorum give it the lease.
+    let (mut net, _) = lease_cluster();
     // Isolated past the lease window: refused.
     net.isolate(1);
     for _ in 0..9 {
@@ -394,24 +401,6 @@ fn r6_lease_read() {
     net.tick(1);
     net.settle();
     assert_eq!(net.node(1).lease_read(), Err(ProposeError::NoLease));
-}
-
-/// A 3-node cluster with lease reads whose leader 1 holds a fresh lease.
-fn lease_cluster() -> (Net, u64) {
-    let mut net = Net::new(3, |c| {
-        c.check_quorum = true;
-        c.lease_read = true;
-        c.pre_vote = true;
-    });
-    for p in net.peers.values_mut() {
-        p.raw.quiet_boot = false;
-    }
-    net.elect(1);
-    net.tick(1);
-    net.settle();
-    let commit = net.node(1).commit;
-    assert_eq!(net.node(1).lease_read(), Ok(commit));
-    (net, commit)
 }
 
 /// Every node stalled at once for three election timeouts (a disk they share blocked their
