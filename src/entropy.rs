@@ -72,6 +72,37 @@ pub fn write_new_key_file<const N: usize>(
     Ok(text)
 }
 
+/// Reads a secret file raftkv was given (peer secret, client token, TLS private key): the one
+/// place that decides whose eyes it may be open to. Refused if every user of the machine may
+/// read or write it (it would not be a secret, and with write access anyone could plant their
+/// own); a warning if its group may. The mode is taken from the open file, so it is the file
+/// that is read. The error names no path: callers prefix what the file is.
+pub fn read_key_file(path: &std::path::Path) -> Result<String, String> {
+    use std::io::Read;
+    use std::os::unix::fs::PermissionsExt;
+    let mut f = std::fs::File::open(path).map_err(|e| e.to_string())?;
+    let mode = f
+        .metadata()
+        .map_err(|e| e.to_string())?
+        .permissions()
+        .mode()
+        & 0o777;
+    if mode & 0o007 != 0 {
+        return Err(format!(
+            "accessible to every user (mode {mode:o}): chmod 600 it"
+        ));
+    }
+    if mode & 0o070 != 0 {
+        log::warn!(
+            "{} is accessible to its group (mode {mode:o}); chmod 600 it",
+            path.display()
+        );
+    }
+    let mut text = String::new();
+    f.read_to_string(&mut text).map_err(|e| e.to_string())?;
+    Ok(text)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -773,22 +773,28 @@ fn cluster_command_and_cli() {
     );
 }
 
-/// Without peer credentials `raftkv serve` refuses to start and says what to give it.
+/// Without peer credentials, or with a secret file every user may read, `raftkv serve`
+/// refuses to start, says what to give it and touches nothing.
 #[test]
 fn serve_refuses_to_start_without_peer_credentials() {
+    use std::os::unix::fs::PermissionsExt;
     let ports = free_ports(2);
     let dir = tempfile::tempdir().unwrap();
-    let out = Command::new(EXE)
-        .args(["serve", "--id=1"])
-        .arg("--data-dir")
-        .arg(dir.path().join("n1"))
-        .arg(format!(
-            "--peers=1=127.0.0.1:{}/127.0.0.1:{}",
-            ports[0], ports[1]
-        ))
-        .env_remove("RAFTKV_PEER_SECRET_FILE")
-        .output()
-        .unwrap();
+    let serve = |extra: &[String]| {
+        Command::new(EXE)
+            .args(["serve", "--id=1"])
+            .arg("--data-dir")
+            .arg(dir.path().join("n1"))
+            .arg(format!(
+                "--peers=1=127.0.0.1:{}/127.0.0.1:{}",
+                ports[0], ports[1]
+            ))
+            .args(extra)
+            .env_remove("RAFTKV_PEER_SECRET_FILE")
+            .output()
+            .unwrap()
+    };
+    let out = serve(&[]);
     assert_eq!(out.status.code(), Some(2), "{out:?}");
     let err = String::from_utf8_lossy(&out.stderr);
     for want in ["--peer-secret-file", "--insecure-peers", "new-peer-secret"] {
@@ -797,6 +803,23 @@ fn serve_refuses_to_start_without_peer_credentials() {
     assert!(
         !dir.path().join("n1").exists(),
         "touched the data dir before refusing"
+    );
+
+    let flags = common::peer_secret_args(dir.path());
+    let secret = dir.path().join("peer-secret");
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = serve(&flags);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    let text = std::fs::read_to_string(&secret).unwrap();
+    let hex = text.lines().find(|l| !l.starts_with('#')).unwrap();
+    assert!(
+        err.contains("every user") && err.contains("chmod 600") && !err.contains(hex),
+        "{err}"
+    );
+    assert!(
+        !dir.path().join("n1").exists(),
+        "touched the data dir before refusing a world-readable secret"
     );
 }
 

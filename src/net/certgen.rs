@@ -56,7 +56,7 @@ pub fn init(dir: &Path, nodes: u64, extra_names: &[String]) -> Result<Generated,
     let mut created = Vec::new();
     let key = match (ca.exists(), ca_key.exists()) {
         (true, true) => {
-            let pem = fs::read_to_string(&ca_key)
+            let pem = crate::entropy::read_key_file(&ca_key)
                 .map_err(|e| format!("cannot read {}: {e}", ca_key.display()))?;
             KeyPair::from_pem(&pem)
                 .map_err(|e| format!("{} is not a usable private key: {e}", ca_key.display()))?

@@ -94,22 +94,10 @@ impl ClientToken {
         })
     }
 
-    /// Reads a token file. Refuses one that every user of the machine may read or write (the
-    /// token would not be a secret); warns when its group may.
+    /// Reads a token file; refused if every user may read it (`entropy::read_key_file`).
     pub fn load(path: &Path) -> Result<ClientToken, String> {
-        use std::os::unix::fs::PermissionsExt;
         let what = format!("client token file {}", path.display());
-        let meta = std::fs::metadata(path).map_err(|e| format!("{what}: {e}"))?;
-        let mode = meta.permissions().mode() & 0o777;
-        if mode & 0o007 != 0 {
-            return Err(format!(
-                "{what} is accessible to every user (mode {mode:o}): chmod 600 it"
-            ));
-        }
-        if mode & 0o070 != 0 {
-            log::warn!("{what} is accessible to its group (mode {mode:o}); chmod 600 it");
-        }
-        let text = std::fs::read_to_string(path).map_err(|e| format!("{what}: {e}"))?;
+        let text = crate::entropy::read_key_file(path).map_err(|e| format!("{what}: {e}"))?;
         ClientToken::parse(&text, &what)
     }
 

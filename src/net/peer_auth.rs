@@ -85,17 +85,10 @@ impl PeerSecrets {
         })
     }
 
-    /// Reads a secret file. Warns if others than the owner may read it.
+    /// Reads a secret file; refused if every user may read it (`entropy::read_key_file`).
     pub fn load(path: &Path) -> Result<PeerSecrets, String> {
-        use std::os::unix::fs::PermissionsExt;
         let what = format!("peer secret file {}", path.display());
-        let text = std::fs::read_to_string(path).map_err(|e| format!("{what}: {e}"))?;
-        if let Ok(m) = std::fs::metadata(path) {
-            let mode = m.permissions().mode() & 0o777;
-            if mode & 0o077 != 0 {
-                log::warn!("{what} is readable by others (mode {mode:o}); chmod 600 it");
-            }
-        }
+        let text = crate::entropy::read_key_file(path).map_err(|e| format!("{what}: {e}"))?;
         PeerSecrets::parse(&text, &what)
     }
 
@@ -180,5 +173,10 @@ mod tests {
         let mode = std::fs::metadata(&p).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
         assert!(PeerSecrets::generate(&p).is_err(), "overwrote a secret");
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let e = PeerSecrets::load(&p).unwrap_err();
+        assert!(e.contains("every user") && e.contains("644"), "{e}");
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o640)).unwrap();
+        assert!(PeerSecrets::load(&p).is_ok(), "group access only warns");
     }
 }

@@ -266,9 +266,15 @@ pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError>
     Ok(certs)
 }
 
-/// The private key in a PEM file (PKCS#8, PKCS#1 or SEC1).
+/// The private key in a PEM file (PKCS#8, PKCS#1 or SEC1); refused if every user may read
+/// it (`entropy::read_key_file`).
 pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
-    PrivateKeyDer::from_pem_file(path).map_err(|e| TlsError::Read {
+    let read_err = |err| TlsError::Read {
+        path: path.to_path_buf(),
+        err,
+    };
+    let pem = crate::entropy::read_key_file(path).map_err(read_err)?;
+    PrivateKeyDer::from_pem_slice(pem.as_bytes()).map_err(|e| TlsError::Read {
         path: path.to_path_buf(),
         err: match e {
             rustls::pki_types::pem::Error::NoItemsFound => "no PEM private key in it".into(),
@@ -634,8 +640,24 @@ mod tests {
             e.contains("empty.pem") && e.contains("no PEM certificate"),
             "{e}"
         );
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&empty, std::fs::Permissions::from_mode(0o600)).unwrap();
         let e = load_key(&empty).unwrap_err().to_string();
         assert!(e.contains("empty.pem") && e.contains("private key"), "{e}");
+    }
+
+    #[test]
+    fn a_private_key_every_user_may_read_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let m = material();
+        assert!(load_key(&m.node.key).is_ok(), "certgen's 0600 key");
+        std::fs::set_permissions(&m.node.key, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let e = load_key(&m.node.key).unwrap_err().to_string();
+        assert!(e.contains("every user") && e.contains("644"), "{e}");
+        assert!(
+            server_config(&m.node, None).is_err(),
+            "a server on the refused key"
+        );
     }
 
     #[test]
