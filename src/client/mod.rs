@@ -17,6 +17,7 @@
 //! token (UNAUTHENTICATED) fails the operation at once: another node would refuse it too.
 
 mod conn;
+mod members;
 
 use crate::net::client_auth::ClientToken;
 use crate::pb::kvpb;
@@ -239,8 +240,9 @@ impl Client {
     /// Changes the membership (sent to the leader, retried like a read while the cluster has
     /// no leader or another change is in flight). Answered once the configuration entry is
     /// applied. A retry after an uncertain outcome may find the change made already and be
-    /// refused as such (BAD_REQUEST "already a ..."); with `expected_conf_index` it is
-    /// refused with CONFLICT instead.
+    /// refused as such (BAD_REQUEST "already a ...", "was removed already");
+    /// [`Client::member_change_once`] counts that as done if the change is in force. With
+    /// `expected_conf_index` such a retry is refused with CONFLICT instead.
     pub fn member_change(
         &mut self,
         change: kvpb::MemberChange,

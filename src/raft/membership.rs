@@ -204,6 +204,10 @@ pub fn apply_changes(
             }
             ConfChangeOp::Remove { id } => {
                 let id = *id;
+                if next.removed.contains(&id) {
+                    // What a retry after an uncertain outcome finds (as "already a voter").
+                    return invalid(format!("node {id} was removed already"));
+                }
                 if !is_member(&next, id) {
                     return invalid(format!("node {id} is not a member"));
                 }
@@ -582,6 +586,10 @@ mod tests {
             (vec![add(9)], "removed"),
             (vec![add(0)], "reserved"),
             (vec![ConfChangeOp::Remove { id: 7 }], "not a member"),
+            (
+                vec![ConfChangeOp::Remove { id: 9 }],
+                "node 9 was removed already",
+            ),
             (
                 vec![ConfChangeOp::AddLearner {
                     id: 4,

@@ -549,13 +549,11 @@ impl Drop for ProcGuard {
     }
 }
 
-/// Removes member `id` through `c`, as an operator would. The client retries a change whose
-/// first answer was uncertain (the leader lost leadership with it in flight), and such a retry
-/// finds the change already made and is refused (BAD_REQUEST "node N is not a member", as
-/// `Client::member_change` documents). That refusal counts as done only if the member list
-/// then names `id` as removed; any other error fails the test.
+/// Removes member `id` through `c`, as an operator would: `Client::member_change_once`, so a
+/// retry after an uncertain first answer (the leader lost leadership with the change in
+/// flight) that finds the change made counts as done only if the member list names `id` as
+/// removed. Any other error fails the test; the member list is checked either way.
 pub fn remove_member(c: &mut Client, id: u64) {
-    use raftkv::client::ClientError;
     let change = kvpb::MemberChange {
         ops: vec![kvpb::MemberOp {
             kind: kvpb::member_op::Kind::Remove as i32,
@@ -564,25 +562,12 @@ pub fn remove_member(c: &mut Client, id: u64) {
         }],
         expected_conf_index: 0,
     };
-    match c.member_change(change) {
-        Ok(_) => {}
-        Err(ClientError::Server(e))
-            if e.code() == kvpb::ErrorCode::BadRequest
-                && e.message.contains(&format!("node {id} is not a member")) =>
-        {
-            let list = c
-                .member_list()
-                .expect("member list after a refused removal");
-            assert!(
-                list.removed.contains(&id) && list.members.iter().all(|m| m.id != id),
-                "removing {id} refused ({}) but it was not removed: {list:?}",
-                e.message
-            );
-            println!(
-                "removing {id}: a retry found it removed already ({})",
-                e.message
-            );
-        }
-        Err(e) => panic!("removing {id}: {e}"),
+    if let Err(e) = c.member_change_once(change) {
+        panic!("removing {id}: {e}");
     }
+    let list = c.member_list().expect("member list after a removal");
+    assert!(
+        list.removed.contains(&id) && list.members.iter().all(|m| m.id != id),
+        "removing {id} answered OK but it is still listed: {list:?}"
+    );
 }

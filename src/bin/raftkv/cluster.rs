@@ -409,10 +409,10 @@ fn remove(a: &ClusterArgs, id: u64) -> ExitCode {
         ..Default::default()
     };
     let change = raftkv::pb::kvpb::MemberChange {
-        ops: vec![op.clone()],
+        ops: vec![op],
         expected_conf_index: 0,
     };
-    match crate::members::change_once(&mut client, change, &op) {
+    match client.member_change_once(change) {
         Ok(i) => {
             println!("node {id} removed (configuration entry {i}); it exits by itself");
             ExitCode::SUCCESS

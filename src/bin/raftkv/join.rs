@@ -123,10 +123,11 @@ pub fn join(cfg: &mut ServerConfig, endpoints: &str) -> Result<(), String> {
         client_addr: cfg.client_listen.clone(),
     };
     let change = kvpb::MemberChange {
-        ops: vec![op.clone()],
+        ops: vec![op],
         expected_conf_index: list.conf_index,
     };
-    let conf_index = crate::members::change_once(&mut client, change, &op)
+    let conf_index = client
+        .member_change_once(change)
         .map_err(|e| format!("asking the cluster to add node {id}: {e}"))?;
     log::info!(
         "joined: node {id} added as a learner (configuration entry {conf_index}), to be \

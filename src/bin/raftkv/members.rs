@@ -54,10 +54,10 @@ pub fn member(cmd: MemberCmd) -> u8 {
         return EXIT_USAGE;
     };
     let change = kvpb::MemberChange {
-        ops: vec![op.clone()],
+        ops: vec![op],
         expected_conf_index: expected(cond),
     };
-    match change_once(&mut client, change, &op) {
+    match client.member_change_once(change) {
         Ok(conf_index) => {
             if json {
                 println!("{{\"ok\":true,\"conf_index\":{conf_index}}}");
@@ -67,44 +67,6 @@ pub fn member(cmd: MemberCmd) -> u8 {
             EXIT_OK
         }
         Err(e) => fail(e, json),
-    }
-}
-
-/// Sends `change` (of the one operation `op`) and returns the configuration's index. A retry
-/// after an uncertain outcome (the leader removed itself and stepped down before answering,
-/// a connection lost) is refused as "already done" (BAD_REQUEST); then the configuration is
-/// read back, and the change counts as made if `op` is in force.
-pub fn change_once(
-    client: &mut Client,
-    change: kvpb::MemberChange,
-    op: &kvpb::MemberOp,
-) -> Result<u64, ClientError> {
-    let err = match client.member_change(change) {
-        Ok(r) => return Ok(r.conf_index),
-        Err(e @ ClientError::Server(_)) if is_bad_request(&e) => e,
-        Err(e) => return Err(e),
-    };
-    match client.member_list() {
-        Ok(list) if in_force(&list, op) => Ok(list.conf_index),
-        _ => Err(err),
-    }
-}
-
-fn is_bad_request(e: &ClientError) -> bool {
-    matches!(e, ClientError::Server(err) if err.code() == kvpb::ErrorCode::BadRequest)
-}
-
-/// Whether the configuration in `list` is what `op` asks for.
-fn in_force(list: &kvpb::MemberListResponse, op: &kvpb::MemberOp) -> bool {
-    let found = list.members.iter().find(|m| m.id == op.id);
-    let role = found.map(|m| m.role.as_str());
-    match Kind::try_from(op.kind) {
-        // Added (and maybe promoted already) at the address asked for.
-        Ok(Kind::Add) => found.is_some_and(|m| m.peer_addr == op.peer_addr),
-        Ok(Kind::AddLearner) => role == Some("learner"),
-        Ok(Kind::Promote) => role == Some("voter"),
-        Ok(Kind::Remove) => role.is_none() && list.removed.contains(&op.id),
-        Err(_) => false,
     }
 }
 
@@ -252,48 +214,4 @@ fn print_leader(old: u64, new: u64, took: Duration, json: bool) -> u8 {
         );
     }
     EXIT_OK
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn member(id: u64, role: &str, peer: &str) -> kvpb::MemberInfo {
-        kvpb::MemberInfo {
-            id,
-            role: role.into(),
-            peer_addr: peer.into(),
-            ..Default::default()
-        }
-    }
-
-    /// What counts as "the change is in force" when a retried change is refused as done.
-    #[test]
-    fn in_force_matches_each_kind() {
-        let list = kvpb::MemberListResponse {
-            members: vec![member(1, "voter", "a:1"), member(4, "learner", "d:1")],
-            removed: vec![3],
-            ..Default::default()
-        };
-        let op = |kind: Kind, id: u64, peer: &str| kvpb::MemberOp {
-            kind: kind as i32,
-            id,
-            peer_addr: peer.into(),
-            ..Default::default()
-        };
-        assert!(in_force(&list, &op(Kind::Add, 4, "d:1")));
-        assert!(!in_force(&list, &op(Kind::Add, 5, "e:1")));
-        assert!(
-            !in_force(&list, &op(Kind::Add, 4, "x:1")),
-            "another node's id"
-        );
-        assert!(in_force(&list, &op(Kind::AddLearner, 4, "d:1")));
-        assert!(!in_force(&list, &op(Kind::Promote, 4, "")));
-        assert!(in_force(&list, &op(Kind::Promote, 1, "")));
-        assert!(in_force(&list, &op(Kind::Remove, 3, "")));
-        assert!(
-            !in_force(&list, &op(Kind::Remove, 2, "")),
-            "2 was never a member"
-        );
-    }
 }
