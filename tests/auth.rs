@@ -4,12 +4,12 @@
 
 mod common;
 
-use common::{wait_for, Cluster, ProcGuard, EXE};
+use common::{metric, wait_for, Cluster, ProcGuard, EXE};
 use raftkv::client::{Client, ClientError, ClientOptions};
 use raftkv::net::client_auth::ClientToken;
 use raftkv::net::framing::blocking;
 use raftkv::pb::kvpb::{self, request::Op, response::Result as R, ErrorCode};
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -389,26 +389,6 @@ fn resp_auth_noauth_wrongpass_and_hello() {
     );
 }
 
-/// One HTTP GET of `path` (Connection: close): the body.
-fn http_get(addr: &str, path: &str) -> String {
-    let mut s = TcpStream::connect(addr).expect("connect HTTP");
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    out
-}
-
-fn counter(page: &str, name: &str) -> u64 {
-    page.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no {name} on the metrics page"))
-}
-
 #[test]
 fn a_thousand_wrong_tokens_leave_the_node_serving_and_counted() {
     const BAD: u64 = 1000;
@@ -448,18 +428,17 @@ fn a_thousand_wrong_tokens_leave_the_node_serving_and_counted() {
     let mut c = Client::new(vec![addr.clone()], opts(Some(tf.token.clone())));
     c.put(b"after", b"flood").expect("served after the flood");
     assert_eq!(&c.get(b"after").unwrap().value[..], b"flood");
-    let page = http_get(&cluster.http_addr(1), "/metrics");
-    assert_eq!(counter(&page, "raftkv_client_auth_failures_total"), BAD);
+    let http = cluster.http_addr(1);
+    assert_eq!(metric(&http, "raftkv_client_auth_failures_total", ""), BAD);
     // This test's authentications: the raw connection's and the client library's.
-    assert_eq!(counter(&page, "raftkv_client_auth_total"), 2);
+    assert_eq!(metric(&http, "raftkv_client_auth_total", ""), 2);
     let mut un = Raw::connect(&addr);
     assert_eq!(
         error_code(&un.call(1, get("after"))),
         Some(ErrorCode::Unauthenticated)
     );
-    let page = http_get(&cluster.http_addr(1), "/metrics");
     assert_eq!(
-        counter(&page, "raftkv_client_unauthenticated_requests_total"),
+        metric(&http, "raftkv_client_unauthenticated_requests_total", ""),
         1
     );
     // Logged at most once a second (plus the first line), never with a token.
@@ -626,4 +605,85 @@ fn a_joining_node_presents_its_token() {
     );
     let log = cluster.node_log(id);
     assert!(!log.contains("UNAUTHENTICATED"), "{log}");
+}
+
+/// SIGHUP re-reads the token file (no restart): a token added to it is accepted at once on
+/// every node; a file a reload refuses (every user may read it) keeps the tokens in use; a
+/// token removed from it is refused from then on and the connections that authenticated with
+/// it are closed, while those of the remaining token keep being served.
+#[test]
+fn sighup_rotates_and_revokes_client_tokens_without_a_restart() {
+    let tf = TokenFile::new();
+    let cluster = Cluster::start_http(3, &[STABLE, &tf.flag()]);
+    let leader = cluster.wait_leader();
+    let old = tf.secret();
+    let new = "rotated-client-token-0123456789abcdef";
+    let accepted = |id: u64, token: &str| -> bool {
+        let mut raw = Raw::connect(&cluster.addr(id));
+        matches!(raw.auth(token.as_bytes()), R::Auth(_))
+    };
+    let mut with_old = Raw::connect(&cluster.addr(leader));
+    assert!(matches!(with_old.auth(old.as_bytes()), R::Auth(_)));
+    assert!(
+        !accepted(leader, new),
+        "the new token before it is in the file"
+    );
+
+    // 1. Both tokens in the file.
+    std::fs::write(&tf.path, format!("{old}\n{new}\n")).unwrap();
+    common::hup_all(&cluster, "ok", 1);
+    for id in 1..=3 {
+        assert!(
+            accepted(id, new) && accepted(id, &old),
+            "node {id} after reload 1"
+        );
+    }
+    let mut with_new = Raw::connect(&cluster.addr(leader));
+    assert!(matches!(with_new.auth(new.as_bytes()), R::Auth(_)));
+    assert!(matches!(with_old.call(1, put("k", "v1")), R::Put(_)));
+
+    // 2. A file every user may read: refused, both tokens stay.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |m| std::fs::Permissions::from_mode(m);
+        std::fs::set_permissions(&tf.path, mode(0o644)).unwrap();
+        common::hup_all(&cluster, "failed", 1);
+        std::fs::set_permissions(&tf.path, mode(0o600)).unwrap();
+    }
+    assert!(
+        accepted(leader, new) && accepted(leader, &old),
+        "after the refused reload"
+    );
+    let log = cluster.node_log(leader);
+    assert!(
+        log.contains("not reloaded") && log.contains("chmod 600") && !log.contains(new),
+        "no clear line for the refused reload (or it quoted a token):\n{log}"
+    );
+
+    // 3. Only the new token: the old one is revoked.
+    std::fs::write(&tf.path, format!("{new}\n")).unwrap();
+    common::hup_all(&cluster, "ok", 2);
+    assert!(!accepted(leader, &old) && accepted(leader, new));
+    let req = kvpb::Request {
+        id: 2,
+        op: Some(put("k", "v2")),
+        ..Default::default()
+    };
+    let _ = blocking::write_msg(&mut with_old.0, &req);
+    let answer: std::io::Result<kvpb::Response> = blocking::read_msg(&mut with_old.0, 1 << 20);
+    assert!(
+        answer.is_err(),
+        "the connection of the removed token was not closed: {answer:?}"
+    );
+    let revoked = metric(
+        &cluster.http_addr(leader),
+        "raftkv_client_connections_revoked_total",
+        "",
+    );
+    assert_eq!(revoked, 1, "only the old token's connection is revoked");
+    assert!(matches!(with_new.call(3, get("k")), R::Get(g) if &g.value[..] == b"v1"));
+    let token = ClientToken::load(&tf.path).unwrap();
+    let mut c = Client::new(cluster.endpoints(), opts(Some(token)));
+    c.put(b"after", b"rotation").expect("the new token writes");
+    assert_eq!(&c.get(b"after").unwrap().value[..], b"rotation");
 }

@@ -89,7 +89,7 @@ impl ClientToken {
             primary: bytes::Bytes::copy_from_slice(first.as_bytes()),
             tags: tokens
                 .iter()
-                .map(|t| tag_mac(t.as_bytes()).finalize().into_bytes().into())
+                .map(|t| ClientToken::tag_of(t.as_bytes()))
                 .collect(),
         })
     }
@@ -113,9 +113,26 @@ impl ClientToken {
         ClientToken::parse(&text, &what)
     }
 
+    /// How many tokens the file held (all accepted, the first presented).
+    pub fn count(&self) -> usize {
+        self.tags.len()
+    }
+
     /// The token this process presents (the file's first).
     pub fn secret(&self) -> bytes::Bytes {
         self.primary.clone()
+    }
+
+    /// The tag a presented token is kept and compared as: HMAC-SHA256(token, label). A
+    /// connection that authenticated keeps its token's tag, so that a reload that drops the
+    /// token can close it (`accepts_tag`) without the token itself kept in memory.
+    pub fn tag_of(presented: &[u8]) -> [u8; 32] {
+        tag_mac(presented).finalize().into_bytes().into()
+    }
+
+    /// True if a token whose tag is `tag` is still accepted (after a reload of the file).
+    pub fn accepts_tag(&self, tag: &[u8; 32]) -> bool {
+        self.tags.contains(tag)
     }
 
     /// True if `presented` is one of the accepted tokens (constant-time in its content).
@@ -150,6 +167,15 @@ mod tests {
         );
         assert!(!t.verify(b""));
         assert!(!t.verify(&vec![b'a'; MAX_TOKEN_LEN + 1]));
+    }
+
+    #[test]
+    fn a_reload_without_a_token_stops_accepting_its_tag() {
+        let both = ClientToken::parse(&format!("{T2}\n{T1}\n"), "t").unwrap();
+        let new_only = ClientToken::parse(T2, "t").unwrap();
+        let old = ClientToken::tag_of(T1.as_bytes());
+        assert!(both.accepts_tag(&old) && !new_only.accepts_tag(&old));
+        assert!(new_only.accepts_tag(&ClientToken::tag_of(T2.as_bytes())));
     }
 
     #[test]

@@ -117,6 +117,12 @@ impl Peer {
         self.state
     }
 
+    /// The secrets the next handshake proves with (SIGHUP: `server/reload.rs`). A link that
+    /// is up keeps going: its peer proved itself when it was set up.
+    pub fn set_secrets(&mut self, secrets: PeerSecrets) {
+        self.secrets = secrets;
+    }
+
     /// The token of the current connection attempt, if any.
     pub fn token(&self) -> Option<Token> {
         self.token

@@ -53,6 +53,11 @@ impl PeerSecrets {
         }
     }
 
+    /// How many secrets the file held (all accepted, the first proves).
+    pub fn count(&self) -> usize {
+        self.keys.len()
+    }
+
     pub fn is_insecure(&self) -> bool {
         self.insecure
     }

@@ -14,6 +14,7 @@
 
 use super::{Endpoint, Server};
 use crate::kv::{error_result, ApplyResult};
+use crate::net::client_auth::ClientToken;
 use crate::pb::kvpb::{self, ErrorCode};
 use mio::Token;
 use std::time::Instant;
@@ -44,6 +45,7 @@ impl Server {
         if expected.verify(presented) {
             if let Some(Endpoint::Client(c)) = self.endpoints.get_mut(&token) {
                 c.authenticated = true;
+                c.token_tag = Some(ClientToken::tag_of(presented));
             }
             self.metrics.client_auth_ok += 1;
             return Ok(true);

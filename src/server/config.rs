@@ -223,6 +223,10 @@ pub struct ServerConfig {
     /// (`--client-token-file`, `client_auth.rs`); none = every connection is served. A
     /// follower forwarding to the leader presents the first.
     pub client_token: Option<ClientToken>,
+    /// The files `peer_secrets` and `client_token` were read from, read again on SIGHUP
+    /// (`reload.rs`); None: not from a file, never reloaded.
+    pub peer_secret_file: Option<std::path::PathBuf>,
+    pub client_token_file: Option<std::path::PathBuf>,
     /// Bound on a peer handshake (see [`DEFAULT_PEER_HANDSHAKE_TIMEOUT`]).
     pub peer_handshake_timeout: Duration,
     /// When to snapshot and how far to compact the log.
@@ -272,6 +276,8 @@ impl ServerConfig {
             peer_secrets: PeerSecrets::insecure(),
             tls: Default::default(),
             client_token: None,
+            peer_secret_file: None,
+            client_token_file: None,
             peer_handshake_timeout: DEFAULT_PEER_HANDSHAKE_TIMEOUT,
             snapshot_policy: SnapshotPolicy::default(),
             snapshot_pacing: WritePacing::default(),

@@ -82,6 +82,7 @@ impl Server {
                             closing: false,
                             resp,
                             authenticated: self.cfg.client_token.is_none(),
+                            token_tag: None,
                         })
                     };
                     self.endpoints.insert(token, ep);

@@ -131,6 +131,11 @@ pub(super) struct Metrics {
     pub client_auth_ok: u64,
     pub client_auth_failures: u64,
     pub client_unauthenticated: u64,
+    /// SIGHUP reloads of the secret files that took effect and that were refused (`reload.rs`),
+    /// and client connections closed because the token they authenticated with was dropped.
+    pub credential_reloads_ok: u64,
+    pub credential_reloads_failed: u64,
+    pub client_tokens_revoked: u64,
 }
 
 impl Metrics {
@@ -214,6 +219,25 @@ impl Metrics {
             "counter",
             "Client requests refused because their connection had not authenticated.",
             self.client_unauthenticated,
+        );
+        header(
+            o,
+            "raftkv_credential_reloads_total",
+            "counter",
+            "SIGHUP reloads of the peer secret and client token files, by result.",
+        );
+        for (r, v) in [
+            ("ok", self.credential_reloads_ok),
+            ("failed", self.credential_reloads_failed),
+        ] {
+            let _ = writeln!(o, "raftkv_credential_reloads_total{{result=\"{r}\"}} {v}");
+        }
+        one(
+            o,
+            "raftkv_client_connections_revoked_total",
+            "counter",
+            "Client connections closed because a reload dropped the token they presented.",
+            self.client_tokens_revoked,
         );
     }
 }

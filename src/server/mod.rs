@@ -49,6 +49,7 @@ mod identity;
 mod metrics;
 mod peers;
 mod ready_shell;
+mod reload;
 mod resp_commands;
 mod resp_conn;
 pub mod signal;
@@ -99,6 +100,9 @@ struct ClientConn {
     resp: Option<Box<resp_conn::RespState>>,
     /// Presented a right client token, or the node requires none (`client_auth.rs`).
     authenticated: bool,
+    /// The tag of the token it authenticated with: a reload whose file no longer holds that
+    /// token closes the connection (`reload.rs`).
+    token_tag: Option<[u8; 32]>,
 }
 
 impl ClientConn {

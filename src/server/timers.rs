@@ -62,6 +62,7 @@ impl Server {
         }
         self.replica.tick(n);
         self.next_tick = next;
+        self.reload_if_asked();
         self.snapshot_tick()
     }
 

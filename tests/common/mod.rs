@@ -46,10 +46,22 @@ pub fn peer_secret_args(dir: &Path) -> Vec<String> {
 /// member `from`, with the cluster's secret from `dir/peer-secret` and the cluster id `to`
 /// reports: for tests that send hand-made Raft frames as a member would.
 pub fn peer_conn_as(dir: &Path, addr: &str, client_addr: &str, from: u64, to: u64) -> TcpStream {
+    let secrets = raftkv::net::peer_auth::PeerSecrets::load(&dir.join("peer-secret")).unwrap();
+    try_peer_conn_as(&secrets, addr, client_addr, from, to).expect("the node proves itself")
+}
+
+/// [`peer_conn_as`] with `secrets`; Err if the node's proof does not check out with them
+/// (it proves with another secret) or the handshake breaks off.
+pub fn try_peer_conn_as(
+    secrets: &raftkv::net::peer_auth::PeerSecrets,
+    addr: &str,
+    client_addr: &str,
+    from: u64,
+    to: u64,
+) -> Result<TcpStream, String> {
     use raftkv::net::framing::frame_bytes_raw;
     use raftkv::net::handshake::Dialer;
     use std::io::{Read, Write};
-    let secrets = raftkv::net::peer_auth::PeerSecrets::load(&dir.join("peer-secret")).unwrap();
     let id = status(client_addr).expect("status").cluster_id;
     let id = raftkv::storage::cluster_id::ClusterId::parse(&id);
     let d = Dialer::new(from, to, id.into(), [from as u8; 32]);
@@ -57,14 +69,64 @@ pub fn peer_conn_as(dir: &Path, addr: &str, client_addr: &str, from: u64, to: u6
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     s.write_all(&frame_bytes_raw(&d.hello())).unwrap();
     let mut h = [0u8; 4];
-    s.read_exact(&mut h).expect("a challenge");
+    s.read_exact(&mut h)
+        .map_err(|e| format!("no challenge: {e}"))?;
     let mut ch = vec![0u8; u32::from_be_bytes(h) as usize];
-    s.read_exact(&mut ch).expect("a challenge");
-    let (proof, _) = d
-        .on_challenge(&ch, &secrets)
-        .expect("the node proves itself");
+    s.read_exact(&mut ch)
+        .map_err(|e| format!("no challenge: {e}"))?;
+    let (proof, _) = d.on_challenge(&ch, secrets).map_err(|e| e.to_string())?;
     s.write_all(&frame_bytes_raw(&proof)).unwrap();
-    s
+    Ok(s)
+}
+
+/// Node `http`'s `/metrics` value of `name` (with `label` if given, e.g.
+/// `reason="bad_proof"`); None if the node does not answer (yet).
+pub fn try_metric(http: &str, name: &str, label: &str) -> Option<u64> {
+    use std::io::{Read, Write};
+    let mut s = TcpStream::connect(http).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        s,
+        "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut page = String::new();
+    let _ = s.read_to_string(&mut page);
+    let want = if label.is_empty() {
+        format!("{name} ")
+    } else {
+        format!("{name}{{{label}}} ")
+    };
+    page.lines()
+        .find_map(|l| l.strip_prefix(&want))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .map(|v| v as u64)
+}
+
+/// SIGHUPs every node of `cluster`, then waits until each counted the reload with `result`,
+/// `n` in all.
+pub fn hup_all(cluster: &Cluster, result: &str, n: u64) {
+    let label = format!("result=\"{result}\"");
+    let ids: Vec<u64> = cluster.nodes.iter().map(|node| node.id).collect();
+    for &id in &ids {
+        cluster.signal(id, libc::SIGHUP);
+    }
+    for id in ids {
+        let http = cluster.http_addr(id);
+        wait_for(
+            &format!("node {id}'s reload {n} ({result})"),
+            Duration::from_secs(10),
+            || {
+                let count = try_metric(&http, "raftkv_credential_reloads_total", &label)?;
+                (count >= n).then_some(())
+            },
+        );
+    }
+}
+
+/// [`try_metric`], which must answer.
+pub fn metric(http: &str, name: &str, label: &str) -> u64 {
+    try_metric(http, name, label).unwrap_or_else(|| panic!("no {name}{{{label}}} on {http}"))
 }
 
 /// Polls `f` every 10 ms until it returns Some, or panics after `within`.

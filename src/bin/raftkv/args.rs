@@ -562,7 +562,8 @@ pub struct ServeArgs {
     #[arg(long)]
     pub redis_addr: Option<String>,
     /// File holding the cluster's peer secret (hex, one per line; the first is used, all are
-    /// accepted: see docs/security.md). Required unless --insecure-peers.
+    /// accepted: see docs/security.md). Refused if every user may read it; read again on
+    /// SIGHUP (rotation without a restart). Required unless --insecure-peers.
     #[arg(long, env = "RAFTKV_PEER_SECRET_FILE", value_name = "FILE")]
     pub peer_secret_file: Option<PathBuf>,
     /// Run without a peer secret: anyone who can reach the peer port can speak Raft to this
@@ -572,7 +573,8 @@ pub struct ServeArgs {
     /// Require client authentication: FILE holds the client token(s) (one per line, 16-1024
     /// printable characters; the first is presented when forwarding, all are accepted; see
     /// docs/security.md). Client connections, native and RESP, are then served only after
-    /// they present one. Refused if every user may read the file. Give every node the same.
+    /// they present one. Refused if every user may read the file. Read again on SIGHUP: a
+    /// removed token is refused and its open connections closed. Give every node the same.
     #[arg(long, env = "RAFTKV_CLIENT_TOKEN_FILE", value_name = "FILE")]
     pub client_token_file: Option<PathBuf>,
     #[command(flatten)]

@@ -1,7 +1,7 @@
 //! `raftkv cluster`: the local cluster supervisor. It spawns one `raftkv serve` child per
 //! node on loopback (ports, HTTP ports included, and data directories derived from --base-port and --dir, the
 //! tuning flags passed on), copies every child's output to stderr prefixed with `[n<id>]`,
-//! watches for children that exit, and on SIGINT/SIGTERM stops them all (SIGTERM, then
+//! watches for children that exit, and on SIGINT/SIGTERM/SIGHUP stops them all (SIGTERM, then
 //! SIGKILL after 10 s). The nodes share a peer secret, `DIR/peer-secret`, generated on the
 //! first start and reused after. With `--auth` they also require a client token,
 //! `DIR/client-token`, made and reused the same way; without it the cluster is as open as
@@ -77,7 +77,8 @@ pub fn cluster(mut a: ClusterArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     }
-    let shutdown = match raftkv::server::signal::install() {
+    let shutdown = match raftkv::server::signal::install(raftkv::server::signal::OnHangup::Shutdown)
+    {
         Ok(f) => f,
         Err(e) => {
             eprintln!("raftkv cluster: installing signal handlers: {e}");

@@ -1,5 +1,6 @@
 //! `raftkv serve`: turns the parsed flags into a `ServerConfig` (rejecting contradictory or
-//! incomplete ones with a usage error) and runs one node until SIGTERM/SIGINT.
+//! incomplete ones with a usage error) and runs one node until SIGTERM/SIGINT (SIGHUP re-reads
+//! the secret files: `server/reload.rs`).
 
 use crate::args::{ServeArgs, ServeTls};
 use crate::join;
@@ -28,7 +29,7 @@ pub fn serve(a: ServeArgs) -> ExitCode {
         log::error!("not starting: {e}");
         return ExitCode::FAILURE;
     }
-    let shutdown = match raftkv::server::signal::install() {
+    let shutdown = match raftkv::server::signal::install(raftkv::server::signal::OnHangup::Reload) {
         Ok(f) => f,
         Err(e) => {
             eprintln!("raftkv serve: installing signal handlers: {e}");
@@ -90,10 +91,12 @@ fn serve_config(a: &ServeArgs) -> Result<ServerConfig, String> {
         cfg.redis_listen = Some(r.clone());
     }
     cfg.peer_secrets = peer_secrets(a)?;
+    cfg.peer_secret_file = a.peer_secret_file.clone();
     cfg.tls = node_tls(&a.tls)?;
     if let Some(f) = &a.client_token_file {
         cfg.client_token = Some(raftkv::net::client_auth::ClientToken::load(f)?);
     }
+    cfg.client_token_file = a.client_token_file.clone();
     if cfg.client_listen.is_empty() {
         return Err("no client address: give --client-addr or ID=PEER/CLIENT in --peers".into());
     }
