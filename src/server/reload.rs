@@ -65,7 +65,11 @@ impl Server {
                 ));
             }
         }
-        log::info!("SIGHUP: reloaded {}", done.join("; "));
+        if done.is_empty() {
+            log::info!("SIGHUP: nothing to reload (started without secret files)");
+        } else {
+            log::info!("SIGHUP: reloaded {}", done.join("; "));
+        }
     }
 
     /// Both files read and checked, before anything changes.
