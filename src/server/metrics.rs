@@ -180,18 +180,14 @@ impl Metrics {
             "Peer handshakes completed (both sides proved who they are).",
             self.peer_handshakes_ok,
         );
-        header(
+        labelled(
             o,
             "raftkv_peer_handshake_failures_total",
             "counter",
             "Peer connections refused in the handshake, by reason.",
+            "reason",
+            AuthError::REASONS.iter().zip(self.peer_auth_failures),
         );
-        for (r, v) in AuthError::REASONS.iter().zip(self.peer_auth_failures) {
-            let _ = writeln!(
-                o,
-                "raftkv_peer_handshake_failures_total{{reason=\"{r}\"}} {v}"
-            );
-        }
         one(
             o,
             "raftkv_peer_frames_spoofed_total",
@@ -220,18 +216,17 @@ impl Metrics {
             "Client requests refused because their connection had not authenticated.",
             self.client_unauthenticated,
         );
-        header(
+        labelled(
             o,
             "raftkv_credential_reloads_total",
             "counter",
             "SIGHUP reloads of the peer secret and client token files, by result.",
+            "result",
+            [
+                ("ok", self.credential_reloads_ok),
+                ("failed", self.credential_reloads_failed),
+            ],
         );
-        for (r, v) in [
-            ("ok", self.credential_reloads_ok),
-            ("failed", self.credential_reloads_failed),
-        ] {
-            let _ = writeln!(o, "raftkv_credential_reloads_total{{result=\"{r}\"}} {v}");
-        }
         one(
             o,
             "raftkv_client_connections_revoked_total",
@@ -250,6 +245,21 @@ fn header(out: &mut String, name: &str, kind: &str, help: &str) {
 fn one(out: &mut String, name: &str, kind: &str, help: &str, v: impl std::fmt::Display) {
     header(out, name, kind, help);
     let _ = writeln!(out, "{name} {v}");
+}
+
+/// A metric with one label: its HELP and TYPE lines, then `name{label="l"} v` per row.
+fn labelled<L: std::fmt::Display, V: std::fmt::Display>(
+    out: &mut String,
+    name: &str,
+    kind: &str,
+    help: &str,
+    label: &str,
+    rows: impl IntoIterator<Item = (L, V)>,
+) {
+    header(out, name, kind, help);
+    for (l, v) in rows {
+        let _ = writeln!(out, "{name}{{{label}=\"{l}\"}} {v}");
+    }
 }
 
 /// Resident set size in bytes from /proc/self/statm (0 where it cannot be read).
@@ -293,16 +303,15 @@ impl Server {
             "The current Raft term.",
             st.term,
         );
-        header(
+        let role = super::clients::role_name(st.role);
+        labelled(
             &mut o,
             "raftkv_server_role",
             "gauge",
             "1 for the node's current Raft role.",
+            "role",
+            ["follower", "pre-candidate", "candidate", "leader"].map(|r| (r, u8::from(role == r))),
         );
-        for r in ["follower", "pre-candidate", "candidate", "leader"] {
-            let v = u8::from(super::clients::role_name(st.role) == r);
-            let _ = writeln!(o, "raftkv_server_role{{role=\"{r}\"}} {v}");
-        }
         one(
             &mut o,
             "raftkv_server_has_leader",
@@ -394,24 +403,22 @@ impl Server {
             "ReadIndex rounds confirmed by a quorum.",
             m.read_index_rounds,
         );
-        header(
+        labelled(
             &mut o,
             "raftkv_client_requests_total",
             "counter",
             "Client requests received, by operation.",
+            "op",
+            OPS.iter().zip(m.requests),
         );
-        for (op, v) in OPS.iter().zip(m.requests) {
-            let _ = writeln!(o, "raftkv_client_requests_total{{op=\"{op}\"}} {v}");
-        }
-        header(
+        labelled(
             &mut o,
             "raftkv_client_responses_total",
             "counter",
             "Client responses sent, by result (ok or the error code).",
+            "result",
+            RESULTS.iter().zip(m.responses),
         );
-        for (r, v) in RESULTS.iter().zip(m.responses) {
-            let _ = writeln!(o, "raftkv_client_responses_total{{result=\"{r}\"}} {v}");
-        }
         let clients = self
             .endpoints
             .values()
@@ -438,21 +445,20 @@ impl Server {
             "Requests this follower forwarded to the leader (--forward).",
             m.forwarded,
         );
-        header(
+        let mut links: Vec<(u64, u8)> = self
+            .peers
+            .iter()
+            .map(|(&id, p)| (id, u8::from(p.state() == PeerState::Connected)))
+            .collect();
+        links.sort_unstable();
+        labelled(
             &mut o,
             "raftkv_peer_connected",
             "gauge",
             "1 if the outbound link to the peer is connected.",
+            "peer",
+            links,
         );
-        let mut ids: Vec<u64> = self.peers.keys().copied().collect();
-        ids.sort_unstable();
-        for id in ids {
-            let up = self
-                .peers
-                .get(&id)
-                .is_some_and(|p| p.state() == PeerState::Connected);
-            let _ = writeln!(o, "raftkv_peer_connected{{peer=\"{id}\"}} {}", u8::from(up));
-        }
         one(
             &mut o,
             "raftkv_server_no_space_alarm",
@@ -524,20 +530,19 @@ impl Server {
             "InstallSnapshot transfers received and published.",
             m.snapshots_received,
         );
-        header(
+        labelled(
             &mut o,
             "raftkv_http_requests_total",
             "counter",
             "HTTP requests answered, by status class.",
+            "status",
+            [
+                ("ok", m.http_ok),
+                ("not_ready", m.http_not_ready),
+                ("not_found", m.http_not_found),
+                ("error", m.http_errors),
+            ],
         );
-        for (c, v) in [
-            ("ok", m.http_ok),
-            ("not_ready", m.http_not_ready),
-            ("not_found", m.http_not_found),
-            ("error", m.http_errors),
-        ] {
-            let _ = writeln!(o, "raftkv_http_requests_total{{status=\"{c}\"}} {v}");
-        }
         one(
             &mut o,
             "raftkv_http_connections",
