@@ -274,12 +274,11 @@ pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
         err,
     };
     let pem = crate::entropy::read_key_file(path).map_err(read_err)?;
-    PrivateKeyDer::from_pem_slice(pem.as_bytes()).map_err(|e| TlsError::Read {
-        path: path.to_path_buf(),
-        err: match e {
+    PrivateKeyDer::from_pem_slice(pem.as_bytes()).map_err(|e| {
+        read_err(match e {
             rustls::pki_types::pem::Error::NoItemsFound => "no PEM private key in it".into(),
             e => e.to_string(),
-        },
+        })
     })
 }
 

@@ -26,7 +26,8 @@ pub(super) const UNAUTHENTICATED: &str = "this node requires client authenticati
 impl Server {
     /// Whether connection `token` may be served (authenticated, or no token is required).
     pub(super) fn authenticated(&self, token: Token) -> bool {
-        matches!(self.endpoints.get(&token), Some(Endpoint::Client(c)) if c.authenticated)
+        let required = self.cfg.client_token.is_some();
+        matches!(self.endpoints.get(&token), Some(Endpoint::Client(c)) if c.authenticated(required))
     }
 
     /// Checks `presented` for connection `token` (`proto` names the protocol in the log line).
@@ -44,7 +45,6 @@ impl Server {
         };
         if expected.verify(presented) {
             if let Some(Endpoint::Client(c)) = self.endpoints.get_mut(&token) {
-                c.authenticated = true;
                 c.token_tag = Some(ClientToken::tag_of(presented));
             }
             self.metrics.client_auth_ok += 1;

@@ -81,7 +81,6 @@ impl Server {
                             paused: false,
                             closing: false,
                             resp,
-                            authenticated: self.cfg.client_token.is_none(),
                             token_tag: None,
                         })
                     };

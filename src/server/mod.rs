@@ -98,14 +98,17 @@ struct ClientConn {
     closing: bool,
     /// Some for a RESP (Redis protocol) connection: its parser and in-order reply queue.
     resp: Option<Box<resp_conn::RespState>>,
-    /// Presented a right client token, or the node requires none (`client_auth.rs`).
-    authenticated: bool,
-    /// The tag of the token it authenticated with: a reload whose file no longer holds that
-    /// token closes the connection (`reload.rs`).
+    /// The tag of the right client token it presented (`client_auth.rs`); a reload whose file
+    /// no longer holds that token closes the connection (`reload.rs`).
     token_tag: Option<[u8; 32]>,
 }
 
 impl ClientConn {
+    /// May be served: it presented a right token, or the node requires none.
+    fn authenticated(&self, token_required: bool) -> bool {
+        !token_required || self.token_tag.is_some()
+    }
+
     /// Backpressure: too many unsent response bytes or requests in flight to take more from
     /// this client (`--client-output-limit`, the in-flight cap).
     /// A RESP connection's replies held back for order count as output.

@@ -532,12 +532,12 @@ impl Server {
         let Some(Endpoint::Client(c)) = self.endpoints.get_mut(&token) else {
             return;
         };
+        let authenticated = c.authenticated(self.cfg.client_token.is_some());
         let Some(state) = c.resp.as_mut() else {
             return;
         };
         // Before AUTH only the no-auth commands are even planned (READONLY, CLIENT SETNAME
         // change the connection's state).
-        let authenticated = c.authenticated;
         if !authenticated && !allowed_before_auth(&args[0]) {
             self.refuse_unauthenticated(token, "RESP");
             return self.resp_reply(token, Reply::Error(NOAUTH.into()));
